@@ -1,0 +1,323 @@
+"""Flax ResNets laid out like torchvision's, so a layer name means the same layer in both.
+
+Parameter paths read as torchvision's state_dict names: ``layer3/0/conv1/kernel`` is
+``layer3.0.conv1.weight``; the projection shortcut lives under ``layer{s}/0/downsample/{conv,bn}``
+and is called ``layer{s}.0.downsample`` (its BatchNorm ``layer{s}.0.downsample.bn``).
+:func:`layer_paths` is the one place that maps canonical names to parameter paths.
+
+Every model returns ``(outputs, intermediates)`` so probing needs no extra plumbing, and accepts
+optional *gates*: per-example multipliers at named sites that the ablation engine uses to
+evaluate many ablations in one batch with shared weights (see ``resnet_jax.ablation``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Gates = Mapping[str, Mapping[str, Array]]
+
+GATE_KINDS = ("kernel", "output", "unit")
+"""Gate sites: ``kernel`` scales a conv's output before its BatchNorm (a zeroed kernel),
+``output`` scales the BatchNorm's output (a silenced branch), ``unit`` scales a residual unit's
+whole branch before the shortcut is added (a lesion)."""
+
+CONV_IMPLS = ("auto", "xla", "patches")
+
+# torchvision initialises convs with Kaiming normal (fan_out, ReLU gain).
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def _gate(x: Array, gates: Gates | None, kind: str, name: str) -> Array:
+    """Multiply ``x`` per example by the gate registered for ``(kind, name)``, if any."""
+    if gates is None:
+        return x
+    g = gates.get(kind, {}).get(name)
+    if g is None:
+        return x
+    return x * jnp.asarray(g, x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def _canonical(path: Sequence[str]) -> str:
+    return ".".join(path)
+
+
+def _use_patches(impl: str, out_hw: tuple[int, int]) -> bool:
+    """XLA's CPU convolution is slow on tiny maps; a patches+matmul formulation is not."""
+    if impl == "auto":
+        return jax.default_backend() == "cpu" and out_hw[0] * out_hw[1] <= 16
+    return impl == "patches"
+
+
+class Conv(nn.Module):
+    """Bias-free 2D conv with torchvision's symmetric padding and a swappable formulation.
+
+    ``impl='xla'`` uses ``lax.conv_general_dilated``; ``'patches'`` extracts patches and does one
+    matmul (numerically the same contraction); ``'auto'`` picks patches on CPU for small maps.
+    """
+
+    features: int
+    kernel_size: tuple[int, int] = (3, 3)
+    strides: int = 1
+    dilation: int = 1
+    impl: str = "auto"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kh, kw = self.kernel_size
+        kernel = self.param("kernel", _conv_init, (kh, kw, x.shape[-1], self.features), jnp.float32)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        pad = ((self.dilation * (kh // 2),) * 2, (self.dilation * (kw // 2),) * 2)
+        out_hw = tuple(
+            (x.shape[1 + i] + 2 * pad[i][0] - self.dilation * (k - 1) - 1) // self.strides + 1
+            for i, k in enumerate((kh, kw))
+        )
+        if _use_patches(self.impl, out_hw):
+            return conv_patches(x, kernel, strides=self.strides, padding=pad, dilation=self.dilation)
+        return jax.lax.conv_general_dilated(
+            x, kernel, (self.strides,) * 2, pad, rhs_dilation=(self.dilation,) * 2,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+
+
+def conv_patches(x: Array, kernel: Array, *, strides: int, padding, dilation: int = 1) -> Array:
+    """The conv as im2col by strided slices + one matmul.
+
+    Slices (not ``conv_general_dilated_patches``) keep the backward pass cheap: the transpose
+    of a slice is a pad, where the transpose of the patches op is another convolution.
+    """
+    kh, kw, cin, cout = kernel.shape
+    x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    h_out = (x.shape[1] - dilation * (kh - 1) - 1) // strides + 1
+    w_out = (x.shape[2] - dilation * (kw - 1) - 1) // strides + 1
+    cols = [
+        x[:, i * dilation: i * dilation + (h_out - 1) * strides + 1: strides,
+          j * dilation: j * dilation + (w_out - 1) * strides + 1: strides, :]
+        for i in range(kh) for j in range(kw)
+    ]
+    patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+    return jnp.dot(patches, kernel.reshape(kh * kw * cin, cout))
+
+
+class Downsample(nn.Module):
+    """Projection shortcut: 1x1 conv + BatchNorm (torchvision's ``downsample.0``/``downsample.1``)."""
+
+    features: int
+    strides: int
+    conv: Callable[..., nn.Module]
+    norm: Callable[..., nn.Module]
+
+    @nn.compact
+    def __call__(self, x: Array, gates: Gates | None = None) -> Array:
+        me = _canonical(self.path)
+        x = self.conv(self.features, (1, 1), strides=self.strides, name="conv")(x)
+        x = _gate(x, gates, "kernel", me)
+        x = self.norm(name="bn")(x)
+        return _gate(x, gates, "output", me)
+
+
+class _Unit(nn.Module):
+    """Shared machinery of residual units: conv -> gate -> BN -> gate, and the shortcut."""
+
+    features: int
+    strides: int
+    conv: Callable[..., nn.Module]
+    norm: Callable[..., nn.Module]
+    dilation: int = 1
+
+    expansion = 1
+
+    def conv_bn(self, x, gates, index: int, kernel_size, strides=1, dilation=1):
+        me = _canonical(self.path)
+        width = self.features * (self.expansion if kernel_size == "last" else 1)
+        size = (1, 1) if kernel_size in ((1, 1), "last") else kernel_size
+        x = self.conv(width, size, strides=strides, dilation=dilation, name=f"conv{index}")(x)
+        x = _gate(x, gates, "kernel", f"{me}.conv{index}")
+        x = self.norm(name=f"bn{index}")(x)
+        return _gate(x, gates, "output", f"{me}.conv{index}")
+
+    def merge(self, x, branch, gates):
+        out_features = self.features * self.expansion
+        if self.strides != 1 or x.shape[-1] != out_features:
+            x = Downsample(out_features, self.strides, self.conv, self.norm, name="downsample")(x, gates)
+        branch = _gate(branch, gates, "unit", _canonical(self.path))
+        return nn.relu(x + branch)
+
+
+class BasicBlock(_Unit):
+    """Two 3x3 convs (torchvision's BasicBlock); dilation replaces stride in dilated stages."""
+
+    @nn.compact
+    def __call__(self, x: Array, gates: Gates | None = None) -> Array:
+        d = self.dilation
+        y = nn.relu(self.conv_bn(x, gates, 1, (3, 3), strides=self.strides, dilation=d))
+        y = self.conv_bn(y, gates, 2, (3, 3), dilation=d)
+        return self.merge(x, y, gates)
+
+
+class Bottleneck(_Unit):
+    """1x1 -> 3x3 (strided, torchvision v1.5) -> 1x1 expanding by 4."""
+
+    expansion = 4
+
+    @nn.compact
+    def __call__(self, x: Array, gates: Gates | None = None) -> Array:
+        y = nn.relu(self.conv_bn(x, gates, 1, (1, 1)))
+        y = nn.relu(self.conv_bn(y, gates, 2, (3, 3), strides=self.strides, dilation=self.dilation))
+        y = self.conv_bn(y, gates, 3, "last")
+        return self.merge(x, y, gates)
+
+
+class Stage(nn.Module):
+    """``n`` residual units named ``0..n-1``; only the first one strides or projects."""
+
+    n_units: int
+    features: int
+    strides: int
+    block_cls: Callable[..., nn.Module]
+    conv: Callable[..., nn.Module]
+    norm: Callable[..., nn.Module]
+    dilation: int = 1
+
+    @nn.compact
+    def __call__(self, x: Array, gates: Gates | None = None) -> Array:
+        for b in range(self.n_units):
+            x = self.block_cls(
+                self.features, self.strides if b == 0 else 1, self.conv, self.norm,
+                dilation=self.dilation, name=str(b),
+            )(x, gates)
+        return x
+
+
+class ResNet(nn.Module):
+    """torchvision-layout ResNet returning ``(logits, intermediates)``.
+
+    Attributes:
+      stage_sizes: residual units per stage, e.g. ``(3, 4, 6, 3)`` for ResNet34.
+      block_cls: ``BasicBlock`` or ``Bottleneck``.
+      num_classes: size of the ``fc`` head; ``None`` drops pooling and head (an encoder).
+      stem: ``'torchvision'`` (7x7/2 conv + 3x3/2 max-pool) or ``'cifar'`` (3x3/1 conv, no pool).
+      dilate_stages: per stage 2..4, replace its stride by dilation (PSPNet's output stride 8).
+      conv_impl: ``'auto'``, ``'xla'`` or ``'patches'``; see :class:`Conv`.
+      dtype: compute dtype (``jnp.bfloat16`` for mixed precision); parameters stay float32.
+    """
+
+    stage_sizes: Sequence[int]
+    block_cls: Callable[..., nn.Module] = BasicBlock
+    num_classes: int | None = 1000
+    num_filters: int = 64
+    stem: str = "torchvision"
+    dilate_stages: Sequence[bool] = (False, False, False)
+    conv_impl: str = "auto"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool = False, gates: Gates | None = None):
+        if self.stem not in ("torchvision", "cifar"):
+            raise ValueError(f"unknown stem {self.stem!r}; valid: 'torchvision', 'cifar'")
+        if self.conv_impl not in CONV_IMPLS:
+            raise ValueError(f"unknown conv_impl {self.conv_impl!r}; valid: {CONV_IMPLS}")
+        conv = functools.partial(Conv, impl=self.conv_impl, dtype=self.dtype)
+        # torch momentum 0.1 == flax momentum 0.9; exact variance as torch computes it.
+        norm = functools.partial(
+            nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+            dtype=self.dtype, use_fast_variance=False,
+        )
+        prefix = _canonical(self.path)
+        stem_name = f"{prefix}.conv1" if prefix else "conv1"
+        intermediates = {}
+        if self.stem == "torchvision":
+            x = conv(self.num_filters, (7, 7), strides=2, name="conv1")(x)
+        else:
+            x = conv(self.num_filters, (3, 3), strides=1, name="conv1")(x)
+        x = _gate(x, gates, "kernel", stem_name)
+        x = _gate(norm(name="bn1")(x), gates, "output", stem_name)
+        x = nn.relu(x)
+        if self.stem == "torchvision":
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        intermediates["stem"] = x
+        dilation = 1
+        for i, n_units in enumerate(self.stage_sizes):
+            strides = 1 if i == 0 else 2
+            if i > 0 and self.dilate_stages[i - 1]:
+                dilation, strides = dilation * 2, 1
+            x = Stage(
+                n_units, self.num_filters * 2**i, strides, self.block_cls, conv, norm,
+                dilation=dilation, name=f"layer{i + 1}",
+            )(x, gates)
+            intermediates[f"layer{i + 1}"] = x
+        if self.num_classes is None:
+            return x, intermediates
+        x = jnp.mean(x, axis=(1, 2))
+        intermediates["pre_logits"] = x
+        x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
+        return x.astype(jnp.float32), intermediates
+
+
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
+ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock)
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck)
+# Every structural feature of ResNet34 (stem, projections, identity units) at a tiny cost; tests only.
+ResNetTiny = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock, num_filters=4)
+
+MODELS = {"resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50, "resnet_tiny": ResNetTiny}
+
+
+def create_model(name: str, **kwargs) -> ResNet:
+    """Build a model by registry name; unknown names list the valid ones."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid: {sorted(MODELS)}")
+    return MODELS[name](**kwargs)
+
+
+def layer_paths(variables: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """Canonical layer name -> module path inside ``variables['params']``.
+
+    Convs, BatchNorms and the head get torchvision's names: ``conv1``, ``bn1``,
+    ``layer2.0.conv1``, ``layer2.0.downsample`` (its conv), ``layer2.0.downsample.bn``, ``fc``.
+    Works for any model that embeds these modules (e.g. ``encoder.layer3.0.conv1``).
+    """
+    names = {}
+    flat = jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+    for key_path, _ in flat:
+        path = tuple(str(k.key) for k in key_path[:-1])
+        if path and path[-1] == "conv" and len(path) > 1 and path[-2] == "downsample":
+            name = _canonical(path[:-1])
+        else:
+            name = _canonical(path)
+        names[name] = path
+    return dict(sorted(names.items(), key=lambda kv: _natural_key(kv[1])))
+
+
+def _natural_key(path: Sequence[str]) -> tuple:
+    """Network order: ``layer1.10`` after ``layer1.9``; a stem before the stages."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in path)
+
+
+def conv_names(variables: Mapping[str, Any]) -> list[str]:
+    """Canonical names of every conv kernel (4-D ``kernel`` leaf), in network order."""
+    params = variables["params"]
+    out = []
+    for name, path in layer_paths(variables).items():
+        node = params
+        for p in path:
+            node = node[p]
+        if "kernel" in node and node["kernel"].ndim == 4:
+            out.append(name)
+    return out
+
+
+def norm_of(conv_name: str) -> str:
+    """The BatchNorm that follows a conv: ``conv1``->``bn1``, ``...downsample``->``...downsample.bn``."""
+    if conv_name.endswith("downsample"):
+        return conv_name + ".bn"
+    head, _, last = conv_name.rpartition(".")
+    bn = "bn" + last[len("conv"):]
+    return f"{head}.{bn}" if head else bn
