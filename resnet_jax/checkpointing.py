@@ -1,0 +1,57 @@
+"""The only module that talks to orbax: save, keep the last N and the best, restore.
+
+Checkpoints live in ``<workdir>/checkpoints/<step>``. Saves are synchronous and atomic (orbax
+writes to a temporary directory and renames), so a run killed at any moment leaves only whole
+checkpoints behind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+BEST_METRIC = "test_accuracy"
+
+
+def manager(workdir: str | Path, *, keep: int = 2, best_metric: str = BEST_METRIC) -> ocp.CheckpointManager:
+    """A manager that keeps the ``keep`` latest checkpoints and the one best by ``best_metric``."""
+    policy = checkpoint_managers.AnyPreservationPolicy([
+        checkpoint_managers.LatestN(n=keep),
+        checkpoint_managers.BestN(get_metric_fn=lambda m: m[best_metric], reverse=False, n=1,
+                                  keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy, enable_async_checkpointing=False, create=True,
+    )
+    return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, *, metrics: dict | None = None) -> None:
+    """Save ``state`` (any pytree) at ``step``; metrics (if any) rank it for "best"."""
+    if step in mngr.all_steps():
+        return
+    mngr.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+    mngr.wait_until_finished()
+
+
+def restore(mngr: ocp.CheckpointManager, target: Any, *, step: int | None = None) -> Any:
+    """Restore into the structure, dtypes and shardings of ``target`` (latest step by default)."""
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {mngr.directory}")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def best_step(mngr: ocp.CheckpointManager, *, metric: str = BEST_METRIC) -> int | None:
+    """The kept step with the highest ``metric``; None if no kept step has metrics."""
+    scored = []
+    for step in mngr.all_steps():
+        m = mngr.metrics(step)
+        if m and metric in m:
+            scored.append((m[metric], step))
+    return max(scored)[1] if scored else None

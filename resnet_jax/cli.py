@@ -1,0 +1,82 @@
+"""``resnet-jax``: the command line. Each subcommand parses, then calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from resnet_jax import configs
+
+
+def _train(args) -> int:
+    from resnet_jax import train
+
+    overrides = list(args.set)
+    if args.data_dir:
+        overrides.append(f"data.data_dir={Path(args.data_dir).absolute()}")
+    config = configs.load_config(args.config, overrides)
+    train.train_and_evaluate(config, args.workdir, force_new=args.force_new)
+    return 0
+
+
+def _evaluate(args) -> int:
+    from resnet_jax import train
+
+    data_dir = Path(args.data_dir).absolute() if args.data_dir else None
+    config, _, state, test = train.restore_run(args.workdir, which=args.checkpoint, data_dir=data_dir)
+    mesh = train.data_mesh()
+    result = train.evaluate_split(train.replicate(mesh, state), test,
+                                  batch_size=config["train"]["eval_batch_size"], mesh=mesh)
+    result = {"checkpoint": args.checkpoint, "step": int(state.step), "n_examples": len(test), **result}
+    (Path(args.workdir) / "evaluation.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _presets(args) -> int:
+    for name, preset in configs.PRESETS.items():
+        print(f"{name}\n    {preset.get('about', '')}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="resnet-jax", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model (resumes from the workdir's latest checkpoint)")
+    p.add_argument("--config", required=True, help=f"a preset ({', '.join(configs.PRESETS)}) or a YAML/JSON file")
+    p.add_argument("--workdir", required=True, help="run directory: config, metrics.jsonl, checkpoints")
+    p.add_argument("--data-dir", help="ImageFolder tree or per-split zips, instead of downloading from TFDS")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--force-new", action="store_true", help="discard a different run found in the workdir")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="test accuracy of a run's best or latest checkpoint")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--data-dir", help="override the run's data directory")
+    p.add_argument("--checkpoint", choices=("best", "latest"), default="latest")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("presets", help="list the config presets and the commands that reproduce them")
+    p.set_defaults(func=_presets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from resnet_jax.data import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (configs.ConfigError, DataError, FileNotFoundError) as err:
+        print(f"resnet-jax {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

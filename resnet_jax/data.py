@@ -1,0 +1,269 @@
+"""One interface to image datasets: uint8 NHWC arrays and int32 labels, from anywhere.
+
+Sources, all through :func:`load_split`:
+  * a local ImageFolder tree ``<split>/<class>/<file>``, extracted or as the per-split zip
+    ``<data_dir>/<split>.zip`` (the layout of ``shared/data/cifar10`` and ``shared/data/mnist``);
+  * TFDS datasets by name (``cifar10``, ``cifar100``, ``mnist``, ``fashion_mnist``) when they can be
+    downloaded, with an error that names the ``--data-dir`` alternative when they cannot;
+  * ``synthetic``: deterministic, learnable images for tests.
+
+Decoding is Pillow's; decoded arrays are cached on disk under a key made of the source's bytes,
+so a second load of the same files is a single ``np.load``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+TFDS_NAMES = ("cifar10", "cifar100", "mnist", "fashion_mnist")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+_CACHE_VERSION = "1"
+
+
+class DataError(ValueError):
+    """Bad or missing input data; the message says what was wrong and what would be valid."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split of a labelled image dataset, held in memory."""
+
+    images: np.ndarray  # (N, H, W, C) uint8
+    labels: np.ndarray  # (N,) int32
+    class_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def take(self, n: int | None, *, seed: int = 0) -> Split:
+        """A fixed random subset of ``n`` examples (the same for a given seed); all if ``n`` is None."""
+        if n is None or n >= len(self):
+            return self
+        if n <= 0:
+            raise DataError(f"max examples must be positive, got {n}")
+        idx = np.sort(np.random.default_rng(seed).permutation(len(self))[:n])
+        return Split(self.images[idx], self.labels[idx], self.class_names)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("RESNET_JAX_CACHE", Path.home() / ".cache" / "resnet_jax")) / "datasets"
+
+
+def load_split(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    max_examples: int | None = None,
+) -> Split:
+    """Load a split by dataset name, from ``data_dir`` when given, else from TFDS.
+
+    Args:
+      name: ``synthetic`` or a dataset name (``cifar10``...). With ``data_dir`` the name only labels it.
+      split: ``train`` or ``test`` (any folder / zip name under ``data_dir``).
+      data_dir: an ImageFolder tree, extracted (``<data_dir>/<split>/<class>/*``) or zipped
+        (``<data_dir>/<split>.zip``).
+      cache_dir: where decoded arrays are kept (default ``~/.cache/resnet_jax/datasets``).
+      max_examples: keep a fixed random subset of this size.
+    """
+    if name == "synthetic":
+        data = synthetic_split(split, seed=seed)
+    elif data_dir is not None:
+        data = load_imagefolder(data_dir, split, cache_dir=cache_dir)
+    else:
+        data = load_tfds(name, split)
+    return data.take(max_examples, seed=seed)
+
+
+def load_train_test(name: str, *, data_dir=None, cache_dir=None, seed: int = 0,
+                    max_train_examples: int | None = None, max_test_examples: int | None = None):
+    """Both splits, checked to share their classes."""
+    train = load_split(name, "train", data_dir=data_dir, cache_dir=cache_dir, seed=seed,
+                       max_examples=max_train_examples)
+    test = load_split(name, "test", data_dir=data_dir, cache_dir=cache_dir, seed=seed,
+                      max_examples=max_test_examples)
+    if train.class_names != test.class_names:
+        only_train = sorted(set(train.class_names) - set(test.class_names))
+        only_test = sorted(set(test.class_names) - set(train.class_names))
+        raise DataError(
+            f"class folders differ between splits of {data_dir or name}: only in train {only_train}, "
+            f"only in test {only_test}"
+        )
+    if train.images.shape[1:] != test.images.shape[1:]:
+        raise DataError(f"image shapes differ between splits: train {train.images.shape[1:]}, "
+                        f"test {test.images.shape[1:]}")
+    return train, test
+
+
+# ImageFolder ---------------------------------------------------------------------------------
+
+def _folder_source(data_dir: Path, split: str):
+    """Return ``(kind, path)`` for a split: an extracted folder or a per-split zip."""
+    if not data_dir.exists():
+        raise DataError(f"data directory {data_dir} does not exist; pass --data-dir pointing to an "
+                        f"ImageFolder tree (<split>/<class>/<image>) or its per-split zips (<split>.zip)")
+    folder, archive = data_dir / split, data_dir / f"{split}.zip"
+    if folder.is_dir():
+        return "dir", folder
+    if archive.is_file():
+        return "zip", archive
+    found = sorted(p.name for p in data_dir.iterdir())
+    raise DataError(f"no split {split!r} in {data_dir}: expected the folder {folder} or the zip {archive}; "
+                    f"found {found or 'an empty directory'}")
+
+
+def _members(kind: str, path: Path, split: str) -> list[tuple[str, str]]:
+    """``(member, class_name)`` for every image file of the split, sorted."""
+    if kind == "zip":
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+        prefix = f"{split}/"
+        names = [n for n in names if n.startswith(prefix)] or names
+        rel = [(n, n[len(prefix):] if n.startswith(prefix) else n) for n in names]
+    else:
+        rel = [(str(p), str(p.relative_to(path))) for p in path.rglob("*") if p.is_file()]
+    out = []
+    for member, r in rel:
+        parts = Path(r).parts
+        if len(parts) == 2 and Path(r).suffix.lower() in IMAGE_SUFFIXES:
+            out.append((member, parts[0]))
+    return sorted(out)
+
+
+def _content_key(kind: str, path: Path, split: str) -> str:
+    digest = hashlib.sha256(f"{_CACHE_VERSION}|{split}|".encode())
+    files = [path] if kind == "zip" else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        digest.update(str(f.relative_to(path) if kind == "dir" else f.name).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:32]
+
+
+def _read_bytes(kind: str, path: Path) -> Iterator[tuple[str, bytes]]:
+    if kind == "zip":
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                yield info.filename, zf.read(info)
+    else:
+        for f in sorted(path.rglob("*")):
+            if f.is_file():
+                yield str(f), f.read_bytes()
+
+
+def decode_image(data: bytes, *, where: str) -> np.ndarray:
+    """Decode an image to ``(H, W, C)`` uint8, keeping grey images single-channel."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            if img.mode not in ("L", "RGB"):
+                img = img.convert("RGB")
+            arr = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"cannot decode image {where}: {err}") from err
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def load_imagefolder(data_dir, split: str, *, cache_dir=None) -> Split:
+    """Read an ImageFolder split (folder or zip); class order is the sorted folder names."""
+    data_dir = Path(data_dir).expanduser()
+    kind, path = _folder_source(data_dir, split)
+    members = _members(kind, path, split)
+    if not members:
+        raise DataError(f"no images under {path} (expected {split}/<class>/<image> with one of {IMAGE_SUFFIXES})")
+    cache = Path(cache_dir or default_cache_dir()) / f"imagefolder-{_content_key(kind, path, split)}.npz"
+    if cache.is_file():
+        with np.load(cache) as z:
+            return Split(z["images"], z["labels"], tuple(json.loads(str(z["class_names"]))))
+    split_data = _decode_members(kind, path, members)
+    _atomic_savez(cache, images=split_data.images, labels=split_data.labels,
+                  class_names=json.dumps(list(split_data.class_names)))
+    return split_data
+
+
+def _decode_members(kind: str, path: Path, members: list[tuple[str, str]]) -> Split:
+    from tqdm import tqdm
+
+    class_names = tuple(sorted({c for _, c in members}))
+    class_of = dict(members)
+    index = {c: i for i, c in enumerate(class_names)}
+    images, labels = [], []
+    blobs = ((m, b) for m, b in _read_bytes(kind, path) if m in class_of)
+    for member, blob in tqdm(blobs, total=len(members), desc=f"decode {path.name}", unit="img",
+                             disable=None, leave=False):
+        where = f"{member!r} in archive {path}" if kind == "zip" else member
+        arr = decode_image(blob, where=where)
+        if images and arr.shape != images[0].shape:
+            raise DataError(f"image {where} has shape {arr.shape}, but earlier images have {images[0].shape}; "
+                            f"all images of a classification split must share one size")
+        images.append(arr)
+        labels.append(index[class_of[member]])
+    return Split(np.stack(images), np.asarray(labels, np.int32), class_names)
+
+
+def _atomic_savez(path: Path, **arrays) -> None:
+    """Write then rename, so an interrupted write never leaves a half cache file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+# TFDS ----------------------------------------------------------------------------------------
+
+def load_tfds(name: str, split: str) -> Split:
+    """Download (if needed) and read a TFDS dataset as numpy; offline, fail with the alternative."""
+    if name not in TFDS_NAMES:
+        raise DataError(f"unknown dataset {name!r}; valid TFDS names: {list(TFDS_NAMES)}, or 'synthetic', "
+                        f"or any name together with --data-dir")
+    try:
+        import tensorflow_datasets as tfds
+
+        builder = tfds.builder(name)
+        builder.download_and_prepare(file_format="array_record")
+        source = builder.as_data_source(split=split)
+        records = [source[i] for i in range(len(source))]
+        class_names = tuple(builder.info.features["label"].names)
+    except Exception as err:  # noqa: BLE001 - any TFDS failure means: use local files instead
+        raise DataError(
+            f"could not load TFDS dataset {name!r} split {split!r} ({type(err).__name__}: {err}). "
+            f"Without network access, pass --data-dir DIR with an ImageFolder tree (DIR/{split}/<class>/<image>) "
+            f"or its per-split zips (DIR/{split}.zip), e.g. --data-dir ../shared/data/{name}"
+        ) from err
+    images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
+    labels = np.asarray([r["label"] for r in records], np.int32)
+    return Split(images, labels, class_names)
+
+
+# Synthetic -----------------------------------------------------------------------------------
+
+def synthetic_split(split: str, *, seed: int = 0, n: int | None = None, num_classes: int = 10,
+                    size: int = 32, channels: int = 3) -> Split:
+    """Learnable images: class c brightens a class-specific stripe over noise. Deterministic."""
+    n = n if n is not None else (512 if split == "train" else 256)
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+    labels = rng.integers(0, num_classes, n).astype(np.int32)
+    images = rng.integers(0, 96, (n, size, size, channels)).astype(np.int32)
+    band = size // num_classes or 1
+    for c in range(num_classes):
+        rows = slice((c * band) % size, (c * band) % size + band)
+        images[labels == c, rows, :, :] += 140
+    return Split(images.clip(0, 255).astype(np.uint8), labels, tuple(f"class{c}" for c in range(num_classes)))
