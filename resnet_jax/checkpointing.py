@@ -26,6 +26,7 @@ def manager(workdir: str | Path, *, keep: int = 2, best_metric: str = BEST_METRI
     ])
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy, enable_async_checkpointing=False, create=True,
+        best_fn=lambda m: m[best_metric], best_mode="max",  # also makes orbax store the metrics
     )
     return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options)
 

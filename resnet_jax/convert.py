@@ -1,0 +1,366 @@
+"""Lossless weight conversion between resnet-jax variables and torchvision ResNet state_dicts.
+
+One name map, derived from :func:`resnet_jax.models.layer_paths`: a canonical layer name is the
+torchvision module name, except that the projection shortcut's conv and BatchNorm are
+``downsample.0`` and ``downsample.1`` in torch. Layouts: conv kernels HWIO <-> OIHW, the ``fc``
+kernel is transposed, BatchNorm ``scale/bias/mean/var`` <-> ``weight/bias/running_mean/running_var``.
+Values are copied bit for bit; nothing is cast.
+
+Example::
+
+    sd = to_torch_state_dict(variables, arch="resnet34")
+    net = torchvision_model("resnet34", num_classes=10, stem="cifar")
+    net.load_state_dict(sd)                      # strict: every key and shape agrees
+    variables = from_torch_state_dict(net.state_dict(), arch="resnet34")
+
+torch is needed only to make tensors, build torchvision models and read checkpoint files;
+install it with ``pip install 'resnet-jax[torch]'``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from resnet_jax import models
+
+STEMS = ("torchvision", "cifar")
+TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50")
+_INSTALL_HINT = (
+    "pip install 'resnet-jax[torch]'  (or: pip install torch==2.14.1 torchvision==0.29.1)"
+)
+# torch key suffix -> (flax collection, flax leaf name) for BatchNorms.
+_BN_LEAVES = {
+    "weight": ("params", "scale"),
+    "bias": ("params", "bias"),
+    "running_mean": ("batch_stats", "mean"),
+    "running_var": ("batch_stats", "var"),
+}
+_SUFFIX_ORDER = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One torch tensor and where it lives in the flax variables."""
+
+    key: str  # torch state_dict key
+    collection: str  # 'params' | 'batch_stats'
+    path: tuple[str, ...]  # module path + leaf name inside the collection
+    layout: str  # 'conv' (HWIO<->OIHW), 'dense' (transpose) or 'same'
+    shape: tuple[int, ...]  # shape in torch layout
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(f"resnet_jax.convert needs PyTorch for this; install it with {_INSTALL_HINT}") from e
+    return torch
+
+
+def _import_torchvision():
+    _import_torch()
+    try:
+        import torchvision
+    except ImportError as e:
+        raise ImportError(f"resnet_jax.convert needs torchvision for this; install it with {_INSTALL_HINT}") from e
+    return torchvision
+
+
+# --------------------------------------------------------------------------- the name map
+
+
+def _torch_module(name: str) -> str:
+    """Canonical layer name -> torch module name (only the projection shortcut differs)."""
+    if name.endswith("downsample"):
+        return name + ".0"
+    if name.endswith("downsample.bn"):
+        return name[: -len("bn")] + "1"
+    return name
+
+
+_PART = re.compile(r"([a-z_]+?)(\d*)")
+_PART_RANK = {"conv": 1, "bn": 1, "layer": 2, "downsample": 3, "fc": 4}
+
+
+def _order_key(key: str) -> tuple:
+    """torchvision's registration order: conv1, bn1, layer1.0.{conv1,bn1,conv2,bn2,...,downsample}, fc."""
+    module, _, suffix = key.rpartition(".")
+    parts = []
+    for p in module.split("."):
+        m = _PART.fullmatch(p)
+        if p.isdigit():
+            parts.append((0, int(p), ""))
+        elif m and m.group(1) in _PART_RANK:
+            parts.append((_PART_RANK[m.group(1)], int(m.group(2) or 0), m.group(1) == "bn"))
+        else:
+            parts.append((9, 0, p))
+    rank = _SUFFIX_ORDER.index(suffix) if suffix in _SUFFIX_ORDER else len(_SUFFIX_ORDER)
+    return (tuple(parts), rank, suffix)
+
+
+def _entries(params: Mapping[str, Any], batch_stats: Mapping[str, Any]) -> list[_Entry]:
+    """Every torch tensor the given variables hold, in torchvision's order (no num_batches_tracked)."""
+    out = []
+    for name, path in models.layer_paths({"params": params}).items():
+        node, stats = params, batch_stats
+        for p in path:
+            node, stats = node[p], (stats or {}).get(p)
+        module = _torch_module(name)
+        if "scale" in node:
+            for suffix, (coll, leaf) in _BN_LEAVES.items():
+                src = node if coll == "params" else (stats or {})
+                if leaf in src:
+                    out.append(_Entry(f"{module}.{suffix}", coll, path + (leaf,), "same", tuple(src[leaf].shape)))
+            continue
+        for leaf, value in node.items():
+            layout = {4: "conv", 2: "dense"}.get(value.ndim, "same") if leaf == "kernel" else "same"
+            suffix = "weight" if leaf == "kernel" else leaf
+            out.append(_Entry(f"{module}.{suffix}", "params", path + (leaf,), layout, _to_torch_shape(value.shape, layout)))
+    return sorted(out, key=lambda e: _order_key(e.key))
+
+
+def _to_torch_shape(shape, layout: str) -> tuple[int, ...]:
+    shape = tuple(shape)
+    if layout == "conv":
+        return (shape[3], shape[2], shape[0], shape[1])
+    if layout == "dense":
+        return shape[::-1]
+    return shape
+
+
+def _to_torch_layout(x: np.ndarray, layout: str) -> np.ndarray:
+    if layout == "conv":
+        return np.ascontiguousarray(x.transpose(3, 2, 0, 1))
+    if layout == "dense":
+        return np.ascontiguousarray(x.T)
+    return np.array(x)
+
+
+def _to_flax_layout(x: np.ndarray, layout: str) -> np.ndarray:
+    if layout == "conv":
+        return np.ascontiguousarray(x.transpose(2, 3, 1, 0))
+    if layout == "dense":
+        return np.ascontiguousarray(x.T)
+    return np.array(x)
+
+
+# --------------------------------------------------------------------------- expected layouts
+
+
+@functools.lru_cache(maxsize=32)
+def expected_entries(arch: str, num_classes: int, stem: str) -> tuple[_Entry, ...]:
+    """The tensors a ``create_model(arch, num_classes=..., stem=...)`` model holds, from its shapes alone."""
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; valid: {STEMS}")
+    model = models.create_model(arch, num_classes=num_classes, stem=stem)
+    abstract = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.float32), train=False)
+    )
+    return tuple(_entries(abstract["params"], abstract.get("batch_stats", {})))
+
+
+def _infer_stem(conv1_shape: tuple[int, ...] | None) -> str:
+    """A 3x3 stem conv is the CIFAR stem; anything else is checked against the torchvision one."""
+    return "cifar" if conv1_shape is not None and tuple(conv1_shape[-2:]) == (3, 3) else "torchvision"
+
+
+def _fmt(shape) -> str:
+    return str(tuple(int(s) for s in shape))
+
+
+def _check(shapes: Mapping[str, tuple[int, ...]], expected: tuple[_Entry, ...], what: str) -> None:
+    """Raise ValueError at the first key (in torchvision order) where ``shapes`` and ``expected`` differ."""
+    want = {e.key: e.shape for e in expected}
+    for key in sorted(set(want) | set(shapes), key=_order_key):
+        if key not in shapes:
+            problem = f"missing key {key!r} (expected shape {_fmt(want[key])})"
+        elif key not in want:
+            problem = f"unexpected key {key!r} (shape {_fmt(shapes[key])})"
+        elif tuple(shapes[key]) != tuple(want[key]):
+            problem = f"shape mismatch at {key!r}: got {_fmt(shapes[key])}, expected {_fmt(want[key])}"
+        else:
+            continue
+        raise ValueError(
+            f"{problem}; {what} expects {len(expected)} tensors: {_listing(expected, key)}{_guess(shapes)}"
+        )
+
+
+def _guess(shapes: Mapping[str, tuple[int, ...]]) -> str:
+    """Name the architecture the tensors do fit, if any: the usual cause of a mismatch."""
+    for arch in sorted(models.MODELS):
+        expected = _expected_for(arch, shapes)
+        if {e.key: e.shape for e in expected} == {k: tuple(v) for k, v in shapes.items()}:
+            return f". The given tensors match {_describe(arch, shapes)}"
+    return ""
+
+
+def _listing(expected: tuple[_Entry, ...], near: str, context: int = 3) -> str:
+    """The expected keys and shapes around ``near`` (the whole list would drown the message)."""
+    keys = [e.key for e in expected]
+    pos = next((i for i, k in enumerate(keys) if _order_key(k) >= _order_key(near)), len(keys))
+    lo, hi = max(0, pos - context), min(len(keys), pos + context + 1)
+    items = [f"{e.key} {_fmt(e.shape)}" for e in expected[lo:hi]]
+    return ("..., " if lo > 0 else "") + ", ".join(items) + (", ..." if hi < len(keys) else "")
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def to_torch_state_dict(
+    variables: Mapping[str, Any], *, arch: str, num_batches_tracked: int = 0
+) -> dict[str, Any]:
+    """Flax variables -> a torchvision ``state_dict`` (``dict[str, torch.Tensor]``), bit for bit.
+
+    Args:
+      variables: ``{'params', 'batch_stats'}`` of a ``create_model(arch, ...)`` model; the stem
+        and the number of classes are read from the kernels' shapes and then checked.
+      arch: ``'resnet18'``, ``'resnet34'``, ``'resnet50'`` (or any name in ``models.MODELS``).
+      num_batches_tracked: the count every BatchNorm reports (torch only uses it when its
+        momentum is None).
+
+    Returns:
+      An ordered dict in torchvision's key order, loadable with ``load_state_dict(strict=True)``
+      into ``torchvision_model(arch, num_classes, stem)``.
+
+    Raises:
+      ValueError: the variables are not laid out like ``arch``; names the first differing key.
+    """
+    torch = _import_torch()
+    entries = _entries(variables["params"], variables.get("batch_stats", {}))
+    shapes = {e.key: e.shape for e in entries}
+    expected = _expected_for(arch, shapes)
+    _check(shapes, expected, _describe(arch, shapes))
+    out = {}
+    for e in expected:
+        node = variables[e.collection]
+        for p in e.path:
+            node = node[p]
+        out[e.key] = torch.from_numpy(_to_torch_layout(np.asarray(node), e.layout))
+        if e.key.endswith(".running_var"):
+            module = e.key[: -len("running_var")]
+            out[module + "num_batches_tracked"] = torch.tensor(int(num_batches_tracked), dtype=torch.long)
+    return out
+
+
+def from_torch_state_dict(
+    state_dict: Mapping[str, Any], *, arch: str, num_classes: int | None = None, stem: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """A torchvision ``state_dict`` -> Flax ``{'params', 'batch_stats'}`` of numpy arrays, bit for bit.
+
+    ``num_batches_tracked`` entries are ignored. Tensors may be torch tensors or numpy arrays, so
+    this needs no torch import of its own.
+
+    Args:
+      state_dict: e.g. ``torchvision_model(...).state_dict()`` or :func:`load_torch_checkpoint`'s.
+      arch: the architecture to expect.
+      num_classes: size of ``fc``; ``None`` reads it from ``fc.weight``.
+      stem: ``'torchvision'`` or ``'cifar'``; ``None`` reads it from ``conv1.weight`` (3x3 = cifar).
+
+    Raises:
+      ValueError: missing, unexpected or mis-shaped keys; names the first one and what was expected.
+    """
+    arrays = {
+        k: _numpy(v) for k, v in state_dict.items() if not k.endswith(".num_batches_tracked")
+    }
+    shapes = {k: tuple(v.shape) for k, v in arrays.items()}
+    expected = _expected_for(arch, shapes, num_classes=num_classes, stem=stem)
+    _check(shapes, expected, _describe(arch, shapes, num_classes=num_classes, stem=stem))
+    variables: dict[str, dict[str, Any]] = {"params": {}, "batch_stats": {}}
+    for e in expected:
+        node = variables[e.collection]
+        for p in e.path[:-1]:
+            node = node.setdefault(p, {})
+        node[e.path[-1]] = _to_flax_layout(arrays[e.key], e.layout)
+    return variables
+
+
+def torchvision_model(arch: str, num_classes: int = 1000, stem: str = "torchvision"):
+    """The torchvision ResNet whose ``state_dict`` matches ``create_model(arch, num_classes=..., stem=...)``.
+
+    ``stem='cifar'`` swaps ``conv1`` for a 3x3/1 pad-1 conv (Kaiming-initialised like the rest)
+    and ``maxpool`` for ``Identity``. The model is returned as torch builds it (training mode).
+    """
+    if arch not in TORCHVISION_ARCHS:
+        raise ValueError(f"no torchvision counterpart for {arch!r}; valid: {TORCHVISION_ARCHS}")
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; valid: {STEMS}")
+    torchvision = _import_torchvision()
+    torch = _import_torch()
+    net = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    if stem == "cifar":
+        net.conv1 = torch.nn.Conv2d(3, net.conv1.out_channels, 3, stride=1, padding=1, bias=False)
+        torch.nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+        net.maxpool = torch.nn.Identity()
+    return net
+
+
+def load_torch_checkpoint(
+    path: str, *, arch: str, num_classes: int | None = None, stem: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """Read a PyTorch checkpoint file into Flax variables (see :func:`from_torch_state_dict`).
+
+    Accepts a bare state_dict or a dict holding one under ``'state_dict'`` or ``'model'``; a
+    ``module.`` prefix on every key (``DataParallel``) is dropped. Loads with
+    ``weights_only=True``, so no pickled code runs.
+    """
+    torch = _import_torch()
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    state_dict = _find_state_dict(obj, path)
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+    return from_torch_state_dict(state_dict, arch=arch, num_classes=num_classes, stem=stem)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _expected_for(
+    arch: str, shapes: Mapping[str, tuple[int, ...]], *, num_classes: int | None = None, stem: str | None = None
+) -> tuple[_Entry, ...]:
+    if arch not in models.MODELS:
+        raise ValueError(f"unknown arch {arch!r}; valid: {sorted(models.MODELS)}")
+    if num_classes is None:
+        num_classes = shapes.get("fc.weight", (1000,))[0]
+    return expected_entries(arch, int(num_classes), stem or _infer_stem(shapes.get("conv1.weight")))
+
+
+def _describe(arch: str, shapes, *, num_classes: int | None = None, stem: str | None = None) -> str:
+    nc = num_classes if num_classes is not None else shapes.get("fc.weight", (1000,))[0]
+    stem = stem or _infer_stem(shapes.get("conv1.weight"))
+    return f"{arch} (stem={stem!r}, num_classes={int(nc)})"
+
+
+def _numpy(value: Any) -> np.ndarray:
+    """A torch tensor or array-like -> numpy, without aliasing the source's memory."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":  # numpy has no bfloat16; float32 holds it exactly
+            value = value.float()
+        value = value.numpy()
+    return np.array(value)
+
+
+def _find_state_dict(obj: Any, path: str) -> Mapping[str, Any]:
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), Mapping):
+                return obj[key]
+        if obj and all(isinstance(k, str) and hasattr(v, "shape") for k, v in obj.items()):
+            return obj
+        keys = sorted(map(str, obj))[:8]
+        raise ValueError(
+            f"{path}: not a state_dict (a dict of tensors) nor a dict with a 'state_dict' or 'model' "
+            f"entry; top-level keys: {keys}{' ...' if len(obj) > 8 else ''}"
+        )
+    raise ValueError(
+        f"{path}: expected a state_dict or a dict with a 'state_dict' or 'model' entry, "
+        f"got {type(obj).__name__}"
+    )

@@ -1,0 +1,307 @@
+"""Weight conversion against torchvision: key order and shapes, bitwise round trips, forward parity.
+
+The oracle is torchvision itself: its ``state_dict`` names and shapes, and its forward pass on
+the same weights (random, with BatchNorm statistics far from the identity so that every BN
+term matters), in eval mode and in train mode, for both stems and both conv formulations.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torchvision")
+
+from resnet_jax import convert, models  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+SHARED_DATA = Path(os.environ.get("RESNET_JAX_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
+CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
+LOGIT_TOL = 1e-4
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _random_variables(arch: str, *, num_classes: int = 10, stem: str = "torchvision", seed: int = 0):
+    """Flax variables of the right shapes filled from numpy (no JAX init, no compile)."""
+    model = models.create_model(arch, num_classes=num_classes, stem=stem)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)
+
+
+def _torch_net(arch: str, stem: str, calibration: np.ndarray, *, num_classes: int = 10, seed: int = 0):
+    """torchvision's own init for the weights; BN affine and running statistics drawn from numpy.
+
+    Running statistics start as those of ``calibration`` (so activations keep a sane scale over
+    16 residual units, as in a trained net) and are then perturbed, so none is trivial.
+    """
+    torch.manual_seed(seed)
+    net = convert.torchvision_model(arch, num_classes, stem)
+    rng = np.random.default_rng(seed)
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+    def draw(fn, *args):
+        return torch.from_numpy(fn(*args).astype(np.float32))
+
+    with torch.no_grad():
+        for m in bns:
+            m.weight.copy_(draw(rng.uniform, 0.5, 1.5, m.num_features))
+            m.bias.copy_(draw(rng.normal, 0.0, 0.2, m.num_features))
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average: one batch sets the statistics outright
+        net.train()(torch.from_numpy(calibration))
+        for m in bns:
+            m.momentum = 0.1
+            std = m.running_var.sqrt()
+            m.running_mean.add_(std * draw(rng.normal, 0.0, 0.3, m.num_features))
+            m.running_var.mul_(draw(rng.uniform, 0.5, 2.0, m.num_features))
+    return net
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    """16 CIFAR-10 test images (NCHW, normalised), 2 per class when the shared copy exists."""
+    path = SHARED_DATA / "cifar10" / "test.zip"
+    if not path.is_file():
+        return np.random.default_rng(1).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    from PIL import Image
+
+    with zipfile.ZipFile(path) as zf:
+        names = sorted(n for n in zf.namelist() if n.endswith(".jpg"))[::625][:16]
+        pixels = [np.asarray(Image.open(io.BytesIO(zf.read(n))).convert("RGB"), np.float32) for n in names]
+    x = (np.stack(pixels) / 255.0 - CIFAR_MEAN) / CIFAR_STD
+    assert x.shape == (16, 32, 32, 3)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)).astype(np.float32)
+
+
+def _nhwc(x) -> np.ndarray:
+    return np.asarray(x).transpose(0, 2, 3, 1)
+
+
+def _torch_forward(net, x: np.ndarray):
+    """Logits and the outputs of the stem (after the max-pool), each stage and the pooling."""
+    inter = {}
+    hooks = [
+        getattr(net, mod).register_forward_hook(lambda m, i, o, key=key: inter.__setitem__(key, o.detach()))
+        for mod, key in [("maxpool", "stem"), ("layer1", "layer1"), ("layer2", "layer2"),
+                         ("layer3", "layer3"), ("layer4", "layer4"), ("avgpool", "pre_logits")]
+    ]
+    try:
+        with torch.no_grad():
+            logits = net(torch.from_numpy(x)).numpy()
+    finally:
+        for h in hooks:
+            h.remove()
+    inter = {k: (_nhwc(v) if k != "pre_logits" else v.flatten(1).numpy()) for k, v in inter.items()}
+    return logits, inter
+
+
+def _assert_close(got, want, what: str, rtol: float = 1e-5):
+    """Absolute error within ``rtol`` of the activations' own scale (they grow with depth)."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, (what, got.shape, want.shape)
+    err, scale = np.abs(got - want).max(), max(1.0, np.abs(want).max())
+    assert err <= rtol * scale, f"{what}: max abs diff {err:.3g} at scale {scale:.3g}"
+
+
+# --------------------------------------------------------------------------- layout and round trips
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50"])
+def test_round_trip_is_bitwise_and_matches_torchvision_keys(arch):
+    variables = _random_variables(arch)
+    sd = convert.to_torch_state_dict(variables, arch=arch, num_batches_tracked=7)
+    reference = convert.torchvision_model(arch, 10, "torchvision").state_dict()
+    assert list(sd) == list(reference)  # same keys in torchvision's own order
+    assert {k: tuple(v.shape) for k, v in sd.items()} == {k: tuple(v.shape) for k, v in reference.items()}
+    assert all(int(sd[k]) == 7 and sd[k].dtype == torch.long for k in sd if k.endswith("num_batches_tracked"))
+
+    net = convert.torchvision_model(arch, 10, "torchvision")
+    net.load_state_dict(sd, strict=True)
+    back = convert.from_torch_state_dict(net.state_dict(), arch=arch)
+    assert jax.tree.structure(back) == jax.tree.structure(variables)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(variables)):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+
+    again = convert.to_torch_state_dict(back, arch=arch)  # torch -> flax -> torch
+    assert all(torch.equal(again[k], v) for k, v in net.state_dict().items() if "num_batches" not in k)
+
+
+def test_layouts_follow_torch_conventions():
+    variables = _random_variables("resnet18")
+    sd = convert.to_torch_state_dict(variables, arch="resnet18")
+    p, s = variables["params"], variables["batch_stats"]
+    # conv HWIO[h, w, i, o] == OIHW[o, i, h, w]; Dense (in, out) == Linear (out, in).T
+    assert sd["conv1.weight"][5, 2, 1, 6] == p["conv1"]["kernel"][1, 6, 2, 5]
+    assert sd["layer2.0.downsample.0.weight"][7, 3, 0, 0] == p["layer2"]["0"]["downsample"]["conv"]["kernel"][0, 0, 3, 7]
+    assert sd["fc.weight"][4, 100] == p["fc"]["kernel"][100, 4]
+    assert np.array_equal(sd["layer3.1.bn2.weight"].numpy(), p["layer3"]["1"]["bn2"]["scale"])
+    assert np.array_equal(sd["layer2.0.downsample.1.running_var"].numpy(), s["layer2"]["0"]["downsample"]["bn"]["var"])
+    assert int(sd["bn1.num_batches_tracked"]) == 0
+
+
+def test_import_ignores_num_batches_tracked_and_accepts_numpy():
+    sd = convert.torchvision_model("resnet18", 10, "cifar").state_dict()
+    bare = {k: v.numpy() for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+    a = convert.from_torch_state_dict(sd, arch="resnet18")
+    b = convert.from_torch_state_dict(bare, arch="resnet18", num_classes=10, stem="cifar")
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    assert a["params"]["conv1"]["kernel"].shape == (3, 3, 3, 64)
+
+
+# --------------------------------------------------------------------------- mismatches
+
+
+def _resnet18_sd():
+    return convert.torchvision_model("resnet18", 10, "torchvision").state_dict()
+
+
+@pytest.mark.parametrize("edit, kwargs, message", [
+    (lambda sd: sd, {"arch": "resnet34"}, r"missing key 'layer1\.2\.conv1\.weight' \(expected shape \(64, 64, 3, 3\)\)"),
+    (lambda sd: sd, {"arch": "resnet18", "num_classes": 100}, r"shape mismatch at 'fc\.weight': got \(10, 512\), expected \(100, 512\)"),
+    (lambda sd: sd, {"arch": "resnet18", "stem": "cifar"}, r"shape mismatch at 'conv1\.weight': got \(64, 3, 7, 7\), expected \(64, 3, 3, 3\)"),
+    (lambda sd: {k: v for k, v in sd.items() if k != "layer2.0.downsample.1.running_mean"}, {"arch": "resnet18"},
+     r"missing key 'layer2\.0\.downsample\.1\.running_mean'"),
+    (lambda sd: {**sd, "layer4.2.conv1.weight": sd["layer4.1.conv1.weight"]}, {"arch": "resnet18"},
+     r"unexpected key 'layer4\.2\.conv1\.weight' \(shape \(512, 512, 3, 3\)\)"),
+    (lambda sd: {**sd, "layer1.0.conv1.weight": sd["layer1.0.conv1.weight"][:, :, :1, :1]}, {"arch": "resnet18"},
+     r"shape mismatch at 'layer1\.0\.conv1\.weight': got \(64, 64, 1, 1\), expected \(64, 64, 3, 3\)"),
+])
+def test_import_mismatch_names_the_first_differing_key(edit, kwargs, message):
+    with pytest.raises(ValueError, match=message) as info:
+        convert.from_torch_state_dict(edit(_resnet18_sd()), **kwargs)
+    assert "expects" in str(info.value)  # and lists what was expected around that key
+
+
+def test_mismatch_message_names_the_architecture_that_fits():
+    with pytest.raises(ValueError, match=r"match resnet18 \(stem='torchvision', num_classes=10\)"):
+        convert.from_torch_state_dict(_resnet18_sd(), arch="resnet50")
+
+
+def test_export_mismatch_and_unknown_arch():
+    variables = _random_variables("resnet18")
+    with pytest.raises(ValueError, match=r"missing key 'layer1\.2\.conv1\.weight'"):
+        convert.to_torch_state_dict(variables, arch="resnet34")
+    with pytest.raises(ValueError, match=r"unknown arch 'resnet35'"):
+        convert.to_torch_state_dict(variables, arch="resnet35")
+    with pytest.raises(ValueError, match="no torchvision counterpart"):
+        convert.torchvision_model("resnet_tiny", 10)
+
+
+def test_missing_torch_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
+    with pytest.raises(ImportError, match=r"pip install 'resnet-jax\[torch\]'"):
+        convert.to_torch_state_dict(_random_variables("resnet18"), arch="resnet18")
+
+
+# --------------------------------------------------------------------------- checkpoint files
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda sd: sd,
+    lambda sd: {"state_dict": sd, "epoch": 3},
+    lambda sd: {"model": sd, "optimizer": {}},
+    lambda sd: {f"module.{k}": v for k, v in sd.items()},
+])
+def test_load_torch_checkpoint_accepts_common_layouts(tmp_path, wrap):
+    sd = _resnet18_sd()
+    torch.save(wrap(sd), tmp_path / "ckpt.pt")
+    variables = convert.load_torch_checkpoint(tmp_path / "ckpt.pt", arch="resnet18")
+    assert np.array_equal(variables["params"]["fc"]["kernel"], sd["fc.weight"].numpy().T)
+
+
+@pytest.mark.parametrize("obj, message", [
+    ({"epoch": 3, "lr": 0.1}, r"not a state_dict .* top-level keys: \['epoch', 'lr'\]"),
+    ([1, 2, 3], r"got list"),
+])
+def test_load_torch_checkpoint_rejects_other_files(tmp_path, obj, message):
+    torch.save(obj, tmp_path / "ckpt.pt")
+    with pytest.raises(ValueError, match=message):
+        convert.load_torch_checkpoint(tmp_path / "ckpt.pt", arch="resnet18")
+
+
+# --------------------------------------------------------------------------- forward parity
+
+
+@pytest.mark.parametrize("impl", ["xla", "patches"])
+@pytest.mark.parametrize("stem", ["torchvision", "cifar"])
+def test_eval_forward_matches_torchvision(images, stem, impl):
+    x = images[:8]
+    net = _torch_net("resnet34", stem, images[8:]).eval()
+    want_logits, want = _torch_forward(net, x)
+    variables = convert.from_torch_state_dict(net.state_dict(), arch="resnet34")
+    model = models.create_model("resnet34", num_classes=10, stem=stem, conv_impl=impl)
+    logits, inter = model.apply(variables, _nhwc(x), train=False)
+
+    diff = np.abs(np.asarray(logits) - want_logits).max()
+    print(f"resnet34 stem={stem} impl={impl} eval: max abs logit diff {diff:.3g}")
+    assert diff <= LOGIT_TOL
+    assert want_logits.std() > 0.3  # the weights give logits far from a constant
+    for key in ("stem", "layer1", "layer2", "layer3", "layer4", "pre_logits"):
+        _assert_close(inter[key], want[key], key)
+
+
+@pytest.mark.parametrize("impl", ["xla", "patches"])
+@pytest.mark.parametrize("stem", ["torchvision", "cifar"])
+def test_train_forward_and_running_stats_match_torchvision(images, stem, impl):
+    x = images[:8]
+    net = _torch_net("resnet34", stem, images[8:], seed=1)
+    variables = convert.from_torch_state_dict(net.state_dict(), arch="resnet34")
+    net.train()
+    want_logits, want = _torch_forward(net, x)  # updates net's running stats in place
+    model = models.create_model("resnet34", num_classes=10, stem=stem, conv_impl=impl)
+    (logits, inter), updates = model.apply(variables, _nhwc(x), train=True, mutable=["batch_stats"])
+
+    diff = np.abs(np.asarray(logits) - want_logits).max()
+    print(f"resnet34 stem={stem} impl={impl} train: max abs logit diff {diff:.3g}")
+    assert diff <= LOGIT_TOL
+    for key in ("stem", "layer1", "layer2", "layer3", "layer4"):
+        _assert_close(inter[key], want[key], key, rtol=5e-5)  # batch statistics amplify rounding
+
+    # Both normalise with the biased batch variance, and torch momentum 0.1 is flax momentum
+    # 0.9, so the running means agree. The running variances do not: torch folds the UNBIASED
+    # variance (n / (n - 1) times the biased one, n = batch * H * W) into running_var, flax the
+    # biased one (flax.linen.BatchNorm, `ra_var = m * ra_var + (1 - m) * var`). Undoing that
+    # factor on flax's update must give torch's exactly.
+    old = convert.to_torch_state_dict(variables, arch="resnet34")
+    new = convert.to_torch_state_dict({"params": variables["params"], **updates}, arch="resnet34")
+    got = net.state_dict()
+    stem_hw = inter["stem"].shape[1] * (2 if stem == "torchvision" else 1)  # before the max-pool
+    for key in got:
+        if key.endswith("running_mean"):
+            _assert_close(new[key], got[key], key)
+        elif key.endswith("running_var"):
+            layer = key.split(".")[0]
+            hw = stem_hw if layer == "bn1" else inter[layer].shape[1]
+            n = x.shape[0] * hw * hw
+            batch_var_biased = (new[key].numpy() - 0.9 * old[key].numpy()) / 0.1
+            _assert_close(0.9 * old[key].numpy() + 0.1 * batch_var_biased * n / (n - 1), got[key], key)
+
+
+@pytest.mark.parametrize("impl", ["xla", "patches"])
+def test_resnet50_eval_forward_matches_torchvision(images, impl):
+    x = images[:4]
+    net = _torch_net("resnet50", "torchvision", images[8:], seed=2).eval()
+    want_logits, want = _torch_forward(net, x)
+    variables = convert.from_torch_state_dict(net.state_dict(), arch="resnet50")
+    model = models.create_model("resnet50", num_classes=10, stem="torchvision", conv_impl=impl)
+    logits, inter = model.apply(variables, _nhwc(x), train=False)
+
+    diff = np.abs(np.asarray(logits) - want_logits).max()
+    print(f"resnet50 impl={impl} eval: max abs logit diff {diff:.3g}")
+    assert diff <= LOGIT_TOL
+    for key in ("stem", "layer1", "layer2", "layer3", "layer4", "pre_logits"):
+        _assert_close(inter[key], want[key], key)

@@ -1,0 +1,92 @@
+"""Model structure against torchvision's published numbers and the conv formulations against XLA."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import models
+
+
+def _n_params(model, size=32):
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
+
+
+@pytest.mark.parametrize("name, classes, expected", [
+    ("resnet34", 1000, 21_797_672),  # torchvision.models.resnet34()
+    ("resnet34", 10, 21_289_802),
+    ("resnet18", 1000, 11_689_512),
+    ("resnet50", 1000, 25_557_032),
+])
+def test_parameter_counts_match_torchvision(name, classes, expected):
+    assert _n_params(models.create_model(name, num_classes=classes)) == expected
+
+
+@pytest.mark.parametrize("stem, size, stage_hw", [
+    ("torchvision", 32, [8, 4, 2, 1]),  # /2 conv, /2 pool, then /2 per stage
+    ("cifar", 32, [32, 16, 8, 4]),
+    ("torchvision", 64, [16, 8, 4, 2]),
+])
+def test_output_and_intermediate_shapes(stem, size, stage_hw):
+    model = models.create_model("resnet_tiny", num_classes=7, stem=stem)
+    x = jnp.zeros((2, size, size, 3))
+    (logits, inter), _ = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), x))
+    assert logits.shape == (2, 7)
+    for s, hw in enumerate(stage_hw, start=1):
+        assert inter[f"layer{s}"].shape == (2, hw, hw, 4 * 2 ** (s - 1))
+    assert inter["pre_logits"].shape == (2, 32)
+
+
+def test_resnet34_has_the_36_canonical_conv_names():
+    model = models.create_model("resnet34", num_classes=10)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    names = models.conv_names(variables)
+    expected = ["conv1"] + [
+        f"layer{s}.{b}.{c}" for s, n in zip(range(1, 5), [3, 4, 6, 3]) for b in range(n)
+        for c in (["conv1", "conv2", "downsample"] if b == 0 and s > 1 else ["conv1", "conv2"])
+    ]
+    assert names == expected
+    paths = models.layer_paths(variables)
+    assert paths["layer3.0.downsample"] == ("layer3", "0", "downsample", "conv")
+    assert paths["layer3.0.downsample.bn"] == ("layer3", "0", "downsample", "bn")
+    assert paths["fc"] == ("fc",)
+    assert models.norm_of("layer2.1.conv2") == "layer2.1.bn2"
+    assert models.norm_of("conv1") == "bn1"
+    assert models.norm_of("layer4.0.downsample") == "layer4.0.downsample.bn"
+
+
+@pytest.mark.parametrize("k, stride, dilation, hw, cin, cout", [
+    (3, 1, 1, 8, 5, 6), (3, 2, 1, 9, 4, 3), (7, 2, 1, 16, 3, 8), (1, 2, 1, 7, 6, 4), (1, 1, 1, 4, 3, 5),
+    (3, 1, 2, 10, 4, 4),
+])
+def test_patches_conv_equals_xla_conv(k, stride, dilation, hw, cin, cout):
+    kx, kw = jax.random.split(jax.random.key(k * 100 + stride))
+    x = jax.random.normal(kx, (2, hw, hw, cin))
+    w = jax.random.normal(kw, (k, k, cin, cout))
+    pad = ((dilation * (k // 2),) * 2,) * 2
+    expected = jax.lax.conv_general_dilated(x, w, (stride, stride), pad, rhs_dilation=(dilation, dilation),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                            precision=jax.lax.Precision.HIGHEST)
+    got = models.conv_patches(x, w, strides=stride, padding=pad, dilation=dilation)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_impls_give_the_same_network_output_and_gradients():
+    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    a = models.create_model("resnet_tiny", num_classes=5, conv_impl="xla")
+    b = models.create_model("resnet_tiny", num_classes=5, conv_impl="patches")
+    variables = a.init(jax.random.key(0), x)
+    loss = lambda m: lambda p: m.apply({**variables, "params": p}, x, train=True,  # noqa: E731
+                                       mutable=["batch_stats"])[0][0].sum()
+    np.testing.assert_allclose(a.apply(variables, x)[0], b.apply(variables, x)[0], rtol=1e-4, atol=1e-4)
+    ga, gb = jax.grad(loss(a))(variables["params"]), jax.grad(loss(b))(variables["params"])
+    for u, v in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(u, v, rtol=1e-3, atol=1e-4)
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(ValueError, match="resnet34"):
+        models.create_model("resnet35")
+    with pytest.raises(ValueError, match="cifar"):
+        models.create_model("resnet_tiny", stem="imagenet").init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))

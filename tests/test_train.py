@@ -1,0 +1,176 @@
+"""Training: it learns, augmentation does what it says, checkpoints restore, resume is exact."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import checkpointing, configs, train
+from tests.conftest import REPO, run_cli, shared_dataset
+
+
+def _tiny_state(config, n_classes=10, steps_per_epoch=10):
+    model = train.build_model(config, n_classes)
+    tx = train.make_optimizer(config, steps_per_epoch)
+    return train.create_train_state(model, tx, (32, 32, 3), seed=0, mean=np.zeros(3, np.float32) + 0.5,
+                                    std=np.ones(3, np.float32) * 0.25)
+
+
+def test_overfits_one_fixed_batch_of_random_labels():
+    config = configs.load_config("synthetic-tiny", ["train.learning_rate=0.05", "train.epochs=200",
+                                                     "train.warmup_epochs=0", "train.weight_decay=0"])
+    state = _tiny_state(config, steps_per_epoch=1)
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8))
+    labels = jnp.asarray(rng.integers(0, 10, 32).astype(np.int32))
+    step = jax.jit(lambda s: train.train_step(s, images, labels, jax.random.key(0), augment_images=False,
+                                              label_smoothing=0.0))
+    for _ in range(80):
+        state, out = step(state)
+    assert float(out["accuracy"]) >= 0.95
+
+
+def test_augment_is_a_shifted_crop_of_the_padded_image_possibly_flipped():
+    images = jnp.asarray(np.random.default_rng(0).integers(1, 256, (64, 8, 8, 3), dtype=np.uint8))
+    out = np.asarray(train.augment(images, jax.random.key(3), pad=2))
+    padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)))
+    flips = 0
+    for img, aug in zip(padded, out):
+        windows = [img[i:i + 8, j:j + 8] for i in range(5) for j in range(5)]
+        plain = any(np.array_equal(aug, w) for w in windows)
+        flipped = any(np.array_equal(aug, w[:, ::-1]) for w in windows)
+        assert plain or flipped
+        flips += flipped and not plain
+    assert 10 < flips < 54  # about half flipped
+
+
+def test_weight_decay_touches_kernels_only():
+    config = configs.load_config("synthetic-tiny", ["train.learning_rate=1.0", "train.weight_decay=0.1",
+                                                     "train.momentum=0.0", "train.nesterov=false",
+                                                     "train.warmup_epochs=0"])
+    tx = train.make_optimizer(config, 10)
+    params = {"conv": {"kernel": jnp.ones(3)}, "bn": {"scale": jnp.ones(3), "bias": jnp.ones(3)}}
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    # step 0 of the schedule is the peak rate: update = -lr * (grad + wd * param)
+    np.testing.assert_allclose(updates["conv"]["kernel"], -0.1)
+    np.testing.assert_allclose(updates["bn"]["scale"], 0.0)
+    np.testing.assert_allclose(updates["bn"]["bias"], 0.0)
+
+
+def test_checkpoint_round_trip_is_exact(tmp_path):
+    config = configs.load_config("synthetic-tiny")
+    state = _tiny_state(config)
+    state = state.replace(step=jnp.asarray(7), params=jax.tree.map(lambda x: x + 0.5, state.params))
+    mngr = checkpointing.manager(tmp_path)
+    checkpointing.save(mngr, 7, state, metrics={"test_accuracy": 0.5})
+    restored = checkpointing.restore(mngr, _tiny_state(config))
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_keeps_the_latest_and_the_best(tmp_path):
+    state = {"x": jnp.zeros(2)}
+    mngr = checkpointing.manager(tmp_path, keep=2)
+    for step, acc in [(1, 0.9), (2, 0.1), (3, 0.2), (4, 0.3)]:
+        checkpointing.save(mngr, step, state, metrics={"test_accuracy": acc})
+    assert list(mngr.all_steps()) == [1, 3, 4]
+    assert checkpointing.best_step(mngr) == 1
+
+
+def _final_params(workdir):
+    _, _, state, _ = train.restore_run(workdir, which="latest")
+    return state.step, jax.tree.leaves(state.params) + jax.tree.leaves(state.batch_stats)
+
+
+def _train_cmd(workdir, *extra):
+    return [sys.executable, "-m", "resnet_jax.cli", "train", "--config", "synthetic-tiny", "--workdir",
+            str(workdir), "--set", "train.batch_size=8", "--set", "train.epochs=3", *extra]
+
+
+def _assert_bitwise_equal(a, b):
+    (step_a, leaves_a), (step_b, leaves_b) = _final_params(a), _final_params(b)
+    assert int(step_a) == int(step_b)
+    for x, y in zip(leaves_a, leaves_b):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_interrupted_then_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(tmp_path, how):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    subprocess.run(_train_cmd(reference), check=True, env=env, capture_output=True, timeout=600)
+    proc = subprocess.Popen(_train_cmd(interrupted), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    first = interrupted / "checkpoints" / "64"  # the end of epoch 1 (512 examples / batch 8)
+    deadline = time.time() + 300
+    while not first.exists() and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)  # into epoch 2
+    proc.send_signal(getattr(signal, how))
+    proc.wait(timeout=120)
+    mngr = checkpointing.manager(interrupted)
+    latest = mngr.latest_step()
+    assert latest is not None and latest < 192, "the run finished before it could be interrupted"
+    if how == "SIGTERM":
+        assert proc.returncode == 130 and latest % 64 != 0, "SIGTERM must checkpoint mid-epoch"
+    subprocess.run(_train_cmd(interrupted), check=True, env=env, capture_output=True, timeout=600)
+    _assert_bitwise_equal(reference, interrupted)
+    lines = [json.loads(x) for x in (interrupted / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3]
+
+
+def test_workdir_with_a_different_config_is_refused_unless_forced(tmp_path):
+    ok = run_cli("train", "--config", "synthetic-tiny", "--workdir", str(tmp_path), "--set", "train.epochs=1")
+    assert ok.returncode == 0, ok.stderr
+    refused = run_cli("train", "--config", "synthetic-tiny", "--workdir", str(tmp_path), "--set", "train.epochs=2")
+    assert refused.returncode == 2 and "train.epochs" in refused.stderr and "--force-new" in refused.stderr
+    forced = run_cli("train", "--config", "synthetic-tiny", "--workdir", str(tmp_path), "--set", "train.epochs=2",
+                     "--force-new")
+    assert forced.returncode == 0, forced.stderr
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_cli_train_then_evaluate_and_metrics_schema(tmp_path):
+    result = run_cli("train", "--config", "synthetic-tiny", "--workdir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ["epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
+                "images_per_second", "elapsed_s"]:
+        assert key in line
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == "resnet_tiny"
+    evaluated = run_cli("evaluate", "--workdir", str(tmp_path))
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads((tmp_path / "evaluation.json").read_text())["test_accuracy"] == pytest.approx(
+        line["test_accuracy"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "nope"], "neither a preset"),
+    (["--config", "synthetic-tiny", "--set", "train.epoch=3"], "train.epochs"),
+    (["--config", "cifar10-resnet34-smoke", "--data-dir", "/nonexistent/dir"], "does not exist"),
+])
+def test_cli_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, args, message):
+    result = run_cli("train", "--workdir", str(tmp_path / "w"), *args)
+    assert result.returncode == 2 and message in result.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_help_everywhere():
+    for args in (["--help"], ["train", "--help"], ["evaluate", "--help"]):
+        result = run_cli(*args)
+        assert result.returncode == 0 and "usage" in result.stdout
+
+
+def test_smoke_preset_end_to_end_on_shared_cifar10(tmp_path):
+    root = shared_dataset("cifar10")
+    result = run_cli("train", "--config", "cifar10-resnet34-smoke", "--workdir", str(tmp_path),
+                     "--data-dir", str(root))
+    assert result.returncode == 0, result.stderr
+    line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["step"] == 4 and 0.0 <= line["test_accuracy"] <= 1.0
