@@ -56,3 +56,19 @@ def best_step(mngr: ocp.CheckpointManager, *, metric: str = BEST_METRIC) -> int 
         if m and metric in m:
             scored.append((m[metric], step))
     return max(scored)[1] if scored else None
+
+
+def save_initial(workdir: str | Path, params: Any) -> None:
+    """Keep the run's initial parameters once (``reinit`` ablations restore kernels to them)."""
+    path = Path(workdir).absolute() / "initial_params"
+    if not path.exists():
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(path, params)
+
+
+def load_initial(workdir: str | Path, target: Any) -> Any:
+    path = Path(workdir).absolute() / "initial_params"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: this run kept no initial parameters, so 'reinit' cannot run")
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(path, jax.tree.map(ocp.utils.to_shape_dtype_struct, target))

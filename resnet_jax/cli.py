@@ -35,6 +35,39 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _layers(args) -> int:
+    import jax
+    import jax.numpy as jnp
+
+    from resnet_jax import ablation, train
+
+    config = configs.load_config(args.config, args.set)
+    model = train.build_model(config, args.num_classes)
+    shape = (1, args.image_size, args.image_size, 3)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
+    print(ablation.format_catalogue(ablation.catalogue(model, variables, input_shape=shape)))
+    return 0
+
+
+def _ablate(args) -> int:
+    from resnet_jax import protocols
+
+    chosen = list(protocols.PROTOCOLS) if args.protocol == "all" else [args.protocol]
+    protocols.ablate_workdir(
+        args.workdir, protocols=chosen, kind=args.kind, spec_file=args.spec,
+        data_dir=Path(args.data_dir).absolute() if args.data_dir else None, n_examples=args.n_examples,
+        method=args.method, batch_size=args.batch_size, memory_budget_mb=args.memory_budget_mb,
+        checkpoint=args.checkpoint)
+    return 0
+
+
+def _report(args) -> int:
+    from resnet_jax import reports
+
+    print(f"wrote {reports.write_report(args.workdir)}")
+    return 0
+
+
 def _presets(args) -> int:
     for name, preset in configs.PRESETS.items():
         print(f"{name}\n    {preset.get('about', '')}")
@@ -60,18 +93,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=("best", "latest"), default="latest")
     p.set_defaults(func=_evaluate)
 
+    p = sub.add_parser("layers", help="the conv catalogue of a preset's model: names, shapes, MACs, roles")
+    p.add_argument("--config", required=True)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--image-size", type=int, default=32)
+    p.set_defaults(func=_layers)
+
+    p = sub.add_parser("ablate", help="run ablation protocols on a trained run (resumes unfinished sweeps)")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--protocol", default="all",
+                   help="baseline, single, stage-except-decomposition, shortcut, or all")
+    p.add_argument("--kind", default="zero-kernel",
+                   help="zero-kernel (the study), zero-branch, lesion, reinit, rerandomize")
+    p.add_argument("--spec", help="JSON/YAML file of ablation specs to run instead of the protocols")
+    p.add_argument("--data-dir", help="override the run's data directory")
+    p.add_argument("--n-examples", type=int, help="evaluate a fixed random subset of the test split")
+    p.add_argument("--method", default="auto", choices=("auto", "gates", "weights"))
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--memory-budget-mb", type=float, default=2048)
+    p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    p.set_defaults(func=_ablate)
+
+    p = sub.add_parser("report", help="write <workdir>/report.md from the ablation tables")
+    p.add_argument("--workdir", required=True)
+    p.set_defaults(func=_report)
+
     p = sub.add_parser("presets", help="list the config presets and the commands that reproduce them")
     p.set_defaults(func=_presets)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from resnet_jax.ablation import SpecError
     from resnet_jax.data import DataError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (configs.ConfigError, DataError, FileNotFoundError) as err:
+    except (configs.ConfigError, DataError, SpecError, FileNotFoundError) as err:
         print(f"resnet-jax {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

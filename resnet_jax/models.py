@@ -288,17 +288,21 @@ def layer_paths(variables: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
     flat = jax.tree_util.tree_flatten_with_path(variables["params"])[0]
     for key_path, _ in flat:
         path = tuple(str(k.key) for k in key_path[:-1])
-        if path and path[-1] == "conv" and len(path) > 1 and path[-2] == "downsample":
-            name = _canonical(path[:-1])
-        else:
-            name = _canonical(path)
-        names[name] = path
+        names[canonical_name(path)] = path
     return dict(sorted(names.items(), key=lambda kv: _natural_key(kv[1])))
 
 
 def _natural_key(path: Sequence[str]) -> tuple:
     """Network order: ``layer1.10`` after ``layer1.9``; a stem before the stages."""
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in path)
+
+
+def canonical_name(path: Sequence[str]) -> str:
+    """Module path -> canonical name; a projection's conv takes its ``downsample`` parent's name."""
+    path = tuple(path)
+    if len(path) > 1 and path[-2:] == ("downsample", "conv"):
+        path = path[:-1]
+    return _canonical(path)
 
 
 def conv_names(variables: Mapping[str, Any]) -> list[str]:
@@ -312,6 +316,12 @@ def conv_names(variables: Mapping[str, Any]) -> list[str]:
         if "kernel" in node and node["kernel"].ndim == 4:
             out.append(name)
     return out
+
+
+def layer_path_of_norm(conv_path: Sequence[str]) -> tuple[str, ...]:
+    """Module path of the BatchNorm that follows the conv at ``conv_path``."""
+    *head, last = conv_path
+    return (*head, "bn" + last[len("conv"):])
 
 
 def norm_of(conv_name: str) -> str:

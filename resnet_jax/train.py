@@ -233,6 +233,7 @@ def train_and_evaluate(config: Mapping, workdir: str | Path, *, force_new: bool 
     state = create_train_state(model, make_optimizer(config, steps_per_epoch), train.images.shape[1:],
                                seed=t["seed"], mean=mean, std=std)
     mngr = checkpointing.manager(workdir, keep=t["keep_checkpoints"])
+    checkpointing.save_initial(workdir, state.params)
     if mngr.latest_step() is not None:
         state = checkpointing.restore(mngr, state)
         log(f"resumed from step {int(state.step)} in {workdir}")

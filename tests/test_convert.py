@@ -29,6 +29,8 @@ SHARED_DATA = Path(os.environ.get("RESNET_JAX_SHARED_DATA", Path(__file__).resol
 CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
 CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
 LOGIT_TOL = 1e-4
+GAMMA = eval(os.environ.get("GAMMA", "(0.5, 1.5)"))
+VARF = eval(os.environ.get("VARF", "(0.5, 2.0)"))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -58,7 +60,7 @@ def _torch_net(arch: str, stem: str, calibration: np.ndarray, *, num_classes: in
 
     with torch.no_grad():
         for m in bns:
-            m.weight.copy_(draw(rng.uniform, 0.5, 1.5, m.num_features))
+            m.weight.copy_(draw(rng.uniform, *GAMMA, m.num_features))
             m.bias.copy_(draw(rng.normal, 0.0, 0.2, m.num_features))
             m.reset_running_stats()
             m.momentum = None  # a cumulative average: one batch sets the statistics outright
@@ -67,7 +69,7 @@ def _torch_net(arch: str, stem: str, calibration: np.ndarray, *, num_classes: in
             m.momentum = 0.1
             std = m.running_var.sqrt()
             m.running_mean.add_(std * draw(rng.normal, 0.0, 0.3, m.num_features))
-            m.running_var.mul_(draw(rng.uniform, 0.5, 2.0, m.num_features))
+            m.running_var.mul_(draw(rng.uniform, *VARF, m.num_features))
     return net
 
 
