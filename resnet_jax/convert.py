@@ -4,7 +4,8 @@ One name map, derived from :func:`resnet_jax.models.layer_paths`: a canonical la
 torchvision module name, except that the projection shortcut's conv and BatchNorm are
 ``downsample.0`` and ``downsample.1`` in torch. Layouts: conv kernels HWIO <-> OIHW, the ``fc``
 kernel is transposed, BatchNorm ``scale/bias/mean/var`` <-> ``weight/bias/running_mean/running_var``.
-Values are copied bit for bit; nothing is cast.
+Values are copied bit for bit and never cast (bfloat16 tensors, which numpy lacks, arrive as
+float32, exactly).
 
 Example::
 
@@ -20,6 +21,7 @@ install it with ``pip install 'resnet-jax[torch]'``.
 from __future__ import annotations
 
 import functools
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -118,12 +120,14 @@ def _entries(params: Mapping[str, Any], batch_stats: Mapping[str, Any]) -> list[
             for suffix, (coll, leaf) in _BN_LEAVES.items():
                 src = node if coll == "params" else (stats or {})
                 if leaf in src:
-                    out.append(_Entry(f"{module}.{suffix}", coll, path + (leaf,), "same", tuple(src[leaf].shape)))
+                    shape = tuple(src[leaf].shape)
+                    out.append(_Entry(f"{module}.{suffix}", coll, path + (leaf,), "same", shape))
             continue
         for leaf, value in node.items():
             layout = {4: "conv", 2: "dense"}.get(value.ndim, "same") if leaf == "kernel" else "same"
             suffix = "weight" if leaf == "kernel" else leaf
-            out.append(_Entry(f"{module}.{suffix}", "params", path + (leaf,), layout, _to_torch_shape(value.shape, layout)))
+            shape = _to_torch_shape(value.shape, layout)
+            out.append(_Entry(f"{module}.{suffix}", "params", path + (leaf,), layout, shape))
     return sorted(out, key=lambda e: _order_key(e.key))
 
 
@@ -137,27 +141,29 @@ def _to_torch_shape(shape, layout: str) -> tuple[int, ...]:
 
 
 def _to_torch_layout(x: np.ndarray, layout: str) -> np.ndarray:
+    """A C-ordered copy (never a view: the result must not alias the source)."""
     if layout == "conv":
-        return np.ascontiguousarray(x.transpose(3, 2, 0, 1))
-    if layout == "dense":
-        return np.ascontiguousarray(x.T)
-    return np.array(x)
+        x = x.transpose(3, 2, 0, 1)
+    elif layout == "dense":
+        x = x.T
+    return np.array(x, order="C")
 
 
 def _to_flax_layout(x: np.ndarray, layout: str) -> np.ndarray:
+    """A C-ordered copy (never a view: the result must not alias the source)."""
     if layout == "conv":
-        return np.ascontiguousarray(x.transpose(2, 3, 1, 0))
-    if layout == "dense":
-        return np.ascontiguousarray(x.T)
-    return np.array(x)
+        x = x.transpose(2, 3, 1, 0)
+    elif layout == "dense":
+        x = x.T
+    return np.array(x, order="C")
 
 
 # --------------------------------------------------------------------------- expected layouts
 
 
 @functools.lru_cache(maxsize=32)
-def expected_entries(arch: str, num_classes: int, stem: str) -> tuple[_Entry, ...]:
-    """The tensors a ``create_model(arch, num_classes=..., stem=...)`` model holds, from its shapes alone."""
+def _expected_entries(arch: str, num_classes: int, stem: str) -> tuple[_Entry, ...]:
+    """The tensors of ``create_model(arch, num_classes=..., stem=...)``, from abstract shapes alone."""
     if stem not in STEMS:
         raise ValueError(f"unknown stem {stem!r}; valid: {STEMS}")
     model = models.create_model(arch, num_classes=num_classes, stem=stem)
@@ -189,14 +195,18 @@ def _check(shapes: Mapping[str, tuple[int, ...]], expected: tuple[_Entry, ...], 
         else:
             continue
         raise ValueError(
-            f"{problem}; {what} expects {len(expected)} tensors: {_listing(expected, key)}{_guess(shapes)}"
+            f"{problem}; {what} expects {len(expected)} tensors besides num_batches_tracked: "
+            f"{_listing(expected, key)}{_guess(shapes)}"
         )
 
 
 def _guess(shapes: Mapping[str, tuple[int, ...]]) -> str:
     """Name the architecture the tensors do fit, if any: the usual cause of a mismatch."""
     for arch in sorted(models.MODELS):
-        expected = _expected_for(arch, shapes)
+        try:
+            expected = _expected_for(arch, shapes)
+        except ValueError:
+            continue
         if {e.key: e.shape for e in expected} == {k: tuple(v) for k, v in shapes.items()}:
             return f". The given tensors match {_describe(arch, shapes)}"
     return ""
@@ -227,7 +237,7 @@ def to_torch_state_dict(
         momentum is None).
 
     Returns:
-      An ordered dict in torchvision's key order, loadable with ``load_state_dict(strict=True)``
+      A dict in torchvision's key order, loadable with ``load_state_dict(strict=True)``
       into ``torchvision_model(arch, num_classes, stem)``.
 
     Raises:
@@ -303,7 +313,7 @@ def torchvision_model(arch: str, num_classes: int = 1000, stem: str = "torchvisi
 
 
 def load_torch_checkpoint(
-    path: str, *, arch: str, num_classes: int | None = None, stem: str | None = None
+    path: str | os.PathLike, *, arch: str, num_classes: int | None = None, stem: str | None = None
 ) -> dict[str, dict[str, Any]]:
     """Read a PyTorch checkpoint file into Flax variables (see :func:`from_torch_state_dict`).
 
@@ -322,30 +332,34 @@ def load_torch_checkpoint(
 # --------------------------------------------------------------------------- helpers
 
 
+def _resolve(shapes: Mapping[str, tuple[int, ...]], num_classes: int | None, stem: str | None):
+    """Fill in the head size and stem the caller left open from the tensors' own shapes."""
+    if num_classes is None:
+        num_classes = shapes.get("fc.weight", (1000,))[0]
+    return int(num_classes), stem or _infer_stem(shapes.get("conv1.weight"))
+
+
 def _expected_for(
     arch: str, shapes: Mapping[str, tuple[int, ...]], *, num_classes: int | None = None, stem: str | None = None
 ) -> tuple[_Entry, ...]:
     if arch not in models.MODELS:
         raise ValueError(f"unknown arch {arch!r}; valid: {sorted(models.MODELS)}")
-    if num_classes is None:
-        num_classes = shapes.get("fc.weight", (1000,))[0]
-    return expected_entries(arch, int(num_classes), stem or _infer_stem(shapes.get("conv1.weight")))
+    return _expected_entries(arch, *_resolve(shapes, num_classes, stem))
 
 
 def _describe(arch: str, shapes, *, num_classes: int | None = None, stem: str | None = None) -> str:
-    nc = num_classes if num_classes is not None else shapes.get("fc.weight", (1000,))[0]
-    stem = stem or _infer_stem(shapes.get("conv1.weight"))
-    return f"{arch} (stem={stem!r}, num_classes={int(nc)})"
+    num_classes, stem = _resolve(shapes, num_classes, stem)
+    return f"{arch} (stem={stem!r}, num_classes={num_classes})"
 
 
 def _numpy(value: Any) -> np.ndarray:
-    """A torch tensor or array-like -> numpy, without aliasing the source's memory."""
+    """A torch tensor or array-like as numpy (possibly a view; the layout step copies)."""
     if hasattr(value, "detach"):
         value = value.detach().cpu()
         if str(value.dtype) == "torch.bfloat16":  # numpy has no bfloat16; float32 holds it exactly
             value = value.float()
-        value = value.numpy()
-    return np.array(value)
+        return value.numpy()
+    return np.asarray(value)
 
 
 def _find_state_dict(obj: Any, path: str) -> Mapping[str, Any]:

@@ -1,0 +1,346 @@
+"""The ablation engine against independent truths: literal trees, PROTOCOLS.md algebra, a slow loop."""
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import ablation as abl
+from resnet_jax import data, engine, models, protocols
+from tests.conftest import run_cli
+
+
+def _model_and_variables(name="resnet_tiny", seed=0, stem="torchvision", size=32):
+    """A model with random weights AND non-trivial BN statistics (not the init's zeros and ones)."""
+    model = models.create_model(name, num_classes=10, stem=stem)
+    variables = model.init(jax.random.key(seed), jnp.zeros((1, size, size, 3)))
+    rng = np.random.default_rng(seed)
+    stats = jax.tree_util.tree_map_with_path(
+        lambda kp, v: (rng.uniform(0.5, 2.0, v.shape) if kp[-1].key == "var" else rng.normal(0, 0.3, v.shape))
+        .astype(np.float32), variables["batch_stats"])
+    params = jax.tree_util.tree_map_with_path(
+        lambda kp, v: (rng.normal(1.0 if kp[-1].key == "scale" else 0.0, 0.2, v.shape).astype(np.float32)
+                       if kp[-1].key in ("scale", "bias") and len(kp) > 1 and kp[-2].key != "fc" else v),
+        variables["params"])
+    return model, {"params": params, "batch_stats": stats}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, variables = _model_and_variables()
+    layers = abl.catalogue(model, variables)
+    split = data.synthetic_split("test", n=40)
+    return model, variables, layers, split
+
+
+# Catalogue -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, n_convs, n_decomposition, n_shortcut, n_adjacent", [
+    ("resnet18", 20, 7, 3, 5),
+    ("resnet34", 36, 7, 3, 5),
+    # Bottleneck: stem + conv1 of 15 units (layer1.0.conv1 is 64->64) + all 16 conv3 + 4 projections;
+    # adjacent: layer1.0.conv1, layer1.0.conv2 and the 3x3 conv2 of each later stage's first unit.
+    ("resnet50", 53, 1 + 15 + 16 + 4, 4, 5),
+])
+def test_catalogue_counts_and_roles(name, n_convs, n_decomposition, n_shortcut, n_adjacent):
+    model = models.create_model(name, num_classes=10)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    layers = abl.catalogue(model, variables)
+    count = lambda role: sum(role in l.roles for l in layers)  # noqa: E731
+    assert len(layers) == n_convs
+    assert (count("decomposition"), count("shortcut"), count("adjacent")) == (n_decomposition, n_shortcut,
+                                                                               n_adjacent)
+    assert count("stem") == 1 and layers[0].name == "conv1"
+
+
+def test_resnet34_roles_are_the_protocol_lists():
+    model = models.create_model("resnet34", num_classes=10)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    layers = {l.name: l for l in abl.catalogue(model, variables)}
+    decomposition = {n for n, l in layers.items() if "decomposition" in l.roles}
+    assert decomposition == {"conv1", "layer2.0.conv1", "layer3.0.conv1", "layer4.0.conv1",
+                             "layer2.0.downsample", "layer3.0.downsample", "layer4.0.downsample"}
+    adjacent = {n for n, l in layers.items() if "adjacent" in l.roles}
+    assert adjacent == {"layer1.0.conv1", "layer1.0.conv2", "layer2.0.conv2", "layer3.0.conv2", "layer4.0.conv2"}
+    # 74.8 M multiply-adds per 32x32 image, as counted by hand for torchvision's ResNet34 convs.
+    assert sum(l.macs for l in layers.values()) == 74_760_192
+    assert layers["layer3.0.conv1"].stride == 2 and layers["layer3.0.downsample"].stride == 2
+    assert layers["layer3.1.conv1"].stride == 1
+
+
+# Specs ---------------------------------------------------------------------------------------
+
+def test_spec_union_difference_and_intersection(tiny):
+    _, _, layers, _ = tiny
+    spec = abl.parse_spec({"name": "s", "select": [{"stages": [2], "roles": ["residual"]}, "layer4.1.*"],
+                           "exclude": [{"names": ["layer4.1.conv2"]}]})
+    assert abl.resolve(spec, layers) == ("layer2.1.conv1", "layer2.1.conv2", "layer4.1.conv1")
+    regex = abl.parse_spec({"name": "r", "select": {"regex": [r"layer[34]\.0\.conv\d"]}})
+    assert abl.resolve(regex, layers) == ("layer3.0.conv1", "layer3.0.conv2", "layer4.0.conv1", "layer4.0.conv2")
+
+
+@pytest.mark.parametrize("obj, message", [
+    ({"name": "x", "kind": "zero", "select": "*"}, "valid: \\['zero-kernel'"),
+    ({"name": "x", "select": {"roles": ["decomp"]}}, "unknown role"),
+    ({"name": "x", "select": {"layer": ["conv1"]}}, "unknown selector field"),
+    ({"name": "x", "select": {"regex": ["("]}}, "invalid regex"),
+    ({"select": "*"}, "needs a 'name'"),
+    ({"name": "x"}, "selects nothing"),
+    ({"name": "x", "select": "*", "colour": 1}, "unknown spec field"),
+])
+def test_invalid_specs_fail_before_compute(obj, message):
+    with pytest.raises(abl.SpecError, match=message):
+        abl.parse_spec(obj)
+
+
+@pytest.mark.parametrize("obj, message", [
+    ({"name": "x", "select": {"names": ["layer9.0.conv1"]}}, "unknown layer name.*'conv1', 'layer1.0.conv1'"),
+    ({"name": "x", "select": {"stages": [7]}}, r"unknown stage\(s\) \[7\]; valid: \[1, 2, 3, 4\]"),
+    ({"name": "x", "select": "layer9.*"}, "matches no layer"),
+    ({"name": "x", "select": {"stages": [2]}, "exclude": {"stages": [2]}}, "matches no layer"),
+    ({"name": "x", "kind": "lesion", "select": {"names": ["layer2.0.conv1"]}}, "identity-shortcut"),
+])
+def test_specs_that_do_not_resolve_name_the_valid_choices(tiny, obj, message):
+    with pytest.raises(abl.SpecError, match=message):
+        abl.resolve(abl.parse_spec(obj), tiny[2])
+
+
+def test_spec_file_round_trip(tmp_path, tiny):
+    path = tmp_path / "specs.yaml"
+    path.write_text("- name: a\n  kind: zero-branch\n  select: {roles: [shortcut]}\n- name: b\n  select: conv1\n")
+    specs = abl.load_specs(path)
+    assert [abl.resolve(s, tiny[2]) for s in specs] == [
+        ("layer2.0.downsample", "layer3.0.downsample", "layer4.0.downsample"), ("conv1",)]
+
+
+# Masks ---------------------------------------------------------------------------------------
+
+def test_all_ones_mask_is_the_identity(tiny):
+    _, variables, layers, _ = tiny
+    mask = abl.make_mask(variables["params"], abl.Ablation("none", "zero-kernel", ()), layers)
+    out = abl.apply(variables, mask)
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(out)):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("kind, zeroed", [
+    ("zero-kernel", {("layer2", "1", "conv2", "kernel")}),
+    ("zero-branch", {("layer2", "1", "conv2", "kernel"), ("layer2", "1", "bn2", "scale"),
+                     ("layer2", "1", "bn2", "bias")}),
+    ("lesion", {("layer2", "1", "bn2", "scale"), ("layer2", "1", "bn2", "bias")}),
+])
+def test_masked_leaves_are_exactly_zero_and_the_rest_bitwise_unchanged(tiny, kind, zeroed):
+    _, variables, layers, _ = tiny
+    mask = abl.make_mask(variables["params"], abl.Ablation("m", kind, ("layer2.1.conv2",)), layers)
+    out = jax.jit(abl.apply)(variables, mask)
+    before = dict(jax.tree_util.tree_flatten_with_path(variables["params"])[0])
+    for kp, leaf in jax.tree_util.tree_flatten_with_path(out["params"])[0]:
+        path = tuple(k.key for k in kp)
+        if path in zeroed:
+            assert np.all(np.asarray(leaf) == 0)
+        else:
+            assert np.array_equal(np.asarray(leaf), np.asarray(before[kp]))
+    assert np.array_equal(np.asarray(jax.tree.leaves(out["batch_stats"])[0]),
+                          np.asarray(jax.tree.leaves(variables["batch_stats"])[0]))
+
+
+# PROTOCOLS.md algebra on a real identity unit ------------------------------------------------
+
+def _unit_io(model, variables, x, *, train=False):
+    """Input and output of residual unit layer1.1 (an identity-shortcut unit)."""
+    kwargs = {"mutable": ["intermediates", "batch_stats"]} if train else {"mutable": ["intermediates"]}
+    _, state = model.apply(variables, x, train=train, capture_intermediates=True, **kwargs)
+    inter = state["intermediates"]["layer1"]
+    return np.asarray(inter["0"]["__call__"][0]), np.asarray(inter["1"]["__call__"][0])
+
+
+def _ablate(variables, layers, kind, name="layer1.1.conv2"):
+    return abl.apply(variables, abl.make_mask(variables["params"], abl.Ablation("m", kind, (name,)), layers))
+
+
+def test_zeroed_conv2_gives_relu_of_x_plus_the_bn_constant(tiny):
+    model, variables, layers, _ = tiny
+    x = jax.random.normal(jax.random.key(3), (4, 32, 32, 3))
+    unit_in, unit_out = _unit_io(model, _ablate(variables, layers, "zero-kernel"), x)
+    bn = variables["params"]["layer1"]["1"]["bn2"]
+    stats = variables["batch_stats"]["layer1"]["1"]["bn2"]
+    c2 = bn["bias"] - bn["scale"] * stats["mean"] / np.sqrt(stats["var"] + 1e-5)
+    np.testing.assert_allclose(unit_out, np.maximum(unit_in + np.asarray(c2), 0), rtol=1e-5, atol=1e-5)
+    assert np.abs(np.asarray(c2)).max() > 0.05  # the constant is really there
+
+
+def test_zeroed_conv2_in_train_mode_gives_relu_of_x_plus_beta(tiny):
+    model, variables, layers, _ = tiny
+    x = jax.random.normal(jax.random.key(4), (4, 32, 32, 3))
+    unit_in, unit_out = _unit_io(model, _ablate(variables, layers, "zero-kernel"), x, train=True)
+    beta = np.asarray(variables["params"]["layer1"]["1"]["bn2"]["bias"])
+    np.testing.assert_allclose(unit_out, np.maximum(unit_in + beta, 0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["zero-branch", "lesion"])
+def test_silenced_branch_gives_relu_of_x(tiny, kind):
+    model, variables, layers, _ = tiny
+    x = jax.random.normal(jax.random.key(5), (4, 32, 32, 3))
+    unit_in, unit_out = _unit_io(model, _ablate(variables, layers, kind), x)
+    np.testing.assert_array_equal(unit_out, np.maximum(unit_in, 0))
+
+
+def test_zeroed_conv1_gives_relu_of_x_plus_bn2_of_conv2_of_relu_c1(tiny):
+    model, variables, layers, _ = tiny
+    x = jax.random.normal(jax.random.key(6), (2, 32, 32, 3))
+    unit_in, unit_out = _unit_io(model, _ablate(variables, layers, "zero-kernel", "layer1.1.conv1"), x)
+    p, s = variables["params"]["layer1"]["1"], variables["batch_stats"]["layer1"]["1"]
+    bn = lambda v, k: (v - s[k]["mean"]) / np.sqrt(s[k]["var"] + 1e-5) * p[k]["scale"] + p[k]["bias"]  # noqa
+    c1 = np.maximum(bn(np.zeros(4, np.float32), "bn1"), 0)
+    h = np.broadcast_to(c1, unit_in.shape)
+    conv2 = jax.lax.conv_general_dilated(h, p["conv2"]["kernel"], (1, 1), ((1, 1), (1, 1)),
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(unit_out, np.maximum(unit_in + bn(np.asarray(conv2), "bn2"), 0), atol=1e-5)
+
+
+# Engine --------------------------------------------------------------------------------------
+
+def _slow_reference(model, variables, ablation, layers, split):
+    """One masked model at a time, one image at a time: the obvious loop."""
+    masked = abl.apply(variables, abl.make_mask(variables["params"], ablation, layers))
+    forward = jax.jit(lambda v, x: model.apply(v, x)[0])
+    preds = []
+    for image in split.images:
+        x = (image[None].astype(np.float32) / 255.0 - 0.5) / 0.25
+        preds.append(int(np.argmax(forward(masked, x))))
+    return np.asarray(preds)
+
+
+@pytest.mark.parametrize("kind", ["zero-kernel", "zero-branch", "lesion"])
+def test_batched_engine_matches_a_plain_loop(tiny, kind):
+    model, variables, layers, split = tiny
+    names = ["layer1.1.conv2", "layer3.1.conv1", "layer4.1.conv2"]
+    if kind != "lesion":
+        names += ["conv1", "layer3.0.downsample"]
+    ablations = [abl.Ablation(n, kind, (n,)) for n in names]
+    expected = {a.name: _slow_reference(model, variables, a, layers, split) for a in ablations}
+    for method in ("gates", "weights"):
+        results = engine.evaluate(model, variables, ablations, layers, split.images, split.labels,
+                                  image_mean=0.5, image_std=0.25, batch_size=16, method=method, progress=False)
+        for a, r in zip(ablations, results):
+            np.testing.assert_array_equal(r.per_example["prediction"], expected[a.name], err_msg=f"{method} {a.name}")
+            assert r.value == pytest.approx(np.mean(expected[a.name] == split.labels))
+
+
+def test_results_do_not_depend_on_chunk_size_and_compile_once_per_chunk_shape(tiny):
+    model, variables, layers, split = tiny
+    ablations = [abl.Ablation(l.name, "zero-kernel", (l.name,)) for l in layers[:7]]
+    traces = []
+
+    def count(next_fun, args, kwargs, context):
+        if isinstance(context.module, models.ResNet) and context.method_name == "__call__":
+            traces.append(1)
+        return next_fun(*args, **kwargs)
+
+    outs = {}
+    for chunk in (1, 3, 7):
+        traces.clear()
+        with nn.intercept_methods(count):
+            outs[chunk] = engine.evaluate(model, variables, ablations, layers, split.images, split.labels,
+                                          image_mean=0.5, image_std=0.25, batch_size=16, chunk=chunk,
+                                          progress=False)
+        assert len(traces) == 1, f"chunk={chunk} traced {len(traces)} times"  # 3 batches, 7 masks, 1 trace
+    for chunk in (3, 7):
+        for a, b in zip(outs[1], outs[chunk]):
+            np.testing.assert_array_equal(a.per_example["prediction"], b.per_example["prediction"])
+            np.testing.assert_array_equal(a.per_example["correct"], b.per_example["correct"])
+
+
+def test_chunk_size_follows_the_memory_budget(tiny):
+    layers = tiny[2]
+    per_mask = 128 * engine.activation_bytes_per_example(layers)
+    assert engine.chunk_size(100, batch_size=128, layers=layers, memory_budget_mb=3 * per_mask / 2**20) == 3
+    assert engine.chunk_size(100, batch_size=128, layers=layers, memory_budget_mb=1e-6) == 1
+
+
+def test_reinit_and_rerandomize_replace_kernels(tiny):
+    model, variables, layers, split = tiny
+    initial = jax.tree.map(lambda v: v + 1.0, variables["params"])
+    mask = abl.make_mask(variables["params"], abl.Ablation("r", "reinit", ("layer2.1.conv1",)), layers)
+    out = abl.apply(variables, mask, replacement=initial)
+    k = lambda t: np.asarray(t["params"]["layer2"]["1"]["conv1"]["kernel"])  # noqa: E731
+    np.testing.assert_array_equal(k(out), k({"params": initial}))
+    ablations = [abl.Ablation("a", "reinit", ("layer2.1.conv1",)), abl.Ablation("b", "rerandomize", ("conv1",))]
+    results = engine.evaluate(model, variables, ablations, layers, split.images, split.labels,
+                              image_mean=0.5, image_std=0.25, batch_size=16, initial_params=initial,
+                              progress=False)
+    assert len(results) == 2
+    manual = abl.apply(variables, mask, replacement=initial)
+    np.testing.assert_array_equal(results[0].per_example["prediction"],
+                                  _slow_reference(model, manual, abl.Ablation("x", "zero-kernel", ()), layers, split))
+    fresh = model.init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)))["params"]
+    redrawn = abl.apply(variables, abl.make_mask(variables["params"], ablations[1], layers), replacement=fresh)
+    np.testing.assert_array_equal(results[1].per_example["prediction"],
+                                  _slow_reference(model, redrawn, abl.Ablation("x", "zero-kernel", ()), layers, split))
+
+
+# Protocols and sweeps ------------------------------------------------------------------------
+
+def test_protocol_specs_follow_protocols_md():
+    model = models.create_model("resnet34", num_classes=10)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    layers = abl.catalogue(model, variables)
+    resolved = lambda p, kind="zero-kernel": {  # noqa: E731
+        a.name: a.layers for a in abl.resolve_all(protocols.protocol_specs(p, layers, kind=kind), layers)}
+    assert len(resolved("single")) == 36
+    stage = resolved("stage-except-decomposition")
+    assert stage["layer1"] == ("layer1.1.conv1", "layer1.1.conv2", "layer1.2.conv1", "layer1.2.conv2")
+    assert stage["layer3"] == tuple(f"layer3.{b}.conv{c}" for b in range(1, 6) for c in (1, 2))
+    assert resolved("shortcut") == {f"layer{s}.0.downsample": (f"layer{s}.0.downsample",) for s in (2, 3, 4)}
+    assert len(resolved("single", "lesion")) == 16 - 3  # identity-shortcut units
+    with pytest.raises(abl.SpecError, match="lesion"):
+        protocols.protocol_specs("shortcut", layers, kind="lesion")
+
+
+def test_interrupted_sweep_keeps_finished_chunks_and_skips_them(tmp_path, tiny):
+    model, variables, layers, split = tiny
+    store = protocols.ResultStore(tmp_path, fingerprint="f")
+    evaluated = []
+
+    def evaluate(ablations, on_chunk, *, crash_after=None):
+        def hook(chunk):
+            on_chunk(chunk)
+            evaluated.extend(r.name for r in chunk)
+            if crash_after is not None and len(evaluated) >= crash_after:
+                raise RuntimeError("power cut")
+        return engine.evaluate(model, variables, ablations, layers, split.images, split.labels, image_mean=0.5,
+                               image_std=0.25, batch_size=16, chunk=4, on_chunk=hook, progress=False)
+
+    with pytest.raises(RuntimeError):
+        protocols.run_protocol("single", store=store, layers=layers,
+                               evaluate=lambda a, c: evaluate(a, c, crash_after=9))
+    assert evaluated[0] == "baseline" and len(evaluated) == 9  # baseline + two chunks of 4
+    evaluated.clear()
+    rows = protocols.run_protocol("single", store=store, layers=layers, evaluate=evaluate)
+    assert len(evaluated) == 20 - 8 and len(rows) == 20
+    assert [r["mask"] for r in rows] == [l.name for l in layers]
+    evaluated.clear()
+    protocols.run_protocol("single", store=store, layers=layers, evaluate=evaluate)
+    assert evaluated == []
+
+
+def test_cli_ablate_all_then_report(tmp_path):
+    assert run_cli("train", "--config", "synthetic-tiny", "--workdir", str(tmp_path)).returncode == 0
+    result = run_cli("ablate", "--workdir", str(tmp_path), "--protocol", "all", "--n-examples", "64")
+    assert result.returncode == 0, result.stderr
+    for stem in ("baseline", "single", "stage-except-decomposition", "shortcut"):
+        assert (tmp_path / "ablation" / f"{stem}.csv").is_file()
+    table = json.loads((tmp_path / "ablation" / "single.json").read_text())
+    assert len(table["rows"]) == 20 and (tmp_path / "ablation" / "single.png").is_file()
+    row = table["rows"][0]
+    assert row["delta"] == pytest.approx(row["value"] - row["baseline"])
+    assert row["ci_low"] <= row["value"] <= row["ci_high"]
+    report = run_cli("report", "--workdir", str(tmp_path))
+    assert report.returncode == 0, report.stderr
+    text = (tmp_path / "report.md").read_text()
+    assert "single (zero-kernel)" in text and "ablation/single.png" in text
+    bad = run_cli("ablate", "--workdir", str(tmp_path), "--protocol", "singel")
+    assert bad.returncode == 2 and "stage-except-decomposition" in bad.stderr
