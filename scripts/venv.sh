@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Run a command inside resnet-jax's virtualenv, creating it first if needed.
+#
+# The environment lives outside the checkout, keyed on the dependency spec (pyproject.toml,
+# the extras and the Python version), so a second clone or a CI rerun reuses it in seconds.
+# Usage: scripts/venv.sh COMMAND [ARGS...]     e.g. scripts/venv.sh python -m pytest -q
+# Env:   RESNET_JAX_EXTRAS (default "test,torch"), RESNET_JAX_VENV (override the location),
+#        PYTHON (interpreter to build the venv from, default python3).
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+python=${PYTHON:-python3}
+extras=${RESNET_JAX_EXTRAS:-test,torch}
+key=$( { cat "$repo/pyproject.toml"; echo "$extras"; "$python" --version; } | sha256sum | cut -c1-16)
+venv=${RESNET_JAX_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/resnet-jax/venv-$key}
+
+if [ ! -f "$venv/.complete" ]; then
+  echo "setting up $venv (extras: $extras); this happens once per dependency spec" >&2
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip >&2
+  "$venv/bin/python" -m pip install -q -e "$repo[$extras]" >&2
+  touch "$venv/.complete"
+fi
+# The cached venv may point at another clone: re-point the editable install at this one.
+here=$(cd / && "$venv/bin/python" -c 'import pathlib, resnet_jax; print(pathlib.Path(resnet_jax.__file__).resolve().parents[1])' 2>/dev/null || true)
+if [ "$here" != "$repo" ]; then
+  "$venv/bin/python" -m pip install -q --no-deps -e "$repo" >&2
+fi
+export PATH="$venv/bin:$PATH" VIRTUAL_ENV="$venv"
+exec "$@"
