@@ -7,7 +7,8 @@ Two formulations behind one interface, chosen per ablation kind:
   residual branch) by 0 for its copy of the batch, so K masked models are one forward over a
   K x B batch. ``x * 0 == conv(x, 0)`` exactly for finite activations, so this is the same
   model as the weight mask, and plain convs stay plain (vmapping over kernels would turn every
-  conv into a slow grouped conv).
+  conv into a slow grouped conv). Evaluation mode only: in train mode the gated copies would
+  share, and change, one set of batch statistics.
 * ``weights``: the reference semantics and the only option for reinit/rerandomize: ``lax.map``
   over the chunk's masks, each applied to the variables with :func:`ablation.apply`.
 

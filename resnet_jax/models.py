@@ -204,7 +204,10 @@ class ResNet(nn.Module):
       block_cls: ``BasicBlock`` or ``Bottleneck``.
       num_classes: size of the ``fc`` head; ``None`` drops pooling and head (an encoder).
       stem: ``'torchvision'`` (7x7/2 conv + 3x3/2 max-pool) or ``'cifar'`` (3x3/1 conv, no pool).
-      dilate_stages: per stage 2..4, replace its stride by dilation (PSPNet's output stride 8).
+      dilate_stages: per stage 2..4, replace its stride by dilation (PSPNet's output stride 8). Every
+        unit of a dilated stage uses the new dilation, as segmentation_models_pytorch does;
+        torchvision's ``replace_stride_with_dilation`` keeps the previous one in the first unit,
+        so dilated weights do not transfer between the two bit for bit.
       conv_impl: ``'auto'``, ``'xla'`` or ``'patches'``; see :class:`Conv`.
       dtype: compute dtype (``jnp.bfloat16`` for mixed precision); parameters stay float32.
     """
