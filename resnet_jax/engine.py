@@ -30,6 +30,7 @@ import numpy as np
 
 from resnet_jax import ablation as abl
 from resnet_jax import metrics as metrics_lib
+from resnet_jax import models
 
 METHODS = ("auto", "gates", "weights")
 
@@ -74,15 +75,32 @@ def _normalize(images, mean, std):
     return (images.astype(jnp.float32) / 255.0 - mean) / std
 
 
-def _gates_forward(model: nn.Module, metric) -> Callable:
+def start_stage(ablation: abl.Ablation, layers: Sequence[abl.Layer]) -> int:
+    """The first stage an ablation changes (0 = the stem); everything before it is shared."""
+    stages = {l.name: l.stage or 0 for l in layers}
+    if not ablation.layers:
+        return max(stages.values())
+    return min(stages[n] for n in ablation.layers)
+
+
+def _supports_tiling(model: nn.Module) -> bool:
+    return isinstance(model, models.ResNet)
+
+
+def _gates_forward(model: nn.Module, metric, start: int) -> Callable:
+    tiled_inside = _supports_tiling(model)
+
     @jax.jit
     def forward(variables, gates, images, targets, mean, std):
         k = next(iter(next(iter(gates.values())).values())).shape[0]
         b = images.shape[0]
         x = _normalize(images, mean, std)
-        x = jnp.broadcast_to(x[None], (k, *x.shape)).reshape(k * b, *x.shape[1:])
         per_example_gates = jax.tree.map(lambda g: jnp.repeat(g, b), gates)
-        logits, _ = model.apply(variables, x, gates=per_example_gates)
+        if tiled_inside:  # the shared prefix runs once, on b examples
+            logits, _ = model.apply(variables, x, gates=per_example_gates, tile=(start, k))
+        else:
+            x = jnp.broadcast_to(x[None], (k, *x.shape)).reshape(k * b, *x.shape[1:])
+            logits, _ = model.apply(variables, x, gates=per_example_gates)
         logits = logits.reshape(k, b, *logits.shape[1:])
         return metric.per_example(logits, jnp.broadcast_to(targets[None], (k, *targets.shape)))
 
@@ -147,16 +165,18 @@ def evaluate(
     from tqdm import tqdm
 
     results: list[Result] = []
-    groups: dict[tuple[str, str], list[abl.Ablation]] = {}
+    groups: dict[tuple[str, str, int], list[abl.Ablation]] = {}
     for a in ablations:
-        groups.setdefault((a.kind, method_for(a.kind, method)), []).append(a)
+        how = method_for(a.kind, method)
+        start = start_stage(a, layers) if how == "gates" and _supports_tiling(model) else 0
+        groups.setdefault((a.kind, how, start), []).append(a)
     bar = tqdm(total=len(ablations), desc="ablations", unit="mask", disable=not progress or None, leave=False)
-    for (kind, how), group in groups.items():
+    for (kind, how, start), group in sorted(groups.items()):
         size = chunk or chunk_size(len(group), batch_size=batch_size, layers=layers,
                                    memory_budget_mb=memory_budget_mb)
         run = _gate_runner if how == "gates" else _weight_runner
         for chunk_results in run(model, variables, group, layers, images, targets, image_mean, image_std,
-                                 metric, batch_size, size, kind, initial_params):
+                                 metric, batch_size, size, kind, initial_params, start):
             results += chunk_results
             bar.update(len(chunk_results))
             if on_chunk is not None:
@@ -189,10 +209,10 @@ def _results(collected, seconds: float) -> list[Result]:
 
 
 def _gate_runner(model, variables, group, layers, images, targets, mean, std, metric, batch_size, size,
-                 kind, initial_params):
+                 kind, initial_params, start):
     # Only baselines: an all-ones site keeps the gate structure non-empty.
-    all_gates = abl.make_gates(group, layers) or {"kernel": {layers[0].name: np.ones(len(group), np.float32)}}
-    forward = _gates_forward(model, metric)
+    all_gates = abl.make_gates(group, layers) or {"kernel": {layers[-1].name: np.ones(len(group), np.float32)}}
+    forward = _gates_forward(model, metric, start)
     for start in range(0, len(group), size):
         chunk = group[start:start + size]
         gates = jax.tree.map(lambda g: _pad_ones(g[start:start + size], size), all_gates)
@@ -207,7 +227,7 @@ def _pad_ones(vec: np.ndarray, size: int) -> np.ndarray:
 
 
 def _weight_runner(model, variables, group, layers, images, targets, mean, std, metric, batch_size, size,
-                   kind, initial_params):
+                   kind, initial_params, start):
     replacement_fn = None
     if kind == "reinit":
         if initial_params is None:

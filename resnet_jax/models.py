@@ -44,6 +44,14 @@ def _gate(x: Array, gates: Gates | None, kind: str, name: str) -> Array:
     return x * jnp.asarray(g, x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
 
 
+def _tile(x: Array, tile: tuple[int, int] | None, here: int) -> Array:
+    """Stack ``k`` copies of the batch (copy-major) when the forward reaches stage ``tile[0]``."""
+    if tile is None or tile[0] != here:
+        return x
+    k = tile[1]
+    return jnp.broadcast_to(x[None], (k, *x.shape)).reshape(k * x.shape[0], *x.shape[1:])
+
+
 def _canonical(path: Sequence[str]) -> str:
     return ".".join(path)
 
@@ -222,7 +230,15 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, *, train: bool = False, gates: Gates | None = None):
+    def __call__(self, x: Array, *, train: bool = False, gates: Gates | None = None,
+                 tile: tuple[int, int] | None = None):
+        """Forward pass.
+
+        ``tile=(s, k)`` computes everything before stage ``s`` (0 = the stem) once and then
+        continues on ``k`` stacked copies of the batch (mask-major), so K ablations that all start
+        at stage ``s`` or later share their common prefix. Gates of sites before ``s`` must be
+        absent; later gates are per copy-and-example (length ``k * batch``).
+        """
         if self.stem not in ("torchvision", "cifar"):
             raise ValueError(f"unknown stem {self.stem!r}; valid: 'torchvision', 'cifar'")
         if self.conv_impl not in CONV_IMPLS:
@@ -236,6 +252,7 @@ class ResNet(nn.Module):
         prefix = _canonical(self.path)
         stem_name = f"{prefix}.conv1" if prefix else "conv1"
         intermediates = {}
+        x = _tile(x, tile, 0)
         if self.stem == "torchvision":
             x = conv(self.num_filters, (7, 7), strides=2, name="conv1")(x)
         else:
@@ -251,6 +268,7 @@ class ResNet(nn.Module):
             strides = 1 if i == 0 else 2
             if i > 0 and self.dilate_stages[i - 1]:
                 dilation, strides = dilation * 2, 1
+            x = _tile(x, tile, i + 1)
             x = Stage(
                 n_units, self.num_filters * 2**i, strides, self.block_cls, conv, norm,
                 dilation=dilation, name=f"layer{i + 1}",

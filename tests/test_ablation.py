@@ -247,7 +247,9 @@ def test_results_do_not_depend_on_chunk_size_and_compile_once_per_chunk_shape(ti
             outs[chunk] = engine.evaluate(model, variables, ablations, layers, split.images, split.labels,
                                           image_mean=0.5, image_std=0.25, batch_size=16, chunk=chunk,
                                           progress=False)
-        assert len(traces) == 1, f"chunk={chunk} traced {len(traces)} times"  # 3 batches, 7 masks, 1 trace
+        # 3 batches (the last one padded), chunks padded to one shape: one trace per shared prefix,
+        # i.e. per first stage touched: the stem, stage 1 (4 convs), stage 2 (2 convs).
+        assert len(traces) == 3, f"chunk={chunk} traced {len(traces)} times"
     for chunk in (3, 7):
         for a, b in zip(outs[1], outs[chunk]):
             np.testing.assert_array_equal(a.per_example["prediction"], b.per_example["prediction"])
@@ -317,10 +319,12 @@ def test_interrupted_sweep_keeps_finished_chunks_and_skips_them(tmp_path, tiny):
     with pytest.raises(RuntimeError):
         protocols.run_protocol("single", store=store, layers=layers,
                                evaluate=lambda a, c: evaluate(a, c, crash_after=9))
-    assert evaluated[0] == "baseline" and len(evaluated) == 9  # baseline + two chunks of 4
+    assert evaluated[0] == "baseline"
+    finished = set(evaluated[1:])
+    assert 8 <= len(finished) < 20  # whole chunks were kept, and the crash came mid-sweep
     evaluated.clear()
     rows = protocols.run_protocol("single", store=store, layers=layers, evaluate=evaluate)
-    assert len(evaluated) == 20 - 8 and len(rows) == 20
+    assert set(evaluated) == {l.name for l in layers} - finished and len(evaluated) == 20 - len(finished)
     assert [r["mask"] for r in rows] == [l.name for l in layers]
     evaluated.clear()
     protocols.run_protocol("single", store=store, layers=layers, evaluate=evaluate)
