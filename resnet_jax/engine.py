@@ -164,6 +164,8 @@ def evaluate(
     """
     from tqdm import tqdm
 
+    n_dev = jax.device_count()
+    batch_size = -(-batch_size // n_dev) * n_dev
     results: list[Result] = []
     groups: dict[tuple[str, str, int], list[abl.Ablation]] = {}
     for a in ablations:
@@ -188,9 +190,13 @@ def evaluate(
 
 def _collect(forward_chunk: Callable, group, images, targets, batch_size, metric):
     """Run ``forward_chunk(images, targets) -> dict of (K, B)`` over all batches; join per mask."""
+    from resnet_jax import train
+
+    mesh = train.data_mesh()  # examples are split over every device; masks ride along
     parts: list[dict[str, np.ndarray]] = []
     for start, stop in _batches(len(images), batch_size):
-        out = forward_chunk(_pad(images[start:stop], batch_size), _pad(targets[start:stop], batch_size))
+        x, y = train.shard_batch(mesh, _pad(images[start:stop], batch_size), _pad(targets[start:stop], batch_size))
+        out = forward_chunk(x, y)
         parts.append({k: np.asarray(v)[:, : stop - start] for k, v in out.items()})
     joined = {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
     out = []
