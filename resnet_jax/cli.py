@@ -21,6 +21,17 @@ def _train(args) -> int:
     return 0
 
 
+def _train_seg(args) -> int:
+    from resnet_jax import seg_train
+
+    overrides = list(args.set)
+    if args.data_dir:
+        overrides.append(f"data.data_dir={Path(args.data_dir).absolute()}")
+    config = seg_train.load_seg_config(args.config, overrides)
+    seg_train.train_and_evaluate(config, args.workdir, force_new=args.force_new)
+    return 0
+
+
 def _evaluate(args) -> int:
     from resnet_jax import train
 
@@ -68,6 +79,16 @@ def _report(args) -> int:
     return 0
 
 
+def _skip_study(args) -> int:
+    from resnet_jax import skip_study
+
+    overrides = list(args.set)
+    if args.data_dir:
+        overrides.append(f"data.data_dir={Path(args.data_dir).absolute()}")
+    skip_study.run_study(skip_study.load_skip_config(args.config, overrides), args.workdir)
+    return 0
+
+
 def _presets(args) -> int:
     for name, preset in configs.PRESETS.items():
         print(f"{name}\n    {preset.get('about', '')}")
@@ -86,6 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set train.epochs=3 (repeatable)")
     p.add_argument("--force-new", action="store_true", help="discard a different run found in the workdir")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("train-seg", help="train a PSPNet segmentation model (resumes; `ablate` then scores it by "
+                                         "Dice); writes metrics.jsonl per epoch and evaluation.json at the end")
+    p.add_argument("--config", required=True, help="a segmentation preset (acdc-pspnet34, acdc-pspnet34-cpu, "
+                                                   "acdc-pspnet34-smoke, sunnybrook-pspnet34-cpu, "
+                                                   "synthetic-seg-tiny) or a YAML/JSON file")
+    p.add_argument("--workdir", required=True, help="run directory: config, metrics.jsonl, checkpoints")
+    p.add_argument("--data-dir", help="e.g. ../shared/data/acdc_lv_myo (split zips, split folders or images/+masks/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--force-new", action="store_true", help="discard a different run found in the workdir")
+    p.set_defaults(func=_train_seg)
 
     p = sub.add_parser("evaluate", help="test accuracy of a run's best or latest checkpoint")
     p.add_argument("--workdir", required=True)
@@ -118,6 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write <workdir>/report.md from the ablation tables")
     p.add_argument("--workdir", required=True)
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("skip-study", help="Study B: per-image layer skipping chosen by strongest activations "
+                                          "(resumes; writes skip_report.md and skip_results.json)")
+    p.add_argument("--config", required=True, help="a Study B preset (mnist-skip, mnist-skip-cpu, "
+                                                   "mnist-skip-smoke, cifar100-skip) or a YAML/JSON file")
+    p.add_argument("--workdir", required=True, help="run directory: models, stages, figures, report")
+    p.add_argument("--data-dir", help="ImageFolder tree or per-split zips, instead of downloading from TFDS")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.epochs=3 (repeatable)")
+    p.set_defaults(func=_skip_study)
 
     p = sub.add_parser("presets", help="list the config presets and the commands that reproduce them")
     p.set_defaults(func=_presets)

@@ -47,15 +47,16 @@ SITES = ("relu", "pre_relu")
 
 # Models ------------------------------------------------------------------------------------------
 
-def _conv3x3(channels: int, *, strides: int = 1) -> nn.Conv:
-    return nn.Conv(channels, (3, 3), strides=strides, padding="SAME")
+def _conv3x3(channels: int, *, strides: int = 1, name: str | None = None) -> nn.Conv:
+    return nn.Conv(channels, (3, 3), strides=strides, padding="SAME", name=name)
 
 
 class SkipCNN(nn.Module):
     """CNN-1 (``depth=None``: full depth) and CNN-3 (``depth``: one of 0, 1, 2 per example).
 
     ``__call__`` returns ``(logits, activations)``; ``activations[name]`` is conv ``name``'s
-    output after ReLU and ``activations[name + '_pre']`` before, computed on the whole batch.
+    output after ReLU and ``activations[name + '_pre']`` before, computed for the whole batch (for
+    an example that skips the layer: on the input it would have had, then discarded).
     """
 
     num_classes: int
@@ -102,7 +103,7 @@ class Router(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> tuple[Array, dict[str, Array]]:
         for i, c in enumerate(self.channels):
-            x = nn.relu(nn.Conv(c, (3, 3), strides=2, padding="SAME", name=f"conv{i + 1}")(x))
+            x = nn.relu(_conv3x3(c, strides=2, name=f"conv{i + 1}")(x))
         return nn.Dense(self.num_labels, name="head")(x.reshape(x.shape[0], -1)), {}
 
 
@@ -136,15 +137,34 @@ def _depth_kwargs(depth: Array | None) -> dict[str, Array]:
     return {} if depth is None else {"depth": depth}
 
 
+@functools.cache
 def rmsprop(*, learning_rate: float, rho: float = 0.9, eps: float = 1e-7) -> optax.GradientTransformation:
-    """Keras' RMSprop: ``lr * g / (sqrt(E[g^2]) + eps)`` with Keras' defaults."""
+    """Keras' RMSprop: ``lr * g / (sqrt(E[g^2]) + eps)`` with Keras' defaults.
+
+    Cached, so models trained with the same settings share one optimizer object and therefore
+    their compiled steps.
+    """
     return optax.rmsprop(learning_rate, decay=rho, eps=eps, eps_in_sqrt=False)
 
 
 def init_state(model: nn.Module, image_shape: Sequence[int], *, tx: optax.GradientTransformation,
                seed: int) -> train_state.TrainState:
-    params = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, *image_shape), jnp.float32))["params"]
-    return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+    """Initial parameters and optimizer state, made by one compiled function.
+
+    The key is XLA's ``rbg`` generator: on CPU it compiles in a fraction of threefry's time (seconds
+    per model here). Its values may change between XLA versions; runs resume from checkpoints, never
+    from a re-initialisation, so that costs no reproducibility of a run.
+    """
+    return _init_fn(model, tuple(image_shape), tx)(jax.random.key(seed, impl="rbg"))
+
+
+@functools.cache
+def _init_fn(model: nn.Module, image_shape: tuple[int, ...], tx: optax.GradientTransformation) -> Callable:
+    def make(key):
+        params = model.init(key, jnp.zeros((1, *image_shape), jnp.float32))["params"]
+        return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+    return jax.jit(make)
 
 
 def _train_step(state: train_state.TrainState, images: Array, labels: Array, depth: Array | None):
@@ -159,17 +179,22 @@ def _train_step(state: train_state.TrainState, images: Array, labels: Array, dep
 _jit_train_step = jax.jit(_train_step, donate_argnums=0)
 
 
-def fit(state: train_state.TrainState, images: np.ndarray, labels: np.ndarray, *, depths: np.ndarray | None = None,
-        epochs: int, batch_size: int, seed: int, workdir: str | Path,
+def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, tx: optax.GradientTransformation,
+        depths: np.ndarray | None = None, epochs: int, batch_size: int, seed: int, workdir: str | Path,
         log: Callable[[str], None] = print) -> train_state.TrainState:
-    """Train for ``epochs`` (sparse categorical cross-entropy), checkpointing every epoch in ``workdir``.
+    """Train ``model`` (sparse categorical cross-entropy) with a checkpoint after every epoch in ``workdir``.
 
-    A rerun resumes after the last finished epoch and, when all are done, only restores. The
-    example order of epoch ``e`` is a function of ``(seed, e)``; the last partial batch is dropped.
+    A rerun resumes after the last finished epoch; when all are done it only restores (no init
+    compile). Epoch ``e``'s example order is a function of ``(seed, e)``; the last partial batch is
+    dropped. ``depths`` (per example) go to :class:`SkipCNN`; None for full depth or the router.
     """
     workdir = Path(workdir)
     mngr = checkpointing.manager(workdir, keep=1, best_metric="train_accuracy")
     done = mngr.latest_step() or 0
+    if done >= epochs:
+        abstract = jax.eval_shape(lambda: init_state(model, images.shape[1:], tx=tx, seed=seed))
+        return checkpointing.restore(mngr, abstract)
+    state = init_state(model, images.shape[1:], tx=tx, seed=seed)
     if done:
         state = checkpointing.restore(mngr, state)
     batch_size = min(batch_size, len(labels))
@@ -186,8 +211,9 @@ def fit(state: train_state.TrainState, images: np.ndarray, labels: np.ndarray, *
         with (workdir / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps(line) + "\n")
         checkpointing.save(mngr, epoch + 1, state, metrics={"train_accuracy": line["train_accuracy"]})
-        log(f"  {workdir.name} epoch {epoch + 1}/{epochs}: loss {line['train_loss']:.4f} "
-            f"accuracy {line['train_accuracy']:.4f} ({line['seconds']:.1f} s)")
+        if epoch == done or (epoch + 1) % max(1, epochs // 5) == 0:  # about five lines per model
+            log(f"  {workdir.name} epoch {epoch + 1}/{epochs}: loss {line['train_loss']:.4f} "
+                f"accuracy {line['train_accuracy']:.4f} ({line['seconds']:.1f} s)")
     return state
 
 
@@ -217,7 +243,7 @@ def _pad_to(a: np.ndarray, size: int) -> np.ndarray:
 # Bucketed inference --------------------------------------------------------------------------------
 
 def bucket_sizes(batch_size: int, min_bucket: int) -> tuple[int, ...]:
-    """Static batch sizes a group is padded to: powers of two from ``min_bucket``, then ``batch_size``."""
+    """Static batch sizes a group is padded to: ``min_bucket`` doubled while below ``batch_size``, then it."""
     sizes, s = [], max(1, min(min_bucket, batch_size))
     while s < batch_size:
         sizes.append(s)
