@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -202,14 +203,51 @@ DESCRIPTIONS = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class Subject:
+    """What a sweep needs from a trained run: model, weights, test data, metric, normalisation.
+
+    ``images`` are normalised by the engine as ``(images / 255 - image_mean) / image_std``.
+    ``extra_figures(directory, rows, ablations, initial_params)``, if given, draws task-specific
+    figures from the sweep's table rows and resolved ablations and returns the paths it wrote.
+    """
+
+    model: Any
+    variables: Any
+    step: int
+    images: np.ndarray
+    targets: np.ndarray
+    metric: Any
+    image_mean: np.ndarray
+    image_std: np.ndarray
+    extra_figures: Callable[..., list[Path]] | None = None
+
+
+def restore_subject(workdir, *, checkpoint: str = "best", data_dir=None, n_examples: int | None = None) -> Subject:
+    """The run in ``workdir`` as a :class:`Subject`: classification (accuracy) or, by its config's
+    ``task``, segmentation (Dice; see ``seg_train.ablation_subject``)."""
+    import jax
+
+    from resnet_jax import metrics, train
+
+    config_path = Path(workdir) / "config.json"
+    if config_path.is_file() and json.loads(config_path.read_text()).get("task") == "segmentation":
+        from resnet_jax import seg_train
+
+        return seg_train.ablation_subject(workdir, which=checkpoint, data_dir=data_dir, n_examples=n_examples)
+    _, model, state, test = train.restore_run(workdir, which=checkpoint, data_dir=data_dir)
+    test = test.take(n_examples, seed=0)
+    return Subject(model=model, variables=jax.device_get(state.variables), step=int(state.step), images=test.images,
+                   targets=test.labels, metric=metrics.Accuracy(), image_mean=np.asarray(state.image_mean),
+                   image_std=np.asarray(state.image_std))
+
+
 def ablate_workdir(workdir, *, protocols: Sequence[str] = PROTOCOLS, kind: str = "zero-kernel",
                    spec_file=None, data_dir=None, n_examples: int | None = None, method: str = "auto",
                    batch_size: int = 128, memory_budget_mb: float = 2048, checkpoint: str = "best",
                    log=print) -> list[Path]:
     """Run protocols (or a spec file) on a trained run; write tables and figures under ``ablation/``."""
-    import jax
-
-    from resnet_jax import checkpointing, reports, train
+    from resnet_jax import checkpointing, reports
 
     workdir = Path(workdir)
     if kind not in abl.KINDS:
@@ -218,28 +256,31 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = PROTOCOLS, kind: str =
         if p not in PROTOCOLS:
             raise abl.SpecError(f"unknown protocol {p!r}; valid: {list(PROTOCOLS)} or 'all'")
     custom = abl.load_specs(spec_file) if spec_file else None
-    config, model, state, test = train.restore_run(workdir, which=checkpoint, data_dir=data_dir)
-    test = test.take(n_examples, seed=0)
-    variables = jax.device_get(state.variables)
-    layers = abl.catalogue(model, variables, input_shape=(1, *test.images.shape[1:]))
+    subject = restore_subject(workdir, checkpoint=checkpoint, data_dir=data_dir, n_examples=n_examples)
+    model, variables = subject.model, subject.variables
+    layers = abl.catalogue(model, variables, input_shape=(1, *subject.images.shape[1:]))
     jobs = [("custom", kind, custom)] if custom else [(p, kind, None) for p in protocols]
+    resolved = {}
     for name, k, specs in jobs:  # every spec resolves before any compute
         if name != "baseline":
-            abl.resolve_all(specs or protocol_specs(name, layers, kind=k), layers)
+            ablations = abl.resolve_all(specs or protocol_specs(name, layers, kind=k), layers)
+            resolved.update((a.name, a) for a in ablations)
     needs_initial = any(s.kind == "reinit" for s in custom or []) or kind == "reinit"
     initial = checkpointing.load_initial(workdir, variables["params"]) if needs_initial else None
-    store = ResultStore(workdir / "ablation", fingerprint=f"step{int(state.step)}-n{len(test)}")
+    store = ResultStore(workdir / "ablation", fingerprint=f"step{subject.step}-n{len(subject.images)}")
 
     def evaluate(ablations, on_chunk):
-        return engine.evaluate(model, variables, ablations, layers, test.images, test.labels,
-                               image_mean=np.asarray(state.image_mean), image_std=np.asarray(state.image_std),
+        return engine.evaluate(model, variables, ablations, layers, subject.images, subject.targets,
+                               image_mean=subject.image_mean, image_std=subject.image_std, metric=subject.metric,
                                batch_size=batch_size, method=method, memory_budget_mb=memory_budget_mb,
                                initial_params=initial, on_chunk=on_chunk)
 
-    written = []
+    written, all_rows = [], []
     decomposition = {l.name for l in layers if "decomposition" in l.roles}
     for name, k, specs in jobs:
-        rows = run_protocol(name, store=store, evaluate=evaluate, layers=layers, kind=k, specs=specs, log=log)
+        rows = run_protocol(name, store=store, evaluate=evaluate, layers=layers, kind=k, specs=specs,
+                            metric_name=subject.metric.name, log=log)
+        all_rows += rows
         stem = table_stem(name, k)
         figure = workdir / "ablation" / f"{stem}.png"
         title = f"{name} ({k})" if name != "baseline" else "baseline"
@@ -250,8 +291,10 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = PROTOCOLS, kind: str =
         else:
             figure = None
         meta = {"title": title, "description": DESCRIPTIONS.get(name, f"Specs from {spec_file}."),
-                "figure": str(figure) if figure else None, "checkpoint_step": int(state.step),
+                "figure": str(figure) if figure else None, "checkpoint_step": subject.step,
                 "seconds": float(sum(r["seconds"] for r in rows))}
         written += list(write_table(rows, workdir / "ablation", stem, meta=meta))
         log(f"wrote {workdir / 'ablation' / stem}.csv")
+    if subject.extra_figures is not None:
+        written += subject.extra_figures(workdir / "ablation", all_rows, resolved, initial)
     return written

@@ -87,6 +87,18 @@ def environment() -> dict:
     }
 
 
+def _training_summary(last: dict) -> str:
+    """One line on the last epoch: test accuracy (classification) or validation Dice (segmentation)."""
+    head = f"{last['epoch']} epochs, {last['step']} steps, {last['elapsed_s'] / 60:.1f} min; "
+    speed = f"last epoch {last['images_per_second'] or float('nan'):.0f} training images/s."
+    if "test_accuracy" in last:
+        return head + f"final test accuracy {last['test_accuracy']:.4f} (loss {last['test_loss']:.4f}); " + speed
+    per_class = ", ".join(f"{k[len('val_dice_'):].upper()} {v:.4f}" for k, v in last.items()
+                          if k.startswith("val_dice_") and k != "val_dice_per_image")
+    return head + (f"final validation Dice {last['val_dice']:.4f} pooled ({per_class}), "
+                   f"{last['val_dice_per_image']:.4f} mean per image; ") + speed
+
+
 def write_report(workdir: str | Path) -> Path:
     """``<workdir>/report.md``: training summary, every ablation table and figure, config, versions."""
     workdir = Path(workdir)
@@ -99,16 +111,13 @@ def write_report(workdir: str | Path) -> Path:
     if metrics_path.is_file():
         lines = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
         if lines:
-            last = lines[-1]
-            parts += ["## Training", "",
-                      f"{last['epoch']} epochs, {last['step']} steps, {last['elapsed_s'] / 60:.1f} min; final test "
-                      f"accuracy {last['test_accuracy']:.4f} (loss {last['test_loss']:.4f}); last epoch "
-                      f"{last['images_per_second'] or float('nan'):.0f} training images/s.", ""]
+            parts += ["## Training", "", _training_summary(lines[-1]), ""]
     timings = []
     for path in tables:
         data = json.loads(path.read_text())
         title = data.get("title", path.stem)
-        parts += [f"## {title}", "", data.get("description", ""), "", markdown_table(data["rows"]), ""]
+        parts += [f"## {title}", "", data.get("description", "")]
+        parts += ["", markdown_table(data["rows"]), ""] if "rows" in data else [""]  # no rows: a figure only
         if data.get("figure"):
             parts += [f"![{title}]({Path(data['figure']).relative_to(workdir)})", ""]
         if "seconds" in data:
