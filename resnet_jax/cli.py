@@ -72,6 +72,30 @@ def _ablate(args) -> int:
     return 0
 
 
+def _verify(args) -> int:
+    from resnet_jax import protocols, verify
+
+    chosen = list(protocols.PROTOCOLS) if args.protocol == "all" else [args.protocol]
+    result = verify.verify_workdir(
+        args.workdir, protocols=chosen, n_examples=args.n_examples, kinds=args.kind or ["zero-kernel"],
+        data_dir=Path(args.data_dir).absolute() if args.data_dir else None, checkpoint=args.checkpoint,
+        method=args.method)
+    print(verify.format_table(result["rows"]))
+    print(f"wrote {result['csv']}")
+    return 0 if result["ok"] else 1
+
+
+def _import_torch(args) -> int:
+    from resnet_jax import verify
+
+    verify.import_torch_run(
+        args.file, args.workdir, arch=args.arch, stem=args.stem, num_classes=args.num_classes,
+        data_name=args.data_name, data_dir=Path(args.data_dir).absolute() if args.data_dir else None,
+        config=args.config, overrides=args.set, normalization=args.normalization, image_mean=args.image_mean,
+        image_std=args.image_std)
+    return 0
+
+
 def _report(args) -> int:
     from resnet_jax import reports
 
@@ -86,6 +110,14 @@ def _skip_study(args) -> int:
     if args.data_dir:
         overrides.append(f"data.data_dir={Path(args.data_dir).absolute()}")
     skip_study.run_study(skip_study.load_skip_config(args.config, overrides), args.workdir)
+    return 0
+
+
+def _reproduce(args) -> int:
+    from resnet_jax import reproduce
+
+    only = [s.strip() for s in args.only.split(",")] if args.only else None
+    reproduce.reproduce(args.preset, args.workdir, data_root=args.data_root, only=only)
     return 0
 
 
@@ -148,6 +180,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
     p.set_defaults(func=_ablate)
 
+    p = sub.add_parser("verify", help="recompute the ablation tables in PyTorch (torchvision) and compare; "
+                                      "writes <workdir>/verify.csv, exits 1 when a tolerance fails")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--protocol", default="all",
+                   help="baseline, single, stage-except-decomposition, shortcut, or all")
+    p.add_argument("--kind", action="append", metavar="KIND",
+                   help="zero-kernel (default), zero-branch, lesion, reinit, rerandomize (repeatable)")
+    p.add_argument("--n-examples", type=int, default=1000, help="test images to compare on (default 1000)")
+    p.add_argument("--data-dir", help="override the run's data directory")
+    p.add_argument("--method", default="auto", choices=("auto", "gates", "weights"),
+                   help="the JAX engine's formulation (auto: as `ablate` uses)")
+    p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    p.set_defaults(func=_verify)
+
+    p = sub.add_parser("import-torch", help="turn a torchvision ResNet checkpoint into a run directory "
+                                            "for evaluate/ablate/verify")
+    p.add_argument("file", help="a .pt/.pth state_dict (or a dict holding one under 'state_dict' or 'model')")
+    p.add_argument("--workdir", required=True, help="a new (or empty) run directory")
+    p.add_argument("--arch", required=True, help="resnet18, resnet34 or resnet50")
+    p.add_argument("--stem", choices=("torchvision", "cifar"), help="default: read from conv1 (3x3 = cifar)")
+    p.add_argument("--num-classes", type=int, help="default: read from fc")
+    p.add_argument("--data-name", default="cifar10", help="the dataset it is evaluated on (TFDS name, synthetic)")
+    p.add_argument("--data-dir", help="ImageFolder tree or per-split zips of that dataset")
+    p.add_argument("--config", default="cifar10-resnet34-cpu",
+                   help="base preset or file for config.json (default cifar10-resnet34-cpu: float32, "
+                        "5000 test images)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--normalization", choices=("train", "imagenet"), default="train",
+                   help="input mean/std: the training split's channel statistics (as `train` uses; default) "
+                        "or torchvision's ImageNet constants")
+    p.add_argument("--image-mean", type=float, nargs=3, metavar=("R", "G", "B"), help="explicit mean, [0, 1] units")
+    p.add_argument("--image-std", type=float, nargs=3, metavar=("R", "G", "B"), help="explicit std, [0, 1] units")
+    p.set_defaults(func=_import_torch)
+
     p = sub.add_parser("report", help="write <workdir>/report.md from the ablation tables")
     p.add_argument("--workdir", required=True)
     p.set_defaults(func=_report)
@@ -162,6 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set train.epochs=3 (repeatable)")
     p.set_defaults(func=_skip_study)
 
+    p = sub.add_parser("reproduce", help="the main job: both studies end to end, resumable, one report")
+    p.add_argument("--preset", choices=("smoke", "cpu", "full"), default="cpu")
+    p.add_argument("--workdir", default="runs/reproduce")
+    p.add_argument("--data-root", help="folder with cifar10/, mnist/, acdc_lv_myo/ laid out as in shared/data "
+                                       "(default: TFDS where it can download)")
+    p.add_argument("--only", help="comma-separated stages: cifar-train, cifar-ablate, acdc-train, acdc-ablate, "
+                                  "skip-study, verify, report")
+    p.set_defaults(func=_reproduce)
+
     p = sub.add_parser("presets", help="list the config presets and the commands that reproduce them")
     p.set_defaults(func=_presets)
     return parser
@@ -170,11 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from resnet_jax.ablation import SpecError
     from resnet_jax.data import DataError
+    from resnet_jax.reproduce import StageError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (configs.ConfigError, DataError, SpecError, FileNotFoundError) as err:
+    except (configs.ConfigError, DataError, SpecError, FileNotFoundError, StageError) as err:
         print(f"resnet-jax {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

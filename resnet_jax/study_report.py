@@ -1,0 +1,220 @@
+"""The main job's report: ``report/report.md`` and a self-contained ``report/index.html``.
+
+Both are rendered from one list of blocks, so they never disagree. Findings are derived from the
+tables with stated thresholds, not written by hand.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+NON_TRIVIAL_DROP = 0.05
+"""A layer is *non-trivial* when ablating it lowers the metric by more than this (absolute) and the
+95 % interval of the ablated model lies wholly below the baseline."""
+TRIVIAL_DROP = 0.01
+"""A layer is *trivial* when ablating it changes the metric by less than this (absolute)."""
+
+PROTOCOL_TEXT = {
+    "A": ("Study A (Wang et al., arXiv 2009.09938): after training, conv kernels are replaced by zeros (their "
+          "BatchNorm kept) and the masked model is evaluated on the test set without retraining. `single` "
+          "ablates one kernel at a time; `stage-except-decomposition` ablates, per stage, every conv except the "
+          "decomposition and adjacent ones (residual units 1..n-1); `shortcut` ablates each projection shortcut. "
+          "Classification is scored by accuracy (Wilson 95 % intervals), segmentation by Dice."),
+    "B": ("Study B (Gadepally et al., 2023): for each of CNN-1's three conv layers, the 10 training images with "
+          "the strongest mean absolute activation of each of its first 10 maps are labelled with that layer "
+          "(deeper wins); a router (CNN-2) learns those labels, and CNN-3 runs each image only to the depth the "
+          "router chooses. Both the study's literal reading (predicting the layer labels) and the useful one "
+          "(classifying digits with routed depth) are reported, with FLOPs and measured wall time."),
+}
+
+
+# Blocks and renderers ------------------------------------------------------------------------
+
+def _md(blocks: Sequence[tuple], base: Path) -> str:
+    out = []
+    for kind, *args in blocks:
+        if kind in ("h1", "h2", "h3"):
+            out += ["#" * int(kind[1]) + " " + args[0], ""]
+        elif kind == "p":
+            out += [args[0], ""]
+        elif kind == "list":
+            out += [f"- {item}" for item in args[0]] + [""]
+        elif kind == "table":
+            header, rows = args
+            out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""]
+        elif kind == "img":
+            out += [f"![{args[1]}]({Path(args[0]).relative_to(base)})", ""]
+        elif kind == "pre":
+            out += ["```", args[0], "```", ""]
+    return "\n".join(out)
+
+
+def _html(blocks: Sequence[tuple], title: str) -> str:
+    body = []
+    for kind, *args in blocks:
+        if kind in ("h1", "h2", "h3"):
+            body.append(f"<{kind}>{html.escape(args[0])}</{kind}>")
+        elif kind == "p":
+            body.append(f"<p>{html.escape(args[0])}</p>")
+        elif kind == "list":
+            body.append("<ul>" + "".join(f"<li>{html.escape(str(i))}</li>" for i in args[0]) + "</ul>")
+        elif kind == "table":
+            header, rows = args
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+            cells = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
+        elif kind == "img":
+            data = base64.b64encode(Path(args[0]).read_bytes()).decode()
+            body.append(f'<figure><img alt="{html.escape(args[1])}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{html.escape(args[1])}</figcaption></figure>")
+        elif kind == "pre":
+            body.append(f"<pre>{html.escape(args[0])}</pre>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+             "text-align:right}img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+
+
+# Reading results -----------------------------------------------------------------------------
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _table_rows(rows: Sequence[dict]) -> list[list[str]]:
+    return [[r["mask"], f"{r['value']:.4f}", f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]", f"{r['delta']:+.4f}",
+             r["n_examples"]] for r in rows]
+
+
+def classify_layers(rows: Sequence[dict]) -> dict[str, list[str]]:
+    """Non-trivial and trivial masks of a table, by the module's stated thresholds."""
+    non_trivial = [r["mask"] for r in rows if r["delta"] < -NON_TRIVIAL_DROP and r["ci_high"] < r["baseline"]]
+    trivial = [r["mask"] for r in rows if abs(r["delta"]) < TRIVIAL_DROP]
+    return {"non_trivial": non_trivial, "trivial": trivial}
+
+
+def stage_means(rows: Sequence[dict]) -> dict[str, float]:
+    """Mean change of the metric per stage over the single-kernel masks (stem counted as stage 0)."""
+    by_stage: dict[str, list[float]] = {}
+    for r in rows:
+        stage = next((p for p in r["mask"].split(".") if p.startswith("layer")), "stem")
+        by_stage.setdefault(stage, []).append(r["delta"])
+    return {s: sum(v) / len(v) for s, v in by_stage.items()}
+
+
+def _ablation_section(run: Path, label: str) -> tuple[list[tuple], dict]:
+    blocks: list[tuple] = [("h2", label)]
+    facts: dict[str, Any] = {}
+    metrics_path = run / "metrics.jsonl"
+    if metrics_path.is_file():
+        lines = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
+        if lines:
+            last = lines[-1]
+            shown = {k: v for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            blocks.append(("p", "Training, last epoch: " + ", ".join(
+                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())))
+    adir = run / "ablation"
+    for stem in ("baseline", "single", "stage-except-decomposition", "shortcut"):
+        table = _json(adir / f"{stem}.json")
+        if not table:
+            continue
+        rows = table["rows"]
+        blocks += [("h3", table.get("title", stem)), ("p", table.get("description", "")),
+                   ("table", ["mask", rows[0]["metric"], "95 % CI", "delta", "n"], _table_rows(rows))]
+        if table.get("figure") and Path(table["figure"]).is_file():
+            blocks.append(("img", table["figure"], f"{label}: {table.get('title', stem)}"))
+        facts[stem] = rows
+    for extra in sorted(adir.glob("*qualitative*.png")) if adir.is_dir() else []:
+        blocks.append(("img", str(extra), f"{label}: qualitative"))
+    return blocks, facts
+
+
+def _findings(cls: dict, seg: dict, skip: dict | None) -> list[str]:
+    out = []
+    for name, facts in (("classification", cls), ("segmentation", seg)):
+        if "single" in facts:
+            c = classify_layers(facts["single"])
+            out.append(f"{name}: {len(c['non_trivial'])} of {len(facts['single'])} convs are non-trivial "
+                       f"(drop > {NON_TRIVIAL_DROP}, interval below baseline): {', '.join(c['non_trivial']) or 'none'}; "
+                       f"{len(c['trivial'])} are trivial (|change| < {TRIVIAL_DROP}).")
+    if "single" in cls and "single" in seg:
+        a, b = stage_means(cls["single"]), stage_means(seg["single"])
+        parts = [f"{s.split('.')[-1]}: {a[s]:+.3f} vs {b[s]:+.3f}" for s in a if s in b]
+        out.append("Mean change per stage, classification vs segmentation (single-kernel masks; different "
+                   "metrics): " + "; ".join(parts) + ".")
+    if skip and "useful" in skip and "timing" in skip:
+        rows = {r["name"]: r for r in skip["useful"]["rows"]}
+        routed = next((r for n, r in rows.items() if "CNN-2" in n), None)
+        full = next((r for n, r in rows.items() if "CNN-1" in n), None)
+        if routed and full:
+            wall = skip["timing"]["wall_ratio_vs_cnn1"].get("cnn3_routed_incl_router")
+            out.append(f"Study B: routed CNN-3 accuracy {routed['accuracy']:.4f} vs CNN-1 {full['accuracy']:.4f}; "
+                       f"mean conv layers {routed.get('mean_conv_layers', float('nan')):.3f} of 3; MAC ratio "
+                       f"{routed.get('mac_ratio_vs_cnn1', float('nan')):.3f}; measured wall-time ratio {wall:.3f}.")
+    return out
+
+
+def write_study_report(workdir: str | Path) -> Path:
+    """Assemble the report of a ``reproduce`` workdir; returns the HTML path."""
+    from resnet_jax import reports
+
+    workdir = Path(workdir)
+    out = workdir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    blocks: list[tuple] = [("h1", "resnet-jax: layer-ablation studies"), ("p", PROTOCOL_TEXT["A"])]
+    cls_blocks, cls = _ablation_section(workdir / "cifar10-resnet34", "Classification: ResNet34 on CIFAR-10")
+    seg_blocks, seg = _ablation_section(workdir / "acdc-pspnet34", "Segmentation: PSPNet-ResNet34 on ACDC")
+    skip = _json(workdir / "mnist-skip" / "skip_results.json")
+    blocks += [("h2", "Findings"), ("list", _findings(cls, seg, skip) or ["no results yet"])]
+    blocks += cls_blocks + seg_blocks
+    blocks += [("h2", "Study B: per-image layer skipping"), ("p", PROTOCOL_TEXT["B"])]
+    if skip:
+        rows = skip["useful"]["rows"]
+        blocks.append(("table", ["model", "accuracy", "95 % CI", "mean conv layers", "MAC ratio"],
+                       [[r["name"], f"{r['accuracy']:.4f}", f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]",
+                         f"{r.get('mean_conv_layers', float('nan')):.3f}", f"{r.get('mac_ratio_vs_cnn1', float('nan')):.3f}"]
+                        for r in rows]))
+        blocks.append(("p", f"Router held-out accuracy {skip['router']['accuracy']:.4f} "
+                            f"[{skip['router']['ci_low']:.4f}, {skip['router']['ci_high']:.4f}]."))
+        blocks.append(("table", ["path", "wall ratio vs CNN-1", "MAC ratio vs CNN-1"],
+                       [[k, f"{v:.3f}", f"{skip['timing']['mac_ratio_vs_cnn1'].get(k, 1.0):.3f}"]
+                        for k, v in skip["timing"]["wall_ratio_vs_cnn1"].items()]))
+        for name, rel in skip.get("figures", {}).items():
+            path = workdir / "mnist-skip" / rel
+            if path.is_file():
+                blocks.append(("img", str(path), f"Study B: {name}"))
+    verify_csv = workdir / "cifar10-resnet34" / "verify.csv"
+    if verify_csv.is_file():
+        import csv
+
+        with verify_csv.open() as fh:
+            rows = list(csv.reader(fh))
+        blocks += [("h2", "Cross-check in PyTorch"), ("table", rows[0], rows[1:])]
+    stages = _json(workdir / "stages.json") or {}
+    blocks += [("h2", "Timings"), ("table", ["stage", "seconds", "finished"],
+                                   [[s, f"{v['seconds']:.1f}", v["finished"]] for s, v in stages.items()])]
+    for run in ("cifar10-resnet34", "acdc-pspnet34", "mnist-skip"):
+        config = workdir / run / "config.json"
+        if config.is_file():
+            blocks += [("h3", f"Config: {run}"), ("pre", config.read_text().strip())]
+    blocks += [("h2", "Environment"), ("pre", json.dumps(reports.environment(), indent=2))]
+    # Figures are copied beside report.md so the Markdown works when the folder is moved.
+    md_blocks = []
+    for block in blocks:
+        if block[0] == "img":
+            target = out / "figures" / (Path(block[1]).parent.parent.name + "-" + Path(block[1]).name)
+            target.parent.mkdir(exist_ok=True)
+            shutil.copyfile(block[1], target)
+            block = ("img", str(target), block[2])
+        md_blocks.append(block)
+    (out / "report.md").write_text(_md(md_blocks, out))
+    (out / "index.html").write_text(_html(blocks, "resnet-jax report"))
+    return out / "index.html"
