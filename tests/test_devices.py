@@ -22,10 +22,10 @@ ablations = [abl.Ablation("baseline", "zero-kernel", ())] + [
     abl.Ablation(l.name, "zero-kernel", (l.name,)) for l in layers[::3]]
 results = engine.evaluate(model, variables, ablations, layers, split.images, split.labels,
                           image_mean=0.5, image_std=0.25, batch_size=16, progress=False)
-config = configs.load_config("synthetic-tiny", ["train.epochs=1", "train.batch_size=64"])
+config = configs.load_config("synthetic-tiny", ["train.epochs=1", "train.batch_size=64", "train.learning_rate=0.005"])
 last = train.train_and_evaluate(config, sys.argv[2], log=lambda s: None)
 print(json.dumps({"predictions": [r.per_example["prediction"].tolist() for r in results],
-                  "train_loss": last["train_loss"], "test_accuracy": last["test_accuracy"]}))
+                  "train_loss": last["train_loss"], "test_loss": last["test_loss"]}))
 """
 
 
@@ -41,6 +41,8 @@ def _run(n_devices, workdir):
 def test_eight_devices_match_one(tmp_path):
     one, eight = _run(1, tmp_path / "one"), _run(8, tmp_path / "eight")
     assert one["predictions"] == eight["predictions"]
-    # Same global batch statistics and gradients, summed in a different order across devices.
+    # Same global batch statistics and gradients, summed in a different order across devices. The
+    # losses are compared, not the accuracy: a one-epoch model sits near chance, where a rounding-level
+    # change of the weights flips a few argmaxes.
     np.testing.assert_allclose(one["train_loss"], eight["train_loss"], rtol=2e-3)
-    np.testing.assert_allclose(one["test_accuracy"], eight["test_accuracy"], atol=1 / 256 + 1e-9)
+    np.testing.assert_allclose(one["test_loss"], eight["test_loss"], rtol=2e-3)
