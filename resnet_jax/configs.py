@@ -103,12 +103,23 @@ def flat_keys(config: Mapping, prefix: str = "") -> list[str]:
 
 def load_config(name_or_file: str, overrides: Iterable[str] = ()) -> dict[str, Any]:
     """Resolve a preset name or a YAML/JSON file, then apply ``key=value`` overrides."""
-    if name_or_file in PRESETS:
-        config = _merge(DEFAULTS, PRESETS[name_or_file])
+    return resolve(name_or_file, overrides, defaults=DEFAULTS, presets=PRESETS)
+
+
+def resolve(name_or_file: str, overrides: Iterable[str] = (), *, defaults: Mapping[str, Any],
+            presets: Mapping[str, Mapping[str, Any]], what: str = "config") -> dict[str, Any]:
+    """A preset of ``presets`` or a YAML/JSON file merged over ``defaults``, then ``key=value`` overrides.
+
+    Every config family (training, segmentation, Study B) resolves through here, so unknown presets
+    and keys fail the same way, with the valid choices listed.
+    """
+    if name_or_file in presets:
+        update = presets[name_or_file]
     elif Path(name_or_file).is_file():
-        config = _merge(DEFAULTS, yaml.safe_load(Path(name_or_file).read_text()) or {})
+        update = yaml.safe_load(Path(name_or_file).read_text()) or {}
     else:
-        raise ConfigError(f"unknown config {name_or_file!r}: neither a preset ({sorted(PRESETS)}) nor a file")
+        raise ConfigError(f"unknown {what} {name_or_file!r}: neither a preset ({sorted(presets)}) nor a file")
+    config = _merge(dict(defaults), update)
     for item in overrides:
         config = apply_override(config, item)
     return config

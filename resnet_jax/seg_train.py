@@ -21,7 +21,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import yaml
 from jax.scipy import ndimage
 
 from resnet_jax import ablation as abl
@@ -125,17 +124,7 @@ SEG_PRESETS: dict[str, dict[str, Any]] = {
 
 def load_seg_config(name_or_file: str, overrides: Iterable[str] = ()) -> dict[str, Any]:
     """A segmentation preset or YAML/JSON file over :data:`SEG_DEFAULTS`, then ``key=value`` overrides."""
-    if name_or_file in SEG_PRESETS:
-        update = SEG_PRESETS[name_or_file]
-    elif Path(name_or_file).is_file():
-        update = yaml.safe_load(Path(name_or_file).read_text()) or {}
-    else:
-        raise configs.ConfigError(f"unknown segmentation config {name_or_file!r}: neither a preset "
-                                  f"({sorted(SEG_PRESETS)}) nor a file")
-    config = configs._merge(SEG_DEFAULTS, update)  # the same unknown-key checks as the training configs
-    for item in overrides:
-        config = configs.apply_override(config, item)
-    return config
+    return configs.resolve(name_or_file, overrides, defaults=SEG_DEFAULTS, presets=SEG_PRESETS, what="segmentation config")
 
 
 # Data and model ---------------------------------------------------------------------------------

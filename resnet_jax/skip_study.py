@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from resnet_jax import configs, data, metrics
 from resnet_jax import skipping as sk
@@ -93,17 +92,7 @@ SKIP_PRESETS: dict[str, dict[str, Any]] = {
 
 def load_skip_config(name_or_file: str, overrides: Iterable[str] = ()) -> dict[str, Any]:
     """A Study B preset name or a YAML/JSON file over :data:`SKIP_DEFAULTS`, then ``key=value`` overrides."""
-    if name_or_file in SKIP_PRESETS:
-        update = SKIP_PRESETS[name_or_file]
-    elif Path(name_or_file).is_file():
-        update = yaml.safe_load(Path(name_or_file).read_text()) or {}
-    else:
-        raise configs.ConfigError(f"unknown skip-study config {name_or_file!r}: neither a preset "
-                                  f"({sorted(SKIP_PRESETS)}) nor a file")
-    config = configs._merge(SKIP_DEFAULTS, update)  # the same unknown-key checks as the training configs
-    for item in overrides:
-        config = configs.apply_override(config, item)
-    return config
+    return configs.resolve(name_or_file, overrides, defaults=SKIP_DEFAULTS, presets=SKIP_PRESETS, what="skip-study config")
 
 
 def load_data(config: Mapping) -> tuple[data.Split, data.Split]:
