@@ -101,7 +101,7 @@ def _assert_bitwise_equal(a, b):
         assert np.array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("how", ["SIGKILL", pytest.param("SIGTERM", marks=pytest.mark.slow)])
 def test_interrupted_then_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(tmp_path, how):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
