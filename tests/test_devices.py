@@ -44,5 +44,5 @@ def test_eight_devices_match_one(tmp_path):
     # Same global batch statistics and gradients, summed in a different order across devices. The
     # losses are compared, not the accuracy: a one-epoch model sits near chance, where a rounding-level
     # change of the weights flips a few argmaxes.
-    np.testing.assert_allclose(one["train_loss"], eight["train_loss"], rtol=2e-3)
-    np.testing.assert_allclose(one["test_loss"], eight["test_loss"], rtol=2e-3)
+    np.testing.assert_allclose(one["train_loss"], eight["train_loss"], rtol=5e-4)
+    np.testing.assert_allclose(one["test_loss"], eight["test_loss"], rtol=5e-4)
