@@ -49,6 +49,7 @@ class Result:
     n_examples: int
     per_example: dict[str, np.ndarray]
     seconds: float
+    breakdown: dict[str, float] = dataclasses.field(default_factory=dict)  # e.g. Dice per class
 
 
 def activation_bytes_per_example(layers: Sequence[abl.Layer]) -> int:
@@ -204,14 +205,15 @@ def _collect(forward_chunk: Callable, group, images, targets, batch_size, metric
         per_example = {k: v[i] for k, v in joined.items()}
         value, low, high = metric.aggregate(per_example)
         loss = float(np.mean(per_example["loss"])) if "loss" in per_example else float("nan")
-        out.append((a, value, low, high, loss, per_example))
+        breakdown = metric.breakdown(per_example) if hasattr(metric, "breakdown") else {}
+        out.append((a, value, low, high, loss, per_example, breakdown))
     return out
 
 
 def _results(collected, seconds: float) -> list[Result]:
     return [Result(a.name, a.kind, a.layers, value, low, high, loss, len(next(iter(pe.values()))), pe,
-                   seconds / len(collected))
-            for a, value, low, high, loss, pe in collected]
+                   seconds / len(collected), breakdown)
+            for a, value, low, high, loss, pe, breakdown in collected]
 
 
 def _gate_runner(model, variables, group, layers, images, targets, mean, std, metric, batch_size, size,

@@ -1,8 +1,9 @@
 """Metrics as plug-ins: per-example values on device, aggregation with a 95 % interval on host.
 
 A metric is an object with ``name``, ``per_example(logits, targets) -> dict of (N,) arrays`` (jitted
-with the model) and ``aggregate(per_example) -> (value, ci_low, ci_high)``. The ablation engine
-only ever calls these two, so segmentation plugs in a Dice metric without touching it.
+with the model) and ``aggregate(per_example) -> (value, ci_low, ci_high)``, and optionally
+``breakdown(per_example) -> dict of named values`` (extra table columns, e.g. Dice per class). The
+ablation engine only ever calls these, so segmentation plugs in a Dice metric without touching it.
 """
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ class ResultStore:
                     "protocol": protocol, "kind": r.kind, "mask": r.name, "layers": list(r.layers),
                     "metric": metric, "value": r.value, "ci_low": r.ci_low, "ci_high": r.ci_high,
                     "loss": r.loss, "n_examples": r.n_examples, "seconds": r.seconds,
-                    "fingerprint": self.fingerprint,
+                    "breakdown": r.breakdown, "fingerprint": self.fingerprint,
                     "per_example": {k: _encode(v) for k, v in r.per_example.items() if k in self.KEEP},
                 }
                 fh.write(json.dumps(row) + "\n")
@@ -169,8 +169,14 @@ def _table_row(row: dict, baseline: dict) -> dict:
         "mask": row["mask"], "kind": row["kind"], "layers": " ".join(row["layers"]), "metric": row["metric"],
         "value": row["value"], "baseline": baseline["value"], "delta": row["value"] - baseline["value"],
         "n_examples": row["n_examples"], "ci_low": row["ci_low"], "ci_high": row["ci_high"],
-        "seconds": row.get("seconds", float("nan")),
+        "seconds": row.get("seconds", float("nan")), **row.get("breakdown", {}),
     }
+
+
+def breakdown_columns(rows: Sequence[dict]) -> list[str]:
+    """The metric's extra columns present in ``rows`` (e.g. ``dice_lv``), in first-seen order."""
+    fixed = set(CSV_COLUMNS) | {"seconds"}
+    return list(dict.fromkeys(k for r in rows for k in r if k not in fixed))
 
 
 def write_table(rows: Sequence[dict], directory: Path, stem: str, *, meta: dict | None = None) -> tuple[Path, Path]:
@@ -179,7 +185,7 @@ def write_table(rows: Sequence[dict], directory: Path, stem: str, *, meta: dict 
     csv_path, json_path = directory / f"{stem}.csv", directory / f"{stem}.json"
     tmp = csv_path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=[*CSV_COLUMNS, *breakdown_columns(rows)], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     tmp.replace(csv_path)

@@ -65,11 +65,15 @@ def plot_bars(rows: Sequence[dict], path: Path, *, title: str) -> Path:
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
-    head = "| mask | kind | value | 95 % CI | delta vs baseline | n |\n|---|---|---:|---:|---:|---:|"
+    from resnet_jax.protocols import breakdown_columns
+
+    extra = breakdown_columns(rows)
+    head = ("| mask | kind | value | 95 % CI | delta vs baseline | n |" + "".join(f" {c} |" for c in extra)
+            + "\n|---|---|---:|---:|---:|---:|" + "---:|" * len(extra))
     lines = [head]
     for r in rows:
         lines.append(f"| `{r['mask']}` | {r['kind']} | {r['value']:.4f} | [{r['ci_low']:.4f}, {r['ci_high']:.4f}] "
-                     f"| {r['delta']:+.4f} | {r['n_examples']} |")
+                     f"| {r['delta']:+.4f} | {r['n_examples']} |" + "".join(f" {r[c]:.4f} |" for c in extra))
     return "\n".join(lines)
 
 

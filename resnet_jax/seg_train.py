@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -185,7 +184,8 @@ def build_model(config: Mapping) -> seg.PSPNet:
 def build_metric(config: Mapping) -> seg.Dice:
     m = config["metric"]
     return seg.Dice(num_classes=len(config["data"]["class_names"]), aggregate_by=m["aggregate_by"],
-                    classes=tuple(m["classes"]) if m["classes"] else None)
+                    classes=tuple(m["classes"]) if m["classes"] else None,
+                    class_names=tuple(config["data"]["class_names"]))
 
 
 def image_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -304,8 +304,6 @@ def _create_state(config: Mapping, model, train_split: seg_data.SegSplit) -> tra
 def train_and_evaluate(config: Mapping, workdir: str | Path, *, force_new: bool = False,
                        log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``config`` in ``workdir``, resuming from its latest checkpoint; return the last metrics."""
-    from tqdm import tqdm
-
     workdir = Path(workdir)
     t = config["train"]
     train_split, test_split = load_split(config, "train"), load_split(config, "test")
@@ -332,47 +330,12 @@ def train_and_evaluate(config: Mapping, workdir: str | Path, *, force_new: bool 
     step_fn = jax.jit(lambda s, x, y, k: train_step(s, x, y, k, augment=augment, dice_weight=t["dice_weight"]),
                       donate_argnums=0)
     eval_fn = make_eval_fn(model, metric)
-    key = jax.random.key(t["seed"])
-    total_steps = t["epochs"] * steps_per_epoch
-    metrics_path = workdir / "metrics.jsonl"
-    elapsed0 = train._last_elapsed(metrics_path)
-    start = time.perf_counter()
-    last = None
-    with train._StopFlag() as stop:
-        while (step := int(state.step)) < total_steps:
-            epoch, offset = divmod(step, steps_per_epoch)
-            order = np.random.default_rng([t["seed"], epoch]).permutation(len(train_split))
-            sums, seen, t_epoch = {"loss": 0.0, "pixel_accuracy": 0.0}, 0, time.perf_counter()
-            for i in tqdm(range(offset, steps_per_epoch), desc=f"epoch {epoch + 1}/{t['epochs']}", unit="step",
-                          disable=None, leave=False):
-                idx = order[i * t["batch_size"]:(i + 1) * t["batch_size"]]
-                images, masks = train.shard_batch(mesh, train_split.images[idx], train_split.masks[idx])
-                state, out = step_fn(state, images, masks, key)
-                sums = {k: sums[k] + out[k] for k in sums}
-                seen += 1
-                if seen == 1:  # keep compilation out of the throughput figure
-                    jax.block_until_ready(out)
-                    t_epoch = time.perf_counter()
-                if stop.signum is not None:
-                    checkpointing.save(mngr, int(state.step), state)
-                    log(f"stopped by signal {stop.signum}; checkpoint saved at step {int(state.step)}; "
-                        f"rerun the same command to resume")
-                    raise KeyboardInterrupt
-            jax.block_until_ready(sums)  # dispatch is asynchronous: wait, or the throughput is fiction
-            train_time = time.perf_counter() - t_epoch
-            last = {
-                "epoch": epoch + 1, "step": int(state.step),
-                "train_loss": float(sums["loss"]) / seen, "train_pixel_accuracy": float(sums["pixel_accuracy"]) / seen,
-                **evaluate_split(state, val_split, batch_size=t["eval_batch_size"], mesh=mesh, step_fn=eval_fn,
-                                 prefix="val_"),
-                "images_per_second": (seen - 1) * t["batch_size"] / train_time if seen > 1 else None,
-                "elapsed_s": elapsed0 + time.perf_counter() - start,
-                "resumed_mid_epoch": offset > 0,
-            }
-            with metrics_path.open("a") as fh:
-                fh.write(json.dumps(last) + "\n")
-            checkpointing.save(mngr, last["step"], state, metrics={BEST_METRIC: last[BEST_METRIC]})
-            log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
+    state, last = train.run_epochs(
+        state, mngr, step_fn=step_fn, arrays=(train_split.images, train_split.masks), mesh=mesh,
+        epochs=t["epochs"], batch_size=t["batch_size"], seed=t["seed"],
+        evaluate=lambda s: evaluate_split(s, val_split, batch_size=t["eval_batch_size"], mesh=mesh,
+                                          step_fn=eval_fn, prefix="val_"),
+        best_metric=BEST_METRIC, metrics_path=workdir / "metrics.jsonl", log=log)
     if not (workdir / "evaluation.json").is_file():
         best = checkpointing.best_step(mngr, metric=BEST_METRIC)
         best_state = checkpointing.restore(mngr, state, step=best) if best is not None else state

@@ -202,6 +202,7 @@ class Dice:
     ``'pooled'`` over the images (default; a 95 % percentile bootstrap interval over images with a
     fixed seed) or the ``'image'`` mean of per-image scores (normal-approximation interval).
     ``classes`` restricts the score to some foreground ids (e.g. ``(2,)`` for myocardium only).
+    ``breakdown`` adds the pooled Dice of every foreground class, named by ``class_names``.
     """
 
     num_classes: int = 4
@@ -209,6 +210,7 @@ class Dice:
     classes: tuple[int, ...] | None = None
     n_bootstrap: int = 1000
     name: str = "dice"
+    class_names: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if self.aggregate_by not in ("pooled", "image"):
@@ -216,6 +218,9 @@ class Dice:
         bad = [c for c in self.classes or () if not 0 < c < self.num_classes]
         if bad:
             raise ValueError(f"Dice classes {bad} are not foreground ids; valid: 1..{self.num_classes - 1}")
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class_names {self.class_names} for {self.num_classes} "
+                             f"classes; give one name per class, background first")
 
     def _columns(self) -> list[int]:
         return [c - 1 for c in (self.classes or range(1, self.num_classes))]
@@ -241,6 +246,13 @@ class Dice:
         boot = _pooled(*(c[idx].sum(1) for c in counts))
         low, high = np.percentile(boot, [2.5, 97.5])
         return float(value), float(low), float(high)
+
+
+    def breakdown(self, per_example: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """Pooled Dice of each foreground class (``dice_<name>``), for the tables' per-class columns."""
+        names = self.class_names or tuple(f"class{i}" for i in range(self.num_classes))
+        summary = dice_summary(per_example, names)
+        return {f"dice_{n.lower()}": summary[f"dice_{n.lower()}"] for n in names[1:]}
 
 
 def _pooled(intersection, pred_sum, true_sum):

@@ -89,9 +89,14 @@ def _json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _table_rows(rows: Sequence[dict]) -> list[list[str]]:
-    return [[r["mask"], f"{r['value']:.4f}", f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]", f"{r['delta']:+.4f}",
-             r["n_examples"]] for r in rows]
+def _table(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of an ablation table; a metric's per-class columns (Dice) come last."""
+    from resnet_jax.protocols import breakdown_columns
+
+    extra = breakdown_columns(rows)
+    header = ["mask", rows[0]["metric"], "95 % CI", "delta", "n", *extra]
+    return header, [[r["mask"], f"{r['value']:.4f}", f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]",
+                     f"{r['delta']:+.4f}", r["n_examples"], *(f"{r[c]:.4f}" for c in extra)] for r in rows]
 
 
 def classify_layers(rows: Sequence[dict]) -> dict[str, list[str]]:
@@ -128,7 +133,7 @@ def _ablation_section(run: Path, label: str) -> tuple[list[tuple], dict]:
             continue
         rows = table["rows"]
         blocks += [("h3", table.get("title", stem)), ("p", table.get("description", "")),
-                   ("table", ["mask", rows[0]["metric"], "95 % CI", "delta", "n"], _table_rows(rows))]
+                   ("table", *_table(rows))]
         if table.get("figure") and Path(table["figure"]).is_file():
             blocks.append(("img", table["figure"], f"{label}: {table.get('title', stem)}"))
         facts[stem] = rows

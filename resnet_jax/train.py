@@ -215,8 +215,6 @@ def load_data(config: Mapping) -> tuple[data.Split, data.Split]:
 def train_and_evaluate(config: Mapping, workdir: str | Path, *, force_new: bool = False,
                        log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``config`` in ``workdir``, resuming from its latest checkpoint; return the last metrics."""
-    from tqdm import tqdm
-
     workdir = Path(workdir)
     t = config["train"]
     train, test = load_data(config)  # before touching the workdir: bad data leaves nothing behind
@@ -242,24 +240,38 @@ def train_and_evaluate(config: Mapping, workdir: str | Path, *, force_new: bool 
         lambda s, x, y, k: train_step(s, x, y, k, augment_images=t["augment"],
                                       label_smoothing=t["label_smoothing"]), donate_argnums=0)
     eval_fn = jax.jit(eval_step)
-    key = jax.random.key(t["seed"])
-    total_steps = t["epochs"] * steps_per_epoch
-    metrics_path = workdir / "metrics.jsonl"
-    elapsed0 = _last_elapsed(metrics_path)
-    start = time.perf_counter()
-    last = None
+    state, last = run_epochs(state, mngr, step_fn=step_fn, arrays=(train.images, train.labels), mesh=mesh,
+                             epochs=t["epochs"], batch_size=t["batch_size"], seed=t["seed"],
+                             evaluate=lambda s: evaluate_split(s, test, batch_size=t["eval_batch_size"],
+                                                               mesh=mesh, step_fn=eval_fn),
+                             best_metric="test_accuracy", metrics_path=workdir / "metrics.jsonl", log=log)
+    return last or {"step": int(state.step), "status": "already complete"}
+
+
+def run_epochs(state: TrainState, mngr, *, step_fn: Callable, arrays: tuple[np.ndarray, ...], mesh: Mesh,
+               epochs: int, batch_size: int, seed: int, evaluate: Callable[[TrainState], dict], best_metric: str,
+               metrics_path: Path, log: Callable[[str], None]) -> tuple[TrainState, dict | None]:
+    """The epoch loop of every trainer here: resumes at the state's step, and per epoch appends one metrics line
+    (``train_<k>`` for each output ``k`` of ``step_fn``, then ``evaluate(state)``) and saves one checkpoint.
+
+    The data order depends only on ``(seed, epoch)``, so a run resumed mid-epoch sees the same batches as an
+    uninterrupted one. On SIGTERM/SIGINT the current step is checkpointed before stopping.
+    """
+    from tqdm import tqdm
+
+    steps_per_epoch = len(arrays[0]) // batch_size
+    key = jax.random.key(seed)
+    elapsed0, start, last = _last_elapsed(metrics_path), time.perf_counter(), None
     with _StopFlag() as stop:
-        while (step := int(state.step)) < total_steps:
+        while (step := int(state.step)) < epochs * steps_per_epoch:
             epoch, offset = divmod(step, steps_per_epoch)
-            order = np.random.default_rng([t["seed"], epoch]).permutation(len(train))
-            sums, seen, t_epoch = {"loss": 0.0, "accuracy": 0.0}, 0, time.perf_counter()
-            bar = tqdm(range(offset, steps_per_epoch), desc=f"epoch {epoch + 1}/{t['epochs']}", unit="step",
-                       disable=None, leave=False)
-            for i in bar:
-                idx = order[i * t["batch_size"]:(i + 1) * t["batch_size"]]
-                images, labels = shard_batch(mesh, train.images[idx], train.labels[idx])
-                state, out = step_fn(state, images, labels, key)
-                sums = {k: sums[k] + out[k] for k in sums}
+            order = np.random.default_rng([seed, epoch]).permutation(len(arrays[0]))
+            sums, seen, t_epoch = None, 0, time.perf_counter()
+            for i in tqdm(range(offset, steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", unit="step",
+                          disable=None, leave=False):
+                idx = order[i * batch_size:(i + 1) * batch_size]
+                state, out = step_fn(state, *shard_batch(mesh, *(a[idx] for a in arrays)), key)
+                sums = out if sums is None else {k: sums[k] + out[k] for k in sums}
                 seen += 1
                 if seen == 1:  # keep compilation out of the throughput figure
                     jax.block_until_ready(out)
@@ -269,20 +281,21 @@ def train_and_evaluate(config: Mapping, workdir: str | Path, *, force_new: bool 
                     log(f"stopped by signal {stop.signum}; checkpoint saved at step {int(state.step)}; "
                         f"rerun the same command to resume")
                     raise KeyboardInterrupt
+            jax.block_until_ready(sums)  # dispatch is asynchronous: wait, or the throughput is fiction
             train_time = time.perf_counter() - t_epoch
             last = {
                 "epoch": epoch + 1, "step": int(state.step),
-                "train_loss": float(sums["loss"]) / seen, "train_accuracy": float(sums["accuracy"]) / seen,
-                **evaluate_split(state, test, batch_size=t["eval_batch_size"], mesh=mesh, step_fn=eval_fn),
-                "images_per_second": (seen - 1) * t["batch_size"] / train_time if seen > 1 else None,
+                **{f"train_{k}": float(v) / seen for k, v in sums.items()},
+                **evaluate(state),
+                "images_per_second": (seen - 1) * batch_size / train_time if seen > 1 else None,
                 "elapsed_s": elapsed0 + time.perf_counter() - start,
                 "resumed_mid_epoch": offset > 0,
             }
             with metrics_path.open("a") as fh:
                 fh.write(json.dumps(last) + "\n")
-            checkpointing.save(mngr, last["step"], state, metrics={"test_accuracy": last["test_accuracy"]})
+            checkpointing.save(mngr, last["step"], state, metrics={best_metric: last[best_metric]})
             log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
-    return last or {"step": int(state.step), "status": "already complete"}
+    return state, last
 
 
 def _last_elapsed(path: Path) -> float:

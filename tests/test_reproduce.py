@@ -29,31 +29,58 @@ def test_unknown_preset_and_stage_are_clear_errors(tmp_path):
     assert bad.returncode == 2 and "cifar-train" in bad.stderr
 
 
-def test_smoke_preset_runs_every_stage_and_resumes(tmp_path):
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """One smoke-preset run of the main job, shared by the tests that read its report."""
     for name in ("cifar10", "mnist", "acdc_lv_myo"):
         if not (SHARED_DATA / name).is_dir():
             pytest.skip(f"shared dataset {name} not present")
-    args = ("reproduce", "--preset", "smoke", "--workdir", str(tmp_path), "--data-root", str(SHARED_DATA))
+    workdir = tmp_path_factory.mktemp("reproduce")
+    args = ("reproduce", "--preset", "smoke", "--workdir", str(workdir), "--data-root", str(SHARED_DATA))
     first = run_cli(*args, timeout=1200)
     assert first.returncode == 0, first.stderr[-4000:]
-    stages = json.loads((tmp_path / "stages.json").read_text())
+    return workdir, args
+
+
+def test_smoke_preset_runs_every_stage_and_resumes(smoke_run):
+    workdir, args = smoke_run
+    stages = json.loads((workdir / "stages.json").read_text())
     assert set(stages) == {"cifar-train", "cifar-ablate", "acdc-train", "acdc-ablate", "skip-study", "verify",
                            "report"}
-    page = (tmp_path / "report" / "index.html").read_text()
+    page = (workdir / "report" / "index.html").read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) >= 6
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
-    md = (tmp_path / "report" / "report.md").read_text()
+    md = (workdir / "report" / "report.md").read_text()
     assert "## Findings" in md and "Study B" in md and "95 % CI" in md
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
-        assert (tmp_path / "report" / link).is_file()
+        assert (workdir / "report" / link).is_file()
     again = run_cli(*args, timeout=600)
     assert again.returncode == 0, again.stderr[-4000:]
     assert again.stdout.count("done earlier, skipped") == 6
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium:  # every figure decoded and laid out by a real browser
-        shot = tmp_path / "shot.png"
-        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
-                        "--window-size=1200,8000", (tmp_path / "report" / "index.html").as_uri()],
-                       capture_output=True, timeout=120)
-        assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+# Run in the page once it has loaded: one line per figure with the size the browser decoded it to.
+_PROBE = """<script>window.addEventListener("load", () => {
+  const sizes = [...document.images].map(i => `${i.complete}:${i.naturalWidth}x${i.naturalHeight}`);
+  document.body.insertAdjacentHTML("beforeend", `<pre id="probe">${sizes.join(" ")}</pre>`);
+});</script>"""
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
+def test_report_figures_render_in_chromium(smoke_run, tmp_path):
+    workdir, _ = smoke_run
+    page = (workdir / "report" / "index.html").read_text()
+    n_figures = len(re.findall(r"<img\b", page))
+    probed = tmp_path / "index.html"
+    probed.write_text(page.replace("</body>", _PROBE + "</body>"))
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+                          "--dump-dom", probed.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    found = re.search(r'<pre id="probe">([^<]*)</pre>', dom)
+    assert found, f"the page's load handler did not run; Chromium printed: {dom[-2000:]}"
+    sizes = found.group(1).split()
+    assert len(sizes) == n_figures >= 6
+    assert all(re.fullmatch(r"true:[1-9]\d*x[1-9]\d*", s) for s in sizes), sizes  # loaded, non-empty

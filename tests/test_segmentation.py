@@ -106,10 +106,12 @@ def test_dice_matches_a_slow_loop_per_image_and_pooled():
     reference = _dice_reference(pred, true, 4)
     np.testing.assert_allclose(out["dice"], reference, rtol=1e-6)
     np.testing.assert_allclose(out["score"], reference.mean(1), rtol=1e-6)
-    pooled = np.mean([2 * ((pred == c) & (true == c)).sum() / ((pred == c).sum() + (true == c).sum())
-                      for c in (1, 2, 3)])
+    per_class = [2 * ((pred == c) & (true == c)).sum() / ((pred == c).sum() + (true == c).sum()) for c in (1, 2, 3)]
     value, low, high = metric.aggregate(out)
-    assert value == pytest.approx(pooled) and low <= value <= high
+    assert value == pytest.approx(np.mean(per_class)) and low <= value <= high
+    named = seg.Dice(num_classes=4, class_names=seg.CLASS_NAMES).breakdown(out)
+    assert named == pytest.approx(dict(zip(["dice_lv", "dice_myo", "dice_rv"], per_class)))
+    assert list(metric.breakdown(out)) == ["dice_class1", "dice_class2", "dice_class3"]
     assert seg.Dice(num_classes=4, aggregate_by="image").aggregate(out)[0] == pytest.approx(reference.mean())
     myo = seg.Dice(num_classes=4, classes=(2,))
     assert myo.aggregate(myo.per_example(_logits(pred), jnp.asarray(true)))[0] == pytest.approx(
@@ -243,6 +245,10 @@ def test_ablate_scores_a_segmentation_run_by_dice_with_a_qualitative_figure(tiny
     table = json.loads((workdir / "ablation" / "shortcut.json").read_text())
     assert [r["mask"] for r in table["rows"]] == [f"encoder.layer{s}.0.downsample" for s in (2, 3, 4)]
     assert all(r["metric"] == "dice" and r["n_examples"] == 12 for r in table["rows"])
+    header = (workdir / "ablation" / "shortcut.csv").read_text().splitlines()[0].split(",")
+    assert header[-3:] == ["dice_lv", "dice_myo", "dice_rv"]
+    for r in table["rows"]:  # the score is the mean of the pooled per-class Dice
+        assert r["value"] == pytest.approx(np.mean([r["dice_lv"], r["dice_myo"], r["dice_rv"]]))
     figure = json.loads((workdir / "ablation" / "qualitative.json").read_text())
     assert figure["masks"]["most_harmful"] in {r["mask"] for r in table["rows"]}
     assert (workdir / "ablation" / "qualitative.png").stat().st_size > 0
