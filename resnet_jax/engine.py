@@ -169,11 +169,13 @@ def evaluate(
     batch_size = -(-batch_size // n_dev) * n_dev
     results: list[Result] = []
     groups: dict[tuple[str, str, int], list[abl.Ablation]] = {}
-    for a in ablations:
+    # A mask listed twice (e.g. a shortcut conv by both `single` and `shortcut`) is scored once.
+    unique = list({(a.name, a.kind, a.layers): a for a in ablations}.values())
+    for a in unique:
         how = method_for(a.kind, method)
         start = start_stage(a, layers) if how == "gates" and _supports_tiling(model) else 0
         groups.setdefault((a.kind, how, start), []).append(a)
-    bar = tqdm(total=len(ablations), desc="ablations", unit="mask", disable=not progress or None, leave=False)
+    bar = tqdm(total=len(unique), desc="ablations", unit="mask", disable=not progress or None, leave=False)
     for (kind, how, start), group in sorted(groups.items()):
         size = chunk or chunk_size(len(group), batch_size=batch_size, layers=layers,
                                    memory_budget_mb=memory_budget_mb)
@@ -185,8 +187,8 @@ def evaluate(
             if on_chunk is not None:
                 on_chunk(chunk_results)
     bar.close()
-    order = {a.name: i for i, a in enumerate(ablations)}
-    return sorted(results, key=lambda r: order[r.name])
+    by_key = {(r.name, r.kind, r.layers): r for r in results}
+    return [by_key[(a.name, a.kind, a.layers)] for a in ablations]
 
 
 def _collect(forward_chunk: Callable, group, images, targets, batch_size, metric):

@@ -230,6 +230,17 @@ def test_batched_engine_matches_a_plain_loop(tiny, kind):
             assert r.value == pytest.approx(np.mean(expected[a.name] == split.labels))
 
 
+def test_results_come_back_in_input_order_when_a_mask_repeats(tiny):
+    model, variables, layers, split = tiny
+    shortcut, stem = (abl.Ablation(n, "zero-kernel", (n,)) for n in ("layer4.0.downsample", "conv1"))
+    ablations = [shortcut, stem, shortcut]  # as when the `single` and `shortcut` protocols are run together
+    results = engine.evaluate(model, variables, ablations, layers, split.images, split.labels,
+                              image_mean=0.5, image_std=0.25, batch_size=16, progress=False)
+    assert [r.name for r in results] == [a.name for a in ablations]
+    for a, r in zip(ablations, results):
+        np.testing.assert_array_equal(r.per_example["prediction"], _slow_reference(model, variables, a, layers, split))
+
+
 def test_results_do_not_depend_on_chunk_size_and_compile_once_per_chunk_shape(tiny):
     model, variables, layers, split = tiny
     ablations = [abl.Ablation(l.name, "zero-kernel", (l.name,)) for l in layers[:7]]
