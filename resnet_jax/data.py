@@ -21,6 +21,7 @@ import os
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -234,23 +235,28 @@ def load_tfds(name: str, split: str) -> Split:
     if name not in TFDS_NAMES:
         raise DataError(f"unknown dataset {name!r}; valid TFDS names: {list(TFDS_NAMES)}, or 'synthetic', "
                         f"or any name together with --data-dir")
+    records, builder = tfds_records(
+        name, split, offline=f"pass --data-dir DIR with an ImageFolder tree (DIR/{split}/<class>/<image>) or its "
+                             f"per-split zips (DIR/{split}.zip), e.g. --data-dir ../shared/data/{name}")
+    class_names = tuple(builder.info.features["label"].names)
+    images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
+    labels = np.asarray([r["label"] for r in records], np.int32)
+    return Split(images, labels, class_names)
+
+
+def tfds_records(name: str, split: str, *, offline: str) -> tuple[list[dict], Any]:
+    """Every record of a TFDS split (downloading it first if needed) and the builder; any failure becomes
+    a :class:`DataError` that says what to do ``offline``."""
     try:
         import tensorflow_datasets as tfds
 
         builder = tfds.builder(name)
         builder.download_and_prepare(file_format="array_record")
         source = builder.as_data_source(split=split)
-        records = [source[i] for i in range(len(source))]
-        class_names = tuple(builder.info.features["label"].names)
+        return [source[i] for i in range(len(source))], builder
     except Exception as err:  # noqa: BLE001 - any TFDS failure means: use local files instead
-        raise DataError(
-            f"could not load TFDS dataset {name!r} split {split!r} ({type(err).__name__}: {err}). "
-            f"Without network access, pass --data-dir DIR with an ImageFolder tree (DIR/{split}/<class>/<image>) "
-            f"or its per-split zips (DIR/{split}.zip), e.g. --data-dir ../shared/data/{name}"
-        ) from err
-    images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
-    labels = np.asarray([r["label"] for r in records], np.int32)
-    return Split(images, labels, class_names)
+        raise DataError(f"could not load TFDS dataset {name!r} split {split!r} ({type(err).__name__}: {err}). "
+                        f"Without network access, {offline}") from err
 
 
 # Synthetic -----------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""2D segmentation data (ACDC, Sunnybrook): grey images and class-id masks, read in place, cached.
+"""2D segmentation data: ACDC and Sunnybrook grey PNG pairs read in place and cached; TFDS
+``oxford_iiit_pet`` (RGB) for users with network access.
 
 Layouts read by :func:`load_segmentation_split` (the ones of ``shared/data/acdc_lv_myo`` and
 ``shared/data/sunnybrook_lv_myo``):
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_jax.data import DataError, _atomic_savez, default_cache_dir
+from resnet_jax.data import DataError, _atomic_savez, default_cache_dir, tfds_records
 
 _CACHE_VERSION = "1"
 _PARTS = ("images", "masks")
@@ -43,7 +44,7 @@ _PARTS = ("images", "masks")
 class SegSplit:
     """One split of a segmentation dataset, held in memory."""
 
-    images: np.ndarray  # (N, H, W, 1) float32 in [0, 1]
+    images: np.ndarray  # (N, H, W, C) float32 in [0, 1]; C = 1 for MRI, 3 for photos
     masks: np.ndarray  # (N, H, W) uint8 class ids
     ids: tuple[str, ...]
     class_names: tuple[str, ...]  # background first
@@ -68,6 +69,47 @@ class SegSplit:
             raise DataError(f"max examples must be positive, got {n}")
         idx = np.sort(np.random.default_rng(seed).permutation(len(self))[:n])
         return SegSplit(self.images[idx], self.masks[idx], tuple(self.ids[i] for i in idx), self.class_names)
+
+
+# TFDS, for users with network access ----------------------------------------------------------
+
+# name -> (class names, lookup table from the dataset's mask values to class ids; -1 = invalid)
+TFDS_SEGMENTATION = {
+    # Oxford-IIIT Pet trimaps: 1 pet, 2 background, 3 border (the uncertain outline)
+    "oxford_iiit_pet": (("background", "pet", "border"), np.array([-1, 1, 0, 2], np.int16)),
+}
+
+
+def load_tfds_segmentation(name: str, split: str, *, image_size: int | tuple[int, int] = 224) -> SegSplit:
+    """A TFDS segmentation dataset as a :class:`SegSplit`: RGB images resized (bilinear) to ``image_size``
+    and scaled to [0, 1], masks resized (nearest) and mapped to class ids with background first.
+
+    Natural photos of varying size are resized, not cropped as the MRI slices are: a crop would cut the
+    object off. Offline, fails with the local alternative.
+    """
+    if name not in TFDS_SEGMENTATION:
+        raise DataError(f"unknown TFDS segmentation dataset {name!r}; valid: {list(TFDS_SEGMENTATION)}")
+    class_names, lookup = TFDS_SEGMENTATION[name]
+    records, _ = tfds_records(
+        name, split, offline=f"pass --data-dir DIR with PNG image/mask pairs (DIR/{split}.zip or DIR/{split}/images "
+                             f"and DIR/{split}/masks), e.g. --data-dir ../shared/data/acdc_lv_myo")
+    from PIL import Image
+
+    h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    images, masks, ids = [], [], []
+    for i, r in enumerate(records):
+        where = f"example {i} of {name} {split!r}"
+        values = np.asarray(r["segmentation_mask"])[..., 0]
+        if values.max() >= len(lookup) or np.any(lookup[values] < 0):
+            raise DataError(f"{where} has mask values {sorted(np.unique(values).tolist())}; expected "
+                            f"{[v for v in range(len(lookup)) if lookup[v] >= 0]}")
+        image = Image.fromarray(np.asarray(r["image"], np.uint8)).convert("RGB").resize((w, h), Image.BILINEAR)
+        mask = np.asarray(Image.fromarray(values.astype(np.uint8)).resize((w, h), Image.NEAREST))
+        images.append(np.asarray(image, np.float32) / 255.0)
+        masks.append(lookup[mask].astype(np.uint8))
+        file_name = r.get("file_name", f"{split}-{i}")
+        ids.append(file_name.decode() if isinstance(file_name, bytes) else str(file_name))
+    return SegSplit(np.stack(images), np.stack(masks), tuple(ids), class_names)
 
 
 # Per-image steps ------------------------------------------------------------------------------

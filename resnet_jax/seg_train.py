@@ -44,7 +44,7 @@ SEG_DEFAULTS: dict[str, Any] = {
         "dtype": "float32",
     },
     "data": {
-        "name": "acdc",  # acdc | sunnybrook (a label with data_dir) | synthetic
+        "name": "acdc",  # acdc | sunnybrook (labels for a data_dir) | oxford_iiit_pet (TFDS) | synthetic
         "data_dir": None,  # <split>.zip, <split>/{images,masks}/ or a flat {images,masks}/ folder
         "train_split": "train",
         "val_split": "val",  # selects the best checkpoint; None = use the test split
@@ -110,6 +110,13 @@ SEG_PRESETS: dict[str, dict[str, Any]] = {
                  "id_prefixes": {"train": ["SCD0000101", "SCD0000201", "SCD0000301"], "test": ["SCD0000401"]}},
         "train": {"epochs": 60, "batch_size": 8, "learning_rate": 0.02, "warmup_epochs": 1.0, "max_shift": 10},
     },
+    "pets-pspnet34": {
+        "about": "Oxford-IIIT Pet from TFDS (online; background / pet / border), accelerator scale: resnet-jax "
+                 "train-seg --config pets-pspnet34 --workdir runs/pets",
+        "data": {"name": "oxford_iiit_pet", "class_names": ["background", "pet", "border"], "val_split": None,
+                 "image_size": 224},
+        "train": {"epochs": 50, "batch_size": 16, "learning_rate": 0.01},
+    },
     "synthetic-seg-tiny": {
         "about": "Tiny encoder on generated shapes; for tests: resnet-jax train-seg --config synthetic-seg-tiny "
                  "--workdir /tmp/seg-tiny",
@@ -157,6 +164,11 @@ def load_split(config: Mapping, which: str) -> seg_data.SegSplit | None:
     if d["name"] == "synthetic":
         split = synthetic_seg_split(which, size=d["image_size"], seed=config["train"]["seed"],
                                     num_classes=len(d["class_names"]))
+    elif d["name"] in seg_data.TFDS_SEGMENTATION and d["data_dir"] is None:
+        split = seg_data.load_tfds_segmentation(d["name"], name, image_size=d["image_size"])
+        if list(split.class_names) != list(d["class_names"]):
+            raise configs.ConfigError(f"data.class_names {list(d['class_names'])} do not match {d['name']}'s "
+                                      f"classes {list(split.class_names)}")
     else:
         if d["data_dir"] is None:
             raise seg_data.DataError(f"dataset {d['name']!r} needs --data-dir (e.g. ../shared/data/acdc_lv_myo)")
@@ -222,9 +234,10 @@ def augment_pair(images: Array, masks: Array, key: Array, *, flip: bool = True, 
         x = jnp.where(f, -x, x)
         c, si = jnp.cos(a), jnp.sin(a)
         coords = [(c * y - si * x) / s + cy, (si * y + c * x) / s + cx]
-        img = ndimage.map_coordinates(image[..., 0], coords, order=1, mode="constant", cval=0.0)
+        img = jax.vmap(lambda ch: ndimage.map_coordinates(ch, coords, order=1, mode="constant", cval=0.0),
+                       in_axes=-1, out_axes=-1)(image)  # every channel alike (grey MRI: one; RGB: three)
         msk = ndimage.map_coordinates(mask.astype(jnp.float32), coords, order=0, mode="constant", cval=0.0)
-        return img[..., None].astype(image.dtype), msk.astype(mask.dtype)
+        return img.astype(image.dtype), msk.astype(mask.dtype)
 
     return jax.vmap(one)(images, masks, angle, scale, shift, flips)
 

@@ -301,3 +301,44 @@ def test_gates_and_weights_give_identical_predictions(tiny_run):
         np.testing.assert_array_equal(out["gates"][a.name], out["weights"][a.name], err_msg=a.name)
         assert out["gates"][a.name].shape == masks.shape
     assert any(not np.array_equal(out["gates"][n], out["gates"]["baseline"]) for n in names)
+
+
+# TFDS (online) and RGB ---------------------------------------------------------------------------
+
+def _pet_record(values):
+    trimap = np.full((40, 40, 1), 2, np.uint8)  # background
+    trimap[:20, :20], trimap[:20, 20:] = values  # top left / top right; bottom half stays background
+    image = np.empty((40, 40, 3), np.uint8)
+    image[...] = (10, 200, 255)
+    return {"image": image, "segmentation_mask": trimap, "file_name": b"Abyssinian_1.jpg", "label": 0}
+
+
+def test_tfds_pets_trimaps_become_background_first_classes(monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    config = seg_train.load_seg_config("pets-pspnet34", ["data.image_size=20"])
+    with tfds.testing.mock_data(as_data_source_fn=lambda self, split, **kw: [_pet_record((1, 3))]):
+        split = seg_train.load_split(config, "train")
+    expected = np.zeros((20, 20), np.uint8)
+    expected[:10, :10], expected[:10, 10:] = 1, 2  # pet, border; trimap background (2) is class 0
+    np.testing.assert_array_equal(split.masks[0], expected)
+    assert split.class_names == ("background", "pet", "border") and split.ids == ("Abyssinian_1.jpg",)
+    np.testing.assert_allclose(split.images[0], np.broadcast_to([10 / 255, 200 / 255, 1.0], (20, 20, 3)), atol=1e-6)
+    with tfds.testing.mock_data(as_data_source_fn=lambda self, split, **kw: [_pet_record((0, 3))]):
+        with pytest.raises(seg_data.DataError, match=r"mask values \[0, 2, 3\]; expected \[1, 2, 3\]"):
+            seg_train.load_split(config, "train")
+
+
+def test_augmentation_warps_every_channel_like_the_first():
+    rng = np.random.default_rng(0)
+    grey = jnp.asarray(rng.random((3, 16, 16, 1), np.float32))
+    rgb = jnp.concatenate([grey, 2 * grey, grey[:, ::-1]], axis=-1)
+    masks = jnp.asarray(rng.integers(0, 4, (3, 16, 16)).astype(np.uint8))
+    kw = {"max_shift": 3, "max_rotate": 20.0, "max_scale": 0.1}
+    key = jax.random.key(1)
+    out_grey, m_grey = seg_train.augment_pair(grey, masks, key, **kw)
+    out_flip, _ = seg_train.augment_pair(grey[:, ::-1], masks, key, **kw)
+    out_rgb, m_rgb = seg_train.augment_pair(rgb, masks, key, **kw)
+    np.testing.assert_array_equal(m_rgb, m_grey)
+    np.testing.assert_allclose(out_rgb[..., :1], out_grey, atol=1e-6)
+    np.testing.assert_allclose(out_rgb[..., 1:2], 2 * out_grey, atol=1e-6)
+    np.testing.assert_allclose(out_rgb[..., 2:], out_flip, atol=1e-6)
