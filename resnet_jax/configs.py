@@ -19,7 +19,7 @@ DEFAULTS: dict[str, Any] = {
     "model": {
         "name": "resnet34",
         "stem": "torchvision",  # or "cifar": 3x3/1 conv, no max-pool
-        "conv_impl": "auto",  # "xla" | "patches" | "auto" (patches on CPU for small maps)
+        "conv_impl": "auto",  # "xla" | "patches" | "auto" (per layer on CPU; see models._formulation)
         "dtype": "float32",  # "bfloat16" for mixed precision on accelerators
     },
     "data": {

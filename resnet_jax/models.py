@@ -13,12 +13,14 @@ evaluate many ablations in one batch with shared weights (see ``resnet_jax.ablat
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 Gates = Mapping[str, Mapping[str, Array]]
@@ -56,18 +58,30 @@ def _canonical(path: Sequence[str]) -> str:
     return ".".join(path)
 
 
-def _use_patches(impl: str, out_hw: tuple[int, int]) -> bool:
-    """XLA's CPU convolution is slow on tiny maps; a patches+matmul formulation is not."""
-    if impl == "auto":
-        return jax.default_backend() == "cpu" and out_hw[0] * out_hw[1] <= 16
-    return impl == "patches"
+def _formulation(impl: str, in_hw: tuple[int, int], out_hw: tuple[int, int], taps: int) -> str:
+    """Which formulation a conv runs as: ``'xla'``, ``'patches'`` or ``'dense'``.
+
+    ``auto`` follows per-layer timings on CPU (``benchmarks/conv_kernels.py``): XLA's CPU
+    convolution is fine down to 4x4 outputs but 20-40x slower than a matmul on 2x2 and 1x1 maps,
+    and once the input has fewer pixels than the kernel has taps (a 3x3 conv on a 2x2 or 1x1
+    map) most taps read padding, so the conv as one dense matrix does less work than im2col.
+    Other backends keep XLA's convolution.
+    """
+    if impl != "auto":
+        return impl
+    if jax.default_backend() != "cpu":
+        return "xla"
+    if taps > 1 and in_hw[0] * in_hw[1] < taps:
+        return "dense"
+    return "patches" if out_hw[0] * out_hw[1] <= 4 else "xla"
 
 
 class Conv(nn.Module):
     """Bias-free 2D conv with torchvision's symmetric padding and a swappable formulation.
 
     ``impl='xla'`` uses ``lax.conv_general_dilated``; ``'patches'`` extracts patches and does one
-    matmul (numerically the same contraction); ``'auto'`` picks patches on CPU for small maps.
+    matmul (numerically the same contraction); ``'auto'`` picks per layer (:func:`_formulation`),
+    on CPU also the dense-operator form (:func:`conv_dense`) for 2x2 and 1x1 maps.
     """
 
     features: int
@@ -87,8 +101,11 @@ class Conv(nn.Module):
             (x.shape[1 + i] + 2 * pad[i][0] - self.dilation * (k - 1) - 1) // self.strides + 1
             for i, k in enumerate((kh, kw))
         )
-        if _use_patches(self.impl, out_hw):
+        how = _formulation(self.impl, x.shape[1:3], out_hw, kh * kw)
+        if how == "patches":
             return conv_patches(x, kernel, strides=self.strides, padding=pad, dilation=self.dilation)
+        if how == "dense":
+            return conv_dense(x, kernel, strides=self.strides, padding=pad, dilation=self.dilation)
         return jax.lax.conv_general_dilated(
             x, kernel, (self.strides,) * 2, pad, rhs_dilation=(self.dilation,) * 2,
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -112,6 +129,35 @@ def conv_patches(x: Array, kernel: Array, *, strides: int, padding, dilation: in
     ]
     patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
     return jnp.dot(patches, kernel.reshape(kh * kw * cin, cout))
+
+
+@functools.lru_cache(maxsize=None)
+def _dense_taps(in_hw, out_hw, kernel_hw, strides, padding, dilation):
+    """``taps[p, o]``: the kernel tap joining input pixel ``p`` to output pixel ``o`` (``kh*kw``: none)."""
+    (h, w), (ho, wo), (kh, kw) = in_hw, out_hw, kernel_hw
+    taps = np.full((h * w, ho * wo), kh * kw, np.int32)
+    for r, c, i, j in itertools.product(range(h), range(w), range(ho), range(wo)):
+        a, b = r - i * strides + padding[0][0], c - j * strides + padding[1][0]
+        if a % dilation == 0 and b % dilation == 0 and a // dilation < kh and b // dilation < kw \
+                and a >= 0 and b >= 0:
+            taps[r * w + c, i * wo + j] = (a // dilation) * kw + b // dilation
+    return taps
+
+
+def conv_dense(x: Array, kernel: Array, *, strides: int, padding, dilation: int = 1) -> Array:
+    """The conv as one matmul with the dense (input pixels x output pixels) operator it defines.
+
+    Cheaper than im2col when the map has fewer pixels than the kernel has taps: a 3x3 conv on a
+    1x1 map multiplies by the centre tap only instead of nine taps, eight of them padding.
+    """
+    kh, kw, cin, cout = kernel.shape
+    n, h, w, _ = x.shape
+    ho = (h + sum(padding[0]) - dilation * (kh - 1) - 1) // strides + 1
+    wo = (w + sum(padding[1]) - dilation * (kw - 1) - 1) // strides + 1
+    taps = _dense_taps((h, w), (ho, wo), (kh, kw), strides, tuple(map(tuple, padding)), dilation)
+    with_zero = jnp.concatenate([kernel.reshape(kh * kw, cin, cout), jnp.zeros((1, cin, cout), kernel.dtype)])
+    operator = with_zero[taps].transpose(0, 2, 1, 3).reshape(h * w * cin, ho * wo * cout)
+    return jnp.dot(x.reshape(n, h * w * cin), operator).reshape(n, ho, wo, cout)
 
 
 class Downsample(nn.Module):

@@ -276,7 +276,7 @@ def test_load_torch_checkpoint_rejects_other_files(tmp_path, obj, message):
 # --------------------------------------------------------------------------- forward parity
 
 
-@pytest.mark.parametrize("impl", ["xla", "patches"])
+@pytest.mark.parametrize("impl", ["xla", "patches", "auto"])
 @pytest.mark.parametrize("stem", ["torchvision", "cifar"])
 def test_eval_forward_matches_torchvision(images, stem, impl):
     x = images[:8]

@@ -72,10 +72,45 @@ def test_patches_conv_equals_xla_conv(k, stride, dilation, hw, cin, cout):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_conv_impls_give_the_same_network_output_and_gradients():
+@pytest.mark.parametrize("k, stride, dilation, hw, cin, cout", [
+    (3, 1, 1, (1, 1), 5, 6), (3, 1, 1, (2, 2), 4, 3), (3, 2, 1, (2, 2), 4, 5), (3, 2, 1, (3, 2), 3, 4),
+    (3, 1, 2, (2, 2), 4, 4), (5, 1, 1, (2, 3), 2, 3), (3, 2, 1, (5, 5), 3, 2),
+])
+def test_dense_conv_equals_xla_conv(k, stride, dilation, hw, cin, cout):
+    kx, kw = jax.random.split(jax.random.key(k * 10 + stride + dilation))
+    x = jax.random.normal(kx, (3, *hw, cin))
+    w = jax.random.normal(kw, (k, k, cin, cout))
+    pad = ((dilation * (k // 2),) * 2,) * 2
+    conv = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
+        x, w, (stride, stride), pad, rhs_dilation=(dilation, dilation),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=jax.lax.Precision.HIGHEST)
+    dense = lambda x, w: models.conv_dense(x, w, strides=stride, padding=pad, dilation=dilation)  # noqa: E731
+    np.testing.assert_allclose(dense(x, w), conv(x, w), rtol=1e-4, atol=1e-4)
+    # Gradients too: the operator is gathered from the kernel, so the kernel's gradient is a scatter-add.
+    cot = jax.random.normal(jax.random.key(7), conv(x, w).shape)
+    want = jax.grad(lambda x, w: jnp.sum(conv(x, w) * cot), argnums=(0, 1))(x, w)
+    got = jax.grad(lambda x, w: jnp.sum(dense(x, w) * cot), argnums=(0, 1))(x, w)
+    for g, e in zip(got, want):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_picks_dense_only_where_the_map_has_fewer_pixels_than_taps(monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert models._formulation("auto", (1, 1), (1, 1), 9) == "dense"
+    assert models._formulation("auto", (2, 2), (1, 1), 9) == "dense"
+    assert models._formulation("auto", (4, 4), (2, 2), 9) == "patches"
+    assert models._formulation("auto", (2, 2), (1, 1), 1) == "patches"  # a 1x1 conv reads no padding
+    assert models._formulation("auto", (8, 8), (4, 4), 9) == "xla"
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert models._formulation("auto", (1, 1), (1, 1), 9) == "xla"
+
+
+@pytest.mark.parametrize("impl", ["patches", "auto"])
+def test_conv_impls_give_the_same_network_output_and_gradients(impl):
+    # At 32x32 the tiny ResNet's stages 3-4 run on 2x2 and 1x1 maps, so "auto" mixes all three forms.
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
     a = models.create_model("resnet_tiny", num_classes=5, conv_impl="xla")
-    b = models.create_model("resnet_tiny", num_classes=5, conv_impl="patches")
+    b = models.create_model("resnet_tiny", num_classes=5, conv_impl=impl)
     variables = a.init(jax.random.key(0), x)
     loss = lambda m: lambda p: m.apply({**variables, "params": p}, x, train=True,  # noqa: E731
                                        mutable=["batch_stats"])[0][0].sum()
