@@ -4,15 +4,18 @@ Two formulations behind one interface, chosen per ablation kind:
 
 * ``gates``: for whole-kernel kinds (zero-kernel, zero-branch, lesion) the weights stay shared
   and unbatched; each of the K ablations in a chunk multiplies one conv output (or BN output, or
-  residual branch) by 0 for its copy of the batch, so K masked models are one forward over a
-  K x B batch. ``x * 0 == conv(x, 0)`` exactly for finite activations, so this is the same
-  model as the weight mask, and plain convs stay plain (vmapping over kernels would turn every
-  conv into a slow grouped conv). Evaluation mode only: in train mode the gated copies would
-  share, and change, one set of batch statistics.
+  residual branch) by 0 for its copy of the batch, so K masked models are one forward with shared
+  weights. ``x * 0 == conv(x, 0)`` exactly for finite activations, so this is the same model as
+  the weight mask, and plain convs stay plain (vmapping over kernels would turn every conv into a
+  slow grouped conv). Shared prefixes: the forward starts on the clean batch alone, and each
+  ablation's copy branches off at the residual unit of its first ablated layer, so what comes
+  before is computed once per chunk (a baseline reads the clean rows). Evaluation mode only: in
+  train mode the gated copies would share, and change, one set of batch statistics.
 * ``weights``: the reference semantics and the only option for reinit/rerandomize: ``lax.map``
   over the chunk's masks, each applied to the variables with :func:`ablation.apply`.
 
-Chunks are sized from a memory budget; results never depend on the chunk size.
+Chunks are sized from a memory budget, checked against XLA's own buffer plan of the compiled
+chunk; results never depend on the chunk size.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -30,7 +34,7 @@ import numpy as np
 
 from resnet_jax import ablation as abl
 from resnet_jax import metrics as metrics_lib
-from resnet_jax import models
+from resnet_jax import models, segmentation
 
 METHODS = ("auto", "gates", "weights")
 
@@ -50,15 +54,20 @@ class Result:
     per_example: dict[str, np.ndarray]
     seconds: float
     breakdown: dict[str, float] = dataclasses.field(default_factory=dict)  # e.g. Dice per class
+    temp_bytes: int = 0  # XLA's scratch memory for the program that scored it (gates; 0: not measured)
 
 
-def activation_bytes_per_example(layers: Sequence[abl.Layer]) -> int:
-    """A conservative float32 activation footprint of one forward (conv, BN and ReLU outputs)."""
-    return 4 * 3 * sum(l.output_hw[0] * l.output_hw[1] * l.out_channels for l in layers)
+def activation_bytes_per_example(layers: Sequence[abl.Layer], *, peak: bool = False) -> int:
+    """A conservative float32 activation footprint of one forward: conv, BN and ReLU outputs of
+    every layer, or with ``peak`` of the largest one (an inference forward frees the rest)."""
+    sizes = [l.output_hw[0] * l.output_hw[1] * l.out_channels for l in layers]
+    return 4 * 3 * (max(sizes) if peak else sum(sizes))
 
 
-def chunk_size(n_ablations: int, *, batch_size: int, layers: Sequence[abl.Layer], memory_budget_mb: float) -> int:
-    per_mask = batch_size * activation_bytes_per_example(layers)
+def chunk_size(n_ablations: int, *, batch_size: int, layers: Sequence[abl.Layer], memory_budget_mb: float,
+               peak: bool = False) -> int:
+    """Masks per chunk from the estimate; the gate path then checks XLA's own plan against the budget."""
+    per_mask = batch_size * activation_bytes_per_example(layers, peak=peak)
     return int(max(1, min(n_ablations, memory_budget_mb * 2**20 // max(per_mask, 1))))
 
 
@@ -76,34 +85,37 @@ def _normalize(images, mean, std):
     return (images.astype(jnp.float32) / 255.0 - mean) / std
 
 
-def start_stage(ablation: abl.Ablation, layers: Sequence[abl.Layer]) -> int:
-    """The first stage an ablation changes (0 = the stem); everything before it is shared."""
-    stages = {l.name: l.stage or 0 for l in layers}
+def branch_point(ablation: abl.Ablation, layers: Sequence[abl.Layer]) -> str | None:
+    """Where an ablation's copy of the batch branches off the clean forward: the residual unit
+    (or the stem) of its first ablated layer; ``None`` for a baseline, which *is* the clean copy."""
     if not ablation.layers:
-        return max(stages.values())
-    return min(stages[n] for n in ablation.layers)
+        return None
+    order = {l.name: i for i, l in enumerate(layers)}
+    first = min(ablation.layers, key=order.__getitem__)
+    layer = layers[order[first]]
+    return layer.unit or layer.name
 
 
-def _supports_tiling(model: nn.Module) -> bool:
-    return isinstance(model, models.ResNet)
+def _supports_branches(model: nn.Module) -> bool:
+    return isinstance(model, (models.ResNet, segmentation.PSPNet))
 
 
-def _gates_forward(model: nn.Module, metric, start: int) -> Callable:
-    tiled_inside = _supports_tiling(model)
+def _gates_forward(model: nn.Module, metric, branches: tuple[tuple[str, int], ...], copies: int) -> Callable:
+    """One jitted forward for a chunk: ``1 + copies`` models (the clean one first) per example."""
+    inside = _supports_branches(model)
 
     @jax.jit
     def forward(variables, gates, images, targets, mean, std):
-        k = next(iter(next(iter(gates.values())).values())).shape[0]
         b = images.shape[0]
         x = _normalize(images, mean, std)
-        per_example_gates = jax.tree.map(lambda g: jnp.repeat(g, b), gates)
-        if tiled_inside:  # the shared prefix runs once, on b examples
-            logits, _ = model.apply(variables, x, gates=per_example_gates, tile=(start, k))
+        per_row = jax.tree.map(lambda g: jnp.repeat(g, b), gates)
+        if inside:  # each copy branches off at its first ablated unit; earlier work is shared
+            logits, _ = model.apply(variables, x, gates=per_row, branches=dict(branches))
         else:
-            x = jnp.broadcast_to(x[None], (k, *x.shape)).reshape(k * b, *x.shape[1:])
-            logits, _ = model.apply(variables, x, gates=per_example_gates)
-        logits = logits.reshape(k, b, *logits.shape[1:])
-        return metric.per_example(logits, jnp.broadcast_to(targets[None], (k, *targets.shape)))
+            x = jnp.broadcast_to(x[None], (1 + copies, *x.shape)).reshape((1 + copies) * b, *x.shape[1:])
+            logits, _ = model.apply(variables, x, gates=per_row)
+        logits = logits.reshape(1 + copies, b, *logits.shape[1:])
+        return metric.per_example(logits, jnp.broadcast_to(targets[None], (1 + copies, *targets.shape)))
 
     return forward
 
@@ -161,6 +173,7 @@ def evaluate(
         unablated model (a baseline).
       method: ``'auto'`` (gates where the kind allows, else weights), ``'gates'`` or ``'weights'``.
       memory_budget_mb: bound on a chunk's activation memory; sets the chunk size unless ``chunk``.
+        On the gate path a compiled chunk whose scratch memory (XLA's plan) exceeds it is halved.
       initial_params: the run's initial parameters, needed by ``reinit``.
     """
     from tqdm import tqdm
@@ -168,20 +181,18 @@ def evaluate(
     n_dev = jax.device_count()
     batch_size = -(-batch_size // n_dev) * n_dev
     results: list[Result] = []
-    groups: dict[tuple[str, str, int], list[abl.Ablation]] = {}
+    groups: dict[tuple[str, str], list[abl.Ablation]] = {}
     # A mask listed twice (e.g. a shortcut conv by both `single` and `shortcut`) is scored once.
     unique = list({(a.name, a.kind, a.layers): a for a in ablations}.values())
     for a in unique:
-        how = method_for(a.kind, method)
-        start = start_stage(a, layers) if how == "gates" and _supports_tiling(model) else 0
-        groups.setdefault((a.kind, how, start), []).append(a)
+        groups.setdefault((a.kind, method_for(a.kind, method)), []).append(a)
     bar = tqdm(total=len(unique), desc="ablations", unit="mask", disable=not progress or None, leave=False)
-    for (kind, how, start), group in sorted(groups.items()):
+    for (kind, how), group in sorted(groups.items()):
         size = chunk or chunk_size(len(group), batch_size=batch_size, layers=layers,
-                                   memory_budget_mb=memory_budget_mb)
+                                   memory_budget_mb=memory_budget_mb, peak=how == "gates")
         run = _gate_runner if how == "gates" else _weight_runner
         for chunk_results in run(model, variables, group, layers, images, targets, image_mean, image_std,
-                                 metric, batch_size, size, kind, initial_params, start):
+                                 metric, batch_size, size, kind, initial_params, memory_budget_mb * 2**20):
             results += chunk_results
             bar.update(len(chunk_results))
             if on_chunk is not None:
@@ -191,8 +202,10 @@ def evaluate(
     return [by_key[(a.name, a.kind, a.layers)] for a in ablations]
 
 
-def _collect(forward_chunk: Callable, group, images, targets, batch_size, metric):
-    """Run ``forward_chunk(images, targets) -> dict of (K, B)`` over all batches; join per mask."""
+def _collect(forward_chunk: Callable, group, images, targets, batch_size, metric, rows=None):
+    """Run ``forward_chunk(images, targets) -> dict of (K, B)`` over all batches; join per mask.
+
+    ``rows[i]`` is the output row of ``group[i]`` (default: ``i``)."""
     from resnet_jax import train
 
     mesh = train.data_mesh()  # examples are split over every device; masks ride along
@@ -204,7 +217,7 @@ def _collect(forward_chunk: Callable, group, images, targets, batch_size, metric
     joined = {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
     out = []
     for i, a in enumerate(group):
-        per_example = {k: v[i] for k, v in joined.items()}
+        per_example = {k: v[i if rows is None else rows[i]] for k, v in joined.items()}
         value, low, high = metric.aggregate(per_example)
         loss = float(np.mean(per_example["loss"])) if "loss" in per_example else float("nan")
         breakdown = metric.breakdown(per_example) if hasattr(metric, "breakdown") else {}
@@ -212,32 +225,68 @@ def _collect(forward_chunk: Callable, group, images, targets, batch_size, metric
     return out
 
 
-def _results(collected, seconds: float) -> list[Result]:
+def _results(collected, seconds: float, temp_bytes: int = 0) -> list[Result]:
     return [Result(a.name, a.kind, a.layers, value, low, high, loss, len(next(iter(pe.values()))), pe,
-                   seconds / len(collected), breakdown)
+                   seconds / len(collected), breakdown, temp_bytes)
             for a, value, low, high, loss, pe, breakdown in collected]
 
 
 def _gate_runner(model, variables, group, layers, images, targets, mean, std, metric, batch_size, size,
-                 kind, initial_params, start):
-    # Only baselines: an all-ones site keeps the gate structure non-empty.
-    all_gates = abl.make_gates(group, layers) or {"kernel": {layers[-1].name: np.ones(len(group), np.float32)}}
-    forward = _gates_forward(model, metric, start)
-    for start in range(0, len(group), size):
-        chunk = group[start:start + size]
-        gates = jax.tree.map(lambda g: _pad_ones(g[start:start + size], size), all_gates)
+                 kind, initial_params, budget_bytes):
+    # Copies in network order of their branch points, so the rows present at any layer are a
+    # prefix of the final rows; chunks of neighbouring masks then share the most.
+    rank = {p: i for i, p in enumerate({l.unit or l.name: None for l in layers})}
+    ordered = sorted(group, key=lambda a: -1 if branch_point(a, layers) is None else rank[branch_point(a, layers)])
+    # Every chunk gets a gate at every site of the group (ones where unused): one pytree structure,
+    # so chunks with the same branch counts reuse one compiled forward.
+    sites = abl.make_gates([a for a in ordered if a.layers], layers)
+    from resnet_jax import train
+
+    mesh = train.data_mesh()
+    example = train.shard_batch(mesh, _pad(images[:batch_size], batch_size), _pad(targets[:batch_size], batch_size))
+    compiled = {}
+    queue = [ordered[i:i + size] for i in range(0, len(ordered), size)]
+    while queue:
+        chunk = queue.pop(0)
+        masked = [a for a in chunk if a.layers]
+        counts: dict[str, int] = {}
+        for a in masked:
+            counts[branch_point(a, layers)] = counts.get(branch_point(a, layers), 0) + 1
+        used = abl.make_gates(masked, layers)
+        gates = {site_kind: {name: np.concatenate([np.ones(1, np.float32),
+                                                   used.get(site_kind, {}).get(name, np.ones(len(masked), np.float32))])
+                             for name in names}
+                 for site_kind, names in sites.items()}
+        key = (tuple(counts.items()), len(masked))
+        if key not in compiled:
+            program = _gates_forward(model, metric, *key).lower(variables, gates, *example, mean, std).compile()
+            compiled[key] = program, _temp_bytes(program)
+        forward, temp = compiled[key]
+        if temp > budget_bytes and len(chunk) > 1:  # XLA's buffer plan says the estimate was too low
+            queue[:0] = [chunk[:len(chunk) // 2], chunk[len(chunk) // 2:]]
+            continue
+        if temp > budget_bytes:
+            warnings.warn(f"one ablation at batch size {batch_size} needs {temp / 2**20:.0f} MB of scratch memory, "
+                          f"over the budget of {budget_bytes / 2**20:.0f} MB; lower the batch size to fit",
+                          stacklevel=2)
+        rows, i = [], 0
+        for a in chunk:
+            i += bool(a.layers)
+            rows.append(i if a.layers else 0)  # a baseline reads the clean copy
         t0 = time.perf_counter()
-        collected = _collect(
-            lambda x, y: forward(variables, gates, x, y, mean, std), chunk, images, targets, batch_size, metric)
-        yield _results(collected, time.perf_counter() - t0)
+        collected = _collect(lambda x, y: forward(variables, gates, x, y, mean, std), chunk, images, targets,
+                             batch_size, metric, rows)
+        yield _results(collected, time.perf_counter() - t0, temp)
 
 
-def _pad_ones(vec: np.ndarray, size: int) -> np.ndarray:
-    return np.concatenate([vec, np.ones(size - len(vec), vec.dtype)]) if len(vec) < size else vec
+def _temp_bytes(program) -> int:
+    """Scratch memory of a compiled program as XLA planned it (0 where a backend does not say)."""
+    analysis = program.memory_analysis()
+    return int(getattr(analysis, "temp_size_in_bytes", 0) or 0)
 
 
 def _weight_runner(model, variables, group, layers, images, targets, mean, std, metric, batch_size, size,
-                   kind, initial_params, start):
+                   kind, initial_params, budget_bytes):
     replacement_fn = None
     if kind == "reinit":
         if initial_params is None:

@@ -43,15 +43,19 @@ def _gate(x: Array, gates: Gates | None, kind: str, name: str) -> Array:
     g = gates.get(kind, {}).get(name)
     if g is None:
         return x
-    return x * jnp.asarray(g, x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
+    # With branches, the rows present here are a prefix of the final rows (copies are appended).
+    g = jnp.asarray(g, x.dtype)[: x.shape[0]]
+    return x * g.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
-def _tile(x: Array, tile: tuple[int, int] | None, here: int) -> Array:
-    """Stack ``k`` copies of the batch (copy-major) when the forward reaches stage ``tile[0]``."""
-    if tile is None or tile[0] != here:
+def _branch(x: Array, branches: Mapping[str, int] | None, name: str, clean: int, seen: list[str]) -> Array:
+    """Append ``branches[name]`` copies of the clean batch (the first ``clean`` rows) to ``x``."""
+    seen.append(name)
+    k = (branches or {}).get(name, 0)
+    if not k:
         return x
-    k = tile[1]
-    return jnp.broadcast_to(x[None], (k, *x.shape)).reshape(k * x.shape[0], *x.shape[1:])
+    c = x[:clean]
+    return jnp.concatenate([x, jnp.broadcast_to(c[None], (k, *c.shape)).reshape(k * clean, *c.shape[1:])])
 
 
 def _canonical(path: Sequence[str]) -> str:
@@ -241,8 +245,10 @@ class Stage(nn.Module):
     dilation: int = 1
 
     @nn.compact
-    def __call__(self, x: Array, gates: Gates | None = None) -> Array:
+    def __call__(self, x: Array, gates: Gates | None = None, branches: Mapping[str, int] | None = None,
+                 clean: int = 0, seen: list[str] | None = None) -> Array:
         for b in range(self.n_units):
+            x = _branch(x, branches, f"{_canonical(self.path)}.{b}", clean, [] if seen is None else seen)
             x = self.block_cls(
                 self.features, self.strides if b == 0 else 1, self.conv, self.norm,
                 dilation=self.dilation, name=str(b),
@@ -277,13 +283,14 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, gates: Gates | None = None,
-                 tile: tuple[int, int] | None = None):
+                 branches: Mapping[str, int] | None = None):
         """Forward pass.
 
-        ``tile=(s, k)`` computes everything before stage ``s`` (0 = the stem) once and then
-        continues on ``k`` stacked copies of the batch (mask-major), so K ablations that all start
-        at stage ``s`` or later share their common prefix. Gates of sites before ``s`` must be
-        absent; later gates are per copy-and-example (length ``k * batch``).
+        ``branches`` maps a branch point (the stem's name, ``conv1``, or a residual unit's,
+        ``layer2.1``) to ``k``: on reaching it, ``k`` copies of the clean batch (the input's first
+        ``batch`` rows, which stay unablated) are appended, so ablations that start at a unit share
+        everything before it. Rows end up as ``[clean, copies in network order of their points]``;
+        a gate holds one value per final row, and a site sees the prefix of rows present there.
         """
         if self.stem not in ("torchvision", "cifar"):
             raise ValueError(f"unknown stem {self.stem!r}; valid: 'torchvision', 'cifar'")
@@ -298,7 +305,8 @@ class ResNet(nn.Module):
         prefix = _canonical(self.path)
         stem_name = f"{prefix}.conv1" if prefix else "conv1"
         intermediates = {}
-        x = _tile(x, tile, 0)
+        clean, seen = x.shape[0], []
+        x = _branch(x, branches, stem_name, clean, seen)
         if self.stem == "torchvision":
             x = conv(self.num_filters, (7, 7), strides=2, name="conv1")(x)
         else:
@@ -314,12 +322,14 @@ class ResNet(nn.Module):
             strides = 1 if i == 0 else 2
             if i > 0 and self.dilate_stages[i - 1]:
                 dilation, strides = dilation * 2, 1
-            x = _tile(x, tile, i + 1)
             x = Stage(
                 n_units, self.num_filters * 2**i, strides, self.block_cls, conv, norm,
                 dilation=dilation, name=f"layer{i + 1}",
-            )(x, gates)
+            )(x, gates, branches, clean, seen)
             intermediates[f"layer{i + 1}"] = x
+        unknown = sorted(set(branches or {}) - set(seen))
+        if unknown:
+            raise ValueError(f"unknown branch points {unknown}; valid: {seen}")
         if self.num_classes is None:
             return x, intermediates
         x = jnp.mean(x, axis=(1, 2))

@@ -112,8 +112,8 @@ class PSPNet(nn.Module):
       dropout: before the 1x1 classifier (needs a ``'dropout'`` rng in training).
       stem, conv_impl, dtype: passed to the encoder (``dtype`` also to the head).
 
-    Any input size works (also non-multiples of the output stride); ``gates`` go to the encoder,
-    so the ablation engine's gate formulation works unchanged.
+    Any input size works (also non-multiples of the output stride); ``gates`` and ``branches`` go to
+    the encoder, so the ablation engine's gate formulation and shared prefixes work unchanged.
     """
 
     num_classes: int = 4
@@ -128,7 +128,8 @@ class PSPNet(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, *, train: bool = False, gates: models.Gates | None = None):
+    def __call__(self, x: Array, *, train: bool = False, gates: models.Gates | None = None,
+                 branches: Mapping[str, int] | None = None):
         if self.output_stride not in OUTPUT_STRIDES:
             raise ValueError(f"unknown output_stride {self.output_stride}; valid: {sorted(OUTPUT_STRIDES)}")
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
@@ -138,7 +139,7 @@ class PSPNet(nn.Module):
         encoder = models.MODELS[self.encoder](num_classes=None, stem=self.stem, conv_impl=self.conv_impl,
                                               dilate_stages=OUTPUT_STRIDES[self.output_stride], dtype=self.dtype,
                                               name="encoder")
-        features, intermediates = encoder(x, train=train, gates=gates)
+        features, intermediates = encoder(x, train=train, gates=gates, branches=branches)
         pool_features = self.pool_features or features.shape[-1] // len(self.bins)
         y = PyramidPooling(self.bins, pool_features, norm, self.dtype, name="pyramid")(features)
         intermediates["pyramid"] = y

@@ -221,6 +221,8 @@ def test_batched_engine_matches_a_plain_loop(tiny, kind):
     if kind != "lesion":
         names += ["conv1", "layer3.0.downsample"]
     ablations = [abl.Ablation(n, kind, (n,)) for n in names]
+    # A baseline (it reads the clean rows) and a mask spanning two stages (it branches at the first).
+    ablations += [abl.Ablation("baseline", kind, ()), abl.Ablation("two", kind, ("layer4.0.conv1", "layer2.1.conv2"))]
     expected = {a.name: _slow_reference(model, variables, a, layers, split) for a in ablations}
     for method in ("gates", "weights"):
         results = engine.evaluate(model, variables, ablations, layers, split.images, split.labels,
@@ -241,7 +243,7 @@ def test_results_come_back_in_input_order_when_a_mask_repeats(tiny):
         np.testing.assert_array_equal(r.per_example["prediction"], _slow_reference(model, variables, a, layers, split))
 
 
-def test_results_do_not_depend_on_chunk_size_and_compile_once_per_chunk_shape(tiny):
+def test_results_do_not_depend_on_chunk_size_and_compile_once_per_chunk_structure(tiny):
     model, variables, layers, split = tiny
     ablations = [abl.Ablation(l.name, "zero-kernel", (l.name,)) for l in layers[:7]]
     traces = []
@@ -258,9 +260,10 @@ def test_results_do_not_depend_on_chunk_size_and_compile_once_per_chunk_shape(ti
             outs[chunk] = engine.evaluate(model, variables, ablations, layers, split.images, split.labels,
                                           image_mean=0.5, image_std=0.25, batch_size=16, chunk=chunk,
                                           progress=False)
-        # 3 batches (the last one padded), chunks padded to one shape: one trace per shared prefix,
-        # i.e. per first stage touched: the stem, stage 1 (4 convs), stage 2 (2 convs).
-        assert len(traces) == 3, f"chunk={chunk} traced {len(traces)} times"
+        # 3 batches (the last one padded) reuse one program per chunk structure (how many copies
+        # branch off at which unit). Chunks of 1: the stem, layer1.0, layer1.1, layer2.0 (2 masks
+        # each but one structure); chunks of 3 all differ; one chunk of 7: one program.
+        assert len(traces) == {1: 4, 3: 3, 7: 1}[chunk], f"chunk={chunk} traced {len(traces)} times"
     for chunk in (3, 7):
         for a, b in zip(outs[1], outs[chunk]):
             np.testing.assert_array_equal(a.per_example["prediction"], b.per_example["prediction"])
@@ -272,6 +275,28 @@ def test_chunk_size_follows_the_memory_budget(tiny):
     per_mask = 128 * engine.activation_bytes_per_example(layers)
     assert engine.chunk_size(100, batch_size=128, layers=layers, memory_budget_mb=3 * per_mask / 2**20) == 3
     assert engine.chunk_size(100, batch_size=128, layers=layers, memory_budget_mb=1e-6) == 1
+
+
+def test_a_chunk_over_the_budget_by_xlas_plan_is_split_until_it_fits(tiny, monkeypatch):
+    model, variables, layers, split = tiny
+    # Not the stem: a stem mask alone needs the most (its copy branches before the largest maps).
+    ablations = [abl.Ablation(l.name, "zero-kernel", (l.name,)) for l in layers[1:9]]
+    kwargs = dict(image_mean=0.5, image_std=0.25, batch_size=16, progress=False)
+    whole = engine.evaluate(model, variables, ablations, layers, split.images, split.labels,
+                            memory_budget_mb=1e4, **kwargs)
+    assert len({r.temp_bytes for r in whole}) == 1  # one chunk
+    one = engine.evaluate(model, variables, ablations[:1], layers, split.images, split.labels,
+                          memory_budget_mb=1e4, **kwargs)[0].temp_bytes
+    assert one < whole[0].temp_bytes
+    budget = (one + whole[0].temp_bytes) / 2  # less than one chunk of 8 needs, more than one mask does
+    # An estimate that undercounts: every mask lands in one chunk, and only XLA's plan can split it.
+    monkeypatch.setattr(engine, "activation_bytes_per_example", lambda layers, peak=False: 1)
+    split_up = engine.evaluate(model, variables, ablations, layers, split.images, split.labels,
+                               memory_budget_mb=budget / 2**20, **kwargs)
+    assert all(0 < r.temp_bytes <= budget for r in split_up)
+    assert max(r.temp_bytes for r in split_up) < whole[0].temp_bytes  # it was split
+    for a, b in zip(whole, split_up):
+        np.testing.assert_array_equal(a.per_example["prediction"], b.per_example["prediction"])
 
 
 def test_reinit_and_rerandomize_replace_kernels(tiny):
