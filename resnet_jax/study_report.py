@@ -85,6 +85,15 @@ def _html(blocks: Sequence[tuple], title: str) -> str:
 
 # Reading results -----------------------------------------------------------------------------
 
+def _short(cell: str) -> str:
+    """A float cell with 3 significant digits (``0.000274658203125`` -> ``0.000275``); others as they are."""
+    try:
+        value = float(cell)
+    except ValueError:
+        return cell
+    return cell if cell.lstrip("-").isdigit() else f"{value:.3g}"
+
+
 def _json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -202,7 +211,7 @@ def write_study_report(workdir: str | Path) -> Path:
 
         with verify_csv.open() as fh:
             rows = list(csv.reader(fh))
-        blocks += [("h2", "Cross-check in PyTorch"), ("table", rows[0], rows[1:])]
+        blocks += [("h2", "Cross-check in PyTorch"), ("table", rows[0], [[_short(c) for c in r] for r in rows[1:]])]
     stages = _json(workdir / "stages.json") or {}
     blocks += [("h2", "Timings"), ("table", ["stage", "seconds", "finished"],
                                    [[s, f"{v['seconds']:.1f}", v["finished"]] for s, v in stages.items()])]

@@ -84,3 +84,10 @@ def test_report_figures_render_in_chromium(smoke_run, tmp_path):
     sizes = found.group(1).split()
     assert len(sizes) == n_figures >= 6
     assert all(re.fullmatch(r"true:[1-9]\d*x[1-9]\d*", s) for s in sizes), sizes  # loaded, non-empty
+
+
+def test_report_prints_verify_floats_to_three_significant_digits():
+    from resnet_jax.study_report import _short
+
+    assert [_short(c) for c in ("0.000274658203125", "0.748", "1000", "True", "zero-kernel")] == [
+        "0.000275", "0.748", "1000", "True", "zero-kernel"]
