@@ -87,7 +87,5 @@ def test_report_figures_render_in_chromium(smoke_run, tmp_path):
 
 
 def test_report_prints_verify_floats_to_three_significant_digits():
-    from resnet_jax.study_report import _short
-
-    assert [_short(c) for c in ("0.000274658203125", "0.748", "1000", "True", "zero-kernel")] == [
+    assert [study_report._short(c) for c in ("0.000274658203125", "0.748", "1000", "True", "zero-kernel")] == [
         "0.000275", "0.748", "1000", "True", "zero-kernel"]
