@@ -20,6 +20,7 @@ chunk; results never depend on the chunk size.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import time
@@ -190,9 +191,10 @@ def evaluate(
     for (kind, how), group in sorted(groups.items()):
         size = chunk or chunk_size(len(group), batch_size=batch_size, layers=layers,
                                    memory_budget_mb=memory_budget_mb, peak=how == "gates")
-        run = _gate_runner if how == "gates" else _weight_runner
+        run = (functools.partial(_gate_runner, budget_bytes=memory_budget_mb * 2**20) if how == "gates"
+               else _weight_runner)
         for chunk_results in run(model, variables, group, layers, images, targets, image_mean, image_std,
-                                 metric, batch_size, size, kind, initial_params, memory_budget_mb * 2**20):
+                                 metric, batch_size, size, kind, initial_params):
             results += chunk_results
             bar.update(len(chunk_results))
             if on_chunk is not None:
@@ -232,47 +234,40 @@ def _results(collected, seconds: float, temp_bytes: int = 0) -> list[Result]:
 
 
 def _gate_runner(model, variables, group, layers, images, targets, mean, std, metric, batch_size, size,
-                 kind, initial_params, budget_bytes):
-    # Copies in network order of their branch points, so the rows present at any layer are a
-    # prefix of the final rows; chunks of neighbouring masks then share the most.
+                 kind, initial_params, *, budget_bytes):
+    # Baselines first (they read the clean rows), then copies in network order of their branch
+    # points, so the rows present at any layer are a prefix of the final rows.
     rank = {p: i for i, p in enumerate({l.unit or l.name: None for l in layers})}
-    ordered = sorted(group, key=lambda a: -1 if branch_point(a, layers) is None else rank[branch_point(a, layers)])
-    # Every chunk gets a gate at every site of the group (ones where unused): one pytree structure,
-    # so chunks with the same branch counts reuse one compiled forward.
-    sites = abl.make_gates([a for a in ordered if a.layers], layers)
+    point = {id(a): branch_point(a, layers) for a in group}
+    ordered = sorted(group, key=lambda a: -1 if point[id(a)] is None else rank[point[id(a)]])
+    n_base = sum(not a.layers for a in ordered)
+    # One gate vector per site over all masked ablations of the group; a chunk takes its slice, so
+    # every chunk has one pytree structure and chunks with the same branch counts share a program.
+    sites = abl.make_gates(ordered[n_base:], layers)
     from resnet_jax import train
 
     mesh = train.data_mesh()
     example = train.shard_batch(mesh, _pad(images[:batch_size], batch_size), _pad(targets[:batch_size], batch_size))
     compiled = {}
-    queue = [ordered[i:i + size] for i in range(0, len(ordered), size)]
+    queue = [(lo, min(lo + size, len(ordered))) for lo in range(0, len(ordered), size)]
     while queue:
-        chunk = queue.pop(0)
-        masked = [a for a in chunk if a.layers]
-        counts: dict[str, int] = {}
-        for a in masked:
-            counts[branch_point(a, layers)] = counts.get(branch_point(a, layers), 0) + 1
-        used = abl.make_gates(masked, layers)
-        gates = {site_kind: {name: np.concatenate([np.ones(1, np.float32),
-                                                   used.get(site_kind, {}).get(name, np.ones(len(masked), np.float32))])
-                             for name in names}
-                 for site_kind, names in sites.items()}
-        key = (tuple(counts.items()), len(masked))
+        lo, hi = queue.pop(0)
+        chunk = ordered[lo:hi]
+        first, last = max(lo - n_base, 0), hi - n_base  # the chunk's masked ablations in `sites`
+        gates = jax.tree.map(lambda g: np.concatenate([np.ones(1, np.float32), g[first:last]]), sites)
+        key = (tuple(collections.Counter(point[id(a)] for a in chunk if a.layers).items()), last - first)
         if key not in compiled:
             program = _gates_forward(model, metric, *key).lower(variables, gates, *example, mean, std).compile()
             compiled[key] = program, _temp_bytes(program)
         forward, temp = compiled[key]
         if temp > budget_bytes and len(chunk) > 1:  # XLA's buffer plan says the estimate was too low
-            queue[:0] = [chunk[:len(chunk) // 2], chunk[len(chunk) // 2:]]
+            queue[:0] = [(lo, (lo + hi) // 2), ((lo + hi) // 2, hi)]
             continue
         if temp > budget_bytes:
             warnings.warn(f"one ablation at batch size {batch_size} needs {temp / 2**20:.0f} MB of scratch memory, "
                           f"over the budget of {budget_bytes / 2**20:.0f} MB; lower the batch size to fit",
                           stacklevel=2)
-        rows, i = [], 0
-        for a in chunk:
-            i += bool(a.layers)
-            rows.append(i if a.layers else 0)  # a baseline reads the clean copy
+        rows = [i - n_base - first + 1 if a.layers else 0 for i, a in enumerate(chunk, start=lo)]  # 0: clean
         t0 = time.perf_counter()
         collected = _collect(lambda x, y: forward(variables, gates, x, y, mean, std), chunk, images, targets,
                              batch_size, metric, rows)
@@ -286,7 +281,7 @@ def _temp_bytes(program) -> int:
 
 
 def _weight_runner(model, variables, group, layers, images, targets, mean, std, metric, batch_size, size,
-                   kind, initial_params, budget_bytes):
+                   kind, initial_params):
     replacement_fn = None
     if kind == "reinit":
         if initial_params is None:

@@ -48,9 +48,8 @@ def _gate(x: Array, gates: Gates | None, kind: str, name: str) -> Array:
     return x * g.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
-def _branch(x: Array, branches: Mapping[str, int] | None, name: str, clean: int, seen: list[str]) -> Array:
+def _branch(x: Array, branches: Mapping[str, int] | None, name: str, clean: int) -> Array:
     """Append ``branches[name]`` copies of the clean batch (the first ``clean`` rows) to ``x``."""
-    seen.append(name)
     k = (branches or {}).get(name, 0)
     if not k:
         return x
@@ -246,9 +245,9 @@ class Stage(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, gates: Gates | None = None, branches: Mapping[str, int] | None = None,
-                 clean: int = 0, seen: list[str] | None = None) -> Array:
+                 clean: int = 0) -> Array:
         for b in range(self.n_units):
-            x = _branch(x, branches, f"{_canonical(self.path)}.{b}", clean, [] if seen is None else seen)
+            x = _branch(x, branches, f"{_canonical(self.path)}.{b}", clean)
             x = self.block_cls(
                 self.features, self.strides if b == 0 else 1, self.conv, self.norm,
                 dilation=self.dilation, name=str(b),
@@ -304,9 +303,14 @@ class ResNet(nn.Module):
         )
         prefix = _canonical(self.path)
         stem_name = f"{prefix}.conv1" if prefix else "conv1"
+        stage_names = [f"{prefix}.layer{i + 1}" if prefix else f"layer{i + 1}" for i in range(len(self.stage_sizes))]
+        points = [stem_name] + [f"{s}.{b}" for s, n in zip(stage_names, self.stage_sizes) for b in range(n)]
+        unknown = sorted(set(branches or {}) - set(points))
+        if unknown:
+            raise ValueError(f"unknown branch points {unknown}; valid: {points}")
         intermediates = {}
-        clean, seen = x.shape[0], []
-        x = _branch(x, branches, stem_name, clean, seen)
+        clean = x.shape[0]
+        x = _branch(x, branches, stem_name, clean)
         if self.stem == "torchvision":
             x = conv(self.num_filters, (7, 7), strides=2, name="conv1")(x)
         else:
@@ -325,11 +329,8 @@ class ResNet(nn.Module):
             x = Stage(
                 n_units, self.num_filters * 2**i, strides, self.block_cls, conv, norm,
                 dilation=dilation, name=f"layer{i + 1}",
-            )(x, gates, branches, clean, seen)
+            )(x, gates, branches, clean)
             intermediates[f"layer{i + 1}"] = x
-        unknown = sorted(set(branches or {}) - set(seen))
-        if unknown:
-            raise ValueError(f"unknown branch points {unknown}; valid: {seen}")
         if self.num_classes is None:
             return x, intermediates
         x = jnp.mean(x, axis=(1, 2))

@@ -125,3 +125,15 @@ def test_unknown_names_list_the_valid_ones():
         models.create_model("resnet35")
     with pytest.raises(ValueError, match="cifar"):
         models.create_model("resnet_tiny", stem="imagenet").init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+
+
+def test_branches_copy_the_clean_batch_and_unknown_points_list_the_valid_ones():
+    model = models.create_model("resnet_tiny", num_classes=5)
+    x = jax.random.normal(jax.random.key(1), (3, 32, 32, 3))
+    variables = model.init(jax.random.key(0), x)
+    plain = model.apply(variables, x)[0]
+    branched = model.apply(variables, x, branches={"conv1": 1, "layer3.1": 2})[0]
+    # Ungated copies are the unablated model again, whichever point they branch at.
+    np.testing.assert_allclose(branched, np.tile(plain, (4, 1)), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"layer9\.0.*valid.*layer4\.1"):
+        model.apply(variables, x, branches={"layer9.0": 1})
