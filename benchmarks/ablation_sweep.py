@@ -106,14 +106,25 @@ def torch_loop(variables, ablations, layers, images, labels, mean, std, batch_si
 
 
 def shared_prefix_mac_ratio(ablations, layers) -> float:
-    """Conv MACs of one engine chunk holding every mask (each copy from its branch point on, plus
-    the clean forward) over the loop's, counted from the catalogue."""
-    after, total = {}, 0
+    """Conv MACs of one engine chunk holding every mask over the loop's, counted from the catalogue:
+    the clean forward, plus each copy from where it joins (a full copy from its branch point on, one
+    that cuts a unit's residual branch or shortcut from the next unit on, an input-independent one
+    on one row: about nothing)."""
+    from_point, after_unit, total = {}, {}, 0
     for layer in reversed(layers):
+        point = layer.unit or layer.name
+        after_unit.setdefault(point, total)  # seen first at the unit's last layer
         total += layer.macs
-        after[layer.unit or layer.name] = total
-    return (total + sum(after[engine.branch_point(a, layers)] for a in ablations if a.layers)) / (
-        total * len(ablations))
+        from_point[point] = total
+
+    def copy_macs(ablation):
+        where = engine.placement(ablation, layers)
+        if where == "constant":
+            return 0
+        point, how = where
+        return from_point[point] if how == "full" else after_unit[point]
+
+    return (total + sum(copy_macs(a) for a in ablations if a.layers)) / (total * len(ablations))
 
 
 def timed(fn, *args):

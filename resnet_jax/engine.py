@@ -8,9 +8,13 @@ Two formulations behind one interface, chosen per ablation kind:
   weights. ``x * 0 == conv(x, 0)`` exactly for finite activations, so this is the same model as
   the weight mask, and plain convs stay plain (vmapping over kernels would turn every conv into a
   slow grouped conv). Shared prefixes: the forward starts on the clean batch alone, and each
-  ablation's copy branches off at the residual unit of its first ablated layer, so what comes
-  before is computed once per chunk (a baseline reads the clean rows). Evaluation mode only: in
-  train mode the gated copies would share, and change, one set of batch statistics.
+  ablation's copy joins it at the residual unit of its first ablated layer, so what comes before
+  is computed once per chunk (a baseline reads the clean rows). Past a zero gate a part of the
+  network no longer depends on the image, so a copy that cuts a unit's residual branch (or its
+  shortcut) takes the clean rows' other part and adds that part computed on one row: its own
+  work starts at the next unit. An ablation that cuts every path from the input (the stem, or
+  both parts of a unit) gives every image the same output, so it runs on one row. Evaluation
+  mode only: in train mode the gated copies would share, and change, one set of batch statistics.
 * ``weights``: the reference semantics and the only option for reinit/rerandomize: ``lax.map``
   over the chunk's masks, each applied to the variables with :func:`ablation.apply`.
 
@@ -97,26 +101,71 @@ def branch_point(ablation: abl.Ablation, layers: Sequence[abl.Layer]) -> str | N
     return layer.unit or layer.name
 
 
+def cuts(ablation: abl.Ablation, layers: Sequence[abl.Layer]) -> dict[str, set[str]]:
+    """The parts a gate ablation silences, per residual unit (``'residual'``, ``'shortcut'``) and
+    for the stem (``'stem'``, under its name). A lesion silences the residual branch only."""
+    by_name = {l.name: l for l in layers}
+    out: dict[str, set[str]] = {}
+    for name in ablation.layers:
+        layer = by_name[name]
+        if layer.unit is None:
+            out.setdefault(layer.name, set()).add("stem" if "stem" in layer.roles else "other")
+        elif "shortcut" in layer.roles and ablation.kind != "lesion":
+            out.setdefault(layer.unit, set()).add("shortcut")
+        else:
+            out.setdefault(layer.unit, set()).add("residual")
+    return out
+
+
+def input_independent(ablation: abl.Ablation, layers: Sequence[abl.Layer]) -> bool:
+    """Whether a gate ablation gives every image the same output: it silences the stem, or both
+    parts of one unit, so no path from the input reaches the output."""
+    return any(parts == {"stem"} or parts >= {"residual", "shortcut"} for parts in cuts(ablation, layers).values())
+
+
+def placement(ablation: abl.Ablation, layers: Sequence[abl.Layer]) -> tuple[str, str] | str | None:
+    """How a gate ablation's copy joins the clean forward: ``None`` for a baseline (the clean rows),
+    ``'constant'`` for an input-independent one (one row), else ``(branch point, field of
+    models.Copies)``: the part its first ablated unit loses, or ``'full'`` outside a residual unit."""
+    if not ablation.layers:
+        return None
+    if input_independent(ablation, layers):
+        return "constant"
+    point = branch_point(ablation, layers)
+    parts = cuts(ablation, layers)[point]
+    return point, next(iter(parts)) if parts <= {"residual", "shortcut"} else "full"
+
+
 def _supports_branches(model: nn.Module) -> bool:
     return isinstance(model, (models.ResNet, segmentation.PSPNet))
 
 
-def _gates_forward(model: nn.Module, metric, branches: tuple[tuple[str, int], ...], copies: int) -> Callable:
-    """One jitted forward for a chunk: ``1 + copies`` models (the clean one first) per example."""
+def _gates_forward(model: nn.Module, metric, branches: tuple[tuple[str, models.Copies], ...], copies: int,
+                   constants: int, clean: bool) -> Callable:
+    """One jitted forward for a chunk. Gates hold one value per model: the clean one, ``copies``
+    that join the clean forward at ``branches``, then ``constants`` input-independent ones. Output
+    rows: the clean model's (if ``clean``: a baseline or any copy needs it), the copies', the constants'."""
     inside = _supports_branches(model)
 
     @jax.jit
     def forward(variables, gates, images, targets, mean, std):
         b = images.shape[0]
         x = _normalize(images, mean, std)
-        per_row = jax.tree.map(lambda g: jnp.repeat(g, b), gates)
-        if inside:  # each copy branches off at its first ablated unit; earlier work is shared
-            logits, _ = model.apply(variables, x, gates=per_row, branches=dict(branches))
-        else:
-            x = jnp.broadcast_to(x[None], (1 + copies, *x.shape)).reshape((1 + copies) * b, *x.shape[1:])
-            logits, _ = model.apply(variables, x, gates=per_row)
-        logits = logits.reshape(1 + copies, b, *logits.shape[1:])
-        return metric.per_example(logits, jnp.broadcast_to(targets[None], (1 + copies, *targets.shape)))
+        logits = []
+        if clean:
+            per_row = jax.tree.map(lambda g: jnp.repeat(g[:1 + copies], b), gates)
+            if inside:  # each copy joins at its first ablated unit; earlier work is shared
+                out, _ = model.apply(variables, x, gates=per_row, branches=dict(branches))
+            else:
+                tiled = jnp.broadcast_to(x[None], (1 + copies, *x.shape)).reshape((1 + copies) * b, *x.shape[1:])
+                out, _ = model.apply(variables, tiled, gates=per_row)
+            logits.append(out.reshape(1 + copies, b, *out.shape[1:]))
+        if constants:  # every image gives the same output: one row per model, any image
+            one_row = jax.tree.map(lambda g: g[1 + copies:], gates)
+            out, _ = model.apply(variables, jnp.broadcast_to(x[:1], (constants, *x.shape[1:])), gates=one_row)
+            logits.append(jnp.broadcast_to(out[:, None], (constants, b, *out.shape[1:])))
+        logits = jnp.concatenate(logits)
+        return metric.per_example(logits, jnp.broadcast_to(targets[None], (len(logits), *targets.shape)))
 
     return forward
 
@@ -236,13 +285,22 @@ def _results(collected, seconds: float, temp_bytes: int = 0) -> list[Result]:
 def _gate_runner(model, variables, group, layers, images, targets, mean, std, metric, batch_size, size,
                  kind, initial_params, *, budget_bytes):
     # Baselines first (they read the clean rows), then copies in network order of their branch
-    # points, so the rows present at any layer are a prefix of the final rows.
+    # points and in the models.Copies field order there, so the rows present at any layer are a
+    # prefix of the final rows; input-independent ablations last (one row each).
+    inside = _supports_branches(model)
+    place = {id(a): placement(a, layers) if inside or not a.layers else ("", "full") for a in group}
     rank = {p: i for i, p in enumerate({l.unit or l.name: None for l in layers})}
-    point = {id(a): branch_point(a, layers) for a in group}
-    ordered = sorted(group, key=lambda a: -1 if point[id(a)] is None else rank[point[id(a)]])
+
+    def order(a):
+        where = place[id(a)]
+        if where is None or where == "constant":
+            return (-1,) if where is None else (len(rank),)
+        return rank.get(where[0], 0), models.Copies._fields.index(where[1])
+
+    ordered = sorted(group, key=order)
     n_base = sum(not a.layers for a in ordered)
     # One gate vector per site over all masked ablations of the group; a chunk takes its slice, so
-    # every chunk has one pytree structure and chunks with the same branch counts share a program.
+    # every chunk has one pytree structure and chunks of one structure share a program.
     sites = abl.make_gates(ordered[n_base:], layers)
     from resnet_jax import train
 
@@ -255,7 +313,13 @@ def _gate_runner(model, variables, group, layers, images, targets, mean, std, me
         chunk = ordered[lo:hi]
         first, last = max(lo - n_base, 0), hi - n_base  # the chunk's masked ablations in `sites`
         gates = jax.tree.map(lambda g: np.concatenate([np.ones(1, np.float32), g[first:last]]), sites)
-        key = (tuple(collections.Counter(point[id(a)] for a in chunk if a.layers).items()), last - first)
+        joining = [place[id(a)] for a in chunk if a.layers and place[id(a)] != "constant"]
+        constants = last - first - len(joining)
+        clean = bool(joining) or any(not a.layers for a in chunk)
+        counts = collections.Counter(joining)
+        branches = tuple((p, models.Copies(**{f: counts[(p, f)] for f in models.Copies._fields}))
+                         for p in dict.fromkeys(p for p, _ in joining))
+        key = (branches, len(joining), constants, clean)
         if key not in compiled:
             program = _gates_forward(model, metric, *key).lower(variables, gates, *example, mean, std).compile()
             compiled[key] = program, _temp_bytes(program)
@@ -267,7 +331,8 @@ def _gate_runner(model, variables, group, layers, images, targets, mean, std, me
             warnings.warn(f"one ablation at batch size {batch_size} needs {temp / 2**20:.0f} MB of scratch memory, "
                           f"over the budget of {budget_bytes / 2**20:.0f} MB; lower the batch size to fit",
                           stacklevel=2)
-        rows = [i - n_base - first + 1 if a.layers else 0 for i, a in enumerate(chunk, start=lo)]  # 0: clean
+        # Output row of each ablation: 0 is the clean model; masked ones follow in `sites` order.
+        rows = [i - n_base - first + clean if a.layers else 0 for i, a in enumerate(chunk, start=lo)]
         t0 = time.perf_counter()
         collected = _collect(lambda x, y: forward(variables, gates, x, y, mean, std), chunk, images, targets,
                              batch_size, metric, rows)

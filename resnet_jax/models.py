@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -48,13 +48,39 @@ def _gate(x: Array, gates: Gates | None, kind: str, name: str) -> Array:
     return x * g.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
-def _branch(x: Array, branches: Mapping[str, int] | None, name: str, clean: int) -> Array:
-    """Append ``branches[name]`` copies of the clean batch (the first ``clean`` rows) to ``x``."""
-    k = (branches or {}).get(name, 0)
+class Copies(NamedTuple):
+    """Copies of the clean batch that join the forward at one branch point (see :class:`ResNet`).
+
+    ``full`` copies run the unit like any other row (any gates). The other two are for copies whose
+    first zero gate is in this unit: a ``residual`` copy has a zero gate in the unit's residual branch
+    and none on its shortcut, a ``shortcut`` copy a zero gate on the projection shortcut and none in
+    the branch. Past a zero gate a part no longer depends on the image, so the unit computes that
+    part on one row and adds it to the clean rows' other part: such a copy costs an addition
+    where a full copy costs the unit.
+    """
+
+    full: int = 0
+    residual: int = 0
+    shortcut: int = 0
+
+
+def _as_copies(value: int | Copies) -> Copies:
+    return value if isinstance(value, Copies) else Copies(full=int(value))
+
+
+def _tile_clean(x: Array, k: int, clean: int) -> Array:
+    """Append ``k`` copies of the clean batch (the first ``clean`` rows) to ``x``."""
     if not k:
         return x
     c = x[:clean]
     return jnp.concatenate([x, jnp.broadcast_to(c[None], (k, *c.shape)).reshape(k * clean, *c.shape[1:])])
+
+
+def _copy_gates(gates: Gates | None, first: int, count: int, clean: int) -> Gates | None:
+    """The gates of copies ``first .. first + count - 1``, one row per copy (gates hold one value per row)."""
+    if gates is None:
+        return None
+    return jax.tree.map(lambda g: jnp.asarray(g)[first * clean:(first + count) * clean:clean], gates)
 
 
 def _canonical(path: Sequence[str]) -> str:
@@ -181,7 +207,8 @@ class Downsample(nn.Module):
 
 
 class _Unit(nn.Module):
-    """Shared machinery of residual units: conv -> gate -> BN -> gate, and the shortcut."""
+    """Shared machinery of residual units: conv -> gate -> BN -> gate, the shortcut, and copies
+    joining at the unit (:class:`Copies`)."""
 
     features: int
     strides: int
@@ -191,32 +218,55 @@ class _Unit(nn.Module):
 
     expansion = 1
 
-    def conv_bn(self, x, gates, index: int, kernel_size, strides=1, dilation=1):
-        me = _canonical(self.path)
+    def conv_bn(self, index: int, kernel_size, strides=1, dilation=1) -> Callable[[Array, Gates | None], Array]:
+        """Conv ``index`` and its BatchNorm with their gates, as a function of ``(x, gates)`` so the
+        unit can run them on more than one set of rows."""
+        name = f"{_canonical(self.path)}.conv{index}"
         width = self.features * (self.expansion if kernel_size == "last" else 1)
         size = (1, 1) if kernel_size in ((1, 1), "last") else kernel_size
-        x = self.conv(width, size, strides=strides, dilation=dilation, name=f"conv{index}")(x)
-        x = _gate(x, gates, "kernel", f"{me}.conv{index}")
-        x = self.norm(name=f"bn{index}")(x)
-        return _gate(x, gates, "output", f"{me}.conv{index}")
+        conv = self.conv(width, size, strides=strides, dilation=dilation, name=f"conv{index}")
+        norm = self.norm(name=f"bn{index}")
+        return lambda x, gates: _gate(norm(_gate(conv(x), gates, "kernel", name)), gates, "output", name)
 
-    def merge(self, x, branch, gates):
+    def merge(self, x, residual: Callable[[Array, Gates | None], Array], gates, copies: Copies, clean: int):
+        """``relu(shortcut(x) + residual(x))`` for the rows present and ``copies.full`` new copies,
+        then the ``residual`` and ``shortcut`` copies from the clean rows (see :class:`Copies`)."""
+        me = _canonical(self.path)
         out_features = self.features * self.expansion
+        projection = None
         if self.strides != 1 or x.shape[-1] != out_features:
-            x = Downsample(out_features, self.strides, self.conv, self.norm, name="downsample")(x, gates)
-        branch = _gate(branch, gates, "unit", _canonical(self.path))
-        return nn.relu(x + branch)
+            projection = Downsample(out_features, self.strides, self.conv, self.norm, name="downsample")
+        if copies.shortcut and projection is None:
+            raise ValueError(f"unit {me} has an identity shortcut, so no copy can cut it; "
+                             f"join it as a 'residual' or 'full' copy")
+
+        def branch(x, gates):
+            return _gate(residual(x, gates), gates, "unit", me)
+
+        def shortcut(x, gates):
+            return x if projection is None else projection(x, gates)
+
+        x = _tile_clean(x, copies.full, clean)
+        s, r = shortcut(x, gates), branch(x, gates)
+        out = [nn.relu(s + r)]
+        first = x.shape[0] // clean  # the copy index of the first copy joining from the clean rows
+        for count, cut, kept in ((copies.residual, branch, s), (copies.shortcut, shortcut, r)):
+            if count:
+                one = cut(jnp.broadcast_to(x[:1], (count, *x.shape[1:])), _copy_gates(gates, first, count, clean))
+                out.append(nn.relu(one[:, None] + kept[None, :clean]).reshape(count * clean, *one.shape[1:]))
+                first += count
+        return jnp.concatenate(out) if len(out) > 1 else out[0]
 
 
 class BasicBlock(_Unit):
     """Two 3x3 convs (torchvision's BasicBlock); dilation replaces stride in dilated stages."""
 
     @nn.compact
-    def __call__(self, x: Array, gates: Gates | None = None) -> Array:
+    def __call__(self, x: Array, gates: Gates | None = None, copies: Copies = Copies(), clean: int = 0) -> Array:
         d = self.dilation
-        y = nn.relu(self.conv_bn(x, gates, 1, (3, 3), strides=self.strides, dilation=d))
-        y = self.conv_bn(y, gates, 2, (3, 3), dilation=d)
-        return self.merge(x, y, gates)
+        conv_bn1 = self.conv_bn(1, (3, 3), strides=self.strides, dilation=d)
+        conv_bn2 = self.conv_bn(2, (3, 3), dilation=d)
+        return self.merge(x, lambda x, g: conv_bn2(nn.relu(conv_bn1(x, g)), g), gates, copies, clean)
 
 
 class Bottleneck(_Unit):
@@ -225,11 +275,15 @@ class Bottleneck(_Unit):
     expansion = 4
 
     @nn.compact
-    def __call__(self, x: Array, gates: Gates | None = None) -> Array:
-        y = nn.relu(self.conv_bn(x, gates, 1, (1, 1)))
-        y = nn.relu(self.conv_bn(y, gates, 2, (3, 3), strides=self.strides, dilation=self.dilation))
-        y = self.conv_bn(y, gates, 3, "last")
-        return self.merge(x, y, gates)
+    def __call__(self, x: Array, gates: Gates | None = None, copies: Copies = Copies(), clean: int = 0) -> Array:
+        conv_bn1 = self.conv_bn(1, (1, 1))
+        conv_bn2 = self.conv_bn(2, (3, 3), strides=self.strides, dilation=self.dilation)
+        conv_bn3 = self.conv_bn(3, "last")
+
+        def residual(x, g):
+            return conv_bn3(nn.relu(conv_bn2(nn.relu(conv_bn1(x, g)), g)), g)
+
+        return self.merge(x, residual, gates, copies, clean)
 
 
 class Stage(nn.Module):
@@ -244,14 +298,14 @@ class Stage(nn.Module):
     dilation: int = 1
 
     @nn.compact
-    def __call__(self, x: Array, gates: Gates | None = None, branches: Mapping[str, int] | None = None,
+    def __call__(self, x: Array, gates: Gates | None = None, branches: Mapping[str, Copies] | None = None,
                  clean: int = 0) -> Array:
         for b in range(self.n_units):
-            x = _branch(x, branches, f"{_canonical(self.path)}.{b}", clean)
+            copies = (branches or {}).get(f"{_canonical(self.path)}.{b}", Copies())
             x = self.block_cls(
                 self.features, self.strides if b == 0 else 1, self.conv, self.norm,
                 dilation=self.dilation, name=str(b),
-            )(x, gates)
+            )(x, gates, copies, clean)
         return x
 
 
@@ -282,14 +336,15 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, gates: Gates | None = None,
-                 branches: Mapping[str, int] | None = None):
+                 branches: Mapping[str, int | Copies] | None = None):
         """Forward pass.
 
         ``branches`` maps a branch point (the stem's name, ``conv1``, or a residual unit's,
-        ``layer2.1``) to ``k``: on reaching it, ``k`` copies of the clean batch (the input's first
-        ``batch`` rows, which stay unablated) are appended, so ablations that start at a unit share
-        everything before it. Rows end up as ``[clean, copies in network order of their points]``;
-        a gate holds one value per final row, and a site sees the prefix of rows present there.
+        ``layer2.1``) to the copies of the clean batch (the input's rows, which stay unablated)
+        that join there: ``k`` full copies, or a :class:`Copies`. Ablations that start at a unit so
+        share everything before it. Rows end up as ``[clean, copies]``, the copies ordered by point
+        in network order, then ``full``, ``residual``, ``shortcut``; a gate holds one value per
+        final row, and a site sees the prefix of rows present there.
         """
         if self.stem not in ("torchvision", "cifar"):
             raise ValueError(f"unknown stem {self.stem!r}; valid: 'torchvision', 'cifar'")
@@ -308,9 +363,14 @@ class ResNet(nn.Module):
         unknown = sorted(set(branches or {}) - set(points))
         if unknown:
             raise ValueError(f"unknown branch points {unknown}; valid: {points}")
+        branches = {p: _as_copies(v) for p, v in (branches or {}).items()}
+        at_stem = branches.get(stem_name, Copies())
+        if at_stem.residual or at_stem.shortcut:
+            raise ValueError(f"the stem {stem_name!r} has no residual branch or shortcut; "
+                             f"copies join it as full copies, not {at_stem}")
         intermediates = {}
         clean = x.shape[0]
-        x = _branch(x, branches, stem_name, clean)
+        x = _tile_clean(x, at_stem.full, clean)
         if self.stem == "torchvision":
             x = conv(self.num_filters, (7, 7), strides=2, name="conv1")(x)
         else:

@@ -129,7 +129,7 @@ class PSPNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, gates: models.Gates | None = None,
-                 branches: Mapping[str, int] | None = None):
+                 branches: Mapping[str, int | models.Copies] | None = None):
         if self.output_stride not in OUTPUT_STRIDES:
             raise ValueError(f"unknown output_stride {self.output_stride}; valid: {sorted(OUTPUT_STRIDES)}")
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,

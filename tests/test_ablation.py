@@ -232,6 +232,24 @@ def test_batched_engine_matches_a_plain_loop(tiny, kind):
             assert r.value == pytest.approx(np.mean(expected[a.name] == split.labels))
 
 
+def test_ablations_that_cut_every_path_from_the_input_run_on_one_row_and_match_the_loop(tiny):
+    model, variables, layers, split = tiny
+    stem = abl.Ablation("stem", "zero-kernel", ("conv1",))
+    both = abl.Ablation("both parts", "zero-branch", ("layer2.0.conv2", "layer2.0.downsample"))
+    shortcut = abl.Ablation("shortcut, later a branch", "zero-kernel", ("layer3.1.conv1", "layer2.0.downsample"))
+    lesion = abl.Ablation("lesion", "lesion", ("layer2.1.conv1", "layer2.1.conv2"))
+    assert [engine.placement(a, layers) for a in (stem, both, shortcut, lesion)] == [
+        "constant", "constant", ("layer2.0", "shortcut"), ("layer2.1", "residual")]
+    ablations = [stem, both, shortcut, lesion, abl.Ablation("baseline", "zero-kernel", ())]
+    results = engine.evaluate(model, variables, ablations, layers, split.images, split.labels,
+                              image_mean=0.5, image_std=0.25, batch_size=16, progress=False)
+    for a, r in zip(ablations, results):
+        expected = _slow_reference(model, variables, a, layers, split)
+        np.testing.assert_array_equal(r.per_example["prediction"], expected, err_msg=a.name)
+        if a in (stem, both):  # the loop, image by image, gives one output to every image too
+            assert len(set(expected)) == 1
+
+
 def test_results_come_back_in_input_order_when_a_mask_repeats(tiny):
     model, variables, layers, split = tiny
     shortcut, stem = (abl.Ablation(n, "zero-kernel", (n,)) for n in ("layer4.0.downsample", "conv1"))
@@ -261,9 +279,11 @@ def test_results_do_not_depend_on_chunk_size_and_compile_once_per_chunk_structur
                                           image_mean=0.5, image_std=0.25, batch_size=16, chunk=chunk,
                                           progress=False)
         # 3 batches (the last one padded) reuse one program per chunk structure (how many copies
-        # branch off at which unit). Chunks of 1: the stem, layer1.0, layer1.1, layer2.0 (2 masks
-        # each but one structure); chunks of 3 all differ; one chunk of 7: one program.
-        assert len(traces) == {1: 4, 3: 3, 7: 1}[chunk], f"chunk={chunk} traced {len(traces)} times"
+        # join at which unit, and how). Chunks of 1: the stem (input-independent, one row),
+        # layer1.0 and layer1.1 (2 residual masks each, one structure), layer2.0 residual and
+        # layer2.0 shortcut: 5 programs; chunks of 3 all differ; one chunk of 7: one program that
+        # applies the model twice (the clean forward with its copies, and the stem mask's row).
+        assert len(traces) == {1: 5, 3: 3, 7: 2}[chunk], f"chunk={chunk} traced {len(traces)} times"
     for chunk in (3, 7):
         for a, b in zip(outs[1], outs[chunk]):
             np.testing.assert_array_equal(a.per_example["prediction"], b.per_example["prediction"])

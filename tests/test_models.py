@@ -137,3 +137,52 @@ def test_branches_copy_the_clean_batch_and_unknown_points_list_the_valid_ones():
     np.testing.assert_allclose(branched, np.tile(plain, (4, 1)), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match=r"layer9\.0.*valid.*layer4\.1"):
         model.apply(variables, x, branches={"layer9.0": 1})
+
+
+def _gates_for(copies, sites):
+    """Gate vectors with one zero per copy (copy ``k + 1`` silences ``sites[k]``), one value per row."""
+    gates = {}
+    for k, site_list in enumerate(sites):
+        for kind, name in site_list:
+            gates.setdefault(kind, {}).setdefault(name, np.ones(1 + copies, np.float32))[k + 1] = 0.0
+    return gates
+
+
+@pytest.mark.parametrize("block", ["basic", "bottleneck"])
+def test_copies_joining_from_the_clean_rows_equal_full_copies(block):
+    # A copy whose zero gate cuts a unit's residual branch (or its shortcut) takes the clean rows'
+    # other part and computes the cut part on one row. The truth: the same gates on full copies,
+    # which run the whole unit on every row.
+    if block == "basic":
+        model, last = models.create_model("resnet_tiny", num_classes=5), "conv2"
+    else:
+        model, last = models.ResNet((1, 2, 1, 1), models.Bottleneck, num_classes=5, num_filters=4), "conv3"
+    x = jax.random.normal(jax.random.key(1), (3, 32, 32, 3))
+    variables = model.init(jax.random.key(0), x)
+    rng = np.random.default_rng(0)  # BatchNorm statistics away from the init's zeros and ones
+    variables = jax.tree.map(lambda v: v + rng.normal(0, 0.2, v.shape).astype(np.float32), variables)
+    sites = [
+        [("kernel", "layer2.0.conv1"), ("kernel", "layer4.0.conv1")],  # joins at layer2.0, cut again later
+        [("kernel", "layer2.0.downsample")],
+        [("unit", "layer3.0")],
+        [("output", f"layer4.0.{last}")],
+        [("output", "layer4.0.downsample")],
+    ]
+    gates = jax.tree.map(lambda g: np.repeat(g, 3), _gates_for(len(sites), sites))
+    full = model.apply(variables, x, gates=gates, branches={"layer2.0": 2, "layer3.0": 1, "layer4.0": 2})[0]
+    joined = model.apply(variables, x, gates=gates, branches={
+        "layer2.0": models.Copies(residual=1, shortcut=1), "layer3.0": models.Copies(residual=1),
+        "layer4.0": models.Copies(residual=1, shortcut=1)})[0]
+    np.testing.assert_allclose(joined, full, rtol=1e-4, atol=1e-4)
+    per_copy = np.asarray(joined).reshape(1 + len(sites), 3, -1)
+    assert all(np.abs(per_copy[k] - per_copy[0]).max() > 1e-2 for k in range(1, 1 + len(sites)))  # gates bite
+
+
+def test_copies_that_cannot_join_from_the_clean_rows_are_refused():
+    model = models.create_model("resnet_tiny", num_classes=5)
+    x = jnp.zeros((2, 32, 32, 3))
+    variables = model.init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match=r"layer1\.1 has an identity shortcut"):
+        model.apply(variables, x, branches={"layer1.1": models.Copies(shortcut=1)})
+    with pytest.raises(ValueError, match="stem"):
+        model.apply(variables, x, branches={"conv1": models.Copies(residual=1)})
