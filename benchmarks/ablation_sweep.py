@@ -8,6 +8,8 @@ the ratios are measured side by side:
   (b) the engine (``engine.evaluate``, gate formulation);
   (c) PyTorch/torchvision: state_dict edits per mask, ``torch.inference_mode``, channels_last.
 
+All three use one batch size, by default ``resnet-jax ablate``'s (128 images).
+
     python benchmarks/ablation_sweep.py --n-examples 1024 --out bench.json [--workdir runs/c10-cpu]
 """
 
@@ -136,7 +138,7 @@ def timed(fn, *args):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-examples", type=int, default=1024)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=128, help="images per step, for all three")
     parser.add_argument("--workdir", help="a trained resnet34 run (default: random weights, real BN stats)")
     parser.add_argument("--data-dir", help="CIFAR-10 ImageFolder zips (default: synthetic images)")
     parser.add_argument("--skip-torch", action="store_true")
@@ -148,7 +150,7 @@ def main() -> None:
     ablations = all_ablations(layers)
     macs = sum(l.macs for l in layers)
     peak = matmul_peak_gflops()
-    print(f"N={len(split)} images, K={len(ablations)} masks, {macs / 1e6:.1f} M MACs/image, "
+    print(f"N={len(split)} images, K={len(ablations)} masks, batch {args.batch_size}, {macs / 1e6:.1f} M MACs/image, "
           f"matmul peak {peak:.0f} GFLOP/s, devices {jax.devices()}")
 
     rows = {}
@@ -179,7 +181,7 @@ def main() -> None:
     identical_a = acc_a == acc_b == rows["engine, 2nd call"][1]
     identical_c = rows.get("PyTorch loop", (None, acc_b))[1] == acc_b
     summary = {
-        "n_examples": len(split), "n_masks": len(ablations), "macs_per_image": macs,
+        "n_examples": len(split), "n_masks": len(ablations), "batch_size": args.batch_size, "macs_per_image": macs,
         "matmul_peak_gflops": peak, "peak_rss_mb": _peak_rss_mb(),
         "engine_scratch_mb": max(r.temp_bytes for r in results) / 2**20,
         "ideal_mac_ratio": shared_prefix_mac_ratio(ablations, layers),
