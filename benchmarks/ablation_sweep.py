@@ -111,7 +111,7 @@ def shared_prefix_mac_ratio(ablations, layers) -> float:
     """Conv MACs of one engine chunk holding every mask over the loop's, counted from the catalogue:
     the clean forward, plus each copy from where it joins (a full copy from its branch point on, one
     that cuts a unit's residual branch or shortcut from the next unit on, an input-independent one
-    on one row: about nothing)."""
+    not at all). The parts computed on one row are left out: a 1/batch share of a copy each."""
     from_point, after_unit, total = {}, {}, 0
     for layer in reversed(layers):
         point = layer.unit or layer.name

@@ -311,7 +311,7 @@ def _gate_runner(model, variables, group, layers, images, targets, mean, std, me
     while queue:
         lo, hi = queue.pop(0)
         chunk = ordered[lo:hi]
-        first, last = max(lo - n_base, 0), hi - n_base  # the chunk's masked ablations in `sites`
+        first, last = max(lo - n_base, 0), max(hi - n_base, 0)  # the chunk's masked ablations in `sites`
         gates = jax.tree.map(lambda g: np.concatenate([np.ones(1, np.float32), g[first:last]]), sites)
         joining = [place[id(a)] for a in chunk if a.layers and place[id(a)] != "constant"]
         constants = last - first - len(joining)

@@ -56,7 +56,8 @@ class Copies(NamedTuple):
     and none on its shortcut, a ``shortcut`` copy a zero gate on the projection shortcut and none in
     the branch. Past a zero gate a part no longer depends on the image, so the unit computes that
     part on one row and adds it to the clean rows' other part: such a copy costs an addition
-    where a full copy costs the unit.
+    where a full copy costs the unit. Evaluation mode only (BatchNorm with running statistics):
+    in train mode the one row would get batch statistics of its own.
     """
 
     full: int = 0
@@ -247,15 +248,18 @@ class _Unit(nn.Module):
             return x if projection is None else projection(x, gates)
 
         x = _tile_clean(x, copies.full, clean)
-        s, r = shortcut(x, gates), branch(x, gates)
+        r = branch(x, gates)  # before the shortcut: the catalogue lists convs in call order
+        s = shortcut(x, gates)
         out = [nn.relu(s + r)]
+        if not (copies.residual or copies.shortcut):
+            return out[0]
         first = x.shape[0] // clean  # the copy index of the first copy joining from the clean rows
         for count, cut, kept in ((copies.residual, branch, s), (copies.shortcut, shortcut, r)):
             if count:
                 one = cut(jnp.broadcast_to(x[:1], (count, *x.shape[1:])), _copy_gates(gates, first, count, clean))
                 out.append(nn.relu(one[:, None] + kept[None, :clean]).reshape(count * clean, *one.shape[1:]))
                 first += count
-        return jnp.concatenate(out) if len(out) > 1 else out[0]
+        return jnp.concatenate(out)
 
 
 class BasicBlock(_Unit):

@@ -54,6 +54,11 @@ def test_catalogue_counts_and_roles(name, n_convs, n_decomposition, n_shortcut, 
     assert (count("decomposition"), count("shortcut"), count("adjacent")) == (n_decomposition, n_shortcut,
                                                                                n_adjacent)
     assert count("stem") == 1 and layers[0].name == "conv1"
+    # Network order as torchvision's state_dict lists a projection unit: its branch, then downsample.
+    names = [l.name for l in layers]
+    unit = ["layer2.0.conv1", "layer2.0.conv2"] + ["layer2.0.conv3"] * (name == "resnet50") + ["layer2.0.downsample"]
+    start = names.index("layer2.0.conv1")
+    assert names[start:start + len(unit)] == unit
 
 
 def test_resnet34_roles_are_the_protocol_lists():
@@ -250,6 +255,16 @@ def test_ablations_that_cut_every_path_from_the_input_run_on_one_row_and_match_t
             assert len(set(expected)) == 1
 
 
+def test_chunks_of_baselines_alone_read_the_clean_rows(tiny):
+    model, variables, layers, split = tiny
+    ablations = [abl.Ablation("baseline a", "zero-kernel", ()), abl.Ablation("baseline b", "zero-kernel", ()),
+                 abl.Ablation("layer1.0.conv1", "zero-kernel", ("layer1.0.conv1",))]
+    results = engine.evaluate(model, variables, ablations, layers, split.images, split.labels,
+                              image_mean=0.5, image_std=0.25, batch_size=16, chunk=1, progress=False)
+    for a, r in zip(ablations, results):
+        np.testing.assert_array_equal(r.per_example["prediction"], _slow_reference(model, variables, a, layers, split))
+
+
 def test_results_come_back_in_input_order_when_a_mask_repeats(tiny):
     model, variables, layers, split = tiny
     shortcut, stem = (abl.Ablation(n, "zero-kernel", (n,)) for n in ("layer4.0.downsample", "conv1"))
@@ -280,10 +295,10 @@ def test_results_do_not_depend_on_chunk_size_and_compile_once_per_chunk_structur
                                           progress=False)
         # 3 batches (the last one padded) reuse one program per chunk structure (how many copies
         # join at which unit, and how). Chunks of 1: the stem (input-independent, one row),
-        # layer1.0 and layer1.1 (2 residual masks each, one structure), layer2.0 residual and
-        # layer2.0 shortcut: 5 programs; chunks of 3 all differ; one chunk of 7: one program that
-        # applies the model twice (the clean forward with its copies, and the stem mask's row).
-        assert len(traces) == {1: 5, 3: 3, 7: 2}[chunk], f"chunk={chunk} traced {len(traces)} times"
+        # layer1.0, layer1.1, layer2.0 (2 residual masks each, one structure): 4 programs; chunks
+        # of 3 all differ; one chunk of 7: one program that applies the model twice (the clean
+        # forward with its copies, and the stem mask's row).
+        assert len(traces) == {1: 4, 3: 3, 7: 2}[chunk], f"chunk={chunk} traced {len(traces)} times"
     for chunk in (3, 7):
         for a, b in zip(outs[1], outs[chunk]):
             np.testing.assert_array_equal(a.per_example["prediction"], b.per_example["prediction"])
