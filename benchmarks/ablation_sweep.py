@@ -70,8 +70,8 @@ def all_ablations(layers):
     """Every distinct mask of the three protocols (a shortcut conv is in `single` and `shortcut`: once)."""
     out = {}
     for p in ("single", "stage-except-decomposition", "shortcut"):
-        out.update({(a.kind, a.layers): a for a in abl.resolve_all(protocols.protocol_specs(p, layers), layers)
-                    if (a.kind, a.layers) not in out})
+        for a in abl.resolve_all(protocols.protocol_specs(p, layers), layers):
+            out.setdefault((a.kind, a.layers), a)
     return list(out.values())
 
 

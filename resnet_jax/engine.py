@@ -120,7 +120,11 @@ def cuts(ablation: abl.Ablation, layers: Sequence[abl.Layer]) -> dict[str, set[s
 def input_independent(ablation: abl.Ablation, layers: Sequence[abl.Layer]) -> bool:
     """Whether a gate ablation gives every image the same output: it silences the stem, or both
     parts of one unit, so no path from the input reaches the output."""
-    return any(parts == {"stem"} or parts >= {"residual", "shortcut"} for parts in cuts(ablation, layers).values())
+    return _cuts_every_path(cuts(ablation, layers))
+
+
+def _cuts_every_path(parts_by_point: Mapping[str, set[str]]) -> bool:
+    return any(parts == {"stem"} or parts >= {"residual", "shortcut"} for parts in parts_by_point.values())
 
 
 def placement(ablation: abl.Ablation, layers: Sequence[abl.Layer]) -> tuple[str, str] | str | None:
@@ -129,10 +133,11 @@ def placement(ablation: abl.Ablation, layers: Sequence[abl.Layer]) -> tuple[str,
     models.Copies)``: the part its first ablated unit loses, or ``'full'`` outside a residual unit."""
     if not ablation.layers:
         return None
-    if input_independent(ablation, layers):
+    parts_by_point = cuts(ablation, layers)
+    if _cuts_every_path(parts_by_point):
         return "constant"
     point = branch_point(ablation, layers)
-    parts = cuts(ablation, layers)[point]
+    parts = parts_by_point[point]
     return point, next(iter(parts)) if parts <= {"residual", "shortcut"} else "full"
 
 
@@ -157,8 +162,7 @@ def _gates_forward(model: nn.Module, metric, branches: tuple[tuple[str, models.C
             if inside:  # each copy joins at its first ablated unit; earlier work is shared
                 out, _ = model.apply(variables, x, gates=per_row, branches=dict(branches))
             else:
-                tiled = jnp.broadcast_to(x[None], (1 + copies, *x.shape)).reshape((1 + copies) * b, *x.shape[1:])
-                out, _ = model.apply(variables, tiled, gates=per_row)
+                out, _ = model.apply(variables, models.tile_clean(x, copies, b), gates=per_row)
             logits.append(out.reshape(1 + copies, b, *out.shape[1:]))
         if constants:  # every image gives the same output: one row per model, any image
             one_row = jax.tree.map(lambda g: g[1 + copies:], gates)
@@ -293,8 +297,10 @@ def _gate_runner(model, variables, group, layers, images, targets, mean, std, me
 
     def order(a):
         where = place[id(a)]
-        if where is None or where == "constant":
-            return (-1,) if where is None else (len(rank),)
+        if where is None:
+            return (-1,)
+        if where == "constant":
+            return (len(rank),)
         return rank.get(where[0], 0), models.Copies._fields.index(where[1])
 
     ordered = sorted(group, key=order)

@@ -69,7 +69,7 @@ def _as_copies(value: int | Copies) -> Copies:
     return value if isinstance(value, Copies) else Copies(full=int(value))
 
 
-def _tile_clean(x: Array, k: int, clean: int) -> Array:
+def tile_clean(x: Array, k: int, clean: int) -> Array:
     """Append ``k`` copies of the clean batch (the first ``clean`` rows) to ``x``."""
     if not k:
         return x
@@ -247,7 +247,7 @@ class _Unit(nn.Module):
         def shortcut(x, gates):
             return x if projection is None else projection(x, gates)
 
-        x = _tile_clean(x, copies.full, clean)
+        x = tile_clean(x, copies.full, clean)
         r = branch(x, gates)  # before the shortcut: the catalogue lists convs in call order
         s = shortcut(x, gates)
         out = [nn.relu(s + r)]
@@ -374,7 +374,7 @@ class ResNet(nn.Module):
                              f"copies join it as full copies, not {at_stem}")
         intermediates = {}
         clean = x.shape[0]
-        x = _tile_clean(x, at_stem.full, clean)
+        x = tile_clean(x, at_stem.full, clean)
         if self.stem == "torchvision":
             x = conv(self.num_filters, (7, 7), strides=2, name="conv1")(x)
         else:

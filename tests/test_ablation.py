@@ -255,6 +255,18 @@ def test_ablations_that_cut_every_path_from_the_input_run_on_one_row_and_match_t
             assert len(set(expected)) == 1
 
 
+def test_models_without_branch_points_run_full_copies(tiny, monkeypatch):
+    # The fallback for models the engine cannot branch inside: every copy runs the whole model.
+    model, variables, layers, split = tiny
+    monkeypatch.setattr(engine, "_supports_branches", lambda model: False)
+    ablations = [abl.Ablation(n, "zero-kernel", (n,)) for n in ("conv1", "layer2.0.downsample", "layer3.1.conv1")]
+    ablations.append(abl.Ablation("baseline", "zero-kernel", ()))
+    results = engine.evaluate(model, variables, ablations, layers, split.images, split.labels,
+                              image_mean=0.5, image_std=0.25, batch_size=16, progress=False)
+    for a, r in zip(ablations, results):
+        np.testing.assert_array_equal(r.per_example["prediction"], _slow_reference(model, variables, a, layers, split))
+
+
 def test_chunks_of_baselines_alone_read_the_clean_rows(tiny):
     model, variables, layers, split = tiny
     ablations = [abl.Ablation("baseline a", "zero-kernel", ()), abl.Ablation("baseline b", "zero-kernel", ()),
