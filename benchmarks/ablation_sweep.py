@@ -24,8 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import ablation as abl
-from resnet_jax import data, engine, models, protocols
+from resnet_jax.ablation import catalogue as abl
+from resnet_jax.ablation import engine, protocols
+from resnet_jax.data import images as data
+from resnet_jax.data.inputs import normalize
+from resnet_jax.models import resnet as models
 
 
 def _peak_rss_mb() -> float:
@@ -46,9 +49,10 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
 def load_weights(workdir: str | None, n: int, data_dir: str | None):
     """A trained run's model, variables and test images; or random weights with realistic BN stats."""
     if workdir:
-        from resnet_jax import train
+        from resnet_jax.training import runs
 
-        _, model, state, test = train.restore_run(workdir, which="best", data_dir=data_dir)
+        run = runs.restore(workdir, which="best", data_dir=data_dir)
+        model, state, test = run.model, run.state, run.test
         test = test.take(n, seed=0)
         return model, jax.device_get(state.variables), test, np.asarray(state.image_mean), np.asarray(
             state.image_std)
@@ -76,7 +80,7 @@ def all_ablations(layers):
 
 
 def naive_jax_loop(model, variables, ablations, layers, images, labels, mean, std, batch_size):
-    forward = jax.jit(lambda v, x: jnp.argmax(model.apply(v, (x.astype(jnp.float32) / 255 - mean) / std)[0], -1))
+    forward = jax.jit(lambda v, x: jnp.argmax(model.apply(v, normalize(x, mean, std))[0], -1))
     masked_forward = jax.jit(lambda v, m, x: forward(abl.apply(v, m), x))
     accs = []
     for a in ablations:
@@ -90,12 +94,12 @@ def naive_jax_loop(model, variables, ablations, layers, images, labels, mean, st
 def torch_loop(variables, ablations, layers, images, labels, mean, std, batch_size):
     import torch
 
-    from resnet_jax import convert, verify
+    from resnet_jax.interop import convert, verify
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     net = convert.torchvision_model("resnet34", num_classes=10, stem="torchvision").eval()
     state_dict = convert.to_torch_state_dict(variables, arch="resnet34")
-    x = torch.from_numpy(((images.astype(np.float32) / 255 - mean) / std).transpose(0, 3, 1, 2).copy())
+    x = torch.from_numpy(np.asarray(normalize(images, mean, std)).transpose(0, 3, 1, 2).copy())
     x = x.contiguous(memory_format=torch.channels_last)
     net = net.to(memory_format=torch.channels_last)
     accs = []

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import ablation as abl
-from resnet_jax import models
+from resnet_jax.ablation import catalogue as abl
+from resnet_jax.models import resnet as models
 
 FORMS = {
     "xla": lambda x, w, s, pad: jax.lax.conv_general_dilated(x, w, (s, s), pad,

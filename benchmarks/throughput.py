@@ -15,7 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import configs, train
+from resnet_jax import configs
+from resnet_jax.training import classification as train
+from resnet_jax.data.inputs import normalize
+from resnet_jax.training import core
 
 
 def _rate(fn, batch: int, repeats: int) -> float:
@@ -30,14 +33,14 @@ def jax_rates(impl: str, batch: int, repeats: int) -> tuple[float, float]:
     """(train, eval) images/s of the real jitted train step and eval forward."""
     config = configs.load_config("cifar10-resnet34-cpu", [f"model.conv_impl={impl}"])
     model = train.build_model(config, 10)
-    state = train.create_train_state(model, train.make_optimizer(config, 100), (32, 32, 3), seed=0,
+    state = core.create_train_state(model, core.make_optimizer(config, 100), (32, 32, 3), seed=0,
                                      mean=np.full(3, 0.5, np.float32), std=np.full(3, 0.25, np.float32))
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8))
     labels = jnp.asarray(rng.integers(0, 10, batch).astype(np.int32))
     step = jax.jit(lambda s: train.train_step(s, images, labels, jax.random.key(0), augment_images=True,
                                               label_smoothing=0.1))
-    forward = jax.jit(lambda s: s.apply_fn(s.variables, train.normalize(images, s.image_mean, s.image_std))[0])
+    forward = jax.jit(lambda s: s.apply_fn(s.variables, normalize(images, s.image_mean, s.image_std))[0])
     holder = {"state": state}
 
     def one_step():

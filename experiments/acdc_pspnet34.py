@@ -13,7 +13,11 @@ predictions under the most harmful and the most harmless masks.
 import argparse
 from pathlib import Path
 
-from resnet_jax import protocols, reports, seg_train
+from resnet_jax import configs
+from resnet_jax.ablation.protocols import PROTOCOLS
+from resnet_jax.reporting import markdown
+from resnet_jax.studies import ablate
+from resnet_jax.training import segmentation
 
 PRESETS = {"full": "acdc-pspnet34", "cpu": "acdc-pspnet34-cpu", "smoke": "acdc-pspnet34-smoke"}
 
@@ -32,15 +36,15 @@ def main() -> None:
 
     # --- Train (resumes); writes metrics.jsonl per epoch and evaluation.json (test Dice) ---
     overrides = [*args.set, f"data.data_dir={Path(args.data_dir).absolute()}"]
-    config = seg_train.load_seg_config(PRESETS[args.preset], overrides)
-    seg_train.train_and_evaluate(config, args.workdir)
+    config = configs.load_config(PRESETS[args.preset], overrides)
+    segmentation.train_and_evaluate(config, args.workdir)
 
     # --- Ablate: baseline, single, stage-except-decomposition, shortcut, scored by Dice (resumes) ---
-    protocols.ablate_workdir(args.workdir, protocols=protocols.PROTOCOLS, kind=args.kind,
-                             n_examples=args.n_examples, batch_size=args.batch_size)
+    ablate.ablate_workdir(args.workdir, protocols=PROTOCOLS, kind=args.kind,
+                          n_examples=args.n_examples, batch_size=args.batch_size)
 
     # --- Report ---
-    print(f"report: {reports.write_report(args.workdir)}")
+    print(f"report: {markdown.write_report(args.workdir)}")
 
 
 if __name__ == "__main__":

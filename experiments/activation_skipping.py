@@ -6,13 +6,14 @@
 
 Every stage resumes: rerunning the same command continues a model's training from its last epoch
 and skips the stages whose results are in ``<workdir>/stages/``. The same as
-``resnet-jax skip-study --config <preset> --workdir DIR``.
+``resnet-jax train --config <preset> --workdir DIR``.
 """
 
 import argparse
 from pathlib import Path
 
-from resnet_jax import skip_study
+from resnet_jax import configs
+from resnet_jax.studies import skip_study
 
 PRESETS = {"full": "mnist-skip", "cpu": "mnist-skip-cpu", "smoke": "mnist-skip-smoke", "cifar100": "cifar100-skip"}
 
@@ -28,7 +29,7 @@ def main() -> None:
     overrides = list(args.set)
     if args.data_dir:
         overrides.append(f"data.data_dir={Path(args.data_dir).absolute()}")
-    config = skip_study.load_skip_config(PRESETS[args.preset], overrides)
+    config = configs.load_config(PRESETS[args.preset], overrides)
 
     # --- CNN-1, selection, CNN-2, CNN-3 (literal and useful), timing; then the report ---
     results = skip_study.run_study(config, args.workdir)

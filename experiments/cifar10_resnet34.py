@@ -10,7 +10,11 @@ evaluates only the masks that are not in ``<workdir>/ablation/results.jsonl`` ye
 import argparse
 from pathlib import Path
 
-from resnet_jax import configs, protocols, reports, train
+from resnet_jax import configs
+from resnet_jax.ablation.protocols import PROTOCOLS
+from resnet_jax.reporting import markdown
+from resnet_jax.studies import ablate
+from resnet_jax.training import classification
 
 PRESETS = {"full": "cifar10-resnet34", "cpu": "cifar10-resnet34-cpu", "smoke": "cifar10-resnet34-smoke"}
 
@@ -29,13 +33,13 @@ def main() -> None:
     if args.data_dir:
         overrides.append(f"data.data_dir={Path(args.data_dir).absolute()}")
     config = configs.load_config(PRESETS[args.preset], overrides)
-    train.train_and_evaluate(config, args.workdir)
+    classification.train_and_evaluate(config, args.workdir)
 
     # --- Ablate: baseline, single, stage-except-decomposition, shortcut (resumes) ---
-    protocols.ablate_workdir(args.workdir, protocols=protocols.PROTOCOLS, kind=args.kind)
+    ablate.ablate_workdir(args.workdir, protocols=PROTOCOLS, kind=args.kind)
 
     # --- Report ---
-    print(f"report: {reports.write_report(args.workdir)}")
+    print(f"report: {markdown.write_report(args.workdir)}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""``resnet-jax``: the command line. Each subcommand parses, then calls one library function."""
+"""``resnet-jax``: the command line. Each subcommand parses, then calls one library function.
+
+Every choice a flag offers (presets, tasks, protocols, kinds, methods, stages) is read from the
+library, so help text and validation cannot drift from the code. A user's mistake is one line on
+stderr and exit status 2; an interrupted command says how to resume and exits 130.
+"""
 
 from __future__ import annotations
 
@@ -7,41 +12,62 @@ import json
 import sys
 from pathlib import Path
 
-from resnet_jax import configs
+from resnet_jax import __version__, configs
+from resnet_jax.ablation import catalogue, engine
+from resnet_jax.ablation.protocols import PROTOCOLS
+from resnet_jax.studies.reproduce import PRESETS as REPRODUCE_PRESETS
+from resnet_jax.studies.reproduce import STAGES
+
+RESUME_HINTS = {
+    "train": "rerun the same command to resume from the last checkpoint",
+    "train-seg": "rerun the same command to resume from the last checkpoint",
+    "skip-study": "rerun the same command: finished models and stages are kept",
+    "ablate": "rerun the same command: finished masks are kept and skipped",
+    "reproduce": "rerun the same command: finished stages are skipped and the current one resumes",
+}
+
+
+def _existing_dir(path: str | None, flag: str) -> Path | None:
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.exists():
+        raise configs.ConfigError(f"{flag} {path} does not exist; give a folder with the dataset's split zips "
+                                  f"or ImageFolder tree (e.g. ../shared/data/cifar10), or leave it out to use TFDS")
+    return p.absolute()
+
+
+def _workdir(path: str) -> Path:
+    """A run directory, resolved once so a relative and an absolute spelling name the same run."""
+    return Path(path).absolute()
+
+
+def _load(args, *, task: str | None = None) -> dict:
+    overrides = list(args.set)
+    data_dir = _existing_dir(args.data_dir, "--data-dir")
+    if data_dir is not None:
+        overrides.append(f"data.data_dir={data_dir}")
+    return configs.load_config(args.config, overrides, task=task)
 
 
 def _train(args) -> int:
-    from resnet_jax import train
+    config = _load(args, task=args.task)
+    if config["task"] == "skip":
+        from resnet_jax.studies import skip_study
 
-    overrides = list(args.set)
-    if args.data_dir:
-        overrides.append(f"data.data_dir={Path(args.data_dir).absolute()}")
-    config = configs.load_config(args.config, overrides)
-    train.train_and_evaluate(config, args.workdir, force_new=args.force_new)
-    return 0
+        skip_study.run_study(config, _workdir(args.workdir), force_new=args.force_new)
+    else:
+        from resnet_jax.training import runs
 
-
-def _train_seg(args) -> int:
-    from resnet_jax import seg_train
-
-    overrides = list(args.set)
-    if args.data_dir:
-        overrides.append(f"data.data_dir={Path(args.data_dir).absolute()}")
-    config = seg_train.load_seg_config(args.config, overrides)
-    seg_train.train_and_evaluate(config, args.workdir, force_new=args.force_new)
+        runs.train(config, _workdir(args.workdir), force_new=args.force_new)
     return 0
 
 
 def _evaluate(args) -> int:
-    from resnet_jax import train
+    from resnet_jax.training import core, runs
 
-    data_dir = Path(args.data_dir).absolute() if args.data_dir else None
-    config, _, state, test = train.restore_run(args.workdir, which=args.checkpoint, data_dir=data_dir)
-    mesh = train.data_mesh()
-    result = train.evaluate_split(train.replicate(mesh, state), test,
-                                  batch_size=config["train"]["eval_batch_size"], mesh=mesh)
-    result = {"checkpoint": args.checkpoint, "step": int(state.step), "n_examples": len(test), **result}
-    (Path(args.workdir) / "evaluation.json").write_text(json.dumps(result, indent=2))
+    run = runs.restore(_workdir(args.workdir), which=args.checkpoint, data_dir=_existing_dir(args.data_dir, "--data-dir"))
+    result = core.evaluate_run(run, _workdir(args.workdir), which=args.checkpoint, log=lambda line: None)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -50,148 +76,172 @@ def _layers(args) -> int:
     import jax
     import jax.numpy as jnp
 
-    from resnet_jax import ablation, train
+    if (args.config is None) == (args.workdir is None):
+        raise configs.ConfigError("give --config PRESET (a model of that config) or --workdir RUN (a trained run's model)")
+    if args.workdir:
+        from resnet_jax.training import runs
 
-    config = configs.load_config(args.config, args.set)
-    model = train.build_model(config, args.num_classes)
-    shape = (1, args.image_size, args.image_size, 3)
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
-    print(ablation.format_catalogue(ablation.catalogue(model, variables, input_shape=shape)))
+        run = runs.restore(_workdir(args.workdir), which="latest", command="layers")
+        model, variables = run.model, jax.device_get(run.state.variables)
+        shape = (1, *run.task.arrays(run.test)[0].shape[1:])
+    else:
+        from resnet_jax.training import classification, segmentation
+
+        config = configs.load_config(args.config, args.set)
+        if config["task"] == "skip":
+            raise configs.ConfigError(f"{args.config!r} is a Study B config: its plain CNNs have no residual layer "
+                                      f"catalogue; `layers` lists ResNet and PSPNet convs")
+        model = (classification.build_model(config, args.num_classes) if config["task"] == "classification"
+                 else segmentation.build_model(config))
+        channels = 1 if config["task"] == "segmentation" else 3
+        shape = (1, args.image_size, args.image_size, channels)
+        variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
+    print(catalogue.format_catalogue(catalogue.catalogue(model, variables, input_shape=shape)))
     return 0
 
 
 def _ablate(args) -> int:
-    from resnet_jax import protocols
+    from resnet_jax.studies import ablate
 
-    chosen = list(protocols.PROTOCOLS) if args.protocol == "all" else [args.protocol]
-    protocols.ablate_workdir(
-        args.workdir, protocols=chosen, kind=args.kind, spec_file=args.spec,
-        data_dir=Path(args.data_dir).absolute() if args.data_dir else None, n_examples=args.n_examples,
+    chosen = list(PROTOCOLS) if args.protocol == "all" else [args.protocol]
+    ablate.ablate_workdir(
+        _workdir(args.workdir), protocols=chosen, kind=args.kind, spec_file=args.spec,
+        data_dir=_existing_dir(args.data_dir, "--data-dir"), n_examples=args.n_examples,
         method=args.method, batch_size=args.batch_size, memory_budget_mb=args.memory_budget_mb,
         checkpoint=args.checkpoint)
     return 0
 
 
 def _verify(args) -> int:
-    from resnet_jax import protocols, verify
+    from resnet_jax.interop import verify
 
-    chosen = list(protocols.PROTOCOLS) if args.protocol == "all" else [args.protocol]
+    chosen = list(PROTOCOLS) if args.protocol == "all" else [args.protocol]
     result = verify.verify_workdir(
-        args.workdir, protocols=chosen, n_examples=args.n_examples, kinds=args.kind or ["zero-kernel"],
-        data_dir=Path(args.data_dir).absolute() if args.data_dir else None, checkpoint=args.checkpoint,
-        method=args.method)
+        _workdir(args.workdir), protocols=chosen, n_examples=args.n_examples, kinds=args.kind or ["zero-kernel"],
+        data_dir=_existing_dir(args.data_dir, "--data-dir"), checkpoint=args.checkpoint, method=args.method)
+    print(verify.verdict(result))
     print(verify.format_table(result["rows"]))
     print(f"wrote {result['csv']}")
     return 0 if result["ok"] else 1
 
 
 def _import_torch(args) -> int:
-    from resnet_jax import verify
+    from resnet_jax.interop import verify
 
     verify.import_torch_run(
-        args.file, args.workdir, arch=args.arch, stem=args.stem, num_classes=args.num_classes,
-        data_name=args.data_name, data_dir=Path(args.data_dir).absolute() if args.data_dir else None,
+        args.file, _workdir(args.workdir), arch=args.arch, stem=args.stem, num_classes=args.num_classes,
+        data_name=args.data_name, data_dir=_existing_dir(args.data_dir, "--data-dir"),
         config=args.config, overrides=args.set, normalization=args.normalization, image_mean=args.image_mean,
         image_std=args.image_std)
     return 0
 
 
 def _report(args) -> int:
-    from resnet_jax import reports
+    from resnet_jax.reporting import markdown
 
-    print(f"wrote {reports.write_report(args.workdir)}")
-    return 0
-
-
-def _skip_study(args) -> int:
-    from resnet_jax import skip_study
-
-    overrides = list(args.set)
-    if args.data_dir:
-        overrides.append(f"data.data_dir={Path(args.data_dir).absolute()}")
-    skip_study.run_study(skip_study.load_skip_config(args.config, overrides), args.workdir)
+    print(f"wrote {markdown.write_report(_workdir(args.workdir))}")
     return 0
 
 
 def _reproduce(args) -> int:
-    from resnet_jax import reproduce
+    from resnet_jax.studies import reproduce
 
     only = [s.strip() for s in args.only.split(",")] if args.only else None
-    reproduce.reproduce(args.preset, args.workdir, data_root=args.data_root, only=only)
+    reproduce.reproduce(args.preset, _workdir(args.workdir), data_root=args.data_root, only=only,
+                        force_new=args.force_new)
     return 0
 
 
 def _presets(args) -> int:
-    for name, preset in configs.PRESETS.items():
-        print(f"{name}\n    {preset.get('about', '')}")
+    rows = configs.listing()
+    for task in configs.TASKS:
+        print(f"{task}:")
+        for r in (r for r in rows if r["task"] == task):
+            print(f"  {r['name']}  [{r['scale']}]\n      {r['about']}\n      $ {r['command']}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resnet-jax", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("train", help="train a model (resumes from the workdir's latest checkpoint)")
-    p.add_argument("--config", required=True, help=f"a preset ({', '.join(configs.PRESETS)}) or a YAML/JSON file")
+def _add_config_flags(p, *, task: str | None) -> None:
+    presets = sorted(configs.family(task).PRESETS if task else configs.PRESETS)
+    p.add_argument("--config", required=True, help=f"a preset ({', '.join(presets)}) or a YAML/JSON file")
     p.add_argument("--workdir", required=True, help="run directory: config, metrics.jsonl, checkpoints")
-    p.add_argument("--data-dir", help="ImageFolder tree or per-split zips, instead of downloading from TFDS")
+    p.add_argument("--data-dir", help="ImageFolder tree, segmentation folders or per-split zips, instead of TFDS")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=3 (repeatable)")
-    p.add_argument("--force-new", action="store_true", help="discard a different run found in the workdir")
-    p.set_defaults(func=_train)
+    p.add_argument("--force-new", action="store_true", help="discard the run found in the workdir and start over")
+    p.set_defaults(func=_train, task=task)
 
-    p = sub.add_parser("train-seg", help="train a PSPNet segmentation model (resumes; `ablate` then scores it by "
-                                         "Dice); writes metrics.jsonl per epoch and evaluation.json at the end")
-    p.add_argument("--config", required=True, help="a segmentation preset (acdc-pspnet34, acdc-pspnet34-cpu, "
-                                                   "acdc-pspnet34-smoke, sunnybrook-pspnet34-cpu, "
-                                                   "synthetic-seg-tiny) or a YAML/JSON file")
-    p.add_argument("--workdir", required=True, help="run directory: config, metrics.jsonl, checkpoints")
-    p.add_argument("--data-dir", help="e.g. ../shared/data/acdc_lv_myo (split zips, split folders or images/+masks/)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.epochs=3 (repeatable)")
-    p.add_argument("--force-new", action="store_true", help="discard a different run found in the workdir")
-    p.set_defaults(func=_train_seg)
 
-    p = sub.add_parser("evaluate", help="test accuracy of a run's best or latest checkpoint")
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
+
+
+def _run_flags(p, *, checkpoint_default: str) -> None:
     p.add_argument("--workdir", required=True)
     p.add_argument("--data-dir", help="override the run's data directory")
-    p.add_argument("--checkpoint", choices=("best", "latest"), default="latest")
+    p.add_argument("--checkpoint", choices=("best", "latest"), default=checkpoint_default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="resnet-jax", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"resnet-jax {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    _add_config_flags(sub.add_parser("train", help="train any preset: classification, segmentation or Study B "
+                                                   "(resumes from the workdir's latest checkpoint)"), task=None)
+    _add_config_flags(sub.add_parser("train-seg", help="alias of `train` for segmentation presets"),
+                      task="segmentation")
+    _add_config_flags(sub.add_parser("skip-study", help="alias of `train` for Study B presets"), task="skip")
+
+    p = sub.add_parser("evaluate", help="score a run's checkpoint on its test split (accuracy or Dice)")
+    _run_flags(p, checkpoint_default="latest")
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("layers", help="the conv catalogue of a preset's model: names, shapes, MACs, roles")
-    p.add_argument("--config", required=True)
+    p = sub.add_parser("layers", help="the conv catalogue of a config's or a run's model: names, shapes, MACs, roles")
+    p.add_argument("--config", help="a classification or segmentation preset or file")
+    p.add_argument("--workdir", help="a trained run (instead of --config)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--num-classes", type=_positive_int, default=10)
+    p.add_argument("--image-size", type=_positive_int, default=32)
     p.set_defaults(func=_layers)
 
     p = sub.add_parser("ablate", help="run ablation protocols on a trained run (resumes unfinished sweeps)")
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--protocol", default="all",
-                   help="baseline, single, stage-except-decomposition, shortcut, or all")
-    p.add_argument("--kind", default="zero-kernel",
-                   help="zero-kernel (the study), zero-branch, lesion, reinit, rerandomize")
+    _run_flags(p, checkpoint_default="best")
+    p.add_argument("--protocol", default="all", choices=(*PROTOCOLS, "all"))
+    p.add_argument("--kind", default="zero-kernel", choices=catalogue.KINDS,
+                   help="zero-kernel is the study's ablation")
     p.add_argument("--spec", help="JSON/YAML file of ablation specs to run instead of the protocols")
-    p.add_argument("--data-dir", help="override the run's data directory")
-    p.add_argument("--n-examples", type=int, help="evaluate a fixed random subset of the test split")
-    p.add_argument("--method", default="auto", choices=("auto", "gates", "weights"))
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--memory-budget-mb", type=float, default=2048)
-    p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    p.add_argument("--n-examples", type=_positive_int, help="evaluate a fixed random subset of the test split")
+    p.add_argument("--method", default="auto", choices=engine.METHODS)
+    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--memory-budget-mb", type=_positive_float, default=2048)
     p.set_defaults(func=_ablate)
 
     p = sub.add_parser("verify", help="recompute the ablation tables in PyTorch (torchvision) and compare; "
                                       "writes <workdir>/verify.csv, exits 1 when a tolerance fails")
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--protocol", default="all",
-                   help="baseline, single, stage-except-decomposition, shortcut, or all")
-    p.add_argument("--kind", action="append", metavar="KIND",
-                   help="zero-kernel (default), zero-branch, lesion, reinit, rerandomize (repeatable)")
-    p.add_argument("--n-examples", type=int, default=1000, help="test images to compare on (default 1000)")
-    p.add_argument("--data-dir", help="override the run's data directory")
-    p.add_argument("--method", default="auto", choices=("auto", "gates", "weights"),
+    _run_flags(p, checkpoint_default="best")
+    p.add_argument("--protocol", default="all", choices=(*PROTOCOLS, "all"))
+    p.add_argument("--kind", action="append", metavar="KIND", choices=catalogue.KINDS,
+                   help="an ablation kind (repeatable; default zero-kernel)")
+    p.add_argument("--n-examples", type=_positive_int, default=1000, help="test images to compare on (default 1000)")
+    p.add_argument("--method", default="auto", choices=engine.METHODS,
                    help="the JAX engine's formulation (auto: as `ablate` uses)")
-    p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
     p.set_defaults(func=_verify)
 
     p = sub.add_parser("import-torch", help="turn a torchvision ResNet checkpoint into a run directory "
@@ -200,12 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True, help="a new (or empty) run directory")
     p.add_argument("--arch", required=True, help="resnet18, resnet34 or resnet50")
     p.add_argument("--stem", choices=("torchvision", "cifar"), help="default: read from conv1 (3x3 = cifar)")
-    p.add_argument("--num-classes", type=int, help="default: read from fc")
+    p.add_argument("--num-classes", type=_positive_int, help="default: read from fc")
     p.add_argument("--data-name", default="cifar10", help="the dataset it is evaluated on (TFDS name, synthetic)")
     p.add_argument("--data-dir", help="ImageFolder tree or per-split zips of that dataset")
-    p.add_argument("--config", default="cifar10-resnet34-cpu",
-                   help="base preset or file for config.json (default cifar10-resnet34-cpu: float32, "
-                        "5000 test images)")
+    p.add_argument("--config", help="base classification preset or file for config.json (default: the "
+                                    "classification defaults: float32, the whole test split)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--normalization", choices=("train", "imagenet"), default="train",
                    help="input mean/std: the training split's channel statistics (as `train` uses; default) "
@@ -218,42 +267,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True)
     p.set_defaults(func=_report)
 
-    p = sub.add_parser("skip-study", help="Study B: per-image layer skipping chosen by strongest activations "
-                                          "(resumes; writes skip_report.md and skip_results.json)")
-    p.add_argument("--config", required=True, help="a Study B preset (mnist-skip, mnist-skip-cpu, "
-                                                   "mnist-skip-smoke, cifar100-skip) or a YAML/JSON file")
-    p.add_argument("--workdir", required=True, help="run directory: models, stages, figures, report")
-    p.add_argument("--data-dir", help="ImageFolder tree or per-split zips, instead of downloading from TFDS")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.epochs=3 (repeatable)")
-    p.set_defaults(func=_skip_study)
-
     p = sub.add_parser("reproduce", help="the main job: both studies end to end, resumable, one report")
-    p.add_argument("--preset", choices=("smoke", "cpu", "full"), default="cpu")
+    p.add_argument("--preset", choices=tuple(REPRODUCE_PRESETS), default="cpu")
     p.add_argument("--workdir", default="runs/reproduce")
     p.add_argument("--data-root", help="folder with cifar10/, mnist/, acdc_lv_myo/ laid out as in shared/data "
                                        "(default: TFDS where it can download)")
-    p.add_argument("--only", help="comma-separated stages: cifar-train, cifar-ablate, acdc-train, acdc-ablate, "
-                                  "skip-study, verify, report")
+    p.add_argument("--only", help=f"comma-separated stages: {', '.join(STAGES)}")
+    p.add_argument("--force-new", action="store_true", help="discard a run of another preset or data root")
     p.set_defaults(func=_reproduce)
 
-    p = sub.add_parser("presets", help="list the config presets and the commands that reproduce them")
+    p = sub.add_parser("presets", help="list every preset of every task and the command that reproduces it")
     p.set_defaults(func=_presets)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from resnet_jax.ablation import SpecError
-    from resnet_jax.data import DataError
-    from resnet_jax.reproduce import StageError
+    from resnet_jax.data.images import DataError
+    from resnet_jax.studies.reproduce import StageError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (configs.ConfigError, DataError, SpecError, FileNotFoundError, StageError) as err:
+    except (configs.ConfigError, DataError, catalogue.SpecError, FileNotFoundError, StageError) as err:
         print(f"resnet-jax {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        hint = RESUME_HINTS.get(args.command, "nothing was lost that a rerun cannot redo")
+        print(f"resnet-jax {args.command}: interrupted; {hint}", file=sys.stderr)
         return 130
 
 

@@ -8,8 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import ablation as abl
-from resnet_jax import data, engine, models, protocols
+from resnet_jax.ablation import catalogue as abl
+from resnet_jax.ablation import engine, protocols
+from resnet_jax.ablation.store import ResultStore
+from resnet_jax.data import images as data
+from resnet_jax.models import resnet as models
 from tests.conftest import run_cli
 
 
@@ -387,7 +390,7 @@ def test_protocol_specs_follow_protocols_md():
 
 def test_interrupted_sweep_keeps_finished_chunks_and_skips_them(tmp_path, tiny):
     model, variables, layers, split = tiny
-    store = protocols.ResultStore(tmp_path, fingerprint="f")
+    store = ResultStore(tmp_path, {"id": "f"})
     evaluated = []
 
     def evaluate(ablations, on_chunk, *, crash_after=None):

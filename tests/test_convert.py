@@ -23,7 +23,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
-from resnet_jax import convert, models  # noqa: E402
+from resnet_jax.interop import convert  # noqa: E402
+from resnet_jax.models import resnet as models  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_jax import data
+from resnet_jax.data import images as data
 from tests.conftest import shared_dataset
 
 

@@ -12,7 +12,12 @@ from tests.conftest import REPO
 SCRIPT = r"""
 import json, sys
 import jax, jax.numpy as jnp, numpy as np
-from resnet_jax import ablation as abl, data, engine, models, train, configs
+from resnet_jax import configs
+from resnet_jax.ablation import catalogue as abl
+from resnet_jax.ablation import engine
+from resnet_jax.data import images as data
+from resnet_jax.models import resnet as models
+from resnet_jax.training import classification as train
 assert jax.device_count() == int(sys.argv[1]), jax.devices()
 model = models.create_model("resnet_tiny", num_classes=10)
 variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import models
+from resnet_jax.models import batching
+from resnet_jax.models import resnet as models
 
 
 def _n_params(model, size=32):
@@ -171,8 +172,8 @@ def test_copies_joining_from_the_clean_rows_equal_full_copies(block):
     gates = jax.tree.map(lambda g: np.repeat(g, 3), _gates_for(len(sites), sites))
     full = model.apply(variables, x, gates=gates, branches={"layer2.0": 2, "layer3.0": 1, "layer4.0": 2})[0]
     joined = model.apply(variables, x, gates=gates, branches={
-        "layer2.0": models.Copies(residual=1, shortcut=1), "layer3.0": models.Copies(residual=1),
-        "layer4.0": models.Copies(residual=1, shortcut=1)})[0]
+        "layer2.0": batching.Copies(residual=1, shortcut=1), "layer3.0": batching.Copies(residual=1),
+        "layer4.0": batching.Copies(residual=1, shortcut=1)})[0]
     np.testing.assert_allclose(joined, full, rtol=1e-4, atol=1e-4)
     per_copy = np.asarray(joined).reshape(1 + len(sites), 3, -1)
     assert all(np.abs(per_copy[k] - per_copy[0]).max() > 1e-2 for k in range(1, 1 + len(sites)))  # gates bite
@@ -183,6 +184,6 @@ def test_copies_that_cannot_join_from_the_clean_rows_are_refused():
     x = jnp.zeros((2, 32, 32, 3))
     variables = model.init(jax.random.key(0), x)
     with pytest.raises(ValueError, match=r"layer1\.1 has an identity shortcut"):
-        model.apply(variables, x, branches={"layer1.1": models.Copies(shortcut=1)})
+        model.apply(variables, x, branches={"layer1.1": batching.Copies(shortcut=1)})
     with pytest.raises(ValueError, match="stem"):
-        model.apply(variables, x, branches={"conv1": models.Copies(residual=1)})
+        model.apply(variables, x, branches={"conv1": batching.Copies(residual=1)})

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from resnet_jax import study_report
+from resnet_jax.reporting import study_report
 from tests.conftest import SHARED_DATA, run_cli
 
 
@@ -44,7 +44,7 @@ def smoke_run(tmp_path_factory):
 
 def test_smoke_preset_runs_every_stage_and_resumes(smoke_run):
     workdir, args = smoke_run
-    stages = json.loads((workdir / "stages.json").read_text())
+    stages = json.loads((workdir / "stages.json").read_text())["stages"]
     assert set(stages) == {"cifar-train", "cifar-ablate", "acdc-train", "acdc-ablate", "skip-study", "verify",
                            "report"}
     page = (workdir / "report" / "index.html").read_text()

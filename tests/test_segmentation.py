@@ -11,13 +11,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_jax import ablation as abl
-from resnet_jax import engine, models, protocols, seg_data, seg_train
-from resnet_jax import segmentation as seg
+from resnet_jax import configs, metrics
+from resnet_jax.ablation import catalogue as abl
+from resnet_jax.ablation import engine, protocols
+from resnet_jax.data import segmentation as seg_data
+from resnet_jax.models import pspnet
+from resnet_jax.models import resnet as models
+from resnet_jax.studies import ablate
+from resnet_jax.training import runs
+from resnet_jax.training import segmentation as seg_train
 
 
 def _tiny_pspnet(**kwargs):
-    return seg.PSPNet(num_classes=4, encoder="resnet_tiny", head_features=8, **kwargs)
+    return pspnet.PSPNet(num_classes=4, encoder="resnet_tiny", head_features=8, **kwargs)
 
 
 def _perturbed(variables, seed=0):
@@ -49,7 +55,7 @@ def test_logits_have_the_input_size(hw, output_stride):
 
 
 def test_output_stride_8_dilates_stages_3_and_4_and_keeps_the_encoder_names():
-    model = seg.PSPNet(num_classes=4)  # the study's model: ResNet34 encoder
+    model = pspnet.PSPNet(num_classes=4)  # the study's model: ResNet34 encoder
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 1))))
     layers = {l.name: l for l in abl.catalogue(model, variables, input_shape=(1, 64, 64, 1))}
     assert len(layers) == 36 and all(n.startswith("encoder.") for n in layers)  # the head is not ablated
@@ -68,11 +74,11 @@ def test_adaptive_pooling_matches_a_numpy_loop(hw, bins):
             rows = slice(int(np.floor(i * hw[0] / bins)), int(np.ceil((i + 1) * hw[0] / bins)))
             cols = slice(int(np.floor(j * hw[1] / bins)), int(np.ceil((j + 1) * hw[1] / bins)))
             expected[:, i, j] = x[:, rows, cols].mean(axis=(1, 2))
-    np.testing.assert_allclose(seg.adaptive_avg_pool(jnp.asarray(x), bins), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pspnet.adaptive_avg_pool(jnp.asarray(x), bins), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_pyramid_keeps_its_input_and_adds_one_branch_per_bin():
-    module = seg.PyramidPooling((1, 2, 3, 6), 5, lambda name: nn.BatchNorm(use_running_average=True, name=name))
+    module = pspnet.PyramidPooling((1, 2, 3, 6), 5, lambda name: nn.BatchNorm(use_running_average=True, name=name))
     x = jnp.asarray(np.random.default_rng(1).normal(size=(1, 7, 9, 8)), jnp.float32)
     out, _ = module.init_with_output(jax.random.key(0), x)
     assert out.shape == (1, 7, 9, 8 + 4 * 5)
@@ -101,7 +107,7 @@ def test_dice_matches_a_slow_loop_per_image_and_pooled():
     rng = np.random.default_rng(0)
     true = rng.integers(0, 4, (6, 9, 11))
     pred = np.where(rng.random(true.shape) < 0.7, true, rng.integers(0, 4, true.shape))
-    metric = seg.Dice(num_classes=4)
+    metric = metrics.Dice(num_classes=4)
     out = jax.tree.map(np.asarray, metric.per_example(_logits(pred), jnp.asarray(true)))
     reference = _dice_reference(pred, true, 4)
     np.testing.assert_allclose(out["dice"], reference, rtol=1e-6)
@@ -109,11 +115,11 @@ def test_dice_matches_a_slow_loop_per_image_and_pooled():
     per_class = [2 * ((pred == c) & (true == c)).sum() / ((pred == c).sum() + (true == c).sum()) for c in (1, 2, 3)]
     value, low, high = metric.aggregate(out)
     assert value == pytest.approx(np.mean(per_class)) and low <= value <= high
-    named = seg.Dice(num_classes=4, class_names=seg.CLASS_NAMES).breakdown(out)
+    named = metrics.Dice(num_classes=4, class_names=seg_data.SYNTHETIC_CLASSES).breakdown(out)
     assert named == pytest.approx(dict(zip(["dice_lv", "dice_myo", "dice_rv"], per_class)))
     assert list(metric.breakdown(out)) == ["dice_class1", "dice_class2", "dice_class3"]
-    assert seg.Dice(num_classes=4, aggregate_by="image").aggregate(out)[0] == pytest.approx(reference.mean())
-    myo = seg.Dice(num_classes=4, classes=(2,))
+    assert metrics.Dice(num_classes=4, aggregate_by="image").aggregate(out)[0] == pytest.approx(reference.mean())
+    myo = metrics.Dice(num_classes=4, classes=(2,))
     assert myo.aggregate(myo.per_example(_logits(pred), jnp.asarray(true)))[0] == pytest.approx(
         2 * ((pred == 2) & (true == 2)).sum() / ((pred == 2).sum() + (true == 2).sum()))
 
@@ -126,21 +132,21 @@ def test_dice_perfect_disjoint_and_the_empty_convention():
     pred[1] = np.where(true[1] == 2, 3, 2)  # image 1: MYO and RV swapped -> disjoint
     # image 2: all background in both (empty vs empty); image 3: LV predicted where there is none
     pred[3, 0, 0] = 1
-    out = jax.tree.map(np.asarray, seg.Dice().per_example(_logits(pred), jnp.asarray(true)))
+    out = jax.tree.map(np.asarray, metrics.Dice().per_example(_logits(pred), jnp.asarray(true)))
     np.testing.assert_array_equal(out["dice"], [[1, 1, 1], [1, 0, 0], [1, 1, 1], [0, 1, 1]])
     # pooled: the empty image adds nothing; LV = 2*8 / (8 + 8 + 1), MYO = RV = 0
-    value = seg.Dice().aggregate(out)[0]
+    value = metrics.Dice().aggregate(out)[0]
     assert value == pytest.approx(np.mean([16 / 17, 0.0, 0.0]))
     without_empty = {k: np.delete(v, 2, axis=0) for k, v in out.items()}
-    assert seg.Dice().aggregate(without_empty)[0] == pytest.approx(value)
-    summary = seg.dice_summary(out, seg.CLASS_NAMES, prefix="test_")
+    assert metrics.Dice().aggregate(without_empty)[0] == pytest.approx(value)
+    summary = metrics.dice_summary(out, seg_data.SYNTHETIC_CLASSES, prefix="test_")
     assert summary["test_dice_lv"] == pytest.approx(16 / 17) and summary["test_dice_myo"] == 0.0
 
 
 def test_soft_dice_loss_is_zero_for_confident_perfect_predictions_and_one_for_disjoint():
     true = jnp.asarray(np.random.default_rng(0).integers(0, 4, (2, 8, 8)))
-    assert float(seg.soft_dice_loss(_logits(true) * 20, true, smooth=0.0)) == pytest.approx(0.0, abs=1e-6)
-    assert float(seg.soft_dice_loss(_logits((true + 1) % 4) * 20, true, smooth=0.0)) == pytest.approx(1.0, abs=1e-6)
+    assert float(seg_train.soft_dice_loss(_logits(true) * 20, true, smooth=0.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(seg_train.soft_dice_loss(_logits((true + 1) % 4) * 20, true, smooth=0.0)) == pytest.approx(1.0, abs=1e-6)
 
 
 # Data -------------------------------------------------------------------------------------------
@@ -218,7 +224,7 @@ def test_shift_and_flip_move_image_and_mask_as_one_window():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("seg_run")
-    config = seg_train.load_seg_config("synthetic-seg-tiny", ["train.epochs=2"])
+    config = configs.load_config("synthetic-seg-tiny", ["train.epochs=2"])
     # Threefry's per-parameter hashing makes XLA:CPU compile init ~4x slower (16 s vs 4 s here); the loop
     # does not depend on the PRNG implementation.
     with jax.default_prng_impl("rbg"):
@@ -241,7 +247,7 @@ def test_training_smoke_run_logs_dice_per_class_and_resumes(tiny_run):
 
 def test_ablate_scores_a_segmentation_run_by_dice_with_a_qualitative_figure(tiny_run):
     workdir, _, _ = tiny_run
-    protocols.ablate_workdir(workdir, protocols=("baseline", "shortcut"), n_examples=12, log=lambda s: None)
+    ablate.ablate_workdir(workdir, protocols=("baseline", "shortcut"), n_examples=12, log=lambda s: None)
     table = json.loads((workdir / "ablation" / "shortcut.json").read_text())
     assert [r["mask"] for r in table["rows"]] == [f"encoder.layer{s}.0.downsample" for s in (2, 3, 4)]
     assert all(r["metric"] == "dice" and r["n_examples"] == 12 for r in table["rows"])
@@ -257,7 +263,7 @@ def test_ablate_scores_a_segmentation_run_by_dice_with_a_qualitative_figure(tiny
 def test_protocols_select_encoder_layers_by_the_classifier_names():
     x = jnp.zeros((1, 40, 40, 1))
     classifier = models.ResNet34(num_classes=10)
-    segmenter = seg.PSPNet(num_classes=4)
+    segmenter = pspnet.PSPNet(num_classes=4)
     c_vars = jax.eval_shape(lambda: classifier.init(jax.random.key(0), x))
     s_vars = jax.eval_shape(lambda: segmenter.init(jax.random.key(0), x))
     c_layers = abl.catalogue(classifier, c_vars, input_shape=x.shape)
@@ -286,7 +292,8 @@ class _Predictions:
 
 def test_gates_and_weights_give_identical_predictions(tiny_run):
     workdir, _, _ = tiny_run
-    _, model, state, test = seg_train.restore_run(workdir)
+    run = runs.restore(workdir)
+    model, state, test = run.model, run.state, run.test
     variables = _perturbed(jax.device_get(state.variables))
     layers = abl.catalogue(model, variables, input_shape=(1, *test.images.shape[1:]))
     names = ("encoder.conv1", "encoder.layer1.1.conv2", "encoder.layer3.0.downsample", "encoder.layer4.1.conv1")
@@ -294,7 +301,7 @@ def test_gates_and_weights_give_identical_predictions(tiny_run):
     images, masks = test.images[:6], test.masks[:6]
     out = {}
     for method in ("gates", "weights"):
-        results = engine.evaluate(model, variables, ablations, layers, images * 255, masks, image_mean=0.3,
+        results = engine.evaluate(model, variables, ablations, layers, images, masks, image_mean=0.3,
                                   image_std=0.2, metric=_Predictions(), batch_size=4, method=method, progress=False)
         out[method] = {r.name: r.per_example["prediction"] for r in results}
     for a in ablations:
@@ -315,7 +322,7 @@ def _pet_record(values):
 
 def test_tfds_pets_trimaps_become_background_first_classes(monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
-    config = seg_train.load_seg_config("pets-pspnet34", ["data.image_size=20"])
+    config = configs.load_config("pets-pspnet34", ["data.image_size=20"])
     with tfds.testing.mock_data(as_data_source_fn=lambda self, split, **kw: [_pet_record((1, 3))]):
         split = seg_train.load_split(config, "train")
     expected = np.zeros((20, 20), np.uint8)

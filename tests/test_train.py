@@ -12,14 +12,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import checkpointing, configs, train
+from resnet_jax import checkpointing, configs
+from resnet_jax.training import classification as train
+from resnet_jax.training import core, runs
 from tests.conftest import REPO, run_cli, shared_dataset
 
 
 def _tiny_state(config, n_classes=10, steps_per_epoch=10):
     model = train.build_model(config, n_classes)
-    tx = train.make_optimizer(config, steps_per_epoch)
-    return train.create_train_state(model, tx, (32, 32, 3), seed=0, mean=np.zeros(3, np.float32) + 0.5,
+    tx = core.make_optimizer(config, steps_per_epoch)
+    return core.create_train_state(model, tx, (32, 32, 3), seed=0, mean=np.zeros(3, np.float32) + 0.5,
                                     std=np.ones(3, np.float32) * 0.25)
 
 
@@ -55,7 +57,7 @@ def test_weight_decay_touches_kernels_only():
     config = configs.load_config("synthetic-tiny", ["train.learning_rate=1.0", "train.weight_decay=0.1",
                                                      "train.momentum=0.0", "train.nesterov=false",
                                                      "train.warmup_epochs=0"])
-    tx = train.make_optimizer(config, 10)
+    tx = core.make_optimizer(config, 10)
     params = {"conv": {"kernel": jnp.ones(3)}, "bn": {"scale": jnp.ones(3), "bias": jnp.ones(3)}}
     updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
     # step 0 of the schedule is the peak rate: update = -lr * (grad + wd * param)
@@ -85,7 +87,7 @@ def test_keeps_the_latest_and_the_best(tmp_path):
 
 
 def _final_params(workdir):
-    _, _, state, _ = train.restore_run(workdir, which="latest")
+    state = runs.restore(workdir, which="latest").state
     return state.step, jax.tree.leaves(state.params) + jax.tree.leaves(state.batch_stats)
 
 

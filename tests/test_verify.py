@@ -22,8 +22,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
-from resnet_jax import ablation as abl  # noqa: E402
-from resnet_jax import cli, convert, engine, models, protocols, train, verify  # noqa: E402
+from resnet_jax import cli  # noqa: E402
+from resnet_jax.ablation import catalogue as abl  # noqa: E402
+from resnet_jax.ablation import engine, protocols  # noqa: E402
+from resnet_jax.interop import convert, verify  # noqa: E402
+from resnet_jax.models import resnet as models  # noqa: E402
+from resnet_jax.training import runs  # noqa: E402
 
 pytestmark = pytest.mark.torch
 N_EXAMPLES = 32
@@ -53,7 +57,8 @@ def run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def restored(run):
     """The run's model, variables and input mean (its latest checkpoint, the one `evaluate` reads)."""
-    _, model, state, _ = train.restore_run(run, which="latest")
+    restored = runs.restore(run, which="latest")
+    model, state = restored.model, restored.state
     return model, jax.device_get(state.variables), np.asarray(state.image_mean)
 
 
@@ -175,7 +180,7 @@ def test_cli_verify_exits_1_when_a_row_fails(monkeypatch, capsys, tmp_path):
            "low_margin_examples": 0, "ok": False}
     monkeypatch.setattr(verify, "verify_workdir", lambda *a, **k: {"rows": [bad], "ok": False, "csv": "x.csv"})
     assert cli.main(["verify", "--workdir", str(tmp_path)]) == 1
-    assert "FAILED (1 of 1 masks)" in capsys.readouterr().out
+    assert capsys.readouterr().out.startswith("PyTorch DISAGREES on 1 of 1 masks")
 
 
 @pytest.mark.parametrize("command", ["verify", "import-torch"])
@@ -186,11 +191,13 @@ def test_help(command, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--kind", "zero-everything"], "unknown kind"),
-    (["--protocol", "singel"], "unknown protocol"),
+    (["--kind", "zero-everything"], "invalid choice: 'zero-everything' (choose from 'zero-kernel'"),
+    (["--protocol", "singel"], "invalid choice: 'singel' (choose from 'baseline', 'single'"),
 ])
 def test_cli_verify_bad_request_is_exit_2_before_any_compute(tmp_path, capsys, args, message):
-    assert cli.main(["verify", "--workdir", str(tmp_path), *args]) == 2
+    with pytest.raises(SystemExit) as exited:  # the parser reads the valid choices from the library
+        cli.main(["verify", "--workdir", str(tmp_path), *args])
+    assert exited.value.code == 2
     assert message in capsys.readouterr().err
 
 
@@ -208,7 +215,7 @@ def test_cli_verify_all_protocols_three_kinds(run, capsys):
     assert cli.main(["verify", "--workdir", str(run), "--n-examples", str(N_EXAMPLES), *kinds]) == 0
     out = capsys.readouterr().out
     print(out)  # the table, for the record (-s)
-    assert "OK: " in out
+    assert "\nPyTorch agrees: " in out  # the verdict line opens the table
     rows = list(csv.DictReader((run / "verify.csv").open()))
     assert set(verify.CSV_COLUMNS) <= set(rows[0])
     # ResNet18: 20 convs, 4 stages, 3 projections; 5 identity-shortcut units; no lesion of a projection.

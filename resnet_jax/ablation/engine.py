@@ -26,20 +26,21 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import ablation as abl
+from resnet_jax import devices
 from resnet_jax import metrics as metrics_lib
-from resnet_jax import models, segmentation
+from resnet_jax.ablation import catalogue as abl
+from resnet_jax.data.inputs import normalize
+from resnet_jax.models import batching, pspnet, resnet
 
 METHODS = ("auto", "gates", "weights")
 
@@ -60,6 +61,37 @@ class Result:
     seconds: float
     breakdown: dict[str, float] = dataclasses.field(default_factory=dict)  # e.g. Dice per class
     temp_bytes: int = 0  # XLA's scratch memory for the program that scored it (gates; 0: not measured)
+
+
+class Metric(Protocol):
+    """What the engine asks of a metric (``resnet_jax.metrics``): per-example values on device, a summary
+    with a 95 % interval on host, and optionally named extra columns (``breakdown``)."""
+
+    name: str
+
+    def per_example(self, logits: jax.Array, targets: jax.Array) -> dict[str, jax.Array]: ...
+
+    def aggregate(self, per_example: Mapping[str, np.ndarray]) -> tuple[float, float, float]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """Everything a sweep scores against, fixed for the whole sweep: the model and its catalogue, the data,
+    its normalisation, the metric and the batch size (a multiple of the device count)."""
+
+    model: nn.Module
+    variables: Mapping[str, Any]
+    layers: Sequence[abl.Layer]
+    images: np.ndarray
+    targets: np.ndarray
+    image_mean: Any
+    image_std: Any
+    metric: Metric
+    batch_size: int
+
+    def example_batch(self, mesh) -> list[jax.Array]:
+        return devices.shard_batch(mesh, devices.pad_rows(self.images[:self.batch_size], self.batch_size),
+                                   devices.pad_rows(self.targets[:self.batch_size], self.batch_size))
 
 
 def activation_bytes_per_example(layers: Sequence[abl.Layer], *, peak: bool = False) -> int:
@@ -84,10 +116,6 @@ def method_for(kind: str, method: str) -> str:
     if method == "auto":
         return "gates" if kind in abl.GATE_KINDS else "weights"
     return method
-
-
-def _normalize(images, mean, std):
-    return (images.astype(jnp.float32) / 255.0 - mean) / std
 
 
 def branch_point(ablation: abl.Ablation, layers: Sequence[abl.Layer]) -> str | None:
@@ -117,12 +145,6 @@ def cuts(ablation: abl.Ablation, layers: Sequence[abl.Layer]) -> dict[str, set[s
     return out
 
 
-def input_independent(ablation: abl.Ablation, layers: Sequence[abl.Layer]) -> bool:
-    """Whether a gate ablation gives every image the same output: it silences the stem, or both
-    parts of one unit, so no path from the input reaches the output."""
-    return _cuts_every_path(cuts(ablation, layers))
-
-
 def _cuts_every_path(parts_by_point: Mapping[str, set[str]]) -> bool:
     return any(parts == {"stem"} or parts >= {"residual", "shortcut"} for parts in parts_by_point.values())
 
@@ -130,7 +152,7 @@ def _cuts_every_path(parts_by_point: Mapping[str, set[str]]) -> bool:
 def placement(ablation: abl.Ablation, layers: Sequence[abl.Layer]) -> tuple[str, str] | str | None:
     """How a gate ablation's copy joins the clean forward: ``None`` for a baseline (the clean rows),
     ``'constant'`` for an input-independent one (one row), else ``(branch point, field of
-    models.Copies)``: the part its first ablated unit loses, or ``'full'`` outside a residual unit."""
+    batching.Copies)``: the part its first ablated unit loses, or ``'full'`` outside a residual unit."""
     if not ablation.layers:
         return None
     parts_by_point = cuts(ablation, layers)
@@ -142,10 +164,10 @@ def placement(ablation: abl.Ablation, layers: Sequence[abl.Layer]) -> tuple[str,
 
 
 def _supports_branches(model: nn.Module) -> bool:
-    return isinstance(model, (models.ResNet, segmentation.PSPNet))
+    return isinstance(model, (resnet.ResNet, pspnet.PSPNet))
 
 
-def _gates_forward(model: nn.Module, metric, branches: tuple[tuple[str, models.Copies], ...], copies: int,
+def _gates_forward(model: nn.Module, metric, branches: tuple[tuple[str, batching.Copies], ...], copies: int,
                    constants: int, clean: bool) -> Callable:
     """One jitted forward for a chunk. Gates hold one value per model: the clean one, ``copies``
     that join the clean forward at ``branches``, then ``constants`` input-independent ones. Output
@@ -155,14 +177,14 @@ def _gates_forward(model: nn.Module, metric, branches: tuple[tuple[str, models.C
     @jax.jit
     def forward(variables, gates, images, targets, mean, std):
         b = images.shape[0]
-        x = _normalize(images, mean, std)
+        x = normalize(images, mean, std)
         logits = []
         if clean:
             per_row = jax.tree.map(lambda g: jnp.repeat(g[:1 + copies], b), gates)
             if inside:  # each copy joins at its first ablated unit; earlier work is shared
                 out, _ = model.apply(variables, x, gates=per_row, branches=dict(branches))
             else:
-                out, _ = model.apply(variables, models.tile_clean(x, copies, b), gates=per_row)
+                out, _ = model.apply(variables, batching.tile_clean(x, copies, b), gates=per_row)
             logits.append(out.reshape(1 + copies, b, *out.shape[1:]))
         if constants:  # every image gives the same output: one row per model, any image
             one_row = jax.tree.map(lambda g: g[1 + copies:], gates)
@@ -177,7 +199,7 @@ def _gates_forward(model: nn.Module, metric, branches: tuple[tuple[str, models.C
 def _weights_forward(model: nn.Module, metric, replacement_fn: Callable | None) -> Callable:
     @jax.jit
     def forward(variables, masks, seeds, images, targets, mean, std):
-        x = _normalize(images, mean, std)
+        x = normalize(images, mean, std)
 
         def one(args):
             mask, seed = args
@@ -193,12 +215,6 @@ def _weights_forward(model: nn.Module, metric, replacement_fn: Callable | None) 
 def _batches(n: int, batch_size: int):
     for start in range(0, n, batch_size):
         yield start, min(start + batch_size, n)
-
-
-def _pad(array: np.ndarray, size: int) -> np.ndarray:
-    if len(array) == size:
-        return array
-    return np.concatenate([array, np.zeros((size - len(array), *array.shape[1:]), array.dtype)])
 
 
 def evaluate(
@@ -232,8 +248,11 @@ def evaluate(
     """
     from tqdm import tqdm
 
-    n_dev = jax.device_count()
-    batch_size = -(-batch_size // n_dev) * n_dev
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive number of images, got {batch_size}")
+    mesh = devices.data_mesh()
+    inputs = Inputs(model, variables, layers, images, targets, image_mean, image_std, metric,
+                    devices.round_up_to_devices(batch_size, mesh))
     results: list[Result] = []
     groups: dict[tuple[str, str], list[abl.Ablation]] = {}
     # A mask listed twice (e.g. a shortcut conv by both `single` and `shortcut`) is scored once.
@@ -242,12 +261,11 @@ def evaluate(
         groups.setdefault((a.kind, method_for(a.kind, method)), []).append(a)
     bar = tqdm(total=len(unique), desc="ablations", unit="mask", disable=not progress or None, leave=False)
     for (kind, how), group in sorted(groups.items()):
-        size = chunk or chunk_size(len(group), batch_size=batch_size, layers=layers,
+        size = chunk or chunk_size(len(group), batch_size=inputs.batch_size, layers=layers,
                                    memory_budget_mb=memory_budget_mb, peak=how == "gates")
-        run = (functools.partial(_gate_runner, budget_bytes=memory_budget_mb * 2**20) if how == "gates"
-               else _weight_runner)
-        for chunk_results in run(model, variables, group, layers, images, targets, image_mean, image_std,
-                                 metric, batch_size, size, kind, initial_params):
+        runs = (_gate_runner(inputs, group, mesh, size=size, budget_bytes=memory_budget_mb * 2**20) if how == "gates"
+                else _weight_runner(inputs, group, mesh, size=size, kind=kind, initial_params=initial_params))
+        for chunk_results in runs:
             results += chunk_results
             bar.update(len(chunk_results))
             if on_chunk is not None:
@@ -257,16 +275,16 @@ def evaluate(
     return [by_key[(a.name, a.kind, a.layers)] for a in ablations]
 
 
-def _collect(forward_chunk: Callable, group, images, targets, batch_size, metric, rows=None):
+def _collect(forward_chunk: Callable, group, inputs: Inputs, mesh, rows=None):
     """Run ``forward_chunk(images, targets) -> dict of (K, B)`` over all batches; join per mask.
 
-    ``rows[i]`` is the output row of ``group[i]`` (default: ``i``)."""
-    from resnet_jax import train
-
-    mesh = train.data_mesh()  # examples are split over every device; masks ride along
+    Examples are split over every device; masks ride along. ``rows[i]`` is the output row of
+    ``group[i]`` (default: ``i``)."""
+    metric, batch_size = inputs.metric, inputs.batch_size
     parts: list[dict[str, np.ndarray]] = []
-    for start, stop in _batches(len(images), batch_size):
-        x, y = train.shard_batch(mesh, _pad(images[start:stop], batch_size), _pad(targets[start:stop], batch_size))
+    for start, stop in _batches(len(inputs.images), batch_size):
+        x, y = devices.shard_batch(mesh, devices.pad_rows(inputs.images[start:stop], batch_size),
+                                   devices.pad_rows(inputs.targets[start:stop], batch_size))
         out = forward_chunk(x, y)
         parts.append({k: np.asarray(v)[:, : stop - start] for k, v in out.items()})
     joined = {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
@@ -286,11 +304,12 @@ def _results(collected, seconds: float, temp_bytes: int = 0) -> list[Result]:
             for a, value, low, high, loss, pe, breakdown in collected]
 
 
-def _gate_runner(model, variables, group, layers, images, targets, mean, std, metric, batch_size, size,
-                 kind, initial_params, *, budget_bytes):
+def _gate_runner(inputs: Inputs, group, mesh, *, size: int, budget_bytes: float):
     # Baselines first (they read the clean rows), then copies in network order of their branch
-    # points and in the models.Copies field order there, so the rows present at any layer are a
+    # points and in the batching.Copies field order there, so the rows present at any layer are a
     # prefix of the final rows; input-independent ablations last (one row each).
+    model, variables, layers = inputs.model, inputs.variables, inputs.layers
+    mean, std = inputs.image_mean, inputs.image_std
     inside = _supports_branches(model)
     place = {id(a): placement(a, layers) if inside or not a.layers else ("", "full") for a in group}
     rank = {p: i for i, p in enumerate({l.unit or l.name: None for l in layers})}
@@ -301,17 +320,14 @@ def _gate_runner(model, variables, group, layers, images, targets, mean, std, me
             return (-1,)
         if where == "constant":
             return (len(rank),)
-        return rank.get(where[0], 0), models.Copies._fields.index(where[1])
+        return rank.get(where[0], 0), batching.Copies._fields.index(where[1])
 
     ordered = sorted(group, key=order)
     n_base = sum(not a.layers for a in ordered)
     # One gate vector per site over all masked ablations of the group; a chunk takes its slice, so
     # every chunk has one pytree structure and chunks of one structure share a program.
     sites = abl.make_gates(ordered[n_base:], layers)
-    from resnet_jax import train
-
-    mesh = train.data_mesh()
-    example = train.shard_batch(mesh, _pad(images[:batch_size], batch_size), _pad(targets[:batch_size], batch_size))
+    example = inputs.example_batch(mesh)
     compiled = {}
     queue = [(lo, min(lo + size, len(ordered))) for lo in range(0, len(ordered), size)]
     while queue:
@@ -323,25 +339,24 @@ def _gate_runner(model, variables, group, layers, images, targets, mean, std, me
         constants = last - first - len(joining)
         clean = bool(joining) or any(not a.layers for a in chunk)
         counts = collections.Counter(joining)
-        branches = tuple((p, models.Copies(**{f: counts[(p, f)] for f in models.Copies._fields}))
+        branches = tuple((p, batching.Copies(**{f: counts[(p, f)] for f in batching.Copies._fields}))
                          for p in dict.fromkeys(p for p, _ in joining))
         key = (branches, len(joining), constants, clean)
         if key not in compiled:
-            program = _gates_forward(model, metric, *key).lower(variables, gates, *example, mean, std).compile()
+            program = _gates_forward(model, inputs.metric, *key).lower(variables, gates, *example, mean, std).compile()
             compiled[key] = program, _temp_bytes(program)
         forward, temp = compiled[key]
         if temp > budget_bytes and len(chunk) > 1:  # XLA's buffer plan says the estimate was too low
             queue[:0] = [(lo, (lo + hi) // 2), ((lo + hi) // 2, hi)]
             continue
         if temp > budget_bytes:
-            warnings.warn(f"one ablation at batch size {batch_size} needs {temp / 2**20:.0f} MB of scratch memory, "
+            warnings.warn(f"one ablation at batch size {inputs.batch_size} needs {temp / 2**20:.0f} MB of scratch memory, "
                           f"over the budget of {budget_bytes / 2**20:.0f} MB; lower the batch size to fit",
                           stacklevel=2)
         # Output row of each ablation: 0 is the clean model; masked ones follow in `sites` order.
         rows = [i - n_base - first + clean if a.layers else 0 for i, a in enumerate(chunk, start=lo)]
         t0 = time.perf_counter()
-        collected = _collect(lambda x, y: forward(variables, gates, x, y, mean, std), chunk, images, targets,
-                             batch_size, metric, rows)
+        collected = _collect(lambda x, y: forward(variables, gates, x, y, mean, std), chunk, inputs, mesh, rows)
         yield _results(collected, time.perf_counter() - t0, temp)
 
 
@@ -351,26 +366,26 @@ def _temp_bytes(program) -> int:
     return int(getattr(analysis, "temp_size_in_bytes", 0) or 0)
 
 
-def _weight_runner(model, variables, group, layers, images, targets, mean, std, metric, batch_size, size,
-                   kind, initial_params):
+def _weight_runner(inputs: Inputs, group, mesh, *, size: int, kind: str, initial_params: Any):
+    model, variables, layers = inputs.model, inputs.variables, inputs.layers
     replacement_fn = None
     if kind == "reinit":
         if initial_params is None:
             raise ValueError("reinit needs the run's initial parameters (initial_params)")
         replacement_fn = lambda seed: initial_params  # noqa: E731
     elif kind == "rerandomize":
-        sample = jnp.zeros((1, *images.shape[1:]), jnp.float32)
+        sample = jnp.zeros((1, *inputs.images.shape[1:]), jnp.float32)
         replacement_fn = lambda seed: model.init(jax.random.key(seed), sample)["params"]  # noqa: E731
-    forward = _weights_forward(model, metric, replacement_fn)
+    forward = _weights_forward(model, inputs.metric, replacement_fn)
     masks = [abl.make_mask(variables["params"], a, layers) for a in group]
     seeds = np.asarray([a.seed for a in group], np.uint32)
     for start in range(0, len(group), size):
         chunk = group[start:start + size]
         pad = size - len(chunk)
         chunk_masks = abl.stack(masks[start:start + size] + [masks[0]] * pad)
-        chunk_seeds = _pad(seeds[start:start + size], size)
+        chunk_seeds = devices.pad_rows(seeds[start:start + size], size)
         t0 = time.perf_counter()
         collected = _collect(
-            lambda x, y: forward(variables, chunk_masks, chunk_seeds, x, y, mean, std), chunk, images, targets,
-            batch_size, metric)
+            lambda x, y: forward(variables, chunk_masks, chunk_seeds, x, y, inputs.image_mean, inputs.image_std),
+            chunk, inputs, mesh)
         yield _results(collected, time.perf_counter() - t0)

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import models
+from resnet_jax.models import resnet as models
 
 STEMS = ("torchvision", "cifar")
 TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50")
@@ -59,7 +59,7 @@ class _Entry:
     shape: tuple[int, ...]  # shape in torch layout
 
 
-def _import_torch():
+def import_torch():
     try:
         import torch
     except ImportError as e:
@@ -68,7 +68,7 @@ def _import_torch():
 
 
 def _import_torchvision():
-    _import_torch()
+    import_torch()
     try:
         import torchvision
     except ImportError as e:
@@ -79,7 +79,7 @@ def _import_torchvision():
 # --------------------------------------------------------------------------- the name map
 
 
-def _torch_module(name: str) -> str:
+def torch_module_name(name: str) -> str:
     """Canonical layer name -> torch module name (only the projection shortcut differs)."""
     if name.endswith("downsample"):
         return name + ".0"
@@ -115,7 +115,7 @@ def _entries(params: Mapping[str, Any], batch_stats: Mapping[str, Any]) -> list[
         node, stats = params, batch_stats
         for p in path:
             node, stats = node[p], (stats or {}).get(p)
-        module = _torch_module(name)
+        module = torch_module_name(name)
         if "scale" in node:
             for suffix, (coll, leaf) in _BN_LEAVES.items():
                 src = node if coll == "params" else (stats or {})
@@ -243,7 +243,7 @@ def to_torch_state_dict(
     Raises:
       ValueError: the variables are not laid out like ``arch``; names the first differing key.
     """
-    torch = _import_torch()
+    torch = import_torch()
     entries = _entries(variables["params"], variables.get("batch_stats", {}))
     shapes = {e.key: e.shape for e in entries}
     expected = _expected_for(arch, shapes)
@@ -303,7 +303,7 @@ def torchvision_model(arch: str, num_classes: int = 1000, stem: str = "torchvisi
     if stem not in STEMS:
         raise ValueError(f"unknown stem {stem!r}; valid: {STEMS}")
     torchvision = _import_torchvision()
-    torch = _import_torch()
+    torch = import_torch()
     net = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
     if stem == "cifar":
         net.conv1 = torch.nn.Conv2d(3, net.conv1.out_channels, 3, stride=1, padding=1, bias=False)
@@ -321,7 +321,7 @@ def load_torch_checkpoint(
     ``module.`` prefix on every key (``DataParallel``) is dropped. Loads with
     ``weights_only=True``, so no pickled code runs.
     """
-    torch = _import_torch()
+    torch = import_torch()
     obj = torch.load(path, map_location="cpu", weights_only=True)
     state_dict = _find_state_dict(obj, path)
     if state_dict and all(k.startswith("module.") for k in state_dict):

@@ -33,9 +33,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import ablation as abl
-from resnet_jax import configs, convert, engine, metrics, models
-from resnet_jax import protocols as prot
+from resnet_jax import checkpointing, configs, metrics
+from resnet_jax.ablation import catalogue as abl
+from resnet_jax.ablation import engine
+from resnet_jax.ablation import protocols as prot
+from resnet_jax.data import images as image_data
+from resnet_jax.data.inputs import channel_stats, normalize
+from resnet_jax.interop import convert
+from resnet_jax.models import resnet as models
+from resnet_jax.training import classification, core, runs
 
 LOGIT_TOL = 1e-3
 MARGIN_TOL = 1e-4
@@ -67,7 +73,7 @@ def ablation_in_torch(state_dict: Mapping[str, Any], ablation: abl.Ablation, lay
       arch: the architecture, for ``rerandomize``.
       initial: the initial state_dict, for ``reinit``.
     """
-    torch = convert._import_torch()
+    torch = convert.import_torch()
     by_name = {l.name: l for l in layers}
     unknown = [n for n in ablation.layers if n not in by_name]
     if unknown:
@@ -87,7 +93,7 @@ def ablation_in_torch(state_dict: Mapping[str, Any], ablation: abl.Ablation, lay
 def _torch_targets(ablation: abl.Ablation, layers: Sequence[abl.Layer]) -> set[str]:
     """torch keys an ablation replaces; names go through convert's one name map."""
     by_name = {l.name: l for l in layers}
-    module = convert._torch_module
+    module = convert.torch_module_name
     keys = set()
     for name in ablation.layers:
         layer = by_name[name]
@@ -167,7 +173,7 @@ def verify_workdir(workdir: str | os.PathLike, *, protocols: Sequence[str] = pro
     """Score the baseline and every mask of ``protocols`` x ``kinds`` in JAX and in PyTorch; compare.
 
     Both see the run's checkpoint, the same ``n_examples`` test images (the subset ``ablate`` uses)
-    normalised as ``(x / 255 - image_mean) / image_std``; JAX through the ablation engine that
+    normalised as in training (:func:`resnet_jax.data.inputs.normalize`); JAX through the ablation engine that
     writes the tables (in full float32, even for a bfloat16 run or on a GPU, whose TF32 convs alone
     would exceed the tolerance), PyTorch through a torchvision model in eval mode on the CPU with
     the ablation applied to its state_dict (:func:`ablation_in_torch`). A row fails when its max logit deviation exceeds
@@ -183,16 +189,15 @@ def verify_workdir(workdir: str | os.PathLike, *, protocols: Sequence[str] = pro
       ``{'rows': [...], 'ok': bool, 'csv': path}``: one row per mask (:data:`CSV_COLUMNS`), also
       written to ``<workdir>/verify.csv``, and whether every row is ok.
     """
-    from resnet_jax import checkpointing, train
-
     workdir = Path(workdir)
     kinds = list(dict.fromkeys(kinds))
     _check_request(workdir, protocols, kinds)
-    config, model, state, test = train.restore_run(workdir, which=checkpoint, data_dir=data_dir)
+    run = runs.restore(workdir, which=checkpoint, data_dir=data_dir, command="verify")
+    config, model, state, test = run.config, run.model, run.state, run.test
     arch, stem = config["model"]["name"], config["model"]["stem"]
     if config["model"]["dtype"] != "float32":  # bfloat16 rounding alone exceeds any useful tolerance
         log(f"note: the run computes in {config['model']['dtype']}; verifying its float32 forward pass")
-        model = train.build_model({**config, "model": {**config["model"], "dtype": "float32"}}, test.num_classes)
+        model = classification.build_model({**config, "model": {**config["model"], "dtype": "float32"}}, test.num_classes)
     variables = jax.device_get(state.variables)
     test = test.take(n_examples, seed=0)
     mean, std = np.asarray(state.image_mean, np.float32), np.asarray(state.image_std, np.float32)
@@ -254,12 +259,12 @@ def _jax_results(model, variables, jobs: Sequence[_Job], layers, test, mean, std
 def _torch_logits_fn(variables, layers, images: np.ndarray, mean, std, *, arch: str, stem: str, initial,
                      batch_size: int) -> Callable[[abl.Ablation], np.ndarray]:
     """``ablation -> logits`` of the torchvision twin on ``images`` (NCHW, normalised as in JAX); cached."""
-    torch = convert._import_torch()
+    torch = convert.import_torch()
     state_dict = convert.to_torch_state_dict(variables, arch=arch)
     initial_sd = None if initial is None else convert.to_torch_state_dict(
         {"params": initial, "batch_stats": variables["batch_stats"]}, arch=arch)
     net = convert.torchvision_model(arch, num_classes=int(state_dict["fc.weight"].shape[0]), stem=stem).eval()
-    x = (images.astype(np.float32) / np.float32(255.0) - mean) / std
+    x = np.asarray(normalize(images, mean, std))  # the normalisation of training and of the engine
     x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
     cache: dict[tuple[str, str], np.ndarray] = {}
 
@@ -305,8 +310,20 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     return path
 
 
+def verdict(result: Mapping[str, Any]) -> str:
+    """One line: whether JAX and PyTorch agree on every mask, and by how much at worst."""
+    rows = result["rows"]
+    failed = [r for r in rows if not r["ok"]]
+    worst = max((r["max_logit_deviation"] for r in rows), default=0.0)
+    head = "PyTorch agrees" if not failed else f"PyTorch DISAGREES on {len(failed)} of {len(rows)} masks"
+    return (f"{head}: {len(rows)} masks on {rows[0]['n_examples'] if rows else 0} images, "
+            f"{sum(r['disagreements'] for r in rows)} prediction disagreements, max logit deviation {worst:.2e} "
+            f"(tolerance {LOGIT_TOL:g}), {sum(r['low_margin_examples'] for r in rows)} examples with a top-2 margin "
+            f"below {MARGIN_TOL:g}")
+
+
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Fixed-width table of :func:`verify_workdir`'s rows, with a one-line verdict."""
+    """Fixed-width table of :func:`verify_workdir`'s rows."""
     head = (f"{'protocol':<27}{'mask':<22}{'kind':<12}{'jax':>8}{'torch':>8}{'|delta|':>9}"
             f"{'max|dlogit|':>13}{'disagree':>10}{'low-margin':>12}  ok")
     lines = [head, "-" * len(head)]
@@ -314,12 +331,6 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
         lines.append(f"{r['protocol']:<27}{r['mask']:<22}{r['kind']:<12}{r['jax_value']:>8.4f}"
                      f"{r['torch_value']:>8.4f}{r['abs_delta']:>9.4f}{r['max_logit_deviation']:>13.2e}"
                      f"{r['disagreements']:>10}{r['low_margin_examples']:>12}  {'yes' if r['ok'] else 'NO'}")
-    failed = [r for r in rows if not r["ok"]]
-    worst = max((r["max_logit_deviation"] for r in rows), default=0.0)
-    verdict = "OK" if not failed else f"FAILED ({len(failed)} of {len(rows)} masks)"
-    lines.append(f"{verdict}: {len(rows)} masks, max logit deviation {worst:.2e} (tolerance {LOGIT_TOL:g}), "
-                 f"{sum(r['disagreements'] for r in rows)} prediction disagreements, "
-                 f"{sum(r['low_margin_examples'] for r in rows)} low-margin examples (margin < {MARGIN_TOL:g})")
     return "\n".join(lines)
 
 
@@ -328,13 +339,13 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def import_torch_run(path: str | os.PathLike, workdir: str | os.PathLike, *, arch: str, stem: str | None = None,
                      num_classes: int | None = None, data_name: str = "cifar10",
-                     data_dir: str | os.PathLike | None = None, config: str = "cifar10-resnet34-cpu",
+                     data_dir: str | os.PathLike | None = None, config: str | None = None,
                      overrides: Sequence[str] = (), normalization: str = "train",
                      image_mean: Sequence[float] | None = None, image_std: Sequence[float] | None = None,
                      log: Callable[[str], None] = print) -> Path:
     """Turn a torchvision checkpoint into a run directory that ``evaluate``, ``ablate`` and ``verify`` accept.
 
-    Writes ``config.json`` (the ``config`` preset with ``overrides``, then model and data set from the
+    Writes ``config.json`` (the ``config`` preset, by default the classification defaults, with ``overrides``, then model and data set from the
     arguments), one checkpoint at step 0 and ``import.json`` (where the weights came from). The input
     normalisation is not stored in a state_dict, so it is chosen here: ``'train'`` (default) uses the
     channel statistics of the dataset's training split, which is what ``resnet-jax train`` does and
@@ -351,9 +362,6 @@ def import_torch_run(path: str | os.PathLike, workdir: str | os.PathLike, *, arc
         head does not fit the dataset's classes.
       ConfigError: ``workdir`` is not empty, or an option is invalid.
     """
-    from resnet_jax import checkpointing, train
-    from resnet_jax.data import DataError
-
     path, workdir = Path(path), Path(workdir)
     if arch not in convert.TORCHVISION_ARCHS:
         raise configs.ConfigError(f"unknown arch {arch!r}; valid: {list(convert.TORCHVISION_ARCHS)}")
@@ -366,56 +374,54 @@ def import_torch_run(path: str | os.PathLike, workdir: str | os.PathLike, *, arc
         raise configs.ConfigError("give both image_mean and image_std, three values each (R G B, in [0, 1] units)")
     variables = _read_checkpoint(path, arch=arch, num_classes=num_classes, stem=stem)
     stem = stem or ("cifar" if variables["params"]["conv1"]["kernel"].shape[0] == 3 else "torchvision")
-    cfg = configs.load_config(config, overrides)
+    cfg = configs.load_config(config, overrides) if config else configs.defaults("classification", overrides)
+    config_used = config or "the classification defaults (float32, the whole test split)"
     cfg["model"].update(name=arch, stem=stem)
     cfg["data"].update(name=data_name, data_dir=str(Path(data_dir).absolute()) if data_dir else None)
     cfg["about"] = f"imported from {path.absolute()} by resnet-jax import-torch"
-    train_split, _ = train.load_data(cfg)
+    train_split = classification.load_splits(cfg).train
     head = variables["params"]["fc"]["kernel"].shape[1]
     if head != train_split.num_classes:
-        raise DataError(f"{path}: the checkpoint's fc has {head} outputs but {data_name} has "
+        raise image_data.DataError(f"{path}: the checkpoint's fc has {head} outputs but {data_name} has "
                         f"{train_split.num_classes} classes")
     if image_mean is not None:
         mean, std = np.asarray(image_mean, np.float32), np.asarray(image_std, np.float32)
     elif normalization == "imagenet":
         mean, std = np.asarray(IMAGENET_MEAN, np.float32), np.asarray(IMAGENET_STD, np.float32)
     else:
-        mean, std = train.channel_stats(train_split.images)
+        mean, std = channel_stats(train_split.images)
     state = _state_with(cfg, variables, train_split, mean, std)
-    train.prepare_workdir(cfg, workdir, force_new=False)
+    core.prepare_workdir(cfg, workdir, force_new=False)
     mngr = checkpointing.manager(workdir, keep=cfg["train"]["keep_checkpoints"])
     checkpointing.save(mngr, 0, state)
     record = {"source": str(path.absolute()), "sha256": _sha256(path), "arch": arch, "stem": stem,
               "num_classes": int(head), "image_mean": mean.tolist(), "image_std": std.tolist(),
               "normalization": "explicit" if image_mean is not None else normalization}
     (workdir / "import.json").write_text(json.dumps(record, indent=2))
-    log(f"imported {path} ({arch}, {stem} stem, {head} classes) into {workdir}")
+    log(f"imported {path} ({arch}, {stem} stem, {head} classes) into {workdir} with config {config_used}: "
+        f"evaluated on {cfg['data']['max_test_examples'] or 'all'} test images of {data_name}")
     return workdir
 
 
 def _read_checkpoint(path: Path, *, arch: str, num_classes, stem) -> dict[str, Any]:
     """convert's reader, with every way a file can fail to be a checkpoint of ``arch`` as a DataError."""
-    from resnet_jax.data import DataError
-
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
-    convert._import_torch()  # a missing torch is an install problem, not a bad file
+    convert.import_torch()  # a missing torch is an install problem, not a bad file
     try:
         return convert.load_torch_checkpoint(path, arch=arch, num_classes=num_classes, stem=stem)
     except ValueError as err:
-        raise DataError(f"{path} is not a {arch} checkpoint: {err}") from err
+        raise image_data.DataError(f"{path} is not a {arch} checkpoint: {err}") from err
     except Exception as err:  # noqa: BLE001 - torch.load of a non-checkpoint raises anything (IndexError, KeyError...)
-        raise DataError(f"{path}: torch.load(weights_only=True) cannot read it "
+        raise image_data.DataError(f"{path}: torch.load(weights_only=True) cannot read it "
                         f"({type(err).__name__}: {str(err)[:300]})") from err
 
 
 def _state_with(cfg, variables, train_split, mean, std):
     """A fresh TrainState of the config's model carrying the imported weights and normalisation."""
-    from resnet_jax import train
-
-    model = train.build_model(cfg, train_split.num_classes)
+    model = classification.build_model(cfg, train_split.num_classes)
     steps = max(1, len(train_split) // cfg["train"]["batch_size"])
-    state = train.create_train_state(model, train.make_optimizer(cfg, steps), train_split.images.shape[1:],
+    state = core.create_train_state(model, core.make_optimizer(cfg, steps), train_split.images.shape[1:],
                                      seed=cfg["train"]["seed"], mean=mean, std=std)
     imported = {k: jax.tree.map(jnp.asarray, variables[k]) for k in ("params", "batch_stats")}
     for k in imported:

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from resnet_jax import files
+
 TFDS_NAMES = ("cifar10", "cifar100", "mnist", "fashion_mnist")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _CACHE_VERSION = "1"
@@ -195,7 +197,7 @@ def load_imagefolder(data_dir, split: str, *, cache_dir=None) -> Split:
         with np.load(cache) as z:
             return Split(z["images"], z["labels"], tuple(json.loads(str(z["class_names"]))))
     split_data = _decode_members(kind, path, members)
-    _atomic_savez(cache, images=split_data.images, labels=split_data.labels,
+    files.savez(cache, images=split_data.images, labels=split_data.labels,
                   class_names=json.dumps(list(split_data.class_names)))
     return split_data
 
@@ -218,14 +220,6 @@ def _decode_members(kind: str, path: Path, members: list[tuple[str, str]]) -> Sp
         images.append(arr)
         labels.append(index[class_of[member]])
     return Split(np.stack(images), np.asarray(labels, np.int32), class_names)
-
-
-def _atomic_savez(path: Path, **arrays) -> None:
-    """Write then rename, so an interrupted write never leaves a half cache file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
 
 
 # TFDS ----------------------------------------------------------------------------------------

@@ -14,6 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from resnet_jax.ablation.tables import breakdown_columns
+from resnet_jax.reporting import markdown
+
 NON_TRIVIAL_DROP = 0.05
 """A layer is *non-trivial* when ablating it lowers the metric by more than this (absolute) and the
 95 % interval of the ablated model lies wholly below the baseline."""
@@ -100,8 +103,6 @@ def _json(path: Path) -> Any:
 
 def _table(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
     """Header and cells of an ablation table; a metric's per-class columns (Dice) come last."""
-    from resnet_jax.protocols import breakdown_columns
-
     extra = breakdown_columns(rows)
     header = ["mask", rows[0]["metric"], "95 % CI", "delta", "n", *extra]
     return header, [[r["mask"], f"{r['value']:.4f}", f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]",
@@ -143,8 +144,9 @@ def _ablation_section(run: Path, label: str) -> tuple[list[tuple], dict]:
         rows = table["rows"]
         blocks += [("h3", table.get("title", stem)), ("p", table.get("description", "")),
                    ("table", *_table(rows))]
-        if table.get("figure") and Path(table["figure"]).is_file():
-            blocks.append(("img", table["figure"], f"{label}: {table.get('title', stem)}"))
+        figure = adir / Path(table["figure"]).name if table.get("figure") else None  # beside its table
+        if figure is not None and figure.is_file():
+            blocks.append(("img", str(figure), f"{label}: {table.get('title', stem)}"))
         facts[stem] = rows
     for extra in sorted(adir.glob("*qualitative*.png")) if adir.is_dir() else []:
         blocks.append(("img", str(extra), f"{label}: qualitative"))
@@ -178,8 +180,6 @@ def _findings(cls: dict, seg: dict, skip: dict | None) -> list[str]:
 
 def write_study_report(workdir: str | Path) -> Path:
     """Assemble the report of a ``reproduce`` workdir; returns the HTML path."""
-    from resnet_jax import reports
-
     workdir = Path(workdir)
     out = workdir / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -212,14 +212,15 @@ def write_study_report(workdir: str | Path) -> Path:
         with verify_csv.open() as fh:
             rows = list(csv.reader(fh))
         blocks += [("h2", "Cross-check in PyTorch"), ("table", rows[0], [[_short(c) for c in r] for r in rows[1:]])]
-    stages = _json(workdir / "stages.json") or {}
+    record = _json(workdir / "stages.json") or {}
+    stages = record.get("stages", {})
     blocks += [("h2", "Timings"), ("table", ["stage", "seconds", "finished"],
                                    [[s, f"{v['seconds']:.1f}", v["finished"]] for s, v in stages.items()])]
     for run in ("cifar10-resnet34", "acdc-pspnet34", "mnist-skip"):
         config = workdir / run / "config.json"
         if config.is_file():
             blocks += [("h3", f"Config: {run}"), ("pre", config.read_text().strip())]
-    blocks += [("h2", "Environment"), ("pre", json.dumps(reports.environment(), indent=2))]
+    blocks += [("h2", "Environment"), ("pre", json.dumps(markdown.environment(), indent=2))]
     # Figures are copied beside report.md so the Markdown works when the folder is moved.
     md_blocks = []
     for block in blocks:

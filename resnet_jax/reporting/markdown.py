@@ -1,4 +1,4 @@
-"""Figures and the Markdown report of a run's ablation tables."""
+"""The Markdown report of one run: training summary, every ablation table with its provenance and figure."""
 
 from __future__ import annotations
 
@@ -7,66 +7,11 @@ import platform
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_single(rows: Sequence[dict], decomposition: set[str], path: Path, *, title: str) -> Path:
-    """Metric per layer in network order, the baseline as a line, decomposition layers marked."""
-    plt = _pyplot()
-    names = [r["mask"] for r in rows]
-    values = np.array([r["value"] for r in rows])
-    low = values - np.array([r["ci_low"] for r in rows])
-    high = np.array([r["ci_high"] for r in rows]) - values
-    fig, ax = plt.subplots(figsize=(max(8, 0.28 * len(rows)), 4.5))
-    x = np.arange(len(rows))
-    ax.errorbar(x, values, yerr=[low, high], fmt="-o", color="tab:blue", ms=4, lw=1, capsize=2,
-                label="kernel ablated")
-    marked = [i for i, n in enumerate(names) if n in decomposition]
-    ax.scatter(x[marked], values[marked], s=80, facecolors="none", edgecolors="tab:red", lw=1.5, zorder=3,
-               label="decomposition layer")
-    ax.axhline(rows[0]["baseline"], color="black", ls="--", lw=1, label=f"baseline {rows[0]['baseline']:.3f}")
-    ax.set_xticks(x, names, rotation=90, fontsize=7)
-    ax.set_ylabel(rows[0]["metric"])
-    ax.set_ylim(0, 1.02)
-    ax.set_title(title)
-    ax.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def plot_bars(rows: Sequence[dict], path: Path, *, title: str) -> Path:
-    """One bar per mask (a stage), with 95 % intervals and the baseline as a line."""
-    plt = _pyplot()
-    values = np.array([r["value"] for r in rows])
-    err = [values - np.array([r["ci_low"] for r in rows]), np.array([r["ci_high"] for r in rows]) - values]
-    fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 4))
-    ax.bar(range(len(rows)), values, yerr=err, color="tab:blue", capsize=4)
-    ax.axhline(rows[0]["baseline"], color="black", ls="--", lw=1, label=f"baseline {rows[0]['baseline']:.3f}")
-    ax.set_xticks(range(len(rows)), [r["mask"] for r in rows], fontsize=8)
-    ax.set_ylabel(rows[0]["metric"])
-    ax.set_ylim(0, 1.02)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+from resnet_jax import files
+from resnet_jax.ablation.tables import breakdown_columns
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
-    from resnet_jax.protocols import breakdown_columns
-
     extra = breakdown_columns(rows)
     head = ("| mask | kind | value | 95 % CI | delta vs baseline | n |" + "".join(f" {c} |" for c in extra)
             + "\n|---|---|---:|---:|---:|---:|" + "---:|" * len(extra))
@@ -122,8 +67,10 @@ def write_report(workdir: str | Path) -> Path:
         title = data.get("title", path.stem)
         parts += [f"## {title}", "", data.get("description", "")]
         parts += ["", markdown_table(data["rows"]), ""] if "rows" in data else [""]  # no rows: a figure only
-        if data.get("figure"):
-            parts += [f"![{title}]({Path(data['figure']).relative_to(workdir)})", ""]
+        if data.get("provenance"):
+            parts += [provenance_line(data["provenance"]), ""]
+        if data.get("figure"):  # stored by file name (older tables: a path); the figure lies beside its table
+            parts += [f"![{title}](ablation/{Path(data['figure']).name})", ""]
         if "seconds" in data:
             timings.append(f"| {path.stem} | {len(data['rows'])} | {data['seconds']:.1f} |")
     if timings:
@@ -132,6 +79,11 @@ def write_report(workdir: str | Path) -> Path:
     if config_path.is_file():
         parts += ["## Config", "", "```json", config_path.read_text().strip(), "```", ""]
     parts += ["## Environment", "", "```json", json.dumps(environment(), indent=2), "```", ""]
-    out = workdir / "report.md"
-    out.write_text("\n".join(parts))
-    return out
+    return files.write_text(workdir / "report.md", "\n".join(parts))
+
+
+def provenance_line(p: dict) -> str:
+    """Which checkpoint and which examples a table came from, in one line."""
+    return (f"Scored on {p['n_examples']} test examples (sha {p['examples_sha']}) with the {p.get('checkpoint', '?')} "
+            f"checkpoint, step {p.get('checkpoint_step', '?')} (parameter sha {p['checkpoint_sha']}), "
+            f"metric {p['metric'].get('name', '?')}.")

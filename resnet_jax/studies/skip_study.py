@@ -19,81 +19,24 @@ depths randomly permuted: the same depth histogram and mean, no image-specific c
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from resnet_jax import configs, data, metrics
-from resnet_jax import skipping as sk
+from resnet_jax import files, metrics
+from resnet_jax.data import images as data
+from resnet_jax.models import skip_cnn as nets
+from resnet_jax.reporting import figures, markdown
+from resnet_jax.studies import skipping as analysis
+from resnet_jax.training import core
+from resnet_jax.training import skipping as skip_train
 
-SKIP_DEFAULTS: dict[str, Any] = {
-    "about": "",
-    "data": {
-        "name": "mnist",  # TFDS name or "synthetic"; with data_dir just a label
-        "data_dir": None,  # ImageFolder tree or per-split zips, instead of TFDS
-        "max_train_examples": None,
-        "max_test_examples": None,
-        "synthetic": {"size": 28, "channels": 1, "num_classes": 10, "train_examples": 2048, "test_examples": 512},
-    },
-    "model": {"channels": 32, "router_channels": [8, 16]},
-    "train": {  # CNN-1 and the useful CNN-3
-        "epochs": 20, "batch_size": 32, "learning_rate": 1e-3, "rho": 0.9, "eps": 1e-7, "seed": 0,
-    },
-    "selection": {"maps_per_layer": 10, "images_per_map": 10, "site": "relu", "batch_size": 500},
-    "router": {"epochs": 50, "batch_size": 32, "learning_rate": 1e-3, "holdout": 0.2},
-    "literal": {"epochs": 50, "batch_size": 32, "learning_rate": 1e-3},
-    "evaluation": {"batch_size": 500, "min_bucket": 32, "timing_repeats": 5},
-}
-
-SKIP_PRESETS: dict[str, dict[str, Any]] = {
-    "mnist-skip": {
-        "about": "The study's scale (accelerator; 20 epochs, Keras batch 32): resnet-jax skip-study "
-                 "--config mnist-skip --workdir runs/skip --data-dir ../shared/data/mnist",
-    },
-    "mnist-skip-cpu": {
-        "about": "About 10 minutes on a busy 2-core CPU (16 channels, 5 epochs): resnet-jax skip-study "
-                 "--config mnist-skip-cpu --workdir runs/skip-cpu --data-dir ../shared/data/mnist",
-        "model": {"channels": 16},
-        "train": {"epochs": 5, "batch_size": 64},
-        "router": {"epochs": 40},
-        "literal": {"epochs": 40},
-        "evaluation": {"batch_size": 500, "timing_repeats": 5},
-    },
-    "mnist-skip-smoke": {
-        "about": "Seconds, for tests and CI: resnet-jax skip-study --config mnist-skip-smoke --workdir /tmp/s "
-                 "--data-dir ../shared/data/mnist (or --set data.name=synthetic)",
-        "data": {"max_train_examples": 512, "max_test_examples": 256,
-                 "synthetic": {"train_examples": 512, "test_examples": 256}},
-        "model": {"channels": 8, "router_channels": [4]},
-        "train": {"epochs": 1, "batch_size": 64},
-        "selection": {"images_per_map": 5, "batch_size": 128},
-        "router": {"epochs": 2, "batch_size": 16},
-        "literal": {"epochs": 2, "batch_size": 16},
-        "evaluation": {"batch_size": 128, "min_bucket": 128, "timing_repeats": 1},
-    },
-    "cifar100-skip": {
-        "about": "Study B's repeat on CIFAR-100 (accelerator, TFDS): resnet-jax skip-study --config cifar100-skip "
-                 "--workdir runs/skip-c100; --set data.name=synthetic gives a 32x32x3, 100-class stand-in",
-        "data": {"name": "cifar100",
-                 "synthetic": {"size": 32, "channels": 3, "num_classes": 100, "train_examples": 5000,
-                               "test_examples": 1000}},
-        "model": {"channels": 64},
-    },
-}
-
-
-# Config and data -----------------------------------------------------------------------------------
-
-def load_skip_config(name_or_file: str, overrides: Iterable[str] = ()) -> dict[str, Any]:
-    """A Study B preset name or a YAML/JSON file over :data:`SKIP_DEFAULTS`, then ``key=value`` overrides."""
-    return configs.resolve(name_or_file, overrides, defaults=SKIP_DEFAULTS, presets=SKIP_PRESETS, what="skip-study config")
-
+# Data ---------------------------------------------------------------------------------------------
 
 def load_data(config: Mapping) -> tuple[data.Split, data.Split]:
     """Train and test splits; ``synthetic`` is sized by ``data.synthetic`` (e.g. 32x32x3, 100 classes)."""
@@ -125,13 +68,6 @@ def stratified_split(labels: np.ndarray, *, fraction: float, seed: int) -> tuple
 
 # Stages ----------------------------------------------------------------------------------------------
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
-
-
 def _stage(workdir: Path, name: str, compute: Callable[[], dict], log: Callable[[str], None]) -> dict:
     """Run ``compute`` once per workdir; its JSON result makes a rerun skip it."""
     path = workdir / "stages" / f"{name}.json"
@@ -141,7 +77,7 @@ def _stage(workdir: Path, name: str, compute: Callable[[], dict], log: Callable[
     log(f"[{name}] running")
     start = time.perf_counter()
     result = {**compute(), "seconds": time.perf_counter() - start}
-    _write_json(path, result)
+    files.write_json(path, result)
     return result
 
 
@@ -149,8 +85,8 @@ def _trained(config: Mapping, workdir: Path, name: str, model, images, labels, *
              section: str, log) -> Any:
     """Parameters of ``model`` trained by the ``section`` settings (resumed or restored from its checkpoints)."""
     t, s = config["train"], config[section]
-    tx = sk.rmsprop(learning_rate=s["learning_rate"], rho=t["rho"], eps=t["eps"])
-    state = sk.fit(model, images, labels, tx=tx, depths=depths, epochs=s["epochs"], batch_size=s["batch_size"],
+    tx = skip_train.rmsprop(learning_rate=s["learning_rate"], rho=t["rho"], eps=t["eps"])
+    state = skip_train.fit(model, images, labels, tx=tx, depths=depths, epochs=s["epochs"], batch_size=s["batch_size"],
                    seed=t["seed"], workdir=workdir / "models" / name, log=log)
     return state.params
 
@@ -161,26 +97,26 @@ def _accuracy(predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {"accuracy": correct / max(1, len(labels)), "ci_low": low, "ci_high": high, "n": int(len(labels))}
 
 
-def _cnn1_logits(config: Mapping, cnn1: sk.SkipCNN, params, images: np.ndarray) -> np.ndarray:
+def _cnn1_logits(config: Mapping, cnn1: nets.SkipCNN, params, images: np.ndarray) -> np.ndarray:
     """CNN-1 is every example at depth 2: the plain forward, by the runner the routed CNN-3 uses too."""
     e = config["evaluation"]
-    return sk.predict_bucketed(cnn1, params, images, np.full(len(images), 2), batch_size=e["batch_size"],
+    return analysis.predict_bucketed(cnn1, params, images, np.full(len(images), 2), batch_size=e["batch_size"],
                                min_bucket=e["min_bucket"])
 
 
 def _select(config: Mapping, workdir: Path, cnn1, params, train: data.Split) -> dict:
     s = config["selection"]
     n_maps = min(s["maps_per_layer"], config["model"]["channels"])
-    scores = sk.activation_scores(cnn1, params, train.images, n_maps=n_maps, batch_size=s["batch_size"],
+    scores = analysis.activation_scores(cnn1, params, train.images, n_maps=n_maps, batch_size=s["batch_size"],
                                   site=s["site"])
-    chosen = sk.select_strongest(scores, per_map=min(s["images_per_map"], len(train)))
-    indices, labels = sk.layer_labels(chosen)
+    chosen = analysis.select_strongest(scores, per_map=min(s["images_per_map"], len(train)))
+    indices, labels = analysis.layer_labels(chosen)
     np.savez(workdir / "selection.npz", scores=scores, chosen=chosen, indices=indices, labels=labels,
              images=train.images[indices])
-    figure = _plot_selection(train.images, chosen, labels=dict(zip(indices.tolist(), labels.tolist())),
+    figure = figures.plot_selection(train.images, chosen, labels=dict(zip(indices.tolist(), labels.tolist())),
                              path=workdir / "figures" / "selection.png")
-    per_layer = [{"layer": sk.CONVS[l], "picks": int(chosen[l].size), "unique": int(len(np.unique(chosen[l]))),
-                  "labelled_here": int((labels == l).sum())} for l in range(len(sk.CONVS))]
+    per_layer = [{"layer": nets.CONVS[l], "picks": int(chosen[l].size), "unique": int(len(np.unique(chosen[l]))),
+                  "labelled_here": int((labels == l).sum())} for l in range(len(nets.CONVS))]
     return {"n_maps": n_maps, "site": s["site"], "per_layer": per_layer, "n_labelled": int(len(indices)),
             "indices": indices.tolist(), "labels": labels.tolist(), "chosen": chosen.tolist(),
             "figure": str(figure.relative_to(workdir)),
@@ -188,7 +124,7 @@ def _select(config: Mapping, workdir: Path, cnn1, params, train: data.Split) -> 
 
 
 def _router(config, router, params, images, labels, held_out) -> dict:
-    logits = sk.predict_logits(router, params, images[held_out], batch_size=config["evaluation"]["batch_size"])
+    logits = skip_train.predict_logits(router, params, images[held_out], batch_size=config["evaluation"]["batch_size"])
     pred = logits.argmax(-1)
     confusion = np.zeros((3, 3), int)
     np.add.at(confusion, (labels[held_out], pred), 1)
@@ -199,7 +135,7 @@ def _router(config, router, params, images, labels, held_out) -> dict:
 
 def _literal(config, model, params, images, labels, router_depths) -> dict:
     b = config["evaluation"]["batch_size"]
-    pred = lambda depths: sk.predict_logits(model, params, images, depths, batch_size=b).argmax(-1)  # noqa: E731
+    pred = lambda depths: skip_train.predict_logits(model, params, images, depths, batch_size=b).argmax(-1)  # noqa: E731
     return {
         "depth_true_label": _accuracy(pred(labels), labels),
         "depth_router": _accuracy(pred(router_depths), labels),
@@ -212,9 +148,9 @@ def _useful(config, workdir, cnn1, p1, cnn3, p3, test: data.Split, router_depths
     e, seed = config["evaluation"], config["train"]["seed"]
     y, n = test.labels, len(test)
     full = _cnn1_logits(config, cnn1, p1, test.images).argmax(-1)
-    fixed = np.stack([sk.predict_bucketed(cnn3, p3, test.images, np.full(n, d), batch_size=e["batch_size"],
-                                          min_bucket=e["min_bucket"]).argmax(-1) for d in sk.DEPTHS])
-    routed = sk.predict_bucketed(cnn3, p3, test.images, router_depths, batch_size=e["batch_size"],
+    fixed = np.stack([analysis.predict_bucketed(cnn3, p3, test.images, np.full(n, d), batch_size=e["batch_size"],
+                                          min_bucket=e["min_bucket"]).argmax(-1) for d in nets.DEPTHS])
+    routed = analysis.predict_bucketed(cnn3, p3, test.images, router_depths, batch_size=e["batch_size"],
                                  min_bucket=e["min_bucket"]).argmax(-1)
     correct = fixed == y
     oracle = np.where(correct.any(0), correct.argmax(0), 2)
@@ -224,8 +160,8 @@ def _useful(config, workdir, cnn1, p1, cnn3, p3, test: data.Split, router_depths
             ("CNN-3, depth from CNN-2 (useful reading)", routed, router_depths, True),
             ("CNN-3, random depth (same histogram)", at(random_depths), random_depths, False),
             ("CNN-3, oracle depth (needs the label)", at(oracle), oracle, False),
-            *[(f"CNN-3, fixed depth {d}", fixed[d], np.full(n, d), False) for d in sk.DEPTHS]]
-    base, per_depth = macs["cnn"][2], np.array([macs["cnn"][d] for d in sk.DEPTHS], np.float64)
+            *[(f"CNN-3, fixed depth {d}", fixed[d], np.full(n, d), False) for d in nets.DEPTHS]]
+    base, per_depth = macs["cnn"][2], np.array([macs["cnn"][d] for d in nets.DEPTHS], np.float64)
     out = []
     for name, pred, depths, routed_row in rows:
         m = float(per_depth[depths].mean())
@@ -234,7 +170,7 @@ def _useful(config, workdir, cnn1, p1, cnn3, p3, test: data.Split, router_depths
                     "mean_conv_layers": float(depths.mean() + 1),
                     "depth_counts": np.bincount(depths, minlength=3).tolist(), "macs_per_image": m,
                     "macs_per_image_with_router": m_total, "mac_ratio_vs_cnn1": m_total / base})
-    figure = _plot_tradeoff(out, workdir / "figures" / "tradeoff.png")
+    figure = figures.plot_tradeoff(out, workdir / "figures" / "tradeoff.png")
     return {"rows": out, "routed_matches_gathered": float(np.mean(routed == at(router_depths))),
             "figure": str(figure.relative_to(workdir))}
 
@@ -242,45 +178,44 @@ def _useful(config, workdir, cnn1, p1, cnn3, p3, test: data.Split, router_depths
 def _timing(config, cnn1, p1, cnn3, p3, router, pr, test: data.Split, macs: dict) -> dict:
     e = config["evaluation"]
     b, mb = e["batch_size"], e["min_bucket"]
-    route = lambda: sk.predict_logits(router, pr, test.images, batch_size=b).argmax(-1)  # noqa: E731
+    route = lambda: skip_train.predict_logits(router, pr, test.images, batch_size=b).argmax(-1)  # noqa: E731
     depths = route()
     load_before = os.getloadavg()
-    runs = sk.time_paths({
+    runs = analysis.time_paths({
         "cnn1": lambda: _cnn1_logits(config, cnn1, p1, test.images),
-        "cnn3_routed_incl_router": lambda: sk.predict_bucketed(cnn3, p3, test.images, route(), batch_size=b,
+        "cnn3_routed_incl_router": lambda: analysis.predict_bucketed(cnn3, p3, test.images, route(), batch_size=b,
                                                                min_bucket=mb),
-        "cnn3_bucketed_given_depths": lambda: sk.predict_bucketed(cnn3, p3, test.images, depths, batch_size=b,
+        "cnn3_bucketed_given_depths": lambda: analysis.predict_bucketed(cnn3, p3, test.images, depths, batch_size=b,
                                                                   min_bucket=mb),
-        "cnn3_masked_given_depths": lambda: sk.predict_logits(cnn3, p3, test.images, depths, batch_size=b),
+        "cnn3_masked_given_depths": lambda: skip_train.predict_logits(cnn3, p3, test.images, depths, batch_size=b),
     }, repeats=e["timing_repeats"])
     base = runs["cnn1"]["median_s"]
-    mean_macs = float(np.array([macs["cnn"][d] for d in sk.DEPTHS], np.float64)[depths].mean())
+    mean_macs = float(np.array([macs["cnn"][d] for d in nets.DEPTHS], np.float64)[depths].mean())
     return {"paths": runs, "wall_ratio_vs_cnn1": {k: v["median_s"] / base for k, v in runs.items()},
             "mac_ratio_vs_cnn1": {"cnn3_routed_incl_router": (mean_macs + macs["router"]) / macs["cnn"][2],
                                   "cnn3_bucketed_given_depths": mean_macs / macs["cnn"][2],
                                   "cnn3_masked_given_depths": 1.0},
-            "n_examples": len(test), "batch_size": b, "bucket_sizes": list(sk.bucket_sizes(b, mb)),
+            "n_examples": len(test), "batch_size": b, "bucket_sizes": list(analysis.bucket_sizes(b, mb)),
             "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "cpu_count": os.cpu_count()}
 
 
-def run_study(config: Mapping, workdir: str | Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_study(config: Mapping, workdir: str | Path, *, force_new: bool = False,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) Study B in ``workdir``; write ``skip_results.json`` and ``skip_report.md``."""
-    from resnet_jax import reports
-    from resnet_jax import train as train_lib
 
     workdir = Path(workdir)
     train, test = load_data(config)  # before touching the workdir: bad data leaves nothing behind
     # the preset's prose may change without changing the run
-    train_lib.prepare_workdir({k: v for k, v in config.items() if k != "about"}, workdir, force_new=False)
+    core.prepare_workdir(config, workdir, force_new=force_new)
     c, seed, e = config["model"]["channels"], config["train"]["seed"], config["evaluation"]
     shape, k = train.images.shape[1:], train.num_classes
-    macs = {"cnn": sk.skip_cnn_macs(shape, channels=c, num_classes=k),
-            "router": sk.router_macs(shape, channels=config["model"]["router_channels"])}
-    res: dict[str, Any] = {"config": dict(config), "macs": macs, "environment": reports.environment()}
+    macs = {"cnn": nets.skip_cnn_macs(shape, channels=c, num_classes=k),
+            "router": nets.router_macs(shape, channels=config["model"]["router_channels"])}
+    res: dict[str, Any] = {"config": dict(config), "macs": macs, "environment": markdown.environment()}
 
     # CNN-3 has CNN-1's architecture; the same module object also shares its compiled functions, and the
     # same seed gives both the same initial weights and example order: only the depths differ.
-    cnn1 = cnn3 = sk.SkipCNN(k, c)
+    cnn1 = cnn3 = nets.SkipCNN(k, c)
     p1 = _trained(config, workdir, "cnn1", cnn1, train.images, train.labels, section="train", log=log)
     res["cnn1"] = _stage(workdir, "cnn1", lambda: {"test": _accuracy(
         _cnn1_logits(config, cnn1, p1, test.images).argmax(-1), test.labels)}, log)
@@ -289,13 +224,13 @@ def run_study(config: Mapping, workdir: str | Path, *, log: Callable[[str], None
     fit_pos, held = stratified_split(labels, fraction=config["router"]["holdout"], seed=seed)
     labelled = train.images[idx]
 
-    router = sk.Router(tuple(config["model"]["router_channels"]))
+    router = nets.Router(tuple(config["model"]["router_channels"]))
     pr = _trained(config, workdir, "router", router, labelled[fit_pos], labels[fit_pos], section="router", log=log)
     res["router"] = _stage(workdir, "router", lambda: _router(config, router, pr, labelled, labels, held), log)
-    route = lambda images: sk.predict_logits(  # noqa: E731
+    route = lambda images: skip_train.predict_logits(  # noqa: E731
         router, pr, images, batch_size=e["batch_size"]).argmax(-1).astype(np.int32)
 
-    literal = sk.SkipCNN(len(sk.DEPTHS), c)
+    literal = nets.SkipCNN(len(nets.DEPTHS), c)
     pl = _trained(config, workdir, "cnn3_literal", literal, labelled[fit_pos], labels[fit_pos],
                   depths=labels[fit_pos], section="literal", log=log)
     res["literal"] = _stage(workdir, "literal", lambda: _literal(config, literal, pl, labelled[held], labels[held],
@@ -310,73 +245,13 @@ def run_study(config: Mapping, workdir: str | Path, *, log: Callable[[str], None
     res["timing"] = _stage(workdir, "timing",
                            lambda: _timing(config, cnn1, p1, cnn3, p3, router, pr, test, macs), log)
     res["figures"] = {"selection": res["selection"]["figure"], "tradeoff": res["useful"]["figure"]}
-    _write_json(workdir / "skip_results.json", res)
+    files.write_json(workdir / "skip_results.json", res)
     report = write_report(res, workdir)
     log(f"wrote {report} and {workdir / 'skip_results.json'}")
     return res
 
 
 # Figures and report ----------------------------------------------------------------------------------
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _plot_selection(images: np.ndarray, chosen: np.ndarray, *, labels: dict[int, int], path: Path) -> Path:
-    """One mosaic per conv layer: a row per feature map, its strongest images left to right.
-
-    A red frame marks an image whose label is a deeper layer (it was chosen there too).
-    """
-    plt = _pyplot()
-    layers, maps, per_map = chosen.shape
-    h, w = images.shape[1:3]
-    fig, axes = plt.subplots(1, layers, figsize=(4 * layers, 4 * maps / max(per_map, 1) + 0.6))
-    for l, ax in enumerate(np.atleast_1d(axes)):
-        mosaic = np.ones((maps * (h + 1), per_map * (w + 1), 3), np.float32)
-        for m in range(maps):
-            for j, i in enumerate(chosen[l, m]):
-                tile = np.broadcast_to(images[i].astype(np.float32) / 255.0, (h, w, 3)).copy()
-                if labels[int(i)] > l:
-                    tile[[0, -1], :], tile[:, [0, -1]] = (1, 0, 0), (1, 0, 0)
-                mosaic[m * (h + 1):m * (h + 1) + h, j * (w + 1):j * (w + 1) + w] = tile
-        ax.imshow(mosaic)
-        ax.set_title(f"{sk.CONVS[l]}: label {l}", fontsize=10)
-        ax.set_xlabel("strongest images (left = strongest)", fontsize=8)
-        ax.set_ylabel("feature map", fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([(h + 1) * m + h / 2 for m in range(maps)], range(maps), fontsize=7)
-    fig.suptitle("Study B selection (red frame: labelled with a deeper layer)", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _plot_tradeoff(rows: list[dict], path: Path) -> Path:
-    """Accuracy against MACs per image (including the router where it runs), one point per row."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    for r in rows:
-        ax.errorbar(r["macs_per_image_with_router"] / 1e6, r["accuracy"],
-                    yerr=[[max(0.0, r["accuracy"] - r["ci_low"])], [max(0.0, r["ci_high"] - r["accuracy"])]],
-                    fmt="o", capsize=3,
-                    label=r["name"])
-    ax.set_xlabel("MMACs per test image")
-    ax.set_ylabel("test accuracy")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    ax.set_title("Study B, useful reading: accuracy against compute")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
 
 def _acc(a: Mapping) -> str:
     return f"{a['accuracy']:.4f} [{a['ci_low']:.4f}, {a['ci_high']:.4f}] (n={a['n']})"
@@ -410,7 +285,7 @@ def write_report(res: Mapping, workdir: str | Path) -> Path:
          f"Majority-label baseline: {lit['majority_baseline']:.4f}.", "",
          "## CNN-3, useful reading (the dataset's classes, whole test set)", "",
          f"Training depths from CNN-2 (counts for depth 0/1/2): {res['train_depth_counts']}. MACs per image: "
-         f"depth 0/1/2 = {', '.join(format(macs['cnn'][d], ',') for d in sk.DEPTHS)}; router {macs['router']:,}.", "",
+         f"depth 0/1/2 = {', '.join(format(macs['cnn'][d], ',') for d in nets.DEPTHS)}; router {macs['router']:,}.", "",
          "| model | accuracy [95 % CI] | mean conv layers | depth counts | MACs/img (incl. router) | MAC ratio |",
          "|---|---|---:|---|---:|---:|",
          *[f"| {r['name']} | {r['accuracy']:.4f} [{r['ci_low']:.4f}, {r['ci_high']:.4f}] | {r['mean_conv_layers']:.3f} "

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import models
+from resnet_jax.models import resnet
 
 KINDS = ("zero-kernel", "zero-branch", "lesion", "reinit", "rerandomize")
 ROLES = ("stem", "decomposition", "shortcut", "adjacent", "residual")
@@ -59,12 +59,12 @@ _STAGE = re.compile(r"layer(\d+)$")
 
 
 def _record_convs(model: nn.Module, variables, input_shape) -> list[tuple[tuple[str, ...], tuple, tuple]]:
-    """``(path, input shape, output shape)`` of every :class:`models.Conv` call, in call order."""
+    """``(path, input shape, output shape)`` of every :class:`resnet.Conv` call, in call order."""
     calls = []
 
     def interceptor(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
-        if isinstance(context.module, models.Conv) and context.method_name == "__call__":
+        if isinstance(context.module, resnet.Conv) and context.method_name == "__call__":
             calls.append((tuple(context.module.path), args[0].shape, out.shape))
         return out
 
@@ -84,12 +84,12 @@ def catalogue(model: nn.Module, variables: Mapping[str, Any], *,
     """
     layers = []
     for path, x_shape, y_shape in _record_convs(model, variables, input_shape):
-        name = models.canonical_name(path)
+        name = resnet.canonical_name(path)
         kernel_shape = tuple(_lookup(variables["params"], path)["kernel"].shape)
         kh, kw, cin, cout = kernel_shape
         stage_idx = next((i for i, p in enumerate(path) if _STAGE.match(p)), None)
         stage = int(_STAGE.match(path[stage_idx]).group(1)) if stage_idx is not None else None
-        unit = models.canonical_name(path[:stage_idx + 2]) if stage_idx is not None else None
+        unit = resnet.canonical_name(path[:stage_idx + 2]) if stage_idx is not None else None
         shortcut = "downsample" in path
         roles = []
         if stage is None:
@@ -103,7 +103,7 @@ def catalogue(model: nn.Module, variables: Mapping[str, Any], *,
         if not roles:
             roles.append("residual")
         layers.append(Layer(
-            name=name, path=path, norm=models.norm_of(name), stage=stage, unit=unit,
+            name=name, path=path, norm=resnet.norm_of(name), stage=stage, unit=unit,
             kernel_shape=kernel_shape, in_channels=cin, out_channels=cout,
             stride=x_shape[1] // y_shape[1], output_hw=(y_shape[1], y_shape[2]),
             macs=y_shape[1] * y_shape[2] * kh * kw * cin * cout, roles=tuple(roles),
@@ -234,13 +234,25 @@ def parse_spec(obj: Mapping[str, Any]) -> AblationSpec:
 
 
 def load_specs(path) -> list[AblationSpec]:
-    """Specs from a JSON or YAML file holding one spec or a list of them."""
+    """Specs from a JSON or YAML file holding one spec or a list of them; a malformed file is a
+    :class:`SpecError` that names the file and line."""
     import yaml
     from pathlib import Path
 
-    text = Path(path).read_text()
-    obj = yaml.safe_load(text)  # YAML is a superset of JSON
-    return [parse_spec(o) for o in (obj if isinstance(obj, list) else [obj])]
+    try:
+        obj = yaml.safe_load(Path(path).read_text())  # YAML is a superset of JSON
+    except OSError as err:
+        raise SpecError(f"cannot read spec file {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise SpecError(f"{path}:{where} is not valid YAML/JSON ({getattr(err, 'problem', None) or err})") from None
+    if not obj:
+        raise SpecError(f"spec file {path} holds no specs; give a spec (name, kind, select) or a list of them")
+    try:
+        return [parse_spec(o) for o in (obj if isinstance(obj, list) else [obj])]
+    except SpecError as err:
+        raise SpecError(f"{path}: {err}") from None
 
 
 def resolve(spec: AblationSpec, layers: Sequence[Layer]) -> tuple[str, ...]:
@@ -303,12 +315,12 @@ def _leaf_targets(ablation: Ablation, layers: Sequence[Layer]) -> set[tuple[str,
         layer = by_name[name]
         if ablation.kind == "lesion":
             last = [l for l in layers if l.unit == layer.unit and "shortcut" not in l.roles][-1]
-            norm_path = models.layer_path_of_norm(last.path)
+            norm_path = resnet.layer_path_of_norm(last.path)
             targets |= {(*norm_path, "scale"), (*norm_path, "bias")}
             continue
         targets.add((*layer.path, "kernel"))
         if ablation.kind == "zero-branch":
-            norm_path = models.layer_path_of_norm(layer.path)
+            norm_path = resnet.layer_path_of_norm(layer.path)
             targets |= {(*norm_path, "scale"), (*norm_path, "bias")}
     return targets
 

@@ -15,73 +15,21 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-Array = jax.Array
-Gates = Mapping[str, Mapping[str, Array]]
+from resnet_jax.models.batching import Copies, Gates, as_copies, copy_gates, gate, tile_clean
 
-GATE_KINDS = ("kernel", "output", "unit")
-"""Gate sites: ``kernel`` scales a conv's output before its BatchNorm (a zeroed kernel),
-``output`` scales the BatchNorm's output (a silenced branch), ``unit`` scales a residual unit's
-whole branch before the shortcut is added (a lesion)."""
+Array = jax.Array
 
 CONV_IMPLS = ("auto", "xla", "patches")
 
 # torchvision initialises convs with Kaiming normal (fan_out, ReLU gain).
-_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-def _gate(x: Array, gates: Gates | None, kind: str, name: str) -> Array:
-    """Multiply ``x`` per example by the gate registered for ``(kind, name)``, if any."""
-    if gates is None:
-        return x
-    g = gates.get(kind, {}).get(name)
-    if g is None:
-        return x
-    # With branches, the rows present here are a prefix of the final rows (copies are appended).
-    g = jnp.asarray(g, x.dtype)[: x.shape[0]]
-    return x * g.reshape((-1,) + (1,) * (x.ndim - 1))
-
-
-class Copies(NamedTuple):
-    """Copies of the clean batch that join the forward at one branch point (see :class:`ResNet`).
-
-    ``full`` copies run the unit like any other row (any gates). The other two are for copies whose
-    first zero gate is in this unit: a ``residual`` copy has a zero gate in the unit's residual branch
-    and none on its shortcut, a ``shortcut`` copy a zero gate on the projection shortcut and none in
-    the branch. Past a zero gate a part no longer depends on the image, so the unit computes that
-    part on one row and adds it to the clean rows' other part: such a copy costs an addition
-    where a full copy costs the unit. Evaluation mode only (BatchNorm with running statistics):
-    in train mode the one row would get batch statistics of its own.
-    """
-
-    full: int = 0
-    residual: int = 0
-    shortcut: int = 0
-
-
-def _as_copies(value: int | Copies) -> Copies:
-    return value if isinstance(value, Copies) else Copies(full=int(value))
-
-
-def tile_clean(x: Array, k: int, clean: int) -> Array:
-    """Append ``k`` copies of the clean batch (the first ``clean`` rows) to ``x``."""
-    if not k:
-        return x
-    c = x[:clean]
-    return jnp.concatenate([x, jnp.broadcast_to(c[None], (k, *c.shape)).reshape(k * clean, *c.shape[1:])])
-
-
-def _copy_gates(gates: Gates | None, first: int, count: int, clean: int) -> Gates | None:
-    """The gates of copies ``first .. first + count - 1``, one row per copy (gates hold one value per row)."""
-    if gates is None:
-        return None
-    return jax.tree.map(lambda g: jnp.asarray(g)[first * clean:(first + count) * clean:clean], gates)
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def _canonical(path: Sequence[str]) -> str:
@@ -124,7 +72,7 @@ class Conv(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         kh, kw = self.kernel_size
-        kernel = self.param("kernel", _conv_init, (kh, kw, x.shape[-1], self.features), jnp.float32)
+        kernel = self.param("kernel", conv_init, (kh, kw, x.shape[-1], self.features), jnp.float32)
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         pad = ((self.dilation * (kh // 2),) * 2, (self.dilation * (kw // 2),) * 2)
         out_hw = tuple(
@@ -202,9 +150,9 @@ class Downsample(nn.Module):
     def __call__(self, x: Array, gates: Gates | None = None) -> Array:
         me = _canonical(self.path)
         x = self.conv(self.features, (1, 1), strides=self.strides, name="conv")(x)
-        x = _gate(x, gates, "kernel", me)
+        x = gate(x, gates, "kernel", me)
         x = self.norm(name="bn")(x)
-        return _gate(x, gates, "output", me)
+        return gate(x, gates, "output", me)
 
 
 class _Unit(nn.Module):
@@ -227,7 +175,7 @@ class _Unit(nn.Module):
         size = (1, 1) if kernel_size in ((1, 1), "last") else kernel_size
         conv = self.conv(width, size, strides=strides, dilation=dilation, name=f"conv{index}")
         norm = self.norm(name=f"bn{index}")
-        return lambda x, gates: _gate(norm(_gate(conv(x), gates, "kernel", name)), gates, "output", name)
+        return lambda x, gates: gate(norm(gate(conv(x), gates, "kernel", name)), gates, "output", name)
 
     def merge(self, x, residual: Callable[[Array, Gates | None], Array], gates, copies: Copies, clean: int):
         """``relu(shortcut(x) + residual(x))`` for the rows present and ``copies.full`` new copies,
@@ -242,7 +190,7 @@ class _Unit(nn.Module):
                              f"join it as a 'residual' or 'full' copy")
 
         def branch(x, gates):
-            return _gate(residual(x, gates), gates, "unit", me)
+            return gate(residual(x, gates), gates, "unit", me)
 
         def shortcut(x, gates):
             return x if projection is None else projection(x, gates)
@@ -256,7 +204,7 @@ class _Unit(nn.Module):
         first = x.shape[0] // clean  # the copy index of the first copy joining from the clean rows
         for count, cut, kept in ((copies.residual, branch, s), (copies.shortcut, shortcut, r)):
             if count:
-                one = cut(jnp.broadcast_to(x[:1], (count, *x.shape[1:])), _copy_gates(gates, first, count, clean))
+                one = cut(jnp.broadcast_to(x[:1], (count, *x.shape[1:])), copy_gates(gates, first, count, clean))
                 out.append(nn.relu(one[:, None] + kept[None, :clean]).reshape(count * clean, *one.shape[1:]))
                 first += count
         return jnp.concatenate(out)
@@ -367,7 +315,7 @@ class ResNet(nn.Module):
         unknown = sorted(set(branches or {}) - set(points))
         if unknown:
             raise ValueError(f"unknown branch points {unknown}; valid: {points}")
-        branches = {p: _as_copies(v) for p, v in (branches or {}).items()}
+        branches = {p: as_copies(v) for p, v in (branches or {}).items()}
         at_stem = branches.get(stem_name, Copies())
         if at_stem.residual or at_stem.shortcut:
             raise ValueError(f"the stem {stem_name!r} has no residual branch or shortcut; "
@@ -379,8 +327,8 @@ class ResNet(nn.Module):
             x = conv(self.num_filters, (7, 7), strides=2, name="conv1")(x)
         else:
             x = conv(self.num_filters, (3, 3), strides=1, name="conv1")(x)
-        x = _gate(x, gates, "kernel", stem_name)
-        x = _gate(norm(name="bn1")(x), gates, "output", stem_name)
+        x = gate(x, gates, "kernel", stem_name)
+        x = gate(norm(name="bn1")(x), gates, "output", stem_name)
         x = nn.relu(x)
         if self.stem == "torchvision":
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))

@@ -1,0 +1,110 @@
+"""The study's experiments as lists of specs, and sweeps that survive interruption.
+
+Protocols (PROTOCOLS.md, Study A): ``baseline``; ``single`` (one mask per conv kernel);
+``stage-except-decomposition`` (per stage, every conv but its decomposition and adjacent ones,
+i.e. units 1..n-1); ``shortcut`` (per stage with a projection, that projection).
+
+Every finished mask is appended to the :class:`~resnet_jax.ablation.store.ResultStore` as its chunk
+completes, keyed by its content; a rerun skips what is there, so an interrupted sweep loses at most
+the chunk in flight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+
+from resnet_jax.ablation import catalogue as abl
+from resnet_jax.ablation import engine
+from resnet_jax.ablation.store import ResultStore, ablation_key
+from resnet_jax.ablation.tables import table_row
+
+PROTOCOLS = ("baseline", "single", "stage-except-decomposition", "shortcut")
+BASELINE = abl.Ablation("baseline", "none", ())
+
+
+def protocol_specs(protocol: str, layers: Sequence[abl.Layer], *, kind: str = "zero-kernel") -> list[abl.AblationSpec]:
+    """The specs of a named protocol for a model's catalogue."""
+    stages = sorted({l.stage for l in layers if l.stage is not None})
+    prefix = _encoder_prefix(layers)
+    if protocol == "single":
+        if kind == "lesion":  # a lesion removes a unit: one mask per identity-shortcut unit
+            units = [u for u in dict.fromkeys(l.unit for l in layers if l.unit)
+                     if abl.unit_has_identity_shortcut(layers, u)]
+            return [abl.AblationSpec(u, kind, (abl.Selector(patterns=(f"{u}.*",)),)) for u in units]
+        return [abl.AblationSpec(l.name, kind, (abl.Selector(names=(l.name,)),)) for l in layers]
+    if protocol == "stage-except-decomposition":
+        return [abl.AblationSpec(f"{prefix}layer{s}", kind, (abl.Selector(stages=(s,)),),
+                                 (abl.Selector(roles=("decomposition", "adjacent")),)) for s in stages]
+    if protocol == "shortcut":
+        if kind == "lesion":
+            raise abl.SpecError("the shortcut protocol ablates projection convs, which a lesion cannot remove; "
+                                f"valid kinds for it: {[k for k in abl.KINDS if k != 'lesion']}")
+        shortcut_stages = [s for s in stages if any(l.stage == s and "shortcut" in l.roles for l in layers)]
+        return [abl.AblationSpec(f"{prefix}layer{s}.0.downsample", kind,
+                                 (abl.Selector(stages=(s,), roles=("shortcut",)),)) for s in shortcut_stages]
+    raise abl.SpecError(f"unknown protocol {protocol!r}; valid: {list(PROTOCOLS)} or a spec file")
+
+
+def _encoder_prefix(layers: Sequence[abl.Layer]) -> str:
+    head = layers[0].name.rpartition(".")[0]
+    return f"{head}." if head else ""
+
+
+BASELINE = abl.Ablation("baseline", "none", ())
+
+
+# Running ---------------------------------------------------------------------------------------
+
+Evaluate = Callable[[Sequence[abl.Ablation], Callable[[list[engine.Result]], None]], object]
+"""``evaluate(ablations, on_chunk)``: scores ablations, handing each finished chunk to ``on_chunk``."""
+
+
+def run_protocol(protocol: str, *, store: ResultStore, evaluate: Evaluate, layers: Sequence[abl.Layer],
+                 kind: str = "zero-kernel", specs: Sequence[abl.AblationSpec] | None = None,
+                 metric_name: str = "accuracy", log=print) -> list[dict]:
+    """Run (or finish) one protocol; return its table rows.
+
+    The baseline is evaluated once per store context and shared by every protocol; a mask whose
+    content (kind, layers, seed) was scored before in the same context is read, not recomputed.
+    """
+    if protocol != "baseline" and specs is None:
+        specs = protocol_specs(protocol, layers, kind=kind)
+    ablations = [BASELINE] if protocol == "baseline" else abl.resolve_all(specs, layers)
+    baseline_row = _ensure_baseline(store, evaluate, metric_name)
+    if protocol == "baseline":
+        return [table_row(baseline_row, baseline_row, mask="baseline")]
+    done = store.load()
+    todo = list({ablation_key(a): a for a in ablations if ablation_key(a) not in done}.values())
+    if todo:
+        log(f"{protocol} ({kind}): {len(ablations) - len(todo)} of {len(ablations)} masks already done; "
+            f"evaluating {len(todo)}")
+        t0 = time.perf_counter()
+        by_id = {(a.name, a.kind, a.layers): a for a in todo}
+        evaluate(todo, lambda chunk: store.append(protocol, chunk, by_id, metric=metric_name))
+        log(f"{protocol} ({kind}): {len(todo)} masks in {time.perf_counter() - t0:.1f}s")
+        done = store.load()
+    return [table_row(done[ablation_key(a)], baseline_row, mask=a.name) for a in ablations]
+
+
+def _ensure_baseline(store: ResultStore, evaluate: Evaluate, metric_name: str) -> dict:
+    key = ablation_key(BASELINE)
+    done = store.load()
+    if key not in done:
+        scored = abl.Ablation("baseline", "zero-kernel", ())  # no layers: the engine runs the clean model
+        evaluate([scored], lambda chunk: store.append(
+            "baseline", [dataclasses.replace(r, kind="none") for r in chunk],
+            {("baseline", "none", ()): BASELINE}, metric=metric_name))
+        done = store.load()
+    return done[key]
+
+
+DESCRIPTIONS = {
+    "baseline": "The trained model, unablated.",
+    "single": "One mask per conv kernel, each replacing exactly that kernel; network order. Circled points are "
+              "decomposition convs (they change the channel count).",
+    "stage-except-decomposition": "Per stage, every conv except its decomposition and adjacent convs "
+                                  "(i.e. residual units 1..n-1 of the stage).",
+    "shortcut": "Per stage with a projection shortcut, that 1x1 projection conv.",
+}

@@ -1,0 +1,113 @@
+"""Finished ablation results, keyed by what produced them, so a stale row can never be reused.
+
+Each row of ``<workdir>/ablation/results.jsonl`` carries two keys:
+  * ``key``: the ablation's content: its kind, the resolved layers it silences (not the mask's
+    name) and, for random kinds, its seed;
+  * ``context``: the evaluation's identity: a hash of the checkpoint's parameters and statistics,
+    of the evaluated images and targets, and of the metric's configuration.
+A row is reused only when both match; anything else is recomputed. Rows are appended and fsynced as
+each chunk finishes, so an interrupted sweep keeps every finished result.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from resnet_jax.ablation import catalogue as abl
+
+RANDOM_KINDS = ("rerandomize",)
+"""Kinds whose result depends on the spec's seed."""
+
+
+def _sha(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(hashlib.sha256(part).digest())
+    return h.hexdigest()[:16]
+
+
+def ablation_key(ablation: abl.Ablation) -> str:
+    """What determines an ablation's result on a fixed model and data: kind, layers, seed (random kinds)."""
+    content = {"kind": ablation.kind, "layers": list(ablation.layers)}
+    if ablation.kind in RANDOM_KINDS:
+        content["seed"] = ablation.seed
+    return _sha(json.dumps(content, sort_keys=True).encode())
+
+
+def tree_hash(tree: Any) -> str:
+    """A hash of every leaf's dtype, shape and bytes, in tree order (a checkpoint's identity)."""
+    leaves = [np.asarray(x) for x in jax.tree.leaves(tree)]
+    return _sha(*(f"{x.dtype}{x.shape}".encode() + x.tobytes() for x in leaves))
+
+
+def context(variables: Mapping[str, Any], images: np.ndarray, targets: np.ndarray, metric: Any) -> dict[str, Any]:
+    """The identity of an evaluation: checkpoint, examples, metric. Stored with every row and every table."""
+    metric_config = dataclasses.asdict(metric) if dataclasses.is_dataclass(metric) else {"name": metric.name}
+    info = {
+        "checkpoint_sha": tree_hash(variables),
+        "examples_sha": _sha(np.ascontiguousarray(images).tobytes(), np.ascontiguousarray(targets).tobytes()),
+        "n_examples": int(len(images)),
+        "metric": {"class": type(metric).__name__, **metric_config},
+    }
+    info["id"] = _sha(json.dumps(info, sort_keys=True, default=str).encode())
+    return info
+
+
+def _encode(array: np.ndarray) -> dict[str, Any]:
+    array = np.asarray(array)
+    if array.dtype == bool:
+        return {"dtype": "bool", "n": int(array.size), "b64": base64.b64encode(np.packbits(array)).decode()}
+    return {"dtype": "float32", "n": int(array.size),
+            "b64": base64.b64encode(array.astype(np.float32).tobytes()).decode()}
+
+
+class ResultStore:
+    """Append-only JSONL of finished ablations, looked up by ``(context id, ablation key)``."""
+
+    KEEP = ("correct", "loss", "score")  # per-example arrays worth keeping for statistics
+
+    def __init__(self, directory: Path, context: Mapping[str, Any]):
+        self.path = Path(directory) / "results.jsonl"
+        self.context = dict(context)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def load(self) -> dict[str, dict]:
+        """Rows of this context by ablation key (a line cut by a crash is skipped: that mask reruns)."""
+        done = {}
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if row.get("context") == self.context["id"] and "key" in row:
+                    done[row["key"]] = row
+        return done
+
+    def append(self, protocol: str, results: Sequence[Any], ablations: Mapping[tuple, abl.Ablation], *,
+               metric: str) -> None:
+        """Append engine results; ``ablations`` maps ``(name, kind, layers)`` to the ablation scored."""
+        with self.path.open("a") as fh:
+            for r in results:
+                ablation = ablations[(r.name, r.kind, r.layers)]
+                row = {
+                    "key": ablation_key(ablation), "context": self.context["id"],
+                    "protocol": protocol, "kind": r.kind, "mask": r.name, "layers": list(r.layers),
+                    "seed": ablation.seed, "metric": metric, "value": r.value, "ci_low": r.ci_low,
+                    "ci_high": r.ci_high, "loss": r.loss, "n_examples": r.n_examples, "seconds": r.seconds,
+                    "breakdown": r.breakdown,
+                    "per_example": {k: _encode(v) for k, v in r.per_example.items() if k in self.KEEP},
+                }
+                fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())

@@ -1,0 +1,42 @@
+"""What a sweep scores: a trained run of any task as model, weights, test data, metric and normalisation."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+
+from resnet_jax.training import runs
+
+
+@dataclasses.dataclass(frozen=True)
+class Subject:
+    """A trained run as the engine sees it.
+
+    ``images`` are normalised by the engine with :func:`resnet_jax.data.inputs.normalize`, as in
+    training; ``test`` is the evaluated split itself (for task-specific figures).
+    """
+
+    model: Any
+    variables: Any
+    step: int
+    task: str
+    test: Any
+    images: np.ndarray
+    targets: np.ndarray
+    metric: Any
+    image_mean: np.ndarray
+    image_std: np.ndarray
+
+
+def restore_subject(workdir, *, checkpoint: str = "best", data_dir=None, n_examples: int | None = None) -> Subject:
+    """The run in ``workdir`` (classification, scored by accuracy, or segmentation, by Dice) on a fixed
+    random subset of ``n_examples`` of its test split (all of it by default)."""
+    run = runs.restore(workdir, which=checkpoint, data_dir=data_dir, command="ablate")
+    test = run.test.take(n_examples, seed=0)
+    images, targets = run.task.arrays(test)
+    return Subject(model=run.model, variables=jax.device_get(run.state.variables), step=int(run.state.step),
+                   task=run.task.name, test=test, images=images, targets=targets, metric=run.task.metric(run.config),
+                   image_mean=np.asarray(run.state.image_mean), image_std=np.asarray(run.state.image_std))

@@ -1,0 +1,45 @@
+"""Ablation tables: rows from stored results, CSV and JSON written atomically, stating their provenance."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from resnet_jax import files
+
+CSV_COLUMNS = ("mask", "kind", "layers", "metric", "value", "baseline", "delta", "n_examples", "ci_low", "ci_high")
+
+
+def table_row(row: dict, baseline: dict, *, mask: str) -> dict:
+    """A table row from a stored result, named by the mask that asked for it (results are keyed by content)."""
+    return {
+        "mask": mask, "kind": row["kind"], "layers": " ".join(row["layers"]), "metric": row["metric"],
+        "value": row["value"], "baseline": baseline["value"], "delta": row["value"] - baseline["value"],
+        "n_examples": row["n_examples"], "ci_low": row["ci_low"], "ci_high": row["ci_high"],
+        "seconds": row.get("seconds", float("nan")), **row.get("breakdown", {}),
+    }
+
+
+def breakdown_columns(rows: Sequence[dict]) -> list[str]:
+    """The metric's extra columns present in ``rows`` (e.g. ``dice_lv``), in first-seen order."""
+    fixed = set(CSV_COLUMNS) | {"seconds"}
+    return list(dict.fromkeys(k for r in rows for k in r if k not in fixed))
+
+
+def write_table(rows: Sequence[dict], directory: Path, stem: str, *, meta: dict | None = None) -> tuple[Path, Path]:
+    """``<stem>.csv`` and ``<stem>.json`` (rows plus metadata: title, checkpoint, data), each written atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=[*CSV_COLUMNS, *breakdown_columns(rows)], extrasaction="ignore",
+                            lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    csv_path = files.write_text(directory / f"{stem}.csv", buffer.getvalue())
+    json_path = files.write_text(directory / f"{stem}.json", json.dumps({"rows": list(rows), **(meta or {})}, indent=2))
+    return csv_path, json_path
+
+
+def table_stem(protocol: str, kind: str) -> str:
+    return protocol if kind == "zero-kernel" or protocol == "baseline" else f"{protocol}.{kind}"

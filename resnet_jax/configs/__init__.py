@@ -1,0 +1,108 @@
+"""One config registry for every task: classification, segmentation and Study B.
+
+Every preset of every family carries ``task`` and resolves through :func:`load_config`, which merges
+it over its family's defaults, applies ``key=value`` overrides and checks every value against the
+family's schema before anything is written. Each family module's docstring gives the command that
+reproduces its presets; :func:`listing` is what ``resnet-jax presets`` prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from resnet_jax.configs import classification, segmentation, skipping
+from resnet_jax.configs.base import ConfigError, apply_overrides, flat_keys, merge, read_file, to_json
+
+__all__ = ["ConfigError", "FAMILIES", "PRESETS", "TASKS", "complete", "defaults", "diff", "family", "flat_keys",
+           "listing", "load_config", "to_json", "validate"]
+
+FAMILIES: dict[str, ModuleType] = {m.TASK: m for m in (classification, segmentation, skipping)}
+TASKS = tuple(FAMILIES)
+PRESETS: dict[str, dict[str, Any]] = {name: preset for m in FAMILIES.values() for name, preset in m.PRESETS.items()}
+DESCRIPTIVE = ("about", "scale")
+"""Keys that describe a run without changing it; a workdir is not refused because they differ."""
+SHARED_DATA = {"cifar10": "cifar10", "mnist": "mnist", "acdc": "acdc_lv_myo", "sunnybrook": "sunnybrook_lv_myo"}
+
+
+def family(task: str) -> ModuleType:
+    if task not in FAMILIES:
+        raise ConfigError(f"unknown task {task!r}; valid: {list(TASKS)}")
+    return FAMILIES[task]
+
+
+def _task_of_preset(name: str) -> str:
+    return next(task for task, m in FAMILIES.items() if name in m.PRESETS)
+
+
+def load_config(name_or_file: str, overrides: Iterable[str] = (), *, task: str | None = None) -> dict[str, Any]:
+    """A preset name (of any family) or a YAML/JSON file, merged over its family's defaults, then overrides.
+
+    A file names its family with ``task:`` (default: ``task`` here, else classification). The result is
+    validated; errors name the key, the value and what is valid.
+    """
+    if name_or_file in PRESETS:
+        chosen = _task_of_preset(name_or_file)
+        update = PRESETS[name_or_file]
+    elif Path(name_or_file).is_file():
+        update = read_file(name_or_file)
+        chosen = update.get("task", task or classification.TASK)
+    else:
+        raise ConfigError(f"unknown config {name_or_file!r}: neither a preset ({sorted(PRESETS)}) nor a file")
+    if task is not None and chosen != task:
+        raise ConfigError(f"{name_or_file!r} is a {chosen} config, not {task}; presets of the {task} task: "
+                          f"{sorted(family(task).PRESETS)}")
+    config = merge(family(chosen).DEFAULTS, {**update, "task": chosen})
+    config = apply_overrides(config, overrides)
+    validate(config)
+    return config
+
+
+def defaults(task: str, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """A family's defaults with overrides, validated (a run that starts from no preset)."""
+    config = apply_overrides(merge(family(task).DEFAULTS, {}), overrides)
+    validate(config)
+    return config
+
+
+def validate(config: Mapping) -> None:
+    """Check every value of a config against its family's schema (and the family's cross-key checks)."""
+    from resnet_jax.configs.base import validate as check_schema
+
+    fam = family(config.get("task", classification.TASK))
+    check_schema(config, fam.SCHEMA, what=f"{fam.TASK} config")
+    problems = fam.check(dict(config)) if hasattr(fam, "check") else []
+    if problems:
+        raise ConfigError(f"invalid {fam.TASK} config: " + "; ".join(problems))
+
+
+def complete(stored: Mapping) -> dict[str, Any]:
+    """A run's stored ``config.json`` over its family's current defaults (older runs lack newer keys).
+
+    A stored config without ``task`` is a classification run (the only family that once lacked it).
+    """
+    task = stored.get("task", classification.TASK)
+    return merge(family(task).DEFAULTS, {**stored, "task": task})
+
+
+def diff(a: Mapping, b: Mapping) -> list[str]:
+    """Dotted keys whose values differ between two configs, descriptive keys aside."""
+    from resnet_jax.configs.base import diff as raw_diff
+
+    return [k for k in raw_diff(complete(a), complete(b)) if k not in DESCRIPTIVE]
+
+
+def command(name: str) -> str:
+    """The command that trains a preset, with the offline data it reads where there is one."""
+    preset = PRESETS[name]
+    data = merge(family(_task_of_preset(name)).DEFAULTS, preset)["data"]["name"]
+    data_dir = f" --data-dir ../shared/data/{SHARED_DATA[data]}" if data in SHARED_DATA else ""
+    return f"resnet-jax train --config {name} --workdir runs/{name}{data_dir}"
+
+
+def listing() -> list[dict[str, str]]:
+    """Every preset with its task, scale, description and command."""
+    return [{"name": name, "task": _task_of_preset(name), "scale": preset.get("scale", ""),
+             "about": preset.get("about", ""), "command": command(name)} for name, preset in PRESETS.items()]

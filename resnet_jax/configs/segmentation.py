@@ -1,0 +1,169 @@
+"""Segmentation: PSPNet-ResNet34 on ACDC cardiac MRI (the study's segmentation half), Sunnybrook, Oxford Pets.
+
+Reproduce a preset with ``resnet-jax train --config <name> --workdir <dir> [--data-dir <dir>]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from resnet_jax.configs import base
+
+TASK = "segmentation"
+ACDC_CLASSES = ("background", "LV", "MYO", "RV")
+"""Mask ids of ``shared/data/acdc_lv_myo`` (sunnybrook_lv_myo uses the first three)."""
+DATASETS = ("acdc", "sunnybrook", "oxford_iiit_pet", "synthetic")
+ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet_tiny")
+
+DEFAULTS: dict[str, Any] = {
+    "about": "",
+    "task": TASK,
+    "scale": "",
+    "model": {
+        "encoder": "resnet34",  # a name in models.MODELS; resnet_tiny for tests
+        "output_stride": 8,  # 8 (PSPNet: stages 3-4 dilated), 16 or 32
+        "bins": [1, 2, 3, 6],
+        "pool_features": None,  # per pyramid branch; None = encoder channels / len(bins)
+        "head_features": 512,
+        "dropout": 0.1,
+        "stem": "torchvision",
+        "conv_impl": "auto",
+        "dtype": "float32",
+    },
+    "data": {
+        "name": "acdc",  # acdc | sunnybrook (labels for a data_dir) | oxford_iiit_pet (TFDS) | synthetic
+        "data_dir": None,  # <split>.zip, <split>/{images,masks}/ or a flat {images,masks}/ folder
+        "train_split": "train",
+        "val_split": "val",  # selects the best checkpoint; None = use the test split
+        "test_split": "test",
+        "id_prefixes": None,  # {split: [id prefixes]} to split a flat folder by patient
+        "class_names": list(ACDC_CLASSES),  # background first
+        "image_size": 224,  # centre crop / zero pad (native resolution, no resampling)
+        "percentiles": [0.5, 99.5],  # per-image intensity range mapped to [0, 1]
+        "max_train_examples": None,
+        "max_val_examples": None,
+        "max_test_examples": None,
+    },
+    "train": {
+        "epochs": 100,
+        "batch_size": 16,
+        "eval_batch_size": 32,
+        "learning_rate": 0.01,  # peak, after warm-up (SGD + Nesterov, cosine decay: train.make_optimizer)
+        "warmup_epochs": 2.0,
+        "momentum": 0.9,
+        "nesterov": True,
+        "weight_decay": 1e-4,  # on conv kernels only
+        "dice_weight": 1.0,  # loss = cross-entropy + dice_weight * soft Dice (0 = cross-entropy only)
+        "augment": True,  # on device, inside the jitted step; the same transform for image and mask
+        "flip": True,  # random left-right flip
+        "max_shift": 16,  # pixels
+        "max_rotate": 15.0,  # degrees
+        "max_scale": 0.1,  # zoom in [1 - s, 1 + s]
+        "seed": 0,
+        "keep_checkpoints": 2,
+    },
+    "metric": {
+        "aggregate_by": "pooled",  # ablation tables: pooled Dice (bootstrap CI) or "image" (mean per image)
+        "classes": None,  # foreground ids scored by the ablation tables; None = all (e.g. [2] = myocardium)
+    },
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "acdc-pspnet34": {
+        "about": "The study's model at full scale: 224 px, output stride 8, 200 epochs (aims at myocardium Dice >= 0.85)",
+        "scale": "full (accelerator)",
+        "train": {"epochs": 200, "batch_size": 16, "learning_rate": 0.01},
+    },
+    "acdc-pspnet34-cpu": {
+        "about": "About 45-55 minutes on a 2-core CPU: 128 px crops, output stride 16, 28 epochs",
+        "scale": "cpu",
+        "model": {"output_stride": 16, "head_features": 256},
+        "data": {"image_size": 128},
+        "train": {"epochs": 28, "batch_size": 16, "learning_rate": 0.02, "warmup_epochs": 1.0, "max_shift": 10},
+    },
+    "acdc-pspnet34-smoke": {
+        "about": "Seconds plus compilation, for tests and CI: 16 training slices, 64 px, one epoch",
+        "scale": "smoke",
+        "model": {"output_stride": 16, "head_features": 64},
+        "data": {"image_size": 64, "max_train_examples": 16, "max_val_examples": 8, "max_test_examples": 8},
+        "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 8, "warmup_epochs": 0.0, "max_shift": 4},
+    },
+    "sunnybrook-pspnet34-cpu": {
+        "about": "Sunnybrook (3 classes, patients 1-3 train, 4 test), 128 px, 60 epochs",
+        "scale": "cpu",
+        "model": {"output_stride": 16, "head_features": 256},
+        "data": {"name": "sunnybrook", "val_split": None, "class_names": list(ACDC_CLASSES[:3]),
+                 "image_size": 128, "train_split": "train", "test_split": "test",
+                 "id_prefixes": {"train": ["SCD0000101", "SCD0000201", "SCD0000301"], "test": ["SCD0000401"]}},
+        "train": {"epochs": 60, "batch_size": 8, "learning_rate": 0.02, "warmup_epochs": 1.0, "max_shift": 10},
+    },
+    "pets-pspnet34": {
+        "about": "Oxford-IIIT Pet from TFDS (online; background / pet / border), 224 px",
+        "scale": "full (accelerator, network)",
+        "data": {"name": "oxford_iiit_pet", "class_names": ["background", "pet", "border"], "val_split": None,
+                 "image_size": 224},
+        "train": {"epochs": 50, "batch_size": 16, "learning_rate": 0.01},
+    },
+    "synthetic-seg-tiny": {
+        "about": "A tiny encoder on generated shapes, for tests",
+        "scale": "smoke",
+        "model": {"encoder": "resnet_tiny", "head_features": 16, "dropout": 0.0, "conv_impl": "xla"},
+        "data": {"name": "synthetic", "image_size": 32},
+        "train": {"epochs": 2, "batch_size": 8, "eval_batch_size": 16, "warmup_epochs": 0.0,
+                  "learning_rate": 0.05, "max_shift": 2, "max_rotate": 0.0, "max_scale": 0.0},
+    },
+}
+
+_POSITIVE_NUMBER = base.number(low=0, low_open=True)
+
+SCHEMA: dict[str, base.Checker] = {
+    "about": base.text,
+    "task": base.one_of(TASK),
+    "scale": base.text,
+    "model.encoder": base.one_of(*ENCODERS),
+    "model.output_stride": base.one_of(8, 16, 32),
+    "model.bins": base.list_of(base.POSITIVE, min_len=1),
+    "model.pool_features": base.optional(base.POSITIVE),
+    "model.head_features": base.POSITIVE,
+    "model.dropout": base.number(low=0, high=1),
+    "model.stem": base.one_of("torchvision", "cifar"),
+    "model.conv_impl": base.one_of("auto", "xla", "patches"),
+    "model.dtype": base.one_of("float32", "bfloat16"),
+    "data.name": base.one_of(*DATASETS),
+    "data.data_dir": base.optional(base.text),
+    "data.train_split": base.text,
+    "data.val_split": base.optional(base.text),
+    "data.test_split": base.text,
+    "data.id_prefixes": base.optional(base.mapping),
+    "data.class_names": base.list_of(base.text, min_len=2),
+    "data.image_size": base.integer(low=8),
+    "data.percentiles": base.list_of(base.number(low=0, high=100), length=2),
+    "data.max_train_examples": base.COUNT_OR_ALL,
+    "data.max_val_examples": base.COUNT_OR_ALL,
+    "data.max_test_examples": base.COUNT_OR_ALL,
+    "train.epochs": base.POSITIVE,
+    "train.batch_size": base.POSITIVE,
+    "train.eval_batch_size": base.POSITIVE,
+    "train.learning_rate": _POSITIVE_NUMBER,
+    "train.warmup_epochs": base.number(low=0),
+    "train.momentum": base.number(low=0, high=1),
+    "train.nesterov": base.boolean,
+    "train.weight_decay": base.number(low=0),
+    "train.dice_weight": base.number(low=0),
+    "train.augment": base.boolean,
+    "train.flip": base.boolean,
+    "train.max_shift": base.number(low=0),
+    "train.max_rotate": base.number(low=0, high=180),
+    "train.max_scale": base.number(low=0, high=0.9),
+    "train.seed": base.integer(low=0),
+    "train.keep_checkpoints": base.POSITIVE,
+    "metric.aggregate_by": base.one_of("pooled", "image"),
+    "metric.classes": base.optional(base.list_of(base.POSITIVE, min_len=1)),
+}
+
+
+def check(config: dict) -> list[str]:
+    """Checks across keys: Dice classes must be foreground ids of ``data.class_names``."""
+    n = len(config["data"]["class_names"])
+    bad = [c for c in config["metric"]["classes"] or () if not 0 < c < n]
+    return [f"metric.classes={bad} are not foreground ids (valid: 1..{n - 1})"] if bad else []

@@ -1,0 +1,112 @@
+"""Study B: per-image layer skipping chosen by strongest activations, on MNIST (and CIFAR-100 from TFDS).
+
+Reproduce a preset with ``resnet-jax train --config <name> --workdir <dir> [--data-dir <dir>]``
+(``resnet-jax skip-study`` is the same command).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from resnet_jax.configs import base
+
+TASK = "skip"
+
+DEFAULTS: dict[str, Any] = {
+    "about": "",
+    "task": TASK,
+    "scale": "",
+    "data": {
+        "name": "mnist",  # TFDS name or "synthetic"; with data_dir just a label
+        "data_dir": None,  # ImageFolder tree or per-split zips, instead of TFDS
+        "max_train_examples": None,
+        "max_test_examples": None,
+        "synthetic": {"size": 28, "channels": 1, "num_classes": 10, "train_examples": 2048, "test_examples": 512},
+    },
+    "model": {"channels": 32, "router_channels": [8, 16]},
+    "train": {  # CNN-1 and the useful CNN-3
+        "epochs": 20, "batch_size": 32, "learning_rate": 1e-3, "rho": 0.9, "eps": 1e-7, "seed": 0,
+    },
+    "selection": {"maps_per_layer": 10, "images_per_map": 10, "site": "relu", "batch_size": 500},
+    "router": {"epochs": 50, "batch_size": 32, "learning_rate": 1e-3, "holdout": 0.2},
+    "literal": {"epochs": 50, "batch_size": 32, "learning_rate": 1e-3},
+    "evaluation": {"batch_size": 500, "min_bucket": 32, "timing_repeats": 5},
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "mnist-skip": {
+        "about": "The study's scale: 20 epochs, Keras batch 32",
+        "scale": "full",
+    },
+    "mnist-skip-cpu": {
+        "about": "About 10 minutes on a 2-core CPU: 16 channels, 5 epochs",
+        "scale": "cpu",
+        "model": {"channels": 16},
+        "train": {"epochs": 5, "batch_size": 64},
+        "router": {"epochs": 40},
+        "literal": {"epochs": 40},
+        "evaluation": {"batch_size": 500, "timing_repeats": 5},
+    },
+    "mnist-skip-smoke": {
+        "about": "Seconds, for tests and CI (--set data.name=synthetic needs no data)",
+        "scale": "smoke",
+        "data": {"max_train_examples": 512, "max_test_examples": 256,
+                 "synthetic": {"train_examples": 512, "test_examples": 256}},
+        "model": {"channels": 8, "router_channels": [4]},
+        "train": {"epochs": 1, "batch_size": 64},
+        "selection": {"images_per_map": 5, "batch_size": 128},
+        "router": {"epochs": 2, "batch_size": 16},
+        "literal": {"epochs": 2, "batch_size": 16},
+        "evaluation": {"batch_size": 128, "min_bucket": 128, "timing_repeats": 1},
+    },
+    "cifar100-skip": {
+        "about": "Study B's repeat on CIFAR-100 (TFDS, online); --set data.name=synthetic gives a 32x32x3, 100-class stand-in",
+        "scale": "full (accelerator, network)",
+        "data": {"name": "cifar100",
+                 "synthetic": {"size": 32, "channels": 3, "num_classes": 100, "train_examples": 5000,
+                               "test_examples": 1000}},
+        "model": {"channels": 64},
+    },
+}
+
+
+# Config and data -----------------------------------------------------------------------------------
+
+_RATE = base.number(low=0, low_open=True)
+
+SCHEMA: dict[str, base.Checker] = {
+    "about": base.text,
+    "task": base.one_of(TASK),
+    "scale": base.text,
+    "data.name": base.text,
+    "data.data_dir": base.optional(base.text),
+    "data.max_train_examples": base.COUNT_OR_ALL,
+    "data.max_test_examples": base.COUNT_OR_ALL,
+    "data.synthetic.size": base.integer(low=4),
+    "data.synthetic.channels": base.POSITIVE,
+    "data.synthetic.num_classes": base.integer(low=2),
+    "data.synthetic.train_examples": base.POSITIVE,
+    "data.synthetic.test_examples": base.POSITIVE,
+    "model.channels": base.POSITIVE,
+    "model.router_channels": base.list_of(base.POSITIVE, min_len=1),
+    "train.epochs": base.POSITIVE,
+    "train.batch_size": base.POSITIVE,
+    "train.learning_rate": _RATE,
+    "train.rho": base.number(low=0, high=1),
+    "train.eps": _RATE,
+    "train.seed": base.integer(low=0),
+    "selection.maps_per_layer": base.POSITIVE,
+    "selection.images_per_map": base.POSITIVE,
+    "selection.site": base.one_of("relu", "pre_relu"),
+    "selection.batch_size": base.POSITIVE,
+    "router.epochs": base.POSITIVE,
+    "router.batch_size": base.POSITIVE,
+    "router.learning_rate": _RATE,
+    "router.holdout": base.number(low=0, high=1, low_open=True),
+    "literal.epochs": base.POSITIVE,
+    "literal.batch_size": base.POSITIVE,
+    "literal.learning_rate": _RATE,
+    "evaluation.batch_size": base.POSITIVE,
+    "evaluation.min_bucket": base.POSITIVE,
+    "evaluation.timing_repeats": base.POSITIVE,
+}

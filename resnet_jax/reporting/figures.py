@@ -1,0 +1,150 @@
+"""Every figure of the project: ablation plots, the segmentation qualitative figure, Study B's plots.
+
+Functions take plain rows and arrays and write a PNG; none of them computes a result. Matplotlib is
+set up in one place (:func:`pyplot`, headless)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_single(rows: Sequence[dict], decomposition: set[str], path: Path, *, title: str) -> Path:
+    """Metric per layer in network order, the baseline as a line, decomposition layers marked."""
+    plt = pyplot()
+    names = [r["mask"] for r in rows]
+    values = np.array([r["value"] for r in rows])
+    low = values - np.array([r["ci_low"] for r in rows])
+    high = np.array([r["ci_high"] for r in rows]) - values
+    fig, ax = plt.subplots(figsize=(max(8, 0.28 * len(rows)), 4.5))
+    x = np.arange(len(rows))
+    ax.errorbar(x, values, yerr=[low, high], fmt="-o", color="tab:blue", ms=4, lw=1, capsize=2,
+                label="kernel ablated")
+    marked = [i for i, n in enumerate(names) if n in decomposition]
+    ax.scatter(x[marked], values[marked], s=80, facecolors="none", edgecolors="tab:red", lw=1.5, zorder=3,
+               label="decomposition layer")
+    ax.axhline(rows[0]["baseline"], color="black", ls="--", lw=1, label=f"baseline {rows[0]['baseline']:.3f}")
+    ax.set_xticks(x, names, rotation=90, fontsize=7)
+    ax.set_ylabel(rows[0]["metric"])
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_bars(rows: Sequence[dict], path: Path, *, title: str) -> Path:
+    """One bar per mask (a stage), with 95 % intervals and the baseline as a line."""
+    plt = pyplot()
+    values = np.array([r["value"] for r in rows])
+    err = [values - np.array([r["ci_low"] for r in rows]), np.array([r["ci_high"] for r in rows]) - values]
+    fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 4))
+    ax.bar(range(len(rows)), values, yerr=err, color="tab:blue", capsize=4)
+    ax.axhline(rows[0]["baseline"], color="black", ls="--", lw=1, label=f"baseline {rows[0]['baseline']:.3f}")
+    ax.set_xticks(range(len(rows)), [r["mask"] for r in rows], fontsize=8)
+    ax.set_ylabel(rows[0]["metric"])
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+
+
+def plot_qualitative(path, images, masks, predictions, scores, titles, class_names, ids) -> None:
+    """Image, ground truth and each column's prediction per row, coloured by class, slice Dice in titles."""
+    plt = pyplot()
+    from matplotlib.colors import ListedColormap
+
+    colours = ListedColormap([(0, 0, 0, 0), (0.9, 0.2, 0.2, 0.55), (0.2, 0.8, 0.2, 0.55), (0.2, 0.4, 1.0, 0.55)]
+                             [:len(class_names)])
+    n, cols = len(images), 2 + len(predictions)
+    fig, axes = plt.subplots(n, cols, figsize=(2.6 * cols, 2.6 * n + 0.6), squeeze=False)
+    for r in range(n):
+        panels = [("image", None), ("ground truth", masks[r])] + [
+            (f"{t}\nslice Dice {s[r]:.3f}" if r == 0 else f"slice Dice {s[r]:.3f}", p[r])
+            for t, p, s in zip(titles, predictions, scores)]
+        for c, (title, overlay) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(images[r, ..., 0], cmap="gray", vmin=0, vmax=1)
+            if overlay is not None:
+                ax.imshow(overlay, cmap=colours, vmin=0, vmax=len(class_names) - 1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(title if r == 0 or c >= 2 else "", fontsize=6.5)
+        axes[r, 0].set_ylabel(ids[r], fontsize=7)
+    legend = ", ".join(f"{n}: {c}" for n, c in zip(class_names[1:], ("red", "green", "blue")))
+    fig.suptitle(f"classes {legend}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# Study B -------------------------------------------------------------------------------------------
+
+def plot_selection(images: np.ndarray, chosen: np.ndarray, *, labels: dict[int, int], path: Path,
+                   convs: Sequence[str] = ("conv1", "conv2", "conv3")) -> Path:
+    """One mosaic per conv layer: a row per feature map, its strongest images left to right.
+
+    A red frame marks an image whose label is a deeper layer (it was chosen there too).
+    """
+    plt = pyplot()
+    layers, maps, per_map = chosen.shape
+    h, w = images.shape[1:3]
+    fig, axes = plt.subplots(1, layers, figsize=(4 * layers, 4 * maps / max(per_map, 1) + 0.6))
+    for l, ax in enumerate(np.atleast_1d(axes)):
+        mosaic = np.ones((maps * (h + 1), per_map * (w + 1), 3), np.float32)
+        for m in range(maps):
+            for j, i in enumerate(chosen[l, m]):
+                tile = np.broadcast_to(images[i].astype(np.float32) / 255.0, (h, w, 3)).copy()
+                if labels[int(i)] > l:
+                    tile[[0, -1], :], tile[:, [0, -1]] = (1, 0, 0), (1, 0, 0)
+                mosaic[m * (h + 1):m * (h + 1) + h, j * (w + 1):j * (w + 1) + w] = tile
+        ax.imshow(mosaic)
+        ax.set_title(f"{convs[l]}: label {l}", fontsize=10)
+        ax.set_xlabel("strongest images (left = strongest)", fontsize=8)
+        ax.set_ylabel("feature map", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([(h + 1) * m + h / 2 for m in range(maps)], range(maps), fontsize=7)
+    fig.suptitle("Study B selection (red frame: labelled with a deeper layer)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_tradeoff(rows: list[dict], path: Path) -> Path:
+    """Accuracy against MACs per image (including the router where it runs), one point per row."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for r in rows:
+        ax.errorbar(r["macs_per_image_with_router"] / 1e6, r["accuracy"],
+                    yerr=[[max(0.0, r["accuracy"] - r["ci_low"])], [max(0.0, r["ci_high"] - r["accuracy"])]],
+                    fmt="o", capsize=3,
+                    label=r["name"])
+    ax.set_xlabel("MMACs per test image")
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_title("Study B, useful reading: accuracy against compute")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,147 @@
+"""``resnet-jax ablate``: run the protocols (or a spec file) on a trained run, write tables and figures.
+
+Results go to ``<workdir>/ablation/``: the content-keyed store ``results.jsonl``, one CSV and one JSON
+table per protocol (the JSON states the checkpoint and data it came from) and one figure each; a
+segmentation run adds a qualitative figure of the most harmful and most harmless masks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from resnet_jax import checkpointing, metrics
+from resnet_jax.ablation import catalogue as abl
+from resnet_jax.ablation import engine, store, tables
+from resnet_jax.ablation.protocols import DESCRIPTIONS, PROTOCOLS, protocol_specs, run_protocol
+from resnet_jax.ablation.subjects import restore_subject
+from resnet_jax.data.inputs import normalize
+from resnet_jax.reporting import figures
+
+
+def ablate_workdir(workdir, *, protocols: Sequence[str] = PROTOCOLS, kind: str = "zero-kernel",
+                   spec_file=None, data_dir=None, n_examples: int | None = None, method: str = "auto",
+                   batch_size: int = 128, memory_budget_mb: float = 2048, checkpoint: str = "best",
+                   log=print) -> list[Path]:
+    """Run protocols (or a spec file) on a trained run; write tables and figures under ``ablation/``."""
+    workdir = Path(workdir)
+    if batch_size < 1:
+        raise abl.SpecError(f"--batch-size must be a positive number of images, got {batch_size}")
+    if memory_budget_mb <= 0:
+        raise abl.SpecError(f"--memory-budget-mb must be positive, got {memory_budget_mb}")
+    if n_examples is not None and n_examples < 1:
+        raise abl.SpecError(f"--n-examples must be positive (or left out for the whole test split), got {n_examples}")
+    if kind not in abl.KINDS:
+        raise abl.SpecError(f"unknown kind {kind!r}; valid: {list(abl.KINDS)}")
+    for p in protocols:
+        if p not in PROTOCOLS:
+            raise abl.SpecError(f"unknown protocol {p!r}; valid: {list(PROTOCOLS)} or 'all'")
+    custom = abl.load_specs(spec_file) if spec_file else None
+    subject = restore_subject(workdir, checkpoint=checkpoint, data_dir=data_dir, n_examples=n_examples)
+    model, variables = subject.model, subject.variables
+    layers = abl.catalogue(model, variables, input_shape=(1, *subject.images.shape[1:]))
+    jobs = [("custom", kind, custom)] if custom else [(p, kind, None) for p in protocols]
+    resolved = {}
+    for name, k, specs in jobs:  # every spec resolves before any compute
+        if name != "baseline":
+            ablations = abl.resolve_all(specs or protocol_specs(name, layers, kind=k), layers)
+            resolved.update((a.name, a) for a in ablations)
+    needs_initial = any(s.kind == "reinit" for s in custom or []) or kind == "reinit"
+    initial = checkpointing.load_initial(workdir, variables["params"]) if needs_initial else None
+    provenance = store.context(variables, subject.images, subject.targets, subject.metric)
+    provenance.update(checkpoint=checkpoint, checkpoint_step=subject.step)
+    results = store.ResultStore(workdir / "ablation", provenance)
+
+    def evaluate(ablations, on_chunk):
+        return engine.evaluate(model, variables, ablations, layers, subject.images, subject.targets,
+                               image_mean=subject.image_mean, image_std=subject.image_std, metric=subject.metric,
+                               batch_size=batch_size, method=method, memory_budget_mb=memory_budget_mb,
+                               initial_params=initial, on_chunk=on_chunk)
+
+    written, all_rows = [], []
+    decomposition = {l.name for l in layers if "decomposition" in l.roles}
+    for name, k, specs in jobs:
+        rows = run_protocol(name, store=results, evaluate=evaluate, layers=layers, kind=k, specs=specs,
+                            metric_name=subject.metric.name, log=log)
+        all_rows += rows
+        stem = tables.table_stem(name, k)
+        figure = workdir / "ablation" / f"{stem}.png"
+        title = f"{name} ({k})" if name != "baseline" else "baseline"
+        if name == "single":
+            figures.plot_single(rows, decomposition, figure, title=f"{workdir.name}: {title}")
+        elif name != "baseline":
+            figures.plot_bars(rows, figure, title=f"{workdir.name}: {title}")
+        else:
+            figure = None
+        meta = {"title": title, "description": DESCRIPTIONS.get(name, f"Specs from {spec_file}."),
+                "figure": figure.name if figure else None, "provenance": provenance,
+                "seconds": float(sum(r["seconds"] for r in rows))}
+        written += list(tables.write_table(rows, workdir / "ablation", stem, meta=meta))
+        log(f"wrote {workdir / 'ablation' / stem}.csv")
+    if subject.task == "segmentation":
+        written += qualitative_figure(workdir / "ablation", all_rows, resolved, model=model, variables=variables,
+                                      split=subject.test, image_mean=subject.image_mean,
+                                      image_std=subject.image_std, initial_params=initial)
+    return written
+
+
+# Qualitative figure -----------------------------------------------------------------------------
+
+def _ablated_variables(model, variables, ablation: abl.Ablation, layers, sample, initial_params):
+    mask = abl.make_mask(variables["params"], ablation, layers)
+    replacement = None
+    if ablation.kind == "reinit":
+        replacement = initial_params
+    elif ablation.kind == "rerandomize":
+        replacement = model.init(jax.random.key(ablation.seed), sample)["params"]
+    return abl.apply(variables, mask, replacement=replacement)
+
+
+def pick_examples(masks: np.ndarray, n: int) -> np.ndarray:
+    """``n`` indices spread over the split, preferring slices that show every class."""
+    full = [i for i, m in enumerate(masks) if len(np.unique(m)) == int(masks.max()) + 1]
+    pool = np.asarray(full if len(full) >= n else range(len(masks)))
+    return pool[np.linspace(0, len(pool) - 1, min(n, len(pool))).round().astype(int)]
+
+
+def qualitative_figure(directory: Path, rows: Sequence[dict], ablations: Mapping[str, abl.Ablation], *, model,
+                       variables, split: Any, image_mean, image_std, initial_params=None,
+                       n_images: int = 4) -> list[Path]:
+    """``qualitative.png`` (+ ``.json`` for the report): image, ground truth, baseline prediction, and the
+    predictions under the most harmful and the most harmless mask among ``rows`` (lowest and highest score)."""
+    scored = [r for r in rows if r["mask"] in ablations and r["kind"] != "none"]
+    if not scored:
+        return []
+    worst, best = min(scored, key=lambda r: r["value"]), max(scored, key=lambda r: r["value"])
+    idx = pick_examples(split.masks, n_images)
+    images, masks = split.images[idx], split.masks[idx]
+    layers = abl.catalogue(model, variables, input_shape=(1, *images.shape[1:]))
+    metric = metrics.Dice(num_classes=split.num_classes)
+    x = normalize(jnp.asarray(images), image_mean, image_std)  # as training and the engine normalise
+    columns = [("baseline", variables)]
+    for label, row in (("most harmful", worst), ("most harmless", best)):
+        ablated = _ablated_variables(model, variables, ablations[row["mask"]], layers, x[:1], initial_params)
+        columns.append((f"{label}:\n{row['mask']} ({row['kind']})\n{row['metric']} {row['value']:.3f}", ablated))
+    predictions, scores = [], []
+    apply = jax.jit(model.apply)
+    for _, v in columns:
+        logits, _ = apply(v, x)
+        predictions.append(np.asarray(jnp.argmax(logits, -1)))
+        scores.append(np.asarray(metric.per_example(logits, jnp.asarray(masks))["score"]))
+    path = directory / "qualitative.png"
+    figures.plot_qualitative(path, images, masks, predictions, scores, [c[0] for c in columns], split.class_names,
+                             [split.ids[i] for i in idx])
+    meta = {"title": "qualitative", "figure": path.name,
+            "description": f"Test slices: image, ground truth, and predictions of the baseline and of the most "
+                           f"harmful ({worst['mask']}, {worst['kind']}) and most harmless ({best['mask']}, "
+                           f"{best['kind']}) masks of this sweep; per-slice mean foreground Dice in each title.",
+            "masks": {"most_harmful": worst["mask"], "most_harmless": best["mask"]}}
+    meta_path = directory / "qualitative.json"
+    meta_path.write_text(json.dumps(meta, indent=2))
+    return [path, meta_path]

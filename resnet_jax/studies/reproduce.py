@@ -1,0 +1,164 @@
+"""The main job: both studies end to end, resumable stage by stage, and one report.
+
+Stages, each in its own sub-workdir of ``<workdir>`` and recorded in ``<workdir>/stages.json`` when
+finished (a rerun skips them; an unfinished stage resumes from its own checkpoints or results):
+
+  cifar-train, cifar-ablate   Study A, classification (ResNet34 on CIFAR-10)
+  acdc-train,  acdc-ablate    Study A, segmentation (PSPNet-ResNet34 on ACDC), scored by Dice
+  skip-study                  Study B on MNIST
+  verify                      the classification ablations re-run in PyTorch (needs the torch extra)
+  report                      report/report.md and report/index.html
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from resnet_jax import files
+
+STAGES = ("cifar-train", "cifar-ablate", "acdc-train", "acdc-ablate", "skip-study", "verify", "report")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {"cifar": "cifar10-resnet34-smoke", "acdc": "acdc-pspnet34-smoke", "skip": "mnist-skip-smoke",
+              "ablate_examples": 64, "verify_examples": 64},
+    "cpu": {"cifar": "cifar10-resnet34-cpu", "acdc": "acdc-pspnet34-cpu", "skip": "mnist-skip-cpu",
+            "ablate_examples": None, "verify_examples": 1000},
+    "full": {"cifar": "cifar10-resnet34", "acdc": "acdc-pspnet34", "skip": "mnist-skip",
+             "ablate_examples": None, "verify_examples": None},
+}
+
+DATASETS = {"cifar": "cifar10", "acdc": "acdc_lv_myo", "skip": "mnist"}
+
+
+class StageError(ValueError):
+    """An unknown preset or stage, a workdir made by another preset or data, or a stage that failed its check."""
+
+
+def _data_dir(data_root: Path | None, key: str) -> str | None:
+    if data_root is None:
+        return None
+    path = data_root / DATASETS[key]
+    return str(path.absolute()) if path.exists() else None
+
+
+def _record(workdir: Path) -> dict[str, Any]:
+    path = workdir / "stages.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_record(workdir: Path, record: dict[str, Any]) -> None:
+    files.write_json(workdir / "stages.json", record)
+
+
+def _mark_done(workdir: Path, stage: str, seconds: float, info: dict | None = None) -> None:
+    record = _record(workdir)
+    record.setdefault("stages", {})[stage] = {"seconds": seconds, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                              **(info or {})}
+    _write_record(workdir, record)
+
+
+def _claim(workdir: Path, identity: dict[str, Any], *, force_new: bool) -> None:
+    """Record which preset and data made this workdir; refuse one made by another unless ``force_new``."""
+    record = _record(workdir)
+    old = record.get("run")
+    if record and old != identity and not force_new:
+        made_by = f"preset {old['preset']!r} with data root {old['data_root']}" if old else "an older resnet-jax"
+        raise StageError(f"{workdir} holds a reproduce run of {made_by}, not preset {identity['preset']!r} with data "
+                         f"root {identity['data_root']}; rerun with those settings to resume, use another --workdir, "
+                         f"or pass --force-new to start over")
+    if old != identity or force_new:
+        for sub in (*RUN_DIRS.values(), "report", "stages.json"):
+            target = workdir / sub
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        _write_record(workdir, {"run": identity, "stages": {}})
+
+
+RUN_DIRS = {"cifar": "cifar10-resnet34", "acdc": "acdc-pspnet34", "skip": "mnist-skip"}
+
+
+def stage_runners(preset: dict, workdir: Path, data_root: Path | None, log) -> dict[str, Callable[[], dict]]:
+    """One zero-argument function per stage; each resumes its own work when rerun."""
+    from resnet_jax import configs
+    from resnet_jax.studies import ablate, skip_study
+    from resnet_jax.training import runs
+
+    cifar, acdc, skip = (workdir / RUN_DIRS[k] for k in ("cifar", "acdc", "skip"))
+
+    def overrides(key):
+        d = _data_dir(data_root, key)
+        return [f"data.data_dir={d}"] if d else []
+
+    def train(key, run):
+        return lambda: runs.train(configs.load_config(preset[key], overrides(key)), run, log=log)
+
+    def ablate_run(run):
+        return lambda: {"tables": [str(p) for p in ablate.ablate_workdir(
+            run, n_examples=preset["ablate_examples"], log=log)]}
+
+    def skip_run():
+        skip_study.run_study(configs.load_config(preset["skip"], overrides("skip")), skip, log=log)
+        return {}
+
+    def verify():
+        if importlib.util.find_spec("torch") is None:
+            log("NOTICE: torch is not installed, so the PyTorch cross-check is skipped "
+                "(pip install 'resnet-jax[torch]' to run it)")
+            return {"skipped": "torch not installed"}
+        from resnet_jax.ablation.protocols import PROTOCOLS
+        from resnet_jax.interop import verify as verify_lib
+
+        result = verify_lib.verify_workdir(cifar, protocols=list(PROTOCOLS), n_examples=preset["verify_examples"])
+        if not result["ok"]:
+            raise StageError(f"verify: JAX and PyTorch disagree beyond tolerance (see {result['csv']}); "
+                             f"the stage stays unfinished")
+        return {"ok": True}
+
+    def report():
+        from resnet_jax.reporting import study_report
+
+        return {"report": str(study_report.write_study_report(workdir))}
+
+    return {"cifar-train": train("cifar", cifar), "cifar-ablate": ablate_run(cifar), "acdc-train": train("acdc", acdc),
+            "acdc-ablate": ablate_run(acdc), "skip-study": skip_run, "verify": verify, "report": report}
+
+
+def reproduce(preset_name: str, workdir: str | Path, *, data_root: str | Path | None = None,
+              only: Sequence[str] | None = None, force_new: bool = False,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or finish) every stage of a preset; return ``stages.json``'s record.
+
+    The workdir records the preset and data root that made it; another preset or data root is refused
+    (``force_new`` starts over). A stage that raises is not marked done.
+    """
+    if preset_name not in PRESETS:
+        raise StageError(f"unknown preset {preset_name!r}; valid: {list(PRESETS)}")
+    chosen = list(only) if only else list(STAGES)
+    unknown = [s for s in chosen if s not in STAGES]
+    if unknown:
+        raise StageError(f"unknown stage(s) {unknown}; valid: {list(STAGES)}")
+    root = Path(data_root).absolute() if data_root else None
+    if root is not None and not root.is_dir():
+        raise StageError(f"--data-root {data_root} is not a directory; give the folder that holds "
+                         f"{', '.join(DATASETS.values())} (e.g. ../shared/data), or leave it out to use TFDS")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _claim(workdir, {"preset": preset_name, "data_root": str(root) if root else None}, force_new=force_new)
+    runners = stage_runners(PRESETS[preset_name], workdir, root, log)
+    started = time.perf_counter()
+    for i, stage in enumerate(chosen):
+        if stage in _record(workdir)["stages"] and stage != "report":
+            log(f"[{i + 1}/{len(chosen)}] {stage}: done earlier, skipped (preset {preset_name})")
+            continue
+        log(f"[{i + 1}/{len(chosen)}] {stage} ... (elapsed {time.perf_counter() - started:.0f}s)")
+        t0 = time.perf_counter()
+        info = runners[stage]() or {}
+        info = {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, list))}
+        _mark_done(workdir, stage, time.perf_counter() - t0, info)
+        log(f"[{i + 1}/{len(chosen)}] {stage}: finished in {time.perf_counter() - t0:.0f}s")
+    return _record(workdir)

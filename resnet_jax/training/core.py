@@ -1,0 +1,318 @@
+"""The one training core: state, optimizer, the resumable epoch loop, checkpoint choice, restoring a run.
+
+A task (classification, segmentation, Study B's CNNs) plugs in what differs as a :class:`Task`:
+its splits, model, train step and evaluation. ``train_and_evaluate(config, workdir, task)`` is the
+whole job. Determinism: the epoch's example order is a function of ``(seed, epoch)`` and the step's
+random key of ``(seed, step)``, so a run resumed from any checkpoint replays exactly what an
+uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import signal
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+from jax.sharding import Mesh
+
+from resnet_jax import checkpointing, configs, devices, files
+from resnet_jax.data import inputs
+
+Array = jax.Array
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DERIVED = ("checkpoints", "metrics.jsonl", "evaluation.json", "initial_params", "ablation", "report.md",
+           "verify.csv")
+"""Everything a run's workdir holds that its config and training produced; ``--force-new`` removes it all."""
+
+
+class TrainState(train_state.TrainState):
+    """Optimizer state plus BatchNorm statistics and the input normalisation of the run."""
+
+    batch_stats: Any
+    image_mean: Array
+    image_std: Array
+
+    @property
+    def variables(self) -> dict[str, Any]:
+        return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    """A task's data: ``val`` (None where the task has none) chooses the best checkpoint."""
+
+    train: Any
+    val: Any
+    test: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What a task plugs into the core.
+
+    ``arrays(split)`` gives the host arrays a step consumes (images first); ``train_step(config)``
+    the pure step ``(state, *arrays, key) -> (state, metrics)``; ``evaluate(config, model)`` a
+    function ``(state, split, mesh, prefix) -> dict`` of summary metrics; ``best_metric`` the key
+    (a ``val_`` or ``test_`` metric of that function) that ranks checkpoints; ``metric(config)`` the
+    per-example metric plug-in (:mod:`resnet_jax.metrics`) that ablation sweeps score with.
+    """
+
+    name: str
+    load_splits: Callable[[Mapping], Splits]
+    arrays: Callable[[Any], tuple[np.ndarray, ...]]
+    build_model: Callable[[Mapping, Splits], nn.Module]
+    train_step: Callable[[Mapping], Callable]
+    evaluate: Callable[[Mapping, nn.Module], Callable]
+    best_metric: str
+    metric: Callable[[Mapping], Any]
+
+
+def model_dtype(config: Mapping):
+    return DTYPES[config["model"]["dtype"]]
+
+
+def make_optimizer(config: Mapping, steps_per_epoch: int) -> optax.GradientTransformation:
+    """SGD with Nesterov momentum, linear warm-up then cosine decay, weight decay on kernels only."""
+    t = config["train"]
+    total = max(1, t["epochs"] * steps_per_epoch)
+    warmup = min(int(t["warmup_epochs"] * steps_per_epoch), total - 1)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, t["learning_rate"], warmup, total, end_value=0.0)
+    kernels_only = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
+        lambda path, _: path[-1].key == "kernel", params)
+    return optax.chain(
+        optax.add_decayed_weights(t["weight_decay"], mask=kernels_only),
+        optax.sgd(schedule, momentum=t["momentum"], nesterov=t["nesterov"]),
+    )
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image_shape, *, seed: int,
+                       mean: np.ndarray, std: np.ndarray) -> TrainState:
+    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, *image_shape), jnp.float32)))(
+        jax.random.key(seed))
+    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                             batch_stats=variables.get("batch_stats", {}), image_mean=jnp.asarray(mean),
+                             image_std=jnp.asarray(std))
+
+
+def _fresh_state(config: Mapping, model: nn.Module, train_images: np.ndarray, *, stats: bool = True) -> TrainState:
+    """The run's initial state; without ``stats`` the input statistics are placeholders of the right shape
+    (for a restore target, whose values come from the checkpoint)."""
+    steps_per_epoch = max(1, len(train_images) // config["train"]["batch_size"])
+    channels = train_images.shape[-1]
+    mean, std = inputs.channel_stats(train_images) if stats else (np.zeros(channels, np.float32),) * 2
+    return create_train_state(model, make_optimizer(config, steps_per_epoch), train_images.shape[1:],
+                              seed=config["train"]["seed"], mean=mean, std=std)
+
+
+# The workdir -----------------------------------------------------------------------------------
+
+def prepare_workdir(config: Mapping, workdir: Path, *, force_new: bool) -> None:
+    """Record the config; refuse a workdir that holds a run of a different config.
+
+    ``force_new`` removes everything derived from the old run (:data:`DERIVED`), so no table of the
+    old model can survive into the new one.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        changed = configs.diff(old, config)
+        if changed and not force_new:
+            raise configs.ConfigError(
+                f"{workdir} holds a run with a different config (keys {changed}); use another --workdir, "
+                f"rerun with the same settings to resume, or pass --force-new to discard that run")
+        if force_new:
+            clear_run(workdir)
+    files.write_text(path, configs.to_json(config))
+
+
+def clear_run(workdir: Path) -> None:
+    """Remove what a run produced (checkpoints, metrics, initial parameters, ablation results...)."""
+    for name in DERIVED:
+        target = workdir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+
+
+def check_batch_size(config: Mapping, n_train: int, mesh: Mesh) -> int:
+    """Steps per epoch; errors name the key when the batch cannot be split or exceeds the data."""
+    b = config["train"]["batch_size"]
+    if b % mesh.devices.size:
+        raise configs.ConfigError(f"train.batch_size={b} must be a multiple of the {mesh.devices.size} devices")
+    if n_train // b == 0:
+        raise configs.ConfigError(f"train.batch_size={b} exceeds the {n_train} training examples")
+    return n_train // b
+
+
+# The job ---------------------------------------------------------------------------------------
+
+def train_and_evaluate(config: Mapping, workdir: str | Path, task: Task, *, force_new: bool = False,
+                       log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train ``config`` in ``workdir``, resuming from its latest checkpoint; return the last metrics.
+
+    Each epoch is scored on the validation split (the test split where the task has none); with a
+    validation split, the checkpoint best on it is finally scored on the test split
+    (``evaluation.json``).
+    """
+    workdir = Path(workdir)
+    t = config["train"]
+    splits = task.load_splits(config)  # before touching the workdir: bad data leaves nothing behind
+    mesh = devices.data_mesh()
+    check_batch_size(config, len(splits.train), mesh)
+    model = task.build_model(config, splits)
+    prepare_workdir(config, workdir, force_new=force_new)
+    mngr = checkpointing.manager(workdir, keep=t["keep_checkpoints"], best_metric=task.best_metric)
+    train_images = task.arrays(splits.train)[0]
+    if mngr.latest_step() is not None:  # restoring needs only the state's structure: skip compiling init
+        state = checkpointing.restore(mngr, jax.eval_shape(lambda: _fresh_state(config, model, train_images,
+                                                                                stats=False)))
+        log(f"resumed from step {int(state.step)} in {workdir}")
+    else:
+        state = _fresh_state(config, model, train_images)
+        checkpointing.save_initial(workdir, state.params)
+    state = devices.replicate(mesh, state)
+    step_fn = jax.jit(task.train_step(config), donate_argnums=0)
+    evaluate = task.evaluate(config, model)
+    monitor, prefix = (splits.val, "val_") if splits.val is not None else (splits.test, "test_")
+    state, last = run_epochs(state, mngr, step_fn=step_fn, arrays=task.arrays(splits.train), mesh=mesh,
+                             epochs=t["epochs"], batch_size=t["batch_size"], seed=t["seed"],
+                             evaluate=lambda s: evaluate(s, monitor, mesh, prefix), best_metric=task.best_metric,
+                             metrics_path=workdir / "metrics.jsonl", log=log)
+    if splits.val is not None and not (workdir / "evaluation.json").is_file():
+        best = checkpointing.best_step(mngr, metric=task.best_metric)
+        best_state = checkpointing.restore(mngr, state, step=best) if best is not None else state
+        write_evaluation(workdir, evaluate(best_state, splits.test, mesh, "test_"), step=int(best_state.step),
+                         which="best", n_examples=len(splits.test), log=log)
+    return last or {"step": int(state.step), "status": "already complete"}
+
+
+def write_evaluation(workdir: Path, result: Mapping, *, step: int, which: str, n_examples: int,
+                     log: Callable[[str], None] = print) -> dict:
+    result = {"checkpoint": which, "step": step, "n_examples": n_examples, **result}
+    files.write_json(Path(workdir) / "evaluation.json", result)
+    log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+    return result
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM ask the loop to checkpoint and stop after the current step."""
+
+    def __init__(self):
+        self.signum = None
+
+    def __enter__(self):
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def run_epochs(state: Any, mngr, *, step_fn: Callable, arrays: tuple[np.ndarray, ...], mesh: Mesh,
+               epochs: int, batch_size: int, seed: int, evaluate: Callable[[Any], dict], best_metric: str,
+               metrics_path: Path, log: Callable[[str], None]) -> tuple[Any, dict | None]:
+    """The epoch loop of every trainer here: resumes at the state's step, and per epoch appends one metrics line
+    (``train_<k>`` for each output ``k`` of ``step_fn``, then ``evaluate(state)``) and saves one checkpoint.
+
+    The data order depends only on ``(seed, epoch)``, so a run resumed mid-epoch sees the same batches as an
+    uninterrupted one. On SIGTERM/SIGINT the current step is checkpointed before stopping.
+    """
+    from tqdm import tqdm
+
+    steps_per_epoch = len(arrays[0]) // batch_size
+    key = jax.random.key(seed)
+    elapsed0, start, last = _last_elapsed(metrics_path), time.perf_counter(), None
+    with _StopFlag() as stop:
+        while (step := int(state.step)) < epochs * steps_per_epoch:
+            epoch, offset = divmod(step, steps_per_epoch)
+            order = np.random.default_rng([seed, epoch]).permutation(len(arrays[0]))
+            sums, seen, t_epoch = None, 0, time.perf_counter()
+            for i in tqdm(range(offset, steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", unit="step",
+                          disable=None, leave=False):
+                idx = order[i * batch_size:(i + 1) * batch_size]
+                state, out = step_fn(state, *devices.shard_batch(mesh, *(a[idx] for a in arrays)), key)
+                sums = out if sums is None else {k: sums[k] + out[k] for k in sums}
+                seen += 1
+                if seen == 1:  # keep compilation out of the throughput figure
+                    jax.block_until_ready(out)
+                    t_epoch = time.perf_counter()
+                if stop.signum is not None:
+                    checkpointing.save(mngr, int(state.step), state)
+                    log(f"stopped by signal {stop.signum}; checkpoint saved at step {int(state.step)}; "
+                        f"rerun the same command to resume")
+                    raise KeyboardInterrupt
+            jax.block_until_ready(sums)  # dispatch is asynchronous: wait, or the throughput is fiction
+            train_time = time.perf_counter() - t_epoch
+            last = {
+                "epoch": epoch + 1, "step": int(state.step),
+                **{f"train_{k}": float(v) / seen for k, v in sums.items()},
+                **evaluate(state),
+                "images_per_second": (seen - 1) * batch_size / train_time if seen > 1 else None,
+                "elapsed_s": elapsed0 + time.perf_counter() - start,
+                "resumed_mid_epoch": offset > 0,
+            }
+            with metrics_path.open("a") as fh:
+                fh.write(json.dumps(last) + "\n")
+            checkpointing.save(mngr, last["step"], state, metrics={best_metric: last[best_metric]})
+            log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
+    return state, last
+
+
+def _last_elapsed(path: Path) -> float:
+    if not path.is_file():
+        return 0.0
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    return json.loads(lines[-1])["elapsed_s"] if lines else 0.0
+
+
+# Restoring a finished run ---------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A trained run restored from its workdir: config, model, state, and its test split."""
+
+    config: dict
+    model: nn.Module
+    state: TrainState
+    test: Any
+    task: Task
+
+
+def restore_run(workdir: str | Path, config: Mapping, task: Task, *, which: str = "best") -> Run:
+    """Rebuild a run from ``workdir`` and its (completed) ``config``; ``which`` is ``'best'`` (by the
+    task's best metric) or ``'latest'``."""
+    if which not in ("best", "latest"):
+        raise configs.ConfigError(f"unknown checkpoint choice {which!r}; valid: 'best', 'latest'")
+    splits = task.load_splits(config)
+    model = task.build_model(config, splits)
+    target = jax.eval_shape(lambda: _fresh_state(config, model, task.arrays(splits.train)[0], stats=False))
+    mngr = checkpointing.manager(workdir, keep=config["train"]["keep_checkpoints"], best_metric=task.best_metric)
+    step = checkpointing.best_step(mngr, metric=task.best_metric) if which == "best" else None
+    state = checkpointing.restore(mngr, target, step=step)
+    return Run(dict(config), model, state, splits.test, task)
+
+
+def evaluate_run(run: Run, workdir: str | Path, *, which: str, log: Callable[[str], None] = print) -> dict:
+    """Score a restored run on its test split; written to ``evaluation.json``."""
+    mesh = devices.data_mesh()
+    evaluate = run.task.evaluate(run.config, run.model)
+    result = evaluate(devices.replicate(mesh, run.state), run.test, mesh, "test_")
+    return write_evaluation(Path(workdir), result, step=int(run.state.step), which=which,
+                            n_examples=len(run.test), log=log)

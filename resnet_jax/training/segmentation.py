@@ -1,0 +1,223 @@
+"""Segmentation on the training core: PSPNet, cross-entropy + soft Dice, paired augmentation, Dice.
+
+``TASK`` is what :mod:`resnet_jax.training.core` needs. Per epoch the validation Dice per class goes to
+``metrics.jsonl`` and ranks the checkpoints; at the end the checkpoint best by validation Dice is
+scored on the test split (``evaluation.json``). Determinism is the core's: the epoch's order is a
+function of ``(seed, epoch)``, augmentation and dropout keys of ``(seed, step)``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy import ndimage
+
+from resnet_jax import configs, devices, metrics
+from resnet_jax.data import segmentation as seg_data
+from resnet_jax.data.inputs import normalize
+from resnet_jax.models import pspnet
+from resnet_jax.training import core
+
+Array = jax.Array
+BEST_METRIC = "val_dice"
+
+
+# Data, model and metric -------------------------------------------------------------------------
+
+def load_split(config: Mapping, which: str) -> seg_data.SegSplit | None:
+    """The ``which`` (``train``/``val``/``test``) split of a config; None when ``data.<which>_split`` is None."""
+    d = config["data"]
+    name = d[f"{which}_split"]
+    if name is None:
+        return None
+    if d["name"] == "synthetic":
+        split = seg_data.synthetic_split(which, size=d["image_size"], seed=config["train"]["seed"],
+                                    num_classes=len(d["class_names"]))
+    elif d["name"] in seg_data.TFDS_SEGMENTATION and d["data_dir"] is None:
+        split = seg_data.load_tfds_segmentation(d["name"], name, image_size=d["image_size"])
+        if list(split.class_names) != list(d["class_names"]):
+            raise configs.ConfigError(f"data.class_names {list(d['class_names'])} do not match {d['name']}'s "
+                                      f"classes {list(split.class_names)}")
+    else:
+        if d["data_dir"] is None:
+            raise seg_data.DataError(f"dataset {d['name']!r} needs --data-dir (e.g. ../shared/data/acdc_lv_myo)")
+        prefixes = (d["id_prefixes"] or {}).get(name)
+        split = seg_data.load_segmentation_split(d["data_dir"], name, image_size=d["image_size"],
+                                                 class_names=d["class_names"], percentiles=d["percentiles"],
+                                                 id_prefixes=prefixes)
+    return split.take(d[f"max_{which}_examples"], seed=config["train"]["seed"])
+
+
+def build_model(config: Mapping) -> pspnet.PSPNet:
+    m = config["model"]
+    return pspnet.PSPNet(num_classes=len(config["data"]["class_names"]), encoder=m["encoder"],
+                      output_stride=m["output_stride"], bins=tuple(m["bins"]), pool_features=m["pool_features"],
+                      head_features=m["head_features"], dropout=m["dropout"], stem=m["stem"],
+                      conv_impl=m["conv_impl"], dtype=core.model_dtype(config))
+
+
+def build_metric(config: Mapping) -> metrics.Dice:
+    m = config["metric"]
+    return metrics.Dice(num_classes=len(config["data"]["class_names"]), aggregate_by=m["aggregate_by"],
+                    classes=tuple(m["classes"]) if m["classes"] else None,
+                    class_names=tuple(config["data"]["class_names"]))
+
+
+
+# Losses and augmentation ---------------------------------------------------------------------
+
+def soft_dice_loss(logits: Array, masks: Array, *, smooth: float = 1.0) -> Array:
+    """``1 - mean_c (2 sum p t + s) / (sum p + sum t + s)`` over foreground classes, pooled over the batch.
+
+    Pooling over the batch (not per image) keeps slices without a class from dominating the loss.
+    """
+    probs = jax.nn.softmax(logits, axis=-1)[..., 1:]
+    onehot = jax.nn.one_hot(masks, logits.shape[-1], dtype=probs.dtype)[..., 1:]
+    axes = tuple(range(probs.ndim - 1))
+    inter = jnp.sum(probs * onehot, axis=axes)
+    total = jnp.sum(probs, axis=axes) + jnp.sum(onehot, axis=axes)
+    return 1.0 - jnp.mean((2.0 * inter + smooth) / (total + smooth))
+
+
+def segmentation_loss(logits: Array, masks: Array, *, dice_weight: float = 0.0) -> Array:
+    """Mean pixel cross-entropy, plus ``dice_weight`` times the soft Dice loss."""
+    loss = jnp.mean(metrics.pixel_cross_entropy(logits, masks))
+    return loss + dice_weight * soft_dice_loss(logits, masks) if dice_weight else loss
+
+
+
+
+def augment_pair(images: Array, masks: Array, key: Array, *, flip: bool = True, max_shift: float = 0,
+                 max_rotate: float = 0.0, max_scale: float = 0.0) -> tuple[Array, Array]:
+    """One random affine map per example, applied to image (bilinear) and mask (nearest) alike.
+
+    Rotation about the centre by up to ``max_rotate`` degrees, zoom in ``[1 - max_scale, 1 + max_scale]``,
+    an integer shift of up to ``max_shift`` pixels and a left-right flip; outside the image is 0
+    (darkest, background). With no rotation and zoom every output pixel is an input pixel exactly.
+    """
+    n, h, w = masks.shape
+    k_rot, k_scale, k_shift, k_flip = jax.random.split(key, 4)
+    angle = jnp.deg2rad(max_rotate) * jax.random.uniform(k_rot, (n,), minval=-1.0, maxval=1.0)
+    scale = 1.0 + max_scale * jax.random.uniform(k_scale, (n,), minval=-1.0, maxval=1.0)
+    shift = jax.random.randint(k_shift, (n, 2), -int(max_shift), int(max_shift) + 1).astype(jnp.float32)
+    flips = jax.random.bernoulli(k_flip, 0.5, (n,)) if flip else jnp.zeros((n,), bool)
+    yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+
+    def one(image, mask, a, s, t, f):
+        y, x = yy - cy - t[0], xx - cx - t[1]
+        x = jnp.where(f, -x, x)
+        c, si = jnp.cos(a), jnp.sin(a)
+        coords = [(c * y - si * x) / s + cy, (si * y + c * x) / s + cx]
+        img = jax.vmap(lambda ch: ndimage.map_coordinates(ch, coords, order=1, mode="constant", cval=0.0),
+                       in_axes=-1, out_axes=-1)(image)  # every channel alike (grey MRI: one; RGB: three)
+        msk = ndimage.map_coordinates(mask.astype(jnp.float32), coords, order=0, mode="constant", cval=0.0)
+        return img.astype(image.dtype), msk.astype(mask.dtype)
+
+    return jax.vmap(one)(images, masks, angle, scale, shift, flips)
+
+
+# Steps ------------------------------------------------------------------------------------------
+
+def train_step(state: core.TrainState, images: Array, masks: Array, key: Array, *,
+               augment: Mapping[str, Any] | None, dice_weight: float) -> tuple[core.TrainState, dict]:
+    """One SGD step; augmentation (``augment``: kwargs of :func:`augment_pair`, or None) runs here."""
+    key = jax.random.fold_in(key, state.step)
+    k_aug, k_drop = jax.random.split(key)
+    if augment is not None:
+        images, masks = augment_pair(images, masks, k_aug, **augment)
+    x = normalize(images, state.image_mean, state.image_std)
+
+    def loss_fn(params):
+        (logits, _), updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, x, train=True,
+                                              mutable=["batch_stats"], rngs={"dropout": k_drop})
+        return segmentation_loss(logits, masks, dice_weight=dice_weight), (logits, updates["batch_stats"])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    return state, {"loss": loss, "pixel_accuracy": jnp.mean(jnp.argmax(logits, -1) == masks)}
+
+
+def predict_step(model, variables, mean: Array, std: Array, images: Array, masks: Array, *,
+                 metric: metrics.Dice) -> dict[str, Array]:
+    """The metric's per-example values (takes the variables, not the state: the step's type varies)."""
+    logits, _ = model.apply(variables, normalize(images, mean, std))
+    return metric.per_example(logits, masks)
+
+
+def make_eval_fn(model, metric: metrics.Dice) -> Callable:
+    """``eval_fn(state, images, masks)``, jitted once per model and metric."""
+    fn = jax.jit(functools.partial(predict_step, model, metric=metric))
+    return lambda state, x, y: fn(state.variables, state.image_mean, state.image_std, x, y)
+
+
+def per_example_over(state: core.TrainState, split: seg_data.SegSplit, *, batch_size: int, mesh,
+                     step_fn: Callable) -> dict[str, np.ndarray]:
+    """``step_fn`` over a whole split in padded batches; per-example arrays with the padding dropped."""
+    batch_size = devices.round_up_to_devices(batch_size, mesh)
+    parts = []
+    for start in range(0, len(split), batch_size):
+        images, masks = split.images[start:start + batch_size], split.masks[start:start + batch_size]
+        n = len(masks)
+        out = step_fn(state, *devices.shard_batch(mesh, devices.pad_rows(images, batch_size),
+                                                  devices.pad_rows(masks, batch_size)))
+        parts.append({k: np.asarray(v)[:n] for k, v in out.items()})
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def evaluate_split(state, split, *, batch_size: int, mesh, step_fn: Callable, prefix: str) -> dict[str, float]:
+    """Loss and Dice (pooled per class, pooled mean, mean per image) over a split."""
+    per_example = per_example_over(state, split, batch_size=batch_size, mesh=mesh, step_fn=step_fn)
+    return {f"{prefix}loss": float(np.mean(per_example["loss"])),
+            **metrics.dice_summary(per_example, split.class_names, prefix=prefix)}
+
+
+
+def load_splits(config: Mapping) -> core.Splits:
+    """Train, validation and test splits; without a validation split the test split ranks checkpoints
+    (as the study did; a run's ``data.val_split`` says which)."""
+    test = load_split(config, "test")
+    return core.Splits(train=load_split(config, "train"), val=load_split(config, "val") or test, test=test)
+
+
+def _augment_kwargs(t: Mapping) -> dict | None:
+    if not t["augment"]:
+        return None
+    return {"flip": t["flip"], "max_shift": t["max_shift"], "max_rotate": t["max_rotate"],
+            "max_scale": t["max_scale"]}
+
+
+def _train_step(config: Mapping) -> Callable:
+    t = config["train"]
+    augment = _augment_kwargs(t)
+    return lambda s, x, y, k: train_step(s, x, y, k, augment=augment, dice_weight=t["dice_weight"])
+
+
+def _evaluate(config: Mapping, model) -> Callable:
+    eval_fn = make_eval_fn(model, build_metric(config))
+    return lambda state, split, mesh, prefix: evaluate_split(
+        state, split, batch_size=config["train"]["eval_batch_size"], mesh=mesh, step_fn=eval_fn, prefix=prefix)
+
+
+TASK = core.Task(
+    name="segmentation",
+    load_splits=load_splits,
+    arrays=lambda split: (split.images, split.masks),
+    build_model=lambda config, splits: build_model(config),
+    train_step=_train_step,
+    evaluate=_evaluate,
+    best_metric=BEST_METRIC,
+    metric=build_metric,
+)
+
+
+def train_and_evaluate(config: Mapping, workdir: str | Path, *, force_new: bool = False,
+                       log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train a segmentation ``config`` in ``workdir`` (resumable); return the last epoch's metrics."""
+    return core.train_and_evaluate(config, workdir, TASK, force_new=force_new, log=log)
