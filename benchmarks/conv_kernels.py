@@ -15,7 +15,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from resnet_jax.ablation import catalogue as abl
 from resnet_jax.models import resnet as models

@@ -11,13 +11,12 @@ predictions under the most harmful and the most harmless masks.
 """
 
 import argparse
-from pathlib import Path
 
 from resnet_jax import configs
 from resnet_jax.ablation.protocols import PROTOCOLS
 from resnet_jax.reporting import markdown
 from resnet_jax.studies import ablate
-from resnet_jax.training import segmentation
+from resnet_jax.training import runs
 
 PRESETS = {"full": "acdc-pspnet34", "cpu": "acdc-pspnet34-cpu", "smoke": "acdc-pspnet34-smoke"}
 
@@ -35,9 +34,8 @@ def main() -> None:
     args = parser.parse_args()
 
     # --- Train (resumes); writes metrics.jsonl per epoch and evaluation.json (test Dice) ---
-    overrides = [*args.set, f"data.data_dir={Path(args.data_dir).absolute()}"]
-    config = configs.load_config(PRESETS[args.preset], overrides)
-    segmentation.train_and_evaluate(config, args.workdir)
+    config = configs.load_config(PRESETS[args.preset], args.set, data_dir=args.data_dir)
+    runs.train(config, args.workdir)
 
     # --- Ablate: baseline, single, stage-except-decomposition, shortcut, scored by Dice (resumes) ---
     ablate.ablate_workdir(args.workdir, protocols=PROTOCOLS, kind=args.kind,

@@ -10,7 +10,6 @@ and skips the stages whose results are in ``<workdir>/stages/``. The same as
 """
 
 import argparse
-from pathlib import Path
 
 from resnet_jax import configs
 from resnet_jax.studies import skip_study
@@ -26,10 +25,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
 
-    overrides = list(args.set)
-    if args.data_dir:
-        overrides.append(f"data.data_dir={Path(args.data_dir).absolute()}")
-    config = configs.load_config(PRESETS[args.preset], overrides)
+    config = configs.load_config(PRESETS[args.preset], args.set, data_dir=args.data_dir)
 
     # --- CNN-1, selection, CNN-2, CNN-3 (literal and useful), timing; then the report ---
     results = skip_study.run_study(config, args.workdir)

@@ -8,13 +8,12 @@ evaluates only the masks that are not in ``<workdir>/ablation/results.jsonl`` ye
 """
 
 import argparse
-from pathlib import Path
 
 from resnet_jax import configs
 from resnet_jax.ablation.protocols import PROTOCOLS
 from resnet_jax.reporting import markdown
 from resnet_jax.studies import ablate
-from resnet_jax.training import classification
+from resnet_jax.training import runs
 
 PRESETS = {"full": "cifar10-resnet34", "cpu": "cifar10-resnet34-cpu", "smoke": "cifar10-resnet34-smoke"}
 
@@ -29,11 +28,8 @@ def main() -> None:
     args = parser.parse_args()
 
     # --- Train (resumes) ---
-    overrides = list(args.set)
-    if args.data_dir:
-        overrides.append(f"data.data_dir={Path(args.data_dir).absolute()}")
-    config = configs.load_config(PRESETS[args.preset], overrides)
-    classification.train_and_evaluate(config, args.workdir)
+    config = configs.load_config(PRESETS[args.preset], args.set, data_dir=args.data_dir)
+    runs.train(config, args.workdir)
 
     # --- Ablate: baseline, single, stage-except-decomposition, shortcut (resumes) ---
     ablate.ablate_workdir(args.workdir, protocols=PROTOCOLS, kind=args.kind)

@@ -27,31 +27,13 @@ RESUME_HINTS = {
 }
 
 
-def _existing_dir(path: str | None, flag: str) -> Path | None:
-    if path is None:
-        return None
-    p = Path(path)
-    if not p.exists():
-        raise configs.ConfigError(f"{flag} {path} does not exist; give a folder with the dataset's split zips "
-                                  f"or ImageFolder tree (e.g. ../shared/data/cifar10), or leave it out to use TFDS")
-    return p.absolute()
-
-
 def _workdir(path: str) -> Path:
     """A run directory, resolved once so a relative and an absolute spelling name the same run."""
     return Path(path).absolute()
 
 
-def _load(args, *, task: str | None = None) -> dict:
-    overrides = list(args.set)
-    data_dir = _existing_dir(args.data_dir, "--data-dir")
-    if data_dir is not None:
-        overrides.append(f"data.data_dir={data_dir}")
-    return configs.load_config(args.config, overrides, task=task)
-
-
 def _train(args) -> int:
-    config = _load(args, task=args.task)
+    config = configs.load_config(args.config, args.set, task=args.task, data_dir=args.data_dir)
     if config["task"] == "skip":
         from resnet_jax.studies import skip_study
 
@@ -66,7 +48,7 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     from resnet_jax.training import core, runs
 
-    run = runs.restore(_workdir(args.workdir), which=args.checkpoint, data_dir=_existing_dir(args.data_dir, "--data-dir"))
+    run = runs.restore(_workdir(args.workdir), which=args.checkpoint, data_dir=configs.existing_data_dir(args.data_dir))
     result = core.evaluate_run(run, _workdir(args.workdir), which=args.checkpoint, log=lambda line: None)
     print(json.dumps(result, indent=2))
     return 0
@@ -106,7 +88,7 @@ def _ablate(args) -> int:
     chosen = list(PROTOCOLS) if args.protocol == "all" else [args.protocol]
     ablate.ablate_workdir(
         _workdir(args.workdir), protocols=chosen, kind=args.kind, spec_file=args.spec,
-        data_dir=_existing_dir(args.data_dir, "--data-dir"), n_examples=args.n_examples,
+        data_dir=configs.existing_data_dir(args.data_dir), n_examples=args.n_examples,
         method=args.method, batch_size=args.batch_size, memory_budget_mb=args.memory_budget_mb,
         checkpoint=args.checkpoint)
     return 0
@@ -118,7 +100,7 @@ def _verify(args) -> int:
     chosen = list(PROTOCOLS) if args.protocol == "all" else [args.protocol]
     result = verify.verify_workdir(
         _workdir(args.workdir), protocols=chosen, n_examples=args.n_examples, kinds=args.kind or ["zero-kernel"],
-        data_dir=_existing_dir(args.data_dir, "--data-dir"), checkpoint=args.checkpoint, method=args.method)
+        data_dir=configs.existing_data_dir(args.data_dir), checkpoint=args.checkpoint, method=args.method)
     print(verify.verdict(result))
     print(verify.format_table(result["rows"]))
     print(f"wrote {result['csv']}")
@@ -130,7 +112,7 @@ def _import_torch(args) -> int:
 
     verify.import_torch_run(
         args.file, _workdir(args.workdir), arch=args.arch, stem=args.stem, num_classes=args.num_classes,
-        data_name=args.data_name, data_dir=_existing_dir(args.data_dir, "--data-dir"),
+        data_name=args.data_name, data_dir=configs.existing_data_dir(args.data_dir),
         config=args.config, overrides=args.set, normalization=args.normalization, image_mean=args.image_mean,
         image_std=args.image_std)
     return 0

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,3 +35,32 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep decoded-dataset caches of generated test data out of the user's cache."""
     if "RESNET_JAX_CACHE" not in os.environ:
         monkeypatch.setenv("RESNET_JAX_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def count_shifted_crops(originals: np.ndarray, augmented: np.ndarray, *, pad: int) -> int:
+    """Assert each augmented image is a window of its zero-padded original, maybe mirrored; return how many
+    were mirrored only (an independent check of random crop + flip)."""
+    h, w = originals.shape[1:3]
+    padded = np.pad(originals, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    flips = 0
+    for img, aug in zip(padded, augmented):
+        windows = [img[i:i + h, j:j + w] for i in range(2 * pad + 1) for j in range(2 * pad + 1)]
+        plain = any(np.array_equal(aug, win) for win in windows)
+        flipped = any(np.array_equal(aug, win[:, ::-1]) for win in windows)
+        assert plain or flipped
+        flips += flipped and not plain
+    return flips
+
+
+def perturb_norms(variables, *, seed: int = 0, head: str = "fc"):
+    """Random BatchNorm statistics and affine parameters (not the init's zeros and ones), so zeroed kernels
+    leave visible constants; the classifier ``head`` keeps its values."""
+    rng = np.random.default_rng(seed)
+    stats = jax.tree_util.tree_map_with_path(
+        lambda kp, v: (rng.uniform(0.5, 2.0, v.shape) if kp[-1].key == "var" else rng.normal(0, 0.3, v.shape))
+        .astype(np.float32), variables["batch_stats"])
+    params = jax.tree_util.tree_map_with_path(
+        lambda kp, v: (rng.normal(1.0 if kp[-1].key == "scale" else 0.0, 0.2, v.shape).astype(np.float32)
+                       if kp[-1].key in ("scale", "bias") and len(kp) > 1 and kp[-2].key != head else v),
+        variables["params"])
+    return {"params": params, "batch_stats": stats}

@@ -13,22 +13,14 @@ from resnet_jax.ablation import engine, protocols
 from resnet_jax.ablation.store import ResultStore
 from resnet_jax.data import images as data
 from resnet_jax.models import resnet as models
-from tests.conftest import run_cli
+from tests.conftest import perturb_norms, run_cli
 
 
 def _model_and_variables(name="resnet_tiny", seed=0, stem="torchvision", size=32):
     """A model with random weights AND non-trivial BN statistics (not the init's zeros and ones)."""
     model = models.create_model(name, num_classes=10, stem=stem)
     variables = model.init(jax.random.key(seed), jnp.zeros((1, size, size, 3)))
-    rng = np.random.default_rng(seed)
-    stats = jax.tree_util.tree_map_with_path(
-        lambda kp, v: (rng.uniform(0.5, 2.0, v.shape) if kp[-1].key == "var" else rng.normal(0, 0.3, v.shape))
-        .astype(np.float32), variables["batch_stats"])
-    params = jax.tree_util.tree_map_with_path(
-        lambda kp, v: (rng.normal(1.0 if kp[-1].key == "scale" else 0.0, 0.2, v.shape).astype(np.float32)
-                       if kp[-1].key in ("scale", "bias") and len(kp) > 1 and kp[-2].key != "fc" else v),
-        variables["params"])
-    return model, {"params": params, "batch_stats": stats}
+    return model, perturb_norms(variables, seed=seed)
 
 
 @pytest.fixture(scope="module")

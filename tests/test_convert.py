@@ -15,6 +15,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -155,9 +156,7 @@ def test_round_trip_is_bitwise_and_matches_torchvision_keys(arch):
 
     net.load_state_dict(sd, strict=True)
     back = convert.from_torch_state_dict(net.state_dict(), arch=arch)
-    assert jax.tree.structure(back) == jax.tree.structure(variables)
-    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(variables)):
-        assert a.dtype == b.dtype and np.array_equal(a, b)
+    chex.assert_trees_all_equal(back, variables, strict=True)  # structure, dtypes and values
 
     again = convert.to_torch_state_dict(back, arch=arch)  # torch -> flax -> torch
     assert all(torch.equal(again[k], v) for k, v in net.state_dict().items() if "num_batches" not in k)

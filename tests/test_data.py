@@ -131,3 +131,18 @@ def test_shared_cifar10_zip_reads_as_imagefolder():
     assert test.images.shape == (10_000, 32, 32, 3)
     assert test.class_names[:3] == ("airplane", "automobile", "bird")
     assert np.bincount(test.labels).tolist() == [1000] * 10
+
+
+def test_the_tfds_route_reads_a_mocked_download():
+    """Without --data-dir a preset reads TFDS; its download is replaced by TFDS's own mock data."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from resnet_jax import configs
+    from resnet_jax.training import classification
+
+    config = configs.load_config("cifar10-resnet34-smoke")
+    assert config["data"]["data_dir"] is None
+    with tfds.testing.mock_data(num_examples=40):
+        splits = classification.load_splits(config)
+    assert splits.train.images.shape == (40, 32, 32, 3) and splits.train.images.dtype == np.uint8
+    assert len(splits.test) == 40 and splits.train.num_classes == 10
+    assert set(np.unique(splits.train.labels)) <= set(range(10))

@@ -17,7 +17,7 @@ from resnet_jax.ablation import catalogue as abl
 from resnet_jax.ablation import engine
 from resnet_jax.data import images as data
 from resnet_jax.models import resnet as models
-from resnet_jax.training import classification as train
+from resnet_jax.training import runs
 assert jax.device_count() == int(sys.argv[1]), jax.devices()
 model = models.create_model("resnet_tiny", num_classes=10)
 variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
@@ -28,7 +28,7 @@ ablations = [abl.Ablation("baseline", "zero-kernel", ())] + [
 results = engine.evaluate(model, variables, ablations, layers, split.images, split.labels,
                           image_mean=0.5, image_std=0.25, batch_size=16, progress=False)
 config = configs.load_config("synthetic-tiny", ["train.epochs=1", "train.batch_size=64", "train.learning_rate=0.005"])
-last = train.train_and_evaluate(config, sys.argv[2], log=lambda s: None)
+last = runs.train(config, sys.argv[2], log=lambda s: None)
 print(json.dumps({"predictions": [r.per_example["prediction"].tolist() for r in results],
                   "train_loss": last["train_loss"], "test_loss": last["test_loss"]}))
 """

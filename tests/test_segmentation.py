@@ -20,6 +20,7 @@ from resnet_jax.models import resnet as models
 from resnet_jax.studies import ablate
 from resnet_jax.training import runs
 from resnet_jax.training import segmentation as seg_train
+from tests.conftest import count_shifted_crops, perturb_norms
 
 
 def _tiny_pspnet(**kwargs):
@@ -27,16 +28,7 @@ def _tiny_pspnet(**kwargs):
 
 
 def _perturbed(variables, seed=0):
-    """Random BN statistics and affine parameters, so zeroed kernels leave visible constants."""
-    rng = np.random.default_rng(seed)
-    stats = jax.tree_util.tree_map_with_path(
-        lambda kp, v: (rng.uniform(0.5, 2.0, v.shape) if kp[-1].key == "var" else rng.normal(0, 0.3, v.shape))
-        .astype(np.float32), variables["batch_stats"])
-    params = jax.tree_util.tree_map_with_path(
-        lambda kp, v: (rng.normal(1.0 if kp[-1].key == "scale" else 0.0, 0.2, v.shape).astype(np.float32)
-                       if kp[-1].key in ("scale", "bias") and kp[-2].key != "classifier" else v),
-        variables["params"])
-    return {"params": params, "batch_stats": stats}
+    return perturb_norms(variables, seed=seed, head="classifier")
 
 
 # Model ------------------------------------------------------------------------------------------
@@ -208,15 +200,7 @@ def test_shift_and_flip_move_image_and_mask_as_one_window():
     out_i, out_m = jax.tree.map(np.asarray, seg_train.augment_pair(
         jnp.asarray(images), jnp.asarray(masks), jax.random.key(3), flip=True, max_shift=2))
     np.testing.assert_array_equal(out_m, np.where(out_i[..., 0] == 0, 0, (out_i[..., 0] * 4).astype(np.uint8)))
-    padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
-    flips = 0
-    for img, aug in zip(padded, out_i):
-        windows = [img[i:i + 8, j:j + 8] for i in range(5) for j in range(5)]
-        plain = any(np.array_equal(aug, w) for w in windows)
-        flipped = any(np.array_equal(aug, w[:, ::-1]) for w in windows)
-        assert plain or flipped
-        flips += flipped and not plain
-    assert 4 < flips < 28
+    assert 4 < count_shifted_crops(images, out_i, pad=2) < 28
 
 
 # Training and ablation on a run -----------------------------------------------------------------
@@ -228,7 +212,7 @@ def tiny_run(tmp_path_factory):
     # Threefry's per-parameter hashing makes XLA:CPU compile init ~4x slower (16 s vs 4 s here); the loop
     # does not depend on the PRNG implementation.
     with jax.default_prng_impl("rbg"):
-        last = seg_train.train_and_evaluate(config, workdir, log=lambda s: None)
+        last = runs.train(config, workdir, log=lambda s: None)
     return workdir, config, last
 
 
@@ -242,7 +226,7 @@ def test_training_smoke_run_logs_dice_per_class_and_resumes(tiny_run):
     evaluation = json.loads((workdir / "evaluation.json").read_text())
     assert evaluation["n_examples"] == 48 and 0.0 <= evaluation["test_dice"] <= 1.0
     with jax.default_prng_impl("rbg"):
-        assert seg_train.train_and_evaluate(config, workdir, log=lambda s: None)["status"] == "already complete"
+        assert runs.train(config, workdir, log=lambda s: None)["status"] == "already complete"
 
 
 def test_ablate_scores_a_segmentation_run_by_dice_with_a_qualitative_figure(tiny_run):

@@ -16,7 +16,7 @@ from typing import Any
 from resnet_jax.configs import classification, segmentation, skipping
 from resnet_jax.configs.base import ConfigError, apply_overrides, flat_keys, merge, read_file, to_json
 
-__all__ = ["ConfigError", "FAMILIES", "PRESETS", "TASKS", "complete", "defaults", "diff", "family", "flat_keys",
+__all__ = ["ConfigError", "FAMILIES", "PRESETS", "TASKS", "complete", "defaults", "diff", "existing_data_dir", "family", "flat_keys",
            "listing", "load_config", "to_json", "validate"]
 
 FAMILIES: dict[str, ModuleType] = {m.TASK: m for m in (classification, segmentation, skipping)}
@@ -37,12 +37,17 @@ def _task_of_preset(name: str) -> str:
     return next(task for task, m in FAMILIES.items() if name in m.PRESETS)
 
 
-def load_config(name_or_file: str, overrides: Iterable[str] = (), *, task: str | None = None) -> dict[str, Any]:
+def load_config(name_or_file: str, overrides: Iterable[str] = (), *, task: str | None = None,
+                data_dir: str | Path | None = None) -> dict[str, Any]:
     """A preset name (of any family) or a YAML/JSON file, merged over its family's defaults, then overrides.
 
-    A file names its family with ``task:`` (default: ``task`` here, else classification). The result is
-    validated; errors name the key, the value and what is valid.
+    A file names its family with ``task:`` (default: ``task`` here, else classification). ``data_dir``
+    (an existing folder) sets ``data.data_dir`` to its absolute path. The result is validated; errors
+    name the key, the value and what is valid.
     """
+    overrides = list(overrides)
+    if data_dir is not None:
+        overrides.append(f"data.data_dir={existing_data_dir(data_dir)}")
     if name_or_file in PRESETS:
         chosen = _task_of_preset(name_or_file)
         update = PRESETS[name_or_file]
@@ -58,6 +63,16 @@ def load_config(name_or_file: str, overrides: Iterable[str] = (), *, task: str |
     config = apply_overrides(config, overrides)
     validate(config)
     return config
+
+
+def existing_data_dir(path: str | Path | None) -> Path | None:
+    """The absolute path of a ``--data-dir`` that exists (None stays None: read from TFDS)."""
+    if path is None:
+        return None
+    if not Path(path).exists():
+        raise ConfigError(f"--data-dir {path} does not exist; give a folder with the dataset's split zips "
+                          f"or ImageFolder tree (e.g. ../shared/data/cifar10), or leave it out to use TFDS")
+    return Path(path).absolute()
 
 
 def defaults(task: str, overrides: Iterable[str] = ()) -> dict[str, Any]:

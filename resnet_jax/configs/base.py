@@ -126,11 +126,14 @@ def integer(*, low: int | None = None, high: int | None = None) -> Checker:
 
 
 def number(*, low: float | None = None, high: float | None = None, low_open: bool = False) -> Checker:
+    parts = [f"{'>' if low_open else '>='} {low}" if low is not None else "", f"<= {high}" if high is not None else ""]
+    valid = " ".join(["a finite number", " and ".join(p for p in parts if p)]).strip()
+
     def check(v):
-        bad_low = low is not None and (v <= low if low_open else v < low)
-        if not _is_number(v) or bad_low or (high is not None and v > high):
-            parts = [f"{'>' if low_open else '>='} {low}" if low is not None else "", f"<= {high}" if high is not None else ""]
-            return "a finite number " + " and ".join(p for p in parts if p)
+        if not _is_number(v):
+            return valid
+        if (low is not None and (v <= low if low_open else v < low)) or (high is not None and v > high):
+            return valid
         return None
     return check
 

@@ -13,12 +13,14 @@ so a second load of the same files is a single ``np.load``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
 import json
 import os
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,12 +55,17 @@ class Split:
 
     def take(self, n: int | None, *, seed: int = 0) -> Split:
         """A fixed random subset of ``n`` examples (the same for a given seed); all if ``n`` is None."""
-        if n is None or n >= len(self):
-            return self
-        if n <= 0:
-            raise DataError(f"max examples must be positive, got {n}")
-        idx = np.sort(np.random.default_rng(seed).permutation(len(self))[:n])
-        return Split(self.images[idx], self.labels[idx], self.class_names)
+        idx = subset(len(self), n, seed=seed)
+        return self if idx is None else Split(self.images[idx], self.labels[idx], self.class_names)
+
+
+def subset(size: int, n: int | None, *, seed: int) -> np.ndarray | None:
+    """Sorted indices of a fixed random subset of ``n`` of ``size`` examples; None for all of them."""
+    if n is None or n >= size:
+        return None
+    if n <= 0:
+        raise DataError(f"max examples must be positive, got {n}")
+    return np.sort(np.random.default_rng(seed).permutation(size)[:n])
 
 
 def default_cache_dir() -> Path:
@@ -185,10 +192,25 @@ def decode_image(data: bytes, *, where: str) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
+@contextlib.contextmanager
+def readable_zip(path: Path):
+    """Turn a truncated or corrupt zip into a :class:`DataError` that names the file."""
+    try:
+        yield
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+        raise DataError(f"{path} is not a readable zip archive ({type(err).__name__}: {err}); download or copy it "
+                        f"again (shared/data has a MANIFEST.sha256 to check it against)") from None
+
+
 def load_imagefolder(data_dir, split: str, *, cache_dir=None) -> Split:
     """Read an ImageFolder split (folder or zip); class order is the sorted folder names."""
     data_dir = Path(data_dir).expanduser()
     kind, path = _folder_source(data_dir, split)
+    with readable_zip(path):
+        return _load_imagefolder(kind, path, split, cache_dir)
+
+
+def _load_imagefolder(kind: str, path: Path, split: str, cache_dir) -> Split:
     members = _members(kind, path, split)
     if not members:
         raise DataError(f"no images under {path} (expected {split}/<class>/<image> with one of {IMAGE_SUFFIXES})")

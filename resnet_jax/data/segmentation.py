@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from resnet_jax import files
-from resnet_jax.data.images import DataError, default_cache_dir, tfds_records
+from resnet_jax.data.images import DataError, default_cache_dir, readable_zip, subset, tfds_records
 
 _CACHE_VERSION = "1"
 _PARTS = ("images", "masks")
@@ -64,11 +64,9 @@ class SegSplit:
 
     def take(self, n: int | None, *, seed: int = 0) -> SegSplit:
         """A fixed random subset of ``n`` examples (the same for a given seed); all if ``n`` is None."""
-        if n is None or n >= len(self):
+        idx = subset(len(self), n, seed=seed)
+        if idx is None:
             return self
-        if n <= 0:
-            raise DataError(f"max examples must be positive, got {n}")
-        idx = np.sort(np.random.default_rng(seed).permutation(len(self))[:n])
         return SegSplit(self.images[idx], self.masks[idx], tuple(self.ids[i] for i in idx), self.class_names)
 
 
@@ -239,7 +237,8 @@ def load_segmentation_split(
     data_dir = Path(data_dir).expanduser()
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     kind, path, prefix = _source(data_dir, split)
-    pairs = _read_pairs(kind, path, prefix)
+    with readable_zip(path):
+        pairs = _read_pairs(kind, path, prefix)
     ids = _check_pairs(pairs, path)
     if id_prefixes is not None:
         ids = [i for i in ids if i.startswith(tuple(id_prefixes))]

@@ -140,22 +140,21 @@ def _to_torch_shape(shape, layout: str) -> tuple[int, ...]:
     return shape
 
 
-def _to_torch_layout(x: np.ndarray, layout: str) -> np.ndarray:
+_TO_TORCH = {"conv": (3, 2, 0, 1), "dense": (1, 0)}  # HWIO -> OIHW; (in, out) -> (out, in)
+_TO_FLAX = {"conv": (2, 3, 1, 0), "dense": (1, 0)}  # the inverse permutations
+
+
+def _relayout(x: np.ndarray, layout: str, axes: dict[str, tuple[int, ...]]) -> np.ndarray:
     """A C-ordered copy (never a view: the result must not alias the source)."""
-    if layout == "conv":
-        x = x.transpose(3, 2, 0, 1)
-    elif layout == "dense":
-        x = x.T
-    return np.array(x, order="C")
+    return np.array(x.transpose(axes[layout]) if layout in axes else x, order="C")
+
+
+def _to_torch_layout(x: np.ndarray, layout: str) -> np.ndarray:
+    return _relayout(x, layout, _TO_TORCH)
 
 
 def _to_flax_layout(x: np.ndarray, layout: str) -> np.ndarray:
-    """A C-ordered copy (never a view: the result must not alias the source)."""
-    if layout == "conv":
-        x = x.transpose(2, 3, 1, 0)
-    elif layout == "dense":
-        x = x.T
-    return np.array(x, order="C")
+    return _relayout(x, layout, _TO_FLAX)
 
 
 # --------------------------------------------------------------------------- expected layouts

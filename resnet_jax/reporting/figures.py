@@ -22,6 +22,14 @@ def pyplot():
 
 def plot_single(rows: Sequence[dict], decomposition: set[str], path: Path, *, title: str) -> Path:
     """Metric per layer in network order, the baseline as a line, decomposition layers marked."""
+    fig = single_figure(rows, decomposition, title=title)
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+    return path
+
+
+def single_figure(rows: Sequence[dict], decomposition: set[str], *, title: str):
+    """The figure of :func:`plot_single`, unsaved; its legend sits beside the axes, so it covers no point."""
     plt = pyplot()
     names = [r["mask"] for r in rows]
     values = np.array([r["value"] for r in rows])
@@ -39,11 +47,9 @@ def plot_single(rows: Sequence[dict], decomposition: set[str], path: Path, *, ti
     ax.set_ylabel(rows[0]["metric"])
     ax.set_ylim(0, 1.02)
     ax.set_title(title)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def plot_bars(rows: Sequence[dict], path: Path, *, title: str) -> Path:

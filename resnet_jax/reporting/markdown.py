@@ -67,6 +67,10 @@ def write_report(workdir: str | Path) -> Path:
         title = data.get("title", path.stem)
         parts += [f"## {title}", "", data.get("description", "")]
         parts += ["", markdown_table(data["rows"]), ""] if "rows" in data else [""]  # no rows: a figure only
+        if path.stem == "baseline" and data.get("chance") is not None and data["rows"][0]["value"] <= data["chance"]:
+            parts += [f"**Warning:** the baseline {data['rows'][0]['value']:.4f} is at or below chance "
+                      f"({data['chance']:.4f}): the model has not learned, so these tables say nothing about "
+                      f"which layers matter.", ""]
         if data.get("provenance"):
             parts += [provenance_line(data["provenance"]), ""]
         if data.get("figure"):  # stored by file name (older tables: a path); the figure lies beside its table

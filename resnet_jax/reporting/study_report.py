@@ -148,13 +148,45 @@ def _ablation_section(run: Path, label: str) -> tuple[list[tuple], dict]:
         if figure is not None and figure.is_file():
             blocks.append(("img", str(figure), f"{label}: {table.get('title', stem)}"))
         facts[stem] = rows
+        facts[f"{stem}_meta"] = {k: v for k, v in table.items() if k != "rows"}
     for extra in sorted(adir.glob("*qualitative*.png")) if adir.is_dir() else []:
         blocks.append(("img", str(extra), f"{label}: qualitative"))
     return blocks, facts
 
 
+VERIFY_COLUMNS = {"protocol": "protocol", "mask": "mask", "kind": "kind", "jax_value": "JAX", "torch_value": "PyTorch",
+                  "max_logit_deviation": "max |d logit|", "disagreements": "disagree", "ok": "ok"}
+"""The columns of verify.csv the report shows (it fits a 1,280-px page), with their headings."""
+
+
+def _cross_check(path: Path) -> list[tuple]:
+    """A one-line verdict, then the compact table of verify.csv."""
+    import csv
+
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    failed = [r for r in rows if r["ok"] != "True"]
+    worst = max((float(r["max_logit_deviation"]) for r in rows), default=0.0)
+    verdict = (f"Verdict: {'PyTorch agrees on every mask' if not failed else f'PyTorch DISAGREES on {len(failed)} masks'} "
+               f"({len(rows)} masks on {rows[0]['n_examples'] if rows else 0} images; "
+               f"{sum(int(r['disagreements']) for r in rows)} prediction disagreements; max logit deviation {worst:.2g}).")
+    table = [[_short(r[c]) for c in VERIFY_COLUMNS] for r in rows]
+    return [("p", verdict), ("table", list(VERIFY_COLUMNS.values()), table)]
+
+
+def chance_warnings(label: str, facts: dict) -> list[str]:
+    """A finding for a baseline at or below chance: its tables cannot call any layer trivial or not."""
+    base = facts.get("baseline_meta", {})
+    chance, rows = base.get("chance"), facts.get("baseline")
+    if chance is None or not rows or rows[0]["value"] > chance:
+        return []
+    return [f"WARNING ({label}): the baseline {rows[0]['metric']} {rows[0]['value']:.4f} is at or below chance "
+            f"({chance:.4f}): the model has not learned the task, so its ablation tables say nothing about which "
+            f"layers matter; train longer (a larger preset) before reading them."]
+
+
 def _findings(cls: dict, seg: dict, skip: dict | None) -> list[str]:
-    out = []
+    out = chance_warnings("classification", cls) + chance_warnings("segmentation", seg)
     for name, facts in (("classification", cls), ("segmentation", seg)):
         if "single" in facts:
             c = classify_layers(facts["single"])
@@ -207,13 +239,12 @@ def write_study_report(workdir: str | Path) -> Path:
                 blocks.append(("img", str(path), f"Study B: {name}"))
     verify_csv = workdir / "cifar10-resnet34" / "verify.csv"
     if verify_csv.is_file():
-        import csv
-
-        with verify_csv.open() as fh:
-            rows = list(csv.reader(fh))
-        blocks += [("h2", "Cross-check in PyTorch"), ("table", rows[0], [[_short(c) for c in r] for r in rows[1:]])]
+        blocks += [("h2", "Cross-check in PyTorch"), *_cross_check(verify_csv)]
     record = _json(workdir / "stages.json") or {}
     stages = record.get("stages", {})
+    made_by = record.get("run") or {}
+    blocks.insert(2, ("p", f"Made by `resnet-jax reproduce --preset {made_by.get('preset', '?')}` with data from "
+                           f"{made_by.get('data_root') or 'TFDS'}."))
     blocks += [("h2", "Timings"), ("table", ["stage", "seconds", "finished"],
                                    [[s, f"{v['seconds']:.1f}", v["finished"]] for s, v in stages.items()])]
     for run in ("cifar10-resnet34", "acdc-pspnet34", "mnist-skip"):

@@ -65,6 +65,8 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = PROTOCOLS, kind: str =
                                initial_params=initial, on_chunk=on_chunk)
 
     written, all_rows = [], []
+    # Accuracy of a model that has learned nothing; Dice has no single chance level.
+    chance = 1.0 / subject.test.num_classes if subject.task == "classification" else None
     decomposition = {l.name for l in layers if "decomposition" in l.roles}
     for name, k, specs in jobs:
         rows = run_protocol(name, store=results, evaluate=evaluate, layers=layers, kind=k, specs=specs,
@@ -80,7 +82,7 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = PROTOCOLS, kind: str =
         else:
             figure = None
         meta = {"title": title, "description": DESCRIPTIONS.get(name, f"Specs from {spec_file}."),
-                "figure": figure.name if figure else None, "provenance": provenance,
+                "figure": figure.name if figure else None, "provenance": provenance, "chance": chance,
                 "seconds": float(sum(r["seconds"] for r in rows))}
         written += list(tables.write_table(rows, workdir / "ablation", stem, meta=meta))
         log(f"wrote {workdir / 'ablation' / stem}.csv")

@@ -1,14 +1,12 @@
 """Classification on the training core: cross-entropy, random crop + flip on device, top-1 accuracy.
 
-``TASK`` is what :mod:`resnet_jax.training.core` needs; ``train_and_evaluate(config, workdir)`` and
-``restore_run(workdir)`` are the entry points.
+``TASK`` is what :mod:`resnet_jax.training.core` needs; :mod:`resnet_jax.training.runs` trains and
+restores runs of it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -112,6 +110,7 @@ def _evaluate(config: Mapping, model: nn.Module) -> Callable:
         state, split, batch_size=config["train"]["eval_batch_size"], mesh=mesh, step_fn=step_fn, prefix=prefix)
 
 
+# A deliberate mirror of segmentation.TASK: every task fills the same record of the core, field by field.
 TASK = core.Task(
     name="classification",
     load_splits=load_splits,
@@ -122,9 +121,3 @@ TASK = core.Task(
     best_metric="test_accuracy",
     metric=lambda config: metrics.Accuracy(),
 )
-
-
-def train_and_evaluate(config: Mapping, workdir: str | Path, *, force_new: bool = False,
-                       log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train a classification ``config`` in ``workdir`` (resumable); return the last epoch's metrics."""
-    return core.train_and_evaluate(config, workdir, TASK, force_new=force_new, log=log)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -205,6 +204,7 @@ def _evaluate(config: Mapping, model) -> Callable:
         state, split, batch_size=config["train"]["eval_batch_size"], mesh=mesh, step_fn=eval_fn, prefix=prefix)
 
 
+# A deliberate mirror of classification.TASK: every task fills the same record of the core, field by field.
 TASK = core.Task(
     name="segmentation",
     load_splits=load_splits,
@@ -215,9 +215,3 @@ TASK = core.Task(
     best_metric=BEST_METRIC,
     metric=build_metric,
 )
-
-
-def train_and_evaluate(config: Mapping, workdir: str | Path, *, force_new: bool = False,
-                       log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train a segmentation ``config`` in ``workdir`` (resumable); return the last epoch's metrics."""
-    return core.train_and_evaluate(config, workdir, TASK, force_new=force_new, log=log)

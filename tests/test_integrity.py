@@ -1,0 +1,239 @@
+"""Never a silently wrong table: content-keyed results, validated configs, every mistake a clear error.
+
+Each probe below was once a traceback or, worse, a wrong result with exit status 0.
+"""
+
+import csv
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from resnet_jax import __version__, configs
+from resnet_jax.ablation import catalogue as abl
+from resnet_jax.ablation import engine
+from resnet_jax.ablation.store import ResultStore, ablation_key, context
+from resnet_jax.reporting import figures, study_report
+from resnet_jax.studies import ablate, reproduce
+from resnet_jax.training import runs
+from tests.conftest import run_cli
+
+
+# Probes through the CLI -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "train.batch_size=-3"], "train.batch_size=-3 (valid: an integer >= 1)"),
+    (["--set", "train.batch_size=0"], "train.batch_size=0 (valid: an integer >= 1)"),
+    (["--set", "train.epochs=abc"], "train.epochs='abc' (valid: an integer >= 1)"),
+    (["--set", "train.learning_rate=fast"], "train.learning_rate='fast' (valid: a finite number > 0)"),
+    (["--set", "model.name=resnet99"], "model.name='resnet99' (valid: one of ['resnet18', 'resnet34'"),
+    (["--set", "train.batch_size=100000"], "train.batch_size=100000 exceeds the 512 training examples"),
+    (["--data-dir", "/no/such/folder"], "--data-dir /no/such/folder does not exist"),
+])
+def test_a_bad_training_request_is_exit_2_and_leaves_no_workdir(tmp_path, args, message):
+    workdir = tmp_path / "run"
+    result = run_cli("train", "--config", "synthetic-tiny", "--workdir", str(workdir), *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (workdir / "config.json").exists()
+
+
+def test_a_failed_start_does_not_poison_the_workdir(tmp_path):
+    workdir = str(tmp_path / "run")
+    assert run_cli("train", "--config", "synthetic-tiny", "--workdir", workdir, "--set", "model.name=resnet99",
+                   "--set", "train.epochs=1").returncode == 2
+    fixed = run_cli("train", "--config", "synthetic-tiny", "--workdir", workdir, "--set", "train.epochs=1")
+    assert fixed.returncode == 0, fixed.stderr  # no --force-new needed
+
+
+def test_malformed_files_name_the_file_and_line(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("model:\n  name: [resnet34\n")
+    result = run_cli("train", "--config", str(config), "--workdir", str(tmp_path / "w"))
+    assert result.returncode == 2 and f"{config}: line 3, column 1 is not valid YAML" in result.stderr
+    with pytest.raises(abl.SpecError, match=r"spec.yaml: line 3, column 1 is not valid YAML"):
+        spec = tmp_path / "spec.yaml"
+        spec.write_text("- name: foo\n  select: {names: [conv1]\n")
+        abl.load_specs(spec)
+
+
+def test_a_truncated_zip_is_named(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.zip").write_bytes(b"PK\x03\x04 truncated")
+    result = run_cli("train", "--config", "synthetic-tiny", "--workdir", str(tmp_path / "w"),
+                     "--set", "data.name=cifar10", "--data-dir", str(data))
+    assert result.returncode == 2 and f"{data / 'train.zip'} is not a readable zip archive" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train-seg", "--config", "synthetic-tiny", "--workdir", "w"], "'synthetic-tiny' is a classification config, "
+                                                                    "not segmentation; presets of the segmentation"),
+    (["ablate", "--workdir", "w", "--batch-size", "0"], "argument --batch-size: 0 is not positive"),
+    (["ablate", "--workdir", "w", "--kind", "zero"], "argument --kind: invalid choice: 'zero'"),
+    (["evaluate", "--workdir", "w"], "holds no run (no config.json)"),
+    (["reproduce", "--preset", "smoke", "--workdir", "w", "--data-root", "/no/such"], "--data-root /no/such is not"),
+])
+def test_user_mistakes_are_one_line_and_exit_2(tmp_path, args, message):
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_evaluate_refuses_a_study_b_run_naming_the_task(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(configs.load_config("mnist-skip-smoke")))
+    result = run_cli("evaluate", "--workdir", str(tmp_path))
+    assert result.returncode == 2 and "this is a 'skip' run" in result.stderr
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"resnet-jax {__version__}"
+
+
+def test_every_config_key_of_every_family_is_in_its_schema():
+    for task in configs.TASKS:
+        fam = configs.family(task)
+        assert set(configs.flat_keys(fam.DEFAULTS)) == set(fam.SCHEMA), task
+        for name in fam.PRESETS:
+            assert configs.load_config(name)["task"] == task
+
+
+# Results keyed by what produced them -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tiny")
+    result = run_cli("train", "--config", "synthetic-tiny", "--workdir", str(workdir), "--set", "train.epochs=1")
+    assert result.returncode == 0, result.stderr
+    return workdir
+
+
+def _table(workdir, stem):
+    with (workdir / "ablation" / f"{stem}.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_a_spec_that_changes_its_layers_is_recomputed_not_reused(tiny_run, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("- name: foo\n  select: {names: [conv1]}\n")
+    ablate.ablate_workdir(tiny_run, spec_file=spec, n_examples=64, log=lambda s: None)
+    first = _table(tiny_run, "custom")[0]
+    spec.write_text("- name: foo\n  select: {patterns: ['layer4.*']}\n")
+    ablate.ablate_workdir(tiny_run, spec_file=spec, n_examples=64, log=lambda s: None)
+    second = _table(tiny_run, "custom")[0]
+    assert first["layers"] == "conv1" and second["layers"].split() == [
+        "layer4.0.conv1", "layer4.0.conv2", "layer4.0.downsample", "layer4.1.conv1", "layer4.1.conv2"]
+    # The independent truth: the weight-mask path of the engine on the same 64 images.
+    run = runs.restore(tiny_run)
+    test = run.test.take(64, seed=0)
+    variables = jax.device_get(run.state.variables)
+    layers = abl.catalogue(run.model, variables, input_shape=(1, *test.images.shape[1:]))
+    truth = engine.evaluate(run.model, variables, [abl.Ablation("foo", "zero-kernel", tuple(second["layers"].split()))],
+                            layers, test.images, test.labels, image_mean=run.state.image_mean,
+                            image_std=run.state.image_std, method="weights", progress=False)[0]
+    assert float(second["value"]) == truth.value
+
+
+def test_a_store_reuses_rows_only_for_the_same_checkpoint_data_and_content(tmp_path):
+    images, targets = np.zeros((4, 8, 8, 3), np.uint8), np.arange(4)
+
+    class Metric:
+        name = "accuracy"
+
+    variables = {"params": {"w": np.ones(3, np.float32)}}
+    one = context(variables, images, targets, Metric())
+    assert one == context({"params": {"w": np.ones(3, np.float32)}}, images, targets, Metric())
+    assert one["id"] != context({"params": {"w": np.full(3, 1.5, np.float32)}}, images, targets, Metric())["id"]
+    assert one["id"] != context(variables, images[:3], targets[:3], Metric())["id"]
+    a, b = abl.Ablation("foo", "zero-kernel", ("conv1",)), abl.Ablation("foo", "zero-kernel", ("layer4.0.conv1",))
+    assert ablation_key(a) != ablation_key(b)
+    assert ablation_key(a) == ablation_key(abl.Ablation("renamed", "zero-kernel", ("conv1",)))
+    assert ablation_key(abl.Ablation("r", "rerandomize", ("conv1",), seed=1)) != \
+           ablation_key(abl.Ablation("r", "rerandomize", ("conv1",), seed=2))
+    (tmp_path / "results.jsonl").write_text(json.dumps({"key": ablation_key(a), "context": "other", "value": 1}) + "\n")
+    assert ResultStore(tmp_path, one).load() == {}
+
+
+def test_force_new_clears_everything_derived_from_the_old_run(tiny_run, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "copy"
+    shutil.copytree(tiny_run, workdir)
+    ablate.ablate_workdir(workdir, protocols=("baseline",), n_examples=16, log=lambda s: None)
+    assert (workdir / "ablation" / "results.jsonl").is_file()
+    result = run_cli("train", "--config", "synthetic-tiny", "--workdir", str(workdir), "--set", "train.epochs=1",
+                     "--force-new")
+    assert result.returncode == 0, result.stderr
+    assert not (workdir / "ablation").exists()
+    assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_tables_state_their_checkpoint_and_data(tiny_run):
+    ablate.ablate_workdir(tiny_run, protocols=("baseline",), n_examples=32, log=lambda s: None)
+    table = json.loads((tiny_run / "ablation" / "baseline.json").read_text())
+    p = table["provenance"]
+    assert p["n_examples"] == 32 and p["checkpoint"] == "best" and len(p["checkpoint_sha"]) == 16
+    report = run_cli("report", "--workdir", str(tiny_run))
+    assert report.returncode == 0, report.stderr
+    assert f"parameter sha {p['checkpoint_sha']}" in (tiny_run / "report.md").read_text()
+
+
+# reproduce records what made it -----------------------------------------------------------------
+
+def test_reproduce_refuses_a_workdir_of_another_preset(tmp_path):
+    (tmp_path / "stages.json").write_text(json.dumps({"run": {"preset": "smoke", "data_root": None},
+                                                      "stages": {"cifar-train": {}}}))
+    with pytest.raises(reproduce.StageError, match="preset 'smoke'.*not preset 'cpu'.*--force-new"):
+        reproduce.reproduce("cpu", tmp_path, only=["report"], log=lambda s: None)
+    (tmp_path / "cifar10-resnet34").mkdir()
+    record = reproduce.reproduce("cpu", tmp_path, only=["report"], force_new=True, log=lambda s: None)
+    assert record["run"]["preset"] == "cpu" and set(record["stages"]) == {"report"}
+    assert not (tmp_path / "cifar10-resnet34").exists()
+
+
+def test_a_verify_stage_that_finds_a_mismatch_is_not_marked_done(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    from resnet_jax.interop import verify
+
+    monkeypatch.setattr(verify, "verify_workdir", lambda *a, **k: {"ok": False, "csv": "verify.csv", "rows": []})
+    with pytest.raises(reproduce.StageError, match="disagree"):
+        reproduce.reproduce("smoke", tmp_path, only=["verify"], log=lambda s: None)
+    assert json.loads((tmp_path / "stages.json").read_text())["stages"] == {}
+
+
+# Reports --------------------------------------------------------------------------------------
+
+def test_a_baseline_at_or_below_chance_is_a_finding():
+    facts = {"baseline": [{"metric": "accuracy", "value": 0.0625}], "baseline_meta": {"chance": 0.1}}
+    assert "at or below chance (0.1000)" in study_report.chance_warnings("classification", facts)[0]
+    facts["baseline"][0]["value"] = 0.74
+    assert study_report.chance_warnings("classification", facts) == []
+
+
+def test_the_single_figure_legend_covers_no_point():
+    rows = [{"mask": f"l{i}", "value": v, "ci_low": v - 0.01, "ci_high": v + 0.01, "baseline": 0.7, "metric": "accuracy"}
+            for i, v in enumerate([0.1, 0.05, 0.3, 0.69, 0.7, 0.02])]
+    fig = figures.single_figure(rows, {"l0"}, title="t")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent()
+    points = ax.transData.transform([(i, r["value"]) for i, r in enumerate(rows)])
+    assert not any(legend.contains(x, y) for x, y in points)
+    figures.pyplot().close(fig)
+
+
+def test_the_cross_check_section_opens_with_a_verdict_and_fits_the_page(tmp_path):
+    path = tmp_path / "verify.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["protocol", "mask", "kind", "n_examples", "jax_value", "torch_value", "abs_delta",
+                         "max_logit_deviation", "disagreements", "low_margin_examples", "ok"])
+        writer.writerow(["single", "conv1", "zero-kernel", "1000", "0.1", "0.1", "0", "0.000274658203125", "0", "0",
+                         "True"])
+        writer.writerow(["single", "layer1.0.conv1", "zero-kernel", "1000", "0.5", "0.6", "0.1", "0.5", "3", "0",
+                         "False"])
+    (kind, verdict), (_, header, rows) = study_report._cross_check(path)
+    assert kind == "p" and verdict.startswith("Verdict: PyTorch DISAGREES on 1 masks (2 masks on 1000 images; 3 ")
+    assert header == ["protocol", "mask", "kind", "JAX", "PyTorch", "max |d logit|", "disagree", "ok"]
+    assert rows[0][5] == "0.000275"
