@@ -12,9 +12,10 @@ import json
 import sys
 from pathlib import Path
 
-from resnet_jax import __version__, configs
+from resnet_jax import __version__, configs, devices
 from resnet_jax.ablation import catalogue, engine
 from resnet_jax.ablation.protocols import PROTOCOLS
+from resnet_jax.interop.convert import TORCHVISION_ARCHS
 from resnet_jax.studies.reproduce import PRESETS as REPRODUCE_PRESETS
 from resnet_jax.studies.reproduce import STAGES
 
@@ -180,21 +181,15 @@ def _run_flags(p, *, checkpoint_default: str) -> None:
     p.add_argument("--checkpoint", choices=("best", "latest"), default=checkpoint_default)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resnet-jax", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"resnet-jax {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _training_parsers(sub) -> None:
     _add_config_flags(sub.add_parser("train", help="train any preset: classification, segmentation or Study B "
                                                    "(resumes from the workdir's latest checkpoint)"), task=None)
     _add_config_flags(sub.add_parser("train-seg", help="alias of `train` for segmentation presets"),
                       task="segmentation")
     _add_config_flags(sub.add_parser("skip-study", help="alias of `train` for Study B presets"), task="skip")
-
     p = sub.add_parser("evaluate", help="score a run's checkpoint on its test split (accuracy or Dice)")
     _run_flags(p, checkpoint_default="latest")
     p.set_defaults(func=_evaluate)
-
     p = sub.add_parser("layers", help="the conv catalogue of a config's or a run's model: names, shapes, MACs, roles")
     p.add_argument("--config", help="a classification or segmentation preset or file")
     p.add_argument("--workdir", help="a trained run (instead of --config)")
@@ -202,7 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=_positive_int, default=10)
     p.add_argument("--image-size", type=_positive_int, default=32)
     p.set_defaults(func=_layers)
+    p = sub.add_parser("presets", help="list every preset of every task and the command that reproduces it")
+    p.set_defaults(func=_presets)
 
+
+def _ablation_parsers(sub) -> None:
     p = sub.add_parser("ablate", help="run ablation protocols on a trained run (resumes unfinished sweeps)")
     _run_flags(p, checkpoint_default="best")
     p.add_argument("--protocol", default="all", choices=(*PROTOCOLS, "all"))
@@ -214,7 +213,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=128)
     p.add_argument("--memory-budget-mb", type=_positive_float, default=2048)
     p.set_defaults(func=_ablate)
-
     p = sub.add_parser("verify", help="recompute the ablation tables in PyTorch (torchvision) and compare; "
                                       "writes <workdir>/verify.csv, exits 1 when a tolerance fails")
     _run_flags(p, checkpoint_default="best")
@@ -226,11 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the JAX engine's formulation (auto: as `ablate` uses)")
     p.set_defaults(func=_verify)
 
+
+def _interop_and_study_parsers(sub) -> None:
     p = sub.add_parser("import-torch", help="turn a torchvision ResNet checkpoint into a run directory "
                                             "for evaluate/ablate/verify")
     p.add_argument("file", help="a .pt/.pth state_dict (or a dict holding one under 'state_dict' or 'model')")
     p.add_argument("--workdir", required=True, help="a new (or empty) run directory")
-    p.add_argument("--arch", required=True, help="resnet18, resnet34 or resnet50")
+    p.add_argument("--arch", required=True, choices=TORCHVISION_ARCHS)
     p.add_argument("--stem", choices=("torchvision", "cifar"), help="default: read from conv1 (3x3 = cifar)")
     p.add_argument("--num-classes", type=_positive_int, help="default: read from fc")
     p.add_argument("--data-name", default="cifar10", help="the dataset it is evaluated on (TFDS name, synthetic)")
@@ -244,11 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-mean", type=float, nargs=3, metavar=("R", "G", "B"), help="explicit mean, [0, 1] units")
     p.add_argument("--image-std", type=float, nargs=3, metavar=("R", "G", "B"), help="explicit std, [0, 1] units")
     p.set_defaults(func=_import_torch)
-
     p = sub.add_parser("report", help="write <workdir>/report.md from the ablation tables")
     p.add_argument("--workdir", required=True)
     p.set_defaults(func=_report)
-
     p = sub.add_parser("reproduce", help="the main job: both studies end to end, resumable, one report")
     p.add_argument("--preset", choices=tuple(REPRODUCE_PRESETS), default="cpu")
     p.add_argument("--workdir", default="runs/reproduce")
@@ -258,8 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force-new", action="store_true", help="discard a run of another preset or data root")
     p.set_defaults(func=_reproduce)
 
-    p = sub.add_parser("presets", help="list every preset of every task and the command that reproduces it")
-    p.set_defaults(func=_presets)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="resnet-jax", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"resnet-jax {__version__}")
+    parser.add_argument("--no-compile-cache", action="store_true",
+                        help="compile everything afresh instead of reusing programs compiled by earlier runs "
+                             "(kept in $RESNET_JAX_COMPILE_CACHE, default ~/.cache/resnet-jax/compiled)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_training_parsers, _ablation_parsers, _interop_and_study_parsers):
+        add(sub)
     return parser
 
 
@@ -268,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     from resnet_jax.studies.reproduce import StageError
 
     args = build_parser().parse_args(argv)
+    devices.enable_compilation_cache(None if args.no_compile_cache else devices.compilation_cache_dir())
     try:
         return args.func(args)
     except (configs.ConfigError, DataError, catalogue.SpecError, FileNotFoundError, StageError) as err:

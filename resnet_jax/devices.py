@@ -1,11 +1,14 @@
-"""Every local (and, after ``jax.distributed.initialize``, every remote) device as one 1-D ``data`` mesh.
+"""Every local (and, after ``jax.distributed.initialize``, every remote) device as one 1-D ``data`` mesh,
+and the persistent compilation cache.
 
 Batches are split along the mesh; parameters are replicated. Training, evaluation and the ablation
-engine all place data through these three functions.
+engine all place data through these functions.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -39,3 +42,25 @@ def pad_rows(array: np.ndarray, size: int) -> np.ndarray:
     if len(array) == size:
         return array
     return np.concatenate([array, np.zeros((size - len(array), *array.shape[1:]), array.dtype)])
+
+
+def compilation_cache_dir() -> Path | None:
+    """Where compiled programs persist across processes: ``$RESNET_JAX_COMPILE_CACHE`` (``off`` disables it),
+    else ``~/.cache/resnet-jax/compiled`` (under ``$XDG_CACHE_HOME`` when set)."""
+    value = os.environ.get("RESNET_JAX_COMPILE_CACHE")
+    if value is not None:
+        return None if value.strip().lower() in ("", "off", "0", "false") else Path(value).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resnet-jax" / "compiled"
+
+
+def enable_compilation_cache(directory: str | os.PathLike | None) -> Path | None:
+    """Persist every compiled program in ``directory`` (JAX's own persistent cache), so a second process
+    running the same programs on the same devices loads them instead of compiling; None leaves it off."""
+    if directory is None:
+        return None
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # CPU programs compile fast but often
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path

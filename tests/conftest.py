@@ -35,6 +35,8 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep decoded-dataset caches of generated test data out of the user's cache."""
     if "RESNET_JAX_CACHE" not in os.environ:
         monkeypatch.setenv("RESNET_JAX_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    if "RESNET_JAX_COMPILE_CACHE" not in os.environ:  # the CLI's compiled programs, shared by this session's runs
+        monkeypatch.setenv("RESNET_JAX_COMPILE_CACHE", str(tmp_path_factory.getbasetemp() / "compiled"))
 
 
 def count_shifted_crops(originals: np.ndarray, augmented: np.ndarray, *, pad: int) -> int:

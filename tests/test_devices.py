@@ -51,3 +51,47 @@ def test_eight_devices_match_one(tmp_path):
     # change of the weights flips a few argmaxes.
     np.testing.assert_allclose(one["train_loss"], eight["train_loss"], rtol=5e-4)
     np.testing.assert_allclose(one["test_loss"], eight["test_loss"], rtol=5e-4)
+
+
+_COMPILE_ONCE = """
+import sys
+import jax
+import jax.numpy as jnp
+from resnet_jax import devices
+
+events = []
+jax.monitoring.register_event_listener(lambda event, **kwargs: events.append(event))
+devices.enable_compilation_cache(sys.argv[1] if sys.argv[1] != "off" else None)
+f = jax.jit(lambda x: jnp.tanh(x @ x.T) + jnp.arange(64.0))
+f(jnp.ones((64, 64))).block_until_ready()
+print(events.count("/jax/compilation_cache/cache_misses"), events.count("/jax/compilation_cache/cache_hits"))
+"""
+
+
+def test_a_second_process_loads_its_programs_from_the_compilation_cache(tmp_path):
+    def run(cache):
+        out = subprocess.run([sys.executable, "-c", _COMPILE_ONCE, cache], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+        assert out.returncode == 0, out.stderr
+        return tuple(int(n) for n in out.stdout.split())
+
+    cache = str(tmp_path / "compiled")
+    misses, hits = run(cache)  # the function, and the small programs that make its input
+    assert misses >= 1 and hits == 0  # compiled, and stored
+    assert run(cache) == (0, misses)  # loaded: nothing compiled
+    assert any((tmp_path / "compiled").iterdir())
+    assert run("off") == (0, 0)  # no cache: it compiles without asking one
+
+
+def test_the_cli_keeps_its_compiled_programs_where_the_user_says(tmp_path):
+    from tests.conftest import run_cli
+
+    cache = tmp_path / "compiled"
+    result = run_cli("train", "--config", "synthetic-tiny", "--workdir", str(tmp_path / "run"), "--set",
+                     "train.epochs=1", env_extra={"RESNET_JAX_COMPILE_CACHE": str(cache)})
+    assert result.returncode == 0, result.stderr
+    assert len(list(cache.iterdir())) >= 2  # the train step and the evaluation step at least
+    off = run_cli("--no-compile-cache", "evaluate", "--workdir", str(tmp_path / "run"),
+                  env_extra={"RESNET_JAX_COMPILE_CACHE": str(tmp_path / "unused")})
+    assert off.returncode == 0, off.stderr
+    assert not (tmp_path / "unused").exists()

@@ -14,7 +14,7 @@ from resnet_jax import __version__, configs
 from resnet_jax.ablation import catalogue as abl
 from resnet_jax.ablation import engine
 from resnet_jax.ablation.store import ResultStore, ablation_key, context
-from resnet_jax.reporting import figures, study_report
+from resnet_jax.reporting import figures, markdown, study_report
 from resnet_jax.studies import ablate, reproduce
 from resnet_jax.training import runs
 from tests.conftest import run_cli
@@ -204,11 +204,23 @@ def test_a_verify_stage_that_finds_a_mismatch_is_not_marked_done(tmp_path, monke
 
 # Reports --------------------------------------------------------------------------------------
 
-def test_a_baseline_at_or_below_chance_is_a_finding():
-    facts = {"baseline": [{"metric": "accuracy", "value": 0.0625}], "baseline_meta": {"chance": 0.1}}
-    assert "at or below chance (0.1000)" in study_report.chance_warnings("classification", facts)[0]
-    facts["baseline"][0]["value"] = 0.74
-    assert study_report.chance_warnings("classification", facts) == []
+def test_a_baseline_at_or_below_chance_is_a_warning(tiny_run):
+    table = {"chance": 0.1, "rows": [{"metric": "accuracy", "value": 0.3, "baseline": 0.0625}]}
+    assert "baseline accuracy 0.0625 is at or below chance (0.1000)" in markdown.chance_warning(table)
+    table["rows"][0]["baseline"] = 0.74
+    assert markdown.chance_warning(table) is None
+    assert markdown.chance_warning({"rows": table["rows"]}) is None  # Dice: no chance level
+    ablate.ablate_workdir(tiny_run, protocols=("shortcut",), n_examples=32, log=lambda s: None)
+    assert json.loads((tiny_run / "ablation" / "shortcut.json").read_text())["chance"] == 0.1  # 10 classes
+
+
+def test_the_report_of_a_run_below_chance_opens_with_the_warning(tmp_path):
+    row = {"mask": "conv1", "kind": "zero-kernel", "metric": "accuracy", "value": 0.05, "baseline": 0.0625,
+           "delta": -0.0125, "n_examples": 64, "ci_low": 0.01, "ci_high": 0.1}
+    (tmp_path / "ablation").mkdir()
+    (tmp_path / "ablation" / "single.json").write_text(json.dumps({"rows": [row], "chance": 0.1}))
+    text = markdown.write_report(tmp_path).read_text()
+    assert text.splitlines()[2].startswith("**Warning:** the baseline accuracy 0.0625 is at or below chance")
 
 
 def test_the_single_figure_legend_covers_no_point():

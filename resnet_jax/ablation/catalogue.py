@@ -339,6 +339,19 @@ def stack(masks: Sequence[Any]) -> Any:
     return jax.tree.map(lambda *leaves: np.stack(leaves), *masks)
 
 
+def replacement_for(kind: str, *, model: nn.Module, input_shape: Sequence[int], initial_params: Any = None):
+    """``seed -> params`` that a kind puts in place of masked kernels (None: zeros). ``reinit`` restores the
+    run's initial parameters; ``rerandomize`` draws fresh ones from the initialiser with the spec's seed."""
+    if kind == "reinit":
+        if initial_params is None:
+            raise ValueError("reinit needs the run's initial parameters (initial_params)")
+        return lambda seed: initial_params
+    if kind == "rerandomize":
+        sample = jnp.zeros((1, *input_shape[1:]), jnp.float32)
+        return lambda seed: model.init(jax.random.key(seed), sample)["params"]
+    return None
+
+
 def apply(variables: Mapping[str, Any], mask: Any, *, replacement: Any = None) -> dict[str, Any]:
     """Pure: the variables with every masked-out parameter leaf replaced (by 0 by default).
 

@@ -368,14 +368,8 @@ def _temp_bytes(program) -> int:
 
 def _weight_runner(inputs: Inputs, group, mesh, *, size: int, kind: str, initial_params: Any):
     model, variables, layers = inputs.model, inputs.variables, inputs.layers
-    replacement_fn = None
-    if kind == "reinit":
-        if initial_params is None:
-            raise ValueError("reinit needs the run's initial parameters (initial_params)")
-        replacement_fn = lambda seed: initial_params  # noqa: E731
-    elif kind == "rerandomize":
-        sample = jnp.zeros((1, *inputs.images.shape[1:]), jnp.float32)
-        replacement_fn = lambda seed: model.init(jax.random.key(seed), sample)["params"]  # noqa: E731
+    replacement_fn = abl.replacement_for(kind, model=model, input_shape=inputs.images.shape,
+                                         initial_params=initial_params)
     forward = _weights_forward(model, inputs.metric, replacement_fn)
     masks = [abl.make_mask(variables["params"], a, layers) for a in group]
     seeds = np.asarray([a.seed for a in group], np.uint32)

@@ -61,16 +61,14 @@ def write_report(workdir: str | Path) -> Path:
         lines = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
         if lines:
             parts += ["## Training", "", _training_summary(lines[-1]), ""]
+    loaded = {path: json.loads(path.read_text()) for path in tables}
+    warning = next(filter(None, map(chance_warning, loaded.values())), None)
+    parts += [f"**Warning:** {warning}", ""] if warning else []
     timings = []
-    for path in tables:
-        data = json.loads(path.read_text())
+    for path, data in loaded.items():
         title = data.get("title", path.stem)
         parts += [f"## {title}", "", data.get("description", "")]
         parts += ["", markdown_table(data["rows"]), ""] if "rows" in data else [""]  # no rows: a figure only
-        if path.stem == "baseline" and data.get("chance") is not None and data["rows"][0]["value"] <= data["chance"]:
-            parts += [f"**Warning:** the baseline {data['rows'][0]['value']:.4f} is at or below chance "
-                      f"({data['chance']:.4f}): the model has not learned, so these tables say nothing about "
-                      f"which layers matter.", ""]
         if data.get("provenance"):
             parts += [provenance_line(data["provenance"]), ""]
         if data.get("figure"):  # stored by file name (older tables: a path); the figure lies beside its table
@@ -84,6 +82,16 @@ def write_report(workdir: str | Path) -> Path:
         parts += ["## Config", "", "```json", config_path.read_text().strip(), "```", ""]
     parts += ["## Environment", "", "```json", json.dumps(environment(), indent=2), "```", ""]
     return files.write_text(workdir / "report.md", "\n".join(parts))
+
+
+def chance_warning(table: dict) -> str | None:
+    """A warning when a table's baseline is at or below chance: then no layer can be called (non-)trivial."""
+    chance, rows = table.get("chance"), table.get("rows")
+    if chance is None or not rows or rows[0]["baseline"] > chance:
+        return None
+    return (f"the baseline {rows[0]['metric']} {rows[0]['baseline']:.4f} is at or below chance ({chance:.4f}): the "
+            f"model has not learned the task, so its ablation tables say nothing about which layers matter; "
+            f"train longer (a larger preset) before reading them.")
 
 
 def provenance_line(p: dict) -> str:

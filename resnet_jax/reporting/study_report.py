@@ -148,7 +148,7 @@ def _ablation_section(run: Path, label: str) -> tuple[list[tuple], dict]:
         if figure is not None and figure.is_file():
             blocks.append(("img", str(figure), f"{label}: {table.get('title', stem)}"))
         facts[stem] = rows
-        facts[f"{stem}_meta"] = {k: v for k, v in table.items() if k != "rows"}
+        facts["warning"] = facts.get("warning") or markdown.chance_warning(table)
     for extra in sorted(adir.glob("*qualitative*.png")) if adir.is_dir() else []:
         blocks.append(("img", str(extra), f"{label}: qualitative"))
     return blocks, facts
@@ -174,19 +174,9 @@ def _cross_check(path: Path) -> list[tuple]:
     return [("p", verdict), ("table", list(VERIFY_COLUMNS.values()), table)]
 
 
-def chance_warnings(label: str, facts: dict) -> list[str]:
-    """A finding for a baseline at or below chance: its tables cannot call any layer trivial or not."""
-    base = facts.get("baseline_meta", {})
-    chance, rows = base.get("chance"), facts.get("baseline")
-    if chance is None or not rows or rows[0]["value"] > chance:
-        return []
-    return [f"WARNING ({label}): the baseline {rows[0]['metric']} {rows[0]['value']:.4f} is at or below chance "
-            f"({chance:.4f}): the model has not learned the task, so its ablation tables say nothing about which "
-            f"layers matter; train longer (a larger preset) before reading them."]
-
-
 def _findings(cls: dict, seg: dict, skip: dict | None) -> list[str]:
-    out = chance_warnings("classification", cls) + chance_warnings("segmentation", seg)
+    out = [f"WARNING ({name}): {facts['warning']}" for name, facts in (("classification", cls), ("segmentation", seg))
+           if facts.get("warning")]
     for name, facts in (("classification", cls), ("segmentation", seg)):
         if "single" in facts:
             c = classify_layers(facts["single"])

@@ -97,12 +97,8 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = PROTOCOLS, kind: str =
 
 def _ablated_variables(model, variables, ablation: abl.Ablation, layers, sample, initial_params):
     mask = abl.make_mask(variables["params"], ablation, layers)
-    replacement = None
-    if ablation.kind == "reinit":
-        replacement = initial_params
-    elif ablation.kind == "rerandomize":
-        replacement = model.init(jax.random.key(ablation.seed), sample)["params"]
-    return abl.apply(variables, mask, replacement=replacement)
+    replace = abl.replacement_for(ablation.kind, model=model, input_shape=sample.shape, initial_params=initial_params)
+    return abl.apply(variables, mask, replacement=None if replace is None else replace(ablation.seed))
 
 
 def pick_examples(masks: np.ndarray, n: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Study B end to end: CNN-1, strongest-activation selection, CNN-2 router, CNN-3 in both readings.
 
-``run_study(config, workdir)`` is the whole job (``resnet-jax skip-study``). Each stage's result is
+``run_study(config, workdir)`` is the whole job (``resnet-jax train`` with a Study B preset). Each stage's result is
 written to ``<workdir>/stages/<stage>.json`` and each model is checkpointed every epoch under
 ``<workdir>/models/<model>/``, so an interrupted run loses at most one epoch and a rerun skips
 finished stages. Outputs: ``skip_results.json`` (every number) and ``skip_report.md`` (tables,
