@@ -76,7 +76,7 @@ def _layers(args) -> int:
                                       f"catalogue; `layers` lists ResNet and PSPNet convs")
         model = (classification.build_model(config, args.num_classes) if config["task"] == "classification"
                  else segmentation.build_model(config))
-        channels = 1 if config["task"] == "segmentation" else 3
+        channels = 3 if config["task"] == "classification" or config["data"]["name"] == "oxford_iiit_pet" else 1
         shape = (1, args.image_size, args.image_size, channels)
         variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
     print(catalogue.format_catalogue(catalogue.catalogue(model, variables, input_shape=shape)))
@@ -253,7 +253,8 @@ def _interop_and_study_parsers(sub) -> None:
     p.add_argument("--data-root", help="folder with cifar10/, mnist/, acdc_lv_myo/ laid out as in shared/data "
                                        "(default: TFDS where it can download)")
     p.add_argument("--only", help=f"comma-separated stages: {', '.join(STAGES)}")
-    p.add_argument("--force-new", action="store_true", help="discard a run of another preset or data root")
+    p.add_argument("--force-new", action="store_true",
+                   help="discard the reproduce run found in the workdir (its runs and report) and start over")
     p.set_defaults(func=_reproduce)
 
 
@@ -274,10 +275,13 @@ def main(argv: list[str] | None = None) -> int:
     from resnet_jax.studies.reproduce import StageError
 
     args = build_parser().parse_args(argv)
-    devices.enable_compilation_cache(None if args.no_compile_cache else devices.compilation_cache_dir())
+    try:
+        devices.enable_compilation_cache(None if args.no_compile_cache else devices.compilation_cache_dir())
+    except OSError as err:
+        print(f"resnet-jax: warning: compiling without the cache ({err})", file=sys.stderr)
     try:
         return args.func(args)
-    except (configs.ConfigError, DataError, catalogue.SpecError, FileNotFoundError, StageError) as err:
+    except (configs.ConfigError, DataError, catalogue.SpecError, OSError, StageError) as err:
         print(f"resnet-jax {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

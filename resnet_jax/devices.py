@@ -16,9 +16,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
-def data_mesh() -> Mesh:
-    """A 1-D mesh over every device of every process; batches are split along it."""
-    return Mesh(np.asarray(jax.devices()), ("data",))
+def data_mesh(n_devices: int | None = None) -> Mesh:
+    """A 1-D mesh over every device of every process (or the first ``n_devices``); batches are split along it."""
+    return Mesh(np.asarray(jax.devices()[:n_devices]), ("data",))
 
 
 def shard_batch(mesh: Mesh, *arrays: np.ndarray) -> list[jax.Array]:

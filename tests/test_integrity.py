@@ -249,3 +249,40 @@ def test_the_cross_check_section_opens_with_a_verdict_and_fits_the_page(tmp_path
     assert kind == "p" and verdict.startswith("Verdict: PyTorch DISAGREES on 1 masks (2 masks on 1000 images; 3 ")
     assert header == ["protocol", "mask", "kind", "JAX", "PyTorch", "max |d logit|", "disagree", "ok"]
     assert rows[0][5] == "0.000275"
+
+
+def test_reproduce_removes_nothing_from_a_workdir_that_records_no_run(tmp_path):
+    (tmp_path / "cifar10-resnet34").mkdir()
+    (tmp_path / "cifar10-resnet34" / "keep.txt").write_text("a user's file")
+    record = reproduce.reproduce("cpu", tmp_path, only=["report"], log=lambda s: None)
+    assert record["run"]["preset"] == "cpu"
+    assert (tmp_path / "cifar10-resnet34" / "keep.txt").is_file()
+    (tmp_path / "stages.json").write_text("{not json")
+    with pytest.raises(reproduce.StageError, match="stages.json is not valid JSON"):
+        reproduce.reproduce("cpu", tmp_path, only=["report"], log=lambda s: None)
+
+
+@pytest.mark.parametrize("override, key, value", [
+    ("train.learning_rate=1e-3", ("train", "learning_rate"), 0.001),  # YAML 1.1 alone reads this as text
+    ("train.epochs=3", ("train", "epochs"), 3),
+    ("data.max_test_examples=null", ("data", "max_test_examples"), None),
+])
+def test_overrides_are_typed(override, key, value):
+    config = configs.load_config("cifar10-resnet34-cpu", [override])
+    assert config[key[0]][key[1]] == value
+
+
+def test_id_prefixes_must_name_every_split_in_use():
+    with pytest.raises(configs.ConfigError, match=r"no prefixes for the split\(s\) \['test'\]"):
+        configs.load_config("sunnybrook-pspnet34-cpu", ["data.id_prefixes={train: [SCD0000101]}"])
+    with pytest.raises(configs.ConfigError, match="data.id_prefixes='SCD' .*lists of id prefixes"):
+        configs.load_config("sunnybrook-pspnet34-cpu", ["data.id_prefixes=SCD"])
+
+
+def test_stored_configs_of_older_runs_are_read_as_their_task():
+    skip = configs.load_config("mnist-skip-smoke")
+    seg = configs.load_config("acdc-pspnet34-smoke")
+    for config, task in ((skip, "skip"), (seg, "segmentation"), (configs.load_config("synthetic-tiny"), "classification")):
+        old = {k: v for k, v in config.items() if k not in ("task", "scale")}
+        assert configs.complete(old)["task"] == task
+        assert configs.diff(old, config) == []

@@ -142,7 +142,7 @@ def test_cli_train_then_evaluate_and_metrics_schema(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == "resnet_tiny"
     evaluated = run_cli("evaluate", "--workdir", str(tmp_path))
     assert evaluated.returncode == 0, evaluated.stderr
-    assert json.loads((tmp_path / "evaluation.json").read_text())["test_accuracy"] == pytest.approx(
+    assert json.loads((tmp_path / "evaluation-latest.json").read_text())["test_accuracy"] == pytest.approx(
         line["test_accuracy"])
 
 

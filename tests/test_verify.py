@@ -256,7 +256,7 @@ def test_import_torch_round_trip_evaluates_like_the_original(run, restored, tmp_
     record = json.loads((workdir / "import.json").read_text())
     assert record["image_mean"] == image_mean.tolist()  # the train split's statistics, as training used
     assert cli.main(["evaluate", "--workdir", str(workdir)]) == 0
-    evaluated = json.loads((workdir / "evaluation.json").read_text())
+    evaluated = json.loads((workdir / "evaluation-latest.json").read_text())
     trained = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert evaluated["n_examples"] == 256
     assert evaluated["test_accuracy"] == trained["test_accuracy"]

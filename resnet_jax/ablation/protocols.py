@@ -52,7 +52,6 @@ def _encoder_prefix(layers: Sequence[abl.Layer]) -> str:
     return f"{head}." if head else ""
 
 
-BASELINE = abl.Ablation("baseline", "none", ())
 
 
 # Running ---------------------------------------------------------------------------------------

@@ -45,9 +45,6 @@ def load_config(name_or_file: str, overrides: Iterable[str] = (), *, task: str |
     (an existing folder) sets ``data.data_dir`` to its absolute path. The result is validated; errors
     name the key, the value and what is valid.
     """
-    overrides = list(overrides)
-    if data_dir is not None:
-        overrides.append(f"data.data_dir={existing_data_dir(data_dir)}")
     if name_or_file in PRESETS:
         chosen = _task_of_preset(name_or_file)
         update = PRESETS[name_or_file]
@@ -59,8 +56,11 @@ def load_config(name_or_file: str, overrides: Iterable[str] = (), *, task: str |
     if task is not None and chosen != task:
         raise ConfigError(f"{name_or_file!r} is a {chosen} config, not {task}; presets of the {task} task: "
                           f"{sorted(family(task).PRESETS)}")
-    config = merge(family(chosen).DEFAULTS, {**update, "task": chosen})
-    config = apply_overrides(config, overrides)
+    opaque = getattr(family(chosen), "OPAQUE", ())
+    config = merge(family(chosen).DEFAULTS, {**update, "task": chosen}, opaque=opaque)
+    config = apply_overrides(config, overrides, opaque=opaque)
+    if data_dir is not None:  # set as given: a path is not YAML
+        config["data"]["data_dir"] = str(existing_data_dir(data_dir))
     validate(config)
     return config
 
@@ -96,9 +96,11 @@ def validate(config: Mapping) -> None:
 def complete(stored: Mapping) -> dict[str, Any]:
     """A run's stored ``config.json`` over its family's current defaults (older runs lack newer keys).
 
-    A stored config without ``task`` is a classification run (the only family that once lacked it).
+    A stored config without ``task`` comes from an older resnet-jax: Study B configs are recognised by
+    their ``selection`` section, segmentation ones by ``metric``; the rest are classification runs.
     """
-    task = stored.get("task", classification.TASK)
+    task = stored.get("task") or ("skip" if "selection" in stored else "segmentation" if "metric" in stored
+                                  else classification.TASK)
     return merge(family(task).DEFAULTS, {**stored, "task": task})
 
 

@@ -21,17 +21,19 @@ class ConfigError(ValueError):
     """An unknown preset or key, a malformed file, or a value of the wrong type or range."""
 
 
-def merge(base: Mapping, update: Mapping, *, where: str = "") -> dict:
-    """``update`` over a deep copy of ``base``; a key ``base`` lacks is an error that lists the valid ones."""
+def merge(base: Mapping, update: Mapping, *, where: str = "", opaque: tuple[str, ...] = ()) -> dict:
+    """``update`` over a deep copy of ``base``; a key ``base`` lacks is an error that lists the valid ones.
+
+    Keys in ``opaque`` (dotted) hold data, not sections: a new value replaces the old one whole."""
     out = copy.deepcopy(dict(base))
     for key, value in update.items():
         full = f"{where}{key}"
         if key not in out:
             raise ConfigError(f"unknown config key {full!r}; valid keys: {sorted(flat_keys(base, where))}")
-        if isinstance(out[key], dict):
+        if isinstance(out[key], dict) and full not in opaque:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"config key {full!r} is a section; set its keys, e.g. {full}.<key>=...")
-            out[key] = merge(out[key], value, where=f"{full}.")
+            out[key] = merge(out[key], value, where=f"{full}.", opaque=opaque)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -71,7 +73,7 @@ def read_file(path: str | Path) -> dict[str, Any]:
     return dict(loaded)
 
 
-def apply_override(config: dict, item: str) -> dict:
+def apply_override(config: dict, item: str, *, opaque: tuple[str, ...] = ()) -> dict:
     """Apply one ``section.key=value``; the value is parsed as YAML (``0.1``, ``true``, ``null``)."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
@@ -80,15 +82,20 @@ def apply_override(config: dict, item: str) -> dict:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw  # not YAML: keep the text, and let the schema say whether text is valid there
+    if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as text; a number is meant
+        try:
+            value = float(value) if math.isfinite(float(value)) else value
+        except ValueError:
+            pass
     update: Any = value
     for part in reversed(key.strip().split(".")):
         update = {part: update}
-    return merge(config, update)
+    return merge(config, update, opaque=opaque)
 
 
-def apply_overrides(config: dict, overrides: Iterable[str]) -> dict:
+def apply_overrides(config: dict, overrides: Iterable[str], *, opaque: tuple[str, ...] = ()) -> dict:
     for item in overrides:
-        config = apply_override(config, item)
+        config = apply_override(config, item, opaque=opaque)
     return config
 
 
@@ -164,8 +171,12 @@ def list_of(checker: Checker, *, min_len: int = 0, length: int | None = None) ->
     return check
 
 
-def mapping(v) -> str | None:
-    return None if isinstance(v, Mapping) else "a mapping"
+def split_prefixes(v) -> str | None:
+    """``{split name: [id prefix, ...]}``: which ids of a flat folder belong to which split."""
+    ok = isinstance(v, Mapping) and v and all(
+        isinstance(k, str) and isinstance(p, (list, tuple)) and p and all(isinstance(x, str) for x in p)
+        for k, p in v.items())
+    return None if ok else "a mapping from split names to non-empty lists of id prefixes"
 
 
 POSITIVE = integer(low=1)

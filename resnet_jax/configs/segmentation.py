@@ -13,6 +13,8 @@ TASK = "segmentation"
 ACDC_CLASSES = ("background", "LV", "MYO", "RV")
 """Mask ids of ``shared/data/acdc_lv_myo`` (sunnybrook_lv_myo uses the first three)."""
 DATASETS = ("acdc", "sunnybrook", "oxford_iiit_pet", "synthetic")
+OPAQUE = ("data.id_prefixes",)
+"""Keys that hold data, not sections: an override replaces them whole."""
 ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet_tiny")
 
 DEFAULTS: dict[str, Any] = {
@@ -48,7 +50,7 @@ DEFAULTS: dict[str, Any] = {
         "epochs": 100,
         "batch_size": 16,
         "eval_batch_size": 32,
-        "learning_rate": 0.01,  # peak, after warm-up (SGD + Nesterov, cosine decay: train.make_optimizer)
+        "learning_rate": 0.01,  # peak, after warm-up (SGD + Nesterov, cosine decay: training.core.make_optimizer)
         "warmup_epochs": 2.0,
         "momentum": 0.9,
         "nesterov": True,
@@ -134,7 +136,7 @@ SCHEMA: dict[str, base.Checker] = {
     "data.train_split": base.text,
     "data.val_split": base.optional(base.text),
     "data.test_split": base.text,
-    "data.id_prefixes": base.optional(base.mapping),
+    "data.id_prefixes": base.optional(base.split_prefixes),
     "data.class_names": base.list_of(base.text, min_len=2),
     "data.image_size": base.integer(low=8),
     "data.percentiles": base.list_of(base.number(low=0, high=100), length=2),
@@ -163,7 +165,14 @@ SCHEMA: dict[str, base.Checker] = {
 
 
 def check(config: dict) -> list[str]:
-    """Checks across keys: Dice classes must be foreground ids of ``data.class_names``."""
-    n = len(config["data"]["class_names"])
-    bad = [c for c in config["metric"]["classes"] or () if not 0 < c < n]
-    return [f"metric.classes={bad} are not foreground ids (valid: 1..{n - 1})"] if bad else []
+    """Checks across keys: Dice classes are foreground ids of ``data.class_names``; id prefixes, where given,
+    name every split in use (a split without prefixes would read the whole folder: train and test would overlap)."""
+    d = config["data"]
+    n = len(d["class_names"])
+    problems = [f"metric.classes={bad} are not foreground ids (valid: 1..{n - 1})"
+                for bad in [[c for c in config["metric"]["classes"] or () if not 0 < c < n]] if bad]
+    if d["id_prefixes"]:
+        used = [d[f"{w}_split"] for w in ("train", "val", "test") if d[f"{w}_split"] is not None]
+        missing = [s for s in used if s not in d["id_prefixes"]]
+        problems += [f"data.id_prefixes has no prefixes for the split(s) {missing} in use"] if missing else []
+    return problems

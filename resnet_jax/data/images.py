@@ -207,20 +207,17 @@ def load_imagefolder(data_dir, split: str, *, cache_dir=None) -> Split:
     data_dir = Path(data_dir).expanduser()
     kind, path = _folder_source(data_dir, split)
     with readable_zip(path):
-        return _load_imagefolder(kind, path, split, cache_dir)
-
-
-def _load_imagefolder(kind: str, path: Path, split: str, cache_dir) -> Split:
-    members = _members(kind, path, split)
+        members = _members(kind, path, split)
     if not members:
         raise DataError(f"no images under {path} (expected {split}/<class>/<image> with one of {IMAGE_SUFFIXES})")
     cache = Path(cache_dir or default_cache_dir()) / f"imagefolder-{_content_key(kind, path, split)}.npz"
     if cache.is_file():
         with np.load(cache) as z:
             return Split(z["images"], z["labels"], tuple(json.loads(str(z["class_names"]))))
-    split_data = _decode_members(kind, path, members)
+    with readable_zip(path):
+        split_data = _decode_members(kind, path, members)
     files.savez(cache, images=split_data.images, labels=split_data.labels,
-                  class_names=json.dumps(list(split_data.class_names)))
+                class_names=json.dumps(list(split_data.class_names)))
     return split_data
 
 

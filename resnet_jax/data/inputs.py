@@ -23,6 +23,15 @@ def normalize(images, mean, std):
     return (to_unit_range(images) - mean) / std
 
 
+def image_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One mean and std over every pixel and channel, shape ``(1,)`` (segmentation: slices already
+    normalised per image by the loader)."""
+    x = images.astype(np.float64)
+    if images.dtype == np.uint8:
+        x = x / 255.0
+    return np.asarray([x.mean()], np.float32), np.asarray([max(x.std(), 1e-6)], np.float32)
+
+
 def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std over a training split, in [0, 1] units."""
     x = images.reshape(-1, images.shape[-1]).astype(np.float64)

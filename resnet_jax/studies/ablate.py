@@ -25,12 +25,9 @@ from resnet_jax.data.inputs import normalize
 from resnet_jax.reporting import figures
 
 
-def ablate_workdir(workdir, *, protocols: Sequence[str] = PROTOCOLS, kind: str = "zero-kernel",
-                   spec_file=None, data_dir=None, n_examples: int | None = None, method: str = "auto",
-                   batch_size: int = 128, memory_budget_mb: float = 2048, checkpoint: str = "best",
-                   log=print) -> list[Path]:
-    """Run protocols (or a spec file) on a trained run; write tables and figures under ``ablation/``."""
-    workdir = Path(workdir)
+def _check_request(protocols: Sequence[str], kind: str, *, batch_size: int, memory_budget_mb: float,
+                   n_examples: int | None) -> None:
+    """Refuse a bad request before restoring anything; each message names the value and what is valid."""
     if batch_size < 1:
         raise abl.SpecError(f"--batch-size must be a positive number of images, got {batch_size}")
     if memory_budget_mb <= 0:
@@ -42,21 +39,37 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = PROTOCOLS, kind: str =
     for p in protocols:
         if p not in PROTOCOLS:
             raise abl.SpecError(f"unknown protocol {p!r}; valid: {list(PROTOCOLS)} or 'all'")
+
+
+def _draw(name: str, rows: Sequence[dict], path: Path, *, title: str, layers) -> Path | None:
+    """The protocol's figure: metric per layer for ``single``, bars for the others, none for the baseline."""
+    if name == "single":
+        decomposition = {l.name for l in layers if "decomposition" in l.roles}
+        return figures.plot_single(rows, decomposition, path, title=title)
+    return None if name == "baseline" else figures.plot_bars(rows, path, title=title)
+
+
+def ablate_workdir(workdir, *, protocols: Sequence[str] = PROTOCOLS, kind: str = "zero-kernel",
+                   spec_file=None, data_dir=None, n_examples: int | None = None, method: str = "auto",
+                   batch_size: int = 128, memory_budget_mb: float = 2048, checkpoint: str = "best",
+                   log=print) -> list[Path]:
+    """Run protocols (or a spec file) on a trained run; write tables and figures under ``ablation/``."""
+    workdir, out = Path(workdir), Path(workdir) / "ablation"
+    _check_request(protocols, kind, batch_size=batch_size, memory_budget_mb=memory_budget_mb, n_examples=n_examples)
     custom = abl.load_specs(spec_file) if spec_file else None
     subject = restore_subject(workdir, checkpoint=checkpoint, data_dir=data_dir, n_examples=n_examples)
     model, variables = subject.model, subject.variables
     layers = abl.catalogue(model, variables, input_shape=(1, *subject.images.shape[1:]))
     jobs = [("custom", kind, custom)] if custom else [(p, kind, None) for p in protocols]
-    resolved = {}
-    for name, k, specs in jobs:  # every spec resolves before any compute
-        if name != "baseline":
-            ablations = abl.resolve_all(specs or protocol_specs(name, layers, kind=k), layers)
-            resolved.update((a.name, a) for a in ablations)
+    resolved = {a.name: a for name, k, specs in jobs if name != "baseline"  # every spec resolves before compute
+                for a in abl.resolve_all(specs or protocol_specs(name, layers, kind=k), layers)}
     needs_initial = any(s.kind == "reinit" for s in custom or []) or kind == "reinit"
     initial = checkpointing.load_initial(workdir, variables["params"]) if needs_initial else None
-    provenance = store.context(variables, subject.images, subject.targets, subject.metric)
-    provenance.update(checkpoint=checkpoint, checkpoint_step=subject.step)
-    results = store.ResultStore(workdir / "ablation", provenance)
+    provenance = {**store.context(variables, subject.images, subject.targets, subject.metric),
+                  "checkpoint": checkpoint, "checkpoint_step": subject.step}
+    results = store.ResultStore(out, provenance)
+    # Accuracy of a model that has learned nothing; Dice has no single chance level.
+    chance = 1.0 / subject.test.num_classes if subject.task == "classification" else None
 
     def evaluate(ablations, on_chunk):
         return engine.evaluate(model, variables, ablations, layers, subject.images, subject.targets,
@@ -65,31 +78,21 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = PROTOCOLS, kind: str =
                                initial_params=initial, on_chunk=on_chunk)
 
     written, all_rows = [], []
-    # Accuracy of a model that has learned nothing; Dice has no single chance level.
-    chance = 1.0 / subject.test.num_classes if subject.task == "classification" else None
-    decomposition = {l.name for l in layers if "decomposition" in l.roles}
     for name, k, specs in jobs:
         rows = run_protocol(name, store=results, evaluate=evaluate, layers=layers, kind=k, specs=specs,
                             metric_name=subject.metric.name, log=log)
         all_rows += rows
-        stem = tables.table_stem(name, k)
-        figure = workdir / "ablation" / f"{stem}.png"
-        title = f"{name} ({k})" if name != "baseline" else "baseline"
-        if name == "single":
-            figures.plot_single(rows, decomposition, figure, title=f"{workdir.name}: {title}")
-        elif name != "baseline":
-            figures.plot_bars(rows, figure, title=f"{workdir.name}: {title}")
-        else:
-            figure = None
+        stem, title = tables.table_stem(name, k), f"{name} ({k})" if name != "baseline" else "baseline"
+        figure = _draw(name, rows, out / f"{stem}.png", title=f"{workdir.name}: {title}", layers=layers)
         meta = {"title": title, "description": DESCRIPTIONS.get(name, f"Specs from {spec_file}."),
                 "figure": figure.name if figure else None, "provenance": provenance, "chance": chance,
                 "seconds": float(sum(r["seconds"] for r in rows))}
-        written += list(tables.write_table(rows, workdir / "ablation", stem, meta=meta))
-        log(f"wrote {workdir / 'ablation' / stem}.csv")
+        written += list(tables.write_table(rows, out, stem, meta=meta))
+        log(f"wrote {out / stem}.csv")
     if subject.task == "segmentation":
-        written += qualitative_figure(workdir / "ablation", all_rows, resolved, model=model, variables=variables,
-                                      split=subject.test, image_mean=subject.image_mean,
-                                      image_std=subject.image_std, initial_params=initial)
+        written += qualitative_figure(out, all_rows, resolved, model=model, variables=variables, split=subject.test,
+                                      image_mean=subject.image_mean, image_std=subject.image_std,
+                                      initial_params=initial)
     return written
 
 

@@ -49,7 +49,10 @@ def _data_dir(data_root: Path | None, key: str) -> str | None:
 
 def _record(workdir: Path) -> dict[str, Any]:
     path = workdir / "stages.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError as err:
+        raise StageError(f"{path} is not valid JSON ({err}); pass --force-new to start over") from None
 
 
 def _write_record(workdir: Path, record: dict[str, Any]) -> None:
@@ -64,19 +67,25 @@ def _mark_done(workdir: Path, stage: str, seconds: float, info: dict | None = No
 
 
 def _claim(workdir: Path, identity: dict[str, Any], *, force_new: bool) -> None:
-    """Record which preset and data made this workdir; refuse one made by another unless ``force_new``."""
-    record = _record(workdir)
+    """Record which preset and data root make this workdir. A workdir recorded as made by another (or by an
+    older resnet-jax that recorded none) is refused, unless ``force_new``: then its runs and report are
+    removed first. Nothing is removed from a workdir that records no run."""
+    path = workdir / "stages.json"
+    record = _record(workdir) if not (force_new and path.is_file()) else {"run": "discarded"}
     old = record.get("run")
-    if record and old != identity and not force_new:
-        made_by = f"preset {old['preset']!r} with data root {old['data_root']}" if old else "an older resnet-jax"
+    if not path.is_file() or old == identity:
+        if not path.is_file():
+            _write_record(workdir, {"run": identity, "stages": {}})
+        return
+    if not force_new:
+        made_by = (f"preset {old['preset']!r} with data root {old['data_root']}" if isinstance(old, dict)
+                   else "an older resnet-jax that did not record its preset")
         raise StageError(f"{workdir} holds a reproduce run of {made_by}, not preset {identity['preset']!r} with data "
                          f"root {identity['data_root']}; rerun with those settings to resume, use another --workdir, "
-                         f"or pass --force-new to start over")
-    if old != identity or force_new:
-        for sub in (*RUN_DIRS.values(), "report", "stages.json"):
-            target = workdir / sub
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        _write_record(workdir, {"run": identity, "stages": {}})
+                         f"or pass --force-new to discard that run")
+    for sub in (*RUN_DIRS.values(), "report"):
+        shutil.rmtree(workdir / sub, ignore_errors=True)
+    _write_record(workdir, {"run": identity, "stages": {}})
 
 
 RUN_DIRS = {"cifar": "cifar10-resnet34", "acdc": "acdc-pspnet34", "skip": "mnist-skip"}

@@ -202,10 +202,8 @@ def _timing(config, cnn1, p1, cnn3, p3, router, pr, test: data.Split, macs: dict
 def run_study(config: Mapping, workdir: str | Path, *, force_new: bool = False,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) Study B in ``workdir``; write ``skip_results.json`` and ``skip_report.md``."""
-
     workdir = Path(workdir)
     train, test = load_data(config)  # before touching the workdir: bad data leaves nothing behind
-    # the preset's prose may change without changing the run
     core.prepare_workdir(config, workdir, force_new=force_new)
     c, seed, e = config["model"]["channels"], config["train"]["seed"], config["evaluation"]
     shape, k = train.images.shape[1:], train.num_classes

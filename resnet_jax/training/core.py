@@ -31,8 +31,9 @@ from resnet_jax.data import inputs
 
 Array = jax.Array
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-DERIVED = ("checkpoints", "metrics.jsonl", "evaluation.json", "initial_params", "ablation", "report.md",
-           "verify.csv")
+DERIVED = ("checkpoints", "metrics.jsonl", "evaluation.json", "evaluation-best.json", "evaluation-latest.json",
+           "initial_params", "ablation", "report.md", "verify.csv",
+           "stages", "models", "selection.npz", "figures", "skip_results.json", "skip_report.md")  # Study B's
 """Everything a run's workdir holds that its config and training produced; ``--force-new`` removes it all."""
 
 
@@ -76,6 +77,7 @@ class Task:
     evaluate: Callable[[Mapping, nn.Module], Callable]
     best_metric: str
     metric: Callable[[Mapping], Any]
+    input_stats: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] = inputs.channel_stats
 
 
 def model_dtype(config: Mapping):
@@ -105,12 +107,12 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image
                              image_std=jnp.asarray(std))
 
 
-def _fresh_state(config: Mapping, model: nn.Module, train_images: np.ndarray, *, stats: bool = True) -> TrainState:
+def _fresh_state(config: Mapping, model: nn.Module, train_images: np.ndarray, task: Task, *,
+                 stats: bool = True) -> TrainState:
     """The run's initial state; without ``stats`` the input statistics are placeholders of the right shape
     (for a restore target, whose values come from the checkpoint)."""
     steps_per_epoch = max(1, len(train_images) // config["train"]["batch_size"])
-    channels = train_images.shape[-1]
-    mean, std = inputs.channel_stats(train_images) if stats else (np.zeros(channels, np.float32),) * 2
+    mean, std = task.input_stats(train_images if stats else train_images[:1])
     return create_train_state(model, make_optimizer(config, steps_per_epoch), train_images.shape[1:],
                               seed=config["train"]["seed"], mean=mean, std=std)
 
@@ -125,15 +127,18 @@ def prepare_workdir(config: Mapping, workdir: Path, *, force_new: bool) -> None:
     """
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "config.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
+    if force_new:
+        clear_run(workdir)
+    elif path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise configs.ConfigError(f"{path} is not valid JSON ({err}); pass --force-new to start over") from None
         changed = configs.diff(old, config)
-        if changed and not force_new:
+        if changed:
             raise configs.ConfigError(
                 f"{workdir} holds a run with a different config (keys {changed}); use another --workdir, "
                 f"rerun with the same settings to resume, or pass --force-new to discard that run")
-        if force_new:
-            clear_run(workdir)
     files.write_text(path, configs.to_json(config))
 
 
@@ -177,11 +182,11 @@ def train_and_evaluate(config: Mapping, workdir: str | Path, task: Task, *, forc
     mngr = checkpointing.manager(workdir, keep=t["keep_checkpoints"], best_metric=task.best_metric)
     train_images = task.arrays(splits.train)[0]
     if mngr.latest_step() is not None:  # restoring needs only the state's structure: skip compiling init
-        state = checkpointing.restore(mngr, jax.eval_shape(lambda: _fresh_state(config, model, train_images,
+        state = checkpointing.restore(mngr, jax.eval_shape(lambda: _fresh_state(config, model, train_images, task,
                                                                                 stats=False)))
         log(f"resumed from step {int(state.step)} in {workdir}")
     else:
-        state = _fresh_state(config, model, train_images)
+        state = _fresh_state(config, model, train_images, task)
         checkpointing.save_initial(workdir, state.params)
     state = devices.replicate(mesh, state)
     step_fn = jax.jit(task.train_step(config), donate_argnums=0)
@@ -200,9 +205,9 @@ def train_and_evaluate(config: Mapping, workdir: str | Path, task: Task, *, forc
 
 
 def write_evaluation(workdir: Path, result: Mapping, *, step: int, which: str, n_examples: int,
-                     log: Callable[[str], None] = print) -> dict:
+                     log: Callable[[str], None] = print, name: str = "evaluation.json") -> dict:
     result = {"checkpoint": which, "step": step, "n_examples": n_examples, **result}
-    files.write_json(Path(workdir) / "evaluation.json", result)
+    files.write_json(Path(workdir) / name, result)
     log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
     return result
 
@@ -302,7 +307,7 @@ def restore_run(workdir: str | Path, config: Mapping, task: Task, *, which: str 
         raise configs.ConfigError(f"unknown checkpoint choice {which!r}; valid: 'best', 'latest'")
     splits = task.load_splits(config)
     model = task.build_model(config, splits)
-    target = jax.eval_shape(lambda: _fresh_state(config, model, task.arrays(splits.train)[0], stats=False))
+    target = jax.eval_shape(lambda: _fresh_state(config, model, task.arrays(splits.train)[0], task, stats=False))
     mngr = checkpointing.manager(workdir, keep=config["train"]["keep_checkpoints"], best_metric=task.best_metric)
     step = checkpointing.best_step(mngr, metric=task.best_metric) if which == "best" else None
     state = checkpointing.restore(mngr, target, step=step)
@@ -310,9 +315,10 @@ def restore_run(workdir: str | Path, config: Mapping, task: Task, *, which: str 
 
 
 def evaluate_run(run: Run, workdir: str | Path, *, which: str, log: Callable[[str], None] = print) -> dict:
-    """Score a restored run on its test split; written to ``evaluation.json``."""
+    """Score a restored run on its test split; written to ``evaluation-<which>.json`` (training's own
+    final score of its best checkpoint stays in ``evaluation.json``)."""
     mesh = devices.data_mesh()
     evaluate = run.task.evaluate(run.config, run.model)
     result = evaluate(devices.replicate(mesh, run.state), run.test, mesh, "test_")
     return write_evaluation(Path(workdir), result, step=int(run.state.step), which=which,
-                            n_examples=len(run.test), log=log)
+                            n_examples=len(run.test), log=log, name=f"evaluation-{which}.json")

@@ -19,7 +19,7 @@ from jax.scipy import ndimage
 
 from resnet_jax import configs, devices, metrics
 from resnet_jax.data import segmentation as seg_data
-from resnet_jax.data.inputs import normalize
+from resnet_jax.data.inputs import image_stats, normalize
 from resnet_jax.models import pspnet
 from resnet_jax.training import core
 
@@ -214,4 +214,5 @@ TASK = core.Task(
     evaluate=_evaluate,
     best_metric=BEST_METRIC,
     metric=build_metric,
+    input_stats=image_stats,
 )

@@ -41,8 +41,8 @@ def init_state(model: nn.Module, image_shape: Sequence[int], *, tx: optax.Gradie
 
     The key is XLA's ``rbg`` generator: on CPU it compiles in a fraction of threefry's time (seconds
     per model here). Its values may change between XLA versions; runs resume from checkpoints, never
-    from a re-initialisation, so that costs no reproducibility of a run. Inputs are scaled to [0, 1]
-    (mean 0, std 1 in :func:`resnet_jax.data.inputs.normalize`), the Keras-style scaling of the study.
+    from a re-initialisation, so that costs no reproducibility of a run. The state's input statistics are
+    mean 0 and std 1: the models see images scaled to [0, 1] (``to_input``), the Keras-style scaling of the study.
     """
     return _init_fn(model, tuple(image_shape), tx)(jax.random.key(seed, impl="rbg"))
 
@@ -96,7 +96,8 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, tx: optax.G
     if done:
         state = checkpointing.restore(mngr, state)
     arrays = (images, labels) if depths is None else (images, labels, depths)
-    state, _ = core.run_epochs(state, mngr, step_fn=_jit_train_step, arrays=arrays, mesh=devices.data_mesh(),
+    # Study B's CNNs are small and their batches (Keras' 32) need not divide by the device count: one device.
+    state, _ = core.run_epochs(state, mngr, step_fn=_jit_train_step, arrays=arrays, mesh=devices.data_mesh(1),
                                epochs=epochs, batch_size=batch_size, seed=seed, evaluate=lambda s: {},
                                best_metric="train_accuracy", metrics_path=workdir / "metrics.jsonl",
                                log=lambda line: log(f"  {workdir.name}: {line}"))
