@@ -211,7 +211,9 @@ def _ablation_parsers(sub) -> None:
     p.add_argument("--n-examples", type=_positive_int, help="evaluate a fixed random subset of the test split")
     p.add_argument("--method", default="auto", choices=engine.METHODS)
     p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--memory-budget-mb", type=_positive_float, default=2048)
+    p.add_argument("--memory-budget-mb", type=_positive_float,
+                   help="working memory a chunk of masks may use (default: half of what the device reports; "
+                        "2048 on CPUs)")
     p.set_defaults(func=_ablate)
     p = sub.add_parser("verify", help="recompute the ablation tables in PyTorch (torchvision) and compare; "
                                       "writes <workdir>/verify.csv, exits 1 when a tolerance fails")

@@ -31,6 +31,19 @@ def replicate(mesh: Mesh, tree: Any) -> Any:
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
+FALLBACK_MEMORY_MB = 2048.0
+"""A working-memory budget for devices that do not report their memory (CPUs)."""
+
+
+def memory_budget_mb(device: Any = None, *, fraction: float = 0.5) -> float:
+    """``fraction`` of the memory a device reports (``memory_stats()['bytes_limit']`` on GPUs and TPUs),
+    or :data:`FALLBACK_MEMORY_MB` where it reports none."""
+    device = device if device is not None else jax.local_devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    limit = (stats or {}).get("bytes_limit")
+    return fraction * limit / 2**20 if limit else FALLBACK_MEMORY_MB
+
+
 def round_up_to_devices(batch_size: int, mesh: Mesh) -> int:
     """The smallest multiple of the device count that holds ``batch_size`` rows."""
     n = mesh.devices.size

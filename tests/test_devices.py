@@ -95,3 +95,20 @@ def test_the_cli_keeps_its_compiled_programs_where_the_user_says(tmp_path):
                   env_extra={"RESNET_JAX_COMPILE_CACHE": str(tmp_path / "unused")})
     assert off.returncode == 0, off.stderr
     assert not (tmp_path / "unused").exists()
+
+
+class _Device:
+    def __init__(self, stats):
+        self.stats = stats
+
+    def memory_stats(self):
+        return self.stats
+
+
+def test_the_memory_budget_is_half_of_what_a_device_reports():
+    from resnet_jax import devices
+
+    assert devices.memory_budget_mb(_Device({"bytes_limit": 8 * 2**30, "bytes_in_use": 10})) == 4096.0
+    assert devices.memory_budget_mb(_Device({"bytes_limit": 140 * 2**30}), fraction=0.25) == 35 * 1024.0
+    assert devices.memory_budget_mb(_Device(None)) == devices.FALLBACK_MEMORY_MB  # CPUs report nothing
+    assert devices.memory_budget_mb(object()) == devices.FALLBACK_MEMORY_MB

@@ -89,9 +89,24 @@ class Inputs:
     metric: Metric
     batch_size: int
 
-    def example_batch(self, mesh) -> list[jax.Array]:
-        return devices.shard_batch(mesh, devices.pad_rows(self.images[:self.batch_size], self.batch_size),
-                                   devices.pad_rows(self.targets[:self.batch_size], self.batch_size))
+
+
+@dataclasses.dataclass(frozen=True)
+class Batches:
+    """The evaluated examples as padded batches placed on the devices once per engine call (every chunk
+    reads them there, so no chunk copies data from the host), and the number of real rows in each."""
+
+    arrays: tuple[tuple[jax.Array, jax.Array], ...]
+    sizes: tuple[int, ...]
+
+    @classmethod
+    def place(cls, inputs: Inputs, mesh) -> Batches:
+        arrays, sizes, b = [], [], inputs.batch_size
+        for start, stop in _batches(len(inputs.images), b):
+            arrays.append(tuple(devices.shard_batch(mesh, devices.pad_rows(inputs.images[start:stop], b),
+                                                    devices.pad_rows(inputs.targets[start:stop], b))))
+            sizes.append(stop - start)
+        return cls(tuple(arrays), tuple(sizes))
 
 
 def activation_bytes_per_example(layers: Sequence[abl.Layer], *, peak: bool = False) -> int:
@@ -230,7 +245,7 @@ def evaluate(
     metric: Any = metrics_lib.Accuracy(),
     batch_size: int = 128,
     method: str = "auto",
-    memory_budget_mb: float = 2048,
+    memory_budget_mb: float | None = None,
     chunk: int | None = None,
     initial_params: Any = None,
     on_chunk: Callable[[list[Result]], None] | None = None,
@@ -242,7 +257,8 @@ def evaluate(
       ablations: resolved ablations (:func:`ablation.resolve_all`); ones with no layers are the
         unablated model (a baseline).
       method: ``'auto'`` (gates where the kind allows, else weights), ``'gates'`` or ``'weights'``.
-      memory_budget_mb: bound on a chunk's activation memory; sets the chunk size unless ``chunk``.
+      memory_budget_mb: bound on a chunk's activation memory; sets the chunk size unless ``chunk``. By
+        default half the memory the device reports (:func:`resnet_jax.devices.memory_budget_mb`; 2 GiB on CPUs).
         On the gate path a compiled chunk whose scratch memory (XLA's plan) exceeds it is halved.
       initial_params: the run's initial parameters, needed by ``reinit``.
     """
@@ -251,8 +267,10 @@ def evaluate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive number of images, got {batch_size}")
     mesh = devices.data_mesh()
+    memory_budget_mb = memory_budget_mb or devices.memory_budget_mb()
     inputs = Inputs(model, variables, layers, images, targets, image_mean, image_std, metric,
                     devices.round_up_to_devices(batch_size, mesh))
+    batches = Batches.place(inputs, mesh)
     results: list[Result] = []
     groups: dict[tuple[str, str], list[abl.Ablation]] = {}
     # A mask listed twice (e.g. a shortcut conv by both `single` and `shortcut`) is scored once.
@@ -263,8 +281,9 @@ def evaluate(
     for (kind, how), group in sorted(groups.items()):
         size = chunk or chunk_size(len(group), batch_size=inputs.batch_size, layers=layers,
                                    memory_budget_mb=memory_budget_mb, peak=how == "gates")
-        runs = (_gate_runner(inputs, group, mesh, size=size, budget_bytes=memory_budget_mb * 2**20) if how == "gates"
-                else _weight_runner(inputs, group, mesh, size=size, kind=kind, initial_params=initial_params))
+        runs = (_gate_runner(inputs, group, batches, size=size, budget_bytes=memory_budget_mb * 2**20)
+                if how == "gates" else
+                _weight_runner(inputs, group, batches, size=size, kind=kind, initial_params=initial_params))
         for chunk_results in runs:
             results += chunk_results
             bar.update(len(chunk_results))
@@ -275,19 +294,16 @@ def evaluate(
     return [by_key[(a.name, a.kind, a.layers)] for a in ablations]
 
 
-def _collect(forward_chunk: Callable, group, inputs: Inputs, mesh, rows=None):
+def _collect(forward_chunk: Callable, group, inputs: Inputs, batches: Batches, rows=None):
     """Run ``forward_chunk(images, targets) -> dict of (K, B)`` over all batches; join per mask.
 
-    Examples are split over every device; masks ride along. ``rows[i]`` is the output row of
-    ``group[i]`` (default: ``i``)."""
-    metric, batch_size = inputs.metric, inputs.batch_size
-    parts: list[dict[str, np.ndarray]] = []
-    for start, stop in _batches(len(inputs.images), batch_size):
-        x, y = devices.shard_batch(mesh, devices.pad_rows(inputs.images[start:stop], batch_size),
-                                   devices.pad_rows(inputs.targets[start:stop], batch_size))
-        out = forward_chunk(x, y)
-        parts.append({k: np.asarray(v)[:, : stop - start] for k, v in out.items()})
-    joined = {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
+    Examples are split over every device; masks ride along. Every batch is dispatched before any result
+    is read, so the devices never wait on the host between batches; the per-example results come back
+    in one transfer. ``rows[i]`` is the output row of ``group[i]`` (default: ``i``)."""
+    metric = inputs.metric
+    outs = jax.device_get([forward_chunk(x, y) for x, y in batches.arrays])
+    joined = {k: np.concatenate([np.asarray(o[k])[:, :n] for o, n in zip(outs, batches.sizes)], axis=1)
+              for k in outs[0]}
     out = []
     for i, a in enumerate(group):
         per_example = {k: v[i if rows is None else rows[i]] for k, v in joined.items()}
@@ -304,7 +320,7 @@ def _results(collected, seconds: float, temp_bytes: int = 0) -> list[Result]:
             for a, value, low, high, loss, pe, breakdown in collected]
 
 
-def _gate_runner(inputs: Inputs, group, mesh, *, size: int, budget_bytes: float):
+def _gate_runner(inputs: Inputs, group, batches: Batches, *, size: int, budget_bytes: float):
     # Baselines first (they read the clean rows), then copies in network order of their branch
     # points and in the batching.Copies field order there, so the rows present at any layer are a
     # prefix of the final rows; input-independent ablations last (one row each).
@@ -327,7 +343,7 @@ def _gate_runner(inputs: Inputs, group, mesh, *, size: int, budget_bytes: float)
     # One gate vector per site over all masked ablations of the group; a chunk takes its slice, so
     # every chunk has one pytree structure and chunks of one structure share a program.
     sites = abl.make_gates(ordered[n_base:], layers)
-    example = inputs.example_batch(mesh)
+    example = batches.arrays[0]
     compiled = {}
     queue = [(lo, min(lo + size, len(ordered))) for lo in range(0, len(ordered), size)]
     while queue:
@@ -356,7 +372,7 @@ def _gate_runner(inputs: Inputs, group, mesh, *, size: int, budget_bytes: float)
         # Output row of each ablation: 0 is the clean model; masked ones follow in `sites` order.
         rows = [i - n_base - first + clean if a.layers else 0 for i, a in enumerate(chunk, start=lo)]
         t0 = time.perf_counter()
-        collected = _collect(lambda x, y: forward(variables, gates, x, y, mean, std), chunk, inputs, mesh, rows)
+        collected = _collect(lambda x, y: forward(variables, gates, x, y, mean, std), chunk, inputs, batches, rows)
         yield _results(collected, time.perf_counter() - t0, temp)
 
 
@@ -366,7 +382,7 @@ def _temp_bytes(program) -> int:
     return int(getattr(analysis, "temp_size_in_bytes", 0) or 0)
 
 
-def _weight_runner(inputs: Inputs, group, mesh, *, size: int, kind: str, initial_params: Any):
+def _weight_runner(inputs: Inputs, group, batches: Batches, *, size: int, kind: str, initial_params: Any):
     model, variables, layers = inputs.model, inputs.variables, inputs.layers
     replacement_fn = abl.replacement_for(kind, model=model, input_shape=inputs.images.shape,
                                          initial_params=initial_params)
@@ -381,5 +397,5 @@ def _weight_runner(inputs: Inputs, group, mesh, *, size: int, kind: str, initial
         t0 = time.perf_counter()
         collected = _collect(
             lambda x, y: forward(variables, chunk_masks, chunk_seeds, x, y, inputs.image_mean, inputs.image_std),
-            chunk, inputs, mesh)
+            chunk, inputs, batches)
         yield _results(collected, time.perf_counter() - t0)

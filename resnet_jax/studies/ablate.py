@@ -25,12 +25,12 @@ from resnet_jax.data.inputs import normalize
 from resnet_jax.reporting import figures
 
 
-def _check_request(protocols: Sequence[str], kind: str, *, batch_size: int, memory_budget_mb: float,
+def _check_request(protocols: Sequence[str], kind: str, *, batch_size: int, memory_budget_mb: float | None,
                    n_examples: int | None) -> None:
     """Refuse a bad request before restoring anything; each message names the value and what is valid."""
     if batch_size < 1:
         raise abl.SpecError(f"--batch-size must be a positive number of images, got {batch_size}")
-    if memory_budget_mb <= 0:
+    if memory_budget_mb is not None and memory_budget_mb <= 0:
         raise abl.SpecError(f"--memory-budget-mb must be positive, got {memory_budget_mb}")
     if n_examples is not None and n_examples < 1:
         raise abl.SpecError(f"--n-examples must be positive (or left out for the whole test split), got {n_examples}")
@@ -51,7 +51,7 @@ def _draw(name: str, rows: Sequence[dict], path: Path, *, title: str, layers) ->
 
 def ablate_workdir(workdir, *, protocols: Sequence[str] = PROTOCOLS, kind: str = "zero-kernel",
                    spec_file=None, data_dir=None, n_examples: int | None = None, method: str = "auto",
-                   batch_size: int = 128, memory_budget_mb: float = 2048, checkpoint: str = "best",
+                   batch_size: int = 128, memory_budget_mb: float | None = None, checkpoint: str = "best",
                    log=print) -> list[Path]:
     """Run protocols (or a spec file) on a trained run; write tables and figures under ``ablation/``."""
     workdir, out = Path(workdir), Path(workdir) / "ablation"
