@@ -286,3 +286,21 @@ def test_stored_configs_of_older_runs_are_read_as_their_task():
         old = {k: v for k, v in config.items() if k not in ("task", "scale")}
         assert configs.complete(old)["task"] == task
         assert configs.diff(old, config) == []
+
+
+@pytest.mark.parametrize("command, hint", [("ablate", "finished masks are kept and skipped"),
+                                           ("train", "resume from the last checkpoint")])
+def test_an_interrupted_command_says_how_to_resume(monkeypatch, capsys, tmp_path, command, hint):
+    from resnet_jax import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    parser = cli.build_parser()
+    args = ["--config", "synthetic-tiny"] if command == "train" else []
+    namespace = parser.parse_args([command, *args, "--workdir", str(tmp_path)])
+    monkeypatch.setattr(cli, "build_parser", lambda: type("P", (), {"parse_args": lambda self, argv: namespace})())
+    namespace.func = interrupted
+    assert cli.main([]) == 130
+    err = capsys.readouterr().err
+    assert f"resnet-jax {command}: interrupted; " in err and hint in err
