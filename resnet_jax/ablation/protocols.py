@@ -71,10 +71,10 @@ def run_protocol(protocol: str, *, store: ResultStore, evaluate: Evaluate, layer
     if protocol != "baseline" and specs is None:
         specs = protocol_specs(protocol, layers, kind=kind)
     ablations = [BASELINE] if protocol == "baseline" else abl.resolve_all(specs, layers)
-    baseline_row = _ensure_baseline(store, evaluate, metric_name)
+    done = _ensure_baseline(store, evaluate, metric_name)
+    baseline_row = done[ablation_key(BASELINE)]
     if protocol == "baseline":
         return [table_row(baseline_row, baseline_row, mask="baseline")]
-    done = store.load()
     todo = list({ablation_key(a): a for a in ablations if ablation_key(a) not in done}.values())
     if todo:
         log(f"{protocol} ({kind}): {len(ablations) - len(todo)} of {len(ablations)} masks already done; "
@@ -87,16 +87,16 @@ def run_protocol(protocol: str, *, store: ResultStore, evaluate: Evaluate, layer
     return [table_row(done[ablation_key(a)], baseline_row, mask=a.name) for a in ablations]
 
 
-def _ensure_baseline(store: ResultStore, evaluate: Evaluate, metric_name: str) -> dict:
-    key = ablation_key(BASELINE)
+def _ensure_baseline(store: ResultStore, evaluate: Evaluate, metric_name: str) -> dict[str, dict]:
+    """The store's rows, with the baseline scored first if it is not among them."""
     done = store.load()
-    if key not in done:
+    if ablation_key(BASELINE) not in done:
         scored = abl.Ablation("baseline", "zero-kernel", ())  # no layers: the engine runs the clean model
         evaluate([scored], lambda chunk: store.append(
             "baseline", [dataclasses.replace(r, kind="none") for r in chunk],
             {("baseline", "none", ()): BASELINE}, metric=metric_name))
         done = store.load()
-    return done[key]
+    return done
 
 
 DESCRIPTIONS = {

@@ -185,7 +185,7 @@ COUNT_OR_ALL = optional(integer(low=1))
 
 def validate(config: Mapping, schema: Mapping[str, Checker], *, what: str) -> None:
     """Check every key of ``config`` that ``schema`` names; raise one error listing every bad value."""
-    flat = flatten({k: v for k, v in config.items()})
+    flat = flatten(config)
     problems = []
     for key, checker in schema.items():
         value = _get(config, key)
