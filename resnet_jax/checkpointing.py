@@ -14,10 +14,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-BEST_METRIC = "test_accuracy"
-
-
-def manager(workdir: str | Path, *, keep: int = 2, best_metric: str = BEST_METRIC) -> ocp.CheckpointManager:
+def manager(workdir: str | Path, *, best_metric: str, keep: int = 2) -> ocp.CheckpointManager:
     """A manager that keeps the ``keep`` latest checkpoints and the one best by ``best_metric``."""
     policy = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(n=keep),
@@ -48,7 +45,7 @@ def restore(mngr: ocp.CheckpointManager, target: Any, *, step: int | None = None
     return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
 
 
-def best_step(mngr: ocp.CheckpointManager, *, metric: str = BEST_METRIC) -> int | None:
+def best_step(mngr: ocp.CheckpointManager, *, metric: str) -> int | None:
     """The kept step with the highest ``metric``; None if no kept step has metrics."""
     scored = []
     for step in mngr.all_steps():

@@ -1,5 +1,6 @@
 """Training: it learns, augmentation does what it says, checkpoints restore, resume is exact."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -63,8 +64,8 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
     config = configs.load_config("synthetic-tiny")
     state = _tiny_state(config)
     state = state.replace(step=jnp.asarray(7), params=jax.tree.map(lambda x: x + 0.5, state.params))
-    mngr = checkpointing.manager(tmp_path)
-    checkpointing.save(mngr, 7, state, metrics={"test_accuracy": 0.5})
+    mngr = checkpointing.manager(tmp_path, best_metric="val_accuracy")
+    checkpointing.save(mngr, 7, state, metrics={"val_accuracy": 0.5})
     restored = checkpointing.restore(mngr, _tiny_state(config))
     for name in ("params", "opt_state", "batch_stats", "image_mean", "image_std"):
         chex.assert_trees_all_equal(getattr(state, name), getattr(restored, name), strict=True)
@@ -73,11 +74,11 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
 
 def test_keeps_the_latest_and_the_best(tmp_path):
     state = {"x": jnp.zeros(2)}
-    mngr = checkpointing.manager(tmp_path, keep=2)
+    mngr = checkpointing.manager(tmp_path, keep=2, best_metric="val_accuracy")
     for step, acc in [(1, 0.9), (2, 0.1), (3, 0.2), (4, 0.3)]:
-        checkpointing.save(mngr, step, state, metrics={"test_accuracy": acc})
+        checkpointing.save(mngr, step, state, metrics={"val_accuracy": acc})
     assert list(mngr.all_steps()) == [1, 3, 4]
-    assert checkpointing.best_step(mngr) == 1
+    assert checkpointing.best_step(mngr, metric="val_accuracy") == 1
 
 
 def _final_params(workdir):
@@ -103,18 +104,18 @@ def test_interrupted_then_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     subprocess.run(_train_cmd(reference), check=True, env=env, capture_output=True, timeout=600)
     proc = subprocess.Popen(_train_cmd(interrupted), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    first = interrupted / "checkpoints" / "64"  # the end of epoch 1 (512 examples / batch 8)
+    first = interrupted / "checkpoints" / "48"  # the end of epoch 1 (512 - 128 validation examples / batch 8)
     deadline = time.time() + 300
     while not first.exists() and time.time() < deadline:
         time.sleep(0.01)
     time.sleep(0.05)  # into epoch 2
     proc.send_signal(getattr(signal, how))
     proc.wait(timeout=120)
-    mngr = checkpointing.manager(interrupted)
+    mngr = checkpointing.manager(interrupted, best_metric="val_accuracy")
     latest = mngr.latest_step()
-    assert latest is not None and latest < 192, "the run finished before it could be interrupted"
+    assert latest is not None and latest < 144, "the run finished before it could be interrupted"
     if how == "SIGTERM":
-        assert proc.returncode == 130 and latest % 64 != 0, "SIGTERM must checkpoint mid-epoch"
+        assert proc.returncode == 130 and latest % 48 != 0, "SIGTERM must checkpoint mid-epoch"
     subprocess.run(_train_cmd(interrupted), check=True, env=env, capture_output=True, timeout=600)
     _assert_bitwise_equal(reference, interrupted)
     lines = [json.loads(x) for x in (interrupted / "metrics.jsonl").read_text().splitlines()]
@@ -136,14 +137,16 @@ def test_cli_train_then_evaluate_and_metrics_schema(tmp_path):
     result = run_cli("train", "--config", "synthetic-tiny", "--workdir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
-    for key in ["epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
+    for key in ["epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                 "images_per_second", "elapsed_s"]:
         assert key in line
+    assert "test_accuracy" not in line  # the test split is scored once, on the chosen checkpoint
     assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == "resnet_tiny"
-    evaluated = run_cli("evaluate", "--workdir", str(tmp_path))
+    evaluated = run_cli("evaluate", "--workdir", str(tmp_path), "--checkpoint", "best")
     assert evaluated.returncode == 0, evaluated.stderr
-    assert json.loads((tmp_path / "evaluation-latest.json").read_text())["test_accuracy"] == pytest.approx(
-        line["test_accuracy"])
+    trained = json.loads((tmp_path / "evaluation.json").read_text())
+    assert json.loads((tmp_path / "evaluation-best.json").read_text())["test_accuracy"] == pytest.approx(
+        trained["test_accuracy"])
 
 
 @pytest.mark.parametrize("args, message", [
@@ -169,4 +172,53 @@ def test_smoke_preset_end_to_end_on_shared_cifar10(tmp_path):
                      "--data-dir", str(root))
     assert result.returncode == 0, result.stderr
     line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
-    assert line["step"] == 4 and 0.0 <= line["test_accuracy"] <= 1.0
+    assert line["step"] == 4 and 0.0 <= line["val_accuracy"] <= 1.0
+
+
+def test_the_test_split_never_chooses_the_checkpoint(tmp_path):
+    """Permuting the test labels changes test scores but not one validation score or the chosen checkpoint."""
+    config = configs.load_config("synthetic-tiny", ["train.epochs=4", "train.keep_checkpoints=1"])
+    honest = core.train_and_evaluate(config, tmp_path / "honest", train.TASK, log=lambda _: None)
+    load = train.TASK.load_splits
+
+    def permuted_test_labels(cfg):
+        splits = load(cfg)
+        labels = np.random.default_rng(1).permutation(splits.test.labels)
+        return core.Splits(splits.train, splits.val, type(splits.test)(splits.test.images, labels,
+                                                                           splits.test.class_names))
+
+    permuted_task = dataclasses.replace(train.TASK, load_splits=permuted_test_labels)
+    core.train_and_evaluate(config, tmp_path / "permuted", permuted_task, log=lambda _: None)
+    read = lambda name: [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert [r["val_accuracy"] for r in read("honest")] == [r["val_accuracy"] for r in read("permuted")]
+    assert all("test_accuracy" not in r for r in read("honest"))
+    chosen = {name: json.loads((tmp_path / name / "evaluation.json").read_text()) for name in ("honest", "permuted")}
+    assert chosen["honest"]["step"] == chosen["permuted"]["step"]
+    assert chosen["honest"]["test_accuracy"] != chosen["permuted"]["test_accuracy"]  # the permutation did bite
+    best_val = max(read("honest"), key=lambda r: r["val_accuracy"])
+    assert chosen["honest"]["step"] == best_val["step"]  # the earliest best: orbax keeps it among ties
+    run = runs.restore(tmp_path / "honest")
+    assert int(run.state.step) == best_val["step"] and "validation accuracy" in run.choice
+    assert honest["epoch"] == 4
+
+
+def test_stratified_holdout_keeps_class_shares_and_is_fixed_by_seed():
+    from resnet_jax.data.images import DataError, stratified_holdout
+
+    labels = np.repeat(np.arange(3), [50, 30, 20])
+    kept, held = stratified_holdout(labels, 10, seed=0)
+    assert np.bincount(labels[held]).tolist() == [5, 3, 2]
+    assert sorted(np.concatenate([kept, held]).tolist()) == list(range(100))
+    again, _ = stratified_holdout(labels, 10, seed=0)
+    other, _ = stratified_holdout(labels, 10, seed=1)
+    assert np.array_equal(kept, again) and not np.array_equal(kept, other)
+    _, uneven = stratified_holdout(labels, 7, seed=0)  # quotas 3.5, 2.1, 1.4: the largest remainder wins
+    assert np.bincount(labels[uneven]).tolist() == [4, 2, 1]
+    with pytest.raises(DataError, match="val_examples=100"):
+        stratified_holdout(labels, 100, seed=0)
+
+
+def test_a_run_of_an_older_resnet_jax_is_read_as_it_ran():
+    stored = {"task": "classification", "train": {"seed": 3}, "data": {"name": "cifar10"}}
+    config = configs.complete(stored)
+    assert config["data"]["val_examples"] == 0 and config["data"]["split_seed"] == 3

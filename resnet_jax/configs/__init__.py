@@ -101,7 +101,9 @@ def complete(stored: Mapping) -> dict[str, Any]:
     """
     task = stored.get("task") or ("skip" if "selection" in stored else "segmentation" if "metric" in stored
                                   else classification.TASK)
-    return merge(family(task).DEFAULTS, {**stored, "task": task})
+    fam = family(task)
+    stored = fam.upgrade(dict(stored)) if hasattr(fam, "upgrade") else stored
+    return merge(fam.DEFAULTS, {**stored, "task": task})
 
 
 def diff(a: Mapping, b: Mapping) -> list[str]:

@@ -53,10 +53,13 @@ class Split:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def select(self, idx: np.ndarray) -> Split:
+        return Split(self.images[idx], self.labels[idx], self.class_names)
+
     def take(self, n: int | None, *, seed: int = 0) -> Split:
         """A fixed random subset of ``n`` examples (the same for a given seed); all if ``n`` is None."""
         idx = subset(len(self), n, seed=seed)
-        return self if idx is None else Split(self.images[idx], self.labels[idx], self.class_names)
+        return self if idx is None else self.select(idx)
 
 
 def subset(size: int, n: int | None, *, seed: int) -> np.ndarray | None:
@@ -66,6 +69,25 @@ def subset(size: int, n: int | None, *, seed: int) -> np.ndarray | None:
     if n <= 0:
         raise DataError(f"max examples must be positive, got {n}")
     return np.sort(np.random.default_rng(seed).permutation(size)[:n])
+
+
+def stratified_holdout(labels: np.ndarray, n: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted ``(kept, held_out)`` indices: ``n`` examples held out with each class's share of the labels
+    (largest remainders settle the rounding), chosen at random by ``seed``."""
+    labels = np.asarray(labels)
+    if not 0 < n < len(labels):
+        raise DataError(f"data.val_examples={n} must be between 1 and {len(labels) - 1} (the training split "
+                        f"has {len(labels)} examples), or 0 for no validation split")
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * n / len(labels)
+    take = np.floor(quota).astype(int)
+    remainder_order = np.lexsort((classes, -(quota - take)))  # ties broken by class, so the split is exact
+    take[remainder_order[:n - take.sum()]] += 1
+    rng = np.random.default_rng(seed)
+    held = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)])
+    mask = np.zeros(len(labels), bool)
+    mask[held] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
 def default_cache_dir() -> Path:

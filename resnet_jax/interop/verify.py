@@ -392,7 +392,7 @@ def import_torch_run(path: str | os.PathLike, workdir: str | os.PathLike, *, arc
         mean, std = channel_stats(train_split.images)
     state = _state_with(cfg, variables, train_split, mean, std)
     core.prepare_workdir(cfg, workdir, force_new=False)
-    mngr = checkpointing.manager(workdir, keep=cfg["train"]["keep_checkpoints"])
+    mngr = checkpointing.manager(workdir, keep=cfg["train"]["keep_checkpoints"], best_metric="val_accuracy")  # unranked
     checkpointing.save(mngr, 0, state)
     record = {"source": str(path.absolute()), "sha256": _sha256(path), "arch": arch, "stem": stem,
               "num_classes": int(head), "image_mean": mean.tolist(), "image_std": std.tolist(),

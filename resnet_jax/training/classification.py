@@ -91,11 +91,16 @@ def evaluate_split(state: core.TrainState, split: image_data.Split, *, batch_siz
 
 
 def load_splits(config: Mapping) -> core.Splits:
+    """Train, validation (``data.val_examples`` held out of the training images, stratified by class) and test
+    splits; every subset is fixed by ``data.split_seed``, so seeds of a study share their data."""
     d = config["data"]
-    train, test = image_data.load_train_test(d["name"], data_dir=d["data_dir"], seed=config["train"]["seed"],
+    train, test = image_data.load_train_test(d["name"], data_dir=d["data_dir"], seed=d["split_seed"],
                                              max_train_examples=d["max_train_examples"],
                                              max_test_examples=d["max_test_examples"])
-    return core.Splits(train=train, val=None, test=test)
+    if not d["val_examples"]:
+        return core.Splits(train=train, val=None, test=test)
+    kept, held = image_data.stratified_holdout(train.labels, d["val_examples"], seed=d["split_seed"])
+    return core.Splits(train=train.select(kept), val=train.select(held), test=test)
 
 
 def _train_step(config: Mapping) -> Callable:
@@ -118,6 +123,6 @@ TASK = core.Task(
     build_model=lambda config, splits: build_model(config, splits.train.num_classes),
     train_step=_train_step,
     evaluate=_evaluate,
-    best_metric="test_accuracy",
+    best_metric="accuracy",
     metric=lambda config: metrics.Accuracy(),
 )

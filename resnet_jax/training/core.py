@@ -64,9 +64,9 @@ class Task:
 
     ``arrays(split)`` gives the host arrays a step consumes (images first); ``train_step(config)``
     the pure step ``(state, *arrays, key) -> (state, metrics)``; ``evaluate(config, model)`` a
-    function ``(state, split, mesh, prefix) -> dict`` of summary metrics; ``best_metric`` the key
-    (a ``val_`` or ``test_`` metric of that function) that ranks checkpoints; ``metric(config)`` the
-    per-example metric plug-in (:mod:`resnet_jax.metrics`) that ablation sweeps score with.
+    function ``(state, split, mesh, prefix) -> dict`` of summary metrics; ``best_metric`` the name (without
+    split prefix) of the metric that ranks checkpoints, on the validation split (see :func:`ranking_metric`);
+    ``metric(config)`` the per-example metric plug-in (:mod:`resnet_jax.metrics`) that ablation sweeps score with.
     """
 
     name: str
@@ -78,6 +78,12 @@ class Task:
     best_metric: str
     metric: Callable[[Mapping], Any]
     input_stats: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] = inputs.channel_stats
+
+
+def ranking_metric(task: Task, splits: Splits) -> str:
+    """The key that ranks checkpoints: ``val_<best_metric>``; ``test_<best_metric>`` only for runs without a
+    validation split (runs of older resnet-jax, or a config that sets none), which reports mark as such."""
+    return ("val_" if splits.val is not None else "test_") + task.best_metric
 
 
 def model_dtype(config: Mapping):
@@ -179,7 +185,8 @@ def train_and_evaluate(config: Mapping, workdir: str | Path, task: Task, *, forc
     check_batch_size(config, len(splits.train), mesh)
     model = task.build_model(config, splits)
     prepare_workdir(config, workdir, force_new=force_new)
-    mngr = checkpointing.manager(workdir, keep=t["keep_checkpoints"], best_metric=task.best_metric)
+    ranking = ranking_metric(task, splits)
+    mngr = checkpointing.manager(workdir, keep=t["keep_checkpoints"], best_metric=ranking)
     train_images = task.arrays(splits.train)[0]
     if mngr.latest_step() is not None:  # restoring needs only the state's structure: skip compiling init
         state = checkpointing.restore(mngr, jax.eval_shape(lambda: _fresh_state(config, model, train_images, task,
@@ -194,10 +201,10 @@ def train_and_evaluate(config: Mapping, workdir: str | Path, task: Task, *, forc
     monitor, prefix = (splits.val, "val_") if splits.val is not None else (splits.test, "test_")
     state, last = run_epochs(state, mngr, step_fn=step_fn, arrays=task.arrays(splits.train), mesh=mesh,
                              epochs=t["epochs"], batch_size=t["batch_size"], seed=t["seed"],
-                             evaluate=lambda s: evaluate(s, monitor, mesh, prefix), best_metric=task.best_metric,
+                             evaluate=lambda s: evaluate(s, monitor, mesh, prefix), best_metric=ranking,
                              metrics_path=workdir / "metrics.jsonl", log=log)
     if splits.val is not None and not (workdir / "evaluation.json").is_file():
-        best = checkpointing.best_step(mngr, metric=task.best_metric)
+        best = checkpointing.best_step(mngr, metric=ranking)
         best_state = checkpointing.restore(mngr, state, step=best) if best is not None else state
         write_evaluation(workdir, evaluate(best_state, splits.test, mesh, "test_"), step=int(best_state.step),
                          which="best", n_examples=len(splits.test), log=log)
@@ -291,13 +298,27 @@ def _last_elapsed(path: Path) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """A trained run restored from its workdir: config, model, state, and its test split."""
+    """A trained run restored from its workdir: config, model, state, its splits, and the metric that chose
+    the checkpoint (``val_...``, or ``test_...`` for a run without a validation split)."""
 
     config: dict
     model: nn.Module
     state: TrainState
     test: Any
     task: Task
+    val: Any = None
+    chosen_by: str = ""
+    which: str = "best"
+
+    @property
+    def choice(self) -> str:
+        """Which checkpoint this is and why, for reports."""
+        if self.which == "latest":
+            return f"latest checkpoint (step {int(self.state.step)})"
+        split = "validation" if self.chosen_by.startswith("val_") else "TEST"
+        note = "" if split == "validation" else (" - this run has no validation split, so the test split chose "
+                                                 "the checkpoint it is scored on")
+        return f"best checkpoint by {split} {self.chosen_by.split('_', 1)[1]} (step {int(self.state.step)}){note}"
 
 
 def restore_run(workdir: str | Path, config: Mapping, task: Task, *, which: str = "best") -> Run:
@@ -308,10 +329,11 @@ def restore_run(workdir: str | Path, config: Mapping, task: Task, *, which: str 
     splits = task.load_splits(config)
     model = task.build_model(config, splits)
     target = jax.eval_shape(lambda: _fresh_state(config, model, task.arrays(splits.train)[0], task, stats=False))
-    mngr = checkpointing.manager(workdir, keep=config["train"]["keep_checkpoints"], best_metric=task.best_metric)
-    step = checkpointing.best_step(mngr, metric=task.best_metric) if which == "best" else None
+    ranking = ranking_metric(task, splits)
+    mngr = checkpointing.manager(workdir, keep=config["train"]["keep_checkpoints"], best_metric=ranking)
+    step = checkpointing.best_step(mngr, metric=ranking) if which == "best" else None
     state = checkpointing.restore(mngr, target, step=step)
-    return Run(dict(config), model, state, splits.test, task)
+    return Run(dict(config), model, state, splits.test, task, val=splits.val, chosen_by=ranking, which=which)
 
 
 def evaluate_run(run: Run, workdir: str | Path, *, which: str, log: Callable[[str], None] = print) -> dict:
