@@ -91,7 +91,7 @@ def _ablate(args) -> int:
         _workdir(args.workdir), protocols=chosen, kind=args.kind, spec_file=args.spec,
         data_dir=configs.existing_data_dir(args.data_dir), n_examples=args.n_examples,
         method=args.method, batch_size=args.batch_size, memory_budget_mb=args.memory_budget_mb,
-        checkpoint=args.checkpoint)
+        checkpoint=args.checkpoint, margin=args.margin, alpha=args.alpha)
     return 0
 
 
@@ -214,6 +214,9 @@ def _ablation_parsers(sub) -> None:
     p.add_argument("--memory-budget-mb", type=_positive_float,
                    help="working memory a chunk of masks may use (default: half of what the device reports; "
                         "2048 on CPUs)")
+    p.add_argument("--margin", type=float, default=0.01,
+                   help="drop that separates trivial from non-trivial masks (default 0.01, i.e. 1 point of accuracy)")
+    p.add_argument("--alpha", type=float, default=0.05, help="level of the Holm-corrected tests (default 0.05)")
     p.set_defaults(func=_ablate)
     p = sub.add_parser("verify", help="recompute the ablation tables in PyTorch (torchvision) and compare; "
                                       "writes <workdir>/verify.csv, exits 1 when a tolerance fails")

@@ -120,14 +120,15 @@ class Dice:
             raise ValueError(f"{len(self.class_names)} class_names {self.class_names} for {self.num_classes} "
                              f"classes; give one name per class, background first")
 
-    def _columns(self) -> list[int]:
+    def columns(self) -> list[int]:
+        """0-based columns of the per-image counts that the score averages (foreground id - 1)."""
         return [c - 1 for c in (self.classes or range(1, self.num_classes))]
 
     def per_example(self, logits: jax.Array, masks: jax.Array) -> dict[str, jax.Array]:
         counts = dice_counts(jnp.argmax(logits, -1), masks, self.num_classes)
         dice = dice_from_counts(**counts)
         return {
-            "score": jnp.mean(dice[..., jnp.asarray(self._columns())], axis=-1),
+            "score": jnp.mean(dice[..., jnp.asarray(self.columns())], axis=-1),
             "dice": dice, **counts,
             "loss": jnp.mean(pixel_cross_entropy(logits, masks), axis=(-2, -1)),
         }
@@ -137,7 +138,7 @@ class Dice:
             score = np.asarray(per_example["score"], np.float64)
             low, high = mean_interval(score)
             return float(score.mean()), low, high
-        cols = self._columns()
+        cols = self.columns()
         counts = [np.asarray(per_example[k], np.float64)[:, cols] for k in ("intersection", "pred_sum", "true_sum")]
         value = _pooled(*(c.sum(0) for c in counts))
         idx = np.random.default_rng(0).integers(0, len(counts[0]), (self.n_bootstrap, len(counts[0])))

@@ -10,6 +10,7 @@ import pytest
 
 from resnet_jax.ablation import catalogue as abl
 from resnet_jax.ablation import engine, protocols
+from resnet_jax.ablation.statistics import DECISIONS
 from resnet_jax.ablation.store import ResultStore
 from resnet_jax.data import images as data
 from resnet_jax.models import resnet as models
@@ -420,9 +421,13 @@ def test_cli_ablate_all_then_report(tmp_path):
     row = table["rows"][0]
     assert row["delta"] == pytest.approx(row["value"] - row["baseline"])
     assert row["ci_low"] <= row["value"] <= row["ci_high"]
+    tested = [r for r in table["rows"] if r["kind"] != "none"]
+    assert tested and all(r["decision"] in DECISIONS and r["p_value_holm"] >= r["p_value"] for r in tested)
+    assert all(r["drop"] == pytest.approx(-r["delta"], abs=1e-6) and r["margin"] == 0.01 for r in tested)
     report = run_cli("report", "--workdir", str(tmp_path))
     assert report.returncode == 0, report.stderr
     text = (tmp_path / "report.md").read_text()
     assert "single (zero-kernel)" in text and "ablation/single.png" in text
+    assert "Decisions at margin 0.01" in text and "best checkpoint by validation accuracy" in text
     bad = run_cli("ablate", "--workdir", str(tmp_path), "--protocol", "singel")
     assert bad.returncode == 2 and "stage-except-decomposition" in bad.stderr

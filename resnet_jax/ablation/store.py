@@ -25,6 +25,8 @@ import numpy as np
 
 from resnet_jax.ablation import catalogue as abl
 
+FORMAT = 2
+"""Bumped when rows start to carry something older rows lack (2: Dice counts per image), so old rows rerun."""
 RANDOM_KINDS = ("rerandomize",)
 """Kinds whose result depends on the spec's seed."""
 
@@ -58,6 +60,7 @@ def context(variables: Mapping[str, Any], images: np.ndarray, targets: np.ndarra
         "examples_sha": _sha(np.ascontiguousarray(images).tobytes(), np.ascontiguousarray(targets).tobytes()),
         "n_examples": int(len(images)),
         "metric": {"class": type(metric).__name__, **metric_config},
+        "format": FORMAT,
     }
     info["id"] = _sha(json.dumps(info, sort_keys=True, default=str).encode())
     return info
@@ -65,16 +68,31 @@ def context(variables: Mapping[str, Any], images: np.ndarray, targets: np.ndarra
 
 def _encode(array: np.ndarray) -> dict[str, Any]:
     array = np.asarray(array)
+    shape = list(array.shape)
     if array.dtype == bool:
-        return {"dtype": "bool", "n": int(array.size), "b64": base64.b64encode(np.packbits(array)).decode()}
-    return {"dtype": "float32", "n": int(array.size),
+        return {"dtype": "bool", "n": int(array.size), "shape": shape,
+                "b64": base64.b64encode(np.packbits(array.ravel())).decode()}
+    return {"dtype": "float32", "n": int(array.size), "shape": shape,
             "b64": base64.b64encode(array.astype(np.float32).tobytes()).decode()}
+
+
+def decode(encoded: Mapping[str, Any]) -> np.ndarray:
+    """The array :func:`_encode` stored (per-example values of a finished mask, for paired statistics)."""
+    raw = base64.b64decode(encoded["b64"])
+    n, shape = encoded["n"], encoded.get("shape", [encoded["n"]])
+    if encoded["dtype"] == "bool":
+        return np.unpackbits(np.frombuffer(raw, np.uint8))[:n].astype(bool).reshape(shape)
+    return np.frombuffer(raw, np.float32).reshape(shape)
+
+
+def per_example(row: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    return {k: decode(v) for k, v in row.get("per_example", {}).items()}
 
 
 class ResultStore:
     """Append-only JSONL of finished ablations, looked up by ``(context id, ablation key)``."""
 
-    KEEP = ("correct", "loss", "score")  # per-example arrays worth keeping for statistics
+    KEEP = ("correct", "loss", "score", "intersection", "pred_sum", "true_sum")  # what paired statistics need
 
     def __init__(self, directory: Path, context: Mapping[str, Any]):
         self.path = Path(directory) / "results.jsonl"

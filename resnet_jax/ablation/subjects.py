@@ -29,6 +29,7 @@ class Subject:
     metric: Any
     image_mean: np.ndarray
     image_std: np.ndarray
+    choice: str = ""  # which checkpoint and why (validation-chosen, or test-chosen for older runs)
 
 
 def restore_subject(workdir, *, checkpoint: str = "best", data_dir=None, n_examples: int | None = None) -> Subject:
@@ -39,4 +40,5 @@ def restore_subject(workdir, *, checkpoint: str = "best", data_dir=None, n_examp
     images, targets = run.task.arrays(test)
     return Subject(model=run.model, variables=jax.device_get(run.state.variables), step=int(run.state.step),
                    task=run.task.name, test=test, images=images, targets=targets, metric=run.task.metric(run.config),
-                   image_mean=np.asarray(run.state.image_mean), image_std=np.asarray(run.state.image_std))
+                   image_mean=np.asarray(run.state.image_mean), image_std=np.asarray(run.state.image_std),
+                   choice=run.choice)

@@ -10,7 +10,12 @@ from pathlib import Path
 
 from resnet_jax import files
 
-CSV_COLUMNS = ("mask", "kind", "layers", "metric", "value", "baseline", "delta", "n_examples", "ci_low", "ci_high")
+CSV_COLUMNS = ("mask", "kind", "layers", "metric", "value", "baseline", "delta", "n_examples", "ci_low", "ci_high",
+               "drop", "drop_low", "drop_high", "p_value", "p_value_holm", "p_nontrivial_holm", "p_trivial_holm",
+               "decision", "margin", "alpha")
+"""``drop = baseline - value`` with its paired interval; ``p_value``: any change (McNemar / bootstrap);
+``p_nontrivial``/``p_trivial``: the one-sided margin tests; ``_holm``: adjusted across the protocol's masks."""
+HIDDEN = ("seconds", "key", "p_nontrivial", "p_trivial", "discordant_lost", "discordant_gained")
 
 
 def table_row(row: dict, baseline: dict, *, mask: str) -> dict:
@@ -19,13 +24,13 @@ def table_row(row: dict, baseline: dict, *, mask: str) -> dict:
         "mask": mask, "kind": row["kind"], "layers": " ".join(row["layers"]), "metric": row["metric"],
         "value": row["value"], "baseline": baseline["value"], "delta": row["value"] - baseline["value"],
         "n_examples": row["n_examples"], "ci_low": row["ci_low"], "ci_high": row["ci_high"],
-        "seconds": row.get("seconds", float("nan")), **row.get("breakdown", {}),
+        "seconds": row.get("seconds", float("nan")), "key": row["key"], **row.get("breakdown", {}),
     }
 
 
 def breakdown_columns(rows: Sequence[dict]) -> list[str]:
     """The metric's extra columns present in ``rows`` (e.g. ``dice_lv``), in first-seen order."""
-    fixed = set(CSV_COLUMNS) | {"seconds"}
+    fixed = set(CSV_COLUMNS) | set(HIDDEN)
     return list(dict.fromkeys(k for r in rows for k in r if k not in fixed))
 
 

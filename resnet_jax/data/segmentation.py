@@ -287,5 +287,5 @@ def synthetic_split(split: str, *, n: int = 48, size: int = 32, seed: int = 0,
         if num_classes > 3:
             masks[i][(np.hypot(yy - cy, xx - cx + 2.2 * r) < 0.8 * r) & (masks[i] == 0)] = 3
     images += np.asarray([0.0, 0.7, 0.35, 0.55], np.float32)[masks]
-    ids = tuple(f"{split}_{i:03d}" for i in range(n))
+    ids = tuple(f"{split}{i // 4:02d}_{i:03d}" for i in range(n))  # four slices per synthetic "patient"
     return SegSplit(np.clip(images, 0, 1)[..., None], masks, ids, SYNTHETIC_CLASSES[:num_classes])

@@ -12,14 +12,32 @@ from resnet_jax.ablation.tables import breakdown_columns
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
+    """Rows with their paired test (drop, its interval, Holm-adjusted p-value of any change, decision at the
+    margin) where the table has one."""
     extra = breakdown_columns(rows)
-    head = ("| mask | kind | value | 95 % CI | delta vs baseline | n |" + "".join(f" {c} |" for c in extra)
-            + "\n|---|---|---:|---:|---:|---:|" + "---:|" * len(extra))
+    tested = any("decision" in r for r in rows)
+    stats_head = " drop [95 % CI] | p (Holm) | decision |" if tested else ""
+    head = ("| mask | kind | value | 95 % CI | delta vs baseline | n |" + stats_head + "".join(f" {c} |" for c in extra)
+            + "\n|---|---|---:|---:|---:|---:|" + ("---:|---:|---|" if tested else "") + "---:|" * len(extra))
     lines = [head]
     for r in rows:
+        stats = ""
+        if tested:
+            stats = (f" {r['drop']:+.4f} [{r['drop_low']:+.4f}, {r['drop_high']:+.4f}] | {r['p_value_holm']:.2g} | "
+                     f"{r['decision']} |" if "decision" in r else " | | |")
         lines.append(f"| `{r['mask']}` | {r['kind']} | {r['value']:.4f} | [{r['ci_low']:.4f}, {r['ci_high']:.4f}] "
-                     f"| {r['delta']:+.4f} | {r['n_examples']} |" + "".join(f" {r[c]:.4f} |" for c in extra))
+                     f"| {r['delta']:+.4f} | {r['n_examples']} |" + stats
+                     + "".join(f" {r[c]:.4f} |" if isinstance(r.get(c), float) else f" {r.get(c, '')} |" for c in extra))
     return "\n".join(lines)
+
+
+def statistics_line(table: dict) -> str | None:
+    s = table.get("statistics")
+    if not s:
+        return None
+    return (f"Decisions at margin {s['margin']} ({s['correction']}, level {s['alpha']}; {s['method']}): "
+            f"*non-trivial* when the drop is significantly above the margin, *trivial* when its upper confidence "
+            f"bound is below it, *undecided* otherwise.")
 
 
 def environment() -> dict:
@@ -36,16 +54,23 @@ def environment() -> dict:
     }
 
 
-def _training_summary(last: dict) -> str:
-    """One line on the last epoch: test accuracy (classification) or validation Dice (segmentation)."""
+def _training_summary(last: dict, evaluation: dict | None) -> str:
+    """The last epoch's monitored scores and, where training scored it, the chosen checkpoint's test score."""
     head = f"{last['epoch']} epochs, {last['step']} steps, {last['elapsed_s'] / 60:.1f} min; "
     speed = f"last epoch {last['images_per_second'] or float('nan'):.0f} training images/s."
-    if "test_accuracy" in last:
-        return head + f"final test accuracy {last['test_accuracy']:.4f} (loss {last['test_loss']:.4f}); " + speed
-    per_class = ", ".join(f"{k[len('val_dice_'):].upper()} {v:.4f}" for k, v in last.items()
-                          if k.startswith("val_dice_") and k != "val_dice_per_image")
-    return head + (f"final validation Dice {last['val_dice']:.4f} pooled ({per_class}), "
-                   f"{last['val_dice_per_image']:.4f} mean per image; ") + speed
+    split = "val" if any(k.startswith("val_") for k in last) else "test"
+    label = {"val": "validation", "test": "test (no validation split: the test split chose the checkpoint)"}[split]
+    if f"{split}_accuracy" in last:
+        scores = f"last epoch {label} accuracy {last[f'{split}_accuracy']:.4f}; "
+    else:
+        per_class = ", ".join(f"{k[len(split) + 6:].upper()} {v:.4f}" for k, v in last.items()
+                              if k.startswith(f"{split}_dice_") and k != f"{split}_dice_per_image")
+        scores = f"last epoch {label} Dice {last[f'{split}_dice']:.4f} pooled ({per_class}); "
+    if evaluation:
+        tested = {k: v for k, v in evaluation.items() if k.startswith("test_") and k != "test_loss"}
+        scores += (f"the checkpoint best on validation (step {evaluation['step']}) scores "
+                   + ", ".join(f"{k[5:]} {v:.4f}" for k, v in tested.items()) + " on the test split; ")
+    return head + scores + speed
 
 
 def write_report(workdir: str | Path) -> Path:
@@ -59,8 +84,10 @@ def write_report(workdir: str | Path) -> Path:
     metrics_path = workdir / "metrics.jsonl"
     if metrics_path.is_file():
         lines = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
+        evaluation = workdir / "evaluation.json"
         if lines:
-            parts += ["## Training", "", _training_summary(lines[-1]), ""]
+            parts += ["## Training", "", _training_summary(lines[-1], json.loads(evaluation.read_text())
+                                                           if evaluation.is_file() else None), ""]
     loaded = {path: json.loads(path.read_text()) for path in tables}
     warning = next(filter(None, map(chance_warning, loaded.values())), None)
     parts += [f"**Warning:** {warning}", ""] if warning else []
@@ -71,6 +98,8 @@ def write_report(workdir: str | Path) -> Path:
         parts += ["", markdown_table(data["rows"]), ""] if "rows" in data else [""]  # no rows: a figure only
         if data.get("provenance"):
             parts += [provenance_line(data["provenance"]), ""]
+        if statistics_line(data):
+            parts += [statistics_line(data), ""]
         if data.get("figure"):  # stored by file name (older tables: a path); the figure lies beside its table
             parts += [f"![{title}](ablation/{Path(data['figure']).name})", ""]
         if "seconds" in data:
@@ -96,6 +125,6 @@ def chance_warning(table: dict) -> str | None:
 
 def provenance_line(p: dict) -> str:
     """Which checkpoint and which examples a table came from, in one line."""
-    return (f"Scored on {p['n_examples']} test examples (sha {p['examples_sha']}) with the {p.get('checkpoint', '?')} "
-            f"checkpoint, step {p.get('checkpoint_step', '?')} (parameter sha {p['checkpoint_sha']}), "
-            f"metric {p['metric'].get('name', '?')}.")
+    choice = p.get("checkpoint_choice") or f"the {p.get('checkpoint', '?')} checkpoint, step {p.get('checkpoint_step', '?')}"
+    return (f"Scored on {p['n_examples']} test examples (sha {p['examples_sha']}) with {choice} "
+            f"(parameter sha {p['checkpoint_sha']}), metric {p['metric'].get('name', '?')}.")

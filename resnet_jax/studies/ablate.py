@@ -18,8 +18,8 @@ import numpy as np
 
 from resnet_jax import checkpointing, metrics
 from resnet_jax.ablation import catalogue as abl
-from resnet_jax.ablation import engine, store, tables
-from resnet_jax.ablation.protocols import DESCRIPTIONS, PROTOCOLS, protocol_specs, run_protocol
+from resnet_jax.ablation import engine, statistics, store, tables
+from resnet_jax.ablation.protocols import BASELINE, DESCRIPTIONS, PROTOCOLS, protocol_specs, run_protocol
 from resnet_jax.ablation.subjects import restore_subject
 from resnet_jax.data.inputs import normalize
 from resnet_jax.reporting import figures
@@ -52,9 +52,13 @@ def _draw(name: str, rows: Sequence[dict], path: Path, *, title: str, layers) ->
 def ablate_workdir(workdir, *, protocols: Sequence[str] = PROTOCOLS, kind: str = "zero-kernel",
                    spec_file=None, data_dir=None, n_examples: int | None = None, method: str = "auto",
                    batch_size: int = 128, memory_budget_mb: float | None = None, checkpoint: str = "best",
+                   margin: float = statistics.DEFAULT_MARGIN, alpha: float = statistics.DEFAULT_ALPHA,
                    log=print) -> list[Path]:
-    """Run protocols (or a spec file) on a trained run; write tables and figures under ``ablation/``."""
+    """Run protocols (or a spec file) on a trained run; write tables (with paired tests against the baseline and a
+    decision per mask at ``margin``) and figures under ``ablation/``."""
     workdir, out = Path(workdir), Path(workdir) / "ablation"
+    if not 0 < alpha < 1 or not 0 <= margin < 1:
+        raise abl.SpecError(f"--alpha must be in (0, 1) and --margin in [0, 1); got alpha={alpha}, margin={margin}")
     _check_request(protocols, kind, batch_size=batch_size, memory_budget_mb=memory_budget_mb, n_examples=n_examples)
     custom = abl.load_specs(spec_file) if spec_file else None
     subject = restore_subject(workdir, checkpoint=checkpoint, data_dir=data_dir, n_examples=n_examples)
@@ -66,7 +70,12 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = PROTOCOLS, kind: str =
     needs_initial = any(s.kind == "reinit" for s in custom or []) or kind == "reinit"
     initial = checkpointing.load_initial(workdir, variables["params"]) if needs_initial else None
     provenance = {**store.context(variables, subject.images, subject.targets, subject.metric),
-                  "checkpoint": checkpoint, "checkpoint_step": subject.step}
+                  "checkpoint": checkpoint, "checkpoint_step": subject.step, "checkpoint_choice": subject.choice}
+    groups = [statistics.patient_of(i) for i in subject.test.ids] if subject.task == "segmentation" else None
+    test = statistics.paired_tester(subject.metric, groups=groups, margin=margin, alpha=alpha)
+    paired = ("exact McNemar (any change) and Tango's score test at the margin" if groups is None else
+              f"paired bootstrap over patients ({statistics.DEFAULT_BOOTSTRAP} resamples, seed 0)")
+    stats_meta = {"margin": margin, "alpha": alpha, "method": paired, "correction": "Holm, across the protocol's masks"}
     results = store.ResultStore(out, provenance)
     # Accuracy of a model that has learned nothing; Dice has no single chance level.
     chance = 1.0 / subject.test.num_classes if subject.task == "classification" else None
@@ -81,11 +90,13 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = PROTOCOLS, kind: str =
     for name, k, specs in jobs:
         rows = run_protocol(name, store=results, evaluate=evaluate, layers=layers, kind=k, specs=specs,
                             metric_name=subject.metric.name, log=log)
+        rows = with_statistics(rows, results.load(), test, margin=margin, alpha=alpha)
         all_rows += rows
         stem, title = tables.table_stem(name, k), f"{name} ({k})" if name != "baseline" else "baseline"
         figure = _draw(name, rows, out / f"{stem}.png", title=f"{workdir.name}: {title}", layers=layers)
         meta = {"title": title, "description": DESCRIPTIONS.get(name, f"Specs from {spec_file}."),
                 "figure": figure.name if figure else None, "provenance": provenance, "chance": chance,
+                "statistics": stats_meta,
                 "seconds": float(sum(r["seconds"] for r in rows))}
         written += list(tables.write_table(rows, out, stem, meta=meta))
         log(f"wrote {out / stem}.csv")
@@ -94,6 +105,15 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = PROTOCOLS, kind: str =
                                       image_mean=subject.image_mean, image_std=subject.image_std,
                                       initial_params=initial)
     return written
+
+
+def with_statistics(rows: Sequence[dict], stored: Mapping[str, dict], test, *, margin: float,
+                    alpha: float) -> list[dict]:
+    """A protocol's rows with the paired test of each mask against the baseline, read from the stored per-example
+    values of both (the same images), Holm-corrected across the protocol."""
+    baseline = store.per_example(stored[store.ablation_key(BASELINE)])
+    per_example = [None if r["kind"] == "none" else store.per_example(stored[r["key"]]) for r in rows]
+    return statistics.annotate(rows, per_example, baseline, test, margin=margin, alpha=alpha)
 
 
 # Qualitative figure -----------------------------------------------------------------------------
