@@ -13,7 +13,7 @@ predictions under the most harmful and the most harmless masks.
 import argparse
 
 from resnet_jax import configs
-from resnet_jax.ablation.protocols import PROTOCOLS
+from resnet_jax.ablation.protocols import STUDY_PROTOCOLS as PROTOCOLS
 from resnet_jax.reporting import markdown
 from resnet_jax.studies import ablate
 from resnet_jax.training import runs

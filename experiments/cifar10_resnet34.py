@@ -10,7 +10,7 @@ evaluates only the masks that are not in ``<workdir>/ablation/results.jsonl`` ye
 import argparse
 
 from resnet_jax import configs
-from resnet_jax.ablation.protocols import PROTOCOLS
+from resnet_jax.ablation.protocols import STUDY_PROTOCOLS as PROTOCOLS
 from resnet_jax.reporting import markdown
 from resnet_jax.studies import ablate
 from resnet_jax.training import runs

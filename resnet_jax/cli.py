@@ -14,7 +14,7 @@ from pathlib import Path
 
 from resnet_jax import __version__, configs, devices
 from resnet_jax.ablation import catalogue, engine
-from resnet_jax.ablation.protocols import PROTOCOLS
+from resnet_jax.ablation.protocols import PROTOCOLS, STUDY_PROTOCOLS
 from resnet_jax.interop.convert import TORCHVISION_ARCHS
 from resnet_jax.studies.reproduce import PRESETS as REPRODUCE_PRESETS
 from resnet_jax.studies.reproduce import STAGES
@@ -86,7 +86,7 @@ def _layers(args) -> int:
 def _ablate(args) -> int:
     from resnet_jax.studies import ablate
 
-    chosen = list(PROTOCOLS) if args.protocol == "all" else [args.protocol]
+    chosen = list(STUDY_PROTOCOLS) if args.protocol == "all" else [args.protocol]
     ablate.ablate_workdir(
         _workdir(args.workdir), protocols=chosen, kind=args.kind, spec_file=args.spec,
         data_dir=configs.existing_data_dir(args.data_dir), n_examples=args.n_examples,
@@ -98,7 +98,7 @@ def _ablate(args) -> int:
 def _verify(args) -> int:
     from resnet_jax.interop import verify
 
-    chosen = list(PROTOCOLS) if args.protocol == "all" else [args.protocol]
+    chosen = list(STUDY_PROTOCOLS) if args.protocol == "all" else [args.protocol]
     result = verify.verify_workdir(
         _workdir(args.workdir), protocols=chosen, n_examples=args.n_examples, kinds=args.kind or ["zero-kernel"],
         data_dir=configs.existing_data_dir(args.data_dir), checkpoint=args.checkpoint, method=args.method)
@@ -204,7 +204,8 @@ def _training_parsers(sub) -> None:
 def _ablation_parsers(sub) -> None:
     p = sub.add_parser("ablate", help="run ablation protocols on a trained run (resumes unfinished sweeps)")
     _run_flags(p, checkpoint_default="best")
-    p.add_argument("--protocol", default="all", choices=(*PROTOCOLS, "all"))
+    p.add_argument("--protocol", default="all", choices=(*PROTOCOLS, "all"),
+                   help="'all' runs the study's four; 'pairs' (every pair of convs) runs only when named")
     p.add_argument("--kind", default="zero-kernel", choices=catalogue.KINDS,
                    help="zero-kernel is the study's ablation")
     p.add_argument("--spec", help="JSON/YAML file of ablation specs to run instead of the protocols")

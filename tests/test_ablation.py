@@ -233,6 +233,28 @@ def test_batched_engine_matches_a_plain_loop(tiny, kind):
             assert r.value == pytest.approx(np.mean(expected[a.name] == split.labels))
 
 
+def test_pairs_protocol_equals_a_slow_loop_over_the_pair_masks(tiny):
+    model, variables, layers, split = tiny
+    ablations = abl.resolve_all(protocols.protocol_specs("pairs", layers), layers)
+    assert len(ablations) == len(layers) * (len(layers) - 1) // 2
+    assert all(len(a.layers) == 2 for a in ablations)
+    results = engine.evaluate(model, variables, ablations, layers, split.images, split.labels, image_mean=0.5,
+                              image_std=0.25, batch_size=40, progress=False)
+    forward = jax.jit(lambda v, x: jnp.argmax(model.apply(v, x)[0], -1))
+    x = (split.images.astype(np.float32) / 255.0 - 0.5) / 0.25
+    for a, r in zip(ablations, results):
+        masked = abl.apply(variables, abl.make_mask(variables["params"], a, layers))
+        np.testing.assert_array_equal(r.per_example["prediction"], np.asarray(forward(masked, x)), err_msg=a.name)
+
+
+def test_interaction_is_the_pair_drop_minus_both_single_drops():
+    singles = [{"layers": "a", "value": 0.7, "baseline": 0.9}, {"layers": "b", "value": 0.8, "baseline": 0.9}]
+    pair = [{"layers": "a b", "value": 0.3, "baseline": 0.9}]
+    row, = protocols.interactions(pair, singles)
+    assert (row["drop_a"], row["drop_b"]) == (pytest.approx(0.2), pytest.approx(0.1))
+    assert row["interaction"] == pytest.approx(0.6 - 0.2 - 0.1)
+
+
 def test_ablations_that_cut_every_path_from_the_input_run_on_one_row_and_match_the_loop(tiny):
     model, variables, layers, split = tiny
     stem = abl.Ablation("stem", "zero-kernel", ("conv1",))
@@ -429,5 +451,12 @@ def test_cli_ablate_all_then_report(tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert "single (zero-kernel)" in text and "ablation/single.png" in text
     assert "Decisions at margin 0.01" in text and "best checkpoint by validation accuracy" in text
+    pairs = run_cli("ablate", "--workdir", str(tmp_path), "--protocol", "pairs", "--n-examples", "64")
+    assert pairs.returncode == 0, pairs.stderr
+    table = json.loads((tmp_path / "ablation" / "pairs.json").read_text())
+    assert len(table["rows"]) == 190 and (tmp_path / "ablation" / "pairs.png").is_file()
+    assert table["synergistic"][0]["interaction"] >= table["redundant"][0]["interaction"]
+    assert run_cli("report", "--workdir", str(tmp_path)).returncode == 0
+    assert "Most synergistic" in (tmp_path / "report.md").read_text()
     bad = run_cli("ablate", "--workdir", str(tmp_path), "--protocol", "singel")
     assert bad.returncode == 2 and "stage-except-decomposition" in bad.stderr

@@ -20,7 +20,10 @@ from resnet_jax.ablation import engine
 from resnet_jax.ablation.store import ResultStore, ablation_key
 from resnet_jax.ablation.tables import table_row
 
-PROTOCOLS = ("baseline", "single", "stage-except-decomposition", "shortcut")
+STUDY_PROTOCOLS = ("baseline", "single", "stage-except-decomposition", "shortcut")
+"""The study's protocols: what ``--protocol all`` runs."""
+PROTOCOLS = (*STUDY_PROTOCOLS, "pairs")
+"""``pairs``: every pair of convs (ResNet34: 36 convs, 630 masks), with their interaction; run on request."""
 BASELINE = abl.Ablation("baseline", "none", ())
 
 
@@ -44,6 +47,13 @@ def protocol_specs(protocol: str, layers: Sequence[abl.Layer], *, kind: str = "z
         shortcut_stages = [s for s in stages if any(l.stage == s and "shortcut" in l.roles for l in layers)]
         return [abl.AblationSpec(f"{prefix}layer{s}.0.downsample", kind,
                                  (abl.Selector(stages=(s,), roles=("shortcut",)),)) for s in shortcut_stages]
+    if protocol == "pairs":
+        if kind == "lesion":
+            raise abl.SpecError(f"the pairs protocol ablates pairs of convs, not units; valid kinds for it: "
+                                f"{[k for k in abl.KINDS if k != 'lesion']}")
+        names = [l.name for l in layers]
+        return [abl.AblationSpec(f"{a}+{b}", kind, (abl.Selector(names=(a, b)),))
+                for i, a in enumerate(names) for b in names[i + 1:]]
     raise abl.SpecError(f"unknown protocol {protocol!r}; valid: {list(PROTOCOLS)} or a spec file")
 
 
@@ -106,4 +116,18 @@ DESCRIPTIONS = {
     "stage-except-decomposition": "Per stage, every conv except its decomposition and adjacent convs "
                                   "(i.e. residual units 1..n-1 of the stage).",
     "shortcut": "Per stage with a projection shortcut, that 1x1 projection conv.",
+    "pairs": "Every pair of convs ablated together; interaction = drop(A and B) - drop(A) - drop(B) "
+             "(positive: the pair costs more than its parts, synergistic; negative: less, redundant).",
 }
+
+
+def interactions(pair_rows: Sequence[dict], single_rows: Sequence[dict]) -> list[dict]:
+    """``pair_rows`` with ``drop_a``, ``drop_b`` and ``interaction``, from the single-conv rows of the same model
+    and examples (drop = baseline - value)."""
+    drop = {r["layers"]: r["baseline"] - r["value"] for r in single_rows}
+    out = []
+    for r in pair_rows:
+        a, b = r["layers"].split()
+        pair_drop = r["baseline"] - r["value"]
+        out.append({**r, "drop_a": drop[a], "drop_b": drop[b], "interaction": pair_drop - drop[a] - drop[b]})
+    return out

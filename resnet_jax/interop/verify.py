@@ -165,7 +165,7 @@ def _jobs(protocols: Sequence[str], kinds: Sequence[str], layers: Sequence[abl.L
     return jobs
 
 
-def verify_workdir(workdir: str | os.PathLike, *, protocols: Sequence[str] = prot.PROTOCOLS,
+def verify_workdir(workdir: str | os.PathLike, *, protocols: Sequence[str] = prot.STUDY_PROTOCOLS,
                    n_examples: int | None = 1000, data_dir: str | os.PathLike | None = None,
                    kinds: Sequence[str] = ("zero-kernel",), checkpoint: str = "best", method: str = "auto",
                    batch_size: int = 128, logit_tol: float = LOGIT_TOL, margin_tol: float = MARGIN_TOL,

@@ -154,3 +154,25 @@ def plot_tradeoff(rows: list[dict], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_interactions(rows: Sequence[dict], names: Sequence[str], path: Path, *, title: str) -> Path:
+    """Heat map of pairwise interactions (rows with ``layers`` 'A B' and ``interaction``), convs in network order;
+    red: the pair costs more than its parts, blue: less."""
+    plt = pyplot()
+    index = {n: i for i, n in enumerate(names)}
+    grid = np.full((len(names), len(names)), np.nan)
+    for r in rows:
+        a, b = (index[n] for n in r["layers"].split())
+        grid[a, b] = grid[b, a] = r["interaction"]
+    limit = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
+    fig, ax = plt.subplots(figsize=(0.22 * len(names) + 3, 0.22 * len(names) + 2))
+    image = ax.imshow(grid, cmap="RdBu_r", vmin=-limit, vmax=limit)
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+    ax.set_yticks(range(len(names)), names, fontsize=6)
+    fig.colorbar(image, ax=ax, shrink=0.8, label=f"interaction ({rows[0]['metric'] if rows else 'metric'} drop)")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

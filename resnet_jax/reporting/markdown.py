@@ -31,6 +31,18 @@ def markdown_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def interaction_lists(table: dict) -> str:
+    """The most synergistic and most redundant pairs of a ``pairs`` table."""
+    lines = [f"{len(table['rows'])} pairs; all of them in the CSV beside this report's figure.", ""]
+    for label in ("synergistic", "redundant"):
+        lines += [f"Most {label}:", "", "| pair | drop together | drop A | drop B | interaction | decision |",
+                  "|---|---:|---:|---:|---:|---|"]
+        lines += [f"| `{r['mask']}` | {r['drop']:+.4f} | {r['drop_a']:+.4f} | {r['drop_b']:+.4f} | "
+                  f"{r['interaction']:+.4f} | {r.get('decision', '')} |" for r in table[label]]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def statistics_line(table: dict) -> str | None:
     s = table.get("statistics")
     if not s:
@@ -95,7 +107,10 @@ def write_report(workdir: str | Path) -> Path:
     for path, data in loaded.items():
         title = data.get("title", path.stem)
         parts += [f"## {title}", "", data.get("description", "")]
-        parts += ["", markdown_table(data["rows"]), ""] if "rows" in data else [""]  # no rows: a figure only
+        if "synergistic" in data:  # pairs: hundreds of rows stay in the CSV; the report lists the extremes
+            parts += ["", interaction_lists(data), ""]
+        else:
+            parts += ["", markdown_table(data["rows"]), ""] if "rows" in data else [""]  # no rows: a figure only
         if data.get("provenance"):
             parts += [provenance_line(data["provenance"]), ""]
         if statistics_line(data):

@@ -19,7 +19,8 @@ import numpy as np
 from resnet_jax import checkpointing, metrics
 from resnet_jax.ablation import catalogue as abl
 from resnet_jax.ablation import engine, statistics, store, tables
-from resnet_jax.ablation.protocols import BASELINE, DESCRIPTIONS, PROTOCOLS, protocol_specs, run_protocol
+from resnet_jax.ablation.protocols import (BASELINE, DESCRIPTIONS, PROTOCOLS, STUDY_PROTOCOLS, interactions,
+                                           protocol_specs, run_protocol)
 from resnet_jax.ablation.subjects import restore_subject
 from resnet_jax.data.inputs import normalize
 from resnet_jax.reporting import figures
@@ -42,14 +43,17 @@ def _check_request(protocols: Sequence[str], kind: str, *, batch_size: int, memo
 
 
 def _draw(name: str, rows: Sequence[dict], path: Path, *, title: str, layers) -> Path | None:
-    """The protocol's figure: metric per layer for ``single``, bars for the others, none for the baseline."""
+    """The protocol's figure: metric per layer for ``single``, a heat map for ``pairs``, bars for the others, none
+    for the baseline."""
+    if name == "pairs":
+        return figures.plot_interactions(rows, [l.name for l in layers], path, title=title)
     if name == "single":
         decomposition = {l.name for l in layers if "decomposition" in l.roles}
         return figures.plot_single(rows, decomposition, path, title=title)
     return None if name == "baseline" else figures.plot_bars(rows, path, title=title)
 
 
-def ablate_workdir(workdir, *, protocols: Sequence[str] = PROTOCOLS, kind: str = "zero-kernel",
+def ablate_workdir(workdir, *, protocols: Sequence[str] = STUDY_PROTOCOLS, kind: str = "zero-kernel",
                    spec_file=None, data_dir=None, n_examples: int | None = None, method: str = "auto",
                    batch_size: int = 128, memory_budget_mb: float | None = None, checkpoint: str = "best",
                    margin: float = statistics.DEFAULT_MARGIN, alpha: float = statistics.DEFAULT_ALPHA,
@@ -91,12 +95,18 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = PROTOCOLS, kind: str =
         rows = run_protocol(name, store=results, evaluate=evaluate, layers=layers, kind=k, specs=specs,
                             metric_name=subject.metric.name, log=log)
         rows = with_statistics(rows, results.load(), test, margin=margin, alpha=alpha)
+        extra = {}
+        if name == "pairs":  # interactions need each conv alone: scored now unless the store has them
+            singles = run_protocol("single", store=results, evaluate=evaluate, layers=layers, kind=k,
+                                   metric_name=subject.metric.name, log=log)
+            rows = interactions(rows, singles)
+            extra = strongest_interactions(rows)
         all_rows += rows
         stem, title = tables.table_stem(name, k), f"{name} ({k})" if name != "baseline" else "baseline"
         figure = _draw(name, rows, out / f"{stem}.png", title=f"{workdir.name}: {title}", layers=layers)
         meta = {"title": title, "description": DESCRIPTIONS.get(name, f"Specs from {spec_file}."),
                 "figure": figure.name if figure else None, "provenance": provenance, "chance": chance,
-                "statistics": stats_meta,
+                "statistics": stats_meta, **extra,
                 "seconds": float(sum(r["seconds"] for r in rows))}
         written += list(tables.write_table(rows, out, stem, meta=meta))
         log(f"wrote {out / stem}.csv")
@@ -105,6 +115,13 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = PROTOCOLS, kind: str =
                                       image_mean=subject.image_mean, image_std=subject.image_std,
                                       initial_params=initial)
     return written
+
+
+def strongest_interactions(rows: Sequence[dict], n: int = 5) -> dict[str, list[dict]]:
+    """The ``n`` most synergistic (largest interaction) and most redundant (smallest) pairs, for the report."""
+    pick = lambda r: {k: r[k] for k in ("mask", "drop", "drop_a", "drop_b", "interaction", "decision") if k in r}  # noqa: E731
+    ordered = sorted(rows, key=lambda r: r["interaction"])
+    return {"synergistic": [pick(r) for r in ordered[::-1][:n]], "redundant": [pick(r) for r in ordered[:n]]}
 
 
 def with_statistics(rows: Sequence[dict], stored: Mapping[str, dict], test, *, margin: float,

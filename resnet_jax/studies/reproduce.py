@@ -119,10 +119,10 @@ def stage_runners(preset: dict, workdir: Path, data_root: Path | None, log) -> d
             log("NOTICE: torch is not installed, so the PyTorch cross-check is skipped "
                 "(pip install 'resnet-jax[torch]' to run it)")
             return {"skipped": "torch not installed"}
-        from resnet_jax.ablation.protocols import PROTOCOLS
+        from resnet_jax.ablation.protocols import STUDY_PROTOCOLS
         from resnet_jax.interop import verify as verify_lib
 
-        result = verify_lib.verify_workdir(cifar, protocols=list(PROTOCOLS), n_examples=preset["verify_examples"])
+        result = verify_lib.verify_workdir(cifar, protocols=list(STUDY_PROTOCOLS), n_examples=preset["verify_examples"])
         if not result["ok"]:
             raise StageError(f"verify: JAX and PyTorch disagree beyond tolerance (see {result['csv']}); "
                              f"the stage stays unfinished")
