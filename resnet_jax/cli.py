@@ -131,7 +131,7 @@ def _reproduce(args) -> int:
 
     only = [s.strip() for s in args.only.split(",")] if args.only else None
     reproduce.reproduce(args.preset, _workdir(args.workdir), data_root=args.data_root, only=only,
-                        force_new=args.force_new)
+                        force_new=args.force_new, seeds=args.seeds)
     return 0
 
 
@@ -261,6 +261,8 @@ def _interop_and_study_parsers(sub) -> None:
     p.add_argument("--only", help=f"comma-separated stages: {', '.join(STAGES)}")
     p.add_argument("--force-new", action="store_true",
                    help="discard the reproduce run found in the workdir (its runs and report) and start over")
+    p.add_argument("--seeds", type=_positive_int, default=1,
+                   help="training seeds per task (default 1); tables combine them with spreads and decision counts")
     p.set_defaults(func=_reproduce)
 
 

@@ -151,7 +151,7 @@ class Dice:
         """Pooled Dice of each foreground class (``dice_<name>``), for the tables' per-class columns."""
         names = self.class_names or tuple(f"class{i}" for i in range(self.num_classes))
         summary = dice_summary(per_example, names)
-        return {f"dice_{n.lower()}": summary[f"dice_{n.lower()}"] for n in names[1:]}
+        return {"dice_mean": summary["dice"], **{f"dice_{n.lower()}": summary[f"dice_{n.lower()}"] for n in names[1:]}}
 
 
 def _pooled(intersection, pred_sum, true_sum):

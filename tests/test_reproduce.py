@@ -8,20 +8,28 @@ import subprocess
 
 import pytest
 
-from resnet_jax.reporting import study_report
+from resnet_jax.reporting import published, study_report
 from tests.conftest import SHARED_DATA, run_cli
 
 
-def test_findings_thresholds_on_literal_rows():
+def test_findings_read_the_decisions_and_the_paper_rows_line_up():
     rows = [
-        {"mask": "conv1", "delta": -0.30, "ci_high": 0.40, "baseline": 0.70},  # non-trivial
-        {"mask": "layer1.0.conv1", "delta": -0.06, "ci_high": 0.71, "baseline": 0.70},  # interval reaches baseline
-        {"mask": "layer4.1.conv2", "delta": -0.005, "ci_high": 0.71, "baseline": 0.70},  # trivial
-        {"mask": "layer4.1.conv1", "delta": 0.02, "ci_high": 0.75, "baseline": 0.70},  # neither
+        {"mask": "conv1", "delta": -0.30, "decision": "non-trivial"},
+        {"mask": "layer4.1.conv2", "delta": -0.005, "decision": "trivial"},
+        {"mask": "layer4.1.conv1", "delta": 0.02, "decision": "undecided"},
+        {"mask": "baseline", "delta": 0.0},
     ]
-    assert study_report.classify_layers(rows) == {"non_trivial": ["conv1"], "trivial": ["layer4.1.conv2"]}
-    means = study_report.stage_means(rows)
+    assert study_report.classify_layers(rows) == {"non-trivial": ["conv1"], "trivial": ["layer4.1.conv2"],
+                                                  "undecided": ["layer4.1.conv1"]}
+    means = study_report.stage_means(rows[:3])
     assert means["stem"] == pytest.approx(-0.30) and means["layer4"] == pytest.approx(0.0075)
+    seg = {"baseline": [[{"mask": "baseline", "value": 0.8, "dice_myo": 0.7}]],
+           "shortcut": [[{"mask": "encoder.layer3.0.downsample", "value": 0.2, "dice_myo": 0.1}],
+                        [{"mask": "encoder.layer3.0.downsample", "value": 0.4, "dice_myo": 0.3}]]}
+    table = published.beside_ours("segmentation", seg)
+    assert table[0] == ["baseline", "-", "0.87", "0.700"]
+    assert ["shortcut", "3", "0.00", "0.200 [0.100, 0.300] (2 seeds)"] in table
+    assert ["stage-except-decomposition", "1", "0.82", "-"] in table
 
 
 def test_unknown_preset_and_stage_are_clear_errors(tmp_path):
@@ -36,7 +44,8 @@ def smoke_run(tmp_path_factory):
         if not (SHARED_DATA / name).is_dir():
             pytest.skip(f"shared dataset {name} not present")
     workdir = tmp_path_factory.mktemp("reproduce")
-    args = ("reproduce", "--preset", "smoke", "--workdir", str(workdir), "--data-root", str(SHARED_DATA))
+    args = ("reproduce", "--preset", "smoke", "--workdir", str(workdir), "--data-root", str(SHARED_DATA),
+            "--seeds", "2")
     first = run_cli(*args, timeout=1200)
     assert first.returncode == 0, first.stderr[-4000:]
     return workdir, args
@@ -45,8 +54,8 @@ def smoke_run(tmp_path_factory):
 def test_smoke_preset_runs_every_stage_and_resumes(smoke_run):
     workdir, args = smoke_run
     stages = json.loads((workdir / "stages.json").read_text())["stages"]
-    assert set(stages) == {"cifar-train", "cifar-ablate", "acdc-train", "acdc-ablate", "skip-study", "verify",
-                           "report"}
+    assert set(stages) == {"cifar-train", "cifar-ablate", "cifar-pairs", "acdc-train", "acdc-ablate", "skip-study",
+                           "verify", "report"}
     page = (workdir / "report" / "index.html").read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) >= 6
@@ -55,9 +64,14 @@ def test_smoke_preset_runs_every_stage_and_resumes(smoke_run):
     assert "## Findings" in md and "Study B" in md and "95 % CI" in md
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (workdir / "report" / link).is_file()
+    assert (workdir / "cifar10-resnet34-seed1" / "ablation" / "single.json").is_file()
+    combined = json.loads((workdir / "seeds" / "cifar10-resnet34" / "single.json").read_text())
+    assert all(r["n_seeds"] == 2 and r["value_min"] <= r["value_mean"] <= r["value_max"] for r in combined["rows"])
+    assert "2 seeds" in md and "The paper beside ours" in md and "Pairwise interactions" in md
+    assert json.loads((workdir / "cifar10-resnet34" / "ablation" / "pairs.json").read_text())["rows"]
     again = run_cli(*args, timeout=600)
     assert again.returncode == 0, again.stderr[-4000:]
-    assert again.stdout.count("done earlier, skipped") == 6
+    assert again.stdout.count("done earlier, skipped") == 7
 
 
 # Run in the page once it has loaded: one line per figure with the size the browser decoded it to.

@@ -108,8 +108,9 @@ def test_dice_matches_a_slow_loop_per_image_and_pooled():
     value, low, high = metric.aggregate(out)
     assert value == pytest.approx(np.mean(per_class)) and low <= value <= high
     named = metrics.Dice(num_classes=4, class_names=seg_data.SYNTHETIC_CLASSES).breakdown(out)
-    assert named == pytest.approx(dict(zip(["dice_lv", "dice_myo", "dice_rv"], per_class)))
-    assert list(metric.breakdown(out)) == ["dice_class1", "dice_class2", "dice_class3"]
+    assert named == pytest.approx(dict(zip(["dice_mean", "dice_lv", "dice_myo", "dice_rv"], [np.mean(per_class),
+                                                                                          *per_class])))
+    assert list(metric.breakdown(out)) == ["dice_mean", "dice_class1", "dice_class2", "dice_class3"]
     assert metrics.Dice(num_classes=4, aggregate_by="image").aggregate(out)[0] == pytest.approx(reference.mean())
     myo = metrics.Dice(num_classes=4, classes=(2,))
     assert myo.aggregate(myo.per_example(_logits(pred), jnp.asarray(true)))[0] == pytest.approx(
@@ -234,11 +235,16 @@ def test_ablate_scores_a_segmentation_run_by_dice_with_a_qualitative_figure(tiny
     ablate.ablate_workdir(workdir, protocols=("baseline", "shortcut"), n_examples=12, log=lambda s: None)
     table = json.loads((workdir / "ablation" / "shortcut.json").read_text())
     assert [r["mask"] for r in table["rows"]] == [f"encoder.layer{s}.0.downsample" for s in (2, 3, 4)]
-    assert all(r["metric"] == "dice" and r["n_examples"] == 12 for r in table["rows"])
+    assert all(r["metric"] == "dice_myo" and r["n_examples"] == 12 for r in table["rows"])
     header = (workdir / "ablation" / "shortcut.csv").read_text().splitlines()[0].split(",")
-    assert header[-3:] == ["dice_lv", "dice_myo", "dice_rv"]
-    for r in table["rows"]:  # the score is the mean of the pooled per-class Dice
-        assert r["value"] == pytest.approx(np.mean([r["dice_lv"], r["dice_myo"], r["dice_rv"]]))
+    assert header[-4:] == ["dice_mean", "dice_lv", "dice_myo", "dice_rv"]
+    for r in table["rows"]:  # the study's metric leads: myocardium Dice; the mean of the classes beside it
+        assert r["value"] == pytest.approx(r["dice_myo"])
+        assert r["dice_mean"] == pytest.approx(np.mean([r["dice_lv"], r["dice_myo"], r["dice_rv"]]))
+    tested = [r for r in table["rows"] if r["kind"] != "none"]
+    assert all(r["decision"] in ("trivial", "non-trivial", "undecided") for r in tested)
+    assert all(r["drop_low"] <= r["drop"] <= r["drop_high"] for r in tested)
+    assert "patients" in table["statistics"]["method"]
     figure = json.loads((workdir / "ablation" / "qualitative.json").read_text())
     assert figure["masks"]["most_harmful"] in {r["mask"] for r in table["rows"]}
     assert (workdir / "ablation" / "qualitative.png").stat().st_size > 0

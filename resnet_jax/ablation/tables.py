@@ -36,15 +36,22 @@ def breakdown_columns(rows: Sequence[dict]) -> list[str]:
 
 def write_table(rows: Sequence[dict], directory: Path, stem: str, *, meta: dict | None = None) -> tuple[Path, Path]:
     """``<stem>.csv`` and ``<stem>.json`` (rows plus metadata: title, checkpoint, data), each written atomically."""
+    return write_rows(rows, directory, stem, meta=meta, columns=[*CSV_COLUMNS, *breakdown_columns(rows)])
+
+
+def table_stem(protocol: str, kind: str) -> str:
+    return protocol if kind == "zero-kernel" or protocol == "baseline" else f"{protocol}.{kind}"
+
+
+def write_rows(rows: Sequence[dict], directory: Path, stem: str, *, meta: dict | None = None,
+               columns: Sequence[str] | None = None) -> tuple[Path, Path]:
+    """``<stem>.csv`` (``columns``; default every key of the first row) and ``<stem>.json`` (all of every row,
+    plus ``meta``), each written atomically."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=[*CSV_COLUMNS, *breakdown_columns(rows)], extrasaction="ignore",
-                            lineterminator="\r\n")
+    fields = list(columns) if columns is not None else (list(rows[0]) if rows else [])
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\r\n")
     writer.writeheader()
     writer.writerows(rows)
     csv_path = files.write_text(directory / f"{stem}.csv", buffer.getvalue())
     json_path = files.write_text(directory / f"{stem}.json", json.dumps({"rows": list(rows), **(meta or {})}, indent=2))
     return csv_path, json_path
-
-
-def table_stem(protocol: str, kind: str) -> str:
-    return protocol if kind == "zero-kernel" or protocol == "baseline" else f"{protocol}.{kind}"

@@ -66,7 +66,8 @@ DEFAULTS: dict[str, Any] = {
     },
     "metric": {
         "aggregate_by": "pooled",  # ablation tables: pooled Dice (bootstrap CI) or "image" (mean per image)
-        "classes": None,  # foreground ids scored by the ablation tables; None = all (e.g. [2] = myocardium)
+        "lead": "MYO",  # the class whose pooled Dice leads tables (the study's metric), or "mean" (foreground)
+        "classes": None,  # foreground ids to average instead of lead (e.g. [1, 3]); None = use lead
     },
 }
 
@@ -104,6 +105,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "scale": "full (accelerator, network)",
         "data": {"name": "oxford_iiit_pet", "class_names": ["background", "pet", "border"], "val_split": None,
                  "image_size": 224},
+        "metric": {"lead": "mean"},
         "train": {"epochs": 50, "batch_size": 16, "learning_rate": 0.01},
     },
     "synthetic-seg-tiny": {
@@ -161,7 +163,13 @@ SCHEMA: dict[str, base.Checker] = {
     "train.keep_checkpoints": base.POSITIVE,
     "metric.aggregate_by": base.one_of("pooled", "image"),
     "metric.classes": base.optional(base.list_of(base.POSITIVE, min_len=1)),
+    "metric.lead": base.text,
 }
+
+
+def upgrade(stored: dict) -> dict:
+    """A stored config of an older resnet-jax, read as it ran: its tables led with mean foreground Dice."""
+    return {**stored, "metric": {"lead": "mean", **stored.get("metric", {})}}
 
 
 def check(config: dict) -> list[str]:
@@ -171,6 +179,9 @@ def check(config: dict) -> list[str]:
     n = len(d["class_names"])
     problems = [f"metric.classes={bad} are not foreground ids (valid: 1..{n - 1})"
                 for bad in [[c for c in config["metric"]["classes"] or () if not 0 < c < n]] if bad]
+    lead, names = config["metric"]["lead"], [c.lower() for c in d["class_names"][1:]]
+    if lead != "mean" and lead.lower() not in names:
+        problems.append(f"metric.lead={lead!r} is not a foreground class; valid: 'mean' or one of {d['class_names'][1:]}")
     if d["id_prefixes"]:
         used = [d[f"{w}_split"] for w in ("train", "val", "test") if d[f"{w}_split"] is not None]
         missing = [s for s in used if s not in d["id_prefixes"]]

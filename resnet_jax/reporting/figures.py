@@ -176,3 +176,28 @@ def plot_interactions(rows: Sequence[dict], names: Sequence[str], path: Path, *,
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_seed_spread(rows: Sequence[dict], path: Path, *, title: str) -> Path:
+    """Per mask in network order: every seed's value (dots), their mean (line) and range (bar), and each seed's
+    baseline mean as a dashed line."""
+    plt = pyplot()
+    x = np.arange(len(rows))
+    values = np.array([r["values"] for r in rows])  # (masks, seeds)
+    mean = values.mean(1)
+    fig, ax = plt.subplots(figsize=(max(8, 0.28 * len(rows)), 4.5))
+    ax.vlines(x, values.min(1), values.max(1), color="tab:blue", alpha=0.5, lw=3, label="range over seeds")
+    for s in range(values.shape[1]):
+        ax.plot(x, values[:, s], "o", ms=3, color=f"C{s + 1}", label=f"seed {s}")
+    ax.plot(x, mean, "-", color="tab:blue", lw=1, label="mean")
+    ax.axhline(rows[0]["baseline_mean"], color="black", ls="--", lw=1,
+               label=f"baseline (mean) {rows[0]['baseline_mean']:.3f}")
+    ax.set_xticks(x, [r["mask"] for r in rows], rotation=90, fontsize=7)
+    ax.set_ylabel(rows[0]["metric"])
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

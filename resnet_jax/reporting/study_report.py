@@ -14,14 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from resnet_jax.ablation.statistics import DECISIONS
 from resnet_jax.ablation.tables import breakdown_columns
-from resnet_jax.reporting import markdown
-
-NON_TRIVIAL_DROP = 0.05
-"""A layer is *non-trivial* when ablating it lowers the metric by more than this (absolute) and the
-95 % interval of the ablated model lies wholly below the baseline."""
-TRIVIAL_DROP = 0.01
-"""A layer is *trivial* when ablating it changes the metric by less than this (absolute)."""
+from resnet_jax.reporting import markdown, published
 
 PROTOCOL_TEXT = {
     "A": ("Study A (Wang et al., arXiv 2009.09938): after training, conv kernels are replaced by zeros (their "
@@ -102,18 +97,24 @@ def _json(path: Path) -> Any:
 
 
 def _table(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
-    """Header and cells of an ablation table; a metric's per-class columns (Dice) come last."""
-    extra = breakdown_columns(rows)
-    header = ["mask", rows[0]["metric"], "95 % CI", "delta", "n", *extra]
+    """Header and cells of an ablation table: value, interval, the paired test's drop, Holm p and decision, then a
+    metric's per-class columns (Dice)."""
+    extra = [c for c in breakdown_columns(rows) if c not in ("drop_a", "drop_b", "interaction")]
+
+    def tested(r):
+        if "decision" not in r:
+            return ["", "", ""]
+        return [f"{r['drop']:+.4f} [{r['drop_low']:+.4f}, {r['drop_high']:+.4f}]", f"{r['p_value_holm']:.2g}",
+                r["decision"]]
+
+    header = ["mask", rows[0]["metric"], "95 % CI", "delta", "n", "drop [95 % CI]", "p (Holm)", "decision", *extra]
     return header, [[r["mask"], f"{r['value']:.4f}", f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]",
-                     f"{r['delta']:+.4f}", r["n_examples"], *(f"{r[c]:.4f}" for c in extra)] for r in rows]
+                     f"{r['delta']:+.4f}", r["n_examples"], *tested(r), *(f"{r[c]:.4f}" for c in extra)] for r in rows]
 
 
 def classify_layers(rows: Sequence[dict]) -> dict[str, list[str]]:
-    """Non-trivial and trivial masks of a table, by the module's stated thresholds."""
-    non_trivial = [r["mask"] for r in rows if r["delta"] < -NON_TRIVIAL_DROP and r["ci_high"] < r["baseline"]]
-    trivial = [r["mask"] for r in rows if abs(r["delta"]) < TRIVIAL_DROP]
-    return {"non_trivial": non_trivial, "trivial": trivial}
+    """The masks of a table by their decision (paired test at the table's margin, Holm-corrected)."""
+    return {d: [r["mask"] for r in rows if r.get("decision") == d] for d in DECISIONS}
 
 
 def stage_means(rows: Sequence[dict]) -> dict[str, float]:
@@ -149,6 +150,18 @@ def _ablation_section(run: Path, label: str) -> tuple[list[tuple], dict]:
             blocks.append(("img", str(figure), f"{label}: {table.get('title', stem)}"))
         facts[stem] = rows
         facts["warning"] = facts.get("warning") or markdown.chance_warning(table)
+    pairs = _json(adir / "pairs.json")
+    if pairs:
+        blocks += [("h3", "Pairwise interactions"), ("p", pairs.get("description", "")),
+                   ("p", f"{len(pairs['rows'])} pair masks evaluated in {pairs.get('seconds', float('nan')):.0f} s of "
+                         f"engine time (this run's evaluations; rows reused from an earlier run count 0).")]
+        if (adir / "pairs.png").is_file():
+            blocks.append(("img", str(adir / "pairs.png"), f"{label}: pairwise interactions"))
+        for kind in ("synergistic", "redundant"):
+            blocks += [("p", f"Most {kind} pairs:"), ("table", ["pair", "drop together", "drop A", "drop B",
+                                                               "interaction", "decision"],
+                       [[r["mask"], f"{r['drop']:+.4f}", f"{r['drop_a']:+.4f}", f"{r['drop_b']:+.4f}",
+                         f"{r['interaction']:+.4f}", r.get("decision", "")] for r in pairs[kind]])]
     for extra in sorted(adir.glob("*qualitative*.png")) if adir.is_dir() else []:
         blocks.append(("img", str(extra), f"{label}: qualitative"))
     return blocks, facts
@@ -180,9 +193,11 @@ def _findings(cls: dict, seg: dict, skip: dict | None) -> list[str]:
     for name, facts in (("classification", cls), ("segmentation", seg)):
         if "single" in facts:
             c = classify_layers(facts["single"])
-            out.append(f"{name}: {len(c['non_trivial'])} of {len(facts['single'])} convs are non-trivial "
-                       f"(drop > {NON_TRIVIAL_DROP}, interval below baseline): {', '.join(c['non_trivial']) or 'none'}; "
-                       f"{len(c['trivial'])} are trivial (|change| < {TRIVIAL_DROP}).")
+            margin = next((r["margin"] for r in facts["single"] if "margin" in r), None)
+            out.append(f"{name} (seed 0), paired tests at margin {margin}: {len(c['non-trivial'])} of "
+                       f"{len(facts['single'])} convs non-trivial ({', '.join(c['non-trivial']) or 'none'}); "
+                       f"{len(c['trivial'])} trivial ({', '.join(c['trivial']) or 'none'}); "
+                       f"{len(c['undecided'])} undecided.")
     if "single" in cls and "single" in seg:
         a, b = stage_means(cls["single"]), stage_means(seg["single"])
         parts = [f"{s.split('.')[-1]}: {a[s]:+.3f} vs {b[s]:+.3f}" for s in a if s in b]
@@ -200,6 +215,48 @@ def _findings(cls: dict, seg: dict, skip: dict | None) -> list[str]:
     return out
 
 
+def _seeds_section(folder: Path, label: str) -> list[tuple]:
+    """The tables combined over seeds (``<workdir>/seeds/<run>/``), when there are several."""
+    blocks: list[tuple] = []
+    for stem in ("single", "stage-except-decomposition", "shortcut"):
+        table = _json(folder / f"{stem}.json")
+        if not table:
+            continue
+        rows = table["rows"]
+        if not blocks:
+            blocks += [("h3", f"{label}: {rows[0]['n_seeds']} seeds"),
+                       ("p", "Per mask over the seeds: the metric's mean, standard deviation and range, the mean "
+                             "drop, and how many seeds' paired tests call it trivial / non-trivial / undecided "
+                             "(each seed Holm-corrected on its own). Checkpoints: "
+                             + "; ".join(table.get("checkpoints", [])) + ".")]
+        blocks += [("p", f"{stem}:"), ("table", ["mask", "mean", "sd", "min", "max", "drop (mean)", "verdict"],
+                   [[r["mask"], f"{r['value_mean']:.4f}", f"{r['value_std']:.4f}", f"{r['value_min']:.4f}",
+                     f"{r['value_max']:.4f}", f"{r['drop_mean']:+.4f}", r["verdict"]] for r in rows])]
+        if table.get("figure") and (folder / table["figure"]).is_file():
+            blocks.append(("img", str(folder / table["figure"]), f"{label}: {stem} over seeds"))
+    return blocks
+
+
+def _paper_section(workdir: Path, runs: dict[str, str]) -> list[tuple]:
+    """The study's published tables beside ours (every seed present: mean and range)."""
+    blocks: list[tuple] = [("h2", "The paper beside ours"),
+                           ("p", "Published values (PROTOCOLS.md) and ours for the same rows: the metric after "
+                                 "ablating each stage's convs except decomposition/adjacent ones, and after ablating "
+                                 "each projection shortcut.")]
+    for task, run in runs.items():
+        base = workdir / run
+        seed_runs = [base] + sorted(p for p in workdir.glob(f"{run}-seed*") if p.is_dir())
+        tables = {}
+        for stem in ("baseline", "stage-except-decomposition", "shortcut"):
+            found = [t["rows"] for t in (_json(r / "ablation" / f"{stem}.json") for r in seed_runs) if t]
+            tables[stem] = found
+        if not any(tables.values()):
+            continue
+        blocks += [("h3", f"{task}: {published.PUBLISHED[task]['what']}"),
+                   ("table", ["experiment", "stage", "paper", "ours"], published.beside_ours(task, tables))]
+    return blocks
+
+
 def write_study_report(workdir: str | Path) -> Path:
     """Assemble the report of a ``reproduce`` workdir; returns the HTML path."""
     workdir = Path(workdir)
@@ -210,7 +267,9 @@ def write_study_report(workdir: str | Path) -> Path:
     seg_blocks, seg = _ablation_section(workdir / "acdc-pspnet34", "Segmentation: PSPNet-ResNet34 on ACDC")
     skip = _json(workdir / "mnist-skip" / "skip_results.json")
     blocks += [("h2", "Findings"), ("list", _findings(cls, seg, skip) or ["no results yet"])]
-    blocks += cls_blocks + seg_blocks
+    blocks += _paper_section(workdir, {"classification": "cifar10-resnet34", "segmentation": "acdc-pspnet34"})
+    blocks += cls_blocks + _seeds_section(workdir / "seeds" / "cifar10-resnet34", "Classification")
+    blocks += seg_blocks + _seeds_section(workdir / "seeds" / "acdc-pspnet34", "Segmentation")
     blocks += [("h2", "Study B: per-image layer skipping"), ("p", PROTOCOL_TEXT["B"])]
     if skip:
         rows = skip["useful"]["rows"]

@@ -4,10 +4,14 @@ Stages, each in its own sub-workdir of ``<workdir>`` and recorded in ``<workdir>
 finished (a rerun skips them; an unfinished stage resumes from its own checkpoints or results):
 
   cifar-train, cifar-ablate   Study A, classification (ResNet34 on CIFAR-10)
+  cifar-pairs                 every pair of convs of the classification run(s), with interactions
   acdc-train,  acdc-ablate    Study A, segmentation (PSPNet-ResNet34 on ACDC), scored by Dice
   skip-study                  Study B on MNIST
   verify                      the classification ablations re-run in PyTorch (needs the torch extra)
-  report                      report/report.md and report/index.html
+  report                      report/report.md and report/index.html, with the seeds' combined tables
+
+With ``seeds=N`` the train and ablate stages run seeds 0..N-1 (seed k > 0 in ``<run>-seed<k>``, see
+:mod:`resnet_jax.studies.seeds`); a rerun with more seeds adds the missing ones.
 """
 
 from __future__ import annotations
@@ -22,15 +26,17 @@ from typing import Any
 
 from resnet_jax import files
 
-STAGES = ("cifar-train", "cifar-ablate", "acdc-train", "acdc-ablate", "skip-study", "verify", "report")
+STAGES = ("cifar-train", "cifar-ablate", "cifar-pairs", "acdc-train", "acdc-ablate", "skip-study", "verify", "report")
+SEEDED = ("cifar-train", "cifar-ablate", "cifar-pairs", "acdc-train", "acdc-ablate")
+"""Stages that run once per seed."""
 
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {"cifar": "cifar10-resnet34-smoke", "acdc": "acdc-pspnet34-smoke", "skip": "mnist-skip-smoke",
-              "ablate_examples": 64, "verify_examples": 64},
+              "ablate_examples": 64, "verify_examples": 64, "pairs_seeds": 1},
     "cpu": {"cifar": "cifar10-resnet34-cpu", "acdc": "acdc-pspnet34-cpu", "skip": "mnist-skip-cpu",
-            "ablate_examples": None, "verify_examples": 1000},
+            "ablate_examples": None, "verify_examples": 1000, "pairs_seeds": 1},
     "full": {"cifar": "cifar10-resnet34", "acdc": "acdc-pspnet34", "skip": "mnist-skip",
-             "ablate_examples": None, "verify_examples": None},
+             "ablate_examples": None, "verify_examples": None, "pairs_seeds": 1},
 }
 
 DATASETS = {"cifar": "cifar10", "acdc": "acdc_lv_myo", "skip": "mnist"}
@@ -83,18 +89,21 @@ def _claim(workdir: Path, identity: dict[str, Any], *, force_new: bool) -> None:
         raise StageError(f"{workdir} holds a reproduce run of {made_by}, not preset {identity['preset']!r} with data "
                          f"root {identity['data_root']}; rerun with those settings to resume, use another --workdir, "
                          f"or pass --force-new to discard that run")
-    for sub in (*RUN_DIRS.values(), "report"):
+    for sub in (*RUN_DIRS.values(), "report", "seeds"):
         shutil.rmtree(workdir / sub, ignore_errors=True)
+        for extra in workdir.glob(f"{sub}-seed*"):
+            shutil.rmtree(extra, ignore_errors=True)
     _write_record(workdir, {"run": identity, "stages": {}})
 
 
 RUN_DIRS = {"cifar": "cifar10-resnet34", "acdc": "acdc-pspnet34", "skip": "mnist-skip"}
 
 
-def stage_runners(preset: dict, workdir: Path, data_root: Path | None, log) -> dict[str, Callable[[], dict]]:
+def stage_runners(preset: dict, workdir: Path, data_root: Path | None, log, *,
+                  n_seeds: int = 1) -> dict[str, Callable[[], dict]]:
     """One zero-argument function per stage; each resumes its own work when rerun."""
     from resnet_jax import configs
-    from resnet_jax.studies import ablate, skip_study
+    from resnet_jax.studies import ablate, seeds, skip_study
     from resnet_jax.training import runs
 
     cifar, acdc, skip = (workdir / RUN_DIRS[k] for k in ("cifar", "acdc", "skip"))
@@ -104,11 +113,22 @@ def stage_runners(preset: dict, workdir: Path, data_root: Path | None, log) -> d
         return [f"data.data_dir={d}"] if d else []
 
     def train(key, run):
-        return lambda: runs.train(configs.load_config(preset[key], overrides(key)), run, log=log)
+        def every_seed():
+            for seed, path in enumerate(seeds.seed_dirs(run, n_seeds)):
+                log(f"  {key} seed {seed}: {path}")
+                runs.train(configs.load_config(preset[key], overrides(key) + seeds.seed_overrides(seed)), path, log=log)
+            return {"seeds": n_seeds}
+        return every_seed
 
-    def ablate_run(run):
-        return lambda: {"tables": [str(p) for p in ablate.ablate_workdir(
-            run, n_examples=preset["ablate_examples"], log=log)]}
+    def ablate_run(run, protocols=None):
+        chosen = {"protocols": protocols} if protocols else {}
+
+        def every_seed():
+            written = []
+            for path in seeds.seed_dirs(run, n_seeds)[:preset["pairs_seeds"] if protocols else None]:
+                written += ablate.ablate_workdir(path, n_examples=preset["ablate_examples"], log=log, **chosen)
+            return {"tables": [str(p) for p in written], "seeds": n_seeds}
+        return every_seed
 
     def skip_run():
         skip_study.run_study(configs.load_config(preset["skip"], overrides("skip")), skip, log=log)
@@ -131,20 +151,27 @@ def stage_runners(preset: dict, workdir: Path, data_root: Path | None, log) -> d
     def report():
         from resnet_jax.reporting import study_report
 
+        for run in (cifar, acdc):
+            present = [p for p in seeds.seed_dirs(run, n_seeds) if (p / "ablation").is_dir()]
+            if len(present) > 1:
+                seeds.write_combined(present, workdir / "seeds" / run.name, label=run.name)
         return {"report": str(study_report.write_study_report(workdir))}
 
-    return {"cifar-train": train("cifar", cifar), "cifar-ablate": ablate_run(cifar), "acdc-train": train("acdc", acdc),
+    return {"cifar-train": train("cifar", cifar), "cifar-ablate": ablate_run(cifar),
+            "cifar-pairs": ablate_run(cifar, ["pairs"]), "acdc-train": train("acdc", acdc),
             "acdc-ablate": ablate_run(acdc), "skip-study": skip_run, "verify": verify, "report": report}
 
 
 def reproduce(preset_name: str, workdir: str | Path, *, data_root: str | Path | None = None,
-              only: Sequence[str] | None = None, force_new: bool = False,
+              only: Sequence[str] | None = None, force_new: bool = False, seeds: int = 1,
               log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or finish) every stage of a preset; return ``stages.json``'s record.
+    """Run (or finish) every stage of a preset with ``seeds`` training seeds; return ``stages.json``'s record.
 
     The workdir records the preset and data root that made it; another preset or data root is refused
     (``force_new`` starts over). A stage that raises is not marked done.
     """
+    if seeds < 1:
+        raise StageError(f"--seeds must be a positive number of training seeds, got {seeds}")
     if preset_name not in PRESETS:
         raise StageError(f"unknown preset {preset_name!r}; valid: {list(PRESETS)}")
     chosen = list(only) if only else list(STAGES)
@@ -158,10 +185,11 @@ def reproduce(preset_name: str, workdir: str | Path, *, data_root: str | Path | 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     _claim(workdir, {"preset": preset_name, "data_root": str(root) if root else None}, force_new=force_new)
-    runners = stage_runners(PRESETS[preset_name], workdir, root, log)
+    runners = stage_runners(PRESETS[preset_name], workdir, root, log, n_seeds=seeds)
     started = time.perf_counter()
     for i, stage in enumerate(chosen):
-        if stage in _record(workdir)["stages"] and stage != "report":
+        done = _record(workdir)["stages"].get(stage)
+        if done is not None and stage != "report" and (stage not in SEEDED or done.get("seeds", 1) >= seeds):
             log(f"[{i + 1}/{len(chosen)}] {stage}: done earlier, skipped (preset {preset_name})")
             continue
         log(f"[{i + 1}/{len(chosen)}] {stage} ... (elapsed {time.perf_counter() - started:.0f}s)")

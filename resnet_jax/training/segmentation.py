@@ -62,10 +62,18 @@ def build_model(config: Mapping) -> pspnet.PSPNet:
 
 
 def build_metric(config: Mapping) -> metrics.Dice:
-    m = config["metric"]
-    return metrics.Dice(num_classes=len(config["data"]["class_names"]), aggregate_by=m["aggregate_by"],
-                    classes=tuple(m["classes"]) if m["classes"] else None,
-                    class_names=tuple(config["data"]["class_names"]))
+    """The tables' Dice: pooled Dice of ``metric.lead`` (myocardium by default, the study's metric), of the
+    explicit ``metric.classes``, or mean foreground Dice (``lead: mean``); the other classes are columns beside it."""
+    m, names = config["metric"], list(config["data"]["class_names"])
+    if m["classes"]:
+        classes, name = tuple(m["classes"]), "dice_" + "_".join(names[c].lower() for c in m["classes"])
+    elif m["lead"] == "mean":
+        classes, name = None, "dice"
+    else:
+        classes = ([n.lower() for n in names].index(m["lead"].lower()),)
+        name = f"dice_{m['lead'].lower()}"
+    return metrics.Dice(num_classes=len(names), aggregate_by=m["aggregate_by"], classes=classes,
+                        class_names=tuple(names), name=name)
 
 
 
