@@ -14,7 +14,7 @@ from pathlib import Path
 
 from resnet_jax import __version__, configs, devices
 from resnet_jax.ablation import catalogue, engine
-from resnet_jax.ablation.protocols import PROTOCOLS, STUDY_PROTOCOLS
+from resnet_jax.ablation.protocols import PROTOCOLS, READINGS, STUDY_PROTOCOLS
 from resnet_jax.interop.convert import TORCHVISION_ARCHS
 from resnet_jax.studies.reproduce import PRESETS as REPRODUCE_PRESETS
 from resnet_jax.studies.reproduce import STAGES
@@ -86,12 +86,12 @@ def _layers(args) -> int:
 def _ablate(args) -> int:
     from resnet_jax.studies import ablate
 
-    chosen = list(STUDY_PROTOCOLS) if args.protocol == "all" else [args.protocol]
+    chosen = {"all": list(STUDY_PROTOCOLS), "readings": list(READINGS)}.get(args.protocol, [args.protocol])
     ablate.ablate_workdir(
         _workdir(args.workdir), protocols=chosen, kind=args.kind, spec_file=args.spec,
         data_dir=configs.existing_data_dir(args.data_dir), n_examples=args.n_examples,
         method=args.method, batch_size=args.batch_size, memory_budget_mb=args.memory_budget_mb,
-        checkpoint=args.checkpoint, margin=args.margin, alpha=args.alpha)
+        checkpoint=args.checkpoint, margin=args.margin, alpha=args.alpha, batchnorm=args.batchnorm)
     return 0
 
 
@@ -204,8 +204,9 @@ def _training_parsers(sub) -> None:
 def _ablation_parsers(sub) -> None:
     p = sub.add_parser("ablate", help="run ablation protocols on a trained run (resumes unfinished sweeps)")
     _run_flags(p, checkpoint_default="best")
-    p.add_argument("--protocol", default="all", choices=(*PROTOCOLS, "all"),
-                   help="'all' runs the study's four; 'pairs' (every pair of convs) runs only when named")
+    p.add_argument("--protocol", default="all", choices=(*PROTOCOLS, "all", "readings"),
+                   help="'all' runs the study's four; 'readings' the open readings of the study (stage 1's adjacency, "
+                        "identity cuts); 'pairs' (every pair of convs) runs only when named")
     p.add_argument("--kind", default="zero-kernel", choices=catalogue.KINDS,
                    help="zero-kernel is the study's ablation")
     p.add_argument("--spec", help="JSON/YAML file of ablation specs to run instead of the protocols")
@@ -218,12 +219,16 @@ def _ablation_parsers(sub) -> None:
     p.add_argument("--margin", type=float, default=0.01,
                    help="drop that separates trivial from non-trivial masks (default 0.01, i.e. 1 point of accuracy)")
     p.add_argument("--alpha", type=float, default=0.05, help="level of the Holm-corrected tests (default 0.05)")
+    p.add_argument("--batchnorm", default="running", choices=engine.BATCHNORM,
+                   help="'batch': every masked model normalised by its own batch's statistics (the study's "
+                        "BN(0) = beta reading; --batch-size must divide the images); tables get '.bn-batch'")
     p.set_defaults(func=_ablate)
     p = sub.add_parser("verify", help="recompute the ablation tables in PyTorch (torchvision) and compare; "
                                       "writes <workdir>/verify.csv, exits 1 when a tolerance fails")
     _run_flags(p, checkpoint_default="best")
     p.add_argument("--protocol", default="all", choices=(*PROTOCOLS, "all"))
-    p.add_argument("--kind", action="append", metavar="KIND", choices=catalogue.KINDS,
+    p.add_argument("--kind", action="append", metavar="KIND",
+                   choices=[k for k in catalogue.KINDS if k not in catalogue.GATE_ONLY_KINDS],
                    help="an ablation kind (repeatable; default zero-kernel)")
     p.add_argument("--n-examples", type=_positive_int, default=1000, help="test images to compare on (default 1000)")
     p.add_argument("--method", default="auto", choices=engine.METHODS,

@@ -189,6 +189,65 @@ def test_silenced_branch_gives_relu_of_x(tiny, kind):
     np.testing.assert_array_equal(unit_out, np.maximum(unit_in, 0))
 
 
+def test_cut_identity_gives_relu_of_the_branch(tiny):
+    model, variables, _, _ = tiny
+    x = jax.random.normal(jax.random.key(7), (3, 32, 32, 3))
+    gates = {"identity": {"layer1.1": jnp.zeros(3)}}
+    _, state = model.apply(variables, x, gates=gates, capture_intermediates=True, mutable=["intermediates"])
+    unit = state["intermediates"]["layer1"]["1"]
+    branch = np.asarray(unit["bn2"]["__call__"][0])
+    np.testing.assert_array_equal(np.asarray(unit["__call__"][0]), np.maximum(branch, 0))
+    clean_in, clean_out = _unit_io(model, variables, x)
+    assert not np.allclose(clean_out, np.maximum(branch, 0))  # the shortcut mattered
+
+
+def test_identity_shortcut_protocol_in_the_engine_equals_gated_forwards(tiny):
+    model, variables, layers, split = tiny
+    ablations = abl.resolve_all(protocols.protocol_specs("identity-shortcut", layers), layers)
+    units = [a.name.removesuffix(".identity") for a in ablations]
+    assert units == [u for u in dict.fromkeys(l.unit for l in layers if l.unit)
+                     if abl.unit_has_identity_shortcut(layers, u)] and units
+    results = engine.evaluate(model, variables, ablations, layers, split.images, split.labels, image_mean=0.5,
+                              image_std=0.25, batch_size=16, progress=False)
+    x = (split.images.astype(np.float32) / 255.0 - 0.5) / 0.25
+    for unit, r in zip(units, results):
+        logits, _ = model.apply(variables, x, gates={"identity": {unit: jnp.zeros(len(x))}})
+        np.testing.assert_array_equal(r.per_example["prediction"], np.argmax(logits, -1), err_msg=unit)
+    with pytest.raises(ValueError, match="cannot be expressed by weights"):
+        engine.evaluate(model, variables, ablations[:1], layers, split.images, split.labels, image_mean=0.5,
+                        image_std=0.25, method="weights", progress=False)
+
+
+def test_batch_statistics_mode_equals_train_mode_batchnorm_per_batch(tiny):
+    model, variables, layers, split = tiny
+    ablations = [abl.Ablation("baseline", "zero-kernel", ()), abl.Ablation("c2", "zero-kernel", ("layer1.1.conv2",)),
+                 abl.Ablation("two", "zero-kernel", ("layer2.0.conv1", "layer3.1.conv2"))]
+    results = engine.evaluate(model, variables, ablations, layers, split.images, split.labels, image_mean=0.5,
+                              image_std=0.25, batch_size=20, batchnorm="batch", progress=False)
+    running = engine.evaluate(model, variables, ablations[:1], layers, split.images, split.labels, image_mean=0.5,
+                              image_std=0.25, batch_size=20, progress=False)
+    x = (split.images.astype(np.float32) / 255.0 - 0.5) / 0.25
+    for a, r in zip(ablations, results):
+        masked = abl.apply(variables, abl.make_mask(variables["params"], a, layers))
+        expected = [np.argmax(model.apply(masked, x[i:i + 20], train=True, mutable=["batch_stats"])[0][0], -1)
+                    for i in (0, 20)]  # two batches of 20, each normalised by its own statistics
+        np.testing.assert_array_equal(r.per_example["prediction"], np.concatenate(expected), err_msg=a.name)
+    assert not np.array_equal(results[0].per_example["prediction"], running[0].per_example["prediction"])
+    with pytest.raises(ValueError, match="divides the 40 examples"):
+        engine.evaluate(model, variables, ablations, layers, split.images, split.labels, image_mean=0.5,
+                        image_std=0.25, batch_size=16, batchnorm="batch", progress=False)
+
+
+def test_stage_one_adjacency_read_as_its_first_conv_alone():
+    model = models.create_model("resnet34", num_classes=10)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    layers = abl.catalogue(model, variables)
+    narrow = abl.resolve_all(protocols.protocol_specs("stage-except-decomposition-first-conv", layers), layers)
+    standard = abl.resolve_all(protocols.protocol_specs("stage-except-decomposition", layers), layers)
+    assert narrow[0].layers == ("layer1.0.conv2", *standard[0].layers)
+    assert [a.layers for a in narrow[1:]] == [a.layers for a in standard[1:]]
+
+
 def test_zeroed_conv1_gives_relu_of_x_plus_bn2_of_conv2_of_relu_c1(tiny):
     model, variables, layers, _ = tiny
     x = jax.random.normal(jax.random.key(6), (2, 32, 32, 3))

@@ -28,8 +28,9 @@ from tests.conftest import run_cli
     (["--set", "train.epochs=abc"], "train.epochs='abc' (valid: an integer >= 1)"),
     (["--set", "train.learning_rate=fast"], "train.learning_rate='fast' (valid: a finite number > 0)"),
     (["--set", "model.name=resnet99"], "model.name='resnet99' (valid: one of ['resnet18', 'resnet34'"),
-    (["--set", "train.batch_size=100000"], "train.batch_size=100000 exceeds the 512 training examples"),
+    (["--set", "train.batch_size=100000"], "train.batch_size=100000 exceeds the 384 training examples"),
     (["--data-dir", "/no/such/folder"], "--data-dir /no/such/folder does not exist"),
+    (["--set", "data.val_examples=512"], "data.val_examples=512 must be between 1 and 511"),
 ])
 def test_a_bad_training_request_is_exit_2_and_leaves_no_workdir(tmp_path, args, message):
     workdir = tmp_path / "run"
@@ -177,6 +178,19 @@ def test_tables_state_their_checkpoint_and_data(tiny_run):
     report = run_cli("report", "--workdir", str(tiny_run))
     assert report.returncode == 0, report.stderr
     assert f"parameter sha {p['checkpoint_sha']}" in (tiny_run / "report.md").read_text()
+
+
+def test_batch_statistics_results_are_keyed_apart_from_running_ones(tiny_run):
+    ablate.ablate_workdir(tiny_run, protocols=("baseline",), n_examples=32, log=lambda s: None)
+    ablate.ablate_workdir(tiny_run, protocols=("baseline",), n_examples=32, batch_size=16, batchnorm="batch",
+                          log=lambda s: None)
+    running = json.loads((tiny_run / "ablation" / "baseline.json").read_text())
+    batch = json.loads((tiny_run / "ablation" / "baseline.bn-batch.json").read_text())
+    assert batch["provenance"]["evaluation"] == {"batchnorm": "batch", "batch_size": 16}
+    assert batch["provenance"]["id"] != running["provenance"]["id"] and "evaluation" not in running["provenance"]
+    with pytest.raises(ValueError, match="divides the 32 examples"):
+        ablate.ablate_workdir(tiny_run, protocols=("baseline",), n_examples=32, batch_size=24, batchnorm="batch",
+                              log=lambda s: None)
 
 
 # reproduce records what made it -----------------------------------------------------------------

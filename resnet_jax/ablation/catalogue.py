@@ -7,7 +7,9 @@ Ablation kinds (PROTOCOLS.md): ``zero-kernel`` replaces a conv kernel by zeros a
 BatchNorm, so the branch still emits the BN constant ``beta - gamma * mean / sqrt(var + eps)``;
 ``zero-branch`` also zeroes that BatchNorm's scale and bias, so the conv path outputs exactly 0;
 ``lesion`` removes a whole residual branch (identity-shortcut units only); ``reinit`` puts the
-kernel back to the run's initial values; ``rerandomize`` draws it afresh from the initialiser.
+kernel back to the run's initial values; ``rerandomize`` draws it afresh from the initialiser;
+``cut-identity`` removes the identity shortcut of a unit, which then outputs ``relu(branch(x))`` (a gate
+only: no weight expresses it).
 """
 
 from __future__ import annotations
@@ -25,9 +27,13 @@ import numpy as np
 
 from resnet_jax.models import resnet
 
-KINDS = ("zero-kernel", "zero-branch", "lesion", "reinit", "rerandomize")
+KINDS = ("zero-kernel", "zero-branch", "lesion", "reinit", "rerandomize", "cut-identity")
+UNIT_KINDS = ("lesion", "cut-identity")
+"""Kinds that act on a whole residual unit with an identity shortcut (a spec names the unit's convs)."""
+GATE_ONLY_KINDS = ("cut-identity",)
+"""Kinds that no change of weights expresses: the engine runs them with gates only."""
 ROLES = ("stem", "decomposition", "shortcut", "adjacent", "residual")
-GATE_KINDS = {"zero-kernel": "kernel", "zero-branch": "output", "lesion": "unit"}
+GATE_KINDS = {"zero-kernel": "kernel", "zero-branch": "output", "lesion": "unit", "cut-identity": "identity"}
 """Kinds the gate formulation can express, and the gate site each one uses."""
 
 
@@ -273,13 +279,13 @@ def resolve(spec: AblationSpec, layers: Sequence[Layer]) -> tuple[str, ...]:
                    if any(s.matches(l) for s in spec.select) and not any(s.matches(l) for s in spec.exclude))
     if not chosen:
         raise SpecError(f"spec {spec.name!r} ({spec.kind}) matches no layer")
-    if spec.kind == "lesion":
+    if spec.kind in UNIT_KINDS:
         by_name = {l.name: l for l in layers}
         for name in chosen:
             unit = by_name[name].unit
             if unit is None or not unit_has_identity_shortcut(layers, unit):
                 raise SpecError(
-                    f"spec {spec.name!r}: lesion removes a residual branch and needs identity-shortcut units; "
+                    f"spec {spec.name!r}: {spec.kind} acts on a unit's identity shortcut and needs identity-shortcut units; "
                     f"{name!r} is in {unit or 'the stem'}, which has none. Valid units: "
                     f"{sorted({l.unit for l in layers if l.unit and unit_has_identity_shortcut(layers, l.unit)})}")
     return chosen
@@ -374,7 +380,7 @@ def make_gates(ablations: Sequence[Ablation], layers: Sequence[Layer]) -> dict[s
     for k, ablation in enumerate(ablations):
         site_kind = GATE_KINDS[ablation.kind]
         for name in ablation.layers:
-            site = by_name[name].unit if ablation.kind == "lesion" else name
+            site = by_name[name].unit if ablation.kind in UNIT_KINDS else name
             vec = sites.setdefault(site_kind, {}).setdefault(site, np.ones(len(ablations), np.float32))
             vec[k] = 0.0
     return sites

@@ -43,6 +43,7 @@ from resnet_jax.data.inputs import normalize
 from resnet_jax.models import batching, pspnet, resnet
 
 METHODS = ("auto", "gates", "weights")
+BATCHNORM = ("running", "batch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +89,7 @@ class Inputs:
     image_std: Any
     metric: Metric
     batch_size: int
+    batchnorm: str = "running"
 
 
 
@@ -128,6 +130,8 @@ def method_for(kind: str, method: str) -> str:
         raise ValueError(f"unknown method {method!r}; valid: {METHODS}")
     if method == "gates" and kind not in abl.GATE_KINDS:
         raise ValueError(f"kind {kind!r} cannot be expressed by gates; use method 'weights' or 'auto'")
+    if method == "weights" and kind in abl.GATE_ONLY_KINDS:
+        raise ValueError(f"kind {kind!r} cannot be expressed by weights; use method 'gates' or 'auto'")
     if method == "auto":
         return "gates" if kind in abl.GATE_KINDS else "weights"
     return method
@@ -151,7 +155,9 @@ def cuts(ablation: abl.Ablation, layers: Sequence[abl.Layer]) -> dict[str, set[s
     out: dict[str, set[str]] = {}
     for name in ablation.layers:
         layer = by_name[name]
-        if layer.unit is None:
+        if ablation.kind == "cut-identity":  # the unit still depends on the input through its branch
+            out.setdefault(layer.unit, set()).add("identity")
+        elif layer.unit is None:
             out.setdefault(layer.name, set()).add("stem" if "stem" in layer.roles else "other")
         elif "shortcut" in layer.roles and ablation.kind != "lesion":
             out.setdefault(layer.unit, set()).add("shortcut")
@@ -211,7 +217,9 @@ def _gates_forward(model: nn.Module, metric, branches: tuple[tuple[str, batching
     return forward
 
 
-def _weights_forward(model: nn.Module, metric, replacement_fn: Callable | None) -> Callable:
+def _weights_forward(model: nn.Module, metric, replacement_fn: Callable | None, *, batch_stats: bool = False) -> Callable:
+    """One jitted forward for a chunk of weight masks; with ``batch_stats`` BatchNorm normalises by the statistics
+    of each masked model's own batch (train-mode BatchNorm; the updated statistics are dropped)."""
     @jax.jit
     def forward(variables, masks, seeds, images, targets, mean, std):
         x = normalize(images, mean, std)
@@ -219,12 +227,27 @@ def _weights_forward(model: nn.Module, metric, replacement_fn: Callable | None) 
         def one(args):
             mask, seed = args
             replacement = None if replacement_fn is None else replacement_fn(seed)
-            logits, _ = model.apply(abl.apply(variables, mask, replacement=replacement), x)
+            masked = abl.apply(variables, mask, replacement=replacement)
+            if batch_stats:
+                (logits, _), _ = model.apply(masked, x, train=True, mutable=["batch_stats"])
+            else:
+                logits, _ = model.apply(masked, x)
             return metric.per_example(logits, targets)
 
         return jax.lax.map(one, (masks, seeds))
 
     return forward
+
+
+def check_batch_statistics(n: int, batch_size: int, ablations: Sequence[abl.Ablation], method: str) -> None:
+    """Batch statistics need whole batches (a padded row would enter every statistic) and weight masks."""
+    if n % batch_size:
+        divisors = [d for d in range(1, min(n, 4 * batch_size) + 1) if n % d == 0][-4:]
+        raise ValueError(f"batchnorm 'batch' needs a batch size that divides the {n} examples (got {batch_size}, "
+                         f"after rounding to the devices); e.g. {divisors}")
+    gate_only = sorted({a.kind for a in ablations if a.kind in abl.GATE_ONLY_KINDS})
+    if gate_only or method == "gates":
+        raise ValueError(f"batchnorm 'batch' runs weight masks only; not method {method!r} or kinds {gate_only}")
 
 
 def _batches(n: int, batch_size: int):
@@ -250,6 +273,7 @@ def evaluate(
     initial_params: Any = None,
     on_chunk: Callable[[list[Result]], None] | None = None,
     progress: bool = True,
+    batchnorm: str = "running",
 ) -> list[Result]:
     """Score every ablation on ``(images, targets)``; ``on_chunk`` sees results as chunks finish.
 
@@ -261,6 +285,9 @@ def evaluate(
         default half the memory the device reports (:func:`resnet_jax.devices.memory_budget_mb`; 2 GiB on CPUs).
         On the gate path a compiled chunk whose scratch memory (XLA's plan) exceeds it is halved.
       initial_params: the run's initial parameters, needed by ``reinit``.
+      batchnorm: ``'running'`` (evaluation mode, the trained statistics) or ``'batch'``: every masked model
+        normalises by its own batch's statistics (the study's ``BN(0) = beta`` algebra). Batch statistics depend
+        on the batches, so ``batch_size`` must divide the examples (no padded batch) and the weights path runs.
     """
     from tqdm import tqdm
 
@@ -269,7 +296,12 @@ def evaluate(
     mesh = devices.data_mesh()
     memory_budget_mb = memory_budget_mb or devices.memory_budget_mb()
     inputs = Inputs(model, variables, layers, images, targets, image_mean, image_std, metric,
-                    devices.round_up_to_devices(batch_size, mesh))
+                    devices.round_up_to_devices(batch_size, mesh), batchnorm)
+    if batchnorm not in BATCHNORM:
+        raise ValueError(f"unknown batchnorm mode {batchnorm!r}; valid: {list(BATCHNORM)}")
+    if batchnorm == "batch":
+        check_batch_statistics(len(images), inputs.batch_size, ablations, method)
+        method = "weights"
     batches = Batches.place(inputs, mesh)
     results: list[Result] = []
     groups: dict[tuple[str, str], list[abl.Ablation]] = {}
@@ -386,7 +418,7 @@ def _weight_runner(inputs: Inputs, group, batches: Batches, *, size: int, kind: 
     model, variables, layers = inputs.model, inputs.variables, inputs.layers
     replacement_fn = abl.replacement_for(kind, model=model, input_shape=inputs.images.shape,
                                          initial_params=initial_params)
-    forward = _weights_forward(model, inputs.metric, replacement_fn)
+    forward = _weights_forward(model, inputs.metric, replacement_fn, batch_stats=inputs.batchnorm == "batch")
     masks = [abl.make_mask(variables["params"], a, layers) for a in group]
     seeds = np.asarray([a.seed for a in group], np.uint32)
     for start in range(0, len(group), size):

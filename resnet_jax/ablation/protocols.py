@@ -22,7 +22,10 @@ from resnet_jax.ablation.tables import table_row
 
 STUDY_PROTOCOLS = ("baseline", "single", "stage-except-decomposition", "shortcut")
 """The study's protocols: what ``--protocol all`` runs."""
-PROTOCOLS = (*STUDY_PROTOCOLS, "pairs")
+READINGS = ("stage-except-decomposition-first-conv", "identity-shortcut")
+"""The study's open readings as protocols: stage 1's adjacent conv read as ``layer1.0.conv1`` alone, and a cut of
+each identity shortcut (run with ``--kind`` ignored: ``cut-identity``)."""
+PROTOCOLS = (*STUDY_PROTOCOLS, *READINGS, "pairs")
 """``pairs``: every pair of convs (ResNet34: 36 convs, 630 masks), with their interaction; run on request."""
 BASELINE = abl.Ablation("baseline", "none", ())
 
@@ -47,6 +50,18 @@ def protocol_specs(protocol: str, layers: Sequence[abl.Layer], *, kind: str = "z
         shortcut_stages = [s for s in stages if any(l.stage == s and "shortcut" in l.roles for l in layers)]
         return [abl.AblationSpec(f"{prefix}layer{s}.0.downsample", kind,
                                  (abl.Selector(stages=(s,), roles=("shortcut",)),)) for s in shortcut_stages]
+    if protocol == "identity-shortcut":  # the study calls identity shortcuts important; here each is cut
+        units = [u for u in dict.fromkeys(l.unit for l in layers if l.unit) if abl.unit_has_identity_shortcut(layers, u)]
+        return [abl.AblationSpec(f"{u}.identity", "cut-identity", (abl.Selector(patterns=(f"{u}.*",)),)) for u in units]
+    if protocol == "stage-except-decomposition-first-conv":
+        first = next(l.name for l in layers if l.stage == stages[0] and "adjacent" in l.roles)
+
+        def kept(s):
+            if s != stages[0]:
+                return (abl.Selector(roles=("decomposition", "adjacent")),)
+            return abl.Selector(roles=("decomposition",)), abl.Selector(names=(first,))
+
+        return [abl.AblationSpec(f"{prefix}layer{s}", kind, (abl.Selector(stages=(s,)),), kept(s)) for s in stages]
     if protocol == "pairs":
         if kind == "lesion":
             raise abl.SpecError(f"the pairs protocol ablates pairs of convs, not units; valid kinds for it: "
@@ -116,6 +131,11 @@ DESCRIPTIONS = {
     "stage-except-decomposition": "Per stage, every conv except its decomposition and adjacent convs "
                                   "(i.e. residual units 1..n-1 of the stage).",
     "shortcut": "Per stage with a projection shortcut, that 1x1 projection conv.",
+    "stage-except-decomposition-first-conv": "As stage-except-decomposition, but stage 1's adjacent conv read as "
+                                             "layer1.0.conv1 alone (the study's text allows it): layer1.0.conv2 "
+                                             "is ablated with units 1..n-1.",
+    "identity-shortcut": "Per residual unit with an identity shortcut, that shortcut cut: the unit outputs "
+                         "relu(branch(x)) (the study calls identity shortcuts important without cutting one).",
     "pairs": "Every pair of convs ablated together; interaction = drop(A and B) - drop(A) - drop(B) "
              "(positive: the pair costs more than its parts, synergistic; negative: less, redundant).",
 }

@@ -52,8 +52,10 @@ def tree_hash(tree: Any) -> str:
     return _sha(*(f"{x.dtype}{x.shape}".encode() + x.tobytes() for x in leaves))
 
 
-def context(variables: Mapping[str, Any], images: np.ndarray, targets: np.ndarray, metric: Any) -> dict[str, Any]:
-    """The identity of an evaluation: checkpoint, examples, metric. Stored with every row and every table."""
+def context(variables: Mapping[str, Any], images: np.ndarray, targets: np.ndarray, metric: Any, *,
+            evaluation: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The identity of an evaluation: checkpoint, examples, metric, and any evaluation setting that changes results
+    (``evaluation``, e.g. BatchNorm on batch statistics and the batch size). Stored with every row and table."""
     metric_config = dataclasses.asdict(metric) if dataclasses.is_dataclass(metric) else {"name": metric.name}
     info = {
         "checkpoint_sha": tree_hash(variables),
@@ -62,6 +64,8 @@ def context(variables: Mapping[str, Any], images: np.ndarray, targets: np.ndarra
         "metric": {"class": type(metric).__name__, **metric_config},
         "format": FORMAT,
     }
+    if evaluation:
+        info["evaluation"] = dict(evaluation)
     info["id"] = _sha(json.dumps(info, sort_keys=True, default=str).encode())
     return info
 

@@ -218,14 +218,19 @@ def verify_workdir(workdir: str | os.PathLike, *, protocols: Sequence[str] = pro
     return {"rows": rows, "ok": all(r["ok"] for r in rows), "csv": str(path)}
 
 
+VERIFIABLE_KINDS = tuple(k for k in abl.KINDS if k not in abl.GATE_ONLY_KINDS)
+
+
 def _check_request(workdir: Path, protocols: Sequence[str], kinds: Sequence[str]) -> None:
     """Fail on bad names and runs without a torchvision twin before the (slow) restore."""
     for k in kinds:
-        if k not in abl.KINDS:
-            raise abl.SpecError(f"unknown kind {k!r}; valid: {list(abl.KINDS)}")
+        if k not in VERIFIABLE_KINDS:
+            raise abl.SpecError(f"kind {k!r} cannot be checked in PyTorch (it is a gate, not weights); valid: "
+                                f"{list(VERIFIABLE_KINDS)}")
     for p in protocols:
-        if p not in prot.PROTOCOLS:
-            raise abl.SpecError(f"unknown protocol {p!r}; valid: {list(prot.PROTOCOLS)} or 'all'")
+        if p not in prot.PROTOCOLS or p == "identity-shortcut":
+            raise abl.SpecError(f"protocol {p!r} cannot be checked in PyTorch; valid: "
+                                f"{[q for q in prot.PROTOCOLS if q != 'identity-shortcut']} or 'all'")
     path = workdir / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{workdir} holds no run (no config.json); train one with `resnet-jax train`")

@@ -18,10 +18,10 @@ import jax.numpy as jnp
 Array = jax.Array
 Gates = Mapping[str, Mapping[str, Array]]
 
-GATE_KINDS = ("kernel", "output", "unit")
+GATE_KINDS = ("kernel", "output", "unit", "identity")
 """Gate sites: ``kernel`` scales a conv's output before its BatchNorm (a zeroed kernel),
 ``output`` scales the BatchNorm's output (a silenced branch), ``unit`` scales a residual unit's
-whole branch before the shortcut is added (a lesion)."""
+whole branch before the shortcut is added (a lesion), ``identity`` scales a unit's identity shortcut."""
 
 
 def gate(x: Array, gates: Gates | None, kind: str, name: str) -> Array:

@@ -193,7 +193,7 @@ class _Unit(nn.Module):
             return gate(residual(x, gates), gates, "unit", me)
 
         def shortcut(x, gates):
-            return x if projection is None else projection(x, gates)
+            return gate(x, gates, "identity", me) if projection is None else projection(x, gates)
 
         x = tile_clean(x, copies.full, clean)
         r = branch(x, gates)  # before the shortcut: the catalogue lists convs in call order

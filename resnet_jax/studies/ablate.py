@@ -57,9 +57,10 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = STUDY_PROTOCOLS, kind:
                    spec_file=None, data_dir=None, n_examples: int | None = None, method: str = "auto",
                    batch_size: int = 128, memory_budget_mb: float | None = None, checkpoint: str = "best",
                    margin: float = statistics.DEFAULT_MARGIN, alpha: float = statistics.DEFAULT_ALPHA,
-                   log=print) -> list[Path]:
+                   batchnorm: str = "running", log=print) -> list[Path]:
     """Run protocols (or a spec file) on a trained run; write tables (with paired tests against the baseline and a
-    decision per mask at ``margin``) and figures under ``ablation/``."""
+    decision per mask at ``margin``) and figures under ``ablation/``. ``batchnorm='batch'`` evaluates with batch
+    statistics (the study's ``BN(0) = beta`` reading); its tables carry the suffix ``.bn-batch``."""
     workdir, out = Path(workdir), Path(workdir) / "ablation"
     if not 0 < alpha < 1 or not 0 <= margin < 1:
         raise abl.SpecError(f"--alpha must be in (0, 1) and --margin in [0, 1); got alpha={alpha}, margin={margin}")
@@ -68,12 +69,21 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = STUDY_PROTOCOLS, kind:
     subject = restore_subject(workdir, checkpoint=checkpoint, data_dir=data_dir, n_examples=n_examples)
     model, variables = subject.model, subject.variables
     layers = abl.catalogue(model, variables, input_shape=(1, *subject.images.shape[1:]))
-    jobs = [("custom", kind, custom)] if custom else [(p, kind, None) for p in protocols]
+    jobs = ([("custom", kind, custom)] if custom else
+            [(p, "cut-identity" if p == "identity-shortcut" else kind, None) for p in protocols])
     resolved = {a.name: a for name, k, specs in jobs if name != "baseline"  # every spec resolves before compute
                 for a in abl.resolve_all(specs or protocol_specs(name, layers, kind=k), layers)}
     needs_initial = any(s.kind == "reinit" for s in custom or []) or kind == "reinit"
     initial = checkpointing.load_initial(workdir, variables["params"]) if needs_initial else None
-    provenance = {**store.context(variables, subject.images, subject.targets, subject.metric),
+    if batchnorm not in engine.BATCHNORM:
+        raise abl.SpecError(f"unknown --batchnorm {batchnorm!r}; valid: {list(engine.BATCHNORM)}")
+    if batchnorm == "batch":
+        try:
+            engine.check_batch_statistics(len(subject.images), batch_size, [], "weights")
+        except ValueError as err:
+            raise abl.SpecError(f"--batchnorm batch: {err}") from None
+    setting = {"batchnorm": "batch", "batch_size": batch_size} if batchnorm == "batch" else None
+    provenance = {**store.context(variables, subject.images, subject.targets, subject.metric, evaluation=setting),
                   "checkpoint": checkpoint, "checkpoint_step": subject.step, "checkpoint_choice": subject.choice}
     groups = [statistics.patient_of(i) for i in subject.test.ids] if subject.task == "segmentation" else None
     test = statistics.paired_tester(subject.metric, groups=groups, margin=margin, alpha=alpha)
@@ -88,7 +98,7 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = STUDY_PROTOCOLS, kind:
         return engine.evaluate(model, variables, ablations, layers, subject.images, subject.targets,
                                image_mean=subject.image_mean, image_std=subject.image_std, metric=subject.metric,
                                batch_size=batch_size, method=method, memory_budget_mb=memory_budget_mb,
-                               initial_params=initial, on_chunk=on_chunk)
+                               initial_params=initial, on_chunk=on_chunk, batchnorm=batchnorm)
 
     written, all_rows = [], []
     for name, k, specs in jobs:
@@ -103,6 +113,8 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = STUDY_PROTOCOLS, kind:
             extra = strongest_interactions(rows)
         all_rows += rows
         stem, title = tables.table_stem(name, k), f"{name} ({k})" if name != "baseline" else "baseline"
+        if batchnorm == "batch":
+            stem, title = f"{stem}.bn-batch", f"{title}, BatchNorm on batch statistics"
         figure = _draw(name, rows, out / f"{stem}.png", title=f"{workdir.name}: {title}", layers=layers)
         meta = {"title": title, "description": DESCRIPTIONS.get(name, f"Specs from {spec_file}."),
                 "figure": figure.name if figure else None, "provenance": provenance, "chance": chance,
