@@ -54,8 +54,8 @@ def smoke_run(tmp_path_factory):
 def test_smoke_preset_runs_every_stage_and_resumes(smoke_run):
     workdir, args = smoke_run
     stages = json.loads((workdir / "stages.json").read_text())["stages"]
-    assert set(stages) == {"cifar-train", "cifar-ablate", "cifar-pairs", "acdc-train", "acdc-ablate", "skip-study",
-                           "verify", "report"}
+    assert set(stages) == {"cifar-train", "cifar-ablate", "cifar-pairs", "acdc-train", "acdc-ablate", "readings",
+                           "skip-study", "verify", "report"}
     page = (workdir / "report" / "index.html").read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) >= 6
@@ -68,10 +68,11 @@ def test_smoke_preset_runs_every_stage_and_resumes(smoke_run):
     combined = json.loads((workdir / "seeds" / "cifar10-resnet34" / "single.json").read_text())
     assert all(r["n_seeds"] == 2 and r["value_min"] <= r["value_mean"] <= r["value_max"] for r in combined["rows"])
     assert "2 seeds" in md and "The paper beside ours" in md and "Pairwise interactions" in md
+    assert "open readings" in md and "BatchNorm on batch statistics, single" in md and "Identity shortcuts cut" in md
     assert json.loads((workdir / "cifar10-resnet34" / "ablation" / "pairs.json").read_text())["rows"]
     again = run_cli(*args, timeout=600)
     assert again.returncode == 0, again.stderr[-4000:]
-    assert again.stdout.count("done earlier, skipped") == 7
+    assert again.stdout.count("done earlier, skipped") == 8
 
 
 # Run in the page once it has loaded: one line per figure with the size the browser decoded it to.

@@ -219,7 +219,7 @@ def _gates_forward(model: nn.Module, metric, branches: tuple[tuple[str, batching
 
 def _weights_forward(model: nn.Module, metric, replacement_fn: Callable | None, *, batch_stats: bool = False) -> Callable:
     """One jitted forward for a chunk of weight masks; with ``batch_stats`` BatchNorm normalises by the statistics
-    of each masked model's own batch (train-mode BatchNorm; the updated statistics are dropped)."""
+    of each masked model's own batch (as in training, dropout off; the updated statistics are dropped)."""
     @jax.jit
     def forward(variables, masks, seeds, images, targets, mean, std):
         x = normalize(images, mean, std)
@@ -229,7 +229,7 @@ def _weights_forward(model: nn.Module, metric, replacement_fn: Callable | None, 
             replacement = None if replacement_fn is None else replacement_fn(seed)
             masked = abl.apply(variables, mask, replacement=replacement)
             if batch_stats:
-                (logits, _), _ = model.apply(masked, x, train=True, mutable=["batch_stats"])
+                (logits, _), _ = model.apply(masked, x, batch_stats=True, mutable=["batch_stats"])
             else:
                 logits, _ = model.apply(masked, x)
             return metric.per_example(logits, targets)

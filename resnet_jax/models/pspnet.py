@@ -119,17 +119,18 @@ class PSPNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, gates: batching.Gates | None = None,
-                 branches: Mapping[str, int | batching.Copies] | None = None):
+                 branches: Mapping[str, int | batching.Copies] | None = None, batch_stats: bool = False):
+        """``batch_stats``: every BatchNorm normalises by the batch's statistics, dropout stays off (evaluation)."""
         if self.output_stride not in OUTPUT_STRIDES:
             raise ValueError(f"unknown output_stride {self.output_stride}; valid: {sorted(OUTPUT_STRIDES)}")
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                 dtype=self.dtype, use_fast_variance=False)
+        norm = functools.partial(nn.BatchNorm, use_running_average=not (train or batch_stats), momentum=0.9,
+                                 epsilon=1e-5, dtype=self.dtype, use_fast_variance=False)
         if self.encoder not in resnet.MODELS:
             raise ValueError(f"unknown encoder {self.encoder!r}; valid: {sorted(resnet.MODELS)}")
         encoder = resnet.MODELS[self.encoder](num_classes=None, stem=self.stem, conv_impl=self.conv_impl,
                                               dilate_stages=OUTPUT_STRIDES[self.output_stride], dtype=self.dtype,
                                               name="encoder")
-        features, intermediates = encoder(x, train=train, gates=gates, branches=branches)
+        features, intermediates = encoder(x, train=train, gates=gates, branches=branches, batch_stats=batch_stats)
         pool_features = self.pool_features or features.shape[-1] // len(self.bins)
         y = PyramidPooling(self.bins, pool_features, norm, self.dtype, name="pyramid")(features)
         intermediates["pyramid"] = y

@@ -288,8 +288,8 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, gates: Gates | None = None,
-                 branches: Mapping[str, int | Copies] | None = None):
-        """Forward pass.
+                 branches: Mapping[str, int | Copies] | None = None, batch_stats: bool = False):
+        """Forward pass; ``batch_stats`` normalises by the batch's statistics outside training (BatchNorm only).
 
         ``branches`` maps a branch point (the stem's name, ``conv1``, or a residual unit's,
         ``layer2.1``) to the copies of the clean batch (the input's rows, which stay unablated)
@@ -305,7 +305,7 @@ class ResNet(nn.Module):
         conv = functools.partial(Conv, impl=self.conv_impl, dtype=self.dtype)
         # torch momentum 0.1 == flax momentum 0.9; exact variance as torch computes it.
         norm = functools.partial(
-            nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+            nn.BatchNorm, use_running_average=not (train or batch_stats), momentum=0.9, epsilon=1e-5,
             dtype=self.dtype, use_fast_variance=False,
         )
         prefix = _canonical(self.path)

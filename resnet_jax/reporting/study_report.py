@@ -237,6 +237,35 @@ def _seeds_section(folder: Path, label: str) -> list[tuple]:
     return blocks
 
 
+def _readings_section(run: Path, label: str) -> list[tuple]:
+    """How much each open reading of the study changes its tables (seed 0)."""
+    adir = run / "ablation"
+    blocks: list[tuple] = []
+
+    def compare(title, stem_a, stem_b, head_a, head_b):
+        a, b = _json(adir / f"{stem_a}.json"), _json(adir / f"{stem_b}.json")
+        if not (a and b):
+            return []
+        other = {r["mask"]: r for r in b["rows"]}
+        rows = [[r["mask"], f"{r['value']:.4f}", r.get("decision", ""), f"{other[r['mask']]['value']:.4f}",
+                 other[r["mask"]].get("decision", ""), f"{other[r['mask']]['value'] - r['value']:+.4f}"]
+                for r in a["rows"] if r["mask"] in other]
+        changed = sum(1 for r in rows if r[2] != r[4])
+        return [("p", f"{title}: {changed} of {len(rows)} decisions change."),
+                ("table", ["mask", head_a, "decision", head_b, "decision", "difference"], rows)]
+
+    blocks += compare("Stage 1's adjacent conv read as layer1.0.conv1 alone", "stage-except-decomposition",
+                      "stage-except-decomposition-first-conv", "whole first unit kept", "only conv1 kept")
+    for stem in ("baseline", "single", "stage-except-decomposition", "shortcut"):
+        blocks += compare(f"BatchNorm on batch statistics, {stem}", stem, f"{stem}.bn-batch", "running statistics",
+                          "batch statistics")
+    cut = _json(adir / "identity-shortcut.cut-identity.json")
+    if cut:
+        blocks += [("p", "Identity shortcuts cut, one unit at a time (the unit outputs relu(branch(x))):"),
+                   ("table", *_table(cut["rows"]))]
+    return [("h3", f"{label}: the study's open readings"), *blocks] if blocks else []
+
+
 def _paper_section(workdir: Path, runs: dict[str, str]) -> list[tuple]:
     """The study's published tables beside ours (every seed present: mean and range)."""
     blocks: list[tuple] = [("h2", "The paper beside ours"),
@@ -269,7 +298,9 @@ def write_study_report(workdir: str | Path) -> Path:
     blocks += [("h2", "Findings"), ("list", _findings(cls, seg, skip) or ["no results yet"])]
     blocks += _paper_section(workdir, {"classification": "cifar10-resnet34", "segmentation": "acdc-pspnet34"})
     blocks += cls_blocks + _seeds_section(workdir / "seeds" / "cifar10-resnet34", "Classification")
+    blocks += _readings_section(workdir / "cifar10-resnet34", "Classification")
     blocks += seg_blocks + _seeds_section(workdir / "seeds" / "acdc-pspnet34", "Segmentation")
+    blocks += _readings_section(workdir / "acdc-pspnet34", "Segmentation")
     blocks += [("h2", "Study B: per-image layer skipping"), ("p", PROTOCOL_TEXT["B"])]
     if skip:
         rows = skip["useful"]["rows"]

@@ -57,10 +57,11 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = STUDY_PROTOCOLS, kind:
                    spec_file=None, data_dir=None, n_examples: int | None = None, method: str = "auto",
                    batch_size: int = 128, memory_budget_mb: float | None = None, checkpoint: str = "best",
                    margin: float = statistics.DEFAULT_MARGIN, alpha: float = statistics.DEFAULT_ALPHA,
-                   batchnorm: str = "running", log=print) -> list[Path]:
+                   batchnorm: str = "running", whole_batches: bool = False, log=print) -> list[Path]:
     """Run protocols (or a spec file) on a trained run; write tables (with paired tests against the baseline and a
     decision per mask at ``margin``) and figures under ``ablation/``. ``batchnorm='batch'`` evaluates with batch
-    statistics (the study's ``BN(0) = beta`` reading); its tables carry the suffix ``.bn-batch``."""
+    statistics (the study's ``BN(0) = beta`` reading); its tables carry the suffix ``.bn-batch``; with
+    ``whole_batches`` its batch size is the largest one up to ``batch_size`` that divides the examples."""
     workdir, out = Path(workdir), Path(workdir) / "ablation"
     if not 0 < alpha < 1 or not 0 <= margin < 1:
         raise abl.SpecError(f"--alpha must be in (0, 1) and --margin in [0, 1); got alpha={alpha}, margin={margin}")
@@ -77,6 +78,8 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = STUDY_PROTOCOLS, kind:
     initial = checkpointing.load_initial(workdir, variables["params"]) if needs_initial else None
     if batchnorm not in engine.BATCHNORM:
         raise abl.SpecError(f"unknown --batchnorm {batchnorm!r}; valid: {list(engine.BATCHNORM)}")
+    if batchnorm == "batch" and whole_batches:
+        batch_size = whole_batch_size(len(subject.images), batch_size)
     if batchnorm == "batch":
         try:
             engine.check_batch_statistics(len(subject.images), batch_size, [], "weights")
@@ -127,6 +130,16 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = STUDY_PROTOCOLS, kind:
                                       image_mean=subject.image_mean, image_std=subject.image_std,
                                       initial_params=initial)
     return written
+
+
+def whole_batch_size(n: int, at_most: int) -> int:
+    """The largest batch size up to ``at_most`` that divides ``n`` examples and splits over the local devices."""
+    n_devices = jax.local_device_count()
+    fits = [d for d in range(n_devices, at_most + 1, n_devices) if n % d == 0]
+    if not fits:
+        raise abl.SpecError(f"no batch size up to {at_most} divides the {n} examples over {n_devices} devices; "
+                            f"choose --n-examples as a multiple of {n_devices}")
+    return fits[-1]
 
 
 def strongest_interactions(rows: Sequence[dict], n: int = 5) -> dict[str, list[dict]]:

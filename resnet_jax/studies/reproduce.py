@@ -5,6 +5,8 @@ finished (a rerun skips them; an unfinished stage resumes from its own checkpoin
 
   cifar-train, cifar-ablate   Study A, classification (ResNet34 on CIFAR-10)
   cifar-pairs                 every pair of convs of the classification run(s), with interactions
+  readings                    the study's open readings on seed 0 of both tasks: BatchNorm on batch statistics,
+                              stage 1's adjacency as layer1.0.conv1 alone, identity-shortcut cuts
   acdc-train,  acdc-ablate    Study A, segmentation (PSPNet-ResNet34 on ACDC), scored by Dice
   skip-study                  Study B on MNIST
   verify                      the classification ablations re-run in PyTorch (needs the torch extra)
@@ -26,7 +28,8 @@ from typing import Any
 
 from resnet_jax import files
 
-STAGES = ("cifar-train", "cifar-ablate", "cifar-pairs", "acdc-train", "acdc-ablate", "skip-study", "verify", "report")
+STAGES = ("cifar-train", "cifar-ablate", "cifar-pairs", "acdc-train", "acdc-ablate", "readings", "skip-study", "verify",
+          "report")
 SEEDED = ("cifar-train", "cifar-ablate", "cifar-pairs", "acdc-train", "acdc-ablate")
 """Stages that run once per seed."""
 
@@ -130,6 +133,16 @@ def stage_runners(preset: dict, workdir: Path, data_root: Path | None, log, *,
             return {"tables": [str(p) for p in written], "seeds": n_seeds}
         return every_seed
 
+    def readings():
+        from resnet_jax.ablation.protocols import READINGS, STUDY_PROTOCOLS
+
+        written = []
+        for run in (cifar, acdc):
+            written += ablate.ablate_workdir(run, protocols=READINGS, n_examples=preset["ablate_examples"], log=log)
+            written += ablate.ablate_workdir(run, protocols=STUDY_PROTOCOLS, n_examples=preset["ablate_examples"],
+                                             batchnorm="batch", whole_batches=True, log=log)
+        return {"tables": [str(p) for p in written]}
+
     def skip_run():
         skip_study.run_study(configs.load_config(preset["skip"], overrides("skip")), skip, log=log)
         return {}
@@ -159,7 +172,8 @@ def stage_runners(preset: dict, workdir: Path, data_root: Path | None, log, *,
 
     return {"cifar-train": train("cifar", cifar), "cifar-ablate": ablate_run(cifar),
             "cifar-pairs": ablate_run(cifar, ["pairs"]), "acdc-train": train("acdc", acdc),
-            "acdc-ablate": ablate_run(acdc), "skip-study": skip_run, "verify": verify, "report": report}
+            "acdc-ablate": ablate_run(acdc), "readings": readings, "skip-study": skip_run, "verify": verify,
+            "report": report}
 
 
 def reproduce(preset_name: str, workdir: str | Path, *, data_root: str | Path | None = None,
