@@ -136,8 +136,13 @@ def stage_runners(preset: dict, workdir: Path, data_root: Path | None, log, *,
     def readings():
         from resnet_jax.ablation.protocols import READINGS, STUDY_PROTOCOLS
 
-        written = []
+        written, present = [], [r for r in (cifar, acdc) if (r / "config.json").is_file()]
+        if not present:
+            raise StageError("readings: neither task has a trained run yet; run cifar-train or acdc-train first")
         for run in (cifar, acdc):
+            if run not in present:
+                log(f"NOTICE: readings: {run.name} has no trained run (stage not run yet); its readings are skipped")
+                continue
             written += ablate.ablate_workdir(run, protocols=READINGS, n_examples=preset["ablate_examples"], log=log)
             written += ablate.ablate_workdir(run, protocols=STUDY_PROTOCOLS, n_examples=preset["ablate_examples"],
                                              batchnorm="batch", whole_batches=True, log=log)
