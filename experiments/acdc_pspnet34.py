@@ -11,11 +11,12 @@ predictions under the most harmful and the most harmless masks.
 """
 
 import argparse
+from pathlib import Path
 
 from resnet_jax import configs
 from resnet_jax.ablation.protocols import STUDY_PROTOCOLS as PROTOCOLS
 from resnet_jax.reporting import markdown
-from resnet_jax.studies import ablate
+from resnet_jax.studies import ablate, seeds
 from resnet_jax.training import runs
 
 PRESETS = {"full": "acdc-pspnet34", "cpu": "acdc-pspnet34-cpu", "smoke": "acdc-pspnet34-smoke"}
@@ -31,18 +32,24 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=96,
                         help="ablation batch (the 190 test slices fit 2 batches of 96 with little padding)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="training seeds (seed k > 0 in <workdir>-seed<k>); tables combined in <workdir>-seeds/")
     args = parser.parse_args()
 
-    # --- Train (resumes); writes metrics.jsonl per epoch and evaluation.json (test Dice) ---
-    config = configs.load_config(PRESETS[args.preset], args.set, data_dir=args.data_dir)
-    runs.train(config, args.workdir)
+    # --- Per seed: train (resumes), then ablate: baseline, single, stage-except-decomposition, shortcut ---
+    run_dirs = seeds.seed_dirs(args.workdir, args.seeds)
+    for seed, run in enumerate(run_dirs):
+        config = configs.load_config(PRESETS[args.preset], [*args.set, *(seeds.seed_overrides(seed) if args.seeds > 1 else [])],
+                                     data_dir=args.data_dir)
+        runs.train(config, run)
+        ablate.ablate_workdir(run, protocols=PROTOCOLS, kind=args.kind,
+                              n_examples=args.n_examples, batch_size=args.batch_size)
+        print(f"report: {markdown.write_report(run)}")
 
-    # --- Ablate: baseline, single, stage-except-decomposition, shortcut, scored by Dice (resumes) ---
-    ablate.ablate_workdir(args.workdir, protocols=PROTOCOLS, kind=args.kind,
-                          n_examples=args.n_examples, batch_size=args.batch_size)
-
-    # --- Report ---
-    print(f"report: {markdown.write_report(args.workdir)}")
+    # --- Several seeds: per-mask mean, spread and decision counts ---
+    if len(run_dirs) > 1:
+        for path in seeds.write_combined(run_dirs, Path(f"{args.workdir}-seeds"), label=Path(args.workdir).name):
+            print(f"wrote {path}")
 
 
 if __name__ == "__main__":

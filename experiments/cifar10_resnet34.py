@@ -8,11 +8,12 @@ evaluates only the masks that are not in ``<workdir>/ablation/results.jsonl`` ye
 """
 
 import argparse
+from pathlib import Path
 
 from resnet_jax import configs
 from resnet_jax.ablation.protocols import STUDY_PROTOCOLS as PROTOCOLS
 from resnet_jax.reporting import markdown
-from resnet_jax.studies import ablate
+from resnet_jax.studies import ablate, seeds
 from resnet_jax.training import runs
 
 PRESETS = {"full": "cifar10-resnet34", "cpu": "cifar10-resnet34-cpu", "smoke": "cifar10-resnet34-smoke"}
@@ -25,17 +26,23 @@ def main() -> None:
     parser.add_argument("--data-dir", help="CIFAR-10 ImageFolder tree or per-split zips (default: TFDS)")
     parser.add_argument("--kind", default="zero-kernel", help="ablation kind (the study: zero-kernel)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="training seeds (seed k > 0 in <workdir>-seed<k>); tables combined in <workdir>-seeds/")
     args = parser.parse_args()
 
-    # --- Train (resumes) ---
-    config = configs.load_config(PRESETS[args.preset], args.set, data_dir=args.data_dir)
-    runs.train(config, args.workdir)
+    # --- Per seed: train (resumes), then ablate: baseline, single, stage-except-decomposition, shortcut ---
+    run_dirs = seeds.seed_dirs(args.workdir, args.seeds)
+    for seed, run in enumerate(run_dirs):
+        config = configs.load_config(PRESETS[args.preset], [*args.set, *(seeds.seed_overrides(seed) if args.seeds > 1 else [])],
+                                     data_dir=args.data_dir)
+        runs.train(config, run)
+        ablate.ablate_workdir(run, protocols=PROTOCOLS, kind=args.kind)
+        print(f"report: {markdown.write_report(run)}")
 
-    # --- Ablate: baseline, single, stage-except-decomposition, shortcut (resumes) ---
-    ablate.ablate_workdir(args.workdir, protocols=PROTOCOLS, kind=args.kind)
-
-    # --- Report ---
-    print(f"report: {markdown.write_report(args.workdir)}")
+    # --- Several seeds: per-mask mean, spread and decision counts ---
+    if len(run_dirs) > 1:
+        for path in seeds.write_combined(run_dirs, Path(f"{args.workdir}-seeds"), label=Path(args.workdir).name):
+            print(f"wrote {path}")
 
 
 if __name__ == "__main__":

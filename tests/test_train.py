@@ -222,3 +222,12 @@ def test_a_run_of_an_older_resnet_jax_is_read_as_it_ran():
     stored = {"task": "classification", "train": {"seed": 3}, "data": {"name": "cifar10"}}
     config = configs.complete(stored)
     assert config["data"]["val_examples"] == 0 and config["data"]["split_seed"] == 3
+
+
+def test_a_run_without_a_validation_split_says_the_test_split_chose_its_checkpoint(tmp_path):
+    config = configs.load_config("synthetic-tiny", ["train.epochs=1", "data.val_examples=0"])
+    core.train_and_evaluate(config, tmp_path, train.TASK, log=lambda _: None)
+    line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "test_accuracy" in line and "val_accuracy" not in line
+    run = runs.restore(tmp_path)
+    assert run.chosen_by == "test_accuracy" and "the test split chose the checkpoint" in run.choice
