@@ -226,12 +226,17 @@ def test_batch_statistics_mode_equals_train_mode_batchnorm_per_batch(tiny):
                               image_std=0.25, batch_size=20, batchnorm="batch", progress=False)
     running = engine.evaluate(model, variables, ablations[:1], layers, split.images, split.labels, image_mean=0.5,
                               image_std=0.25, batch_size=20, progress=False)
-    x = (split.images.astype(np.float32) / 255.0 - 0.5) / 0.25
+    order = engine.batch_order(40)  # batches are a fixed random sample each; results come back in input order
+    assert sorted(order) == list(range(40)) and list(order) != list(range(40))
+    x = (split.images[order].astype(np.float32) / 255.0 - 0.5) / 0.25
     for a, r in zip(ablations, results):
         masked = abl.apply(variables, abl.make_mask(variables["params"], a, layers))
         expected = [np.argmax(model.apply(masked, x[i:i + 20], train=True, mutable=["batch_stats"])[0][0], -1)
                     for i in (0, 20)]  # two batches of 20, each normalised by its own statistics
-        np.testing.assert_array_equal(r.per_example["prediction"], np.concatenate(expected), err_msg=a.name)
+        in_input_order = np.empty(40, int)
+        in_input_order[order] = np.concatenate(expected)
+        np.testing.assert_array_equal(r.per_example["prediction"], in_input_order, err_msg=a.name)
+        assert r.value == pytest.approx(np.mean(in_input_order == split.labels))
     assert not np.array_equal(results[0].per_example["prediction"], running[0].per_example["prediction"])
     with pytest.raises(ValueError, match="divides the 40 examples"):
         engine.evaluate(model, variables, ablations, layers, split.images, split.labels, image_mean=0.5,

@@ -186,7 +186,7 @@ def test_batch_statistics_results_are_keyed_apart_from_running_ones(tiny_run):
                           log=lambda s: None)
     running = json.loads((tiny_run / "ablation" / "baseline.json").read_text())
     batch = json.loads((tiny_run / "ablation" / "baseline.bn-batch.json").read_text())
-    assert batch["provenance"]["evaluation"] == {"batchnorm": "batch", "batch_size": 16}
+    assert batch["provenance"]["evaluation"] == {"batchnorm": "batch", "batch_size": 16, "batch_order_seed": 0}
     assert batch["provenance"]["id"] != running["provenance"]["id"] and "evaluation" not in running["provenance"]
     with pytest.raises(ValueError, match="divides the 32 examples"):
         ablate.ablate_workdir(tiny_run, protocols=("baseline",), n_examples=32, batch_size=24, batchnorm="batch",

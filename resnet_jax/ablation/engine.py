@@ -44,6 +44,7 @@ from resnet_jax.models import batching, pspnet, resnet
 
 METHODS = ("auto", "gates", "weights")
 BATCHNORM = ("running", "batch")
+BATCH_ORDER_SEED = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,15 +101,24 @@ class Batches:
 
     arrays: tuple[tuple[jax.Array, jax.Array], ...]
     sizes: tuple[int, ...]
+    order: np.ndarray | None = None  # the examples' order in the batches, when not their own (batch statistics)
 
     @classmethod
-    def place(cls, inputs: Inputs, mesh) -> Batches:
+    def place(cls, inputs: Inputs, mesh, order: np.ndarray | None = None) -> Batches:
         arrays, sizes, b = [], [], inputs.batch_size
-        for start, stop in _batches(len(inputs.images), b):
-            arrays.append(tuple(devices.shard_batch(mesh, devices.pad_rows(inputs.images[start:stop], b),
-                                                    devices.pad_rows(inputs.targets[start:stop], b))))
+        images, targets = (inputs.images, inputs.targets) if order is None else (inputs.images[order],
+                                                                                  inputs.targets[order])
+        for start, stop in _batches(len(images), b):
+            arrays.append(tuple(devices.shard_batch(mesh, devices.pad_rows(images[start:stop], b),
+                                                    devices.pad_rows(targets[start:stop], b))))
             sizes.append(stop - start)
-        return cls(tuple(arrays), tuple(sizes))
+        return cls(tuple(arrays), tuple(sizes), order)
+
+
+def batch_order(n: int, *, seed: int = BATCH_ORDER_SEED) -> np.ndarray:
+    """The fixed random order in which batch-statistics evaluation batches the examples: every batch is then a
+    random sample of the data (a split stored by class would otherwise give one-class batches)."""
+    return np.random.default_rng(seed).permutation(n)
 
 
 def activation_bytes_per_example(layers: Sequence[abl.Layer], *, peak: bool = False) -> int:
@@ -287,7 +297,8 @@ def evaluate(
       initial_params: the run's initial parameters, needed by ``reinit``.
       batchnorm: ``'running'`` (evaluation mode, the trained statistics) or ``'batch'``: every masked model
         normalises by its own batch's statistics (the study's ``BN(0) = beta`` algebra). Batch statistics depend
-        on the batches, so ``batch_size`` must divide the examples (no padded batch) and the weights path runs.
+        on the batches: they are drawn in a fixed random order (:func:`batch_order`), ``batch_size`` must divide
+        the examples (no padded batch), and the weights path runs. Per-example results keep the input order.
     """
     from tqdm import tqdm
 
@@ -302,7 +313,7 @@ def evaluate(
     if batchnorm == "batch":
         check_batch_statistics(len(images), inputs.batch_size, ablations, method)
         method = "weights"
-    batches = Batches.place(inputs, mesh)
+    batches = Batches.place(inputs, mesh, batch_order(len(images)) if batchnorm == "batch" else None)
     results: list[Result] = []
     groups: dict[tuple[str, str], list[abl.Ablation]] = {}
     # A mask listed twice (e.g. a shortcut conv by both `single` and `shortcut`) is scored once.
@@ -336,6 +347,9 @@ def _collect(forward_chunk: Callable, group, inputs: Inputs, batches: Batches, r
     outs = jax.device_get([forward_chunk(x, y) for x, y in batches.arrays])
     joined = {k: np.concatenate([np.asarray(o[k])[:, :n] for o, n in zip(outs, batches.sizes)], axis=1)
               for k in outs[0]}
+    if batches.order is not None:  # back to the examples' own order
+        inverse = np.argsort(batches.order)
+        joined = {k: v[:, inverse] for k, v in joined.items()}
     out = []
     for i, a in enumerate(group):
         per_example = {k: v[i if rows is None else rows[i]] for k, v in joined.items()}

@@ -85,7 +85,8 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = STUDY_PROTOCOLS, kind:
             engine.check_batch_statistics(len(subject.images), batch_size, [], "weights")
         except ValueError as err:
             raise abl.SpecError(f"--batchnorm batch: {err}") from None
-    setting = {"batchnorm": "batch", "batch_size": batch_size} if batchnorm == "batch" else None
+    setting = ({"batchnorm": "batch", "batch_size": batch_size, "batch_order_seed": engine.BATCH_ORDER_SEED}
+               if batchnorm == "batch" else None)
     provenance = {**store.context(variables, subject.images, subject.targets, subject.metric, evaluation=setting),
                   "checkpoint": checkpoint, "checkpoint_step": subject.step, "checkpoint_choice": subject.choice}
     groups = [statistics.patient_of(i) for i in subject.test.ids] if subject.task == "segmentation" else None
