@@ -6,7 +6,8 @@ the ratios are measured side by side:
 
   (a) naive JAX: one jitted masked forward per mask (``ablation.apply`` + ``model.apply``);
   (b) the engine (``engine.evaluate``, gate formulation);
-  (c) PyTorch/torchvision: state_dict edits per mask, ``torch.inference_mode``, channels_last.
+  (c) PyTorch/torchvision: state_dict edits per mask, ``torch.inference_mode``, channels_last; on CUDA when
+      present, with bf16-autocast and ``torch.compile`` rows beside fp32 (``torch_rows``).
 
 All three use one batch size, by default ``resnet-jax ablate``'s (128 images).
 
@@ -24,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import torch_rows  # beside this script
 from resnet_jax.ablation import catalogue as abl
 from resnet_jax.ablation import engine, protocols
 from resnet_jax.data import images as data
@@ -91,23 +93,29 @@ def naive_jax_loop(model, variables, ablations, layers, images, labels, mean, st
     return accs
 
 
-def torch_loop(variables, ablations, layers, images, labels, mean, std, batch_size):
+def torch_loop(variables, ablations, layers, images, labels, mean, std, batch_size, variant=None):
+    """Per mask: edit the state_dict, evaluate every batch. On CUDA when present (``torch_rows``); fp32 unless
+    ``variant`` says otherwise."""
     import torch
 
     from resnet_jax.interop import convert, verify
 
+    dev = torch_rows.device()
+    variant = variant or torch_rows.variants(dev)[0]
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    net = convert.torchvision_model("resnet34", num_classes=10, stem="torchvision").eval()
+    net, autocast = torch_rows.prepare(convert.torchvision_model("resnet34", num_classes=10, stem="torchvision").eval(),
+                                       dev, variant)
     state_dict = convert.to_torch_state_dict(variables, arch="resnet34")
-    x = torch.from_numpy(np.asarray(normalize(images, mean, std)).transpose(0, 3, 1, 2).copy())
+    x = torch.from_numpy(np.asarray(normalize(images, mean, std)).transpose(0, 3, 1, 2).copy()).to(dev)
     x = x.contiguous(memory_format=torch.channels_last)
-    net = net.to(memory_format=torch.channels_last)
     accs = []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast():
         for a in ablations:
-            net.load_state_dict(verify.ablation_in_torch(state_dict, a, layers, arch="resnet34"))
+            target = net._orig_mod if hasattr(net, "_orig_mod") else net  # a compiled module wraps the original
+            target.load_state_dict(verify.ablation_in_torch(state_dict, a, layers, arch="resnet34"))
             preds = torch.cat([net(x[i:i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)])
-            accs.append(float((preds.numpy() == labels).mean()))
+            accs.append(float((preds.cpu().numpy() == labels).mean()))
+    torch_rows.synchronize(dev)
     return accs
 
 
@@ -171,17 +179,22 @@ def main() -> None:
                                                  image_mean=mean, image_std=std, batch_size=args.batch_size,
                                                  progress=False))
     rows["engine, 2nd call"] = (t_warm, [r.value for r in warm])
+    torch_device = None
     if not args.skip_torch:
-        acc_c, t_c = timed(torch_loop, variables, ablations, layers, split.images, split.labels, mean, std,
-                           args.batch_size)
-        rows["PyTorch loop"] = (t_c, acc_c)
+        dev = torch_rows.device()
+        torch_device = torch_rows.describe(dev)
+        for variant in torch_rows.variants(dev):  # fp32 first: the row whose accuracies must be identical
+            name = "PyTorch loop" if variant["name"] == "fp32" else f"PyTorch loop, {variant['name']}"
+            acc_c, t_c = timed(torch_loop, variables, ablations, layers, split.images, split.labels, mean, std,
+                               args.batch_size, variant)
+            rows[name] = (t_c, acc_c)
 
     flops = 2 * macs * len(split) * len(ablations)
     # Model FLOPs: every masked model counted as a full forward (the loops' work). The engine does
     # less (shared prefixes), and the dense/im2col convs skip padding, so it can pass the peak.
-    print(f"\n{'method':<20}{'seconds':>10}{'masks/s':>10}{'model GFLOP/s':>15}{'% of peak':>10}")
+    print(f"\n{'method':<34}{'seconds':>10}{'masks/s':>10}{'model GFLOP/s':>15}{'% of peak':>10}")
     for name, (t, _) in rows.items():
-        print(f"{name:<20}{t:>10.1f}{len(ablations) / t:>10.3f}{flops / t / 1e9:>15.1f}{100 * flops / t / 1e9 / peak:>9.0f}%")
+        print(f"{name:<34}{t:>10.1f}{len(ablations) / t:>10.3f}{flops / t / 1e9:>15.1f}{100 * flops / t / 1e9 / peak:>9.0f}%")
     identical_a = acc_a == acc_b == rows["engine, 2nd call"][1]
     identical_c = rows.get("PyTorch loop", (None, acc_b))[1] == acc_b
     summary = {
@@ -195,7 +208,8 @@ def main() -> None:
         "ratio_engine_2nd_call_vs_jax_loop": t_warm / t_a,
         "accuracies_identical": bool(identical_a and identical_c),
         "accuracies_identical_jax": bool(identical_a), "accuracies_identical_torch": bool(identical_c),
-        "devices": [str(d) for d in jax.devices()],
+        "devices": [str(d) for d in jax.devices()], "jax_device_kind": jax.devices()[0].device_kind,
+        "torch_device": torch_device,
     }
     print(f"\nb/a (engine / naive JAX loop) = {summary['ratio_engine_vs_jax_loop']:.3f}")
     print(f"engine's 2nd call / naive JAX loop = {summary['ratio_engine_2nd_call_vs_jax_loop']:.3f} "

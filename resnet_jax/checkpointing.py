@@ -1,8 +1,9 @@
 """The only module that talks to orbax: save, keep the last N and the best, restore.
 
-Checkpoints live in ``<workdir>/checkpoints/<step>``. Saves are synchronous and atomic (orbax
-writes to a temporary directory and renames), so a run killed at any moment leaves only whole
-checkpoints behind.
+Checkpoints live in ``<workdir>/checkpoints/<step>``. Saves are atomic (orbax writes to a temporary
+directory and renames), so a run killed at any moment leaves only whole checkpoints behind. The training
+loop saves asynchronously: ``save(..., wait=False)`` returns once the arrays are copied off the devices
+and the files are written in the background while training goes on; :func:`finish` waits for them.
 """
 
 from __future__ import annotations
@@ -22,17 +23,25 @@ def manager(workdir: str | Path, *, best_metric: str, keep: int = 2) -> ocp.Chec
                                   keep_checkpoints_without_metrics=False),
     ])
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=policy, enable_async_checkpointing=False, create=True,
+        preservation_policy=policy, enable_async_checkpointing=True, create=True,
         best_fn=lambda m: m[best_metric], best_mode="max",  # also makes orbax store the metrics
     )
     return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: Any, *, metrics: dict | None = None) -> None:
-    """Save ``state`` (any pytree) at ``step``; metrics (if any) rank it for "best"."""
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, *, metrics: dict | None = None,
+         wait: bool = True) -> None:
+    """Save ``state`` (any pytree) at ``step``; metrics (if any) rank it for "best". With ``wait=False`` the
+    files are written in the background (call :func:`finish` before reading them back or exiting)."""
     if step in mngr.all_steps():
         return
     mngr.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+    if wait:
+        finish(mngr)
+
+
+def finish(mngr: ocp.CheckpointManager) -> None:
+    """Wait until every checkpoint saved in the background is on disk."""
     mngr.wait_until_finished()
 
 

@@ -27,6 +27,13 @@ def shard_batch(mesh: Mesh, *arrays: np.ndarray) -> list[jax.Array]:
     return [jax.make_array_from_process_local_data(sharding, a) for a in arrays]
 
 
+def shard_stacked(mesh: Mesh, *arrays: np.ndarray) -> list[jax.Array]:
+    """Stacks of batches ``(n_batches, rows, ...)`` as global arrays split over the ``data`` axis along the rows
+    (each process holds its local rows of every batch)."""
+    sharding = NamedSharding(mesh, PartitionSpec(None, "data"))
+    return [jax.make_array_from_process_local_data(sharding, a) for a in arrays]
+
+
 def replicate(mesh: Mesh, tree: Any) -> Any:
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 

@@ -1,6 +1,7 @@
 """The ablation engine against independent truths: literal trees, PROTOCOLS.md algebra, a slow loop."""
 
 import json
+from unittest import mock
 
 import flax.linen as nn
 import jax
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from resnet_jax import devices, metrics
 from resnet_jax.ablation import catalogue as abl
 from resnet_jax.ablation import engine, protocols
 from resnet_jax.ablation.statistics import DECISIONS
@@ -317,6 +319,29 @@ def test_interaction_is_the_pair_drop_minus_both_single_drops():
     row, = protocols.interactions(pair, singles)
     assert (row["drop_a"], row["drop_b"]) == (pytest.approx(0.2), pytest.approx(0.1))
     assert row["interaction"] == pytest.approx(0.6 - 0.2 - 0.1)
+
+
+def test_batches_are_one_stack_on_the_devices_and_loop_inside_the_program(tiny):
+    model, variables, layers, split = tiny
+    inputs = engine.Inputs(model, variables, layers, split.images, split.labels, 0.5, 0.25, metrics.Accuracy(), 16)
+    batches = engine.Batches.place(inputs, devices.data_mesh())
+    assert batches.images.shape == (3, 16, 32, 32, 3) and batches.n_examples == 40  # 40 images: the last batch padded
+    np.testing.assert_array_equal(np.asarray(batches.images).reshape(48, 32, 32, 3)[:40], split.images)
+    calls = []
+    ablations = [abl.Ablation("a", "zero-kernel", ("layer2.1.conv1",)), abl.Ablation("b", "zero-kernel", ("layer3.1.conv2",))]
+    original = engine._collect
+
+    def counting(forward_chunk, *args, **kwargs):
+        return original(lambda x, y: calls.append(x.shape) or forward_chunk(x, y), *args, **kwargs)
+
+    with mock.patch.object(engine, "_collect", counting):
+        results = engine.evaluate(model, variables, ablations, layers, split.images, split.labels, image_mean=0.5,
+                                  image_std=0.25, batch_size=16, chunk=2, progress=False)
+    assert calls == [(3, 16, 32, 32, 3)]  # one dispatch for the chunk: the three batches loop on the device
+    x = (split.images.astype(np.float32) / 255.0 - 0.5) / 0.25
+    for a, r in zip(ablations, results):
+        masked = abl.apply(variables, abl.make_mask(variables["params"], a, layers))
+        np.testing.assert_array_equal(r.per_example["prediction"], np.argmax(model.apply(masked, x)[0], -1))
 
 
 def test_ablations_that_cut_every_path_from_the_input_run_on_one_row_and_match_the_loop(tiny):

@@ -143,6 +143,7 @@ def test_the_tfds_route_reads_a_mocked_download():
     assert config["data"]["data_dir"] is None
     with tfds.testing.mock_data(num_examples=40):
         splits = classification.load_splits(config)
-    assert splits.train.images.shape == (40, 32, 32, 3) and splits.train.images.dtype == np.uint8
-    assert len(splits.test) == 40 and splits.train.num_classes == 10
+    # the smoke preset holds 32 of the 40 training images out to validate
+    assert splits.train.images.shape == (8, 32, 32, 3) and splits.train.images.dtype == np.uint8
+    assert len(splits.val) == 32 and len(splits.test) == 40 and splits.train.num_classes == 10
     assert set(np.unique(splits.train.labels)) <= set(range(10))

@@ -30,7 +30,7 @@ results = engine.evaluate(model, variables, ablations, layers, split.images, spl
 config = configs.load_config("synthetic-tiny", ["train.epochs=1", "train.batch_size=64", "train.learning_rate=0.005"])
 last = runs.train(config, sys.argv[2], log=lambda s: None)
 print(json.dumps({"predictions": [r.per_example["prediction"].tolist() for r in results],
-                  "train_loss": last["train_loss"], "test_loss": last["test_loss"]}))
+                  "train_loss": last["train_loss"], "val_loss": last["val_loss"]}))
 """
 
 
@@ -50,7 +50,7 @@ def test_eight_devices_match_one(tmp_path):
     # losses are compared, not the accuracy: a one-epoch model sits near chance, where a rounding-level
     # change of the weights flips a few argmaxes.
     np.testing.assert_allclose(one["train_loss"], eight["train_loss"], rtol=5e-4)
-    np.testing.assert_allclose(one["test_loss"], eight["test_loss"], rtol=5e-4)
+    np.testing.assert_allclose(one["val_loss"], eight["val_loss"], rtol=5e-4)
 
 
 _COMPILE_ONCE = """

@@ -96,23 +96,24 @@ class Inputs:
 
 @dataclasses.dataclass(frozen=True)
 class Batches:
-    """The evaluated examples as padded batches placed on the devices once per engine call (every chunk
-    reads them there, so no chunk copies data from the host), and the number of real rows in each."""
+    """The evaluated examples as one stack of padded batches, ``(n_batches, batch, ...)``, placed on the devices
+    once per engine call and split over them along the batch axis. A chunk's program loops over the stack
+    inside compiled code, so the host dispatches once per chunk and reads its per-example results once."""
 
-    arrays: tuple[tuple[jax.Array, jax.Array], ...]
-    sizes: tuple[int, ...]
+    images: jax.Array
+    targets: jax.Array
+    n_examples: int
     order: np.ndarray | None = None  # the examples' order in the batches, when not their own (batch statistics)
 
     @classmethod
     def place(cls, inputs: Inputs, mesh, order: np.ndarray | None = None) -> Batches:
-        arrays, sizes, b = [], [], inputs.batch_size
+        b = inputs.batch_size
         images, targets = (inputs.images, inputs.targets) if order is None else (inputs.images[order],
                                                                                   inputs.targets[order])
-        for start, stop in _batches(len(images), b):
-            arrays.append(tuple(devices.shard_batch(mesh, devices.pad_rows(images[start:stop], b),
-                                                    devices.pad_rows(targets[start:stop], b))))
-            sizes.append(stop - start)
-        return cls(tuple(arrays), tuple(sizes), order)
+        n_batches = -(-len(images) // b)
+        stack = lambda a: devices.pad_rows(a, n_batches * b).reshape(n_batches, b, *a.shape[1:])  # noqa: E731
+        placed = devices.shard_stacked(mesh, stack(images), stack(targets))
+        return cls(*placed, len(images), order)
 
 
 def batch_order(n: int, *, seed: int = BATCH_ORDER_SEED) -> np.ndarray:
@@ -205,8 +206,7 @@ def _gates_forward(model: nn.Module, metric, branches: tuple[tuple[str, batching
     rows: the clean model's (if ``clean``: a baseline or any copy needs it), the copies', the constants'."""
     inside = _supports_branches(model)
 
-    @jax.jit
-    def forward(variables, gates, images, targets, mean, std):
+    def one_batch(variables, gates, images, targets, mean, std):
         b = images.shape[0]
         x = normalize(images, mean, std)
         logits = []
@@ -224,14 +224,25 @@ def _gates_forward(model: nn.Module, metric, branches: tuple[tuple[str, batching
         logits = jnp.concatenate(logits)
         return metric.per_example(logits, jnp.broadcast_to(targets[None], (len(logits), *targets.shape)))
 
+    return _over_batches(one_batch)
+
+
+def _over_batches(one_batch: Callable) -> Callable:
+    """``one_batch(*params, images, targets, mean, std)`` looped over a stack of batches inside one program:
+    ``(n_batches, B, ...)`` in, a dict of ``(n_batches, K, B)`` out."""
+
+    @jax.jit
+    def forward(*args):
+        *params, images, targets, mean, std = args
+        return jax.lax.map(lambda xy: one_batch(*params, xy[0], xy[1], mean, std), (images, targets))
+
     return forward
 
 
 def _weights_forward(model: nn.Module, metric, replacement_fn: Callable | None, *, batch_stats: bool = False) -> Callable:
     """One jitted forward for a chunk of weight masks; with ``batch_stats`` BatchNorm normalises by the statistics
     of each masked model's own batch (as in training, dropout off; the updated statistics are dropped)."""
-    @jax.jit
-    def forward(variables, masks, seeds, images, targets, mean, std):
+    def one_batch(variables, masks, seeds, images, targets, mean, std):
         x = normalize(images, mean, std)
 
         def one(args):
@@ -246,7 +257,7 @@ def _weights_forward(model: nn.Module, metric, replacement_fn: Callable | None, 
 
         return jax.lax.map(one, (masks, seeds))
 
-    return forward
+    return _over_batches(one_batch)
 
 
 def check_batch_statistics(n: int, batch_size: int, ablations: Sequence[abl.Ablation], method: str) -> None:
@@ -258,11 +269,6 @@ def check_batch_statistics(n: int, batch_size: int, ablations: Sequence[abl.Abla
     gate_only = sorted({a.kind for a in ablations if a.kind in abl.GATE_ONLY_KINDS})
     if gate_only or method == "gates":
         raise ValueError(f"batchnorm 'batch' runs weight masks only; not method {method!r} or kinds {gate_only}")
-
-
-def _batches(n: int, batch_size: int):
-    for start in range(0, n, batch_size):
-        yield start, min(start + batch_size, n)
 
 
 def evaluate(
@@ -338,15 +344,15 @@ def evaluate(
 
 
 def _collect(forward_chunk: Callable, group, inputs: Inputs, batches: Batches, rows=None):
-    """Run ``forward_chunk(images, targets) -> dict of (K, B)`` over all batches; join per mask.
+    """Run ``forward_chunk(stacked images, stacked targets) -> dict of (n_batches, K, B)``; join per mask.
 
-    Examples are split over every device; masks ride along. Every batch is dispatched before any result
-    is read, so the devices never wait on the host between batches; the per-example results come back
-    in one transfer. ``rows[i]`` is the output row of ``group[i]`` (default: ``i``)."""
+    Examples are split over every device; masks ride along. The batches loop inside the compiled program, so
+    the host dispatches once and the per-example results come back in one transfer. ``rows[i]`` is the
+    output row of ``group[i]`` (default: ``i``)."""
     metric = inputs.metric
-    outs = jax.device_get([forward_chunk(x, y) for x, y in batches.arrays])
-    joined = {k: np.concatenate([np.asarray(o[k])[:, :n] for o, n in zip(outs, batches.sizes)], axis=1)
-              for k in outs[0]}
+    outs = jax.device_get(forward_chunk(batches.images, batches.targets))  # (n_batches, K, B, ...) per key
+    joined = {k: np.swapaxes(np.asarray(v), 0, 1).reshape(v.shape[1], -1, *v.shape[3:])[:, :batches.n_examples]
+              for k, v in outs.items()}  # (K, examples): the padding is the last batch's tail
     if batches.order is not None:  # back to the examples' own order
         inverse = np.argsort(batches.order)
         joined = {k: v[:, inverse] for k, v in joined.items()}
@@ -389,7 +395,7 @@ def _gate_runner(inputs: Inputs, group, batches: Batches, *, size: int, budget_b
     # One gate vector per site over all masked ablations of the group; a chunk takes its slice, so
     # every chunk has one pytree structure and chunks of one structure share a program.
     sites = abl.make_gates(ordered[n_base:], layers)
-    example = batches.arrays[0]
+    example = (batches.images, batches.targets)
     compiled = {}
     queue = [(lo, min(lo + size, len(ordered))) for lo in range(0, len(ordered), size)]
     while queue:

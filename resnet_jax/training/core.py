@@ -266,6 +266,7 @@ def run_epochs(state: Any, mngr, *, step_fn: Callable, arrays: tuple[np.ndarray,
                     jax.block_until_ready(out)
                     t_epoch = time.perf_counter()
                 if stop.signum is not None:
+                    checkpointing.finish(mngr)  # an epoch's checkpoint may still be writing
                     checkpointing.save(mngr, int(state.step), state)
                     log(f"stopped by signal {stop.signum}; checkpoint saved at step {int(state.step)}; "
                         f"rerun the same command to resume")
@@ -282,8 +283,11 @@ def run_epochs(state: Any, mngr, *, step_fn: Callable, arrays: tuple[np.ndarray,
             }
             with metrics_path.open("a") as fh:
                 fh.write(json.dumps(last) + "\n")
-            checkpointing.save(mngr, last["step"], state, metrics={best_metric: last[best_metric]})
+            # Written in the background while the next epoch trains (orbax copies the arrays off the devices
+            # before it returns, so the donated state buffers are free to reuse).
+            checkpointing.save(mngr, last["step"], state, metrics={best_metric: last[best_metric]}, wait=False)
             log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
+    checkpointing.finish(mngr)
     return state, last
 
 
