@@ -44,16 +44,24 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log it, record 
   echo "[$(date +%T)] $name: exit $rc"
 }
 
+# CHECK_SCALE=smoke runs the same steps on smoke presets and small sizes: the plumbing, on any CPU.
+if [ "${CHECK_SCALE:-full}" = smoke ]; then
+  cifar=cifar10-resnet34-smoke acdc=acdc-pspnet34-smoke batches=32 images=256 sweep_batch=128 eval_batch=64
+else
+  cifar=cifar10-resnet34 acdc=acdc-pspnet34 batches=256 images=10000 sweep_batch=1000 eval_batch=1000
+fi
+
 cd "$repo"
-step throughput 60 "$python" benchmarks/throughput.py --batch-sizes 256 --impls xla --repeats 20 \
+step throughput 60 "$python" benchmarks/throughput.py --batch-sizes "$batches" --impls xla --repeats 20 \
   --out "$out/throughput.json"
-step sweep 90 "$python" benchmarks/ablation_sweep.py --n-examples 10000 --batch-size 1000 \
+step sweep 90 "$python" benchmarks/ablation_sweep.py --n-examples "$images" --batch-size "$sweep_batch" \
   --data-dir "$data/cifar10" --out "$out/sweep.json"
-step cifar-train 210 "$python" -m resnet_jax.cli train --config cifar10-resnet34 --workdir "$out/runs/cifar10" \
+step cifar-train 210 "$python" -m resnet_jax.cli train --config "$cifar" --workdir "$out/runs/cifar10" \
   --data-dir "$data/cifar10"
-step cifar-ablate 60 "$python" -m resnet_jax.cli ablate --workdir "$out/runs/cifar10" --protocol all --batch-size 1000
+step cifar-ablate 60 "$python" -m resnet_jax.cli ablate --workdir "$out/runs/cifar10" --protocol all \
+  --batch-size "$eval_batch"
 if [ -d "$data/acdc_lv_myo" ]; then
-  step acdc-train 60 "$python" -m resnet_jax.cli train --config acdc-pspnet34 --workdir "$out/runs/acdc" \
+  step acdc-train 60 "$python" -m resnet_jax.cli train --config "$acdc" --workdir "$out/runs/acdc" \
     --data-dir "$data/acdc_lv_myo" --set train.epochs=1
   step acdc-ablate 60 "$python" -m resnet_jax.cli ablate --workdir "$out/runs/acdc" --protocol all --batch-size 64
 fi
