@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -49,6 +50,22 @@ def memory_budget_mb(device: Any = None, *, fraction: float = 0.5) -> float:
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     limit = (stats or {}).get("bytes_limit")
     return fraction * limit / 2**20 if limit else FALLBACK_MEMORY_MB
+
+
+def batch_source(mesh: Mesh, arrays: tuple[np.ndarray, ...], *, budget_bytes: float | None = None):
+    """``(fetch, resident)``: ``fetch(indices)`` gives one training batch as arrays split over the ``data`` axis.
+
+    When the whole training set fits in ``budget_bytes`` (default: a quarter of what the device reports; 512 MB
+    on CPUs) and one process runs, it is copied to every device once and each batch is gathered there, so no
+    step waits on the host slicing and sending images (CIFAR-10 as uint8 is 150 MB). Otherwise batches are
+    sliced on the host and sent, as before. Both give the same values."""
+    budget = budget_bytes if budget_bytes is not None else memory_budget_mb(fraction=0.25) * 2**20
+    if jax.process_count() > 1 or sum(a.nbytes for a in arrays) > budget:
+        return (lambda idx: shard_batch(mesh, *(a[idx] for a in arrays))), False
+    resident = replicate(mesh, tuple(arrays))
+    gather = jax.jit(lambda data, idx: tuple(jnp.take(a, idx, axis=0) for a in data),
+                     out_shardings=NamedSharding(mesh, PartitionSpec("data")))
+    return (lambda idx: list(gather(resident, np.asarray(idx)))), True
 
 
 def round_up_to_devices(batch_size: int, mesh: Mesh) -> int:

@@ -112,3 +112,19 @@ def test_the_memory_budget_is_half_of_what_a_device_reports():
     assert devices.memory_budget_mb(_Device({"bytes_limit": 140 * 2**30}), fraction=0.25) == 35 * 1024.0
     assert devices.memory_budget_mb(_Device(None)) == devices.FALLBACK_MEMORY_MB  # CPUs report nothing
     assert devices.memory_budget_mb(object()) == devices.FALLBACK_MEMORY_MB
+
+
+def test_a_resident_training_set_gives_the_batches_the_host_would_send():
+    from resnet_jax import devices
+
+    mesh = devices.data_mesh()
+    rng = np.random.default_rng(0)
+    arrays = (rng.integers(0, 256, (50, 4, 4, 3), dtype=np.uint8), rng.integers(0, 10, 50).astype(np.int32))
+    resident_fetch, resident = devices.batch_source(mesh, arrays)
+    host_fetch, on_host = devices.batch_source(mesh, arrays, budget_bytes=100)  # too small: sliced on the host
+    assert resident and not on_host
+    idx = rng.permutation(50)[:16]
+    for got, sent, original in zip(resident_fetch(idx), host_fetch(idx), arrays):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(sent))
+        np.testing.assert_array_equal(np.asarray(got), original[idx])
+        assert got.sharding == sent.sharding

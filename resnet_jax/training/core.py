@@ -249,6 +249,7 @@ def run_epochs(state: Any, mngr, *, step_fn: Callable, arrays: tuple[np.ndarray,
     from tqdm import tqdm
 
     steps_per_epoch = len(arrays[0]) // batch_size
+    fetch, _ = devices.batch_source(mesh, arrays)  # the training set on the devices when it fits
     key = jax.random.key(seed)
     elapsed0, start, last = _last_elapsed(metrics_path), time.perf_counter(), None
     with _StopFlag() as stop:
@@ -259,7 +260,7 @@ def run_epochs(state: Any, mngr, *, step_fn: Callable, arrays: tuple[np.ndarray,
             for i in tqdm(range(offset, steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", unit="step",
                           disable=None, leave=False):
                 idx = order[i * batch_size:(i + 1) * batch_size]
-                state, out = step_fn(state, *devices.shard_batch(mesh, *(a[idx] for a in arrays)), key)
+                state, out = step_fn(state, *fetch(idx), key)
                 sums = out if sums is None else {k: sums[k] + out[k] for k in sums}
                 seen += 1
                 if seen == 1:  # keep compilation out of the throughput figure
