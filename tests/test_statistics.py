@@ -106,3 +106,27 @@ def test_stored_per_example_arrays_round_trip_with_their_shape():
     correct = np.array([True, False, True, True, False, False, True, False, True])
     assert np.array_equal(store.decode(store._encode(counts)), counts)
     assert np.array_equal(store.decode(store._encode(correct)), correct)
+
+
+def test_seed_tables_combine_per_mask_with_spread_and_decision_counts():
+    from resnet_jax.studies import seeds
+
+    def table(baseline, values, decisions):
+        rows = [{"mask": "baseline", "kind": "none", "layers": "", "metric": "accuracy", "value": baseline,
+                 "baseline": baseline}]
+        rows += [{"mask": m, "kind": "zero-kernel", "layers": m, "metric": "accuracy", "value": v, "baseline": baseline,
+                  "decision": d} for (m, v), d in zip(values.items(), decisions)]
+        return {"rows": rows}
+
+    a = table(0.8, {"x": 0.5, "y": 0.79}, ["non-trivial", "trivial"])
+    b = table(0.7, {"x": 0.6, "y": 0.66}, ["non-trivial", "undecided"])
+    rows = {r["mask"]: r for r in seeds.combine([a, b])}
+    x = rows["x"]
+    assert x["value_mean"] == pytest.approx(0.55) and x["value_std"] == pytest.approx(np.std([0.5, 0.6], ddof=1))
+    assert (x["drop_min"], x["drop_max"]) == (pytest.approx(0.1), pytest.approx(0.3))
+    assert seeds.verdict(x) == "non-trivial (2/2)" and x["seeds_non-trivial"] == 2
+    assert seeds.verdict(rows["y"]) == "mixed (1 trivial, 1 undecided)"
+    assert seeds.verdict(rows["baseline"]) == ""
+    assert [p.name for p in seeds.seed_dirs("runs/c10", 3)] == ["c10", "c10-seed1", "c10-seed2"]
+    with pytest.raises(ValueError, match="differ in masks"):
+        seeds.combine([a, {"rows": a["rows"][:2]}])

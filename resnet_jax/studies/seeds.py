@@ -60,6 +60,8 @@ def combine(tables_by_seed: Sequence[dict]) -> list[dict]:
 def verdict(row: dict) -> str:
     """A mask's verdict across seeds: unanimous decisions are named, anything else is 'mixed'."""
     n = row["n_seeds"]
+    if not any(row[f"seeds_{d}"] for d in DECISIONS):
+        return ""  # the baseline: nothing to decide
     for d in DECISIONS:
         if row[f"seeds_{d}"] == n:
             return f"{d} ({n}/{n})"
