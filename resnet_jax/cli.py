@@ -24,6 +24,7 @@ RESUME_HINTS = {
     "train-seg": "rerun the same command to resume from the last checkpoint",
     "skip-study": "rerun the same command: finished models and stages are kept",
     "ablate": "rerun the same command: finished masks are kept and skipped",
+    "eliminate": "rerun the same command: scored sets are kept and fine-tuning resumes from its last checkpoint",
     "reproduce": "rerun the same command: finished stages are skipped and the current one resumes",
 }
 
@@ -92,6 +93,25 @@ def _ablate(args) -> int:
         data_dir=configs.existing_data_dir(args.data_dir), n_examples=args.n_examples,
         method=args.method, batch_size=args.batch_size, memory_budget_mb=args.memory_budget_mb,
         checkpoint=args.checkpoint, margin=args.margin, alpha=args.alpha, batchnorm=args.batchnorm)
+    return 0
+
+
+def _eliminate(args) -> int:
+    from resnet_jax.studies import eliminate
+
+    summary = eliminate.eliminate_workdir(
+        _workdir(args.workdir), _workdir(args.out), granularity=args.granularity, form=args.form,
+        max_drop=args.max_drop, metric_split=args.metric_split, finetune_epochs=args.finetune_epochs,
+        finetune_lr=args.finetune_lr, random_draws=args.random_draws, batch_size=args.batch_size,
+        data_dir=configs.existing_data_dir(args.data_dir), force_new=args.force_new)
+    print(eliminate.format_summary(summary))
+    return 0
+
+
+def _export_torch(args) -> int:
+    from resnet_jax.interop import export
+
+    export.export_run(_workdir(args.workdir), Path(args.out), checkpoint=args.checkpoint)
     return 0
 
 
@@ -223,6 +243,33 @@ def _ablation_parsers(sub) -> None:
                    help="'batch': every masked model normalised by its own batch's statistics (the study's "
                         "BN(0) = beta reading; --batch-size must divide the images); tables get '.bn-batch'")
     p.set_defaults(func=_ablate)
+    p = sub.add_parser("eliminate", help="remove residual units into a slim run: greedy search on the validation "
+                                         "split with the batched engine, exact slim model, optional fine-tuning")
+    p.add_argument("--workdir", required=True, help="the trained run to slim")
+    p.add_argument("--out", required=True, help="the slim run's directory (a normal run: evaluate, ablate, report)")
+    p.add_argument("--data-dir", help="override the run's data directory")
+    p.add_argument("--granularity", default="unit", choices=("unit", "conv"),
+                   help="unit: zero each unit's last conv (per-channel bias); conv: any conv of the branch")
+    p.add_argument("--form", default="bias", choices=("bias", "lesion"),
+                   help="bias: relu(x + b), exact; lesion: relu(x)")
+    p.add_argument("--max-drop", type=float, default=0.01, help="largest drop of the searched split's metric")
+    p.add_argument("--metric-split", default="val", choices=("val", "test"),
+                   help="the split the search scores (test only for runs without a validation split)")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="train the slim model this many epochs")
+    p.add_argument("--finetune-lr", type=_positive_float,
+                   help="peak learning rate of fine-tuning (default: the run's / 10, no warm-up)")
+    p.add_argument("--random-draws", type=int, default=5, help="random sets of the same size, scored on test")
+    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--force-new", action="store_true", help="discard what --out holds and start over")
+    p.set_defaults(func=_eliminate)
+
+    p = sub.add_parser("export-torch", help="write a run's ResNet (slim or full) as a PyTorch state_dict and "
+                                            "TorchScript file")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--out", required=True, help="folder for model.pt, model.torchscript.pt, architecture.json")
+    p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    p.set_defaults(func=_export_torch)
+
     p = sub.add_parser("verify", help="recompute the ablation tables in PyTorch (torchvision) and compare; "
                                       "writes <workdir>/verify.csv, exits 1 when a tolerance fails")
     _run_flags(p, checkpoint_default="best")

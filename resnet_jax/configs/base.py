@@ -179,6 +179,15 @@ def split_prefixes(v) -> str | None:
     return None if ok else "a mapping from split names to non-empty lists of id prefixes"
 
 
+def eliminated_units(v) -> str | None:
+    """``[[unit, form], ...]``: the units a slim model replaces by ``relu(x + b)`` (written by ``resnet-jax
+    eliminate``); forms as in ``resnet_jax.models.resnet.ELIMINATED_FORMS``."""
+    forms = ("channel", "position", "lesion")
+    ok = isinstance(v, (list, tuple)) and all(
+        isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[0], str) and p[1] in forms for p in v)
+    return None if ok else f"a list of [unit name, form] pairs, form one of {list(forms)}"
+
+
 POSITIVE = integer(low=1)
 COUNT_OR_ALL = optional(integer(low=1))
 

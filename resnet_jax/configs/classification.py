@@ -22,6 +22,7 @@ DEFAULTS: dict[str, Any] = {
         "stem": "torchvision",  # or "cifar": 3x3/1 conv, no max-pool
         "conv_impl": "auto",  # "xla" | "patches" | "auto" (per layer on CPU; see models.resnet)
         "dtype": "float32",  # "bfloat16" for mixed precision on accelerators
+        "eliminated": [],  # slim models: [[unit, form], ...] replaced by relu(x + b) (`resnet-jax eliminate`)
     },
     "data": {
         "name": "cifar10",  # TFDS name, or "synthetic"; with data_dir just a label
@@ -87,6 +88,7 @@ SCHEMA: dict[str, base.Checker] = {
     "model.stem": base.one_of("torchvision", "cifar"),
     "model.conv_impl": base.one_of("auto", "xla", "patches"),
     "model.dtype": base.one_of("float32", "bfloat16"),
+    "model.eliminated": base.eliminated_units,
     "data.name": base.text,
     "data.data_dir": base.optional(base.text),
     "data.max_train_examples": base.COUNT_OR_ALL,

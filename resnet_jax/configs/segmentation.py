@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
         "stem": "torchvision",
         "conv_impl": "auto",
         "dtype": "float32",
+        "eliminated": [],  # slim models: [[unit, form], ...] replaced by relu(x + b) (`resnet-jax eliminate`)
     },
     "data": {
         "name": "acdc",  # acdc | sunnybrook (labels for a data_dir) | oxford_iiit_pet (TFDS) | synthetic
@@ -133,6 +134,7 @@ SCHEMA: dict[str, base.Checker] = {
     "model.stem": base.one_of("torchvision", "cifar"),
     "model.conv_impl": base.one_of("auto", "xla", "patches"),
     "model.dtype": base.one_of("float32", "bfloat16"),
+    "model.eliminated": base.eliminated_units,
     "data.name": base.one_of(*DATASETS),
     "data.data_dir": base.optional(base.text),
     "data.train_split": base.text,

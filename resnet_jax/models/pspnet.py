@@ -101,6 +101,8 @@ class PSPNet(nn.Module):
       head_features: channels of the 3x3 conv after the pyramid.
       dropout: before the 1x1 classifier (needs a ``'dropout'`` rng in training).
       stem, conv_impl, dtype: passed to the encoder (``dtype`` also to the head).
+      eliminated: encoder units replaced by ``relu(x + b)`` (a slim encoder; see :class:`resnet.ResNet`), named
+        as the catalogue names them (``encoder.layer3.1``).
 
     Any input size works (also non-multiples of the output stride); ``gates`` and ``branches`` go to
     the encoder, so the ablation engine's gate formulation and shared prefixes work unchanged.
@@ -116,6 +118,7 @@ class PSPNet(nn.Module):
     stem: str = "torchvision"
     conv_impl: str = "auto"
     dtype: Any = jnp.float32
+    eliminated: Sequence[tuple[str, str]] = ()
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, gates: batching.Gates | None = None,
@@ -129,7 +132,7 @@ class PSPNet(nn.Module):
             raise ValueError(f"unknown encoder {self.encoder!r}; valid: {sorted(resnet.MODELS)}")
         encoder = resnet.MODELS[self.encoder](num_classes=None, stem=self.stem, conv_impl=self.conv_impl,
                                               dilate_stages=OUTPUT_STRIDES[self.output_stride], dtype=self.dtype,
-                                              name="encoder")
+                                              eliminated=tuple(self.eliminated), name="encoder")
         features, intermediates = encoder(x, train=train, gates=gates, branches=branches, batch_stats=batch_stats)
         pool_features = self.pool_features or features.shape[-1] // len(self.bins)
         y = PyramidPooling(self.bins, pool_features, norm, self.dtype, name="pyramid")(features)

@@ -8,6 +8,10 @@ and is called ``layer{s}.0.downsample`` (its BatchNorm ``layer{s}.0.downsample.b
 Every model returns ``(outputs, intermediates)`` so probing needs no extra plumbing, and accepts
 optional *gates*: per-example multipliers at named sites that the ablation engine uses to
 evaluate many ablations in one batch with shared weights (see ``resnet_jax.ablation``).
+
+A *slim* ResNet (``eliminated``) replaces chosen identity-shortcut units by ``relu(x + b)``: the unit's
+residual branch is gone and ``b`` (``branch_bias``) is what the branch emitted once a zeroed kernel made it
+input-independent (see :mod:`resnet_jax.ablation.elimination`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ from resnet_jax.models.batching import Copies, Gates, as_copies, copy_gates, gat
 Array = jax.Array
 
 CONV_IMPLS = ("auto", "xla", "patches")
+ELIMINATED_FORMS = ("channel", "position", "lesion")
+"""How an eliminated unit's branch is replaced: a per-channel bias ``(C,)`` (its last conv was zeroed), a
+per-position bias ``(H, W, C)`` (an earlier conv was zeroed: zero padding makes the constant vary near the
+borders), or nothing (``lesion``: the unit is ``relu(x)``)."""
 
 # torchvision initialises convs with Kaiming normal (fan_out, ReLU gain).
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -164,8 +172,23 @@ class _Unit(nn.Module):
     conv: Callable[..., nn.Module]
     norm: Callable[..., nn.Module]
     dilation: int = 1
+    replaced: str = ""  # an ELIMINATED_FORMS entry: the branch is a constant (slim models)
 
     expansion = 1
+
+    def constant_branch(self, x: Array) -> Callable[[Array, Gates | None], Array]:
+        """The eliminated branch as ``(x, gates) -> b`` broadcast to ``x`` (identity-shortcut units only)."""
+        me = _canonical(self.path)
+        if self.replaced not in ELIMINATED_FORMS:
+            raise ValueError(f"unit {me}: unknown elimination form {self.replaced!r}; valid: {ELIMINATED_FORMS}")
+        if self.strides != 1 or x.shape[-1] != self.features * self.expansion:
+            raise ValueError(f"unit {me} has a projection shortcut; only identity-shortcut units can be eliminated "
+                             f"(their output is then relu(x + b), with no conv left)")
+        if self.replaced == "lesion":
+            return lambda x, gates: jnp.zeros_like(x)
+        shape = (x.shape[-1],) if self.replaced == "channel" else x.shape[1:]
+        bias = self.param("branch_bias", nn.initializers.zeros, shape, jnp.float32)
+        return lambda x, gates: jnp.broadcast_to(bias.astype(x.dtype), x.shape)
 
     def conv_bn(self, index: int, kernel_size, strides=1, dilation=1) -> Callable[[Array, Gates | None], Array]:
         """Conv ``index`` and its BatchNorm with their gates, as a function of ``(x, gates)`` so the
@@ -215,6 +238,8 @@ class BasicBlock(_Unit):
 
     @nn.compact
     def __call__(self, x: Array, gates: Gates | None = None, copies: Copies = Copies(), clean: int = 0) -> Array:
+        if self.replaced:
+            return self.merge(x, self.constant_branch(x), gates, copies, clean)
         d = self.dilation
         conv_bn1 = self.conv_bn(1, (3, 3), strides=self.strides, dilation=d)
         conv_bn2 = self.conv_bn(2, (3, 3), dilation=d)
@@ -228,6 +253,8 @@ class Bottleneck(_Unit):
 
     @nn.compact
     def __call__(self, x: Array, gates: Gates | None = None, copies: Copies = Copies(), clean: int = 0) -> Array:
+        if self.replaced:
+            return self.merge(x, self.constant_branch(x), gates, copies, clean)
         conv_bn1 = self.conv_bn(1, (1, 1))
         conv_bn2 = self.conv_bn(2, (3, 3), strides=self.strides, dilation=self.dilation)
         conv_bn3 = self.conv_bn(3, "last")
@@ -248,15 +275,17 @@ class Stage(nn.Module):
     conv: Callable[..., nn.Module]
     norm: Callable[..., nn.Module]
     dilation: int = 1
+    eliminated: Mapping[str, str] | None = None  # unit name -> form (slim models)
 
     @nn.compact
     def __call__(self, x: Array, gates: Gates | None = None, branches: Mapping[str, Copies] | None = None,
                  clean: int = 0) -> Array:
         for b in range(self.n_units):
-            copies = (branches or {}).get(f"{_canonical(self.path)}.{b}", Copies())
+            unit = f"{_canonical(self.path)}.{b}"
+            copies = (branches or {}).get(unit, Copies())
             x = self.block_cls(
                 self.features, self.strides if b == 0 else 1, self.conv, self.norm,
-                dilation=self.dilation, name=str(b),
+                dilation=self.dilation, replaced=(self.eliminated or {}).get(unit, ""), name=str(b),
             )(x, gates, copies, clean)
         return x
 
@@ -275,6 +304,8 @@ class ResNet(nn.Module):
         so dilated weights do not transfer between the two bit for bit.
       conv_impl: ``'auto'``, ``'xla'`` or ``'patches'``; see :class:`Conv`.
       dtype: compute dtype (``jnp.bfloat16`` for mixed precision); parameters stay float32.
+      eliminated: ``((unit, form), ...)``: identity-shortcut units replaced by ``relu(x + b)`` (a slim model;
+        forms in :data:`ELIMINATED_FORMS`; unit names as canonical names, e.g. ``layer3.1``).
     """
 
     stage_sizes: Sequence[int]
@@ -285,6 +316,7 @@ class ResNet(nn.Module):
     dilate_stages: Sequence[bool] = (False, False, False)
     conv_impl: str = "auto"
     dtype: Any = jnp.float32
+    eliminated: Sequence[tuple[str, str]] = ()
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, gates: Gates | None = None,
@@ -316,6 +348,10 @@ class ResNet(nn.Module):
         if unknown:
             raise ValueError(f"unknown branch points {unknown}; valid: {points}")
         branches = {p: as_copies(v) for p, v in (branches or {}).items()}
+        eliminated = dict(self.eliminated)
+        wrong = sorted(set(eliminated) - set(points[1:]))
+        if wrong:
+            raise ValueError(f"unknown eliminated unit(s) {wrong}; valid: {points[1:]}")
         at_stem = branches.get(stem_name, Copies())
         if at_stem.residual or at_stem.shortcut:
             raise ValueError(f"the stem {stem_name!r} has no residual branch or shortcut; "
@@ -340,7 +376,7 @@ class ResNet(nn.Module):
                 dilation, strides = dilation * 2, 1
             x = Stage(
                 n_units, self.num_filters * 2**i, strides, self.block_cls, conv, norm,
-                dilation=dilation, name=f"layer{i + 1}",
+                dilation=dilation, eliminated=eliminated, name=f"layer{i + 1}",
             )(x, gates, branches, clean)
             intermediates[f"layer{i + 1}"] = x
         if self.num_classes is None:

@@ -201,3 +201,58 @@ def plot_seed_spread(rows: Sequence[dict], path: Path, *, title: str) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_elimination_path(summary: dict, path: Path) -> Path:
+    """The greedy path: the searched split's metric against units removed, the parameters kept on a second axis,
+    the stopping rule as a line and the test scores of the end point, the one-shot set and random sets."""
+    plt = pyplot()
+    rows, split = summary["path"], summary["split_chose_units"]
+    base = summary["baseline"][split]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot([0] + [r["units_removed"] for r in rows], [base] + [r["value"] for r in rows], "o-",
+            label=f"greedy path ({split})")
+    ax.axhline(base - summary["max_drop"], color="grey", ls="--", lw=1, label=f"{split} baseline - max drop")
+    n = len(summary["units"])
+    ax.plot([n], [summary["slim"]["test"]], "s", color="C2", label="slim model (test)")
+    if summary["finetuned"]:
+        ax.plot([n], [summary["finetuned"]["test"]], "*", ms=12, color="C3", label="slim, fine-tuned (test)")
+    if summary["random"]:
+        ax.plot([n] * len(summary["random"]), [r["test"] for r in summary["random"]], "x", color="C4",
+                label="random sets of the same size (test)")
+    shot = summary["one_shot"]
+    ax.plot([len(shot["choices"])], [shot["test"]], "D", color="C5", label="one-shot: every harmless unit (test)")
+    ax.set_xlabel("units removed")
+    ax.set_ylabel(summary["metric"])
+    twin = ax.twinx()
+    twin.plot([0] + [r["units_removed"] for r in rows], [summary["full"]["params"] / 1e6] +
+              [r["params"] / 1e6 for r in rows], ":", color="black", lw=1)
+    twin.set_ylabel("parameters (M), dotted")
+    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title(f"elimination ({summary['granularity']}, {summary['form']}), chosen on {split}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_pareto(rows: Sequence[dict], path: Path, *, metric: str) -> Path:
+    """Accuracy (or Dice) against measured eval images/s and against parameters, one point per model; rows with
+    ``spread`` (random draws) get error bars."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for r in rows:
+        yerr = [[r["value"] - r["low"]], [r["high"] - r["value"]]] if "low" in r else None
+        for ax, x in zip(axes, (r["eval_images_per_s"], r["params"] / 1e6)):
+            ax.errorbar([x], [r["value"]], yerr=yerr, fmt="o", capsize=3, label=r["name"])
+    axes[0].set_xlabel("measured eval images/s")
+    axes[1].set_xlabel("parameters (M)")
+    for ax in axes:
+        ax.set_ylabel(f"test {metric}")
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

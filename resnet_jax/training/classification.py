@@ -27,7 +27,7 @@ Array = jax.Array
 def build_model(config: Mapping, num_classes: int) -> nn.Module:
     m = config["model"]
     return resnet.create_model(m["name"], num_classes=num_classes, stem=m["stem"], conv_impl=m["conv_impl"],
-                               dtype=core.model_dtype(config))
+                               dtype=core.model_dtype(config), eliminated=tuple(map(tuple, m["eliminated"])))
 
 
 def augment(images: Array, key: Array, *, pad: int = 4) -> Array:

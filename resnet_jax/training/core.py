@@ -32,7 +32,7 @@ from resnet_jax.data import inputs
 Array = jax.Array
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 DERIVED = ("checkpoints", "metrics.jsonl", "evaluation.json", "evaluation-best.json", "evaluation-latest.json",
-           "initial_params", "ablation", "report.md", "verify.csv",
+           "initial_params", "ablation", "report.md", "verify.csv", "elimination", "evaluation-before-finetune.json",
            "stages", "models", "selection.npz", "figures", "skip_results.json", "skip_report.md")  # Study B's
 """Everything a run's workdir holds that its config and training produced; ``--force-new`` removes it all."""
 

@@ -58,7 +58,8 @@ def build_model(config: Mapping) -> pspnet.PSPNet:
     return pspnet.PSPNet(num_classes=len(config["data"]["class_names"]), encoder=m["encoder"],
                       output_stride=m["output_stride"], bins=tuple(m["bins"]), pool_features=m["pool_features"],
                       head_features=m["head_features"], dropout=m["dropout"], stem=m["stem"],
-                      conv_impl=m["conv_impl"], dtype=core.model_dtype(config))
+                      conv_impl=m["conv_impl"], dtype=core.model_dtype(config),
+                      eliminated=tuple(map(tuple, m["eliminated"])))
 
 
 def build_metric(config: Mapping) -> metrics.Dice:

@@ -1,0 +1,253 @@
+"""``resnet-jax eliminate``: act on an ablation study by removing residual units, and keep the slimmer network.
+
+A greedy backward search (:func:`resnet_jax.ablation.elimination.greedy`) scores, at each step, every remaining
+unit jointly with those already removed, all in one engine call on the *validation* split; it stops at the largest
+set whose drop stays within ``max_drop``. The slim model (those units as ``relu(x + b)``, exact) becomes a normal
+run directory (``evaluate``, ``ablate``, ``export-torch`` and ``report`` work on it); the test split is scored
+once, on the result, beside the study's one-shot choice (every individually harmless unit at once) and random
+sets of the same size. Optionally the slim model is fine-tuned with the run's recipe.
+
+Every score is kept in ``<out>/elimination/results.jsonl``, keyed by checkpoint, examples and mask, so an
+interrupted search resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from resnet_jax import checkpointing, configs, devices, files
+from resnet_jax.ablation import catalogue as abl
+from resnet_jax.ablation import elimination as elim
+from resnet_jax.ablation import engine, store
+from resnet_jax.training import core, runs
+
+SPLITS = ("val", "test")
+FINETUNE_LR_FACTOR = 0.1
+"""Fine-tuning starts at this fraction of the run's peak learning rate (no warm-up; cosine to zero)."""
+
+
+def set_scorer(model, variables, layers, images, targets, *, metric, image_mean, image_std, batch_size: int,
+               results: store.ResultStore, protocol: str, log=print) -> elim.Score:
+    """Scores of sets of choices on fixed examples: masked models in one engine call, every result stored and
+    reused (keyed by content), so a rerun recomputes nothing it finished."""
+
+    def score(sets: Sequence[tuple[elim.Choice, ...]]) -> list[float]:
+        ablations = [elim.as_ablation(s, layers) for s in sets]
+        done = results.load()
+        todo = list({store.ablation_key(a): a for a in ablations
+                     if store.ablation_key(a) not in done}.values())
+        if todo:
+            by_id = {(a.name, a.kind, a.layers): a for a in todo}
+            engine.evaluate(model, variables, todo, layers, images, targets, image_mean=image_mean,
+                            image_std=image_std, metric=metric, batch_size=batch_size,
+                            on_chunk=lambda rs: results.append(protocol, rs, by_id, metric=metric.name))
+            done = results.load()
+        return [float(done[store.ablation_key(a)]["value"]) for a in ablations]
+
+    return score
+
+
+def _request(run: core.Run, variables, **settings) -> dict[str, Any]:
+    return {"source": str(Path(settings.pop("workdir")).resolve()), "source_checkpoint_sha": store.tree_hash(variables),
+            "source_step": int(run.state.step), **settings}
+
+
+def _check_out(out: Path, request: dict, *, force_new: bool) -> None:
+    summary = out / "elimination" / "request.json"
+    if force_new:
+        core.clear_run(out)
+        (out / "config.json").unlink(missing_ok=True)
+        return
+    if summary.is_file():
+        old = json.loads(summary.read_text())
+        changed = sorted(k for k in set(old) | set(request) if old.get(k) != request.get(k))
+        if changed:
+            raise configs.ConfigError(f"{out} holds an elimination made with other settings ({changed}); use another "
+                                      f"--out, rerun with the same settings to resume, or pass --force-new")
+
+
+def slim_config(config: dict, eliminated: Sequence[tuple[str, str]], *, source: str, finetune_epochs: int,
+                finetune_lr: float | None) -> dict:
+    """The slim run's config: the source's, with the eliminated units and a short fine-tuning recipe."""
+    t = config["train"]
+    return {**config, "about": f"slim model eliminated from {source}",
+            "model": {**config["model"], "eliminated": [list(p) for p in eliminated]},
+            "train": {**t, "epochs": max(1, finetune_epochs), "warmup_epochs": 0.0,
+                      "learning_rate": finetune_lr or t["learning_rate"] * FINETUNE_LR_FACTOR}}
+
+
+def _save_start(out: Path, config: dict, model, variables, run: core.Run, *, ranking: str, value: float) -> None:
+    """Checkpoint step 0 of the slim run: the slim variables (fine-tuning resumes from it)."""
+    mngr = checkpointing.manager(out, keep=config["train"]["keep_checkpoints"], best_metric=ranking)
+    if mngr.latest_step() is not None:
+        return
+    image_shape = run.task.arrays(run.test)[0].shape[1:]
+    # The optimizer's schedule is rebuilt from the config when training resumes; only its structure is saved here.
+    state = core.create_train_state(model, core.make_optimizer(config, 1), image_shape, seed=config["train"]["seed"],
+                                    mean=np.asarray(run.state.image_mean), std=np.asarray(run.state.image_std))
+    state = state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
+    checkpointing.save(mngr, 0, state, metrics={ranking: value})
+    checkpointing.save_initial(out, state.params)
+
+
+def _evaluate(run: core.Run, config: dict, workdir: Path, split, prefix: str, which: str = "best") -> dict:
+    slim = runs.restore(workdir, which=which, data_dir=config["data"]["data_dir"], command="eliminate")
+    mesh = devices.data_mesh()
+    return run.task.evaluate(config, slim.model)(devices.replicate(mesh, slim.state), split, mesh, prefix)
+
+
+def eliminate_workdir(workdir, out, *, granularity: str = "unit", form: str = "bias", max_drop: float = 0.01,
+                      metric_split: str = "val", finetune_epochs: int = 0, finetune_lr: float | None = None,
+                      random_draws: int = 5, batch_size: int = 128, data_dir=None, force_new: bool = False,
+                      log=print) -> dict[str, Any]:
+    """Search, build, score (and fine-tune) a slim model of the run in ``workdir``; write it as a run in ``out``."""
+    if metric_split not in SPLITS:
+        raise abl.SpecError(f"unknown --metric-split {metric_split!r}; valid: {list(SPLITS)}")
+    if not 0 <= max_drop < 1:
+        raise abl.SpecError(f"--max-drop must be in [0, 1), got {max_drop}")
+    if random_draws < 0 or finetune_epochs < 0 or batch_size < 1:
+        raise abl.SpecError("--random-draws and --finetune-epochs must be >= 0 and --batch-size >= 1")
+    workdir, out = Path(workdir), Path(out)
+    if workdir.resolve() == out.resolve():
+        raise abl.SpecError("--out must be a new directory, not the source run's")
+    run = runs.restore(workdir, which="best", data_dir=data_dir, command="eliminate")
+    split = run.val if metric_split == "val" else run.test
+    if split is None:
+        raise abl.SpecError(f"{workdir} has no validation split to search on; retrain with one "
+                            f"(data.val_examples) or pass --metric-split test (the test split then chooses "
+                            f"the units it scores, and the summary says so)")
+    variables, model, task = jax.device_get(run.state.variables), run.model, run.task
+    images, targets = task.arrays(split)
+    test_images, test_targets = task.arrays(run.test)
+    layers = abl.catalogue(model, variables, input_shape=(1, *images.shape[1:]))
+    try:
+        options = elim.candidates(layers, granularity=granularity, form=form)
+    except ValueError as err:
+        raise abl.SpecError(str(err)) from None
+    metric = task.metric(run.config)
+    request = _request(run, variables, workdir=workdir, granularity=granularity, form=form, max_drop=max_drop,
+                       metric_split=metric_split, random_draws=random_draws, finetune_epochs=finetune_epochs,
+                       finetune_lr=finetune_lr)
+    _check_out(out, request, force_new=force_new)
+    files.write_json(out / "elimination" / "request.json", request)
+    kwargs = dict(metric=metric, image_mean=np.asarray(run.state.image_mean),
+                  image_std=np.asarray(run.state.image_std), batch_size=batch_size, log=log)
+    results_dir = out / "elimination"
+    on_split = set_scorer(model, variables, layers, images, targets, protocol=f"search-{metric_split}",
+                          results=store.ResultStore(results_dir, store.context(
+                              variables, images, targets, metric, evaluation={"split": metric_split})), **kwargs)
+    on_test = set_scorer(model, variables, layers, test_images, test_targets, protocol="test",
+                         results=store.ResultStore(results_dir, store.context(
+                             variables, test_images, test_targets, metric, evaluation={"split": "test"})), **kwargs)
+
+    baseline = on_split([()])[0]
+    log(f"{metric_split} {metric.name} of {workdir.name}: {baseline:.4f}; {len(options)} options "
+        f"({granularity}, {form}); greedy search with max drop {max_drop}")
+    path = elim.greedy(options, on_split, baseline=baseline, max_drop=max_drop, on_step=lambda r: log(
+        f"step {r['step']}: best next {r['added'].label} -> {r['value']:.4f} (drop {r['drop']:+.4f}) "
+        f"{'removed' if r['accepted'] else 'stop'}"))
+    slim_set = elim.chosen(path)
+    shot = elim.one_shot(path, baseline=baseline, max_drop=max_drop)
+    shot_value = on_split([shot])[0]
+    draws = elim.random_sets(options, len(slim_set), draws=random_draws, seed=0) if slim_set else []
+    test_full, test_slim, test_shot, *test_draws = on_test([(), slim_set, shot, *draws])
+
+    smodel = elim.slim_model(model, slim_set, layers)
+    svars = elim.slim_variables(model, variables, slim_set, layers, input_shape=(1, *images.shape[1:]))
+    slayers = abl.catalogue(smodel, svars, input_shape=(1, *images.shape[1:]))
+    config = slim_config(run.config, elim.eliminated(slim_set, layers), source=str(workdir),
+                         finetune_epochs=finetune_epochs, finetune_lr=finetune_lr)
+    core.prepare_workdir(config, out, force_new=False)
+    ranking = core.ranking_metric(task, core.Splits(None, run.val, run.test))
+    _save_start(out, config, smodel, svars, run, ranking=ranking, value=path_value(path, baseline))
+    before = _before_finetune(out, lambda: _evaluate(run, config, out, run.test, "test_", which="latest"))
+    if finetune_epochs:
+        runs.train(config, out, log=log)
+        after = json.loads((out / "evaluation.json").read_text())
+    else:
+        after = None
+        core.write_evaluation(out, before, step=0, which="best", n_examples=len(run.test), log=log)
+    key = f"test_{task.best_metric}"
+    summary = {
+        **request, "metric": metric.name, "split_chose_units": metric_split,
+        "baseline": {metric_split: baseline, "test": test_full},
+        "path": [path_row(r, layers, variables, model, images.shape) for r in path],
+        "chosen": [c.label for c in slim_set], "units": [c.unit for c in slim_set],
+        "one_shot": {"choices": [c.label for c in shot], metric_split: shot_value, "test": test_shot},
+        "slim": {"test_masked": test_slim, "test": before[key], "params": elim.count_params(svars),
+                 "conv_macs": elim.conv_macs(slayers)},
+        "full": {"params": elim.count_params(variables), "conv_macs": elim.conv_macs(layers), "test": test_full},
+        "finetuned": None if after is None else {"test": after[key], "step": after["step"],
+                                                 "epochs": finetune_epochs, "learning_rate":
+                                                     config["train"]["learning_rate"]},
+        "random": [{"choices": [c.label for c in d], "test": v} for d, v in zip(draws, test_draws)],
+        "checkpoint_choice": run.choice,
+    }
+    if abs(summary["slim"]["test_masked"] - summary["slim"]["test"]) > 1e-6:
+        raise AssertionError(f"the slim model scores {summary['slim']['test']} where the masked model scores "
+                             f"{summary['slim']['test_masked']}: the elimination is not exact")
+    files.write_json(out / "elimination" / "summary.json", summary)
+    write_path_table(out / "elimination", summary)
+    return summary
+
+
+def path_value(path: Sequence[dict], baseline: float) -> float:
+    accepted = [r for r in path if r["accepted"]]
+    return accepted[-1]["value"] if accepted else baseline
+
+
+def _before_finetune(out: Path, evaluate) -> dict:
+    """The slim model's test score before fine-tuning (step 0), kept beside the run: fine-tuning may rotate that
+    checkpoint out, and a resumed run must not score a fine-tuned one in its place."""
+    path = out / "evaluation-before-finetune.json"
+    if not path.is_file():
+        files.write_json(path, {"checkpoint": "step 0 (before fine-tuning)", "step": 0, **evaluate()})
+    return json.loads(path.read_text())
+
+
+def path_row(record: dict, layers, variables, model, image_shape) -> dict[str, Any]:
+    """One step of the path with the slim model's size if the step's set were kept."""
+    tried = tuple(record["removed"]) if record["accepted"] else tuple(record["removed"]) + (record["added"],)
+    slim = elim.slim_model(model, tried, layers)
+    shapes = jax.eval_shape(lambda: slim.init(jax.random.key(0), np.zeros((1, *image_shape[1:]), np.float32)))
+    return {"step": record["step"], "added": record["added"].label, "units_removed": len(tried),
+            "value": record["value"], "drop": record["drop"], "accepted": record["accepted"],
+            "params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes["params"]))),
+            "conv_macs": elim.conv_macs(layers, tried)}
+
+
+def write_path_table(directory: Path, summary: dict) -> None:
+    import csv
+
+    rows = summary["path"]
+    with (directory / "path.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["step"])
+        writer.writeheader()
+        writer.writerows(rows)
+    from resnet_jax.reporting import figures
+
+    figures.plot_elimination_path(summary, directory / "path.png")
+
+
+
+def format_summary(s: dict) -> str:
+    """The closing lines of ``resnet-jax eliminate``."""
+    full, slim = s["full"], s["slim"]
+    lines = [f"chosen on {s['split_chose_units']} (max drop {s['max_drop']}): removed {len(s['units'])} units "
+             f"{s['units']}",
+             f"params {full['params']:,} -> {slim['params']:,} ({slim['params'] / full['params']:.3f}x); conv MACs "
+             f"{full['conv_macs']:,} -> {slim['conv_macs']:,} ({slim['conv_macs'] / full['conv_macs']:.3f}x)",
+             f"test {s['metric']}: full {full['test']:.4f}, slim {slim['test']:.4f}"
+             + (f", fine-tuned {s['finetuned']['test']:.4f}" if s["finetuned"] else "")
+             + f"; one-shot ({len(s['one_shot']['choices'])} units) {s['one_shot']['test']:.4f}"]
+    if s["random"]:
+        values = [r["test"] for r in s["random"]]
+        lines.append(f"random sets of {len(s['units'])} units ({len(values)} draws): mean {np.mean(values):.4f}, "
+                     f"min {min(values):.4f}, max {max(values):.4f}")
+    return "\n".join(lines)
