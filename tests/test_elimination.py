@@ -190,3 +190,12 @@ def test_cli_eliminate_then_export_then_evaluate(tmp_path):
     assert again.returncode == 2 and "other settings" in again.stderr
     e = run_cli("evaluate", "--workdir", str(out))
     assert e.returncode == 0, e.stderr
+    x = run_cli("export-torch", "--workdir", str(out), "--out", str(tmp_path / "torch"))
+    assert x.returncode == 2 and "no torchvision counterpart for model 'resnet_tiny'" in x.stderr
+    result = eliminate.compare(run, out, batch=16, repeats=1, steps=1, log=lambda s: None)
+    names = [r["name"] for r in result["rows"]]
+    assert names[0] == "resnet_tiny (full)" and names[2].startswith("slim, fine-tuned")
+    full, slim = result["rows"][0], result["rows"][1]
+    assert (slim["params"] < full["params"]) == bool(summary["units"])
+    assert all(r["eval_images_per_s"] > 0 and r["train_images_per_s"] > 0 for r in result["rows"])
+    assert eliminate.write_comparison(out, result).is_file()

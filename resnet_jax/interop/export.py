@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from resnet_jax.configs import ConfigError
 from resnet_jax.interop import convert
 
 
@@ -79,7 +80,7 @@ def architecture(config: Mapping[str, Any], variables: Mapping[str, Any]) -> dic
     """What rebuilds the torch module: arch, classes, stem, the eliminated units and per-position maps."""
     m = config["model"]
     if m["name"] not in convert.TORCHVISION_ARCHS:
-        raise ValueError(f"no torchvision counterpart for model {m['name']!r}; exportable: {convert.TORCHVISION_ARCHS}")
+        raise ConfigError(f"no torchvision counterpart for model {m['name']!r}; exportable: {convert.TORCHVISION_ARCHS}")
     params = variables["params"]
     hw = {}
     for unit, form in m["eliminated"]:
@@ -104,7 +105,7 @@ def export_run(workdir, out, *, checkpoint: str = "best", log=print) -> dict[str
     torch = convert.import_torch()
     run = runs.restore(workdir, which=checkpoint, command="export-torch")
     if run.task.name != "classification":
-        raise ValueError(f"export-torch writes torchvision ResNets; {workdir} is a {run.task.name} run "
+        raise ConfigError(f"export-torch writes torchvision ResNets; {workdir} is a {run.task.name} run "
                          f"(its slim model stays a Flax run)")
     variables = jax.device_get(run.state.variables)
     arch = architecture(run.config, variables)

@@ -249,7 +249,7 @@ def plot_pareto(rows: Sequence[dict], path: Path, *, metric: str) -> Path:
     axes[0].set_xlabel("measured eval images/s")
     axes[1].set_xlabel("parameters (M)")
     for ax in axes:
-        ax.set_ylabel(f"test {metric}")
+        ax.set_ylabel(metric)
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

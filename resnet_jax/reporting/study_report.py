@@ -266,6 +266,42 @@ def _readings_section(run: Path, label: str) -> list[tuple]:
     return [("h3", f"{label}: the study's open readings"), *blocks] if blocks else []
 
 
+def _elimination_section(slim: Path, label: str) -> list[tuple]:
+    """Acting on the findings: the greedy path, the slim model beside the full one, ResNet18 and random sets."""
+    summary = _json(slim / "elimination" / "summary.json")
+    if not summary:
+        return []
+    split = summary["split_chose_units"]
+    blocks: list[tuple] = [
+        ("h3", f"{label}: a slim network from the trivial units"),
+        ("p", f"Greedy backward elimination on the {split} split ({'validation' if split == 'val' else 'TEST'}): each "
+              f"step scores every remaining identity-shortcut unit jointly with those already removed and removes "
+              f"the best, while the {summary['metric']} drop stays within {summary['max_drop']}. Eliminated units "
+              f"compute relu(x + b) exactly ({summary['form']} form); the test split is scored once, at the end. "
+              f"Removed: {', '.join(summary['units']) or 'none'}."),
+        ("table", ["step", "tried", "units removed", summary["metric"], "drop", "kept", "params", "conv MACs"],
+         [[r["step"], r["added"], r["units_removed"], f"{r['value']:.4f}", f"{r['drop']:+.4f}",
+           "yes" if r["accepted"] else "no (stop)", f"{r['params']:,}", f"{r['conv_macs']:,}"]
+          for r in summary["path"]]),
+    ]
+    comparison = _json(slim / "elimination" / "comparison.json")
+    if comparison:
+        blocks.append(("table", ["model", comparison["metric"], "params", "conv MMACs", "eval img/s", "train img/s",
+                                 "params / full", "eval speed / full"],
+                       [[r["name"] + (f" [{r['low']:.4f}, {r['high']:.4f}]" if "low" in r else ""),
+                         f"{r['value']:.4f}", f"{round(r['params']):,}", f"{r['conv_macs'] / 1e6:.1f}",
+                         f"{r['eval_images_per_s']:.1f}", f"{r['train_images_per_s']:.1f}",
+                         f"{r['ratios_vs_full']['params']:.3f}", f"{r['ratios_vs_full']['eval_images_per_s']:.3f}"]
+                        for r in comparison["rows"]]))
+        blocks.append(("p", f"Speeds measured side by side on {comparison['device']} (batch {comparison['batch']}, "
+                            f"median of {comparison['repeats']} repeats). One-shot choice (every unit harmless alone, "
+                            f"{len(summary['one_shot']['choices'])} units): test {summary['one_shot']['test']:.4f}."))
+    for name in ("path.png", "pareto.png"):
+        if (slim / "elimination" / name).is_file():
+            blocks.append(("img", str(slim / "elimination" / name), f"{label}: {name[:-4]}"))
+    return blocks
+
+
 def _paper_section(workdir: Path, runs: dict[str, str]) -> list[tuple]:
     """The study's published tables beside ours (every seed present: mean and range)."""
     blocks: list[tuple] = [("h2", "The paper beside ours"),
@@ -299,8 +335,10 @@ def write_study_report(workdir: str | Path) -> Path:
     blocks += _paper_section(workdir, {"classification": "cifar10-resnet34", "segmentation": "acdc-pspnet34"})
     blocks += cls_blocks + _seeds_section(workdir / "seeds" / "cifar10-resnet34", "Classification")
     blocks += _readings_section(workdir / "cifar10-resnet34", "Classification")
+    blocks += _elimination_section(workdir / "cifar10-resnet34-slim", "Classification")
     blocks += seg_blocks + _seeds_section(workdir / "seeds" / "acdc-pspnet34", "Segmentation")
     blocks += _readings_section(workdir / "acdc-pspnet34", "Segmentation")
+    blocks += _elimination_section(workdir / "acdc-pspnet34-slim", "Segmentation")
     blocks += [("h2", "Study B: per-image layer skipping"), ("p", PROTOCOL_TEXT["B"])]
     if skip:
         rows = skip["useful"]["rows"]

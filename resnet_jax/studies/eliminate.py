@@ -179,6 +179,7 @@ def eliminate_workdir(workdir, out, *, granularity: str = "unit", form: str = "b
         "baseline": {metric_split: baseline, "test": test_full},
         "path": [path_row(r, layers, variables, model, images.shape) for r in path],
         "chosen": [c.label for c in slim_set], "units": [c.unit for c in slim_set],
+        "choices": [[c.unit, c.conv] for c in slim_set],
         "one_shot": {"choices": [c.label for c in shot], metric_split: shot_value, "test": test_shot},
         "slim": {"test_masked": test_slim, "test": before[key], "params": elim.count_params(svars),
                  "conv_macs": elim.conv_macs(slayers)},
@@ -186,7 +187,7 @@ def eliminate_workdir(workdir, out, *, granularity: str = "unit", form: str = "b
         "finetuned": None if after is None else {"test": after[key], "step": after["step"],
                                                  "epochs": finetune_epochs, "learning_rate":
                                                      config["train"]["learning_rate"]},
-        "random": [{"choices": [c.label for c in d], "test": v} for d, v in zip(draws, test_draws)],
+        "random": [{"choices": [[c.unit, c.conv] for c in d], "test": v} for d, v in zip(draws, test_draws)],
         "checkpoint_choice": run.choice,
     }
     if abs(summary["slim"]["test_masked"] - summary["slim"]["test"]) > 1e-6:
@@ -251,3 +252,126 @@ def format_summary(s: dict) -> str:
         lines.append(f"random sets of {len(s['units'])} units ({len(values)} draws): mean {np.mean(values):.4f}, "
                      f"min {min(values):.4f}, max {max(values):.4f}")
     return "\n".join(lines)
+
+
+# Side-by-side comparison (benchmarks/elimination.py and the reproduce stage) ----------------------------------
+
+def _programs(config, task, model, variables, mean, std, images, targets):
+    """Jitted eval forward and train step of one model on one fixed batch."""
+    import jax.numpy as jnp
+
+    from resnet_jax.data.inputs import normalize
+
+    state = core.create_train_state(model, core.make_optimizer(config, 100), images.shape[1:], seed=0,
+                                    mean=mean, std=std)
+    state = state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
+    images, targets = jnp.asarray(images), jnp.asarray(targets)
+    forward = jax.jit(lambda s: s.apply_fn(s.variables, normalize(images, s.image_mean, s.image_std))[0])
+    step = jax.jit(task.train_step(config))
+    holder = {"state": state}
+
+    def train_once():
+        holder["state"], out = step(holder["state"], images, targets, jax.random.key(0))
+        jax.block_until_ready(out)
+
+    return (lambda: forward(state).block_until_ready()), train_once
+
+
+def measure(programs: dict, *, batch: int, repeats: int, steps: int) -> dict[str, dict[str, float]]:
+    """Median eval and train images/s per model; every model is timed once per repeat, in turn, so that the ratios
+    hold on a noisy machine."""
+    import time
+
+    def rate(fn):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        return batch * steps / (time.perf_counter() - t0)
+
+    for evaluate, train in programs.values():  # compile and warm up
+        evaluate(), train()
+    times = {name: {"eval": [], "train": []} for name in programs}
+    for _ in range(repeats):
+        for name, (evaluate, train) in programs.items():
+            times[name]["eval"].append(rate(evaluate))
+            times[name]["train"].append(rate(train))
+    return {name: {f"{k}_images_per_s": float(np.median(v)) for k, v in t.items()} for name, t in times.items()}
+
+
+def compare(full_dir, slim_dir, *, resnet18_dir=None, batch: int = 128, repeats: int = 3, steps: int = 3,
+            log=print) -> dict[str, Any]:
+    """Rows for the full model, the slim one (before and after fine-tuning), random sets of the same size (mean,
+    range, sd) and optionally ResNet18: test metric, parameters, conv MACs and measured eval / train images/s."""
+    full_dir, slim_dir = Path(full_dir).absolute(), Path(slim_dir).absolute()
+    summary = json.loads((slim_dir / "elimination" / "summary.json").read_text())
+    full = runs.restore(full_dir, command="eliminate")
+    task, key = full.task, f"test_{full.task.best_metric}"
+    images_all, targets_all = task.arrays(full.test)
+    take = np.arange(batch) % len(images_all)
+    images, targets = images_all[take], targets_all[take]
+    mean, std = np.asarray(full.state.image_mean), np.asarray(full.state.image_std)
+    variables = jax.device_get(full.state.variables)
+    shape = (1, *images.shape[1:])
+    layers = abl.catalogue(full.model, variables, input_shape=shape)
+    slim = runs.restore(slim_dir, command="eliminate")
+    entries = {"full": (full.model, variables), "slim": (slim.model, jax.device_get(slim.state.variables))}
+    for i, draw in enumerate(summary["random"]):
+        choices = tuple(elim.Choice(u, c) for u, c in draw["choices"])
+        entries[f"random-{i}"] = (elim.slim_model(full.model, choices, layers),
+                                  elim.slim_variables(full.model, variables, choices, layers, input_shape=shape))
+    if resnet18_dir:
+        other = runs.restore(Path(resnet18_dir).absolute(), command="eliminate")
+        entries["resnet18"] = (other.model, jax.device_get(other.state.variables))
+    log(f"timing {len(entries)} models side by side (batch {batch}, {repeats} repeats of {steps} calls)")
+    speeds = measure({name: _programs(full.config, task, m, v, mean, std, images, targets)
+                      for name, (m, v) in entries.items()}, batch=batch, repeats=repeats, steps=steps)
+
+    def size(name):
+        m, v = entries[name]
+        return {"params": elim.count_params(v), "conv_macs": elim.conv_macs(abl.catalogue(m, v, input_shape=shape)),
+                **speeds[name]}
+
+    n = len(summary["units"])
+    rows = [{"name": f"{full.config['model']['name']} (full)", "value": summary["full"]["test"], **size("full")},
+            {"name": f"slim, {n} units removed", "value": summary["slim"]["test"], **size("slim")}]
+    if summary["finetuned"]:
+        rows.append({**rows[-1], "name": f"slim, fine-tuned {summary['finetuned']['epochs']} epoch(s)",
+                     "value": summary["finetuned"]["test"]})
+    randoms = [name for name in entries if name.startswith("random-")]
+    if randoms:
+        values = [d["test"] for d in summary["random"]]
+        per = [size(name) for name in randoms]
+        rows.append({"name": f"random {n} units ({len(randoms)} draws, mean)", "value": float(np.mean(values)),
+                     "low": float(min(values)), "high": float(max(values)),
+                     "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                     **{k: float(np.mean([q[k] for q in per])) for k in per[0]}})
+    if resnet18_dir:
+        value = json.loads((Path(resnet18_dir) / "evaluation.json").read_text())[key]
+        rows.append({"name": "resnet18 (same recipe and budget)", "value": value, **size("resnet18")})
+    base = rows[0]
+    for r in rows:
+        r["ratios_vs_full"] = {k: r[k] / base[k] for k in ("params", "conv_macs", "eval_images_per_s",
+                                                            "train_images_per_s")}
+    return {"device": jax.devices()[0].device_kind, "batch": batch, "repeats": repeats, "steps": steps,
+            "metric": key, "rows": rows, "slim_run": str(slim_dir)}
+
+
+def format_comparison(result: dict) -> str:
+    lines = [f"{'model':40s} {result['metric']:>14s} {'params':>11s} {'conv MMACs':>10s} {'eval img/s':>10s} "
+             f"{'train img/s':>11s}  vs full: params MACs eval train"]
+    for r in result["rows"]:
+        q = r["ratios_vs_full"]
+        spread = f"  [{r['low']:.4f}, {r['high']:.4f}]" if "low" in r else ""
+        lines.append(f"{r['name']:40s} {r['value']:14.4f} {round(r['params']):11,d} {r['conv_macs'] / 1e6:10.1f} "
+                     f"{r['eval_images_per_s']:10.1f} {r['train_images_per_s']:11.1f}  {q['params']:.3f} "
+                     f"{q['conv_macs']:.3f} {q['eval_images_per_s']:.3f} {q['train_images_per_s']:.3f}{spread}")
+    return "\n".join(lines)
+
+
+def write_comparison(slim_dir, result: dict) -> Path:
+    """``<slim>/elimination/comparison.json`` and the Pareto figure beside it."""
+    from resnet_jax.reporting import figures
+
+    directory = Path(slim_dir) / "elimination"
+    files.write_json(directory / "comparison.json", result)
+    return figures.plot_pareto(result["rows"], directory / "pareto.png", metric=result["metric"])

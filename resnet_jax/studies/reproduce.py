@@ -5,9 +5,12 @@ finished (a rerun skips them; an unfinished stage resumes from its own checkpoin
 
   cifar-train, cifar-ablate   Study A, classification (ResNet34 on CIFAR-10)
   cifar-pairs                 every pair of convs of the classification run(s), with interactions
+  cifar-eliminate             act on the findings: a slim ResNet34 (greedy elimination on validation, fine-tuned),
+                              compared with ResNet18 trained with the same recipe and random elimination
   readings                    the study's open readings on seed 0 of both tasks: BatchNorm on batch statistics,
                               stage 1's adjacency as layer1.0.conv1 alone, identity-shortcut cuts
   acdc-train,  acdc-ablate    Study A, segmentation (PSPNet-ResNet34 on ACDC), scored by Dice
+  acdc-eliminate              the slim PSPNet-ResNet34, scored by Dice (compared with random elimination)
   skip-study                  Study B on MNIST
   verify                      the classification ablations re-run in PyTorch (needs the torch extra)
   report                      report/report.md and report/index.html, with the seeds' combined tables
@@ -28,18 +31,18 @@ from typing import Any
 
 from resnet_jax import files
 
-STAGES = ("cifar-train", "cifar-ablate", "cifar-pairs", "acdc-train", "acdc-ablate", "readings", "skip-study", "verify",
-          "report")
+STAGES = ("cifar-train", "cifar-ablate", "cifar-pairs", "cifar-eliminate", "acdc-train", "acdc-ablate", "acdc-eliminate",
+          "readings", "skip-study", "verify", "report")
 SEEDED = ("cifar-train", "cifar-ablate", "cifar-pairs", "acdc-train", "acdc-ablate")
 """Stages that run once per seed."""
 
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {"cifar": "cifar10-resnet34-smoke", "acdc": "acdc-pspnet34-smoke", "skip": "mnist-skip-smoke",
-              "ablate_examples": 64, "verify_examples": 64, "pairs_seeds": 1},
+              "ablate_examples": 64, "verify_examples": 64, "pairs_seeds": 1, "finetune_epochs": 1},
     "cpu": {"cifar": "cifar10-resnet34-cpu", "acdc": "acdc-pspnet34-cpu", "skip": "mnist-skip-cpu",
-            "ablate_examples": None, "verify_examples": 1000, "pairs_seeds": 1},
+            "ablate_examples": None, "verify_examples": 1000, "pairs_seeds": 1, "finetune_epochs": 2},
     "full": {"cifar": "cifar10-resnet34", "acdc": "acdc-pspnet34", "skip": "mnist-skip",
-             "ablate_examples": None, "verify_examples": None, "pairs_seeds": 1},
+             "ablate_examples": None, "verify_examples": None, "pairs_seeds": 1, "finetune_epochs": 10},
 }
 
 DATASETS = {"cifar": "cifar10", "acdc": "acdc_lv_myo", "skip": "mnist"}
@@ -92,7 +95,7 @@ def _claim(workdir: Path, identity: dict[str, Any], *, force_new: bool) -> None:
         raise StageError(f"{workdir} holds a reproduce run of {made_by}, not preset {identity['preset']!r} with data "
                          f"root {identity['data_root']}; rerun with those settings to resume, use another --workdir, "
                          f"or pass --force-new to discard that run")
-    for sub in (*RUN_DIRS.values(), "report", "seeds"):
+    for sub in (*RUN_DIRS.values(), *SLIM_DIRS.values(), RESNET18_DIR, "report", "seeds"):
         shutil.rmtree(workdir / sub, ignore_errors=True)
         for extra in workdir.glob(f"{sub}-seed*"):
             shutil.rmtree(extra, ignore_errors=True)
@@ -100,6 +103,8 @@ def _claim(workdir: Path, identity: dict[str, Any], *, force_new: bool) -> None:
 
 
 RUN_DIRS = {"cifar": "cifar10-resnet34", "acdc": "acdc-pspnet34", "skip": "mnist-skip"}
+SLIM_DIRS = {"cifar": "cifar10-resnet34-slim", "acdc": "acdc-pspnet34-slim"}
+RESNET18_DIR = "cifar10-resnet18"
 
 
 def stage_runners(preset: dict, workdir: Path, data_root: Path | None, log, *,
@@ -148,6 +153,25 @@ def stage_runners(preset: dict, workdir: Path, data_root: Path | None, log, *,
                                              batchnorm="batch", whole_batches=True, log=log)
         return {"tables": [str(p) for p in written]}
 
+    def eliminate_run(key, run):
+        from resnet_jax.studies import eliminate
+
+        def stage():
+            if not (run / "config.json").is_file():
+                raise StageError(f"{key}-eliminate: {run.name} has no trained run; run {key}-train first")
+            other = None
+            if key == "cifar":  # the comparison a user asks for: a smaller standard network, same recipe and budget
+                other = workdir / RESNET18_DIR
+                runs.train(configs.load_config(preset[key], overrides(key) + ["model.name=resnet18"]), other, log=log)
+            slim = workdir / SLIM_DIRS[key]
+            summary = eliminate.eliminate_workdir(run, slim, finetune_epochs=preset["finetune_epochs"], log=log)
+            log(eliminate.format_summary(summary))
+            result = eliminate.compare(run, slim, resnet18_dir=other, log=log)
+            log(eliminate.format_comparison(result))
+            eliminate.write_comparison(slim, result)
+            return {"units": summary["units"]}
+        return stage
+
     def skip_run():
         skip_study.run_study(configs.load_config(preset["skip"], overrides("skip")), skip, log=log)
         return {}
@@ -176,8 +200,9 @@ def stage_runners(preset: dict, workdir: Path, data_root: Path | None, log, *,
         return {"report": str(study_report.write_study_report(workdir))}
 
     return {"cifar-train": train("cifar", cifar), "cifar-ablate": ablate_run(cifar),
-            "cifar-pairs": ablate_run(cifar, ["pairs"]), "acdc-train": train("acdc", acdc),
-            "acdc-ablate": ablate_run(acdc), "readings": readings, "skip-study": skip_run, "verify": verify,
+            "cifar-pairs": ablate_run(cifar, ["pairs"]), "cifar-eliminate": eliminate_run("cifar", cifar),
+            "acdc-train": train("acdc", acdc), "acdc-ablate": ablate_run(acdc),
+            "acdc-eliminate": eliminate_run("acdc", acdc), "readings": readings, "skip-study": skip_run, "verify": verify,
             "report": report}
 
 
