@@ -86,6 +86,22 @@ def test_projection_units_cannot_be_eliminated_and_the_error_lists_the_valid_one
     assert len(elim.candidates(layers, granularity="conv")) == 10
 
 
+def test_stage_protocols_on_a_slim_model_name_only_stages_with_a_row():
+    """A stage that keeps only its first unit (decomposition and adjacent convs, which the protocol keeps) has no
+    row; the others resolve as before."""
+    from resnet_jax.ablation import protocols
+
+    model, variables = _model("resnet_tiny")
+    layers = abl.catalogue(model, variables)
+    choices = (elim.Choice("layer2.1", "layer2.1.conv2"), elim.Choice("layer3.1", "layer3.1.conv2"))
+    slim = elim.slim_model(model, choices, layers)
+    slim_layers = abl.catalogue(slim, elim.slim_variables(model, variables, choices, layers, input_shape=(1, 32, 32, 3)))
+    specs = protocols.protocol_specs("stage-except-decomposition", slim_layers)
+    assert [s.name for s in specs] == ["layer1", "layer4"]
+    assert [a.layers for a in abl.resolve_all(specs, slim_layers)] == [
+        ("layer1.1.conv1", "layer1.1.conv2"), ("layer4.1.conv1", "layer4.1.conv2")]
+
+
 def _slow_greedy(model, variables, layers, x, y, options, max_drop):
     """The search written as a loop over masked forwards, one model at a time."""
     def accuracy(choices):
@@ -190,6 +206,8 @@ def test_cli_eliminate_then_export_then_evaluate(tmp_path):
     assert again.returncode == 2 and "other settings" in again.stderr
     e = run_cli("evaluate", "--workdir", str(out))
     assert e.returncode == 0, e.stderr
+    a = run_cli("ablate", "--workdir", str(out), "--protocol", "all")
+    assert a.returncode == 0, a.stderr
     x = run_cli("export-torch", "--workdir", str(out), "--out", str(tmp_path / "torch"))
     assert x.returncode == 2 and "no torchvision counterpart for model 'resnet_tiny'" in x.stderr
     result = eliminate.compare(run, out, batch=16, repeats=1, steps=1, log=lambda s: None)

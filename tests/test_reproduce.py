@@ -54,8 +54,8 @@ def smoke_run(tmp_path_factory):
 def test_smoke_preset_runs_every_stage_and_resumes(smoke_run):
     workdir, args = smoke_run
     stages = json.loads((workdir / "stages.json").read_text())["stages"]
-    assert set(stages) == {"cifar-train", "cifar-ablate", "cifar-pairs", "acdc-train", "acdc-ablate", "readings",
-                           "skip-study", "verify", "report"}
+    assert set(stages) == {"cifar-train", "cifar-ablate", "cifar-pairs", "cifar-eliminate", "acdc-train", "acdc-ablate",
+                           "acdc-eliminate", "readings", "skip-study", "verify", "report"}
     page = (workdir / "report" / "index.html").read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) >= 6
@@ -70,9 +70,13 @@ def test_smoke_preset_runs_every_stage_and_resumes(smoke_run):
     assert "2 seeds" in md and "The paper beside ours" in md and "Pairwise interactions" in md
     assert "open readings" in md and "BatchNorm on batch statistics, single" in md and "Identity shortcuts cut" in md
     assert json.loads((workdir / "cifar10-resnet34" / "ablation" / "pairs.json").read_text())["rows"]
+    assert "a slim network from the trivial units" in md and "resnet18 (same recipe and budget)" in md
+    for slim in ("cifar10-resnet34-slim", "acdc-pspnet34-slim"):
+        summary = json.loads((workdir / slim / "elimination" / "summary.json").read_text())
+        assert summary["slim"]["test"] == summary["slim"]["test_masked"]  # exact, on every task
     again = run_cli(*args, timeout=600)
     assert again.returncode == 0, again.stderr[-4000:]
-    assert again.stdout.count("done earlier, skipped") == 8
+    assert again.stdout.count("done earlier, skipped") == 10
 
 
 # Run in the page once it has loaded: one line per figure with the size the browser decoded it to.

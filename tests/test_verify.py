@@ -25,6 +25,7 @@ pytest.importorskip("torchvision")
 from resnet_jax import cli  # noqa: E402
 from resnet_jax.ablation import catalogue as abl  # noqa: E402
 from resnet_jax.ablation import engine, protocols  # noqa: E402
+from resnet_jax.data.inputs import normalize  # noqa: E402
 from resnet_jax.interop import convert, verify  # noqa: E402
 from resnet_jax.models import resnet as models  # noqa: E402
 from resnet_jax.training import runs  # noqa: E402
@@ -301,3 +302,27 @@ def test_cli_verify_reinit_and_rerandomize(run, capsys):
     rows = list(csv.DictReader((run / "verify.csv").open()))
     assert [(r["kind"], r["ok"]) for r in rows] == [("none", "True")] + [("reinit", "True")] * 3 + [
         ("rerandomize", "True")] * 3
+
+
+def test_a_slim_run_verifies_in_pytorch_and_exports(run, tmp_path, capsys):
+    """Every identity unit of the ResNet18 run eliminated: its ablations agree in PyTorch (the exported slim
+    twin), and the exported state_dict and TorchScript files give the Flax slim model's logits."""
+    from resnet_jax.interop import export
+
+    slim = tmp_path / "slim"
+    assert cli.main(["eliminate", "--workdir", str(run), "--out", str(slim), "--max-drop", "0.99",
+                     "--random-draws", "0"]) == 0
+    assert len(json.loads((slim / "config.json").read_text())["model"]["eliminated"]) == 5
+    assert cli.main(["verify", "--workdir", str(slim), "--protocol", "single", "--n-examples", str(N_EXAMPLES)]) == 0
+    rows = list(csv.DictReader((slim / "verify.csv").open()))
+    assert len(rows) == 1 + 10 and all(r["ok"] == "True" for r in rows)  # 20 convs less the 5 units' 10
+    assert cli.main(["export-torch", "--workdir", str(slim), "--out", str(tmp_path / "torch")]) == 0
+    restored = runs.restore(slim)
+    test = restored.test.take(16, seed=0)
+    x = np.asarray(normalize(test.images, restored.state.image_mean, restored.state.image_std))
+    flax_logits = np.asarray(restored.model.apply(restored.state.variables, x)[0])
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    with torch.inference_mode():
+        for net in (export.load_exported(tmp_path / "torch" / "model.pt"),
+                    torch.jit.load(str(tmp_path / "torch" / "model.torchscript.pt"))):
+            np.testing.assert_allclose(net(xt).numpy(), flax_logits, rtol=0, atol=1e-4)

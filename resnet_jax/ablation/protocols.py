@@ -41,8 +41,9 @@ def protocol_specs(protocol: str, layers: Sequence[abl.Layer], *, kind: str = "z
             return [abl.AblationSpec(u, kind, (abl.Selector(patterns=(f"{u}.*",)),)) for u in units]
         return [abl.AblationSpec(l.name, kind, (abl.Selector(names=(l.name,)),)) for l in layers]
     if protocol == "stage-except-decomposition":
-        return [abl.AblationSpec(f"{prefix}layer{s}", kind, (abl.Selector(stages=(s,)),),
-                                 (abl.Selector(roles=("decomposition", "adjacent")),)) for s in stages]
+        return _stages_with_layers([abl.AblationSpec(f"{prefix}layer{s}", kind, (abl.Selector(stages=(s,)),),
+                                                     (abl.Selector(roles=("decomposition", "adjacent")),))
+                                    for s in stages], layers)
     if protocol == "shortcut":
         if kind == "lesion":
             raise abl.SpecError("the shortcut protocol ablates projection convs, which a lesion cannot remove; "
@@ -61,7 +62,8 @@ def protocol_specs(protocol: str, layers: Sequence[abl.Layer], *, kind: str = "z
                 return (abl.Selector(roles=("decomposition", "adjacent")),)
             return abl.Selector(roles=("decomposition",)), abl.Selector(names=(first,))
 
-        return [abl.AblationSpec(f"{prefix}layer{s}", kind, (abl.Selector(stages=(s,)),), kept(s)) for s in stages]
+        return _stages_with_layers([abl.AblationSpec(f"{prefix}layer{s}", kind, (abl.Selector(stages=(s,)),), kept(s))
+                                    for s in stages], layers)
     if protocol == "pairs":
         if kind == "lesion":
             raise abl.SpecError(f"the pairs protocol ablates pairs of convs, not units; valid kinds for it: "
@@ -70,6 +72,13 @@ def protocol_specs(protocol: str, layers: Sequence[abl.Layer], *, kind: str = "z
         return [abl.AblationSpec(f"{a}+{b}", kind, (abl.Selector(names=(a, b)),))
                 for i, a in enumerate(names) for b in names[i + 1:]]
     raise abl.SpecError(f"unknown protocol {protocol!r}; valid: {list(PROTOCOLS)} or a spec file")
+
+
+def _stages_with_layers(specs: list[abl.AblationSpec], layers: Sequence[abl.Layer]) -> list[abl.AblationSpec]:
+    """Stage specs that select something: in a slim model (units eliminated) a stage may keep only its first unit,
+    whose convs the stage protocols keep, and then has no row."""
+    return [s for s in specs if any(any(x.matches(l) for x in s.select) and not any(x.matches(l) for x in s.exclude)
+                                    for l in layers)]
 
 
 def _encoder_prefix(layers: Sequence[abl.Layer]) -> str:

@@ -211,7 +211,7 @@ def verify_workdir(workdir: str | os.PathLike, *, protocols: Sequence[str] = pro
     jax_results = _jax_results(model, variables, jobs, layers, test, mean, std, method=method,
                                batch_size=batch_size, initial=initial)
     torch_logits = _torch_logits_fn(variables, layers, test.images, mean, std, arch=arch, stem=stem,
-                                    initial=initial, batch_size=batch_size)
+                                    initial=initial, batch_size=batch_size, config=config)
     rows = [_compare(j.protocol, jax_results[(j.ablation.kind, j.ablation.name)], torch_logits(j.ablation),
                      test.labels, logit_tol=logit_tol, margin_tol=margin_tol) for j in jobs]
     path = write_csv(rows, workdir / "verify.csv")
@@ -262,13 +262,21 @@ def _jax_results(model, variables, jobs: Sequence[_Job], layers, test, mean, std
 
 
 def _torch_logits_fn(variables, layers, images: np.ndarray, mean, std, *, arch: str, stem: str, initial,
-                     batch_size: int) -> Callable[[abl.Ablation], np.ndarray]:
-    """``ablation -> logits`` of the torchvision twin on ``images`` (NCHW, normalised as in JAX); cached."""
+                     batch_size: int, config: Mapping[str, Any] | None = None) -> Callable[[abl.Ablation], np.ndarray]:
+    """``ablation -> logits`` of the torchvision twin on ``images`` (NCHW, normalised as in JAX); cached. A slim
+    run (units eliminated) is checked against its exported torch model (:mod:`resnet_jax.interop.export`)."""
     torch = convert.import_torch()
-    state_dict = convert.to_torch_state_dict(variables, arch=arch)
-    initial_sd = None if initial is None else convert.to_torch_state_dict(
-        {"params": initial, "batch_stats": variables["batch_stats"]}, arch=arch)
-    net = convert.torchvision_model(arch, num_classes=int(state_dict["fc.weight"].shape[0]), stem=stem).eval()
+    if config is not None and config["model"].get("eliminated"):
+        from resnet_jax.interop import export
+
+        to_sd = export.torch_state_dict
+        net = export.build(export.architecture(config, variables)).eval()
+    else:
+        to_sd = functools.partial(convert.to_torch_state_dict, arch=arch)
+        net = None
+    state_dict = to_sd(variables)
+    initial_sd = None if initial is None else to_sd({"params": initial, "batch_stats": variables["batch_stats"]})
+    net = net or convert.torchvision_model(arch, num_classes=int(state_dict["fc.weight"].shape[0]), stem=stem).eval()
     x = np.asarray(normalize(images, mean, std))  # the normalisation of training and of the engine
     x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
     cache: dict[tuple[str, str], np.ndarray] = {}

@@ -274,7 +274,7 @@ def _elimination_section(slim: Path, label: str) -> list[tuple]:
     split = summary["split_chose_units"]
     blocks: list[tuple] = [
         ("h3", f"{label}: a slim network from the trivial units"),
-        ("p", f"Greedy backward elimination on the {split} split ({'validation' if split == 'val' else 'TEST'}): each "
+        ("p", f"Greedy backward elimination on the {'validation' if split == 'val' else 'TEST'} split: each "
               f"step scores every remaining identity-shortcut unit jointly with those already removed and removes "
               f"the best, while the {summary['metric']} drop stays within {summary['max_drop']}. Eliminated units "
               f"compute relu(x + b) exactly ({summary['form']} form); the test split is scored once, at the end. "

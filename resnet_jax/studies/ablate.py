@@ -45,6 +45,8 @@ def _check_request(protocols: Sequence[str], kind: str, *, batch_size: int, memo
 def _draw(name: str, rows: Sequence[dict], path: Path, *, title: str, layers) -> Path | None:
     """The protocol's figure: metric per layer for ``single``, a heat map for ``pairs``, bars for the others, none
     for the baseline."""
+    if not rows:  # e.g. a slim model's stage that kept only its first unit
+        return None
     if name == "pairs":
         return figures.plot_interactions(rows, [l.name for l in layers], path, title=title)
     if name == "single":

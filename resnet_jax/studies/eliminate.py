@@ -33,9 +33,15 @@ FINETUNE_LR_FACTOR = 0.1
 
 
 def set_scorer(model, variables, layers, images, targets, *, metric, image_mean, image_std, batch_size: int,
-               results: store.ResultStore, protocol: str, log=print) -> elim.Score:
+               results: store.ResultStore, protocol: str, chunk: int | None = None, log=print) -> elim.Score:
     """Scores of sets of choices on fixed examples: masked models in one engine call, every result stored and
-    reused (keyed by content), so a rerun recomputes nothing it finished."""
+    reused (keyed by content), so a rerun recomputes nothing it finished.
+
+    Masks go through the engine's weights path in padded chunks whose size is a power of two up to ``chunk``, so a
+    search compiles a handful of programs (the gate path would compile anew for each step's placement of copies)
+    and pads at most half a chunk."""
+    size = chunk or engine.chunk_size(len(elim.eliminable_units(layers)), batch_size=batch_size, layers=layers,
+                                      memory_budget_mb=devices.memory_budget_mb())
 
     def score(sets: Sequence[tuple[elim.Choice, ...]]) -> list[float]:
         ablations = [elim.as_ablation(s, layers) for s in sets]
@@ -44,8 +50,9 @@ def set_scorer(model, variables, layers, images, targets, *, metric, image_mean,
                      if store.ablation_key(a) not in done}.values())
         if todo:
             by_id = {(a.name, a.kind, a.layers): a for a in todo}
+            bucket = min(size, 1 << (len(todo) - 1).bit_length())
             engine.evaluate(model, variables, todo, layers, images, targets, image_mean=image_mean,
-                            image_std=image_std, metric=metric, batch_size=batch_size,
+                            image_std=image_std, metric=metric, batch_size=batch_size, method="weights", chunk=bucket,
                             on_chunk=lambda rs: results.append(protocol, rs, by_id, metric=metric.name))
             done = results.load()
         return [float(done[store.ablation_key(a)]["value"]) for a in ablations]
@@ -82,8 +89,9 @@ def slim_config(config: dict, eliminated: Sequence[tuple[str, str]], *, source: 
                       "learning_rate": finetune_lr or t["learning_rate"] * FINETUNE_LR_FACTOR}}
 
 
-def _save_start(out: Path, config: dict, model, variables, run: core.Run, *, ranking: str, value: float) -> None:
-    """Checkpoint step 0 of the slim run: the slim variables (fine-tuning resumes from it)."""
+def _save_start(out: Path, config: dict, model, variables, run: core.Run, *, ranking: str) -> None:
+    """Checkpoint step 0 of the slim run: the slim variables (fine-tuning resumes from it), ranked by the same
+    metric and split as the fine-tuning epochs that may follow it."""
     mngr = checkpointing.manager(out, keep=config["train"]["keep_checkpoints"], best_metric=ranking)
     if mngr.latest_step() is not None:
         return
@@ -92,7 +100,10 @@ def _save_start(out: Path, config: dict, model, variables, run: core.Run, *, ran
     state = core.create_train_state(model, core.make_optimizer(config, 1), image_shape, seed=config["train"]["seed"],
                                     mean=np.asarray(run.state.image_mean), std=np.asarray(run.state.image_std))
     state = state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
-    checkpointing.save(mngr, 0, state, metrics={ranking: value})
+    mesh = devices.data_mesh()
+    split, prefix = (run.val, "val_") if ranking.startswith("val_") else (run.test, "test_")
+    scores = run.task.evaluate(config, model)(devices.replicate(mesh, state), split, mesh, prefix)
+    checkpointing.save(mngr, 0, state, metrics={ranking: scores[ranking]})
     checkpointing.save_initial(out, state.params)
 
 
@@ -122,6 +133,9 @@ def eliminate_workdir(workdir, out, *, granularity: str = "unit", form: str = "b
         raise abl.SpecError(f"{workdir} has no validation split to search on; retrain with one "
                             f"(data.val_examples) or pass --metric-split test (the test split then chooses "
                             f"the units it scores, and the summary says so)")
+    if metric_split == "test" and run.val is not None:
+        raise abl.SpecError(f"{workdir} has a validation split: the search scores it (--metric-split val), so that "
+                            f"the test split is scored once, at the end")
     variables, model, task = jax.device_get(run.state.variables), run.model, run.task
     images, targets = task.arrays(split)
     test_images, test_targets = task.arrays(run.test)
@@ -136,7 +150,9 @@ def eliminate_workdir(workdir, out, *, granularity: str = "unit", form: str = "b
                        finetune_lr=finetune_lr)
     _check_out(out, request, force_new=force_new)
     files.write_json(out / "elimination" / "request.json", request)
-    kwargs = dict(metric=metric, image_mean=np.asarray(run.state.image_mean),
+    chunk = engine.chunk_size(len(options), batch_size=batch_size, layers=layers,
+                              memory_budget_mb=devices.memory_budget_mb())
+    kwargs = dict(metric=metric, image_mean=np.asarray(run.state.image_mean), chunk=chunk,
                   image_std=np.asarray(run.state.image_std), batch_size=batch_size, log=log)
     results_dir = out / "elimination"
     on_split = set_scorer(model, variables, layers, images, targets, protocol=f"search-{metric_split}",
@@ -165,28 +181,28 @@ def eliminate_workdir(workdir, out, *, granularity: str = "unit", form: str = "b
                          finetune_epochs=finetune_epochs, finetune_lr=finetune_lr)
     core.prepare_workdir(config, out, force_new=False)
     ranking = core.ranking_metric(task, core.Splits(None, run.val, run.test))
-    _save_start(out, config, smodel, svars, run, ranking=ranking, value=path_value(path, baseline))
-    before = _before_finetune(out, lambda: _evaluate(run, config, out, run.test, "test_", which="latest"))
+    _save_start(out, config, smodel, svars, run, ranking=ranking)
+    # Every test score below is the engine's (the metric the search used), on the slim run as restored from disk.
+    test_before = _before_finetune(out, run, config, batch_size)
     if finetune_epochs:
         runs.train(config, out, log=log)
-        after = json.loads((out / "evaluation.json").read_text())
+        tuned = score_run(out, batch_size=batch_size)
     else:
-        after = None
-        core.write_evaluation(out, before, step=0, which="best", n_examples=len(run.test), log=log)
-    key = f"test_{task.best_metric}"
+        core.write_evaluation(out, json.loads((out / "evaluation-before-finetune.json").read_text()), step=0,
+                              which="best", n_examples=len(run.test), log=log)
     summary = {
-        **request, "metric": metric.name, "split_chose_units": metric_split,
+        **request, "metric": metric_label(metric), "split_chose_units": metric_split,
         "baseline": {metric_split: baseline, "test": test_full},
         "path": [path_row(r, layers, variables, model, images.shape) for r in path],
         "chosen": [c.label for c in slim_set], "units": [c.unit for c in slim_set],
         "choices": [[c.unit, c.conv] for c in slim_set],
         "one_shot": {"choices": [c.label for c in shot], metric_split: shot_value, "test": test_shot},
-        "slim": {"test_masked": test_slim, "test": before[key], "params": elim.count_params(svars),
+        "slim": {"test_masked": test_slim, "test": test_before, "params": elim.count_params(svars),
                  "conv_macs": elim.conv_macs(slayers)},
         "full": {"params": elim.count_params(variables), "conv_macs": elim.conv_macs(layers), "test": test_full},
-        "finetuned": None if after is None else {"test": after[key], "step": after["step"],
-                                                 "epochs": finetune_epochs, "learning_rate":
-                                                     config["train"]["learning_rate"]},
+        "finetuned": None if not finetune_epochs else {"test": tuned["value"], "step": tuned["step"],
+                                                       "epochs": finetune_epochs,
+                                                       "learning_rate": config["train"]["learning_rate"]},
         "random": [{"choices": [[c.unit, c.conv] for c in d], "test": v} for d, v in zip(draws, test_draws)],
         "checkpoint_choice": run.choice,
     }
@@ -198,18 +214,39 @@ def eliminate_workdir(workdir, out, *, granularity: str = "unit", form: str = "b
     return summary
 
 
-def path_value(path: Sequence[dict], baseline: float) -> float:
-    accepted = [r for r in path if r["accepted"]]
-    return accepted[-1]["value"] if accepted else baseline
+def metric_label(metric) -> str:
+    """The engine metric's name with the classes it scores (segmentation tables lead with myocardium Dice)."""
+    classes, names = getattr(metric, "classes", None), getattr(metric, "class_names", None)
+    if classes and names and not all(names[c].lower() in metric.name.lower() for c in classes):
+        return f"{metric.name} ({', '.join(names[c] for c in classes)})"
+    return metric.name
 
 
-def _before_finetune(out: Path, evaluate) -> dict:
-    """The slim model's test score before fine-tuning (step 0), kept beside the run: fine-tuning may rotate that
-    checkpoint out, and a resumed run must not score a fine-tuned one in its place."""
+def score_run(workdir, *, which: str = "best", batch_size: int = 128) -> dict[str, Any]:
+    """A run's test score by the ablation engine's metric (the unablated model), so slim, full and other models
+    are compared on one measure."""
+    from resnet_jax.ablation.protocols import BASELINE
+    from resnet_jax.ablation.subjects import restore_subject
+
+    subject = restore_subject(workdir, checkpoint=which)
+    layers = abl.catalogue(subject.model, subject.variables, input_shape=(1, *subject.images.shape[1:]))
+    result = engine.evaluate(subject.model, subject.variables, [BASELINE], layers, subject.images, subject.targets,
+                             image_mean=subject.image_mean, image_std=subject.image_std, metric=subject.metric,
+                             batch_size=batch_size, progress=False)[0]
+    return {"value": float(result.value), "step": subject.step}
+
+
+def _before_finetune(out: Path, run: core.Run, config: dict, batch_size: int) -> float:
+    """The slim model's test scores at step 0 (before fine-tuning), kept in ``evaluation-before-finetune.json``:
+    fine-tuning may rotate that checkpoint out, and a resumed run must not score a fine-tuned one in its place.
+    Returns the engine's score (the search's metric)."""
     path = out / "evaluation-before-finetune.json"
     if not path.is_file():
-        files.write_json(path, {"checkpoint": "step 0 (before fine-tuning)", "step": 0, **evaluate()})
-    return json.loads(path.read_text())
+        columns = _evaluate(run, config, out, run.test, "test_", which="latest")
+        engine_value = score_run(out, which="latest", batch_size=batch_size)["value"]
+        files.write_json(path, {"checkpoint": "step 0 (before fine-tuning)", "step": 0, **columns,
+                                "engine_value": engine_value})
+    return json.loads(path.read_text())["engine_value"]
 
 
 def path_row(record: dict, layers, variables, model, image_shape) -> dict[str, Any]:
@@ -305,7 +342,8 @@ def compare(full_dir, slim_dir, *, resnet18_dir=None, batch: int = 128, repeats:
     full_dir, slim_dir = Path(full_dir).absolute(), Path(slim_dir).absolute()
     summary = json.loads((slim_dir / "elimination" / "summary.json").read_text())
     full = runs.restore(full_dir, command="eliminate")
-    task, key = full.task, f"test_{full.task.best_metric}"
+    task = full.task
+    batch = min(batch, full.config["train"]["batch_size"])  # a training batch of this run fits in memory
     images_all, targets_all = task.arrays(full.test)
     take = np.arange(batch) % len(images_all)
     images, targets = images_all[take], targets_all[take]
@@ -332,7 +370,8 @@ def compare(full_dir, slim_dir, *, resnet18_dir=None, batch: int = 128, repeats:
                 **speeds[name]}
 
     n = len(summary["units"])
-    rows = [{"name": f"{full.config['model']['name']} (full)", "value": summary["full"]["test"], **size("full")},
+    m = full.config["model"]
+    rows = [{"name": f"{m.get('name') or 'pspnet-' + m['encoder']} (full)", "value": summary["full"]["test"], **size("full")},
             {"name": f"slim, {n} units removed", "value": summary["slim"]["test"], **size("slim")}]
     if summary["finetuned"]:
         rows.append({**rows[-1], "name": f"slim, fine-tuned {summary['finetuned']['epochs']} epoch(s)",
@@ -346,14 +385,14 @@ def compare(full_dir, slim_dir, *, resnet18_dir=None, batch: int = 128, repeats:
                      "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
                      **{k: float(np.mean([q[k] for q in per])) for k in per[0]}})
     if resnet18_dir:
-        value = json.loads((Path(resnet18_dir) / "evaluation.json").read_text())[key]
+        value = score_run(resnet18_dir)["value"]
         rows.append({"name": "resnet18 (same recipe and budget)", "value": value, **size("resnet18")})
     base = rows[0]
     for r in rows:
         r["ratios_vs_full"] = {k: r[k] / base[k] for k in ("params", "conv_macs", "eval_images_per_s",
                                                             "train_images_per_s")}
     return {"device": jax.devices()[0].device_kind, "batch": batch, "repeats": repeats, "steps": steps,
-            "metric": key, "rows": rows, "slim_run": str(slim_dir)}
+            "metric": summary["metric"], "rows": rows, "slim_run": str(slim_dir)}
 
 
 def format_comparison(result: dict) -> str:
