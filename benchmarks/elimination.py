@@ -27,11 +27,13 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--steps", type=int, default=3, help="timed calls per model per repeat")
+    p.add_argument("--data-dir", help="where the full run's data is now, if it moved")
     p.add_argument("--out", help="write the rows as JSON here")
     p.add_argument("--figure", help="write the Pareto figure here")
     args = p.parse_args()
     result = eliminate.compare(args.full, args.slim, resnet18_dir=args.resnet18, batch=args.batch,
-                               repeats=args.repeats, steps=args.steps)
+                               repeats=args.repeats, steps=args.steps,
+                               data_dir=args.data_dir)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
     print(eliminate.format_comparison(result))

@@ -100,6 +100,27 @@ def test_stage_protocols_on_a_slim_model_name_only_stages_with_a_row():
     assert [s.name for s in specs] == ["layer1", "layer4"]
     assert [a.layers for a in abl.resolve_all(specs, slim_layers)] == [
         ("layer1.1.conv1", "layer1.1.conv2"), ("layer4.1.conv1", "layer4.1.conv2")]
+    # Stage 1's first unit eliminated: its "first conv" reading has no adjacent conv left to keep.
+    first = (elim.Choice("layer1.0", "layer1.0.conv2"),)
+    no_first = abl.catalogue(elim.slim_model(model, first, layers),
+                             elim.slim_variables(model, variables, first, layers, input_shape=(1, 32, 32, 3)))
+    specs = protocols.protocol_specs("stage-except-decomposition-first-conv", no_first)
+    assert abl.resolve_all(specs, no_first)[0].layers == ("layer1.1.conv1", "layer1.1.conv2")
+
+
+def test_slim_initial_parameters_are_the_source_init_pruned_and_a_per_position_bias_fixes_the_size():
+    model, variables = _model("resnet_tiny")
+    layers = abl.catalogue(model, variables)
+    choices = (elim.Choice("layer2.1", "layer2.1.conv1"),)
+    slim_vars = elim.slim_variables(model, variables, choices, layers, input_shape=(1, 32, 32, 3))
+    initial = model.init(jax.random.key(7), jnp.zeros((1, 32, 32, 3)))["params"]
+    pruned = elim.slim_initial(initial, slim_vars["params"])
+    assert jax.tree.structure(pruned) == jax.tree.structure(slim_vars["params"])
+    np.testing.assert_array_equal(pruned["layer3"]["1"]["conv2"]["kernel"], initial["layer3"]["1"]["conv2"]["kernel"])
+    assert not np.any(np.asarray(pruned["layer2"]["1"]["branch_bias"]))
+    slim = elim.slim_model(model, choices, layers)
+    with pytest.raises(ValueError, match=r"layer2\.1 was eliminated with a per-position bias for \(4, 4\) maps"):
+        slim.apply(slim_vars, jnp.zeros((1, 64, 64, 3)))
 
 
 def _slow_greedy(model, variables, layers, x, y, options, max_drop):
@@ -161,6 +182,8 @@ def test_greedy_on_literal_scores_stops_at_the_largest_set_within_the_drop():
     assert elim.chosen(path) == (b, a)
     assert not path[-1]["accepted"] and path[-1]["drop"] == pytest.approx(0.2)
     assert set(elim.one_shot(path, baseline=1.0, max_drop=0.02)) == {a, b}
+    # A drop of exactly the margin is kept although 1.0 - 0.99 is 0.010000000000000009 in floats.
+    assert elim.greedy([a], lambda sets: [0.99], baseline=1.0, max_drop=0.01)[0]["accepted"]
     draws = elim.random_sets([a, b, c], 2, draws=5, seed=0)
     assert all(len({x.unit for x in d}) == 2 for d in draws)
     assert draws == elim.random_sets([a, b, c], 2, draws=5, seed=0)
@@ -208,6 +231,13 @@ def test_cli_eliminate_then_export_then_evaluate(tmp_path):
     assert e.returncode == 0, e.stderr
     a = run_cli("ablate", "--workdir", str(out), "--protocol", "all")
     assert a.returncode == 0, a.stderr
+    # Eliminating again from the slim run keeps the earlier eliminations.
+    more = tmp_path / "slimmer"
+    c = run_cli("eliminate", "--workdir", str(out), "--out", str(more), "--max-drop", "0.5", "--random-draws", "0")
+    assert c.returncode == 0, c.stderr
+    chained = json.loads((more / "config.json").read_text())["model"]["eliminated"]
+    assert chained[:len(config["model"]["eliminated"])] == config["model"]["eliminated"]
+    assert run_cli("evaluate", "--workdir", str(more)).returncode == 0
     x = run_cli("export-torch", "--workdir", str(out), "--out", str(tmp_path / "torch"))
     assert x.returncode == 2 and "no torchvision counterpart for model 'resnet_tiny'" in x.stderr
     result = eliminate.compare(run, out, batch=16, repeats=1, steps=1, log=lambda s: None)

@@ -132,7 +132,7 @@ def greedy(options: Sequence[Choice], score: Score, *, baseline: float, max_drop
         values = score([tuple(removed) + (c,) for c in remaining])
         best = int(np.argmax(values))
         drop = baseline - values[best]
-        accepted = bool(drop <= max_drop)
+        accepted = bool(drop <= max_drop + 1e-9)  # a drop of exactly max_drop, up to float rounding, is kept
         record = {"step": len(removed) + 1, "added": remaining[best], "value": float(values[best]),
                   "drop": float(drop), "accepted": accepted,
                   "removed": tuple(removed) + ((remaining[best],) if accepted else ()),
@@ -158,7 +158,7 @@ def one_shot(path: Sequence[dict], *, baseline: float, max_drop: float) -> tuple
         return ()
     best_per_unit: dict[str, tuple[Choice, float]] = {}
     for c, v in path[0]["scores"]:
-        if baseline - v <= max_drop and (c.unit not in best_per_unit or v > best_per_unit[c.unit][1]):
+        if baseline - v <= max_drop + 1e-9 and (c.unit not in best_per_unit or v > best_per_unit[c.unit][1]):
             best_per_unit[c.unit] = (c, v)
     return tuple(c for c, _ in best_per_unit.values())
 
@@ -259,6 +259,20 @@ def _check_structure(model: nn.Module, variables, input_shape) -> None:
     shapes = lambda t: jax.tree.map(lambda a: tuple(a.shape), t)  # noqa: E731
     if shapes(dict(expected)) != shapes(dict(variables)):
         raise AssertionError("the slim variables do not match the slim model's structure")
+
+
+def slim_initial(initial_params: Mapping[str, Any], slim_params: Mapping[str, Any]) -> Any:
+    """A slim run's initial parameters: the source run's, minus the eliminated convs, with each ``branch_bias`` at
+    its initialiser's value (zeros), so ``reinit`` on the slim run means what it means on the source."""
+    def pick(path, leaf):
+        node = initial_params
+        for k in path:
+            node = node.get(str(k.key)) if isinstance(node, Mapping) else None
+            if node is None:
+                return jnp.zeros_like(leaf)
+        return jnp.asarray(node)
+
+    return jax.tree_util.tree_map_with_path(pick, dict(slim_params))
 
 
 def count_params(variables: Mapping[str, Any]) -> int:

@@ -55,12 +55,13 @@ def protocol_specs(protocol: str, layers: Sequence[abl.Layer], *, kind: str = "z
         units = [u for u in dict.fromkeys(l.unit for l in layers if l.unit) if abl.unit_has_identity_shortcut(layers, u)]
         return [abl.AblationSpec(f"{u}.identity", "cut-identity", (abl.Selector(patterns=(f"{u}.*",)),)) for u in units]
     if protocol == "stage-except-decomposition-first-conv":
-        first = next(l.name for l in layers if l.stage == stages[0] and "adjacent" in l.roles)
+        # None in a slim model whose stage-1 first unit was eliminated: nothing adjacent is then kept.
+        first = next((l.name for l in layers if l.stage == stages[0] and "adjacent" in l.roles), None)
 
         def kept(s):
             if s != stages[0]:
                 return (abl.Selector(roles=("decomposition", "adjacent")),)
-            return abl.Selector(roles=("decomposition",)), abl.Selector(names=(first,))
+            return (abl.Selector(roles=("decomposition",)),) + ((abl.Selector(names=(first,)),) if first else ())
 
         return _stages_with_layers([abl.AblationSpec(f"{prefix}layer{s}", kind, (abl.Selector(stages=(s,)),), kept(s))
                                     for s in stages], layers)

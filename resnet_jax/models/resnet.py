@@ -187,6 +187,11 @@ class _Unit(nn.Module):
         if self.replaced == "lesion":
             return lambda x, gates: jnp.zeros_like(x)
         shape = (x.shape[-1],) if self.replaced == "channel" else x.shape[1:]
+        if self.has_variable("params", "branch_bias"):  # a per-position bias holds the map size it was built at
+            stored = tuple(self.get_variable("params", "branch_bias").shape)
+            if stored != tuple(shape):
+                raise ValueError(f"unit {me} was eliminated with a per-position bias for {stored[:2]} maps; this "
+                                 f"input gives {tuple(shape[:2])} maps (use the input size of the run it came from)")
         bias = self.param("branch_bias", nn.initializers.zeros, shape, jnp.float32)
         return lambda x, gates: jnp.broadcast_to(bias.astype(x.dtype), x.shape)
 
