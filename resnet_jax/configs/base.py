@@ -179,13 +179,16 @@ def split_prefixes(v) -> str | None:
     return None if ok else "a mapping from split names to non-empty lists of id prefixes"
 
 
+ELIMINATED_FORMS = ("channel", "position", "lesion")
+"""How a slim model replaces an eliminated unit's branch (see ``resnet_jax.models.resnet``)."""
+
+
 def eliminated_units(v) -> str | None:
     """``[[unit, form], ...]``: the units a slim model replaces by ``relu(x + b)`` (written by ``resnet-jax
-    eliminate``); forms as in ``resnet_jax.models.resnet.ELIMINATED_FORMS``."""
-    forms = ("channel", "position", "lesion")
+    eliminate``); forms from ELIMINATED_FORMS."""
     ok = isinstance(v, (list, tuple)) and all(
-        isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[0], str) and p[1] in forms for p in v)
-    return None if ok else f"a list of [unit name, form] pairs, form one of {list(forms)}"
+        isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[0], str) and p[1] in ELIMINATED_FORMS for p in v)
+    return None if ok else f"a list of [unit name, form] pairs, form one of {list(ELIMINATED_FORMS)}"
 
 
 POSITIVE = integer(low=1)

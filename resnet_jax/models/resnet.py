@@ -26,15 +26,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resnet_jax.configs.base import ELIMINATED_FORMS
 from resnet_jax.models.batching import Copies, Gates, as_copies, copy_gates, gate, tile_clean
 
 Array = jax.Array
 
 CONV_IMPLS = ("auto", "xla", "patches")
-ELIMINATED_FORMS = ("channel", "position", "lesion")
-"""How an eliminated unit's branch is replaced: a per-channel bias ``(C,)`` (its last conv was zeroed), a
-per-position bias ``(H, W, C)`` (an earlier conv was zeroed: zero padding makes the constant vary near the
-borders), or nothing (``lesion``: the unit is ``relu(x)``)."""
+# How an eliminated unit's branch is replaced (ELIMINATED_FORMS, defined with the config schema): a per-channel
+# bias ``(C,)`` (its last conv was zeroed), a per-position bias ``(H, W, C)`` (an earlier conv was zeroed: zero
+# padding makes the constant vary near the borders), or nothing (``lesion``: the unit is ``relu(x)``).
 
 # torchvision initialises convs with Kaiming normal (fan_out, ReLU gain).
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")

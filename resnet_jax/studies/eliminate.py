@@ -37,7 +37,7 @@ FINETUNE_LR_FACTOR = 0.1
 
 
 def set_scorer(model, variables, layers, images, targets, *, metric, image_mean, image_std, batch_size: int,
-               results: store.ResultStore, protocol: str, chunk: int | None = None, log=print) -> elim.Score:
+               results: store.ResultStore, protocol: str, chunk: int | None = None) -> elim.Score:
     """Scores of sets of choices on fixed examples: masked models in one engine call, every result stored and
     reused (keyed by content), so a rerun recomputes nothing it finished.
 
@@ -118,12 +118,6 @@ def _save_start(out: Path, config: dict, model, variables, run: core.Run, *, ran
     checkpointing.save(mngr, 0, state, metrics={ranking: scores[ranking]})
 
 
-def _evaluate(run: core.Run, config: dict, workdir: Path, split, prefix: str, which: str = "best") -> dict:
-    slim = runs.restore(workdir, which=which, data_dir=config["data"]["data_dir"], command="eliminate")
-    mesh = devices.data_mesh()
-    return run.task.evaluate(config, slim.model)(devices.replicate(mesh, slim.state), split, mesh, prefix)
-
-
 def eliminate_workdir(workdir, out, *, granularity: str = "unit", form: str = "bias", max_drop: float = 0.01,
                       metric_split: str = "val", finetune_epochs: int = 0, finetune_lr: float | None = None,
                       random_draws: int = 5, batch_size: int = 128, data_dir=None, force_new: bool = False,
@@ -164,7 +158,7 @@ def eliminate_workdir(workdir, out, *, granularity: str = "unit", form: str = "b
     chunk = engine.chunk_size(len(options), batch_size=batch_size, layers=layers,
                               memory_budget_mb=devices.memory_budget_mb())
     kwargs = dict(metric=metric, image_mean=np.asarray(run.state.image_mean), chunk=chunk,
-                  image_std=np.asarray(run.state.image_std), batch_size=batch_size, log=log)
+                  image_std=np.asarray(run.state.image_std), batch_size=batch_size)
     results_dir = out / "elimination"
     on_split = set_scorer(model, variables, layers, images, targets, protocol=f"search-{metric_split}",
                           results=store.ResultStore(results_dir, store.context(
@@ -195,7 +189,7 @@ def eliminate_workdir(workdir, out, *, granularity: str = "unit", form: str = "b
     ranking = core.ranking_metric(task, core.Splits(None, run.val, run.test))
     _save_start(out, config, smodel, svars, run, ranking=ranking, source=workdir, source_params=variables["params"])
     # Every test score below is the engine's (the metric the search used), on the slim run as restored from disk.
-    test_before = _before_finetune(out, run, config, batch_size)
+    test_before = _before_finetune(out, config, batch_size)
     if abs(test_slim - test_before) > EXACT_TOLERANCE:
         raise AssertionError(f"the slim model scores {test_before} where the masked model scores {test_slim}: the "
                              f"elimination is not exact")
@@ -238,27 +232,33 @@ def metric_label(metric) -> str:
 def score_run(workdir, *, which: str = "best", batch_size: int = 128) -> dict[str, Any]:
     """A run's test score by the ablation engine's metric (the unablated model), so slim, full and other models
     are compared on one measure."""
+    return _engine_score(runs.restore(workdir, which=which, command="eliminate"), batch_size=batch_size)
+
+
+def _engine_score(run: core.Run, *, batch_size: int) -> dict[str, Any]:
     from resnet_jax.ablation.protocols import BASELINE
-    from resnet_jax.ablation.subjects import restore_subject
 
-    subject = restore_subject(workdir, checkpoint=which)
-    layers = abl.catalogue(subject.model, subject.variables, input_shape=(1, *subject.images.shape[1:]))
-    result = engine.evaluate(subject.model, subject.variables, [BASELINE], layers, subject.images, subject.targets,
-                             image_mean=subject.image_mean, image_std=subject.image_std, metric=subject.metric,
-                             batch_size=batch_size, progress=False)[0]
-    return {"value": float(result.value), "step": subject.step}
+    variables = jax.device_get(run.state.variables)
+    images, targets = run.task.arrays(run.test)
+    layers = abl.catalogue(run.model, variables, input_shape=(1, *images.shape[1:]))
+    result = engine.evaluate(run.model, variables, [BASELINE], layers, images, targets,
+                             image_mean=np.asarray(run.state.image_mean), image_std=np.asarray(run.state.image_std),
+                             metric=run.task.metric(run.config), batch_size=batch_size, progress=False)[0]
+    return {"value": float(result.value), "step": int(run.state.step)}
 
 
-def _before_finetune(out: Path, run: core.Run, config: dict, batch_size: int) -> float:
+def _before_finetune(out: Path, config: dict, batch_size: int) -> float:
     """The slim model's test scores at step 0 (before fine-tuning), kept in ``evaluation-before-finetune.json``:
     fine-tuning may rotate that checkpoint out, and a resumed run must not score a fine-tuned one in its place.
-    Returns the engine's score (the search's metric)."""
+    The step is restored from disk once and scored by the task's evaluation (every column) and by the engine
+    (the search's metric, returned)."""
     path = out / "evaluation-before-finetune.json"
     if not path.is_file():
-        columns = _evaluate(run, config, out, run.test, "test_", which="latest")
-        engine_value = score_run(out, which="latest", batch_size=batch_size)["value"]
+        slim = runs.restore(out, which="latest", data_dir=config["data"]["data_dir"], command="eliminate")
+        mesh = devices.data_mesh()
+        columns = slim.task.evaluate(config, slim.model)(devices.replicate(mesh, slim.state), slim.test, mesh, "test_")
         files.write_json(path, {"checkpoint": "step 0 (before fine-tuning)", "step": 0, **columns,
-                                "engine_value": engine_value})
+                                "engine_value": _engine_score(slim, batch_size=batch_size)["value"]})
     return json.loads(path.read_text())["engine_value"]
 
 
