@@ -14,7 +14,8 @@ import argparse
 from resnet_jax import configs
 from resnet_jax.studies import skip_study
 
-PRESETS = {"full": "mnist-skip", "cpu": "mnist-skip-cpu", "smoke": "mnist-skip-smoke", "cifar100": "cifar100-skip"}
+PRESETS = {"full": "mnist-skip", "wide": "mnist-skip-wide", "equal": "mnist-skip-equal", "cpu": "mnist-skip-cpu",
+           "smoke": "mnist-skip-smoke", "cifar100": "cifar100-skip"}
 
 
 def main() -> None:
@@ -27,17 +28,14 @@ def main() -> None:
 
     config = configs.load_config(PRESETS[args.preset], args.set, data_dir=args.data_dir)
 
-    # --- CNN-1, selection, CNN-2, CNN-3 (literal and useful), timing; then the report ---
+    # --- CNN-1, both labellings and routers, the CNN-3s, the early-exit baseline, curves, timing; the report ---
     results = skip_study.run_study(config, args.workdir)
 
-    # --- Headline numbers ---
-    rows = {r["name"]: r for r in results["useful"]["rows"]}
-    routed = rows["CNN-3, depth from CNN-2 (useful reading)"]
-    print(f"router held-out accuracy {results['router']['accuracy']:.4f}; "
-          f"CNN-1 {rows['CNN-1 (full depth)']['accuracy']:.4f}; routed CNN-3 {routed['accuracy']:.4f} "
-          f"at {routed['mean_conv_layers']:.2f} conv layers, MAC ratio {routed['mac_ratio_vs_cnn1']:.3f}, "
-          f"wall ratio {results['timing']['wall_ratio_vs_cnn1']['cnn3_routed_incl_router']:.3f}")
-
+    # --- Headline: every method at its operating point, and the verdict ---
+    for point in results["curves"]["best"]:
+        print(f"{skip_study.METHODS[point['method']]} ({point['setting'] or '-'}): accuracy {point['accuracy']:.4f}, "
+              f"MAC ratio {point['mac_ratio_vs_cnn1']:.3f}, wall ratio {point['wall_ratio_vs_cnn1']:.3f}")
+    print(*skip_study.verdict(results["curves"]["best"]), sep="\n")
 
 if __name__ == "__main__":
     main()

@@ -18,10 +18,13 @@ from tests.conftest import run_cli, shared_dataset
 SHAPE = (8, 8, 2)
 
 
+WIDTHS = (4, 6, 3)  # wider then narrower: both adapters (zero-padding and slicing) are exercised
+
+
 @pytest.fixture(scope="module")
 def tiny():
-    """A 5-class SkipCNN with 4 channels on 8x8x2 images, random biases so no layer is trivially zero."""
-    model = nets.SkipCNN(num_classes=5, channels=4)
+    """A 5-class SkipCNN of widths 4/6/3 on 8x8x2 images, random biases so no layer is trivially zero."""
+    model = nets.SkipCNN(num_classes=5, widths=WIDTHS)
     params = jax.jit(model.init)(jax.random.key(0, impl="rbg"), jnp.zeros((1, *SHAPE)))["params"]
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda p: np.asarray(p) + rng.normal(0, 0.1, p.shape).astype(np.float32), params)
@@ -40,13 +43,26 @@ def _np_conv3x3(x, kernel, bias):
     return out + bias
 
 
+def _np_adapt(h, width):
+    """The channel adapter written out: copy the first channels into a zero map of the new width."""
+    out = np.zeros((*h.shape[:-1], width))
+    c = min(width, h.shape[-1])
+    out[..., :c] = h[..., :c]
+    return out
+
+
 def _np_forward(params, image, depth):
-    """Hand-built CNN-3 for one uint8 image: conv1..conv{depth+1} with ReLU, then the dense head."""
+    """Hand-built CNN-3 for one uint8 image: conv1..conv{depth+1} with ReLU, skipped layers adapt the channels,
+    then the dense head. Also every conv's activation at full depth."""
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
-    h, acts = image.astype(np.float64) / 255.0, []
+    x, acts = image.astype(np.float64) / 255.0, []
     for name in nets.CONVS:
-        acts.append(np.maximum(_np_conv3x3(h if not acts else acts[-1], p[name]["kernel"], p[name]["bias"]), 0))
-    h = acts[depth]
+        acts.append(np.maximum(_np_conv3x3(x if not acts else acts[-1], p[name]["kernel"], p[name]["bias"]), 0))
+    h = acts[0]
+    for level in (1, 2):
+        width = p[nets.CONVS[level]]["bias"].shape[0]
+        h = np.maximum(_np_conv3x3(h, p[nets.CONVS[level]]["kernel"], p[nets.CONVS[level]]["bias"]), 0) \
+            if level <= depth else _np_adapt(h, width)
     return h.reshape(-1) @ p["head"]["kernel"] + p["head"]["bias"], acts
 
 
@@ -112,10 +128,32 @@ def test_full_depth_is_depth_two(tiny):
     np.testing.assert_array_equal(full, two)
 
 
+def test_adapters_add_no_parameters_and_the_full_path_is_the_plain_cnn(tiny):
+    model, params, images = tiny
+    shapes = jax.tree.map(np.shape, params)
+    # exactly the plain three-conv CNN's parameters: 3x3 kernels + biases and one dense head over the last width
+    assert shapes == {"conv1": {"kernel": (3, 3, 2, 4), "bias": (4,)}, "conv2": {"kernel": (3, 3, 4, 6), "bias": (6,)},
+                      "conv3": {"kernel": (3, 3, 6, 3), "bias": (3,)}, "head": {"kernel": (8 * 8 * 3, 5), "bias": (5,)}}
+    full, _ = model.apply({"params": params}, nets.to_input(images[:4]))
+    for i in range(4):
+        np.testing.assert_allclose(full[i], _np_forward(params, images[i], 2)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_the_adapter_pads_with_zeros_and_slices():
+    h = jnp.arange(12.0).reshape(1, 1, 3, 4)
+    assert nets.adapt_channels(h, 6).tolist() == [[[[*row, 0.0, 0.0] for row in h[0, 0].tolist()]]]
+    assert nets.adapt_channels(h, 2).tolist() == [[[row[:2] for row in h[0, 0].tolist()]]]
+    assert nets.adapt_channels(h, 4) is h
+
+
 def test_mac_counts_are_the_analytic_literals():
-    # conv1 28*28*9*1*16, conv 28*28*9*16*16, head 28*28*16*10; router 14*14*9*1*8 + 7*7*9*8*16 + 7*7*16*3
-    assert nets.skip_cnn_macs((28, 28, 1), channels=16, num_classes=10) == {
-        0: 112_896 + 125_440, 1: 112_896 + 1_806_336 + 125_440, 2: 112_896 + 2 * 1_806_336 + 125_440}
+    # convs 28*28*9*(1*8, 8*16, 16*32); head 28*28*32*10; exits 28*28*(8, 16)*10;
+    # router 14*14*9*1*8 + 7*7*9*8*16 + 7*7*16*3
+    c1, c2, c3, head = 56_448, 903_168, 3_612_672, 250_880
+    assert nets.skip_cnn_macs((28, 28, 1), widths=(8, 16, 32), num_classes=10) == {
+        0: c1 + head, 1: c1 + c2 + head, 2: c1 + c2 + c3 + head}
+    assert nets.early_exit_macs((28, 28, 1), widths=(8, 16, 32), num_classes=10) == {
+        0: c1 + 62_720, 1: c1 + c2 + 62_720 + 125_440, 2: c1 + c2 + c3 + 62_720 + 125_440 + head}
     assert nets.router_macs((28, 28, 1), channels=(8, 16)) == 14_112 + 56_448 + 2_352
 
 
@@ -131,8 +169,8 @@ def test_activation_scores_match_a_numpy_loop(tiny):
             for m in range(3):
                 expected[n, layer, m] = np.abs(a[..., m]).mean()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
-    pre = analysis.activation_scores(model, params, images[:5], n_maps=4, batch_size=5, site="pre_relu")
-    assert pre.shape == (5, 3, 4) and np.all(pre[..., :3] >= got[:5] - 1e-6)  # |z| >= relu(z)
+    pre = analysis.activation_scores(model, params, images[:5], n_maps=3, batch_size=5, site="pre_relu")
+    assert pre.shape == (5, 3, 3) and np.all(pre >= got[:5] - 1e-6)  # |z| >= relu(z)
 
 
 def _slow_selection(scores, per_map):
@@ -167,6 +205,43 @@ def test_deeper_label_wins_on_a_literal_example():
     assert indices.tolist() == [1, 2, 4, 7] and labels.tolist() == [1, 2, 0, 2]
 
 
+def _slow_dense_labels(reference, scores):
+    """The dense rule by counting: standing = share of reference images strictly below; best map; deeper on ties."""
+    n, layers, maps = scores.shape
+    labels = []
+    for i in range(n):
+        strength = [max(sum(r < scores[i, layer, m] for r in reference[:, layer, m]) / len(reference)
+                        for m in range(maps)) for layer in range(layers)]
+        labels.append(max(range(layers), key=lambda layer: (strength[layer], layer)))
+    return np.array(labels)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dense_labels_match_the_counting_rule_including_ties(seed):
+    rng = np.random.default_rng(seed)
+    reference = rng.integers(0, 8, (30, 3, 4)).astype(np.float32)  # few values: ties within and across layers
+    scores = rng.integers(0, 9, (25, 3, 4)).astype(np.float32)
+    np.testing.assert_array_equal(analysis.dense_labels(reference, scores), _slow_dense_labels(reference, scores))
+    np.testing.assert_array_equal(analysis.dense_labels(reference, reference), _slow_dense_labels(reference, reference))
+
+
+def test_dense_labels_are_reproducible_by_seed(tiny, tmp_path):
+    """Labels follow from CNN-1, and CNN-1 from its seed: the same seed gives the same labels, another seed others."""
+    model, _, images = tiny
+    labels = np.arange(len(images), dtype=np.int32) % 5
+
+    def dense(seed, name):
+        state = skip_train.fit(model, images, labels, tx=skip_train.rmsprop(learning_rate=1e-2), epochs=2,
+                               batch_size=8, seed=seed, workdir=tmp_path / name, log=lambda _: None)
+        scores = analysis.activation_scores(model, state.params, images, n_maps=3, batch_size=16)
+        return analysis.dense_labels(scores, scores)
+
+    first, again, other = dense(1, "a"), dense(1, "b"), dense(2, "c")
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    assert set(first.tolist()) <= {0, 1, 2}
+
+
 # Bucketed inference ---------------------------------------------------------------------------------
 
 def test_bucket_sizes_and_plan():
@@ -187,6 +262,85 @@ def test_bucketed_inference_equals_the_masked_model(tiny, depth_values):
     bucketed = analysis.predict_bucketed(model, params, images, depths, batch_size=16, min_bucket=4)
     np.testing.assert_allclose(bucketed, masked, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(bucketed.argmax(-1), masked.argmax(-1))
+
+
+def test_bucketed_inference_equals_per_image_inference(tiny):
+    model, params, images = tiny
+    depths = np.random.default_rng(5).choice(3, len(images))
+    bucketed = analysis.predict_bucketed(model, params, images, depths, batch_size=16, min_bucket=4)
+    one_by_one = np.stack([np.asarray(model.apply({"params": params}, nets.to_input(images[i:i + 1]), int(d),
+                                                  method=nets.SkipCNN.truncated))[0] for i, d in enumerate(depths)])
+    np.testing.assert_allclose(bucketed, one_by_one, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(bucketed.argmax(-1), one_by_one.argmax(-1))
+
+
+@pytest.fixture(scope="module")
+def early_exit():
+    model = nets.EarlyExitCNN(num_classes=5, widths=WIDTHS)
+    params = jax.jit(model.init)(jax.random.key(1, impl="rbg"), jnp.zeros((1, *SHAPE)))["params"]
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(lambda p: np.asarray(p) + rng.normal(0, 0.3, p.shape).astype(np.float32), params)
+    images = rng.integers(0, 256, (41, *SHAPE)).astype(np.uint8)
+    return model, params, images
+
+
+def test_early_exit_threshold_zero_is_the_shallowest_and_above_one_the_full_network(early_exit):
+    model, params, images = early_exit
+    every_exit = skip_train.predict_logits(model, params, images, batch_size=16)  # (3, N, classes), one pass
+    # the full network is CNN-1 with the same convs and head: a SkipCNN over the same parameters at full depth
+    cnn1 = nets.SkipCNN(5, WIDTHS)
+    cnn1_params = {k: v for k, v in params.items() if k not in ("exit1", "exit2")}
+    full = np.asarray(cnn1.apply({"params": cnn1_params}, nets.to_input(images))[0])
+    np.testing.assert_allclose(every_exit[2], full, rtol=1e-5, atol=1e-5)
+    for threshold, exit_taken, reference in ((0.0, 0, every_exit[0]), (1.01, 2, full)):
+        logits, exits = analysis.predict_early_exit(model, params, images, threshold, batch_size=16, min_bucket=4)
+        assert np.all(exits == exit_taken)
+        np.testing.assert_allclose(logits, reference, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(logits.argmax(-1), reference.argmax(-1))
+
+
+@pytest.mark.parametrize("share", [0.3, 0.5, 0.7])
+def test_staged_early_exit_equals_the_rule_on_every_exits_outputs(early_exit, share):
+    model, params, images = early_exit
+    every_exit = skip_train.predict_logits(model, params, images, batch_size=16)
+    confidence = np.asarray(jax.nn.softmax(every_exit[:2])).max(-1)
+    threshold = float(np.quantile(confidence, share))  # some images stop at each exit
+    want = analysis.exit_at_threshold(every_exit, threshold)
+    assert len(set(want.tolist())) > 1  # a mixed case, not all at one exit
+    logits, exits = analysis.predict_early_exit(model, params, images, threshold, batch_size=16, min_bucket=4)
+    np.testing.assert_array_equal(exits, want)
+    np.testing.assert_allclose(logits, every_exit[want, np.arange(len(images))], rtol=1e-5, atol=1e-5)
+    given, taken = analysis.predict_early_exit(model, params, images, exits=want, batch_size=16, min_bucket=4)
+    np.testing.assert_array_equal(taken, want)
+    np.testing.assert_allclose(given, logits, rtol=1e-5, atol=1e-5)
+
+
+def test_exit_rule_on_a_literal_example():
+    confident, unsure = [10.0, 0.0], [0.0, 0.0]  # top probabilities ~1 and 0.5
+    logits = np.array([[unsure, confident, unsure], [unsure, unsure, unsure], [unsure, unsure, confident]])
+    assert analysis.exit_at_threshold(logits, 0.9).tolist() == [2, 0, 2]
+    assert analysis.exit_at_threshold(logits, 0.5).tolist() == [0, 0, 0]
+
+
+def test_router_quantile_depths_on_a_literal_example():
+    logits = np.log(np.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.2, 0.6, 0.2]]))
+    assert analysis.quantile_depths(logits, 0.5).tolist() == [0, 2, 1]
+    assert analysis.quantile_depths(logits, 0.1).tolist() == [0, 0, 0]
+    assert analysis.quantile_depths(logits, 0.75).tolist() == [1, 2, 1]
+    assert analysis.quantile_depths(logits, 1.0).tolist() == [2, 2, 2]
+
+
+def test_best_points_choose_the_cheapest_within_tolerance_on_validation():
+    def pt(method, acc, macs, setting=""):
+        return {"method": method, "setting": setting, "accuracy": acc, "macs_per_image": macs}
+
+    validation = [pt("full", 0.98, 10), pt("x", 0.90, 2, "a"), pt("x", 0.976, 5, "b"), pt("x", 0.99, 8, "c"),
+                  pt("y", 0.5, 1, "d"), pt("y", 0.6, 3, "e")]
+    test = [{**p, "accuracy": p["accuracy"] - 0.01} for p in validation]
+    best = {b["method"]: b for b in skip_study.best_points(validation, test, tolerance=0.005)}
+    assert best["x"]["setting"] == "b" and best["x"]["meets_validation_target"]
+    assert best["x"]["accuracy"] == pytest.approx(0.966) and best["x"]["validation_accuracy"] == 0.976
+    assert best["y"]["setting"] == "e" and not best["y"]["meets_validation_target"]
 
 
 # Training, splits, configs ----------------------------------------------------------------------------
@@ -229,12 +383,14 @@ def test_cifar100_preset_end_to_end_on_a_synthetic_stand_in(tmp_path):
     """The CIFAR-100 path (32x32x3, 100 classes) without CIFAR-100: the synthetic split of that shape."""
     config = configs.load_config("cifar100-skip", [
         "data.name=synthetic", "data.synthetic.train_examples=256", "data.synthetic.test_examples=128",
-        "model.channels=4", "model.router_channels=[4]", "train.epochs=1", "train.batch_size=64",
-        "selection.images_per_map=3", "router.epochs=1", "literal.epochs=1",
-        "evaluation.batch_size=128", "evaluation.min_bucket=128", "evaluation.timing_repeats=1"])
+        "data.validation_examples=64", "model.widths=[4,6,8]", "model.router_channels=[4]", "train.epochs=1",
+        "train.batch_size=64", "selection.images_per_map=3", "router.epochs=1", "literal.epochs=1",
+        "dense.epochs=1", "evaluation.batch_size=128", "evaluation.min_bucket=128", "evaluation.timing_repeats=1",
+        "evaluation.exit_thresholds=[0.5]", "evaluation.router_quantiles=[]"])
     res = skip_study.run_study(config, tmp_path, log=lambda _: None)
-    assert res["macs"]["cnn"][2] == 32 * 32 * (9 * 3 * 4 + 2 * 9 * 4 * 4 + 4 * 100)
-    assert len(res["useful"]["rows"]) == 7 and res["useful"]["rows"][0]["n"] == 128
+    assert res["macs"]["cnn"][2] == 32 * 32 * (9 * (3 * 4 + 4 * 6 + 6 * 8) + 8 * 100)
+    assert res["split_sizes"] == {"fit": 192, "validation": 64, "test": 128}
+    assert all(p["n"] == 128 for p in res["curves"]["test"]) and len(res["curves"]["best"]) == len(skip_study.METHODS)
     assert (tmp_path / "skip_report.md").is_file()
 
 
@@ -250,12 +406,15 @@ def compile_cache(tmp_path_factory):
 def _check_outputs(workdir, n_test):
     res = json.loads((workdir / "skip_results.json").read_text())
     report = (workdir / "skip_report.md").read_text()
-    assert "## CNN-2 (router)" in report and "wall ratio" in report
+    assert "## Verdict" in report and "wall ratio" in report and "## Dense labelling" in report
     assert 0 <= res["router"]["accuracy"] <= 1 and res["router"]["n"] >= 1
-    rows = {r["name"]: r for r in res["useful"]["rows"]}
-    assert rows["CNN-1 (full depth)"]["n"] == n_test and rows["CNN-1 (full depth)"]["mac_ratio_vs_cnn1"] == 1
-    assert res["useful"]["routed_matches_gathered"] > 0.99
-    assert all(v > 0 for v in res["timing"]["wall_ratio_vs_cnn1"].values())
+    assert res["dense_router"]["n"] == res["split_sizes"]["validation"]
+    points = res["curves"]["test"]
+    full = points[0]
+    assert full["method"] == "full" and full["n"] == n_test and full["mac_ratio_vs_cnn1"] == 1
+    assert {p["method"] for p in points} == set(skip_study.METHODS)
+    assert all(v["matches_point"] for v in res["timing"]["paths"].values())  # timed paths = the scored points
+    assert all(p["wall_ratio_vs_cnn1"] > 0 for p in points)
     with np.load(workdir / "selection.npz") as z:
         assert len(z["indices"]) == res["selection"]["n_labelled"] == len(z["images"])
         assert set(z["labels"].tolist()) <= {0, 1, 2}
@@ -271,8 +430,8 @@ def test_cli_smoke_on_synthetic_data_then_rerun_skips_every_stage(tmp_path, comp
     res = _check_outputs(tmp_path, 256)
     second = run_cli(*args, env_extra=compile_cache)
     assert second.returncode == 0, second.stderr
-    assert second.stdout.count("already done") == 6 and "epoch" not in second.stdout
-    assert json.loads((tmp_path / "skip_results.json").read_text())["useful"] == res["useful"]
+    assert second.stdout.count("already done") == 8 and "epoch" not in second.stdout
+    assert json.loads((tmp_path / "skip_results.json").read_text())["curves"] == res["curves"]
 
 
 def test_cli_smoke_on_shared_mnist(tmp_path, compile_cache):

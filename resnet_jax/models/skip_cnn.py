@@ -1,18 +1,22 @@
-"""Study B's networks: a three-conv CNN whose depth is chosen per example, and the router (PROTOCOLS.md).
+"""Study B's networks: a three-conv CNN whose depth is chosen per example, its early-exit twin, and the router.
 
-CNN-1 and CNN-3 are one module, :class:`SkipCNN`: ``conv1`` maps the input channels to
-``channels``; ``conv2`` and ``conv3`` map ``channels -> channels``; 3x3 kernels, SAME padding,
-bias, ReLU, no pooling; then one dense layer over the flattened map. Only conv2 and conv3 are ever
-skipped (layer label 0 skips both, label 1 skips conv3, label 2 none), so conv1 may change the
-channel count and no input projection is needed. An example's *depth* is its layer label: it runs
-``conv1 .. conv{depth+1}``.
+CNN-1 and CNN-3 are one module, :class:`SkipCNN`: three 3x3 convs of widths ``widths`` (the study's
+three layers differ only in their number of feature maps), SAME padding, bias, ReLU, no pooling;
+then one dense layer over the flattened map. Only conv2 and conv3 are ever skipped (layer label 0
+skips both, label 1 skips conv3, label 2 none). A skipped layer passes its input on through a
+parameter-free channel adapter (:func:`adapt_channels`: zero-padding to a wider layer, slicing to a
+narrower one), so skipping stays identity-like and adds no parameters; with equal widths the adapter
+is the identity. An example's *depth* is its layer label: it runs ``conv1 .. conv{depth+1}``.
 
 Two executions of the same parameters:
   * masked (``SkipCNN.__call__(x, depth)``): every layer runs on the whole batch and
-    ``jnp.where`` keeps a skipped layer's input, so the layer is the identity for that example and
-    receives exactly zero gradient from it. Training uses this; it saves no compute.
+    ``jnp.where`` keeps a skipped layer's (adapted) input, so the layer receives exactly zero
+    gradient from that example. Training uses this; it saves no compute.
   * bucketed (``studies.skipping.predict_bucketed``): examples grouped by depth run only their
     layers (``SkipCNN.truncated``), padded to a few static batch sizes. This is where compute is saved.
+
+:class:`EarlyExitCNN` is the early-exit baseline (BranchyNet): the same three convs and final head,
+plus a dense exit classifier after conv1 and conv2, all exits trained jointly.
 
 CNN-2, the router, is :class:`Router`: a small strided CNN over the three layer labels.
 """
@@ -39,6 +43,18 @@ def _conv3x3(channels: int, *, strides: int = 1, name: str | None = None) -> nn.
     return nn.Conv(channels, (3, 3), strides=strides, padding="SAME", name=name)
 
 
+def adapt_channels(h: Array, width: int) -> Array:
+    """``h`` with its last axis zero-padded or sliced to ``width``: how a skipped layer passes its input on."""
+    c = h.shape[-1]
+    if c >= width:
+        return h[..., :width]
+    return jnp.pad(h, ((0, 0),) * (h.ndim - 1) + ((0, width - c),))
+
+
+def _flat(h: Array) -> Array:
+    return h.reshape(h.shape[0], -1)
+
+
 class SkipCNN(nn.Module):
     """CNN-1 (``depth=None``: full depth) and CNN-3 (``depth``: one of 0, 1, 2 per example).
 
@@ -48,12 +64,10 @@ class SkipCNN(nn.Module):
     """
 
     num_classes: int
-    channels: int = 32
+    widths: tuple[int, int, int] = (32, 64, 128)
 
     def setup(self):
-        self.conv1 = _conv3x3(self.channels)
-        self.conv2 = _conv3x3(self.channels)
-        self.conv3 = _conv3x3(self.channels)
+        self.conv1, self.conv2, self.conv3 = (_conv3x3(w) for w in self.widths)
         self.head = nn.Dense(self.num_classes)
 
     def _run(self, name: str, h: Array, acts: dict[str, Array]) -> Array:
@@ -67,15 +81,47 @@ class SkipCNN(nn.Module):
         for level, name in enumerate(CONVS[1:], start=1):
             out = self._run(name, h, acts)
             # where, not a multiply: the cotangent of `out` is exactly zero where the layer is skipped.
-            h = out if depth is None else jnp.where((depth >= level)[:, None, None, None], out, h)
-        return self.head(h.reshape(h.shape[0], -1)), acts
+            h = out if depth is None else jnp.where((depth >= level)[:, None, None, None], out,
+                                                     adapt_channels(h, self.widths[level]))
+        return self.head(_flat(h)), acts
 
     def truncated(self, x: Array, depth: int) -> Array:
         """Logits of a batch whose examples all have ``depth``: only the layers they run."""
         h = nn.relu(self.conv1(x))
-        for conv in (self.conv2, self.conv3)[:depth]:
-            h = nn.relu(conv(h))
-        return self.head(h.reshape(h.shape[0], -1))
+        for level, conv in enumerate((self.conv2, self.conv3), start=1):
+            h = nn.relu(conv(h)) if level <= depth else adapt_channels(h, self.widths[level])
+        return self.head(_flat(h))
+
+
+class EarlyExitCNN(SkipCNN):
+    """CNN-1 with an exit classifier (dense over the flattened map) after conv1 and conv2.
+
+    ``__call__(x)`` returns ``(logits of every exit, stacked: (3, batch, classes), activations)``;
+    the last exit is CNN-1's head. :meth:`stage` runs one conv and its exit, for inference that
+    stops an example at the first exit confident enough (``studies.skipping.predict_early_exit``).
+    """
+
+    def setup(self):
+        super().setup()
+        self.exit1, self.exit2 = nn.Dense(self.num_classes), nn.Dense(self.num_classes)
+
+    def _exits(self):
+        return (self.exit1, self.exit2, self.head)
+
+    def __call__(self, x: Array, depth: Array | None = None) -> tuple[Array, dict[str, Array]]:
+        if depth is not None:
+            raise ValueError("EarlyExitCNN runs every exit; per-example depth is SkipCNN's")
+        acts: dict[str, Array] = {}
+        h, logits = x, []
+        for name, exit_head in zip(CONVS, self._exits()):
+            h = self._run(name, h, acts)
+            logits.append(exit_head(_flat(h)))
+        return jnp.stack(logits), acts
+
+    def stage(self, h: Array, level: int) -> tuple[Array, Array]:
+        """``(conv{level+1}'s output, its exit's logits)`` from the previous conv's output (the image at level 0)."""
+        h = nn.relu((self.conv1, self.conv2, self.conv3)[level](h))
+        return h, self._exits()[level](_flat(h))
 
 
 class Router(nn.Module):
@@ -95,12 +141,27 @@ class Router(nn.Module):
         return nn.Dense(self.num_labels, name="head")(x.reshape(x.shape[0], -1)), {}
 
 
-def skip_cnn_macs(image_shape: Sequence[int], *, channels: int, num_classes: int) -> dict[int, int]:
-    """Multiply-accumulates per image of :class:`SkipCNN` at each depth (bias adds and ReLUs not counted)."""
+def _conv_and_head_macs(image_shape: Sequence[int], widths: Sequence[int], num_classes: int):
     h, w, c = image_shape
-    conv1, conv = h * w * 9 * c * channels, h * w * 9 * channels * channels
-    head = h * w * channels * num_classes
-    return {d: conv1 + d * conv + head for d in DEPTHS}
+    ins = (c, *widths[:-1])
+    convs = [h * w * 9 * i * o for i, o in zip(ins, widths)]
+    heads = [h * w * o * num_classes for o in widths]
+    return convs, heads
+
+
+def skip_cnn_macs(image_shape: Sequence[int], *, widths: Sequence[int], num_classes: int) -> dict[int, int]:
+    """Multiply-accumulates per image of :class:`SkipCNN` at each depth (bias adds, ReLUs, adapters not counted).
+
+    The head always reads the last width: at depth 0 or 1 it runs on the zero-padded map, as executed.
+    """
+    convs, heads = _conv_and_head_macs(image_shape, widths, num_classes)
+    return {d: sum(convs[:d + 1]) + heads[-1] for d in DEPTHS}
+
+
+def early_exit_macs(image_shape: Sequence[int], *, widths: Sequence[int], num_classes: int) -> dict[int, int]:
+    """Multiply-accumulates per image of :class:`EarlyExitCNN` leaving at each exit (every exit passed is run)."""
+    convs, heads = _conv_and_head_macs(image_shape, widths, num_classes)
+    return {d: sum(convs[:d + 1]) + sum(heads[:d + 1]) for d in DEPTHS}
 
 
 def router_macs(image_shape: Sequence[int], *, channels: Sequence[int]) -> int:

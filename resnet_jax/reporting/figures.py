@@ -5,7 +5,7 @@ set up in one place (:func:`pyplot`, headless)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -136,20 +136,28 @@ def plot_selection(images: np.ndarray, chosen: np.ndarray, *, labels: dict[int, 
     return path
 
 
-def plot_tradeoff(rows: list[dict], path: Path) -> Path:
-    """Accuracy against MACs per image (including the router where it runs), one point per row."""
+def plot_skip_curves(points: Sequence[dict], names: Mapping[str, str], path: Path) -> Path:
+    """Test accuracy against MAC ratio and against measured wall-time ratio (both vs CNN-1), one curve per method."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    for r in rows:
-        ax.errorbar(r["macs_per_image_with_router"] / 1e6, r["accuracy"],
-                    yerr=[[max(0.0, r["accuracy"] - r["ci_low"])], [max(0.0, r["ci_high"] - r["accuracy"])]],
-                    fmt="o", capsize=3,
-                    label=r["name"])
-    ax.set_xlabel("MMACs per test image")
-    ax.set_ylabel("test accuracy")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    ax.set_title("Study B, useful reading: accuracy against compute")
-    fig.tight_layout()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
+    for method, label in names.items():
+        mine = sorted((p for p in points if p["method"] == method), key=lambda p: p["mac_ratio_vs_cnn1"])
+        if not mine:
+            continue
+        for ax, key in zip(axes, ("mac_ratio_vs_cnn1", "wall_ratio_vs_cnn1")):
+            mine_x = sorted(mine, key=lambda p: p.get(key, np.nan))
+            xs = [p.get(key, np.nan) for p in mine_x]
+            ys = [p["accuracy"] for p in mine_x]
+            errors = [[max(0.0, p["accuracy"] - p["ci_low"]) for p in mine_x],
+                      [max(0.0, p["ci_high"] - p["accuracy"]) for p in mine_x]]
+            ax.errorbar(xs, ys, yerr=errors, fmt="-o" if len(mine) > 1 else "s", capsize=2, markersize=4,
+                        label=label if ax is axes[0] else None)
+    axes[0].set_xlabel("MACs per image / CNN-1's (router included where it runs)")
+    axes[1].set_xlabel("measured wall time on the test set / CNN-1's (bucketed per-depth batches)")
+    axes[0].set_ylabel("test accuracy (95 % Wilson interval)")
+    fig.legend(fontsize=7, loc="lower center", ncol=3)
+    fig.suptitle("Study B: per-image depth, accuracy against compute")
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

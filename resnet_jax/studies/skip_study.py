@@ -1,4 +1,5 @@
-"""Study B end to end: CNN-1, strongest-activation selection, CNN-2 router, CNN-3 in both readings.
+"""Study B end to end: CNN-1, layer labels (the study's selection and dense labelling), routers, CNN-3,
+and the baselines a reader compares per-image depth with.
 
 ``run_study(config, workdir)`` is the whole job (``resnet-jax train`` with a Study B preset). Each stage's result is
 written to ``<workdir>/stages/<stage>.json`` and each model is checkpointed every epoch under
@@ -6,15 +7,19 @@ written to ``<workdir>/stages/<stage>.json`` and each model is checkpointed ever
 finished stages. Outputs: ``skip_results.json`` (every number) and ``skip_report.md`` (tables,
 figures under ``figures/``).
 
+The training split is cut once (seeded) into a *fit* part, on which every model trains, and a
+*validation* part, on which the routers' accuracy is measured and every method's operating point is
+chosen; the test split is scored once per operating point.
+
 Readings of CNN-3 (PROTOCOLS.md, Study B):
   * literal: CNN-3 with a 3-way head learns the layer labels of the selected images; each image's
     depth is its label in training; on held-out images it is reported with depth = true label
     (the study; note the depth itself reveals the label), depth = router prediction, and full depth.
-  * useful: CNN-3 classifies the dataset's classes, every image (train and test) at the depth CNN-2
-    predicts for it; compared with CNN-1 on accuracy, mean conv layers executed, MACs and wall time.
-Controls: an *oracle* depth (per test image, the shallowest depth at which this CNN-3 is correct,
-else full depth: an upper bound that needs the label) and a *random* depth (the router's test
-depths randomly permuted: the same depth histogram and mean, no image-specific choice).
+  * useful: CNN-3 classifies the dataset's classes, every image (fit and test) at the depth a router
+    predicts for it; one CNN-3 per labelling (the study's 10 x 10 selection, dense labelling).
+Baselines on the same data and CNN-1 architecture: early exit (:class:`EarlyExitCNN`, a threshold
+sweep), random depth with the dense router's histogram, the oracle depth (the shallowest depth at
+which the network is right: a bound that needs the label), fixed depths and the full network.
 """
 
 from __future__ import annotations
@@ -54,6 +59,15 @@ def load_data(config: Mapping) -> tuple[data.Split, data.Split]:
     return splits[0], splits[1]
 
 
+def validation_split(n: int, count: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(fit, validation)`` sorted positions of a split of ``n``: ``count`` random ones held out (seeded)."""
+    if not 0 < count < n:
+        raise ValueError(f"data.validation_examples must be between 1 and {n - 1} (the training split has {n} "
+                         f"images), got {count}")
+    held = np.sort(np.random.default_rng(seed).permutation(n)[:count])
+    return np.setdiff1d(np.arange(n), held), held
+
+
 def stratified_split(labels: np.ndarray, *, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``(train, held_out)`` positions: ``round(fraction * n_c)`` of each label held out (>= 1 when n_c >= 2)."""
     rng = np.random.default_rng(seed)
@@ -87,7 +101,7 @@ def _trained(config: Mapping, workdir: Path, name: str, model, images, labels, *
     t, s = config["train"], config[section]
     tx = skip_train.rmsprop(learning_rate=s["learning_rate"], rho=t["rho"], eps=t["eps"])
     state = skip_train.fit(model, images, labels, tx=tx, depths=depths, epochs=s["epochs"], batch_size=s["batch_size"],
-                   seed=t["seed"], workdir=workdir / "models" / name, log=log)
+                           seed=t["seed"], workdir=workdir / "models" / name, log=log)
     return state.params
 
 
@@ -97,40 +111,50 @@ def _accuracy(predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {"accuracy": correct / max(1, len(labels)), "ci_low": low, "ci_high": high, "n": int(len(labels))}
 
 
-def _cnn1_logits(config: Mapping, cnn1: nets.SkipCNN, params, images: np.ndarray) -> np.ndarray:
-    """CNN-1 is every example at depth 2: the plain forward, by the runner the routed CNN-3 uses too."""
-    e = config["evaluation"]
-    return analysis.predict_bucketed(cnn1, params, images, np.full(len(images), 2), batch_size=e["batch_size"],
-                               min_bucket=e["min_bucket"])
+def _n_maps(config: Mapping) -> int:
+    """Maps read per layer: the study's first 10, or all of the narrowest layer's (every layer the same count)."""
+    return min(config["selection"]["maps_per_layer"], *config["model"]["widths"])
 
 
-def _select(config: Mapping, workdir: Path, cnn1, params, train: data.Split) -> dict:
+def _select(config: Mapping, workdir: Path, cnn1, params, fit: data.Split) -> dict:
     s = config["selection"]
-    n_maps = min(s["maps_per_layer"], config["model"]["channels"])
-    scores = analysis.activation_scores(cnn1, params, train.images, n_maps=n_maps, batch_size=s["batch_size"],
-                                  site=s["site"])
-    chosen = analysis.select_strongest(scores, per_map=min(s["images_per_map"], len(train)))
+    n_maps = _n_maps(config)
+    scores = analysis.activation_scores(cnn1, params, fit.images, n_maps=n_maps, batch_size=s["batch_size"],
+                                        site=s["site"])
+    chosen = analysis.select_strongest(scores, per_map=min(s["images_per_map"], len(fit)))
     indices, labels = analysis.layer_labels(chosen)
     np.savez(workdir / "selection.npz", scores=scores, chosen=chosen, indices=indices, labels=labels,
-             images=train.images[indices])
-    figure = figures.plot_selection(train.images, chosen, labels=dict(zip(indices.tolist(), labels.tolist())),
-                             path=workdir / "figures" / "selection.png")
+             images=fit.images[indices])
+    figure = figures.plot_selection(fit.images, chosen, labels=dict(zip(indices.tolist(), labels.tolist())),
+                                    path=workdir / "figures" / "selection.png")
     per_layer = [{"layer": nets.CONVS[l], "picks": int(chosen[l].size), "unique": int(len(np.unique(chosen[l]))),
                   "labelled_here": int((labels == l).sum())} for l in range(len(nets.CONVS))]
     return {"n_maps": n_maps, "site": s["site"], "per_layer": per_layer, "n_labelled": int(len(indices)),
             "indices": indices.tolist(), "labels": labels.tolist(), "chosen": chosen.tolist(),
             "figure": str(figure.relative_to(workdir)),
-            "index_meaning": "position in the training split as resnet_jax.data loads it"}
+            "index_meaning": "position in the fit part of the training split (skip_results.json: fit_positions)"}
 
 
-def _router(config, router, params, images, labels, held_out) -> dict:
-    logits = skip_train.predict_logits(router, params, images[held_out], batch_size=config["evaluation"]["batch_size"])
+def _dense(config: Mapping, workdir: Path, cnn1, params, fit: data.Split, val: data.Split) -> dict:
+    s = config["selection"]
+    score = lambda images: analysis.activation_scores(cnn1, params, images, n_maps=_n_maps(config),  # noqa: E731
+                                                      batch_size=s["batch_size"], site=s["site"])
+    fit_scores, val_scores = score(fit.images), score(val.images)
+    fit_labels, val_labels = analysis.dense_labels(fit_scores, fit_scores), analysis.dense_labels(fit_scores, val_scores)
+    np.savez(workdir / "dense_labels.npz", fit=fit_labels, validation=val_labels)
+    return {"n_maps": _n_maps(config), "fit_counts": np.bincount(fit_labels, minlength=3).tolist(),
+            "validation_counts": np.bincount(val_labels, minlength=3).tolist()}
+
+
+def _router(config, router, params, images, labels) -> dict:
+    """Held-out accuracy of a router on labelled images, with the majority-label rate beside it."""
+    logits = skip_train.predict_logits(router, params, images, batch_size=config["evaluation"]["batch_size"])
     pred = logits.argmax(-1)
     confusion = np.zeros((3, 3), int)
-    np.add.at(confusion, (labels[held_out], pred), 1)
-    return {**_accuracy(pred, labels[held_out]), "confusion_true_by_predicted": confusion.tolist(),
-            "held_out_label_counts": np.bincount(labels[held_out], minlength=3).tolist(),
-            "train_label_counts": np.bincount(np.delete(labels, held_out), minlength=3).tolist()}
+    np.add.at(confusion, (labels, pred), 1)
+    return {**_accuracy(pred, labels), "confusion_true_by_predicted": confusion.tolist(),
+            "held_out_label_counts": np.bincount(labels, minlength=3).tolist(),
+            "majority_rate": float(np.bincount(labels, minlength=3).max() / max(1, len(labels)))}
 
 
 def _literal(config, model, params, images, labels, router_depths) -> dict:
@@ -144,59 +168,151 @@ def _literal(config, model, params, images, labels, router_depths) -> dict:
     }
 
 
-def _useful(config, workdir, cnn1, p1, cnn3, p3, test: data.Split, router_depths: np.ndarray, macs: dict) -> dict:
-    e, seed = config["evaluation"], config["train"]["seed"]
-    y, n = test.labels, len(test)
-    full = _cnn1_logits(config, cnn1, p1, test.images).argmax(-1)
-    fixed = np.stack([analysis.predict_bucketed(cnn3, p3, test.images, np.full(n, d), batch_size=e["batch_size"],
-                                          min_bucket=e["min_bucket"]).argmax(-1) for d in nets.DEPTHS])
-    routed = analysis.predict_bucketed(cnn3, p3, test.images, router_depths, batch_size=e["batch_size"],
-                                 min_bucket=e["min_bucket"]).argmax(-1)
-    correct = fixed == y
-    oracle = np.where(correct.any(0), correct.argmax(0), 2)
-    random_depths = np.random.default_rng(seed).permutation(router_depths)
-    at = lambda depths: fixed[depths, np.arange(n)]  # noqa: E731  (an example's prediction at its depth)
-    rows = [("CNN-1 (full depth)", full, np.full(n, 2), False),
-            ("CNN-3, depth from CNN-2 (useful reading)", routed, router_depths, True),
-            ("CNN-3, random depth (same histogram)", at(random_depths), random_depths, False),
-            ("CNN-3, oracle depth (needs the label)", at(oracle), oracle, False),
-            *[(f"CNN-3, fixed depth {d}", fixed[d], np.full(n, d), False) for d in nets.DEPTHS]]
-    base, per_depth = macs["cnn"][2], np.array([macs["cnn"][d] for d in nets.DEPTHS], np.float64)
-    out = []
-    for name, pred, depths, routed_row in rows:
-        m = float(per_depth[depths].mean())
-        m_total = m + (macs["router"] if routed_row else 0)
-        out.append({"name": name, **_accuracy(pred, y), "mean_depth": float(depths.mean()),
-                    "mean_conv_layers": float(depths.mean() + 1),
-                    "depth_counts": np.bincount(depths, minlength=3).tolist(), "macs_per_image": m,
-                    "macs_per_image_with_router": m_total, "mac_ratio_vs_cnn1": m_total / base})
-    figure = figures.plot_tradeoff(out, workdir / "figures" / "tradeoff.png")
-    return {"rows": out, "routed_matches_gathered": float(np.mean(routed == at(router_depths))),
-            "figure": str(figure.relative_to(workdir))}
+# Methods: every operating point as (depths or exits, predictions), scored on validation and test -----------
+
+METHODS = {
+    "full": "CNN-1 (full network)",
+    "early_exit": "early exit (threshold on top softmax probability)",
+    "dense_router": "activation-chosen depth, dense labelling (CNN-2 on dense labels)",
+    "literal_router": "activation-chosen depth, the study's 10 x 10 selection",
+    "random": "random depth, the dense router's histogram",
+    "fixed": "CNN-3 (dense) at a fixed depth",
+    "oracle_cnn3": "oracle depth, CNN-3 (dense): shallowest correct (needs the label)",
+    "oracle_early_exit": "oracle exit, early-exit network: shallowest correct (needs the label)",
+}
 
 
-def _timing(config, cnn1, p1, cnn3, p3, router, pr, test: data.Split, macs: dict) -> dict:
-    e = config["evaluation"]
-    b, mb = e["batch_size"], e["min_bucket"]
-    route = lambda: skip_train.predict_logits(router, pr, test.images, batch_size=b).argmax(-1)  # noqa: E731
-    depths = route()
-    load_before = os.getloadavg()
-    runs = analysis.time_paths({
-        "cnn1": lambda: _cnn1_logits(config, cnn1, p1, test.images),
-        "cnn3_routed_incl_router": lambda: analysis.predict_bucketed(cnn3, p3, test.images, route(), batch_size=b,
-                                                               min_bucket=mb),
-        "cnn3_bucketed_given_depths": lambda: analysis.predict_bucketed(cnn3, p3, test.images, depths, batch_size=b,
-                                                                  min_bucket=mb),
-        "cnn3_masked_given_depths": lambda: skip_train.predict_logits(cnn3, p3, test.images, depths, batch_size=b),
-    }, repeats=e["timing_repeats"])
-    base = runs["cnn1"]["median_s"]
-    mean_macs = float(np.array([macs["cnn"][d] for d in nets.DEPTHS], np.float64)[depths].mean())
-    return {"paths": runs, "wall_ratio_vs_cnn1": {k: v["median_s"] / base for k, v in runs.items()},
-            "mac_ratio_vs_cnn1": {"cnn3_routed_incl_router": (mean_macs + macs["router"]) / macs["cnn"][2],
-                                  "cnn3_bucketed_given_depths": mean_macs / macs["cnn"][2],
-                                  "cnn3_masked_given_depths": 1.0},
-            "n_examples": len(test), "batch_size": b, "bucket_sizes": list(analysis.bucket_sizes(b, mb)),
-            "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "cpu_count": os.cpu_count()}
+class _Models:
+    """The trained networks and their per-image outputs on one split, computed once."""
+
+    def __init__(self, config, nets_and_params: Mapping[str, tuple], images: np.ndarray):
+        e = config["evaluation"]
+        self.b, self.mb, self.images = e["batch_size"], e["min_bucket"], images
+        self.nets = nets_and_params
+        n = len(images)
+        bucketed = lambda key, d: analysis.predict_bucketed(*self.nets[key], images, np.full(n, d),  # noqa: E731
+                                                            batch_size=self.b, min_bucket=self.mb).argmax(-1)
+        self.full = bucketed("cnn1", 2)
+        self.fixed = {key: np.stack([bucketed(key, d) for d in nets.DEPTHS]) for key in ("cnn3_dense", "cnn3_literal")}
+        self.router_logits = {key: skip_train.predict_logits(*self.nets[key], images, batch_size=self.b)
+                              for key in ("router_dense", "router_literal")}
+        self.exit_logits = skip_train.predict_logits(*self.nets["early_exit"], images, batch_size=self.b)
+
+    def router_depths(self, key: str, quantile: float | None) -> np.ndarray:
+        logits = self.router_logits[key]
+        return logits.argmax(-1) if quantile is None else analysis.quantile_depths(logits, quantile)
+
+
+def _oracle(predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per image, the shallowest depth (or exit) whose prediction is right; the deepest when none is."""
+    correct = predictions == labels
+    return np.where(correct.any(0), correct.argmax(0), len(nets.DEPTHS) - 1)
+
+
+def _operating_points(config: Mapping, m: _Models, labels: np.ndarray, macs: Mapping) -> list[dict]:
+    """Every method's points on one split: accuracy with its interval, depth counts, MACs per image, and (not
+    for JSON) each image's depth or exit under ``"depths"``."""
+    e, seed, n = config["evaluation"], config["train"]["seed"], len(labels)
+    cnn, ee = (np.array([macs[key][d] for d in nets.DEPTHS], np.float64) for key in ("cnn", "early_exit"))
+    at = lambda key, depths: m.fixed[key][depths, np.arange(n)]  # noqa: E731  (each image at its depth)
+    exit_preds = m.exit_logits.argmax(-1)
+    points = []
+
+    def add(method, setting, depths, predictions, per_depth, path, extra_macs=0.0):
+        mean_macs = float(per_depth[depths].mean() + extra_macs)
+        points.append({"method": method, "setting": setting, **_accuracy(predictions, labels),
+                       "depth_counts": np.bincount(depths, minlength=3).tolist(),
+                       "mean_conv_layers": float(depths.mean() + 1), "macs_per_image": mean_macs,
+                       "mac_ratio_vs_cnn1": mean_macs / float(cnn[2]), "path": path, "depths": depths})
+
+    add("full", "", np.full(n, 2), m.full, cnn, {"kind": "full"})
+    for t in e["exit_thresholds"]:
+        exits = analysis.exit_at_threshold(m.exit_logits, t)
+        add("early_exit", f"threshold {t:g}", exits, exit_preds[exits, np.arange(n)], ee,
+            {"kind": "early_exit", "threshold": t})
+    for key in ("dense", "literal"):
+        for q in (None, *e["router_quantiles"]):
+            depths = m.router_depths(f"router_{key}", q)
+            setting = "argmax (the study's rule)" if q is None else f"quantile {q:g}"
+            add(f"{key}_router", setting, depths, at(f"cnn3_{key}", depths), cnn,
+                {"kind": "routed", "router": f"router_{key}", "cnn3": f"cnn3_{key}", "quantile": q}, macs["router"])
+            if key == "dense":
+                shuffled = np.random.default_rng(seed).permutation(depths)
+                add("random", f"as {setting}", shuffled, at("cnn3_dense", shuffled), cnn,
+                    {"kind": "given", "cnn3": "cnn3_dense"})
+    for d in nets.DEPTHS:
+        add("fixed", f"depth {d}", np.full(n, d), m.fixed["cnn3_dense"][d], cnn, {"kind": "given", "cnn3": "cnn3_dense"})
+    oracle = _oracle(m.fixed["cnn3_dense"], labels)
+    add("oracle_cnn3", "", oracle, at("cnn3_dense", oracle), cnn, {"kind": "given", "cnn3": "cnn3_dense"})
+    oracle = _oracle(exit_preds, labels)
+    add("oracle_early_exit", "", oracle, exit_preds[oracle, np.arange(n)], ee, {"kind": "given_exits"})
+    return points
+
+
+def best_points(validation: list[dict], test: list[dict], *, tolerance: float) -> list[dict]:
+    """Per method, the test point of the operating point chosen on validation: the cheapest (MACs) whose
+    validation accuracy is within ``tolerance`` of CNN-1's, else the most accurate one."""
+    target = next(p["accuracy"] for p in validation if p["method"] == "full") - tolerance
+    best = []
+    for method in dict.fromkeys(p["method"] for p in validation):
+        pairs = [(v, t) for v, t in zip(validation, test) if v["method"] == method]
+        good = [pair for pair in pairs if pair[0]["accuracy"] >= target]
+        v, t = (min(good, key=lambda pair: pair[0]["macs_per_image"]) if good
+                else max(pairs, key=lambda pair: pair[0]["accuracy"]))
+        best.append({**t, "validation_accuracy": v["accuracy"], "meets_validation_target": bool(good)})
+    return best
+
+
+def _curves(config, workdir, models_val: _Models, models_test: _Models, val_labels, test_labels, macs) -> dict:
+    validation = _operating_points(config, models_val, val_labels, macs)
+    test = _operating_points(config, models_test, test_labels, macs)
+    np.savez(workdir / "operating_depths.npz", *[p.pop("depths") for p in test])  # arr_0, arr_1, ... for timing
+    for p in validation:
+        del p["depths"]
+    tolerance = config["evaluation"]["tolerance"]
+    return {"validation": validation, "test": test, "tolerance": tolerance,
+            "best": best_points(validation, test, tolerance=tolerance)}
+
+
+def _path_fn(m: _Models, path: Mapping, depths: np.ndarray) -> Callable[[], np.ndarray]:
+    """The inference a test point stands for, as it would run: only the layers each image needs.
+
+    Routers and early exits decide inside the timed call; random, fixed and oracle depths are given.
+    """
+    images, b, mb, kind = m.images, m.b, m.mb, path["kind"]
+    run = lambda key, d: analysis.predict_bucketed(*m.nets[key], images, d, batch_size=b,  # noqa: E731
+                                                   min_bucket=mb).argmax(-1)
+    ee = m.nets["early_exit"]
+    if kind == "full":
+        return lambda: run("cnn1", depths)
+    if kind == "early_exit":
+        return lambda: analysis.predict_early_exit(*ee, images, path["threshold"], batch_size=b,
+                                                   min_bucket=mb)[0].argmax(-1)
+    if kind == "given_exits":
+        return lambda: analysis.predict_early_exit(*ee, images, exits=depths, batch_size=b, min_bucket=mb)[0].argmax(-1)
+    if kind == "routed":
+        def routed():
+            logits, q = skip_train.predict_logits(*m.nets[path["router"]], images, batch_size=b), path["quantile"]
+            return run(path["cnn3"], logits.argmax(-1) if q is None else analysis.quantile_depths(logits, q))
+        return routed
+    return lambda: run(path["cnn3"], depths)
+
+
+def _timing(config, workdir: Path, m: _Models, points: list[dict], labels: np.ndarray) -> dict:
+    """Wall seconds of every test point's path, all interleaved in one run (CNN-1's first, the reference);
+    each path's accuracy is checked against its point's, computed from every depth's or exit's outputs."""
+    with np.load(workdir / "operating_depths.npz") as z:
+        depths = [z[f"arr_{i}"] for i in range(len(points))]
+    paths = {f"{i:02d} {p['method']} {p['setting']}".strip(): _path_fn(m, p["path"], d)
+             for i, (p, d) in enumerate(zip(points, depths))}
+    runs = analysis.time_paths(paths, repeats=config["evaluation"]["timing_repeats"])
+    base = next(iter(runs.values()))["median_s"]
+    out = {key: {**runs[key], "wall_ratio_vs_cnn1": runs[key]["median_s"] / base,
+                 "matches_point": int((fn() == labels).sum()) == round(p["accuracy"] * len(labels))}
+           for (key, fn), p in zip(paths.items(), points)}
+    return {"paths": out, "n_examples": len(labels), "batch_size": m.b,
+            "bucket_sizes": list(analysis.bucket_sizes(m.b, m.mb)), "repeats": config["evaluation"]["timing_repeats"],
+            "loadavg_after": os.getloadavg(), "cpu_count": os.cpu_count()}
 
 
 def run_study(config: Mapping, workdir: str | Path, *, force_new: bool = False,
@@ -204,49 +320,87 @@ def run_study(config: Mapping, workdir: str | Path, *, force_new: bool = False,
     """Run (or resume) Study B in ``workdir``; write ``skip_results.json`` and ``skip_report.md``."""
     workdir = Path(workdir)
     train, test = load_data(config)  # before touching the workdir: bad data leaves nothing behind
+    seed, widths = config["train"]["seed"], tuple(config["model"]["widths"])
+    fit_pos, val_pos = validation_split(len(train), config["data"]["validation_examples"], seed=seed)
     core.prepare_workdir(config, workdir, force_new=force_new)
-    c, seed, e = config["model"]["channels"], config["train"]["seed"], config["evaluation"]
+    fit, val = train.select(fit_pos), train.select(val_pos)
     shape, k = train.images.shape[1:], train.num_classes
-    macs = {"cnn": nets.skip_cnn_macs(shape, channels=c, num_classes=k),
+    macs = {"cnn": nets.skip_cnn_macs(shape, widths=widths, num_classes=k),
+            "early_exit": nets.early_exit_macs(shape, widths=widths, num_classes=k),
             "router": nets.router_macs(shape, channels=config["model"]["router_channels"])}
-    res: dict[str, Any] = {"config": dict(config), "macs": macs, "environment": markdown.environment()}
+    res: dict[str, Any] = {"config": dict(config), "macs": macs, "environment": markdown.environment(),
+                           "split_sizes": {"fit": len(fit), "validation": len(val), "test": len(test)}}
+    trained = lambda name, model, images, labels, section, depths=None: (model, _trained(  # noqa: E731
+        config, workdir, name, model, images, labels, depths=depths, section=section, log=log))
 
-    # CNN-3 has CNN-1's architecture; the same module object also shares its compiled functions, and the
-    # same seed gives both the same initial weights and example order: only the depths differ.
-    cnn1 = cnn3 = nets.SkipCNN(k, c)
-    p1 = _trained(config, workdir, "cnn1", cnn1, train.images, train.labels, section="train", log=log)
-    res["cnn1"] = _stage(workdir, "cnn1", lambda: {"test": _accuracy(
-        _cnn1_logits(config, cnn1, p1, test.images).argmax(-1), test.labels)}, log)
-    res["selection"] = _stage(workdir, "selection", lambda: _select(config, workdir, cnn1, p1, train), log)
+    # CNN-1 and the CNN-3s share one module object, hence compiled functions; the same seed gives them the same
+    # initial weights and example order: only the depths differ.
+    cnn = nets.SkipCNN(k, widths)
+    m = {"cnn1": trained("cnn1", cnn, fit.images, fit.labels, "train")}
+    res["cnn1"] = _stage(workdir, "cnn1", lambda: {"test": _accuracy(analysis.predict_bucketed(
+        *m["cnn1"], test.images, np.full(len(test), 2), batch_size=config["evaluation"]["batch_size"],
+        min_bucket=config["evaluation"]["min_bucket"]).argmax(-1), test.labels)}, log)
+
+    # The study's labelling: 10 maps x 10 strongest images per layer; its router and literal CNN-3.
+    res["selection"] = _stage(workdir, "selection", lambda: _select(config, workdir, *m["cnn1"], fit), log)
     idx, labels = np.asarray(res["selection"]["indices"]), np.asarray(res["selection"]["labels"], np.int32)
-    fit_pos, held = stratified_split(labels, fraction=config["router"]["holdout"], seed=seed)
-    labelled = train.images[idx]
-
+    fit_sel, held = stratified_split(labels, fraction=config["router"]["holdout"], seed=seed)
+    labelled = fit.images[idx]
     router = nets.Router(tuple(config["model"]["router_channels"]))
-    pr = _trained(config, workdir, "router", router, labelled[fit_pos], labels[fit_pos], section="router", log=log)
-    res["router"] = _stage(workdir, "router", lambda: _router(config, router, pr, labelled, labels, held), log)
-    route = lambda images: skip_train.predict_logits(  # noqa: E731
-        router, pr, images, batch_size=e["batch_size"]).argmax(-1).astype(np.int32)
-
-    literal = nets.SkipCNN(len(nets.DEPTHS), c)
-    pl = _trained(config, workdir, "cnn3_literal", literal, labelled[fit_pos], labels[fit_pos],
-                  depths=labels[fit_pos], section="literal", log=log)
+    m["router_literal"] = trained("router", router, labelled[fit_sel], labels[fit_sel], "router")
+    res["router"] = _stage(workdir, "router", lambda: {
+        **_router(config, *m["router_literal"], labelled[held], labels[held]),
+        "train_label_counts": np.bincount(labels[fit_sel], minlength=3).tolist()}, log)
+    route = lambda key, images: skip_train.predict_logits(  # noqa: E731
+        *m[key], images, batch_size=config["evaluation"]["batch_size"]).argmax(-1).astype(np.int32)
+    literal = nets.SkipCNN(len(nets.DEPTHS), widths)
+    pl = _trained(config, workdir, "cnn3_literal", literal, labelled[fit_sel], labels[fit_sel],
+                  depths=labels[fit_sel], section="literal", log=log)
     res["literal"] = _stage(workdir, "literal", lambda: _literal(config, literal, pl, labelled[held], labels[held],
-                                                                 route(labelled[held])), log)
+                                                                 route("router_literal", labelled[held])), log)
 
-    train_depths, test_depths = route(train.images), route(test.images)
-    res["train_depth_counts"] = np.bincount(train_depths, minlength=3).tolist()
-    p3 = _trained(config, workdir, "cnn3_routed", cnn3, train.images, train.labels, depths=train_depths,
-                  section="train", log=log)
-    res["useful"] = _stage(workdir, "useful",
-                           lambda: _useful(config, workdir, cnn1, p1, cnn3, p3, test, test_depths, macs), log)
-    res["timing"] = _stage(workdir, "timing",
-                           lambda: _timing(config, cnn1, p1, cnn3, p3, router, pr, test, macs), log)
-    res["figures"] = {"selection": res["selection"]["figure"], "tradeoff": res["useful"]["figure"]}
+    # Dense labelling: every image labelled; the router is scored on the validation images' labels.
+    res["dense"] = _stage(workdir, "dense", lambda: _dense(config, workdir, *m["cnn1"], fit, val), log)
+    with np.load(workdir / "dense_labels.npz") as z:
+        dense_fit, dense_val = z["fit"], z["validation"]
+    m["router_dense"] = trained("router_dense", router, fit.images, dense_fit, "dense")
+    res["dense_router"] = _stage(workdir, "dense_router", lambda: {
+        **_router(config, *m["router_dense"], val.images, dense_val),
+        "train_label_counts": np.bincount(dense_fit, minlength=3).tolist()}, log)
+
+    # The useful CNN-3s (each trained at its router's depths) and the early-exit network.
+    for key in ("literal", "dense"):
+        depths = route(f"router_{key}", fit.images)
+        res[f"fit_depth_counts_{key}"] = np.bincount(depths, minlength=3).tolist()
+        m[f"cnn3_{key}"] = trained("cnn3_routed" if key == "literal" else "cnn3_dense", cnn, fit.images, fit.labels,
+                                   "train", depths)
+    m["early_exit"] = trained("early_exit", nets.EarlyExitCNN(k, widths), fit.images, fit.labels, "train")
+
+    res["curves"] = _stage(workdir, "curves", lambda: _curves(
+        config, workdir, _Models(config, m, val.images), _Models(config, m, test.images), val.labels, test.labels,
+        macs), log)
+    res["timing"] = _stage(workdir, "timing", lambda: _timing(
+        config, workdir, _Models(config, m, test.images), res["curves"]["test"], test.labels), log)
+    attach_wall_ratios(res)
+    res["figures"] = {"selection": res["selection"]["figure"],
+                      "tradeoff": str(figures.plot_skip_curves(res["curves"]["test"], METHODS,
+                                                               workdir / "figures" / "tradeoff.png")
+                                      .relative_to(workdir))}
+    res["fit_positions"] = fit_pos.tolist()
     files.write_json(workdir / "skip_results.json", res)
     report = write_report(res, workdir)
     log(f"wrote {report} and {workdir / 'skip_results.json'}")
     return res
+
+
+def attach_wall_ratios(res: dict) -> None:
+    """Each test point (and best point) gets its measured wall ratio, matched by position in the timing run."""
+    ratios = [v["wall_ratio_vs_cnn1"] for v in res["timing"]["paths"].values()]
+    for point, ratio in zip(res["curves"]["test"], ratios):
+        point["wall_ratio_vs_cnn1"] = ratio
+    by_key = {(p["method"], p["setting"]): p["wall_ratio_vs_cnn1"] for p in res["curves"]["test"]}
+    for point in res["curves"]["best"]:
+        point["wall_ratio_vs_cnn1"] = by_key[(point["method"], point["setting"])]
 
 
 # Figures and report ----------------------------------------------------------------------------------
@@ -255,50 +409,94 @@ def _acc(a: Mapping) -> str:
     return f"{a['accuracy']:.4f} [{a['ci_low']:.4f}, {a['ci_high']:.4f}] (n={a['n']})"
 
 
+def _row(p: Mapping) -> str:
+    return (f"| {METHODS[p['method']]} | {p['setting'] or '-'} | {p['accuracy']:.4f} [{p['ci_low']:.4f}, "
+            f"{p['ci_high']:.4f}] | {p['mean_conv_layers']:.3f} | {p['mac_ratio_vs_cnn1']:.3f} | "
+            f"{p.get('wall_ratio_vs_cnn1', float('nan')):.3f} |")
+
+
+def verdict(best: list[dict]) -> list[str]:
+    """Plain sentences: does activation-chosen depth save compute at equal accuracy, and how does early exit do?"""
+    by = {p["method"]: p for p in best}
+    full, lines = by["full"], []
+    for method in ("dense_router", "literal_router", "early_exit"):
+        p = by.get(method)
+        if not p:
+            continue
+        saved = 1 - p["mac_ratio_vs_cnn1"]
+        equal = p["meets_validation_target"]
+        head = (f"{METHODS[method]}: at its operating point chosen on validation ({p['setting']}) test accuracy "
+                f"{p['accuracy']:.4f} vs CNN-1 {full['accuracy']:.4f}, MAC ratio {p['mac_ratio_vs_cnn1']:.3f}, wall "
+                f"ratio {p.get('wall_ratio_vs_cnn1', float('nan')):.3f}")
+        if not equal:
+            lines.append(f"{head}: no operating point reaches CNN-1's validation accuracy, so it saves no compute "
+                         f"at equal accuracy.")
+        elif saved <= 0.02:
+            lines.append(f"{head}: at equal accuracy it saves no compute (under 2 % of the MACs).")
+        else:
+            lines.append(f"{head}: at equal accuracy it saves {saved:.1%} of the MACs.")
+    return lines
+
+
 def write_report(res: Mapping, workdir: str | Path) -> Path:
     """``<workdir>/skip_report.md`` from the results of :func:`run_study`."""
     workdir = Path(workdir)
-    sel, rt, lit, use, tm, macs = (res[k] for k in ("selection", "router", "literal", "useful", "timing", "macs"))
-    cfg = res["config"]
+    sel, rt, lit, dense, drt, macs = (res[k] for k in ("selection", "router", "literal", "dense", "dense_router",
+                                                          "macs"))
+    curves, tm, cfg = res["curves"], res["timing"], res["config"]
+    sizes = res["split_sizes"]
+    table_head = ["| method | operating point | test accuracy [95 % CI] | mean conv layers | MAC ratio | wall ratio |",
+                  "|---|---|---|---:|---:|---:|"]
     p = [f"# Study B: per-image layer skipping (`{workdir.name}`)", "",
-         f"Data `{cfg['data']['name']}`; CNN-1/CNN-3: 3 convs x {cfg['model']['channels']} channels; "
-         f"CNN-2 convs {cfg['model']['router_channels']} (stride 2). Accuracies with 95 % Wilson intervals.", "",
+         f"Data `{cfg['data']['name']}`: {sizes['fit']} fit / {sizes['validation']} validation (held out of the "
+         f"training split, seeded) / {sizes['test']} test images. CNN-1/CNN-3: convs of widths "
+         f"{cfg['model']['widths']} (a skipped layer's input zero-padded or sliced to the next width), "
+         f"{cfg['train']['epochs']} epochs, batch {cfg['train']['batch_size']}; CNN-2 convs "
+         f"{cfg['model']['router_channels']} (stride 2). Accuracies with 95 % Wilson intervals.", "",
+         "## Verdict", "", *[f"- {line}" for line in verdict(curves["best"])], "",
+         "## Every method at its operating point (chosen on validation, scored on test)", "",
+         f"Operating point: the cheapest (MACs) whose validation accuracy is within {curves['tolerance']} of "
+         "CNN-1's, else the most accurate. Oracles need the label: bounds, not methods.", "",
+         *table_head, *[_row(b) for b in curves["best"]], "",
+         f"![tradeoff]({res['figures']['tradeoff']})", "",
          "## CNN-1", "", f"Test accuracy {_acc(res['cnn1']['test'])}.", "",
-         "## Selection", "",
+         "## The study's selection (literal reading)", "",
          f"First {sel['n_maps']} maps per conv ({sel['site']} activations), "
-         f"{cfg['selection']['images_per_map']} strongest training images per map; "
+         f"{cfg['selection']['images_per_map']} strongest fit images per map; "
          f"{sel['n_labelled']} distinct images labelled (deeper label wins).", "",
          "| layer | picks | distinct | labelled with this layer |", "|---|---:|---:|---:|",
          *[f"| {r['layer']} | {r['picks']} | {r['unique']} | {r['labelled_here']} |" for r in sel["per_layer"]], "",
          f"![selection]({sel['figure']})", "",
-         "## CNN-2 (router)", "",
-         f"Held-out accuracy {_acc(rt)} (stratified {cfg['router']['holdout']:.0%} hold-out; train label counts "
-         f"{rt['train_label_counts']}, held-out {rt['held_out_label_counts']}). Confusion (rows true, columns "
-         f"predicted): `{rt['confusion_true_by_predicted']}`.", "",
-         "## CNN-3, literal reading (predicting the layer labels, held-out images)", "",
+         f"Router on these labels, held-out accuracy {_acc(rt)}; majority-label rate {rt['majority_rate']:.4f} "
+         f"(stratified {cfg['router']['holdout']:.0%} hold-out; train label counts {rt['train_label_counts']}, "
+         f"held-out {rt['held_out_label_counts']}). Confusion (rows true, columns predicted): "
+         f"`{rt['confusion_true_by_predicted']}`.", "",
+         "CNN-3 predicting the layer labels of the held-out images (the study's task):", "",
          "| depth of each image | accuracy |", "|---|---|",
          f"| its true label (the study's; the depth reveals the label) | {_acc(lit['depth_true_label'])} |",
-         f"| CNN-2's prediction | {_acc(lit['depth_router'])} |",
+         f"| the router's prediction | {_acc(lit['depth_router'])} |",
          f"| full depth | {_acc(lit['depth_full'])} |", "",
          f"Majority-label baseline: {lit['majority_baseline']:.4f}.", "",
-         "## CNN-3, useful reading (the dataset's classes, whole test set)", "",
-         f"Training depths from CNN-2 (counts for depth 0/1/2): {res['train_depth_counts']}. MACs per image: "
-         f"depth 0/1/2 = {', '.join(format(macs['cnn'][d], ',') for d in nets.DEPTHS)}; router {macs['router']:,}.", "",
-         "| model | accuracy [95 % CI] | mean conv layers | depth counts | MACs/img (incl. router) | MAC ratio |",
-         "|---|---|---:|---|---:|---:|",
-         *[f"| {r['name']} | {r['accuracy']:.4f} [{r['ci_low']:.4f}, {r['ci_high']:.4f}] | {r['mean_conv_layers']:.3f} "
-           f"| {r['depth_counts']} | {r['macs_per_image_with_router']:,.0f} | {r['mac_ratio_vs_cnn1']:.3f} |"
-           for r in use["rows"]], "",
-         "Oracle: per image, the shallowest depth at which this CNN-3 is correct, else full depth. Random: "
-         "CNN-2's test depths randomly permuted.", "", f"![tradeoff]({res['figures']['tradeoff']})", "",
-         "## Wall time on the whole test set (same run)", "",
-         "| path | median s | wall ratio vs CNN-1 | MAC ratio vs CNN-1 |", "|---|---:|---:|---:|",
-         *[f"| {k} | {v['median_s']:.4f} | {tm['wall_ratio_vs_cnn1'][k]:.3f} | "
-           f"{tm['mac_ratio_vs_cnn1'].get(k, 1.0):.3f} |" for k, v in tm["paths"].items()], "",
-         f"{tm['n_examples']} images, batch {tm['batch_size']}, buckets {tm['bucket_sizes']}, median of "
-         f"{cfg['evaluation']['timing_repeats']} interleaved runs after a warm-up. Load average before/after "
-         f"{[round(x, 2) for x in tm['loadavg_before']]} / {[round(x, 2) for x in tm['loadavg_after']]} on "
-         f"{tm['cpu_count']} CPUs: on a shared machine wall ratios are noisy.", "",
+         "## Dense labelling", "",
+         "Every image's standing at a map is its percentile rank among the fit images' scores (mean absolute "
+         f"activation) for that map; its strength at a layer is its best standing over the layer's first "
+         f"{dense['n_maps']} maps; its label is the strongest layer, ties to the deeper. Label counts: fit "
+         f"{dense['fit_counts']}, validation {dense['validation_counts']}.", "",
+         f"Router on the fit images' labels ({cfg['dense']['epochs']} epochs), accuracy on the validation images' "
+         f"labels {_acc(drt)}; majority-label rate {drt['majority_rate']:.4f}. Confusion: "
+         f"`{drt['confusion_true_by_predicted']}`.", "",
+         f"Training depths of the two useful CNN-3s (counts for depth 0/1/2): study's selection "
+         f"{res['fit_depth_counts_literal']}, dense labelling {res['fit_depth_counts_dense']}.", "",
+         "## Every operating point (test)", "",
+         *table_head, *[_row(q) for q in curves["test"]], "",
+         f"MACs per image: CNN-3 at depth 0/1/2 = {', '.join(format(macs['cnn'][d], ',') for d in nets.DEPTHS)}; "
+         f"early exit at exit 1/2/3 = {', '.join(format(macs['early_exit'][d], ',') for d in nets.DEPTHS)}; "
+         f"router {macs['router']:,}.", "",
+         f"Wall time: each point's inference as it would run (routers and exit tests inside the timed call; "
+         f"per-depth buckets {tm['bucket_sizes']}, batch {tm['batch_size']}) on the {tm['n_examples']} test images, "
+         f"median of {tm['repeats']} runs interleaved over all points after a warm-up, on {tm['cpu_count']} CPUs; "
+         f"every timed path reproduced its point's accuracy: "
+         f"{all(v['matches_point'] for v in tm['paths'].values())}.", "",
          "## Config", "", "```json", json.dumps(cfg, indent=2), "```", "",
          "## Environment", "", "```json", json.dumps(res["environment"], indent=2), "```", ""]
     out = workdir / "skip_report.md"

@@ -1,7 +1,8 @@
-"""Study B's analysis tools: bucketed per-depth inference, side-by-side timing, strongest-activation selection.
+"""Study B's analysis tools: bucketed per-depth inference, early exits, side-by-side timing, layer labels.
 
 Selection (which training images are "strongest" for which layer) is :func:`activation_scores`,
-:func:`select_strongest` and :func:`layer_labels`.
+:func:`select_strongest` and :func:`layer_labels` (the study's 10 x 10 images per layer);
+:func:`dense_labels` labels every image by the same idea (the rule is in its docstring).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax.devices import pad_rows
-from resnet_jax.models.skip_cnn import CONVS, DEPTHS, SITES, SkipCNN, to_input
+from resnet_jax.models.skip_cnn import CONVS, DEPTHS, SITES, EarlyExitCNN, SkipCNN, to_input
 
 # Bucketed inference --------------------------------------------------------------------------------
 
@@ -57,6 +58,74 @@ def predict_bucketed(model: SkipCNN, params: Any, images: np.ndarray, depths: np
     for d, chunk, size in bucket_plan(np.asarray(depths), batch_size=batch_size, min_bucket=min_bucket):
         out[chunk] = np.asarray(_truncated_fn(model, d)(params, pad_rows(images[chunk], size)))[:len(chunk)]
     return out
+
+
+@functools.cache
+def _stage_fn(model: EarlyExitCNN, level: int) -> Callable:
+    def run(params, h):
+        h, logits = model.apply({"params": params}, to_input(h) if level == 0 else h, level, method=EarlyExitCNN.stage)
+        return h, logits, jax.nn.softmax(logits).max(-1)
+
+    return jax.jit(run)
+
+
+def predict_early_exit(model: EarlyExitCNN, params: Any, images: np.ndarray, threshold: float | None = None, *,
+                       exits: np.ndarray | None = None, batch_size: int, min_bucket: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """``(logits, exit index)`` per image: each stops at the first exit whose top softmax probability is
+    at least ``threshold`` (the last exit always answers), or at its given exit in ``exits``.
+
+    Level by level, only the images still running are computed, packed into padded buckets as in
+    :func:`predict_bucketed`: threshold 0 stops every image at the first exit, a threshold above 1 runs
+    every image to the last (CNN-1's head).
+    """
+    if (threshold is None) == (exits is None):
+        raise ValueError("predict_early_exit takes a threshold or the exits, exactly one of them")
+    n, last = len(images), len(DEPTHS) - 1
+    logits, taken = np.zeros((n, model.num_classes), np.float32), np.full(n, last, np.int64)
+    running, hidden = np.arange(n), images
+    for level in DEPTHS:
+        if not len(running):
+            break
+        fn, outputs = _stage_fn(model, level), []
+        for _, chunk, size in bucket_plan(np.zeros(len(running), np.int64), batch_size=batch_size,
+                                          min_bucket=min_bucket):
+            h, lg, conf = fn(params, pad_rows(hidden[chunk], size))
+            outputs.append((chunk, *(np.asarray(a)[:len(chunk)] for a in (h, lg, conf))))
+        h = np.zeros((len(running), *outputs[0][1].shape[1:]), np.float32)
+        lg = np.zeros((len(running), model.num_classes), np.float32)
+        conf = np.zeros(len(running), np.float32)
+        for chunk, *values in outputs:
+            h[chunk], lg[chunk], conf[chunk] = values
+        if level == last:
+            stop = np.ones(len(running), bool)
+        else:
+            stop = conf >= threshold if exits is None else exits[running] == level
+        logits[running[stop]], taken[running[stop]] = lg[stop], level
+        running, hidden = running[~stop], h[~stop]
+    return logits, taken
+
+
+def exit_at_threshold(exit_logits: np.ndarray, threshold: float) -> np.ndarray:
+    """The exit each image leaves at, from all exits' logits ``(exits, N, classes)``: the reference rule
+    (first exit with top softmax probability >= ``threshold``, else the last), computed densely."""
+    z = exit_logits - exit_logits.max(-1, keepdims=True)
+    confident = (np.exp(z) / np.exp(z).sum(-1, keepdims=True)).max(-1) >= threshold
+    confident[-1] = True
+    return confident.argmax(0)
+
+
+def quantile_depths(router_logits: np.ndarray, quantile: float) -> np.ndarray:
+    """Per image, the shallowest depth whose cumulative router probability reaches ``quantile``.
+
+    A knob over one trained router: small quantiles choose shallower depths, 1 the deepest it deems
+    possible; the argmax (the study's rule) is another operating point.
+    """
+    z = router_logits - router_logits.max(-1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+    reached = np.cumsum(p, -1) >= quantile - 1e-6
+    reached[:, -1] = True
+    return reached.argmax(-1)
 
 
 def time_paths(paths: Mapping[str, Callable[[], Any]], *, repeats: int) -> dict[str, dict[str, Any]]:
@@ -116,3 +185,28 @@ def layer_labels(chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         labels[chosen[layer].ravel()] = layer
     indices = np.flatnonzero(labels >= 0)
     return indices, labels[indices]
+
+
+def percentile_ranks(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Per (layer, map), the fraction of ``reference`` images that score strictly below each image."""
+    ranked = np.sort(reference, axis=0)
+    out = np.empty(scores.shape, np.float64)
+    for layer in range(scores.shape[1]):
+        for m in range(scores.shape[2]):
+            out[:, layer, m] = np.searchsorted(ranked[:, layer, m], scores[:, layer, m], side="left")
+    return out / len(reference)
+
+
+def dense_labels(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """A layer label for every image: the layer at which its activations are strongest relative to that layer.
+
+    The rule: an image's standing at a map is its percentile rank among the reference (training)
+    images' scores for that map; its strength at a layer is its best standing over the layer's maps
+    (the literal selection marks an image when it is in the top 10 of *any* map, i.e. a standing
+    above ``1 - 10/N``); its label is the layer of highest strength, a tie going to the deeper layer
+    as in the literal rule. Every layer contributes the same number of maps. Deterministic given
+    the scores: the seed enters through CNN-1's training.
+    """
+    strength = percentile_ranks(reference, scores).max(-1)  # (N, layers)
+    layers = strength.shape[1]
+    return (layers - 1 - strength[:, ::-1].argmax(-1)).astype(np.int32)

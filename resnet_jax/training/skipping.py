@@ -65,10 +65,12 @@ def _train_step(state: core.TrainState, images: Array, labels: Array, *depth_and
 
     def loss_fn(params):
         logits, _ = state.apply_fn({"params": params}, to_input(images), **depth_kwargs(depth))
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
+        # An early-exit model's logits are (exits, batch, classes): every exit learns the labels, weighted alike.
+        targets = jnp.broadcast_to(labels, logits.shape[:-1])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean(), (logits, targets)
 
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    return state.apply_gradients(grads=grads), {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+    (loss, (logits, targets)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return state.apply_gradients(grads=grads), {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == targets)}
 
 
 _jit_train_step = jax.jit(_train_step, donate_argnums=0)
@@ -111,7 +113,8 @@ def _logits_fn(model: nn.Module) -> Callable:
 
 def predict_logits(model: nn.Module, params: Any, images: np.ndarray, depths: np.ndarray | None = None, *,
                    batch_size: int) -> np.ndarray:
-    """Logits of (at least one) image, masked execution for :class:`SkipCNN` with ``depths``.
+    """Logits of (at least one) image, masked execution for :class:`SkipCNN` with ``depths``;
+    ``(exits, images, classes)`` for an early-exit model.
 
     The last batch is padded, so each model compiles once per ``batch_size``.
     """
@@ -119,6 +122,6 @@ def predict_logits(model: nn.Module, params: Any, images: np.ndarray, depths: np
     for start in range(0, len(images), batch_size):
         x = pad_rows(images[start:start + batch_size], batch_size)
         d = None if depths is None else pad_rows(depths[start:start + batch_size], batch_size)
-        out.append(np.asarray(fn(params, x, d))[:min(batch_size, len(images) - start)])
-    return np.concatenate(out)
+        out.append(np.asarray(fn(params, x, d))[..., :min(batch_size, len(images) - start), :])
+    return np.concatenate(out, axis=-2)
 
