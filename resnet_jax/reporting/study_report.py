@@ -205,10 +205,8 @@ def _findings(cls: dict, seg: dict, skip: dict | None) -> list[str]:
         parts = [f"{s.split('.')[-1]}: {a[s]:+.3f} vs {b[s]:+.3f}" for s in a if s in b]
         out.append("Mean change per stage, classification vs segmentation (single-kernel masks; different "
                    "metrics): " + "; ".join(parts) + ".")
-    if skip and "curves" in skip:
-        from resnet_jax.studies.skip_study import verdict
-
-        out += [f"Study B: {line}" for line in verdict(skip["curves"]["best"])]
+    if skip and "verdict" in skip:
+        out += [f"Study B: {line}" for line in skip["verdict"]]
     return out
 
 
@@ -338,13 +336,11 @@ def write_study_report(workdir: str | Path) -> Path:
     blocks += _elimination_section(workdir / "acdc-pspnet34-slim", "Segmentation")
     blocks += [("h2", "Study B: per-image layer skipping"), ("p", PROTOCOL_TEXT["B"])]
     if skip and "curves" in skip:
-        from resnet_jax.studies.skip_study import METHODS
-
         blocks.append(("p", "Every method at its operating point (chosen on validation: the cheapest within "
                             f"{skip['curves']['tolerance']} of CNN-1's validation accuracy), scored on the test set."))
         blocks.append(("table", ["method", "operating point", "accuracy", "95 % CI", "mean conv layers", "MAC ratio",
                                  "wall ratio"],
-                       [[METHODS[r["method"]], r["setting"] or "-", f"{r['accuracy']:.4f}",
+                       [[r["label"], r["setting"] or "-", f"{r['accuracy']:.4f}",
                          f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]", f"{r['mean_conv_layers']:.3f}",
                          f"{r['mac_ratio_vs_cnn1']:.3f}", f"{r.get('wall_ratio_vs_cnn1', float('nan')):.3f}"]
                         for r in skip["curves"]["best"]]))

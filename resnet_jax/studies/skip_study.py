@@ -174,7 +174,7 @@ METHODS = {
     "full": "CNN-1 (full network)",
     "early_exit": "early exit (threshold on top softmax probability)",
     "dense_router": "activation-chosen depth, dense labelling (CNN-2 on dense labels)",
-    "literal_router": "activation-chosen depth, the study's 10 x 10 selection",
+    "selection_router": "activation-chosen depth, the study's 10 x 10 selection",
     "random": "random depth, the dense router's histogram",
     "fixed": "CNN-3 (dense) at a fixed depth",
     "oracle_cnn3": "oracle depth, CNN-3 (dense): shallowest correct (needs the label)",
@@ -193,9 +193,9 @@ class _Models:
         bucketed = lambda key, d: analysis.predict_bucketed(*self.nets[key], images, np.full(n, d),  # noqa: E731
                                                             batch_size=self.b, min_bucket=self.mb).argmax(-1)
         self.full = bucketed("cnn1", 2)
-        self.fixed = {key: np.stack([bucketed(key, d) for d in nets.DEPTHS]) for key in ("cnn3_dense", "cnn3_literal")}
+        self.fixed = {key: np.stack([bucketed(key, d) for d in nets.DEPTHS]) for key in ("cnn3_dense", "cnn3_selection")}
         self.router_logits = {key: skip_train.predict_logits(*self.nets[key], images, batch_size=self.b)
-                              for key in ("router_dense", "router_literal")}
+                              for key in ("router_dense", "router_selection")}
         self.exit_logits = skip_train.predict_logits(*self.nets["early_exit"], images, batch_size=self.b)
 
     def router_depths(self, key: str, quantile: float | None) -> np.ndarray:
@@ -220,7 +220,8 @@ def _operating_points(config: Mapping, m: _Models, labels: np.ndarray, macs: Map
 
     def add(method, setting, depths, predictions, per_depth, path, extra_macs=0.0):
         mean_macs = float(per_depth[depths].mean() + extra_macs)
-        points.append({"method": method, "setting": setting, **_accuracy(predictions, labels),
+        points.append({"method": method, "label": METHODS[method], "setting": setting,
+                       **_accuracy(predictions, labels),
                        "depth_counts": np.bincount(depths, minlength=3).tolist(),
                        "mean_conv_layers": float(depths.mean() + 1), "macs_per_image": mean_macs,
                        "mac_ratio_vs_cnn1": mean_macs / float(cnn[2]), "path": path, "depths": depths})
@@ -230,7 +231,7 @@ def _operating_points(config: Mapping, m: _Models, labels: np.ndarray, macs: Map
         exits = analysis.exit_at_threshold(m.exit_logits, t)
         add("early_exit", f"threshold {t:g}", exits, exit_preds[exits, np.arange(n)], ee,
             {"kind": "early_exit", "threshold": t})
-    for key in ("dense", "literal"):
+    for key in ("dense", "selection"):
         for q in (None, *e["router_quantiles"]):
             depths = m.router_depths(f"router_{key}", q)
             setting = "argmax (the study's rule)" if q is None else f"quantile {q:g}"
@@ -347,9 +348,9 @@ def run_study(config: Mapping, workdir: str | Path, *, force_new: bool = False,
     fit_sel, held = stratified_split(labels, fraction=config["router"]["holdout"], seed=seed)
     labelled = fit.images[idx]
     router = nets.Router(tuple(config["model"]["router_channels"]))
-    m["router_literal"] = trained("router", router, labelled[fit_sel], labels[fit_sel], "router")
+    m["router_selection"] = trained("router", router, labelled[fit_sel], labels[fit_sel], "router")
     res["router"] = _stage(workdir, "router", lambda: {
-        **_router(config, *m["router_literal"], labelled[held], labels[held]),
+        **_router(config, *m["router_selection"], labelled[held], labels[held]),
         "train_label_counts": np.bincount(labels[fit_sel], minlength=3).tolist()}, log)
     route = lambda key, images: skip_train.predict_logits(  # noqa: E731
         *m[key], images, batch_size=config["evaluation"]["batch_size"]).argmax(-1).astype(np.int32)
@@ -357,7 +358,7 @@ def run_study(config: Mapping, workdir: str | Path, *, force_new: bool = False,
     pl = _trained(config, workdir, "cnn3_literal", literal, labelled[fit_sel], labels[fit_sel],
                   depths=labels[fit_sel], section="literal", log=log)
     res["literal"] = _stage(workdir, "literal", lambda: _literal(config, literal, pl, labelled[held], labels[held],
-                                                                 route("router_literal", labelled[held])), log)
+                                                                 route("router_selection", labelled[held])), log)
 
     # Dense labelling: every image labelled; the router is scored on the validation images' labels.
     res["dense"] = _stage(workdir, "dense", lambda: _dense(config, workdir, *m["cnn1"], fit, val), log)
@@ -369,11 +370,10 @@ def run_study(config: Mapping, workdir: str | Path, *, force_new: bool = False,
         "train_label_counts": np.bincount(dense_fit, minlength=3).tolist()}, log)
 
     # The useful CNN-3s (each trained at its router's depths) and the early-exit network.
-    for key in ("literal", "dense"):
+    for key in ("selection", "dense"):
         depths = route(f"router_{key}", fit.images)
         res[f"fit_depth_counts_{key}"] = np.bincount(depths, minlength=3).tolist()
-        m[f"cnn3_{key}"] = trained("cnn3_routed" if key == "literal" else "cnn3_dense", cnn, fit.images, fit.labels,
-                                   "train", depths)
+        m[f"cnn3_{key}"] = trained(f"cnn3_{key}", cnn, fit.images, fit.labels, "train", depths)
     m["early_exit"] = trained("early_exit", nets.EarlyExitCNN(k, widths), fit.images, fit.labels, "train")
 
     res["curves"] = _stage(workdir, "curves", lambda: _curves(
@@ -386,6 +386,7 @@ def run_study(config: Mapping, workdir: str | Path, *, force_new: bool = False,
                       "tradeoff": str(figures.plot_skip_curves(res["curves"]["test"], METHODS,
                                                                workdir / "figures" / "tradeoff.png")
                                       .relative_to(workdir))}
+    res["verdict"] = verdict(res["curves"]["best"])
     res["fit_positions"] = fit_pos.tolist()
     files.write_json(workdir / "skip_results.json", res)
     report = write_report(res, workdir)
@@ -419,7 +420,7 @@ def verdict(best: list[dict]) -> list[str]:
     """Plain sentences: does activation-chosen depth save compute at equal accuracy, and how does early exit do?"""
     by = {p["method"]: p for p in best}
     full, lines = by["full"], []
-    for method in ("dense_router", "literal_router", "early_exit"):
+    for method in ("dense_router", "selection_router", "early_exit"):
         p = by.get(method)
         if not p:
             continue
@@ -453,7 +454,7 @@ def write_report(res: Mapping, workdir: str | Path) -> Path:
          f"{cfg['model']['widths']} (a skipped layer's input zero-padded or sliced to the next width), "
          f"{cfg['train']['epochs']} epochs, batch {cfg['train']['batch_size']}; CNN-2 convs "
          f"{cfg['model']['router_channels']} (stride 2). Accuracies with 95 % Wilson intervals.", "",
-         "## Verdict", "", *[f"- {line}" for line in verdict(curves["best"])], "",
+         "## Verdict", "", *[f"- {line}" for line in res["verdict"]], "",
          "## Every method at its operating point (chosen on validation, scored on test)", "",
          f"Operating point: the cheapest (MACs) whose validation accuracy is within {curves['tolerance']} of "
          "CNN-1's, else the most accurate. Oracles need the label: bounds, not methods.", "",
@@ -486,7 +487,7 @@ def write_report(res: Mapping, workdir: str | Path) -> Path:
          f"labels {_acc(drt)}; majority-label rate {drt['majority_rate']:.4f}. Confusion: "
          f"`{drt['confusion_true_by_predicted']}`.", "",
          f"Training depths of the two useful CNN-3s (counts for depth 0/1/2): study's selection "
-         f"{res['fit_depth_counts_literal']}, dense labelling {res['fit_depth_counts_dense']}.", "",
+         f"{res['fit_depth_counts_selection']}, dense labelling {res['fit_depth_counts_dense']}.", "",
          "## Every operating point (test)", "",
          *table_head, *[_row(q) for q in curves["test"]], "",
          f"MACs per image: CNN-3 at depth 0/1/2 = {', '.join(format(macs['cnn'][d], ',') for d in nets.DEPTHS)}; "
