@@ -86,11 +86,19 @@ class SkipCNN(nn.Module):
         return self.head(_flat(h)), acts
 
     def truncated(self, x: Array, depth: int) -> Array:
-        """Logits of a batch whose examples all have ``depth``: only the layers they run."""
+        """Logits of a batch whose examples all have ``depth``: only the layers they run.
+
+        The zero channels an adapter would add are never built: the head multiplies only the kernel
+        rows of the channels that carry data (the others meet zeros), the same logits for less work.
+        """
         h = nn.relu(self.conv1(x))
         for level, conv in enumerate((self.conv2, self.conv3), start=1):
-            h = nn.relu(conv(h)) if level <= depth else adapt_channels(h, self.widths[level])
-        return self.head(_flat(h))
+            h = nn.relu(conv(h)) if level <= depth else h[..., :self.widths[level]]
+        if h.shape[-1] == self.widths[-1]:
+            return self.head(h.reshape(h.shape[0], -1))
+        params = self.head.variables["params"]
+        rows = params["kernel"].reshape(*h.shape[1:3], self.widths[-1], -1)[:, :, :h.shape[-1]]
+        return _flat(h) @ rows.reshape(-1, rows.shape[-1]) + params["bias"]
 
 
 class EarlyExitCNN(SkipCNN):
@@ -150,12 +158,11 @@ def _conv_and_head_macs(image_shape: Sequence[int], widths: Sequence[int], num_c
 
 
 def skip_cnn_macs(image_shape: Sequence[int], *, widths: Sequence[int], num_classes: int) -> dict[int, int]:
-    """Multiply-accumulates per image of :class:`SkipCNN` at each depth (bias adds, ReLUs, adapters not counted).
-
-    The head always reads the last width: at depth 0 or 1 it runs on the zero-padded map, as executed.
-    """
-    convs, heads = _conv_and_head_macs(image_shape, widths, num_classes)
-    return {d: sum(convs[:d + 1]) + heads[-1] for d in DEPTHS}
+    """Multiply-accumulates per image of :class:`SkipCNN` at each depth, as :meth:`SkipCNN.truncated` runs it
+    (bias adds, ReLUs, adapters not counted): the head reads only the channels that carry data."""
+    h, w, _ = image_shape
+    convs, _ = _conv_and_head_macs(image_shape, widths, num_classes)
+    return {d: sum(convs[:d + 1]) + h * w * min(widths[d:]) * num_classes for d in DEPTHS}
 
 
 def early_exit_macs(image_shape: Sequence[int], *, widths: Sequence[int], num_classes: int) -> dict[int, int]:

@@ -76,34 +76,40 @@ def predict_early_exit(model: EarlyExitCNN, params: Any, images: np.ndarray, thr
     at least ``threshold`` (the last exit always answers), or at its given exit in ``exits``.
 
     Level by level, only the images still running are computed, packed into padded buckets as in
-    :func:`predict_bucketed`: threshold 0 stops every image at the first exit, a threshold above 1 runs
-    every image to the last (CNN-1's head).
+    :func:`predict_bucketed`; feature maps stay on the device, only logits and confidences come back.
+    Threshold 0 stops every image at the first exit, a threshold above 1 runs every image to the last
+    (CNN-1's head).
     """
     if (threshold is None) == (exits is None):
         raise ValueError("predict_early_exit takes a threshold or the exits, exactly one of them")
     n, last = len(images), len(DEPTHS) - 1
     logits, taken = np.zeros((n, model.num_classes), np.float32), np.full(n, last, np.int64)
-    running, hidden = np.arange(n), images
+    running, hidden = np.arange(n), None  # hidden: the running images' last feature maps, on the device
     for level in DEPTHS:
         if not len(running):
             break
-        fn, outputs = _stage_fn(model, level), []
+        fn, maps, chunks = _stage_fn(model, level), [], []
         for _, chunk, size in bucket_plan(np.zeros(len(running), np.int64), batch_size=batch_size,
                                           min_bucket=min_bucket):
-            h, lg, conf = fn(params, pad_rows(hidden[chunk], size))
-            outputs.append((chunk, *(np.asarray(a)[:len(chunk)] for a in (h, lg, conf))))
-        h = np.zeros((len(running), *outputs[0][1].shape[1:]), np.float32)
-        lg = np.zeros((len(running), model.num_classes), np.float32)
-        conf = np.zeros(len(running), np.float32)
-        for chunk, *values in outputs:
-            h[chunk], lg[chunk], conf[chunk] = values
+            x = pad_rows(images[running[chunk]], size) if hidden is None else _pad_device(hidden[chunk], size)
+            h, lg, conf = fn(params, x)
+            maps.append(h[:len(chunk)])
+            chunks.append((chunk, np.asarray(lg)[:len(chunk)], np.asarray(conf)[:len(chunk)]))
+        order = np.concatenate([c for c, _, _ in chunks])
+        lg, conf = np.concatenate([g for _, g, _ in chunks]), np.concatenate([f for _, _, f in chunks])
         if level == last:
-            stop = np.ones(len(running), bool)
+            stop = np.ones(len(order), bool)
         else:
-            stop = conf >= threshold if exits is None else exits[running] == level
-        logits[running[stop]], taken[running[stop]] = lg[stop], level
-        running, hidden = running[~stop], h[~stop]
+            stop = conf >= threshold if exits is None else exits[running[order]] == level
+        logits[running[order[stop]]], taken[running[order[stop]]] = lg[stop], level
+        keep = np.flatnonzero(~stop)
+        hidden = jnp.concatenate(maps)[keep] if len(keep) else None
+        running = running[order[keep]]
     return logits, taken
+
+
+def _pad_device(x: jax.Array, size: int) -> jax.Array:
+    return x if len(x) == size else jnp.pad(x, ((0, size - len(x)),) + ((0, 0),) * (x.ndim - 1))
 
 
 def exit_at_threshold(exit_logits: np.ndarray, threshold: float) -> np.ndarray:
