@@ -35,7 +35,7 @@ def main() -> None:
     for point in results["curves"]["best"]:
         print(f"{skip_study.METHODS[point['method']]} ({point['setting'] or '-'}): accuracy {point['accuracy']:.4f}, "
               f"MAC ratio {point['mac_ratio_vs_cnn1']:.3f}, wall ratio {point['wall_ratio_vs_cnn1']:.3f}")
-    print(*skip_study.verdict(results["curves"]["best"]), sep="\n")
+    print(*results["verdict"], sep="\n")
 
 if __name__ == "__main__":
     main()
