@@ -51,7 +51,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": {"widths": [10, 20, 40]},
     },
     "mnist-skip-wide": {
-        "about": "mnist-skip at widths 32/64/128 (about 15x the compute: an accelerator)",
+        "about": "mnist-skip at widths 32/64/128 (about 10x the conv MACs: an accelerator)",
         "scale": "full (accelerator)",
     },
     "mnist-skip-equal": {
