@@ -135,8 +135,8 @@ def _select(config: Mapping, workdir: Path, cnn1, params, fit: data.Split) -> di
                                         site=s["site"])
     chosen = analysis.select_strongest(scores, per_map=min(s["images_per_map"], len(fit)))
     indices, labels = analysis.layer_labels(chosen)
-    np.savez(workdir / "selection.npz", scores=scores, chosen=chosen, indices=indices, labels=labels,
-             images=fit.images[indices])
+    files.savez(workdir / "selection.npz", scores=scores, chosen=chosen, indices=indices, labels=labels,
+                images=fit.images[indices])
     figure = figures.plot_selection(fit.images, chosen, labels=dict(zip(indices.tolist(), labels.tolist())),
                                     path=workdir / "figures" / "selection.png")
     per_layer = [{"layer": nets.CONVS[l], "picks": int(chosen[l].size), "unique": int(len(np.unique(chosen[l]))),
@@ -153,7 +153,7 @@ def _dense(config: Mapping, workdir: Path, cnn1, params, fit: data.Split, val: d
                                                       batch_size=s["batch_size"], site=s["site"])
     fit_scores, val_scores = score(fit.images), score(val.images)
     fit_labels, val_labels = analysis.dense_labels(fit_scores, fit_scores), analysis.dense_labels(fit_scores, val_scores)
-    np.savez(workdir / "dense_labels.npz", fit=fit_labels, validation=val_labels)
+    files.savez(workdir / "dense_labels.npz", fit=fit_labels, validation=val_labels)
     return {"n_maps": _n_maps(config), "fit_counts": np.bincount(fit_labels, minlength=3).tolist(),
             "validation_counts": np.bincount(val_labels, minlength=3).tolist()}
 
