@@ -237,8 +237,12 @@ def _ablation_parsers(sub) -> None:
                    help="working memory a chunk of masks may use (default: half of what the device reports; "
                         "2048 on CPUs)")
     p.add_argument("--margin", type=float, default=0.01,
-                   help="drop that separates trivial from non-trivial masks (default 0.01, i.e. 1 point of accuracy)")
-    p.add_argument("--alpha", type=float, default=0.05, help="level of the Holm-corrected tests (default 0.05)")
+                   help="drop that separates trivial from non-trivial masks (default 0.01, i.e. 1 point of accuracy); "
+                        "on a finished sweep a new margin rewrites the tables from the stored results, nothing "
+                        "evaluated again")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="family-wise error of a protocol's decisions, both directions counted (default 0.05): each "
+                        "mask's bounds are at level 1 - alpha/m for a protocol of m masks")
     p.add_argument("--batchnorm", default="running", choices=engine.BATCHNORM,
                    help="'batch': every masked model normalised by its own batch's statistics (the study's "
                         "BN(0) = beta reading; --batch-size must divide the images); tables get '.bn-batch'")

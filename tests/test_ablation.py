@@ -535,6 +535,19 @@ def test_cli_ablate_all_then_report(tmp_path):
     tested = [r for r in table["rows"] if r["kind"] != "none"]
     assert tested and all(r["decision"] in DECISIONS and r["p_value_holm"] >= r["p_value"] for r in tested)
     assert all(r["drop"] == pytest.approx(-r["delta"], abs=1e-6) and r["margin"] == 0.01 for r in tested)
+    assert all(r["family_size"] == 20 and r["drop_low"] <= r["drop_low_unadjusted"] for r in tested)
+    counts = table["margin_sensitivity"]
+    assert list(counts) == ["0.005", "0.01", "0.02"] and all(sum(c.values()) == 20 for c in counts.values())
+    # a finished sweep at another margin: the tables are rewritten from the store, nothing evaluated again
+    store_before = (tmp_path / "ablation" / "results.jsonl").read_bytes()
+    wider = run_cli("ablate", "--workdir", str(tmp_path), "--protocol", "single", "--n-examples", "64",
+                    "--margin", "0.5")
+    assert wider.returncode == 0, wider.stderr
+    assert (tmp_path / "ablation" / "results.jsonl").read_bytes() == store_before
+    rewritten = json.loads((tmp_path / "ablation" / "single.json").read_text())
+    assert [r["drop_low"] for r in rewritten["rows"]] == [r["drop_low"] for r in table["rows"]]
+    assert sum(r.get("decision") == "non-trivial" for r in rewritten["rows"]) == rewritten["margin_sensitivity"][
+        "0.5"]["non-trivial"]
     report = run_cli("report", "--workdir", str(tmp_path))
     assert report.returncode == 0, report.stderr
     text = (tmp_path / "report.md").read_text()

@@ -20,7 +20,7 @@ def test_findings_read_the_decisions_and_the_paper_rows_line_up():
         {"mask": "baseline", "delta": 0.0},
     ]
     assert study_report.classify_layers(rows) == {"non-trivial": ["conv1"], "trivial": ["layer4.1.conv2"],
-                                                  "undecided": ["layer4.1.conv1"]}
+                                                  "improves": [], "undecided": ["layer4.1.conv1"]}
     means = study_report.stage_means(rows[:3])
     assert means["stem"] == pytest.approx(-0.30) and means["layer4"] == pytest.approx(0.0075)
     seg = {"baseline": [[{"mask": "baseline", "value": 0.8, "dice_myo": 0.7}]],

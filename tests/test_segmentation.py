@@ -14,6 +14,7 @@ from PIL import Image
 from resnet_jax import configs, metrics
 from resnet_jax.ablation import catalogue as abl
 from resnet_jax.ablation import engine, protocols
+from resnet_jax.ablation import statistics as st
 from resnet_jax.data import segmentation as seg_data
 from resnet_jax.models import pspnet
 from resnet_jax.models import resnet as models
@@ -242,8 +243,9 @@ def test_ablate_scores_a_segmentation_run_by_dice_with_a_qualitative_figure(tiny
         assert r["value"] == pytest.approx(r["dice_myo"])
         assert r["dice_mean"] == pytest.approx(np.mean([r["dice_lv"], r["dice_myo"], r["dice_rv"]]))
     tested = [r for r in table["rows"] if r["kind"] != "none"]
-    assert all(r["decision"] in ("trivial", "non-trivial", "undecided") for r in tested)
-    assert all(r["drop_low"] <= r["drop"] <= r["drop_high"] for r in tested)
+    assert all(r["decision"] in ("trivial", "non-trivial", "improves", "undecided") for r in tested)
+    assert all(r["drop_low"] <= r["drop_low_unadjusted"] <= r["drop_high_unadjusted"] <= r["drop_high"] for r in tested)
+    assert all(r["family_size"] == 3 and r["resamples"] == st.bootstrap_resamples(3) for r in tested)
     assert "patients" in table["statistics"]["method"]
     figure = json.loads((workdir / "ablation" / "qualitative.json").read_text())
     assert figure["masks"]["most_harmful"] in {r["mask"] for r in table["rows"]}

@@ -59,8 +59,66 @@ def test_margin_decisions():
     assert harmful["p_nontrivial"] < 1e-6
     few = st.accuracy_test(*_pairs(0, 0, 64))  # 64 images cannot show a drop below 1 %
     assert few["p_trivial"] > 0.05 and few["p_nontrivial"] > 0.05
-    rows = st.decisions([same, harmful, few])
-    assert [r["decision"] for r in rows] == ["trivial", "non-trivial", "undecided"]
+    helps = st.accuracy_test(*_pairs(20, 400, 5000))  # the mask fixes 380 more images than it breaks
+    tests = [st.accuracy_test(*_pairs(b, c, n), family_size=4) for b, c, n in
+             [(0, 0, 5000), (400, 20, 5000), (0, 0, 64), (20, 400, 5000)]]
+    rows = st.decisions(tests)
+    assert [r["decision"] for r in rows] == ["trivial", "non-trivial", "undecided", "improves"]
+    assert helps["drop_high"] < -0.01 and helps["p_improves"] < 1e-6
+
+
+def test_a_literal_one_sided_case_the_old_rule_called_trivial_is_undecided():
+    # b = 37 lost, c = 0 gained on 5,000 images: one-sided p_trivial 0.032 < 0.05, but the upper bound 0.01018 is
+    # above the 1 % margin, so a rule whose bounds are its decision cannot call it trivial at level 0.05.
+    t = st.accuracy_test(*_pairs(37, 0, 5000))
+    assert t["p_trivial"] == pytest.approx(0.0323, abs=1e-3) and t["drop_high"] == pytest.approx(0.01018, abs=1e-4)
+    assert st.decisions([t])[0]["decision"] == "undecided"
+
+
+def test_simultaneous_bounds_widen_with_the_family_and_hold_the_tail():
+    # Tango's bound at tail a solves z(low) = z_(1-a): check with the score statistic itself
+    t36 = st.accuracy_test(*_pairs(120, 40, 5000), family_size=36)
+    z = st.tango_z(120, 40, 5000, t36["drop_low"])
+    assert z == pytest.approx(st.stats.norm.isf(0.05 / 72), abs=1e-6)
+    assert t36["drop_low"] < t36["drop_low_unadjusted"] and t36["drop_high"] > t36["drop_high_unadjusted"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_every_decision_agrees_with_its_bounds_and_with_its_adjusted_p_values(seed):
+    """Property test: random (b, c, n) and family sizes; the decision read off the bounds equals the one the
+    one-sided score tests make at level alpha / (2 m), computed without any interval."""
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(1, 700))
+    n = int(rng.integers(50, 20000))
+    lost = rng.uniform(0, 0.1, m)
+    b = rng.binomial(n, lost)
+    c = rng.binomial(n - b, rng.uniform(0, 0.1, m))
+    margin = float(rng.choice([0.0, 0.005, 0.01, 0.02]))
+    rule = st.Decision(margin, float(rng.choice([0.01, 0.05, 0.1])))
+    rows = st.decisions(st._rows(st.accuracy_tests(b, c, n, rule=rule, family_size=m)), rule=rule)
+    for r in rows:
+        low, high, d = r["drop_low"], r["drop_high"], r["decision"]
+        if min(abs(low - margin), abs(high - margin), abs(high + margin)) < 1e-9:
+            continue  # a bound on the margin itself: either side is a rounding question
+        assert (d == "non-trivial") == (low > margin)
+        assert (d == "improves") == (high < -margin)
+        assert (d == "trivial") == (-margin <= high < margin)
+        by_tests = ("non-trivial" if r["p_nontrivial_adj"] < rule.alpha else
+                    "improves" if r["p_improves_adj"] < rule.alpha else
+                    "trivial" if r["p_trivial_adj"] < rule.alpha else "undecided")
+        assert d == by_tests, r
+
+
+def test_the_rules_family_wise_error_is_at_most_alpha_when_every_drop_is_the_margin():
+    """Simulation: 36 masks whose true drop equals the margin (3 % lost, 2 % gained, n = 5,000); any decision
+    but 'undecided' is wrong. The old rule (each direction Holm-corrected at alpha) erred in about 9 %."""
+    rng = np.random.default_rng(0)
+    families, m, n, rule = 2000, 36, 5000, st.Decision(0.01, 0.05)
+    outcome = rng.multinomial(n, [0.03, 0.02, 0.95], size=(families, m))
+    t = st.accuracy_tests(outcome[..., 0].ravel(), outcome[..., 1].ravel(), n, rule=rule, family_size=m)
+    wrong = np.array([st.decide(lo, hi, rule.margin) != "undecided" for lo, hi in zip(t["drop_low"], t["drop_high"])])
+    fwer = wrong.reshape(families, m).any(1).mean()
+    assert fwer <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / families)
 
 
 def test_holm_on_a_literal_example():
@@ -130,3 +188,60 @@ def test_seed_tables_combine_per_mask_with_spread_and_decision_counts():
     assert [p.name for p in seeds.seed_dirs("runs/c10", 3)] == ["c10", "c10-seed1", "c10-seed2"]
     with pytest.raises(ValueError, match="differ in masks"):
         seeds.combine([a, {"rows": a["rows"][:2]}])
+
+
+def _dice_counts(rng, n_patients, slices, dice, spread=0.03):
+    """Per-slice pixel counts of one class with pooled Dice about ``dice`` (prediction size = truth size)."""
+    true = rng.integers(500, 2000, (n_patients * slices, 1)).astype(np.float64)
+    patient = np.repeat(rng.normal(0, spread, n_patients), slices)[:, None]
+    inter = np.clip(dice + patient + rng.normal(0, spread, true.shape), 0, 1) * true
+    return {"intersection": inter, "pred_sum": true, "true_sum": true}
+
+
+def test_a_630_mask_dice_family_decides_a_catastrophic_mask():
+    """The old floor: 2,000 resamples and the +1 rule made every adjusted p at least 630/2001 (undecided).
+    The resample count now grows with the family, so a mask that erases the class is decided non-trivial."""
+    rng = np.random.default_rng(0)
+    groups = [f"patient{i // 10:03d}_slice{i % 10}" for i in range(200)]
+    base = _dice_counts(rng, 20, 10, 0.9)
+    harmless = {k: v.copy() for k, v in base.items()}
+    erased = {**base, "intersection": np.zeros_like(base["intersection"])}
+    masked = [erased] + [harmless] * 629
+    rows = st.decisions(st.dice_tests(base, masked, [0], [st.patient_of(g) for g in groups]))
+    assert rows[0]["decision"] == "non-trivial" and rows[0]["drop"] == pytest.approx(0.9, abs=0.05)
+    assert rows[0]["p_nontrivial_adj"] < 0.05 / 10
+    assert rows[0]["resamples"] >= st.bootstrap_resamples(630) >= 20 * 2 * 630 / 0.05 - 1
+    assert rows[1]["decision"] == "trivial"  # identical predictions: the drop is exactly 0 in every resample
+
+
+def test_the_bootstrap_bounds_are_the_order_statistics_its_p_values_cross():
+    rng = np.random.default_rng(1)
+    drops = rng.normal(0.012, 0.004, 5000)
+    for m in (1, 3, 36):
+        rule = st.Decision(0.01, 0.05)
+        r = st.bootstrap_summary(0.012, drops, rule=rule, family_size=m)
+        by_p = r["p_nontrivial"] * 2 * m < 0.05
+        assert (r["drop_low"] > 0.01) == by_p
+        # slow reference: the margins below which the +1-rule tail share stays under alpha / (2 m) end at the
+        # first resampled drop where the share no longer does
+        ordered = np.sort(drops)
+        rejects = [(1 + np.sum(drops <= d)) / (len(drops) + 1) < 0.05 / (2 * m) for d in ordered]
+        assert r["drop_low"] == ordered[rejects.index(False)]
+        rejects = [(1 + np.sum(drops >= d)) / (len(drops) + 1) < 0.05 / (2 * m) for d in ordered[::-1]]
+        assert r["drop_high"] == ordered[::-1][rejects.index(False)]
+
+
+def test_an_impossible_dice_family_is_refused_with_what_to_change():
+    with pytest.raises(ValueError, match="raise --alpha"):
+        st.check_bootstrap(630, 0.001)
+    assert st.check_bootstrap(36, 0.05) == st.bootstrap_resamples(36, 0.05)
+
+
+def test_paired_model_comparison_reads_its_verdict_off_its_interval():
+    base, worse = _pairs(300, 20, 5000)
+    tester = st.paired_tester(metrics.Accuracy())
+    reference, candidate = {"correct": base}, {"correct": worse}
+    better_rows = st.compare_models(tester, candidate, [reference, candidate], alpha=0.05)
+    assert better_rows[0]["verdict"] == "better" and better_rows[0]["difference"] == pytest.approx(280 / 5000)
+    assert better_rows[1]["verdict"] == "no significant difference" and better_rows[1]["difference"] == 0
+    assert better_rows[0]["low"] > 0 and better_rows[0]["comparisons"] == 2

@@ -1,31 +1,80 @@
 """Paired statistics of a mask against the baseline, on the same examples, and the decisions they support.
 
 Every mask of a sweep is scored on exactly the images the baseline was scored on, so its drop
-``baseline - masked`` is tested *paired*:
+``baseline - masked`` is tested *paired*: for accuracy by the exact McNemar test (any change) and Tango's
+score interval of a difference of paired proportions; for Dice by a paired bootstrap over patients (slices
+of one patient stay together), with pooled Dice recomputed on every resample.
 
-* accuracy: the exact McNemar test of "any change" (``p_value``), and for the margin ``delta`` Tango's
-  score test of a difference of paired proportions, whose inversion gives the drop's interval;
-* Dice: a paired bootstrap over the images, resampled by patient (slices of one patient stay together),
-  reproducible by seed; pooled Dice is recomputed on every resample.
+The decision rule (one for every table): the masks of one protocol form a family of ``m``; each mask gets a
+two-sided interval of its drop at level ``1 - alpha / m`` (Bonferroni), so all ``m`` intervals hold at once
+with probability at least ``1 - alpha``. ``drop_low`` and ``drop_high`` are those simultaneous bounds, and
+the decision reads off them, row by row, at the margin ``delta``:
 
-Two one-sided tests per mask, each Holm-corrected across the masks of one protocol, give the decision:
-*non-trivial* when ``H0: drop <= delta`` is rejected (the drop is significantly greater than the margin),
-*trivial* when ``H0: drop >= delta`` is rejected (equivalence: the drop's upper confidence bound is below
-the margin), *undecided* otherwise.
+* ``non-trivial`` exactly when ``drop_low > delta`` (removing it costs more than the margin);
+* ``improves`` exactly when ``drop_high < -delta`` (removing it helps by more than the margin);
+* ``trivial`` exactly when ``-delta <= drop_high < delta`` (it costs less than the margin: non-inferiority,
+  one-sided; a mask that may also help is still trivial);
+* ``undecided`` otherwise.
+
+A decision is wrong only if an interval misses its true drop, so the chance of any wrong decision in the
+family, in either direction, is at most ``alpha`` (``benchmarks/decision_rule.py`` measures it). The bounds
+do not depend on the margin, so decisions at another margin follow from a table without recomputing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import stats
 
 DEFAULT_MARGIN = 0.01
 DEFAULT_ALPHA = 0.05
-DEFAULT_BOOTSTRAP = 2000
-DECISIONS = ("non-trivial", "trivial", "undecided")
+DECISIONS = ("non-trivial", "trivial", "improves", "undecided")
+SENSITIVITY_MARGINS = (0.005, 0.01, 0.02)
+TAIL_DRAWS = 20
+"""Bootstrap resamples beyond each simultaneous bound: the smallest attainable adjusted p-value is alpha / 20."""
+MAX_RESAMPLES = 2_000_000
+"""Above this a Dice family is refused before any compute (memory: resamples x patients x 8 bytes)."""
+_CHUNK = 1 << 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """The rule's two numbers: the margin ``delta`` that separates trivial from non-trivial drops, and the
+    family-wise error ``alpha`` of a protocol's decisions."""
+
+    margin: float = DEFAULT_MARGIN
+    alpha: float = DEFAULT_ALPHA
+
+    def __post_init__(self):
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if not 0 <= self.margin < 1:
+            raise ValueError(f"margin must be in [0, 1), got {self.margin}")
+
+    def tail(self, family_size: int) -> float:
+        """The error each one-sided bound may spend: ``alpha / (2 m)``."""
+        return self.alpha / (2 * max(1, family_size))
+
+
+def decide(drop_low: float, drop_high: float, margin: float) -> str:
+    """The decision of one row from its simultaneous bounds (see the module docstring)."""
+    if drop_low > margin:
+        return "non-trivial"
+    if drop_high < -margin:
+        return "improves"
+    if drop_high < margin:
+        return "trivial"
+    return "undecided"
+
+
+def decision_counts(rows: Sequence[Mapping], margin: float) -> dict[str, int]:
+    """How many tested rows take each decision at ``margin``, from their stored bounds alone."""
+    tested = [r for r in rows if "drop_low" in r]
+    return {d: sum(decide(r["drop_low"], r["drop_high"], margin) == d for r in tested) for d in DECISIONS}
 
 
 # Accuracy: paired binary outcomes -----------------------------------------------------------------
@@ -43,42 +92,85 @@ def mcnemar_exact(b: int, c: int) -> float:
     return 1.0 if b + c == 0 else float(stats.binomtest(b, b + c, 0.5).pvalue)
 
 
-def _restricted_p21(b: int, c: int, n: int, delta: float) -> float:
+def _restricted_p21(b, c, n, delta):
     """Maximum-likelihood P(baseline wrong, mask right) given a drop of ``delta`` (Tango 1998, closed form)."""
     a2 = 2.0 * n
     b2 = -b - c + (2.0 * n - b + c) * delta
     c2 = -c * delta * (1.0 - delta)
-    return (math.sqrt(max(b2 * b2 - 4.0 * a2 * c2, 0.0)) - b2) / (2.0 * a2)
+    return (np.sqrt(np.maximum(b2 * b2 - 4.0 * a2 * c2, 0.0)) - b2) / (2.0 * a2)
 
 
-def tango_z(b: int, c: int, n: int, delta: float) -> float:
-    """Tango's score statistic for ``H0: drop = delta`` (drop = (b - c) / n); large when the drop exceeds delta.
-    At ``delta = 0`` it is McNemar's ``(b - c) / sqrt(b + c)``."""
+def tango_z(b, c, n, delta):
+    """Tango's score statistic for ``H0: drop = delta`` (drop = (b - c) / n); large when the drop exceeds delta,
+    decreasing in delta. At ``delta = 0`` it is McNemar's ``(b - c) / sqrt(b + c)``. Takes arrays too."""
+    b, c, n, delta = (np.asarray(x, np.float64) for x in (b, c, n, delta))
     variance = n * (2.0 * _restricted_p21(b, c, n, delta) + delta * (1.0 - delta))
-    if variance <= 0:
-        return 0.0 if b - c == n * delta else math.copysign(math.inf, b - c - n * delta)
-    return (b - c - n * delta) / math.sqrt(variance)
+    excess = b - c - n * delta
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(variance > 0, excess / np.sqrt(np.where(variance > 0, variance, 1.0)),
+                     np.where(excess == 0, 0.0, np.copysign(np.inf, excess)))
+    return z if z.ndim else float(z)
+
+
+def tango_bounds(b, c, n, *, tail: float) -> tuple[np.ndarray, np.ndarray]:
+    """The drop's score bounds, each missing with probability ``tail``: ``low`` is where ``tango_z`` falls to
+    ``z_(1-tail)``, ``high`` where it falls to ``-z_(1-tail)`` (bisection, vectorised over arrays)."""
+    b, c, n = (np.asarray(x, np.float64) for x in (b, c, n))
+    z = stats.norm.isf(tail)
+    observed = (b - c) / n
+
+    def solve(lo, hi, target):  # z(d) is decreasing: keep z(lo) > target >= z(hi)
+        lo, hi = np.broadcast_to(lo, observed.shape).copy(), np.broadcast_to(hi, observed.shape).copy()
+        for _ in range(64):
+            mid = (lo + hi) / 2
+            above = tango_z(b, c, n, mid) > target
+            lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+        return hi
+
+    eps = 1e-12
+    low = np.where(tango_z(b, c, n, -1 + eps) <= z, -1.0, solve(-1 + eps, observed, z))
+    high = np.where(tango_z(b, c, n, 1 - eps) >= -z, 1.0, solve(observed, 1 - eps, -z))
+    return low, high
 
 
 def tango_interval(b: int, c: int, n: int, *, alpha: float = DEFAULT_ALPHA) -> tuple[float, float]:
     """The two-sided ``1 - alpha`` score interval of the drop: the deltas the score test does not reject."""
-    z = stats.norm.ppf(1 - alpha / 2)
-    f = lambda d, target: tango_z(b, c, n, d) - target  # noqa: E731 - decreasing in d
-    eps = 1e-12
-    low = -1.0 + eps if f(-1.0 + eps, z) <= 0 else optimize.brentq(f, -1.0 + eps, (b - c) / n, args=(z,))
-    high = 1.0 - eps if f(1.0 - eps, -z) >= 0 else optimize.brentq(f, (b - c) / n, 1.0 - eps, args=(-z,))
+    low, high = tango_bounds(b, c, n, tail=alpha / 2)
     return float(low), float(high)
 
 
+def mcnemar_exact_many(b, c) -> np.ndarray:
+    """:func:`mcnemar_exact` over arrays (the symmetric binomial's two-sided p-value is twice the smaller tail)."""
+    b, c = np.asarray(b), np.asarray(c)
+    tails = np.minimum(stats.binom.cdf(b, b + c, 0.5), stats.binom.sf(b - 1, b + c, 0.5))
+    return np.where(b + c == 0, 1.0, np.minimum(1.0, 2 * tails))
+
+
+def accuracy_tests(b, c, n, *, rule: Decision = Decision(), family_size: int = 1) -> dict[str, np.ndarray]:
+    """Masks given by their discordant counts (arrays ``b`` lost, ``c`` gained, of ``n`` images), each one of a
+    family of ``family_size``: drop, its simultaneous bounds, the unadjusted ``1 - alpha`` interval, McNemar's
+    p-value of any change and the one-sided score tests at ``+margin`` and ``-margin``."""
+    b, c = np.asarray(b, np.int64), np.asarray(c, np.int64)
+    low, high = tango_bounds(b, c, n, tail=rule.tail(family_size))
+    low95, high95 = tango_bounds(b, c, n, tail=rule.alpha / 2)
+    z_up, z_down = np.asarray(tango_z(b, c, n, rule.margin)), np.asarray(tango_z(b, c, n, -rule.margin))
+    return {"drop": (b - c) / n, "drop_low": low, "drop_high": high, "drop_low_unadjusted": low95,
+            "drop_high_unadjusted": high95, "p_value": mcnemar_exact_many(b, c),
+            "p_nontrivial": stats.norm.sf(z_up), "p_trivial": stats.norm.cdf(z_up),
+            "p_improves": stats.norm.cdf(z_down), "discordant_lost": b, "discordant_gained": c}
+
+
+def _rows(columns: Mapping[str, np.ndarray]) -> list[dict]:
+    """Dict of equal-length arrays -> list of dicts of plain Python numbers."""
+    n = len(next(iter(columns.values())))
+    return [{k: np.asarray(v)[i].item() for k, v in columns.items()} for i in range(n)]
+
+
 def accuracy_test(baseline_correct, masked_correct, *, margin: float = DEFAULT_MARGIN,
-                  alpha: float = DEFAULT_ALPHA) -> dict[str, float]:
-    """Drop, its score interval, the McNemar p-value and the two one-sided margin p-values of one mask."""
+                  alpha: float = DEFAULT_ALPHA, family_size: int = 1) -> dict[str, float]:
+    """:func:`accuracy_tests` for one mask, from per-image outcomes."""
     b, c, n = discordant(baseline_correct, masked_correct)
-    z = tango_z(b, c, n, margin)
-    low, high = tango_interval(b, c, n, alpha=alpha)
-    return {"drop": (b - c) / n, "drop_low": low, "drop_high": high, "p_value": mcnemar_exact(b, c),
-            "p_nontrivial": float(stats.norm.sf(z)), "p_trivial": float(stats.norm.cdf(z)),
-            "discordant_lost": b, "discordant_gained": c}
+    return _rows(accuracy_tests([b], [c], n, rule=Decision(margin, alpha), family_size=family_size))[0]
 
 
 # Dice: paired bootstrap by patient ------------------------------------------------------------------
@@ -88,42 +180,123 @@ def patient_of(slice_id: str) -> str:
     return slice_id.replace("/", "_").split("_", 1)[0]
 
 
-def bootstrap_weights(groups: Sequence[str], *, n_resamples: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> np.ndarray:
-    """``(n_resamples, n_examples)`` counts: how often each example enters each resample when whole groups
-    (patients) are drawn with replacement. The same seed gives the same resamples."""
+def bootstrap_resamples(family_size: int, alpha: float = DEFAULT_ALPHA) -> int:
+    """Resamples for a family of ``family_size`` at ``alpha``: ``TAIL_DRAWS`` of them lie beyond each
+    simultaneous bound, so the +1 rule's smallest p-value, times ``2 m``, is ``alpha / TAIL_DRAWS``."""
+    return max(2000, math.ceil(TAIL_DRAWS / Decision(alpha=alpha).tail(family_size)) - 1)
+
+
+def check_bootstrap(family_size: int, alpha: float = DEFAULT_ALPHA, *, n_patients: int = 1) -> int:
+    """The resample count, or a ValueError that says what to change when it would exceed ``MAX_RESAMPLES``."""
+    needed = bootstrap_resamples(family_size, alpha)
+    if needed > MAX_RESAMPLES:
+        most = int(2 * MAX_RESAMPLES * alpha / (2 * TAIL_DRAWS))
+        raise ValueError(f"a Dice family of {family_size} masks at alpha {alpha} needs {needed:,} bootstrap "
+                         f"resamples ({needed * n_patients * 8 / 2**30:.1f} GiB of weights); at most "
+                         f"{MAX_RESAMPLES:,} are drawn: raise --alpha to {TAIL_DRAWS * family_size / MAX_RESAMPLES:.3g} "
+                         f"or more, or ablate at most {most} masks at once")
+    return needed
+
+
+def patient_resamples(groups: Sequence[str], *, n_resamples: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(counts, index)``: ``counts[r, p]`` is how often patient ``p`` enters resample ``r`` (whole patients drawn
+    with replacement), ``index[i]`` the patient of example ``i``. The same seed gives the same resamples."""
     names, index = np.unique(np.asarray(groups), return_inverse=True)
-    draws = np.random.default_rng(seed).integers(0, len(names), (n_resamples, len(names)))
-    per_group = np.stack([np.bincount(d, minlength=len(names)) for d in draws])
-    return per_group[:, index].astype(np.float64)
+    rng, p = np.random.default_rng(seed), len(names)
+    counts = np.empty((n_resamples, p), np.float64)
+    for start in range(0, n_resamples, _CHUNK):
+        rows = min(_CHUNK, n_resamples - start)
+        draws = rng.integers(0, p, (rows, p)) + p * np.arange(rows)[:, None]
+        counts[start:start + rows] = np.bincount(draws.ravel(), minlength=rows * p).reshape(rows, p)
+    return counts, index
+
+
+def bootstrap_weights(groups: Sequence[str], *, n_resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """``(n_resamples, n_examples)`` counts: how often each example enters each resample (its patient's count)."""
+    counts, index = patient_resamples(groups, n_resamples=n_resamples, seed=seed)
+    return counts[:, index]
+
+
+def _chunks(weights: np.ndarray) -> list[np.ndarray]:
+    return [weights[i:i + _CHUNK] for i in range(0, len(weights), _CHUNK)]
 
 
 def bootstrap_test(statistic: Callable[[np.ndarray], np.ndarray], weights: np.ndarray, *,
-                   margin: float = DEFAULT_MARGIN, alpha: float = DEFAULT_ALPHA) -> dict[str, float]:
-    """One mask's paired bootstrap: ``statistic(weights) -> (n_resamples,)`` drops, computed from the baseline's
-    and the mask's per-example counts under the same resample weights (``weights[0]`` all ones: the observed
-    drop is ``statistic(ones)``). p-values are the bootstrap's one-sided tail shares, with the +1 rule."""
+                   margin: float = DEFAULT_MARGIN, alpha: float = DEFAULT_ALPHA,
+                   family_size: int = 1) -> dict[str, float]:
+    """One mask's paired bootstrap: ``statistic(weights) -> (rows,)`` drops under rows of resample weights
+    (``statistic(ones)`` is the observed drop); see :func:`bootstrap_summary`."""
     observed = float(statistic(np.ones((1, weights.shape[1])))[0])
-    drops = statistic(weights)
-    share = lambda hits: (1 + int(np.sum(hits))) / (len(drops) + 1)  # noqa: E731
-    return {"drop": observed, "drop_low": float(np.quantile(drops, alpha / 2)),
-            "drop_high": float(np.quantile(drops, 1 - alpha / 2)),
+    drops = np.concatenate([statistic(w) for w in _chunks(weights)])
+    return bootstrap_summary(observed, drops, rule=Decision(margin, alpha), family_size=family_size)
+
+
+def bootstrap_summary(observed: float, drops: np.ndarray, *, rule: Decision, family_size: int) -> dict[str, float]:
+    """p-values are one-sided tail shares of the resampled ``drops`` with the +1 rule; the simultaneous bounds
+    are the order statistics at which those p-values cross ``alpha / (2 m)``, so ``drop_low > margin`` exactly
+    when ``p_nontrivial < alpha / (2 m)`` (and likewise above)."""
+    count, margin, alpha = len(drops), rule.margin, rule.alpha
+    share = lambda hits: (1 + int(np.sum(hits))) / (count + 1)  # noqa: E731
+    r = math.ceil(rule.tail(family_size) * (count + 1)) - 2  # the most tail hits a rejection allows
+    r95 = max(0, math.ceil(alpha / 2 * (count + 1)) - 2)  # the same rule for the unadjusted interval
+    ordered = np.partition(drops, sorted({max(r, 0), count - 1 - max(r, 0), r95, count - 1 - r95}))
+    low, high = (-math.inf, math.inf) if r < 0 else (float(ordered[r]), float(ordered[count - 1 - r]))
+    return {"drop": observed, "drop_low": low, "drop_high": high,
+            "drop_low_unadjusted": float(ordered[r95]), "drop_high_unadjusted": float(ordered[count - 1 - r95]),
             "p_value": min(1.0, 2 * min(share(drops <= 0), share(drops >= 0))),
-            "p_nontrivial": share(drops <= margin), "p_trivial": share(drops >= margin)}
+            "p_nontrivial": share(drops <= margin), "p_trivial": share(drops >= margin),
+            "p_improves": share(drops >= -margin), "resamples": count}
 
 
-def pooled_dice_drop(baseline: Mapping[str, np.ndarray], masked: Mapping[str, np.ndarray],
-                     classes: Sequence[int]) -> Callable[[np.ndarray], np.ndarray]:
-    """``statistic(weights)``: pooled Dice (mean over ``classes``, 0-based columns of the per-image counts) of
-    the baseline minus that of the mask, per row of resample weights."""
+def patient_sums(counts: Mapping[str, np.ndarray], classes: Sequence[int], index: np.ndarray | None = None) -> np.ndarray:
+    """``(groups, 3 * len(classes))``: intersection, prediction and truth pixel counts of ``classes``, summed per
+    patient (``index``: example -> patient; None: one group per example)."""
     cols = list(classes)
+    sums = np.concatenate([np.asarray(counts[k], np.float64)[:, cols] for k in ("intersection", "pred_sum",
+                                                                                 "true_sum")], 1)
+    if index is None:
+        return sums
+    return np.stack([np.bincount(index, weights=sums[:, j], minlength=index.max() + 1) for j in range(sums.shape[1])], 1)
 
-    def pooled(counts, w):
-        inter = w @ np.asarray(counts["intersection"], np.float64)[:, cols]
-        total = w @ (np.asarray(counts["pred_sum"], np.float64)[:, cols] + np.asarray(counts["true_sum"],
-                                                                                         np.float64)[:, cols])
-        return np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0).mean(-1)
 
-    return lambda w: pooled(baseline, w) - pooled(masked, w)
+def pooled_dice(sums: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Pooled Dice (mean over classes) per row of resample weights, from :func:`patient_sums`."""
+    k = sums.shape[1] // 3
+    both = weights @ sums
+    inter, total = both[:, :k], both[:, k:2 * k] + both[:, 2 * k:]
+    return np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0).mean(-1)
+
+
+def pooled_dice_drop(baseline: Mapping[str, np.ndarray], masked: Mapping[str, np.ndarray], classes: Sequence[int],
+                     *, index: np.ndarray | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """``statistic(weights)``: pooled Dice (mean over ``classes``, 0-based columns of the per-image counts) of
+    the baseline minus that of the mask, per row of resample weights (per patient with ``index``)."""
+    base, mask = patient_sums(baseline, classes, index), patient_sums(masked, classes, index)
+    return lambda w: pooled_dice(base, w) - pooled_dice(mask, w)
+
+
+def dice_tests(baseline: Mapping[str, np.ndarray], masked: Sequence[Mapping[str, np.ndarray]], classes: Sequence[int],
+               groups: Sequence[str], *, rule: Decision = Decision(), seed: int = 0,
+               drawn: dict | None = None) -> list[dict]:
+    """A family of masks by the patient bootstrap: the resample count from :func:`check_bootstrap`, the baseline's
+    resampled Dice computed once and every mask tested on the same resamples (``drawn`` caches them)."""
+    m = len(masked)
+    n = check_bootstrap(m, rule.alpha, n_patients=len(set(groups)))
+    drawn = {} if drawn is None else drawn
+    if n not in drawn:
+        drawn.clear()  # one resample count at a time: the weights can be large
+        drawn[n] = patient_resamples(groups, n_resamples=n, seed=seed)
+    weights, index = drawn[n]
+    base = patient_sums(baseline, classes, index)
+    ones = np.ones((1, weights.shape[1]))
+    base_dice = np.concatenate([pooled_dice(base, w) for w in _chunks(weights)])
+    out = []
+    for counts in masked:
+        mask = patient_sums(counts, classes, index)
+        drops = base_dice - np.concatenate([pooled_dice(mask, w) for w in _chunks(weights)])
+        observed = float(pooled_dice(base, ones)[0] - pooled_dice(mask, ones)[0])
+        out.append(bootstrap_summary(observed, drops, rule=rule, family_size=m))
+    return out
 
 
 # Multiplicity and decisions ----------------------------------------------------------------------
@@ -139,54 +312,79 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     return out
 
 
-def decide(p_nontrivial_holm: float, p_trivial_holm: float, *, alpha: float = DEFAULT_ALPHA) -> str:
-    if p_nontrivial_holm < alpha:
-        return "non-trivial"
-    if p_trivial_holm < alpha:
-        return "trivial"
-    return "undecided"
-
-
-def decisions(tests: Sequence[dict], *, alpha: float = DEFAULT_ALPHA) -> list[dict]:
-    """The tests of one protocol's masks with Holm-adjusted p-values and a decision each."""
+def decisions(tests: Sequence[dict], *, rule: Decision = Decision()) -> list[dict]:
+    """The tests of one protocol's masks (each made with ``family_size=len(tests)``) with a decision each, read
+    off the simultaneous bounds; the one-sided p-values Bonferroni-adjusted (``_adj``: times ``2 m``, so
+    ``_adj < alpha`` agrees with the bounds) and the any-change p-value Holm-adjusted."""
     if not tests:
         return []
-    adjusted = {k: holm([t[k] for t in tests]) for k in ("p_value", "p_nontrivial", "p_trivial")}
+    m = len(tests)
+    any_change = holm([t["p_value"] for t in tests])
     out = []
-    for i, t in enumerate(tests):
-        row = {**t, **{f"{k}_holm": float(v[i]) for k, v in adjusted.items()}}
-        row["decision"] = decide(row["p_nontrivial_holm"], row["p_trivial_holm"], alpha=alpha)
+    for t, p_change in zip(tests, any_change):
+        row = {**t, "p_value_holm": float(p_change)}
+        row.update({f"{k}_adj": min(1.0, 2 * m * t[k]) for k in ("p_nontrivial", "p_trivial", "p_improves")})
+        row["decision"] = decide(t["drop_low"], t["drop_high"], rule.margin)
         out.append(row)
     return out
 
 
 # One protocol's table --------------------------------------------------------------------------
 
-def paired_tester(metric, *, groups: Sequence[str] | None = None, margin: float = DEFAULT_MARGIN,
-                  alpha: float = DEFAULT_ALPHA, n_resamples: int = DEFAULT_BOOTSTRAP,
-                  seed: int = 0) -> Callable[[Mapping, Mapping], dict[str, float]]:
-    """``test(baseline_per_example, masked_per_example)`` for the metric a sweep scored with: the McNemar /
+FamilyTest = Callable[..., list]
+"""``test(baseline_per_example, [masked_per_example, ...], *, rule) -> [dict, ...]``: one family of masks."""
+
+
+def paired_tester(metric, *, groups: Sequence[str] | None = None, seed: int = 0) -> FamilyTest:
+    """The paired test of the metric a sweep scored with, for a whole family of masks at once: the McNemar /
     score tests for accuracy (per-image ``correct``), the patient bootstrap for pooled Dice (per-image counts;
-    the resamples are drawn once, so every mask of a sweep sees the same ones)."""
+    the resamples are drawn once per resample count, so every mask of a family sees the same ones)."""
     if getattr(metric, "name", "") == "accuracy":
-        return lambda base, masked: accuracy_test(base["correct"], masked["correct"], margin=margin, alpha=alpha)
+        def accuracy(base, masked, *, rule: Decision):
+            counts = np.array([discordant(base["correct"], m["correct"]) for m in masked]).reshape(-1, 3)
+            n = counts[0, 2] if len(counts) else 1
+            return _rows(accuracy_tests(counts[:, 0], counts[:, 1], n, rule=rule, family_size=len(masked)))
+        return accuracy
     if hasattr(metric, "columns") and getattr(metric, "aggregate_by", "pooled") == "pooled":
         if groups is None:
             raise ValueError("a Dice sweep's paired bootstrap needs the patient of every image (groups)")
-        weights = bootstrap_weights(groups, n_resamples=n_resamples, seed=seed)
-        return lambda base, masked: bootstrap_test(pooled_dice_drop(base, masked, metric.columns()), weights,
-                                                   margin=margin, alpha=alpha)
+        drawn: dict = {}
+
+        def dice(base, masked, *, rule: Decision):
+            return dice_tests(base, masked, metric.columns(), groups, rule=rule, seed=seed, drawn=drawn)
+        return dice
     raise ValueError(f"no paired test for metric {metric!r}; valid: Accuracy, or Dice aggregated 'pooled'")
 
 
-def annotate(rows: Sequence[dict], per_example: Sequence[Mapping | None], baseline: Mapping,
-             test: Callable[[Mapping, Mapping], dict], *, margin: float = DEFAULT_MARGIN,
-             alpha: float = DEFAULT_ALPHA) -> list[dict]:
-    """Table rows with their paired tests, Holm-adjusted across the rows that are masks (``per_example`` None:
-    the baseline row, left without a test), a decision each, and the margin and level used."""
+def method_text(metric) -> str:
+    """How a metric's masks are tested, for table metadata and reports."""
+    if getattr(metric, "name", "") == "accuracy":
+        return "exact McNemar (any change); Tango's score interval of the paired drop"
+    return f"paired bootstrap over patients (resamples chosen per family: {TAIL_DRAWS} beyond each bound), seed 0"
+
+
+def annotate(rows: Sequence[dict], per_example: Sequence[Mapping | None], baseline: Mapping, test: FamilyTest, *,
+             rule: Decision = Decision()) -> list[dict]:
+    """Table rows with their paired tests and a decision each; the family is the rows that are masks
+    (``per_example`` None: the baseline row, left without a test)."""
     masks = [i for i, pe in enumerate(per_example) if pe is not None]
-    tested = decisions([test(baseline, per_example[i]) for i in masks], alpha=alpha)
+    tested = decisions(test(baseline, [per_example[i] for i in masks], rule=rule) if masks else [], rule=rule)
     out = [dict(r) for r in rows]
     for i, t in zip(masks, tested):
-        out[i].update(t, margin=margin, alpha=alpha)
+        out[i].update(t, margin=rule.margin, alpha=rule.alpha, family_size=len(masks))
+    return out
+
+
+def compare_models(test: FamilyTest, reference: Mapping, candidates: Sequence[Mapping], *,
+                   alpha: float = DEFAULT_ALPHA) -> list[dict]:
+    """Paired comparisons of models with one reference on the same examples: per candidate, ``difference =
+    candidate - reference`` with its interval at ``1 - alpha / k`` for ``k`` candidates (Bonferroni: all hold
+    at once with probability ``1 - alpha``), the p-value of any change, and ``better`` / ``worse`` / ``no
+    significant difference`` read off the interval."""
+    out = []
+    for t in test(reference, list(candidates), rule=Decision(0.0, alpha)):
+        low, high = -t["drop_high"], -t["drop_low"]
+        verdict = "better" if low > 0 else "worse" if high < 0 else "no significant difference"
+        out.append({"difference": -t["drop"], "low": low, "high": high, "p_value": t["p_value"],
+                    "comparisons": len(candidates), "alpha": alpha, "verdict": verdict})
     return out

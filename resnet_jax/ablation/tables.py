@@ -11,11 +11,15 @@ from pathlib import Path
 from resnet_jax import files
 
 CSV_COLUMNS = ("mask", "kind", "layers", "metric", "value", "baseline", "delta", "n_examples", "ci_low", "ci_high",
-               "drop", "drop_low", "drop_high", "p_value", "p_value_holm", "p_nontrivial_holm", "p_trivial_holm",
-               "decision", "margin", "alpha")
-"""``drop = baseline - value`` with its paired interval; ``p_value``: any change (McNemar / bootstrap);
-``p_nontrivial``/``p_trivial``: the one-sided margin tests; ``_holm``: adjusted across the protocol's masks."""
-HIDDEN = ("seconds", "key", "p_nontrivial", "p_trivial", "discordant_lost", "discordant_gained")
+               "drop", "drop_low", "drop_high", "decision", "drop_low_unadjusted", "drop_high_unadjusted",
+               "p_value", "p_value_holm", "p_nontrivial_adj", "p_trivial_adj", "p_improves_adj", "margin", "alpha",
+               "family_size")
+"""``drop = baseline - value``; ``drop_low``/``drop_high``: its simultaneous bounds across the protocol's
+``family_size`` masks, from which ``decision`` is read at ``margin``; ``_unadjusted``: the mask's own ``1 - alpha``
+interval; ``p_value``: any change (McNemar / bootstrap), ``_holm`` across the masks; ``p_*_adj``: the one-sided
+tests at the margin (non-trivial: drop > margin; trivial: drop < margin; improves: drop < -margin), times ``2 m``."""
+HIDDEN = ("seconds", "key", "p_nontrivial", "p_trivial", "p_improves", "discordant_lost", "discordant_gained",
+          "resamples")
 
 
 def table_row(row: dict, baseline: dict, *, mask: str) -> dict:

@@ -8,15 +8,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from resnet_jax import files
+from resnet_jax.ablation.statistics import DECISIONS
 from resnet_jax.ablation.tables import breakdown_columns
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
-    """Rows with their paired test (drop, its interval, Holm-adjusted p-value of any change, decision at the
-    margin) where the table has one."""
+    """Rows with their paired test (drop with the simultaneous bounds the decision reads off, Holm-adjusted
+    p-value of any change, decision at the margin) where the table has one."""
     extra = breakdown_columns(rows)
     tested = any("decision" in r for r in rows)
-    stats_head = " drop [95 % CI] | p (Holm) | decision |" if tested else ""
+    stats_head = " drop [simultaneous bounds] | p any change (Holm) | decision |" if tested else ""
     head = ("| mask | kind | value | 95 % CI | delta vs baseline | n |" + stats_head + "".join(f" {c} |" for c in extra)
             + "\n|---|---|---:|---:|---:|---:|" + ("---:|---:|---|" if tested else "") + "---:|" * len(extra))
     lines = [head]
@@ -29,6 +30,11 @@ def markdown_table(rows: Sequence[dict]) -> str:
                      f"| {r['delta']:+.4f} | {r['n_examples']} |" + stats
                      + "".join(f" {r[c]:.4f} |" if isinstance(r.get(c), float) else f" {r.get(c, '')} |" for c in extra))
     return "\n".join(lines)
+
+
+def sensitivity_table(counts: dict[str, dict[str, int]]) -> tuple[list[str], list[list]]:
+    """Header and rows: decision counts per margin (a table's ``margin_sensitivity``)."""
+    return ["margin", *DECISIONS], [[m, *(c[d] for d in DECISIONS)] for m, c in counts.items()]
 
 
 def interaction_lists(table: dict) -> str:
@@ -47,9 +53,10 @@ def statistics_line(table: dict) -> str | None:
     s = table.get("statistics")
     if not s:
         return None
-    return (f"Decisions at margin {s['margin']} ({s['correction']}, level {s['alpha']}; {s['method']}): "
-            f"*non-trivial* when the drop is significantly above the margin, *trivial* when its upper confidence "
-            f"bound is below it, *undecided* otherwise.")
+    return (f"Decisions at margin {s['margin']}, family-wise error at most {s['alpha']} across the protocol's masks "
+            f"({s['method']}; {s['correction']}): *non-trivial* when the lower simultaneous bound of the drop is above "
+            f"the margin, *improves* when the upper bound is below minus the margin, *trivial* when the upper bound "
+            f"is below the margin (and not below minus it), *undecided* otherwise.")
 
 
 def environment() -> dict:
@@ -115,6 +122,11 @@ def write_report(workdir: str | Path) -> Path:
             parts += [provenance_line(data["provenance"]), ""]
         if statistics_line(data):
             parts += [statistics_line(data), ""]
+        if data.get("margin_sensitivity"):
+            header, rows = sensitivity_table(data["margin_sensitivity"])
+            parts += ["Decision counts at other margins, from the same bounds (no mask evaluated again):", "",
+                      "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1),
+                      *("| " + " | ".join(map(str, r)) + " |" for r in rows), ""]
         if data.get("figure"):  # stored by file name (older tables: a path); the figure lies beside its table
             parts += [f"![{title}](ablation/{Path(data['figure']).name})", ""]
         if "seconds" in data:

@@ -99,8 +99,8 @@ def _json(path: Path) -> Any:
 
 
 def _table(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
-    """Header and cells of an ablation table: value, interval, the paired test's drop, Holm p and decision, then a
-    metric's per-class columns (Dice)."""
+    """Header and cells of an ablation table: value, interval, the drop with the simultaneous bounds its decision
+    reads off, the Holm p-value of any change and the decision, then a metric's per-class columns (Dice)."""
     extra = [c for c in breakdown_columns(rows) if c not in ("drop_a", "drop_b", "interaction")]
 
     def tested(r):
@@ -109,13 +109,14 @@ def _table(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
         return [f"{r['drop']:+.4f} [{r['drop_low']:+.4f}, {r['drop_high']:+.4f}]", f"{r['p_value_holm']:.2g}",
                 r["decision"]]
 
-    header = ["mask", rows[0]["metric"], "95 % CI", "delta", "n", "drop [95 % CI]", "p (Holm)", "decision", *extra]
+    header = ["mask", rows[0]["metric"], "95 % CI", "delta", "n", "drop [simultaneous bounds]",
+              "p any change (Holm)", "decision", *extra]
     return header, [[r["mask"], f"{r['value']:.4f}", f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]",
                      f"{r['delta']:+.4f}", r["n_examples"], *tested(r), *(f"{r[c]:.4f}" for c in extra)] for r in rows]
 
 
 def classify_layers(rows: Sequence[dict]) -> dict[str, list[str]]:
-    """The masks of a table by their decision (paired test at the table's margin, Holm-corrected)."""
+    """The masks of a table by their decision (simultaneous bounds at the table's margin)."""
     return {d: [r["mask"] for r in rows if r.get("decision") == d] for d in DECISIONS}
 
 
@@ -147,6 +148,12 @@ def _ablation_section(run: Path, label: str) -> tuple[list[tuple], dict]:
         rows = table["rows"]
         blocks += [("h3", table.get("title", stem)), ("p", table.get("description", "")),
                    ("table", *_table(rows))]
+        line = markdown.statistics_line(table)
+        if line:
+            blocks.append(("p", line))
+        if table.get("margin_sensitivity"):
+            blocks += [("p", "Decisions at other margins, from the same bounds (no mask evaluated again):"),
+                       ("table", *markdown.sensitivity_table(table["margin_sensitivity"]))]
         figure = adir / Path(table["figure"]).name if table.get("figure") else None  # beside its table
         if figure is not None and figure.is_file():
             blocks.append(("img", str(figure), f"{label}: {table.get('title', stem)}"))
@@ -199,6 +206,7 @@ def _findings(cls: dict, seg: dict, skip: dict | None) -> list[str]:
             out.append(f"{name} (seed 0), paired tests at margin {margin}: {len(c['non-trivial'])} of "
                        f"{len(facts['single'])} convs non-trivial ({', '.join(c['non-trivial']) or 'none'}); "
                        f"{len(c['trivial'])} trivial ({', '.join(c['trivial']) or 'none'}); "
+                       f"{len(c['improves'])} improve ({', '.join(c['improves']) or 'none'}); "
                        f"{len(c['undecided'])} undecided.")
     if "single" in cls and "single" in seg:
         a, b = stage_means(cls["single"]), stage_means(seg["single"])
@@ -221,8 +229,8 @@ def _seeds_section(folder: Path, label: str) -> list[tuple]:
         if not blocks:
             blocks += [("h3", f"{label}: {rows[0]['n_seeds']} seeds"),
                        ("p", "Per mask over the seeds: the metric's mean, standard deviation and range, the mean "
-                             "drop, and how many seeds' paired tests call it trivial / non-trivial / undecided "
-                             "(each seed Holm-corrected on its own). Checkpoints: "
+                             "drop, and how many seeds' paired tests call it trivial / non-trivial / improves / undecided "
+                             "(each seed's own simultaneous bounds). Checkpoints: "
                              + "; ".join(table.get("checkpoints", [])) + ".")]
         blocks += [("p", f"{stem}:"), ("table", ["mask", "mean", "sd", "min", "max", "drop (mean)", "verdict"],
                    [[r["mask"], f"{r['value_mean']:.4f}", f"{r['value_std']:.4f}", f"{r['value_min']:.4f}",

@@ -65,8 +65,10 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = STUDY_PROTOCOLS, kind:
     statistics (the study's ``BN(0) = beta`` reading); its tables carry the suffix ``.bn-batch``; with
     ``whole_batches`` its batch size is the largest one up to ``batch_size`` that divides the examples."""
     workdir, out = Path(workdir), Path(workdir) / "ablation"
-    if not 0 < alpha < 1 or not 0 <= margin < 1:
-        raise abl.SpecError(f"--alpha must be in (0, 1) and --margin in [0, 1); got alpha={alpha}, margin={margin}")
+    try:
+        rule = statistics.Decision(margin, alpha)
+    except ValueError as err:
+        raise abl.SpecError(f"--{err}") from None
     _check_request(protocols, kind, batch_size=batch_size, memory_budget_mb=memory_budget_mb, n_examples=n_examples)
     custom = abl.load_specs(spec_file) if spec_file else None
     subject = restore_subject(workdir, checkpoint=checkpoint, data_dir=data_dir, n_examples=n_examples)
@@ -92,10 +94,17 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = STUDY_PROTOCOLS, kind:
     provenance = {**store.context(variables, subject.images, subject.targets, subject.metric, evaluation=setting),
                   "checkpoint": checkpoint, "checkpoint_step": subject.step, "checkpoint_choice": subject.choice}
     groups = [statistics.patient_of(i) for i in subject.test.ids] if subject.task == "segmentation" else None
-    test = statistics.paired_tester(subject.metric, groups=groups, margin=margin, alpha=alpha)
-    paired = ("exact McNemar (any change) and Tango's score test at the margin" if groups is None else
-              f"paired bootstrap over patients ({statistics.DEFAULT_BOOTSTRAP} resamples, seed 0)")
-    stats_meta = {"margin": margin, "alpha": alpha, "method": paired, "correction": "Holm, across the protocol's masks"}
+    if groups is not None:  # refuse a Dice family the bootstrap cannot decide before any mask is computed
+        sizes = {name: len(specs_of(name, k, specs, layers)) for name, k, specs in jobs if name != "baseline"}
+        try:
+            for size in sizes.values():
+                statistics.check_bootstrap(size, alpha, n_patients=len(set(groups)))
+        except ValueError as err:
+            raise abl.SpecError(str(err)) from None
+    test = statistics.paired_tester(subject.metric, groups=groups)
+    stats_meta = {"margin": margin, "alpha": alpha, "method": statistics.method_text(subject.metric),
+                  "correction": "Bonferroni-simultaneous bounds across the protocol's masks (level 1 - alpha/m); "
+                                "any-change p-values Holm-adjusted"}
     results = store.ResultStore(out, provenance)
     # Accuracy of a model that has learned nothing; Dice has no single chance level.
     chance = 1.0 / subject.test.num_classes if subject.task == "classification" else None
@@ -110,7 +119,7 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = STUDY_PROTOCOLS, kind:
     for name, k, specs in jobs:
         rows = run_protocol(name, store=results, evaluate=evaluate, layers=layers, kind=k, specs=specs,
                             metric_name=subject.metric.name, log=log)
-        rows = with_statistics(rows, results.load(), test, margin=margin, alpha=alpha)
+        rows = with_statistics(rows, results.load(), test, rule=rule)
         extra = {}
         if name == "pairs":  # interactions need each conv alone: scored now unless the store has them
             singles = run_protocol("single", store=results, evaluate=evaluate, layers=layers, kind=k,
@@ -124,7 +133,7 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = STUDY_PROTOCOLS, kind:
         figure = _draw(name, rows, out / f"{stem}.png", title=f"{workdir.name}: {title}", layers=layers)
         meta = {"title": title, "description": DESCRIPTIONS.get(name, f"Specs from {spec_file}."),
                 "figure": figure.name if figure else None, "provenance": provenance, "chance": chance,
-                "statistics": stats_meta, **extra,
+                "statistics": stats_meta, "margin_sensitivity": margin_sensitivity(rows, margin), **extra,
                 "seconds": float(sum(r["seconds"] for r in rows))}
         written += list(tables.write_table(rows, out, stem, meta=meta))
         log(f"wrote {out / stem}.csv")
@@ -152,13 +161,24 @@ def strongest_interactions(rows: Sequence[dict], n: int = 5) -> dict[str, list[d
     return {"synergistic": [pick(r) for r in ordered[::-1][:n]], "redundant": [pick(r) for r in ordered[:n]]}
 
 
-def with_statistics(rows: Sequence[dict], stored: Mapping[str, dict], test, *, margin: float,
-                    alpha: float) -> list[dict]:
+def with_statistics(rows: Sequence[dict], stored: Mapping[str, dict], test, *,
+                    rule: statistics.Decision) -> list[dict]:
     """A protocol's rows with the paired test of each mask against the baseline, read from the stored per-example
-    values of both (the same images), Holm-corrected across the protocol."""
+    values of both (the same images), with simultaneous bounds across the protocol's masks."""
     baseline = store.per_example(stored[store.ablation_key(BASELINE)])
     per_example = [None if r["kind"] == "none" else store.per_example(stored[r["key"]]) for r in rows]
-    return statistics.annotate(rows, per_example, baseline, test, margin=margin, alpha=alpha)
+    return statistics.annotate(rows, per_example, baseline, test, rule=rule)
+
+
+def margin_sensitivity(rows: Sequence[dict], margin: float) -> dict[str, dict[str, int]]:
+    """Decision counts at the usual margins and this table's, read off the stored bounds (nothing recomputed)."""
+    margins = sorted({*statistics.SENSITIVITY_MARGINS, margin})
+    return {f"{m:g}": statistics.decision_counts(rows, m) for m in margins}
+
+
+def specs_of(name: str, kind: str, specs, layers) -> list:
+    """The masks one job will evaluate (``pairs``: every pair of convs), for sizing its statistics up front."""
+    return abl.resolve_all(specs or protocol_specs(name, layers, kind=kind), layers)
 
 
 # Qualitative figure -----------------------------------------------------------------------------

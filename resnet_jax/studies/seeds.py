@@ -3,7 +3,8 @@
 Seed 0 lives in the run directory itself (``<run>``), seed ``k`` in ``<run>-seed<k>``; every seed shares the
 data split (``data.split_seed``), so the seeds differ only in initialisation and data order. The combined
 table has, per mask, the mean, standard deviation, min and max over seeds of the metric and of the drop, and
-how many seeds call the mask trivial, non-trivial or undecided (each seed's own Holm-corrected decision).
+how many seeds call the mask trivial, non-trivial, improves or undecided (each seed's own decision, read off
+its simultaneous bounds).
 """
 
 from __future__ import annotations
