@@ -245,3 +245,24 @@ def test_paired_model_comparison_reads_its_verdict_off_its_interval():
     assert better_rows[0]["verdict"] == "better" and better_rows[0]["difference"] == pytest.approx(280 / 5000)
     assert better_rows[1]["verdict"] == "no significant difference" and better_rows[1]["difference"] == 0
     assert better_rows[0]["low"] > 0 and better_rows[0]["comparisons"] == 2
+
+
+def test_the_patient_bootstrap_with_the_small_sample_stretch_keeps_its_level():
+    """Simulation: one mask of 20 patients whose pooled-Dice drop is exactly the margin; a bound at alpha/2 on
+    either side may miss it 5 % of the time in all. Without the stretch the percentile bootstrap misses more."""
+    import sys
+
+    from tests.conftest import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import decision_rule as dr
+
+    rng = np.random.default_rng(0)
+    groups = dr.dice_family(rng, [0.0])[2]
+    tester = st.paired_tester(metrics.Dice(num_classes=2, classes=(1,)), groups=groups)
+    rule, trials = st.Decision(0.01, 0.05), 800
+    wrong = sum(st.decisions(tester(*dr.dice_family(rng, [0.01])[:2], rule=rule), rule=rule)[0]["decision"]
+                != "undecided" for _ in range(trials))
+    assert wrong / trials <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / trials)
+    assert st.small_sample_stretch(20, 0.05 / 1260) > st.small_sample_stretch(20, 0.025) > 1.0
+    assert st.small_sample_stretch(None, 0.025) == 1.0

@@ -16,7 +16,8 @@ the decision reads off them, row by row, at the margin ``delta``:
   one-sided; a mask that may also help is still trivial);
 * ``undecided`` otherwise.
 
-A decision is wrong only if an interval misses its true drop, so the chance of any wrong decision in the
+For Dice the bootstrap's deviations are stretched to Student's t width for the number of patients (see
+``small_sample_stretch``). A decision is wrong only if an interval misses its true drop, so the chance of any wrong decision in the
 family, in either direction, is at most ``alpha`` (``benchmarks/decision_rule.py`` measures it). The bounds
 do not depend on the margin, so decisions at another margin follow from a table without recomputing.
 """
@@ -223,26 +224,44 @@ def _chunks(weights: np.ndarray) -> list[np.ndarray]:
 
 def bootstrap_test(statistic: Callable[[np.ndarray], np.ndarray], weights: np.ndarray, *,
                    margin: float = DEFAULT_MARGIN, alpha: float = DEFAULT_ALPHA,
-                   family_size: int = 1) -> dict[str, float]:
+                   family_size: int = 1, clusters: int | None = None) -> dict[str, float]:
     """One mask's paired bootstrap: ``statistic(weights) -> (rows,)`` drops under rows of resample weights
     (``statistic(ones)`` is the observed drop); see :func:`bootstrap_summary`."""
     observed = float(statistic(np.ones((1, weights.shape[1])))[0])
     drops = np.concatenate([statistic(w) for w in _chunks(weights)])
-    return bootstrap_summary(observed, drops, rule=Decision(margin, alpha), family_size=family_size)
+    return bootstrap_summary(observed, drops, rule=Decision(margin, alpha), family_size=family_size,
+                             clusters=clusters)
 
 
-def bootstrap_summary(observed: float, drops: np.ndarray, *, rule: Decision, family_size: int) -> dict[str, float]:
-    """p-values are one-sided tail shares of the resampled ``drops`` with the +1 rule; the simultaneous bounds
-    are the order statistics at which those p-values cross ``alpha / (2 m)``, so ``drop_low > margin`` exactly
-    when ``p_nontrivial < alpha / (2 m)`` (and likewise above)."""
+def small_sample_stretch(clusters: int | None, tail: float) -> float:
+    """How far to stretch resampled deviations from the observed drop so that a bound at ``tail`` from ``clusters``
+    resampled patients is as wide as Student's t interval would be: ``sqrt(P / (P - 1)) * t_(P-1) / z`` at
+    ``1 - tail``. The plain percentile bootstrap of a mean over P patients is the normal interval with the plug-in
+    variance, too narrow for 20 patients far in the tail (at ``alpha / 1260`` it would miss about 10x too often)."""
+    if not clusters or clusters < 3:
+        return 1.0
+    return math.sqrt(clusters / (clusters - 1)) * stats.t.isf(tail, clusters - 1) / stats.norm.isf(tail)
+
+
+def bootstrap_summary(observed: float, drops: np.ndarray, *, rule: Decision, family_size: int,
+                      clusters: int | None = None) -> dict[str, float]:
+    """p-values are one-sided tail shares of the resampled ``drops`` with the +1 rule (after the small-sample
+    stretch for ``clusters`` patients, at the family's tail); the simultaneous bounds are the order statistics at
+    which those p-values cross ``alpha / (2 m)``, so ``drop_low > margin`` exactly when ``p_nontrivial < alpha /
+    (2 m)`` (and likewise above)."""
     count, margin, alpha = len(drops), rule.margin, rule.alpha
+    tail = rule.tail(family_size)
+    raw = np.asarray(drops, np.float64)
+    drops = observed + small_sample_stretch(clusters, tail) * (raw - observed)
     share = lambda hits: (1 + int(np.sum(hits))) / (count + 1)  # noqa: E731
-    r = math.ceil(rule.tail(family_size) * (count + 1)) - 2  # the most tail hits a rejection allows
+    r = math.ceil(tail * (count + 1)) - 2  # the most tail hits a rejection allows
     r95 = max(0, math.ceil(alpha / 2 * (count + 1)) - 2)  # the same rule for the unadjusted interval
-    ordered = np.partition(drops, sorted({max(r, 0), count - 1 - max(r, 0), r95, count - 1 - r95}))
+    ordered = np.partition(drops, sorted({max(r, 0), count - 1 - max(r, 0)}))
     low, high = (-math.inf, math.inf) if r < 0 else (float(ordered[r]), float(ordered[count - 1 - r]))
+    unadjusted = observed + small_sample_stretch(clusters, alpha / 2) * (np.partition(raw, (r95, count - 1 - r95))
+                                                                           [[r95, count - 1 - r95]] - observed)
     return {"drop": observed, "drop_low": low, "drop_high": high,
-            "drop_low_unadjusted": float(ordered[r95]), "drop_high_unadjusted": float(ordered[count - 1 - r95]),
+            "drop_low_unadjusted": float(unadjusted[0]), "drop_high_unadjusted": float(unadjusted[1]),
             "p_value": min(1.0, 2 * min(share(drops <= 0), share(drops >= 0))),
             "p_nontrivial": share(drops <= margin), "p_trivial": share(drops >= margin),
             "p_improves": share(drops >= -margin), "resamples": count}
@@ -295,7 +314,7 @@ def dice_tests(baseline: Mapping[str, np.ndarray], masked: Sequence[Mapping[str,
         mask = patient_sums(counts, classes, index)
         drops = base_dice - np.concatenate([pooled_dice(mask, w) for w in _chunks(weights)])
         observed = float(pooled_dice(base, ones)[0] - pooled_dice(mask, ones)[0])
-        out.append(bootstrap_summary(observed, drops, rule=rule, family_size=m))
+        out.append(bootstrap_summary(observed, drops, rule=rule, family_size=m, clusters=weights.shape[1]))
     return out
 
 
