@@ -247,3 +247,9 @@ def test_cli_eliminate_then_export_then_evaluate(tmp_path):
     assert (slim["params"] < full["params"]) == bool(summary["units"])
     assert all(r["eval_images_per_s"] > 0 and r["train_images_per_s"] > 0 for r in result["rows"])
     assert eliminate.write_comparison(out, result).is_file()
+    paired = result["paired_vs_slim"]  # slim minus each other model, on the same test images
+    assert set(paired) == {"full", *(f"random-{i}" for i in range(len(summary["random"])))}
+    assert all(c["comparisons"] == len(paired) and c["low"] <= c["difference"] <= c["high"] for c in paired.values())
+    expected = summary["finetuned"]["test"] - summary["full"]["test"]  # independent: the runs' own test scores
+    assert paired["full"]["difference"] == pytest.approx(expected, abs=1e-6)
+    assert "slim minus full" in eliminate.format_comparison(result)

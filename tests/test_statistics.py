@@ -241,10 +241,14 @@ def test_paired_model_comparison_reads_its_verdict_off_its_interval():
     base, worse = _pairs(300, 20, 5000)
     tester = st.paired_tester(metrics.Accuracy())
     reference, candidate = {"correct": base}, {"correct": worse}
-    better_rows = st.compare_models(tester, candidate, [reference, candidate], alpha=0.05)
-    assert better_rows[0]["verdict"] == "better" and better_rows[0]["difference"] == pytest.approx(280 / 5000)
-    assert better_rows[1]["verdict"] == "no significant difference" and better_rows[1]["difference"] == 0
-    assert better_rows[0]["low"] > 0 and better_rows[0]["comparisons"] == 2
+    rows = st.compare_models(tester, [(candidate, reference), (candidate, candidate), (reference, candidate)])
+    assert rows[0]["verdict"] == "better" and rows[0]["difference"] == pytest.approx(280 / 5000)
+    assert rows[1]["verdict"] == "no significant difference" and rows[1]["difference"] == 0
+    assert rows[2]["verdict"] == "worse" and rows[2]["high"] == pytest.approx(-rows[0]["low"])
+    # three comparisons: each interval at level 1 - 0.05 / 3, wider than the single comparison's
+    single = st.compare_models(tester, [(candidate, reference)])[0]
+    assert rows[0]["low"] < single["low"] and rows[0]["comparisons"] == 3
+    assert "better" in st.comparison_text(rows[0])
 
 
 def test_the_patient_bootstrap_with_the_small_sample_stretch_keeps_its_level():

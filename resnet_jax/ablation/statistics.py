@@ -296,10 +296,10 @@ def pooled_dice_drop(baseline: Mapping[str, np.ndarray], masked: Mapping[str, np
 
 def dice_tests(baseline: Mapping[str, np.ndarray], masked: Sequence[Mapping[str, np.ndarray]], classes: Sequence[int],
                groups: Sequence[str], *, rule: Decision = Decision(), seed: int = 0,
-               drawn: dict | None = None) -> list[dict]:
+               drawn: dict | None = None, family_size: int | None = None) -> list[dict]:
     """A family of masks by the patient bootstrap: the resample count from :func:`check_bootstrap`, the baseline's
     resampled Dice computed once and every mask tested on the same resamples (``drawn`` caches them)."""
-    m = len(masked)
+    m = family_size or len(masked)
     n = check_bootstrap(m, rule.alpha, n_patients=len(set(groups)))
     drawn = {} if drawn is None else drawn
     if n not in drawn:
@@ -351,7 +351,8 @@ def decisions(tests: Sequence[dict], *, rule: Decision = Decision()) -> list[dic
 # One protocol's table --------------------------------------------------------------------------
 
 FamilyTest = Callable[..., list]
-"""``test(baseline_per_example, [masked_per_example, ...], *, rule) -> [dict, ...]``: one family of masks."""
+"""``test(baseline_per_example, [masked_per_example, ...], *, rule, family_size=None) -> [dict, ...]``: masks of
+one family (``family_size``, default: the masks given)."""
 
 
 def paired_tester(metric, *, groups: Sequence[str] | None = None, seed: int = 0) -> FamilyTest:
@@ -359,18 +360,20 @@ def paired_tester(metric, *, groups: Sequence[str] | None = None, seed: int = 0)
     score tests for accuracy (per-image ``correct``), the patient bootstrap for pooled Dice (per-image counts;
     the resamples are drawn once per resample count, so every mask of a family sees the same ones)."""
     if getattr(metric, "name", "") == "accuracy":
-        def accuracy(base, masked, *, rule: Decision):
+        def accuracy(base, masked, *, rule: Decision, family_size: int | None = None):
             counts = np.array([discordant(base["correct"], m["correct"]) for m in masked]).reshape(-1, 3)
             n = counts[0, 2] if len(counts) else 1
-            return _rows(accuracy_tests(counts[:, 0], counts[:, 1], n, rule=rule, family_size=len(masked)))
+            return _rows(accuracy_tests(counts[:, 0], counts[:, 1], n, rule=rule,
+                                        family_size=family_size or len(masked)))
         return accuracy
     if hasattr(metric, "columns") and getattr(metric, "aggregate_by", "pooled") == "pooled":
         if groups is None:
             raise ValueError("a Dice sweep's paired bootstrap needs the patient of every image (groups)")
         drawn: dict = {}
 
-        def dice(base, masked, *, rule: Decision):
-            return dice_tests(base, masked, metric.columns(), groups, rule=rule, seed=seed, drawn=drawn)
+        def dice(base, masked, *, rule: Decision, family_size: int | None = None):
+            return dice_tests(base, masked, metric.columns(), groups, rule=rule, seed=seed, drawn=drawn,
+                              family_size=family_size)
         return dice
     raise ValueError(f"no paired test for metric {metric!r}; valid: Accuracy, or Dice aggregated 'pooled'")
 
@@ -394,16 +397,23 @@ def annotate(rows: Sequence[dict], per_example: Sequence[Mapping | None], baseli
     return out
 
 
-def compare_models(test: FamilyTest, reference: Mapping, candidates: Sequence[Mapping], *,
+def compare_models(test: FamilyTest, pairs: Sequence[tuple[Mapping, Mapping]], *,
                    alpha: float = DEFAULT_ALPHA) -> list[dict]:
-    """Paired comparisons of models with one reference on the same examples: per candidate, ``difference =
-    candidate - reference`` with its interval at ``1 - alpha / k`` for ``k`` candidates (Bonferroni: all hold
-    at once with probability ``1 - alpha``), the p-value of any change, and ``better`` / ``worse`` / ``no
-    significant difference`` read off the interval."""
+    """Paired comparisons of models on the same examples, one per ``(reference, candidate)`` of ``pairs``:
+    ``difference = candidate - reference`` with its interval at ``1 - alpha / k`` for ``k`` pairs (Bonferroni:
+    all hold at once with probability ``1 - alpha``), the p-value of any change, and ``better`` / ``worse`` /
+    ``no significant difference`` read off the interval."""
     out = []
-    for t in test(reference, list(candidates), rule=Decision(0.0, alpha)):
+    for reference, candidate in pairs:
+        t = test(reference, [candidate], rule=Decision(0.0, alpha), family_size=len(pairs))[0]
         low, high = -t["drop_high"], -t["drop_low"]
         verdict = "better" if low > 0 else "worse" if high < 0 else "no significant difference"
         out.append({"difference": -t["drop"], "low": low, "high": high, "p_value": t["p_value"],
-                    "comparisons": len(candidates), "alpha": alpha, "verdict": verdict})
+                    "comparisons": len(pairs), "alpha": alpha, "verdict": verdict})
     return out
+
+
+def comparison_text(c: Mapping) -> str:
+    """``+0.0123 [+0.0050, +0.0196], p = 0.001, better`` for one :func:`compare_models` row."""
+    return (f"{c['difference']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}] (paired, {c['comparisons']} comparisons), "
+            f"p = {c['p_value']:.2g}: {c['verdict']}")

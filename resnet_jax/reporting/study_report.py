@@ -299,6 +299,13 @@ def _elimination_section(slim: Path, label: str) -> list[tuple]:
         blocks.append(("p", f"Speeds measured side by side on {comparison['device']} (batch {comparison['batch']}, "
                             f"median of {comparison['repeats']} repeats). One-shot choice (every unit harmless alone, "
                             f"{len(summary['one_shot']['choices'])} units): test {summary['one_shot']['test']:.4f}."))
+        paired = comparison.get("paired_vs_slim") or {}
+        if paired:
+            blocks += [("p", "The final slim model against each other model on the same test images (paired; "
+                             "intervals simultaneous over the comparisons):"),
+                       ("table", ["slim minus", "difference", "interval", "p any change", "slim is"],
+                        [[name, f"{c['difference']:+.4f}", f"[{c['low']:+.4f}, {c['high']:+.4f}]",
+                          f"{c['p_value']:.2g}", c["verdict"]] for name, c in paired.items()])]
     for name in ("path.png", "pareto.png"):
         if (slim / "elimination" / name).is_file():
             blocks.append(("img", str(slim / "elimination" / name), f"{label}: {name[:-4]}"))

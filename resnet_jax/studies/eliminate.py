@@ -24,7 +24,7 @@ import numpy as np
 from resnet_jax import checkpointing, configs, devices, files
 from resnet_jax.ablation import catalogue as abl
 from resnet_jax.ablation import elimination as elim
-from resnet_jax.ablation import engine, store
+from resnet_jax.ablation import engine, statistics, store
 from resnet_jax.training import core, runs
 
 SPLITS = ("val", "test")
@@ -373,6 +373,9 @@ def compare(full_dir, slim_dir, *, resnet18_dir=None, batch: int = 128, repeats:
     if resnet18_dir:
         other = runs.restore(Path(resnet18_dir).absolute(), command="eliminate")
         entries["resnet18"] = (other.model, jax.device_get(other.state.variables))
+    norms = {"resnet18": (np.asarray(other.state.image_mean), np.asarray(other.state.image_std))} if resnet18_dir else {}
+    log(f"paired tests of the slim model against {len(entries) - 1} others on the {len(images_all)} test examples")
+    paired = paired_against_slim(full, entries, norms, batch_size=batch)
     log(f"timing {len(entries)} models side by side (batch {batch}, {repeats} repeats of {steps} calls)")
     speeds = measure({name: _programs(full.config, task, m, v, mean, std, images, targets)
                       for name, (m, v) in entries.items()}, batch=batch, repeats=repeats, steps=steps)
@@ -405,7 +408,31 @@ def compare(full_dir, slim_dir, *, resnet18_dir=None, batch: int = 128, repeats:
         r["ratios_vs_full"] = {k: r[k] / base[k] for k in ("params", "conv_macs", "eval_images_per_s",
                                                             "train_images_per_s")}
     return {"device": jax.devices()[0].device_kind, "batch": batch, "repeats": repeats, "steps": steps,
-            "metric": summary["metric"], "rows": rows, "slim_run": str(slim_dir)}
+            "metric": summary["metric"], "rows": rows, "slim_run": str(slim_dir), "paired_vs_slim": paired}
+
+
+def paired_against_slim(full: core.Run, entries: dict, norms: dict, *, batch_size: int,
+                        alpha: float = statistics.DEFAULT_ALPHA) -> dict[str, dict]:
+    """Per other model: the slim model's test score minus that model's, on the same test examples, with its
+    paired interval (Bonferroni over every comparison made here) and verdict."""
+    from resnet_jax.ablation.protocols import BASELINE
+
+    images, targets = full.task.arrays(full.test)
+    metric = full.task.metric(full.config)
+    default = (np.asarray(full.state.image_mean), np.asarray(full.state.image_std))
+    scores = {}
+    for name, (model, variables) in entries.items():
+        mean, std = norms.get(name, default)
+        layers = abl.catalogue(model, variables, input_shape=(1, *images.shape[1:]))
+        scores[name] = engine.evaluate(model, variables, [BASELINE], layers, images, targets, image_mean=mean,
+                                       image_std=std, metric=metric, batch_size=batch_size,
+                                       progress=False)[0].per_example
+    ids = getattr(full.test, "ids", None)
+    groups = [statistics.patient_of(i) for i in ids] if full.config.get("task") == "segmentation" else None
+    tester = statistics.paired_tester(metric, groups=groups)
+    others = [name for name in scores if name != "slim"]
+    rows = statistics.compare_models(tester, [(scores[name], scores["slim"]) for name in others], alpha=alpha)
+    return dict(zip(others, rows))
 
 
 def format_comparison(result: dict) -> str:
@@ -417,6 +444,8 @@ def format_comparison(result: dict) -> str:
         lines.append(f"{r['name']:40s} {r['value']:14.4f} {round(r['params']):11,d} {r['conv_macs'] / 1e6:10.1f} "
                      f"{r['eval_images_per_s']:10.1f} {r['train_images_per_s']:11.1f}  {q['params']:.3f} "
                      f"{q['conv_macs']:.3f} {q['eval_images_per_s']:.3f} {q['train_images_per_s']:.3f}{spread}")
+    for name, c in result.get("paired_vs_slim", {}).items():
+        lines.append(f"slim minus {name}: {statistics.comparison_text(c)}")
     return "\n".join(lines)
 
 
