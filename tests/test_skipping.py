@@ -396,6 +396,12 @@ def test_cifar100_preset_end_to_end_on_a_synthetic_stand_in(tmp_path):
     assert res["split_sizes"] == {"fit": 192, "validation": 64, "test": 128}
     assert all(p["n"] == 128 for p in res["curves"]["test"]) and len(res["curves"]["best"]) == len(skip_study.METHODS)
     assert (tmp_path / "skip_report.md").is_file()
+    best = {p["method"]: p for p in res["curves"]["best"]}
+    for method, p in best.items():  # paired on the same 128 test images: the difference of the two accuracies
+        if method != "full":
+            assert p["vs_cnn1"]["difference"] == pytest.approx(p["accuracy"] - best["full"]["accuracy"])
+            assert p["vs_cnn1"]["low"] <= p["vs_cnn1"]["difference"] <= p["vs_cnn1"]["high"]
+    assert "vs_random" in best["dense_router"] and "paired difference" in " ".join(res["verdict"])
 
 
 # The CLI, as a user runs it ----------------------------------------------------------------------------

@@ -36,6 +36,7 @@ import jax
 import numpy as np
 
 from resnet_jax import files, metrics
+from resnet_jax.ablation import statistics
 from resnet_jax.data import images as data
 from resnet_jax.models import skip_cnn as nets
 from resnet_jax.reporting import figures, markdown
@@ -280,13 +281,30 @@ def best_points(validation: list[dict], test: list[dict], *, tolerance: float) -
 def _curves(config, workdir, models_val: _Models, models_test: _Models, val_labels, test_labels, macs) -> dict:
     validation = _operating_points(config, models_val, val_labels, macs)
     test = _operating_points(config, models_test, test_labels, macs)
+    tolerance = config["evaluation"]["tolerance"]
+    best = best_points(validation, test, tolerance=tolerance)
+    paired_with_cnn1(best, test, test_labels)
     files.savez(workdir / "operating_points.npz", **{f"{kind}_{i}": p.pop(kind) for i, p in enumerate(test)
                                                      for kind in ("depths", "predictions")})  # for timing
-    for p in validation:
+    for p in (*validation, *best):
         del p["depths"], p["predictions"]
-    tolerance = config["evaluation"]["tolerance"]
-    return {"validation": validation, "test": test, "tolerance": tolerance,
-            "best": best_points(validation, test, tolerance=tolerance)}
+    return {"validation": validation, "test": test, "tolerance": tolerance, "best": best}
+
+
+def paired_with_cnn1(best: list[dict], test: list[dict], labels: np.ndarray) -> None:
+    """Adds ``vs_cnn1`` to every chosen point but CNN-1's own (its test accuracy minus CNN-1's, paired on the same
+    images) and ``vs_random`` to the dense router's (minus random depth of the same histogram); the intervals are
+    simultaneous over all these comparisons (Bonferroni)."""
+    correct = lambda p: {"correct": p["predictions"] == labels}  # noqa: E731
+    full = next(p for p in best if p["method"] == "full")
+    random = {p["setting"]: p for p in test if p["method"] == "random"}
+    asks = [(p, "vs_cnn1", full) for p in best if p["method"] != "full"]
+    asks += [(p, "vs_random", random[f"as {p['setting']}"]) for p in best
+             if p["method"] == "dense_router" and f"as {p['setting']}" in random]
+    tester = statistics.paired_tester(metrics.Accuracy())
+    rows = statistics.compare_models(tester, [(correct(other), correct(p)) for p, _, other in asks])
+    for (p, key, _), row in zip(asks, rows):
+        p[key] = row
 
 
 def _path_fn(m: _Models, path: Mapping, depths: np.ndarray) -> Callable[[], np.ndarray]:
@@ -449,14 +467,17 @@ def verdict(curves: Mapping) -> list[str]:
             continue
         gap = p["accuracy"] - full["accuracy"]
         wall = p.get("wall_ratio_vs_cnn1", float("nan"))
+        paired = f"paired difference {statistics.comparison_text(p['vs_cnn1'])}" if "vs_cnn1" in p else f"{gap:+.4f}"
         text = (f"{METHODS[method]}, at the point chosen on validation ({p['setting']}): test accuracy "
                 f"{p['accuracy']:.4f} [{p['ci_low']:.4f}, {p['ci_high']:.4f}] vs CNN-1 {full['accuracy']:.4f} "
-                f"[{full['ci_low']:.4f}, {full['ci_high']:.4f}] ({gap:+.4f}), MAC ratio {p['mac_ratio_vs_cnn1']:.3f}, "
+                f"[{full['ci_low']:.4f}, {full['ci_high']:.4f}] ({paired}), MAC ratio {p['mac_ratio_vs_cnn1']:.3f}, "
                 f"wall-time ratio {wall:.3f}")
         shuffled = random.get(f"as {p['setting']}") if method == "dense_router" else None
         if shuffled:
+            added = (statistics.comparison_text(p["vs_random"]) if "vs_random" in p
+                     else f"{p['accuracy'] - shuffled['accuracy']:+.4f}")
             text += (f"; random depth with the same histogram {shuffled['accuracy']:.4f}, so the activation-chosen "
-                     f"depths add {p['accuracy'] - shuffled['accuracy']:+.4f}")
+                     f"depths add {added}")
         if not p["meets_validation_target"]:
             lines.append(f"{text}. No operating point reaches CNN-1's validation accuracy: it does not save compute "
                          f"at equal accuracy.")
