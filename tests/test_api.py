@@ -1,0 +1,35 @@
+"""The public Python API: what each subpackage exports, and README's example run as written."""
+
+import re
+
+from tests.conftest import REPO
+
+
+def test_subpackages_export_what_a_user_imports():
+    from resnet_jax.ablation import catalogue as module  # the submodule keeps its name beside the exports
+    from resnet_jax.ablation import layer_catalogue
+    from resnet_jax.models import PSPNet, ResNet34, layer_paths  # noqa: F401
+
+    assert layer_catalogue is module.catalogue
+    import resnet_jax.ablation as ablation
+    import resnet_jax.data as data
+    import resnet_jax.interop as interop
+    import resnet_jax.models as models
+    import resnet_jax.training as training
+
+    for package in (ablation, data, interop, models, training):
+        missing = [name for name in package.__all__ if not hasattr(package, name)]
+        assert not missing, f"{package.__name__} lists {missing} but does not define them"
+
+
+def test_the_readme_example_runs(tmp_path, monkeypatch, capsys):
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("### Use it from Python"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 21 and lines[-1].startswith("layer4 but its first unit")  # 20 convs of the tiny ResNet
+    decisions = [line.split()[-1] for line in lines]
+    assert set(decisions) <= {"non-trivial", "trivial", "improves", "undecided"}
+    assert (tmp_path / "runs" / "api-example" / "checkpoints").is_dir()
