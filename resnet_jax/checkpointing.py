@@ -45,13 +45,38 @@ def finish(mngr: ocp.CheckpointManager) -> None:
     mngr.wait_until_finished()
 
 
+class CheckpointError(OSError):
+    """A checkpoint that cannot be read; the message names it and the intact ones."""
+
+
 def restore(mngr: ocp.CheckpointManager, target: Any, *, step: int | None = None) -> Any:
-    """Restore into the structure, dtypes and shardings of ``target`` (latest step by default)."""
+    """Restore into the structure, dtypes and shardings of ``target`` (latest step by default). A damaged or
+    foreign checkpoint is one :class:`CheckpointError` line that names it and the steps that do restore."""
+    steps = sorted(mngr.all_steps())
     step = mngr.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {mngr.directory}")
+    if step not in steps:
+        raise CheckpointError(f"no checkpoint at step {step} in {mngr.directory}; kept steps: {steps}")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+    try:
+        return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as err:  # orbax and TensorStore raise many types for a cut or foreign file
+        reason = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)[:200]
+        intact = [s for s in steps if s != step and _readable(mngr, s, abstract)]
+        use = (f"intact: steps {intact}; score one with --checkpoint {intact[-1]}, or move "
+               f"{mngr.directory / str(step)} aside and rerun `train` to resume from step {intact[-1]}"
+               if intact else "no other checkpoint restores; retrain with --force-new")
+        raise CheckpointError(f"checkpoint {step} in {mngr.directory} cannot be read (damaged, or written for "
+                              f"another model): {reason}; {use}") from None
+
+
+def _readable(mngr: ocp.CheckpointManager, step: int, abstract: Any) -> bool:
+    try:
+        mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not intact"
+        return False
 
 
 def best_step(mngr: ocp.CheckpointManager, *, metric: str) -> int | None:

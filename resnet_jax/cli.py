@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -51,8 +52,11 @@ def _evaluate(args) -> int:
     from resnet_jax.training import core, runs
 
     run = runs.restore(_workdir(args.workdir), which=args.checkpoint, data_dir=configs.existing_data_dir(args.data_dir))
-    result = core.evaluate_run(run, _workdir(args.workdir), which=args.checkpoint, log=lambda line: None)
-    print(json.dumps(result, indent=2))
+    try:
+        core.evaluate_run(run, _workdir(args.workdir), which=args.checkpoint, log=lambda line: None,
+                          show=lambda result: print(json.dumps(result, indent=2), flush=True))
+    except OSError as err:
+        raise OSError(f"the score above could not be kept in {args.workdir}: {err}") from None
     return 0
 
 
@@ -78,7 +82,8 @@ def _layers(args) -> int:
         model = (classification.build_model(config, args.num_classes) if config["task"] == "classification"
                  else segmentation.build_model(config))
         channels = 3 if config["task"] == "classification" or config["data"]["name"] == "oxford_iiit_pet" else 1
-        shape = (1, args.image_size, args.image_size, channels)
+        size = args.image_size or config["data"].get("image_size", 32)  # CIFAR-10 presets: 32 px
+        shape = (1, size, size, channels)
         variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
     print(catalogue.format_catalogue(catalogue.catalogue(model, variables, input_shape=shape)))
     return 0
@@ -195,10 +200,23 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _checkpoint(value: str) -> str:
+    if value in ("best", "latest") or value.isdigit():
+        return value
+    raise argparse.ArgumentTypeError(f"invalid checkpoint {value!r}; valid: 'best', 'latest' or a step number")
+
+
+def _checkpoint_flag(p, default: str) -> None:
+    p.add_argument("--checkpoint", type=_checkpoint, default=default,
+                   help=f"'best' (by the validation metric), 'latest', or a step number (default: {default}; "
+                        f"`evaluate` scores where training stopped, the other commands the checkpoint the study "
+                        f"reports)")
+
+
 def _run_flags(p, *, checkpoint_default: str) -> None:
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--data-dir", help="override the run's data directory")
-    p.add_argument("--checkpoint", choices=("best", "latest"), default=checkpoint_default)
+    p.add_argument("--workdir", required=True, help="a trained run's directory (config.json, checkpoints/)")
+    p.add_argument("--data-dir", help="where the run's dataset is now, if not where it was trained from")
+    _checkpoint_flag(p, checkpoint_default)
 
 
 def _training_parsers(sub) -> None:
@@ -213,9 +231,12 @@ def _training_parsers(sub) -> None:
     p = sub.add_parser("layers", help="the conv catalogue of a config's or a run's model: names, shapes, MACs, roles")
     p.add_argument("--config", help="a classification or segmentation preset or file")
     p.add_argument("--workdir", help="a trained run (instead of --config)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--num-classes", type=_positive_int, default=10)
-    p.add_argument("--image-size", type=_positive_int, default=32)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--num-classes", type=_positive_int, default=10,
+                   help="classes of the classification head (with --config; default 10)")
+    p.add_argument("--image-size", type=_positive_int,
+                   help="input side in pixels for shapes and MACs (with --config; default: the preset's "
+                        "data.image_size, 32 for CIFAR-10)")
     p.set_defaults(func=_layers)
     p = sub.add_parser("presets", help="list every preset of every task and the command that reproduces it")
     p.set_defaults(func=_presets)
@@ -231,8 +252,11 @@ def _ablation_parsers(sub) -> None:
                    help="zero-kernel is the study's ablation")
     p.add_argument("--spec", help="JSON/YAML file of ablation specs to run instead of the protocols")
     p.add_argument("--n-examples", type=_positive_int, help="evaluate a fixed random subset of the test split")
-    p.add_argument("--method", default="auto", choices=engine.METHODS)
-    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--method", default="auto", choices=engine.METHODS,
+                   help="how masked models are formed: 'gates' (one forward pass, masks as per-copy gates), "
+                        "'weights' (masked kernels stacked), 'auto' (gates where the kind allows; default)")
+    p.add_argument("--batch-size", type=_positive_int, default=128,
+                   help="test images per batch on the devices (default 128)")
     p.add_argument("--memory-budget-mb", type=_positive_float,
                    help="working memory a chunk of masks may use (default: half of what the device reports; "
                         "2048 on CPUs)")
@@ -263,21 +287,22 @@ def _ablation_parsers(sub) -> None:
     p.add_argument("--finetune-lr", type=_positive_float,
                    help="peak learning rate of fine-tuning (default: the run's / 10, no warm-up)")
     p.add_argument("--random-draws", type=int, default=5, help="random sets of the same size, scored on test")
-    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--batch-size", type=_positive_int, default=128, help="images per batch (default 128)")
     p.add_argument("--force-new", action="store_true", help="discard what --out holds and start over")
     p.set_defaults(func=_eliminate)
 
     p = sub.add_parser("export-torch", help="write a run's ResNet (slim or full) as a PyTorch state_dict and "
                                             "TorchScript file")
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--workdir", required=True, help="a trained run (full or slim ResNet)")
     p.add_argument("--out", required=True, help="folder for model.pt, model.torchscript.pt, architecture.json")
-    p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    _checkpoint_flag(p, "best")
     p.set_defaults(func=_export_torch)
 
     p = sub.add_parser("verify", help="recompute the ablation tables in PyTorch (torchvision) and compare; "
                                       "writes <workdir>/verify.csv, exits 1 when a tolerance fails")
     _run_flags(p, checkpoint_default="best")
-    p.add_argument("--protocol", default="all", choices=(*PROTOCOLS, "all"))
+    p.add_argument("--protocol", default="all", choices=(*PROTOCOLS, "all"),
+                   help="protocols to recompute in PyTorch ('all': the study's four; default)")
     p.add_argument("--kind", action="append", metavar="KIND",
                    choices=[k for k in catalogue.KINDS if k not in catalogue.GATE_ONLY_KINDS],
                    help="an ablation kind (repeatable; default zero-kernel)")
@@ -292,7 +317,7 @@ def _interop_and_study_parsers(sub) -> None:
                                             "for evaluate/ablate/verify")
     p.add_argument("file", help="a .pt/.pth state_dict (or a dict holding one under 'state_dict' or 'model')")
     p.add_argument("--workdir", required=True, help="a new (or empty) run directory")
-    p.add_argument("--arch", required=True, choices=TORCHVISION_ARCHS)
+    p.add_argument("--arch", required=True, choices=TORCHVISION_ARCHS, help="the torchvision architecture of the file")
     p.add_argument("--stem", choices=("torchvision", "cifar"), help="default: read from conv1 (3x3 = cifar)")
     p.add_argument("--num-classes", type=_positive_int, help="default: read from fc")
     p.add_argument("--data-name", default="cifar10", help="the dataset it is evaluated on (TFDS name, synthetic)")
@@ -307,11 +332,14 @@ def _interop_and_study_parsers(sub) -> None:
     p.add_argument("--image-std", type=float, nargs=3, metavar=("R", "G", "B"), help="explicit std, [0, 1] units")
     p.set_defaults(func=_import_torch)
     p = sub.add_parser("report", help="write <workdir>/report.md from the ablation tables")
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--workdir", required=True, help="a run whose ablation/ holds tables")
     p.set_defaults(func=_report)
     p = sub.add_parser("reproduce", help="the main job: both studies end to end, resumable, one report")
-    p.add_argument("--preset", choices=tuple(REPRODUCE_PRESETS), default="cpu")
-    p.add_argument("--workdir", default="runs/reproduce")
+    p.add_argument("--preset", choices=tuple(REPRODUCE_PRESETS), default="cpu",
+                   help="'cpu' (default: the CPU presets, a little over two hours on 2 cores), 'smoke' (tiny data, "
+                        "minutes, for checking the plumbing), 'full' (the studies' scale, for an accelerator)")
+    p.add_argument("--workdir", default="runs/reproduce", help="where every run and the report go "
+                                                               "(default runs/reproduce)")
     p.add_argument("--data-root", help="folder with cifar10/, mnist/, acdc_lv_myo/ laid out as in shared/data "
                                        "(default: TFDS where it can download)")
     p.add_argument("--only", help=f"comma-separated stages: {', '.join(STAGES)}")
@@ -334,11 +362,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminated)  # like Ctrl-C: stores stay whole, the hint prints
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
     from resnet_jax.data.images import DataError
     from resnet_jax.studies.reproduce import StageError
 
-    args = build_parser().parse_args(argv)
     try:
         devices.enable_compilation_cache(None if args.no_compile_cache else devices.compilation_cache_dir())
     except OSError as err:
@@ -348,10 +388,10 @@ def main(argv: list[str] | None = None) -> int:
     except (configs.ConfigError, DataError, catalogue.SpecError, OSError, StageError) as err:
         print(f"resnet-jax {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         hint = RESUME_HINTS.get(args.command, "nothing was lost that a rerun cannot redo")
         print(f"resnet-jax {args.command}: interrupted; {hint}", file=sys.stderr)
-        return 130
+        return 143 if str(stop) == f"signal {signal.SIGTERM}" else 130
 
 
 if __name__ == "__main__":

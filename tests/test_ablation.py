@@ -103,7 +103,8 @@ def test_invalid_specs_fail_before_compute(obj, message):
     ({"name": "x", "select": {"names": ["layer9.0.conv1"]}}, "unknown layer name.*'conv1', 'layer1.0.conv1'"),
     ({"name": "x", "select": {"stages": [7]}}, r"unknown stage\(s\) \[7\]; valid: \[1, 2, 3, 4\]"),
     ({"name": "x", "select": "layer9.*"}, "matches no layer"),
-    ({"name": "x", "select": {"stages": [2]}, "exclude": {"stages": [2]}}, "matches no layer"),
+    ({"name": "x", "select": {"stages": [2]}, "exclude": {"stages": [2]}},
+     r"matches no layer.*valid names: \['conv1'.*stages: \[1, 2, 3, 4\]; roles: \['stem'"),
     ({"name": "x", "kind": "lesion", "select": {"names": ["layer2.0.conv1"]}}, "identity-shortcut"),
 ])
 def test_specs_that_do_not_resolve_name_the_valid_choices(tiny, obj, message):

@@ -169,6 +169,13 @@ def test_greedy_search_with_the_engine_equals_a_slow_loop(tmp_path, granularity)
                        max_drop=0.5) == path
     rows = results.load()
     assert len(rows) == 1 + sum(len(r["scores"]) for r in path)
+    # A crash cut the store's last row: it is set aside with a warning, recomputed, and the search is unchanged.
+    whole = results.path.read_bytes()
+    results.path.write_bytes(whole[:-300])
+    with pytest.warns(RuntimeWarning, match="did not parse"):
+        assert elim.greedy(options, again, baseline=baseline, max_drop=0.5) == path
+    aside = results.path.with_name("results.jsonl.torn-1")
+    assert whole[:-300].endswith(aside.read_bytes()) and len(results.load()) == len(rows)
 
 
 def test_greedy_on_literal_scores_stops_at_the_largest_set_within_the_drop():
@@ -242,7 +249,11 @@ def test_cli_eliminate_then_export_then_evaluate(tmp_path):
     assert x.returncode == 2 and "no torchvision counterpart for model 'resnet_tiny'" in x.stderr
     result = eliminate.compare(run, out, batch=16, repeats=1, steps=1, log=lambda s: None)
     names = [r["name"] for r in result["rows"]]
-    assert names[0] == "resnet_tiny (full)" and names[2].startswith("slim, fine-tuned")
+    assert names[0] == "resnet_tiny (full)"
+    # the row names the checkpoint it shows: fine-tuned, or step 0 when fine-tuning did not improve validation
+    tuned = summary["finetuned"]
+    assert names[2].startswith("slim, fine-tuned" if tuned["step"] else "slim, fine-tuning 1 epoch(s) did not improve")
+    assert tuned["kept"].startswith(f"step {tuned['step']}")
     full, slim = result["rows"][0], result["rows"][1]
     assert (slim["params"] < full["params"]) == bool(summary["units"])
     assert all(r["eval_images_per_s"] > 0 and r["train_images_per_s"] > 0 for r in result["rows"])

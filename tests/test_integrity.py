@@ -5,6 +5,9 @@ Each probe below was once a traceback or, worse, a wrong result with exit status
 
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -17,7 +20,7 @@ from resnet_jax.ablation.store import ResultStore, ablation_key, context
 from resnet_jax.reporting import figures, markdown, study_report
 from resnet_jax.studies import ablate, reproduce
 from resnet_jax.training import runs
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 
 # Probes through the CLI -------------------------------------------------------------------------
@@ -318,3 +321,122 @@ def test_an_interrupted_command_says_how_to_resume(monkeypatch, capsys, tmp_path
     assert cli.main([]) == 130
     err = capsys.readouterr().err
     assert f"resnet-jax {command}: interrupted; " in err and hint in err
+
+
+# Lost or unreadable data ---------------------------------------------------------------------------
+
+def _results(names):
+    """Engine results of the shape the store keeps (a literal stand-in for a sweep's chunk)."""
+    return [engine.Result(name=n, kind="zero-kernel", layers=(n,), value=0.5, ci_low=0.4, ci_high=0.6, loss=1.0,
+                          n_examples=4, per_example={"correct": np.array([1, 0, 1, 1], bool)}, seconds=0.1)
+            for n in names]
+
+
+def test_a_torn_last_line_is_set_aside_and_its_row_recomputed_not_lost(tmp_path):
+    store = ResultStore(tmp_path, {"id": "ctx"})
+    ablations = {(n, "zero-kernel", (n,)): abl.Ablation(n, "zero-kernel", (n,)) for n in ("conv1", "fc")}
+    store.append("single", _results(["conv1", "fc"]), ablations, metric="accuracy")
+    whole = store.path.read_bytes()
+    store.path.write_bytes(whole[:-300])  # `truncate -s -300`: the last row lost its tail and its newline
+    with pytest.warns(RuntimeWarning, match=r"line\(s\) 2 did not parse.*results.jsonl.torn-1"):
+        done = store.load()
+    assert set(done) == {ablation_key(ablations[("conv1", "zero-kernel", ("conv1",))])}
+    aside = tmp_path / "results.jsonl.torn-1"
+    assert store.path.read_bytes() + aside.read_bytes() == whole[:-300]  # nothing deleted, only moved
+    store.append("single", _results(["fc"]), ablations, metric="accuracy")  # the mask, recomputed
+    assert len(store.load()) == 2 and store.path.read_bytes().count(b"\n") == 2
+
+
+def test_ablate_resumes_after_a_torn_store_line(tmp_path):
+    assert run_cli("train", "--config", "synthetic-tiny", "--workdir", str(tmp_path)).returncode == 0
+    args = ("ablate", "--workdir", str(tmp_path), "--protocol", "shortcut", "--n-examples", "32")
+    assert run_cli(*args).returncode == 0
+    path = tmp_path / "ablation" / "results.jsonl"
+    path.write_bytes(path.read_bytes()[:-300])
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert "did not parse" in again.stderr and "Traceback" not in again.stderr
+    table = json.loads((tmp_path / "ablation" / "shortcut.json").read_text())
+    assert len(table["rows"]) == 4 and all("decision" in r for r in table["rows"][1:])
+    # Two processes on one run: the second waits for the store, then reads what the first stored.
+    single = ("ablate", "--workdir", str(tmp_path), "--protocol", "single", "--n-examples", "32")
+    first = subprocess.Popen([sys.executable, "-m", "resnet_jax.cli", *single], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    second = run_cli(*single)
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0 and second.returncode == 0, (err, second.stderr)
+    logs = out + second.stdout
+    assert logs.count("evaluating 20") == 1 and "20 of 20 masks already done" in logs
+
+
+def test_a_damaged_checkpoint_is_one_line_naming_the_intact_ones(tmp_path):
+    assert run_cli("train", "--config", "synthetic-tiny", "--workdir", str(tmp_path),
+                   "--set", "train.epochs=2").returncode == 0
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert len(steps) == 2
+    latest = tmp_path / "checkpoints" / str(steps[-1])
+    data = max((p for p in latest.rglob("*") if p.is_file() and "d" == p.parent.name), key=lambda p: p.stat().st_size)
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])  # `truncate` one data file
+    for command in (("evaluate", "--checkpoint", "latest"), ("ablate", "--checkpoint", "latest", "--protocol",
+                                                                 "shortcut", "--n-examples", "16")):
+        result = run_cli(*command[:1], "--workdir", str(tmp_path), *command[1:])
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert f"checkpoint {steps[-1]}" in result.stderr and f"--checkpoint {steps[0]}" in result.stderr
+    earlier = run_cli("evaluate", "--workdir", str(tmp_path), "--checkpoint", str(steps[0]))
+    assert earlier.returncode == 0, earlier.stderr
+    wrong = run_cli("evaluate", "--workdir", str(tmp_path), "--checkpoint", "7")
+    assert wrong.returncode == 2 and f"kept steps: {steps}" in wrong.stderr
+
+
+# Misleading output ---------------------------------------------------------------------------------
+
+def test_layers_of_a_segmentation_preset_use_its_image_size():
+    small = run_cli("layers", "--config", "acdc-pspnet34-smoke")
+    large = run_cli("layers", "--config", "acdc-pspnet34-cpu")
+    assert small.returncode == 0 and large.returncode == 0, small.stderr + large.stderr
+    total = lambda out: [line for line in out.splitlines() if "MAC" in line][-1]  # noqa: E731
+    assert total(small.stdout) != total(large.stdout)  # 64 px and 128 px: four times the MACs
+    explicit = run_cli("layers", "--config", "acdc-pspnet34-cpu", "--image-size", "64")
+    assert total(explicit.stdout) == total(small.stdout)
+
+
+def test_without_network_a_tfds_load_fails_at_once_and_names_data_dir(monkeypatch):
+    import time
+
+    from resnet_jax.data import images
+
+    monkeypatch.setattr(images, "network_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(images, "_prepared", lambda builder: False)
+    start = time.monotonic()
+    with pytest.raises(images.DataError, match="--data-dir"):
+        images.load_tfds("cifar10", "test")
+    assert time.monotonic() - start < 60  # it used to retry downloads for 213 s
+
+
+def test_sigterm_stops_ablate_with_the_resume_hint_and_a_rerun_finishes(tmp_path):
+    import signal
+    import time
+
+    assert run_cli("train", "--config", "synthetic-tiny", "--workdir", str(tmp_path)).returncode == 0
+    args = ["ablate", "--workdir", str(tmp_path), "--protocol", "pairs", "--n-examples", "32", "--batch-size", "8"]
+    proc = subprocess.Popen([sys.executable, "-m", "resnet_jax.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    store = tmp_path / "ablation" / "results.jsonl"
+    deadline = time.monotonic() + 300
+    while not (store.is_file() and store.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        time.sleep(0.2)  # the baseline and a first chunk are stored: the sweep is under way
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143 and "interrupted; rerun the same command" in err, err
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert len(json.loads((tmp_path / "ablation" / "pairs.json").read_text())["rows"]) == 190
+
+
+def test_evaluate_that_cannot_keep_its_score_prints_it_first(tmp_path):
+    assert run_cli("train", "--config", "synthetic-tiny", "--workdir", str(tmp_path)).returncode == 0
+    (tmp_path / "evaluation-latest.json").mkdir()  # unwritable for any user, root included (a read-only run)
+    result = run_cli("evaluate", "--workdir", str(tmp_path))
+    assert result.returncode == 2 and "could not be kept" in result.stderr, result.stderr
+    assert json.loads(result.stdout)["test_accuracy"] >= 0

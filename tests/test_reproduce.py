@@ -108,3 +108,21 @@ def test_report_figures_render_in_chromium(smoke_run, tmp_path):
 def test_report_prints_verify_floats_to_three_significant_digits():
     assert [study_report._short(c) for c in ("0.000274658203125", "0.748", "1000", "True", "zero-kernel")] == [
         "0.000275", "0.748", "1000", "True", "zero-kernel"]
+
+
+def test_data_root_is_checked_up_front_and_compared_by_resolved_path(tmp_path):
+    from resnet_jax.studies import reproduce
+
+    root = tmp_path / "data"
+    (root / "cifar10").mkdir(parents=True)
+    with pytest.raises(reproduce.StageError, match=r"lacks acdc_lv_myo/, mnist/"):
+        reproduce.reproduce("smoke", tmp_path / "w", data_root=root, only=["cifar-train", "acdc-train", "skip-study"],
+                            log=lambda s: None)
+    assert not (tmp_path / "w" / "stages.json").exists()  # refused before claiming the workdir
+    work = tmp_path / "w2"
+    work.mkdir()
+    typed = str(root / ".." / "data")  # an older record kept the root as typed
+    (work / "stages.json").write_text(json.dumps({"run": {"preset": "smoke", "data_root": typed}, "stages": {}}))
+    reproduce._claim(work, {"preset": "smoke", "data_root": str(root.resolve())}, force_new=False)  # no refusal
+    with pytest.raises(reproduce.StageError, match="holds a reproduce run"):
+        reproduce._claim(work, {"preset": "cpu", "data_root": str(root.resolve())}, force_new=False)

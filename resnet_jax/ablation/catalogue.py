@@ -278,7 +278,8 @@ def resolve(spec: AblationSpec, layers: Sequence[Layer]) -> tuple[str, ...]:
     chosen = tuple(l.name for l in layers
                    if any(s.matches(l) for s in spec.select) and not any(s.matches(l) for s in spec.exclude))
     if not chosen:
-        raise SpecError(f"spec {spec.name!r} ({spec.kind}) matches no layer")
+        raise SpecError(f"spec {spec.name!r} ({spec.kind}) matches no layer (its exclusions remove every selected "
+                        f"one); valid names: {valid_names}; stages: {valid_stages}; roles: {list(ROLES)}")
     if spec.kind in UNIT_KINDS:
         by_name = {l.name: l for l in layers}
         for name in chosen:

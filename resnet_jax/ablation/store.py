@@ -12,10 +12,13 @@ each chunk finishes, so an interrupted sweep keeps every finished result.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from resnet_jax import files
 from resnet_jax.ablation import catalogue as abl
 
 FORMAT = 2
@@ -104,21 +108,56 @@ class ResultStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def load(self) -> dict[str, dict]:
-        """Rows of this context by ablation key (a line cut by a crash is skipped: that mask reruns)."""
+        """Rows of this context by ablation key. Lines that do not parse (a crash or a full disk can cut the last
+        one) are moved aside to ``results.jsonl.torn-N`` with a warning, never dropped, and their masks rerun."""
         done = {}
-        if self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if row.get("context") == self.context["id"] and "key" in row:
-                    done[row["key"]] = row
+        if not self.path.is_file():
+            return done
+        good, torn = [], []
+        for number, line in enumerate(self.path.read_text().splitlines(keepends=True), 1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                torn.append((number, line))
+                continue
+            good.append(line if line.endswith("\n") else line + "\n")
+            if row.get("context") == self.context["id"] and "key" in row:
+                done[row["key"]] = row
+        if torn:
+            self._set_aside(good, torn)
         return done
+
+    def _set_aside(self, good: list[str], torn: list[tuple[int, str]]) -> None:
+        aside = next(self.path.with_name(f"{self.path.name}.torn-{i}") for i in range(1, 10**6)
+                     if not self.path.with_name(f"{self.path.name}.torn-{i}").exists())
+        aside.write_text("".join(line for _, line in torn))
+        files.write_text(self.path, "".join(good))
+        lines = ", ".join(str(n) for n, _ in torn)
+        warnings.warn(f"{self.path}: line(s) {lines} did not parse (an interrupted write?); moved to {aside} and "
+                      f"the store repaired; those masks are evaluated again", RuntimeWarning, stacklevel=3)
+
+    @contextlib.contextmanager
+    def lock(self, log=print):
+        """Hold the store for one process: a second ``ablate`` on the same run waits here, then reads what the
+        first one stored instead of computing it again."""
+        with open(self.path.with_name(f"{self.path.name}.lock"), "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log(f"{self.path} is in use by another process on this run; waiting for it to finish")
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield self
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def append(self, protocol: str, results: Sequence[Any], ablations: Mapping[tuple, abl.Ablation], *,
                metric: str) -> None:
         """Append engine results; ``ablations`` maps ``(name, kind, layers)`` to the ablation scored."""
+        with self.path.open("a+b") as fh:  # a line cut without its newline must not swallow the next row
+            fh.seek(0, os.SEEK_END)
+            if fh.tell() and (fh.seek(-1, os.SEEK_END), fh.read(1))[1] != b"\n":
+                fh.write(b"\n")
         with self.path.open("a") as fh:
             for r in results:
                 ablation = ablations[(r.name, r.kind, r.layers)]

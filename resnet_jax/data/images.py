@@ -286,12 +286,48 @@ def tfds_records(name: str, split: str, *, offline: str) -> tuple[list[dict], An
         import tensorflow_datasets as tfds
 
         builder = tfds.builder(name)
+        if not _prepared(builder) and not network_reachable():
+            raise DataError(f"TFDS dataset {name!r} is not prepared on this machine and its download host "
+                            f"({TFDS_HOST}) cannot be reached; {offline}")
         builder.download_and_prepare(file_format="array_record")
         source = builder.as_data_source(split=split)
         return [source[i] for i in range(len(source))], builder
+    except DataError:
+        raise
     except Exception as err:  # noqa: BLE001 - any TFDS failure means: use local files instead
         raise DataError(f"could not load TFDS dataset {name!r} split {split!r} ({type(err).__name__}: {err}). "
                         f"Without network access, {offline}") from err
+
+
+TFDS_HOST = "storage.googleapis.com"
+
+
+def _prepared(builder) -> bool:
+    try:
+        return bool(builder.is_prepared())
+    except Exception:  # noqa: BLE001 - an older TFDS without is_prepared: let it try
+        return True
+
+
+def network_reachable(host: str = TFDS_HOST, *, timeout: float = 5.0) -> bool:
+    """Whether a TCP connection to ``host`` opens within ``timeout`` seconds, name lookup included (in a
+    thread, since a lookup with no DNS can hang far longer than any socket timeout)."""
+    import socket
+    import threading
+
+    ok = []
+
+    def probe():
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(ok)
 
 
 # Synthetic -----------------------------------------------------------------------------------

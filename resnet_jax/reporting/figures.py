@@ -224,7 +224,8 @@ def plot_elimination_path(summary: dict, path: Path) -> Path:
     n = len(summary["units"])
     ax.plot([n], [summary["slim"]["test"]], "s", color="C2", label="slim model (test)")
     if summary["finetuned"]:
-        ax.plot([n], [summary["finetuned"]["test"]], "*", ms=12, color="C3", label="slim, fine-tuned (test)")
+        kept = "slim, fine-tuned (test)" if summary["finetuned"]["step"] else "slim, step 0 kept after fine-tuning (test)"
+        ax.plot([n], [summary["finetuned"]["test"]], "*", ms=12, color="C3", label=kept)
     if summary["random"]:
         ax.plot([n] * len(summary["random"]), [r["test"] for r in summary["random"]], "x", color="C4",
                 label="random sets of the same size (test)")

@@ -116,27 +116,28 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = STUDY_PROTOCOLS, kind:
                                initial_params=initial, on_chunk=on_chunk, batchnorm=batchnorm)
 
     written, all_rows = [], []
-    for name, k, specs in jobs:
-        rows = run_protocol(name, store=results, evaluate=evaluate, layers=layers, kind=k, specs=specs,
-                            metric_name=subject.metric.name, log=log)
-        rows = with_statistics(rows, results.load(), test, rule=rule)
-        extra = {}
-        if name == "pairs":  # interactions need each conv alone: scored now unless the store has them
-            singles = run_protocol("single", store=results, evaluate=evaluate, layers=layers, kind=k,
-                                   metric_name=subject.metric.name, log=log)
-            rows = interactions(rows, singles)
-            extra = strongest_interactions(rows)
-        all_rows += rows
-        stem, title = tables.table_stem(name, k), f"{name} ({k})" if name != "baseline" else "baseline"
-        if batchnorm == "batch":
-            stem, title = f"{stem}.bn-batch", f"{title}, BatchNorm on batch statistics"
-        figure = _draw(name, rows, out / f"{stem}.png", title=f"{workdir.name}: {title}", layers=layers)
-        meta = {"title": title, "description": DESCRIPTIONS.get(name, f"Specs from {spec_file}."),
-                "figure": figure.name if figure else None, "provenance": provenance, "chance": chance,
-                "statistics": stats_meta, "margin_sensitivity": margin_sensitivity(rows, margin), **extra,
-                "seconds": float(sum(r["seconds"] for r in rows))}
-        written += list(tables.write_table(rows, out, stem, meta=meta))
-        log(f"wrote {out / stem}.csv")
+    with results.lock(log=log):
+        for name, k, specs in jobs:
+            rows = run_protocol(name, store=results, evaluate=evaluate, layers=layers, kind=k, specs=specs,
+                                metric_name=subject.metric.name, log=log)
+            rows = with_statistics(rows, results.load(), test, rule=rule)
+            extra = {}
+            if name == "pairs":  # interactions need each conv alone: scored now unless the store has them
+                singles = run_protocol("single", store=results, evaluate=evaluate, layers=layers, kind=k,
+                                       metric_name=subject.metric.name, log=log)
+                rows = interactions(rows, singles)
+                extra = strongest_interactions(rows)
+            all_rows += rows
+            stem, title = tables.table_stem(name, k), f"{name} ({k})" if name != "baseline" else "baseline"
+            if batchnorm == "batch":
+                stem, title = f"{stem}.bn-batch", f"{title}, BatchNorm on batch statistics"
+            figure = _draw(name, rows, out / f"{stem}.png", title=f"{workdir.name}: {title}", layers=layers)
+            meta = {"title": title, "description": DESCRIPTIONS.get(name, f"Specs from {spec_file}."),
+                    "figure": figure.name if figure else None, "provenance": provenance, "chance": chance,
+                    "statistics": stats_meta, "margin_sensitivity": margin_sensitivity(rows, margin), **extra,
+                    "seconds": float(sum(r["seconds"] for r in rows))}
+            written += list(tables.write_table(rows, out, stem, meta=meta))
+            log(f"wrote {out / stem}.csv")
     if subject.task == "segmentation":
         written += qualitative_figure(out, all_rows, resolved, model=model, variables=variables, split=subject.test,
                                       image_mean=subject.image_mean, image_std=subject.image_std,

@@ -193,7 +193,9 @@ def eliminate_workdir(workdir, out, *, granularity: str = "unit", form: str = "b
     if abs(test_slim - test_before) > EXACT_TOLERANCE:
         raise AssertionError(f"the slim model scores {test_before} where the masked model scores {test_slim}: the "
                              f"elimination is not exact")
-    if finetune_epochs:
+    if finetune_epochs and not slim_set:
+        log("nothing was removed, so there is nothing to fine-tune: the slim run is the full network")
+    if finetune_epochs and slim_set:
         runs.train(config, out, log=log)
         tuned = score_run(out, batch_size=batch_size)
     else:
@@ -210,9 +212,11 @@ def eliminate_workdir(workdir, out, *, granularity: str = "unit", form: str = "b
         "slim": {"test_masked": test_slim, "test": test_before, "params": elim.count_params(svars),
                  "conv_macs": elim.conv_macs(slayers)},
         "full": {"params": elim.count_params(variables), "conv_macs": elim.conv_macs(layers), "test": test_full},
-        "finetuned": None if not finetune_epochs else {"test": tuned["value"], "step": tuned["step"],
-                                                       "epochs": finetune_epochs,
-                                                       "learning_rate": config["train"]["learning_rate"]},
+        "finetuned": None if not (finetune_epochs and slim_set) else {
+            "test": tuned["value"], "step": tuned["step"], "epochs": finetune_epochs,
+            "learning_rate": config["train"]["learning_rate"],
+            "kept": "step 0 (fine-tuning did not improve validation)" if tuned["step"] == 0 else
+                    f"step {tuned['step']} (best on validation)"},
         "random": [{"choices": [[c.unit, c.conv] for c in d], "test": v} for d, v in zip(draws, test_draws)],
         "checkpoint_choice": run.choice,
     }
@@ -390,8 +394,10 @@ def compare(full_dir, slim_dir, *, resnet18_dir=None, batch: int = 128, repeats:
     rows = [{"name": f"{m.get('name') or 'pspnet-' + m['encoder']} (full)", "value": summary["full"]["test"], **size("full")},
             {"name": f"slim, {n} units removed", "value": summary["slim"]["test"], **size("slim")}]
     if summary["finetuned"]:
-        rows.append({**rows[-1], "name": f"slim, fine-tuned {summary['finetuned']['epochs']} epoch(s)",
-                     "value": summary["finetuned"]["test"]})
+        tuned = summary["finetuned"]
+        label = (f"slim, fine-tuned {tuned['epochs']} epoch(s)" if tuned["step"] else
+                 f"slim, fine-tuning {tuned['epochs']} epoch(s) did not improve validation: step 0 kept")
+        rows.append({**rows[-1], "name": label, "value": tuned["test"]})
     randoms = [name for name in entries if name.startswith("random-")]
     if randoms:
         values = [d["test"] for d in summary["random"]]

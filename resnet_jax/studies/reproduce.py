@@ -49,6 +49,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 DATASETS = {"cifar": "cifar10", "acdc": "acdc_lv_myo", "skip": "mnist"}
+NEEDS = {"cifar-train": ("cifar",), "cifar-ablate": ("cifar",), "cifar-pairs": ("cifar",), "cifar-eliminate": ("cifar",),
+         "acdc-train": ("acdc",), "acdc-ablate": ("acdc",), "acdc-eliminate": ("acdc",), "skip-study": ("skip",),
+         "verify": ("cifar",)}
+"""The datasets (keys of DATASETS) each stage reads."""
 
 
 class StageError(ValueError):
@@ -88,6 +92,8 @@ def _claim(workdir: Path, identity: dict[str, Any], *, force_new: bool) -> None:
     path = workdir / "stages.json"
     record = _record(workdir) if not (force_new and path.is_file()) else {"run": "discarded"}
     old = record.get("run")
+    if isinstance(old, dict) and old.get("data_root"):  # recorded as typed by older versions
+        old = {**old, "data_root": str(Path(old["data_root"]).resolve())}
     if not path.is_file() or old == identity:
         if not path.is_file():
             _write_record(workdir, {"run": identity, "stages": {}})
@@ -222,14 +228,20 @@ def reproduce(preset_name: str, workdir: str | Path, *, data_root: str | Path | 
         raise StageError(f"--seeds must be a positive number of training seeds, got {seeds}")
     if preset_name not in PRESETS:
         raise StageError(f"unknown preset {preset_name!r}; valid: {list(PRESETS)}")
-    chosen = list(only) if only else list(STAGES)
+    chosen = list(dict.fromkeys(only)) if only else list(STAGES)  # a stage named twice runs once
     unknown = [s for s in chosen if s not in STAGES]
     if unknown:
         raise StageError(f"unknown stage(s) {unknown}; valid: {list(STAGES)}")
-    root = Path(data_root).absolute() if data_root else None
+    root = Path(data_root).resolve() if data_root else None  # one spelling per folder
     if root is not None and not root.is_dir():
         raise StageError(f"--data-root {data_root} is not a directory; give the folder that holds "
                          f"{', '.join(DATASETS.values())} (e.g. ../shared/data), or leave it out to use TFDS")
+    missing = sorted({DATASETS[key] for stage in chosen for key in NEEDS.get(stage, ())
+                      if root is not None and not (root / DATASETS[key]).is_dir()})
+    if missing:
+        raise StageError(f"--data-root {root} lacks {', '.join(f'{m}/' for m in missing)}, which the chosen stages "
+                         f"read; add them (laid out as in ../shared/data), choose other stages with --only, or "
+                         f"leave --data-root out to download them with TFDS")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     _claim(workdir, {"preset": preset_name, "data_root": str(root) if root else None}, force_new=force_new)

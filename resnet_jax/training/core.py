@@ -212,10 +212,14 @@ def train_and_evaluate(config: Mapping, workdir: str | Path, task: Task, *, forc
 
 
 def write_evaluation(workdir: Path, result: Mapping, *, step: int, which: str, n_examples: int,
-                     log: Callable[[str], None] = print, name: str = "evaluation.json") -> dict:
+                     log: Callable[[str], None] = print, name: str = "evaluation.json",
+                     show: Callable[[dict], None] | None = None) -> dict:
+    """Log (and ``show``) a test score, then keep it in ``name``: a read-only run still shows its score."""
     result = {"checkpoint": which, "step": step, "n_examples": n_examples, **result}
-    files.write_json(Path(workdir) / name, result)
     log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+    if show is not None:
+        show(result)
+    files.write_json(Path(workdir) / name, result)
     return result
 
 
@@ -320,6 +324,8 @@ class Run:
         """Which checkpoint this is and why, for reports."""
         if self.which == "latest":
             return f"latest checkpoint (step {int(self.state.step)})"
+        if self.which.isdigit():
+            return f"checkpoint of step {int(self.state.step)}, chosen by hand"
         split = "validation" if self.chosen_by.startswith("val_") else "TEST"
         note = "" if split == "validation" else (" - this run has no validation split, so the test split chose "
                                                  "the checkpoint it is scored on")
@@ -328,24 +334,27 @@ class Run:
 
 def restore_run(workdir: str | Path, config: Mapping, task: Task, *, which: str = "best") -> Run:
     """Rebuild a run from ``workdir`` and its (completed) ``config``; ``which`` is ``'best'`` (by the
-    task's best metric) or ``'latest'``."""
-    if which not in ("best", "latest"):
-        raise configs.ConfigError(f"unknown checkpoint choice {which!r}; valid: 'best', 'latest'")
+    task's best metric), ``'latest'`` or a step number."""
+    which = str(which)
+    if which not in ("best", "latest") and not which.isdigit():
+        raise configs.ConfigError(f"unknown checkpoint choice {which!r}; valid: 'best', 'latest' or a step number")
     splits = task.load_splits(config)
     model = task.build_model(config, splits)
     target = jax.eval_shape(lambda: _fresh_state(config, model, task.arrays(splits.train)[0], task, stats=False))
     ranking = ranking_metric(task, splits)
     mngr = checkpointing.manager(workdir, keep=config["train"]["keep_checkpoints"], best_metric=ranking)
-    step = checkpointing.best_step(mngr, metric=ranking) if which == "best" else None
+    step = (checkpointing.best_step(mngr, metric=ranking) if which == "best" else
+            int(which) if which.isdigit() else None)
     state = checkpointing.restore(mngr, target, step=step)
     return Run(dict(config), model, state, splits.test, task, val=splits.val, chosen_by=ranking, which=which)
 
 
-def evaluate_run(run: Run, workdir: str | Path, *, which: str, log: Callable[[str], None] = print) -> dict:
+def evaluate_run(run: Run, workdir: str | Path, *, which: str, log: Callable[[str], None] = print,
+                 show: Callable[[dict], None] | None = None) -> dict:
     """Score a restored run on its test split; written to ``evaluation-<which>.json`` (training's own
     final score of its best checkpoint stays in ``evaluation.json``)."""
     mesh = devices.data_mesh()
     evaluate = run.task.evaluate(run.config, run.model)
     result = evaluate(devices.replicate(mesh, run.state), run.test, mesh, "test_")
     return write_evaluation(Path(workdir), result, step=int(run.state.step), which=which,
-                            n_examples=len(run.test), log=log, name=f"evaluation-{which}.json")
+                            n_examples=len(run.test), log=log, name=f"evaluation-{which}.json", show=show)
