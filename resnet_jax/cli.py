@@ -92,7 +92,8 @@ def _layers(args) -> int:
 def _ablate(args) -> int:
     from resnet_jax.studies import ablate
 
-    chosen = {"all": list(STUDY_PROTOCOLS), "readings": list(READINGS)}.get(args.protocol, [args.protocol])
+    protocol = args.protocol or ("" if args.spec else "all")  # a spec file alone runs alone
+    chosen = {"all": list(STUDY_PROTOCOLS), "readings": list(READINGS), "": []}.get(protocol, [protocol])
     ablate.ablate_workdir(
         _workdir(args.workdir), protocols=chosen, kind=args.kind, spec_file=args.spec,
         data_dir=configs.existing_data_dir(args.data_dir), n_examples=args.n_examples,
@@ -108,7 +109,8 @@ def _eliminate(args) -> int:
         _workdir(args.workdir), _workdir(args.out), granularity=args.granularity, form=args.form,
         max_drop=args.max_drop, metric_split=args.metric_split, finetune_epochs=args.finetune_epochs,
         finetune_lr=args.finetune_lr, random_draws=args.random_draws, batch_size=args.batch_size,
-        data_dir=configs.existing_data_dir(args.data_dir), force_new=args.force_new)
+        data_dir=configs.existing_data_dir(args.data_dir), force_new=args.force_new,
+        force_untrained=args.force_untrained)
     print(eliminate.format_summary(summary))
     return 0
 
@@ -245,12 +247,14 @@ def _training_parsers(sub) -> None:
 def _ablation_parsers(sub) -> None:
     p = sub.add_parser("ablate", help="run ablation protocols on a trained run (resumes unfinished sweeps)")
     _run_flags(p, checkpoint_default="best")
-    p.add_argument("--protocol", default="all", choices=(*PROTOCOLS, "all", "readings"),
-                   help="'all' runs the study's four; 'readings' the open readings of the study (stage 1's adjacency, "
-                        "identity cuts); 'pairs' (every pair of convs) runs only when named")
-    p.add_argument("--kind", default="zero-kernel", choices=catalogue.KINDS,
-                   help="zero-kernel is the study's ablation")
-    p.add_argument("--spec", help="JSON/YAML file of ablation specs to run instead of the protocols")
+    p.add_argument("--protocol", choices=(*PROTOCOLS, "all", "readings"),
+                   help="'all' (the default without --spec) runs the study's four; 'readings' the open readings of "
+                        "the study (stage 1's adjacency, identity cuts); 'pairs' (every pair of convs) runs only when "
+                        "named; with --spec, a protocol named here runs beside the spec file")
+    p.add_argument("--kind", choices=catalogue.KINDS,
+                   help="the ablation kind: for protocols, default zero-kernel (the study's); for --spec, each spec "
+                        "keeps its own kind unless --kind is given, which overrides them all")
+    p.add_argument("--spec", help="JSON/YAML file of ablation specs; its table is spec-<file stem>")
     p.add_argument("--n-examples", type=_positive_int, help="evaluate a fixed random subset of the test split")
     p.add_argument("--method", default="auto", choices=engine.METHODS,
                    help="how masked models are formed: 'gates' (one forward pass, masks as per-copy gates), "
@@ -289,6 +293,8 @@ def _ablation_parsers(sub) -> None:
     p.add_argument("--random-draws", type=int, default=5, help="random sets of the same size, scored on test")
     p.add_argument("--batch-size", type=_positive_int, default=128, help="images per batch (default 128)")
     p.add_argument("--force-new", action="store_true", help="discard what --out holds and start over")
+    p.add_argument("--force-untrained", action="store_true",
+                   help="eliminate even from a run no better than a model that learned nothing (refused otherwise)")
     p.set_defaults(func=_eliminate)
 
     p = sub.add_parser("export-torch", help="write a run's ResNet (slim or full) as a PyTorch state_dict and "

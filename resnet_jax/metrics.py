@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -171,3 +172,43 @@ def dice_summary(per_example: Mapping[str, np.ndarray], class_names: Sequence[st
     out[f"{prefix}dice"] = float(pooled.mean())
     out[f"{prefix}dice_per_image"] = float(np.mean(per_example["dice"]))
     return out
+
+
+# Has the model learned anything? ----------------------------------------------------------------
+
+DICE_COMPETENCE_MARGIN = 0.05
+"""Pooled Dice must exceed the best constant prediction's by this much to count as learned."""
+
+
+def trivial_reference(metric: Any, targets: np.ndarray) -> tuple[float, str]:
+    """The score a model that learned nothing reaches on ``targets``, and what that model does: accuracy of
+    always predicting the most frequent class; for Dice, the better of predicting no foreground (0) and
+    predicting every pixel as one scored class (``2 T_c / (T_c + N)``), averaged over the scored classes."""
+    targets = np.asarray(targets)
+    if getattr(metric, "name", "") == "accuracy":
+        counts = np.bincount(targets.ravel().astype(np.int64))
+        return float(counts.max() / max(1, targets.size)), "always the most frequent class"
+    columns = metric.columns() if hasattr(metric, "columns") else []
+    scores = []
+    for col in columns:
+        truth = float(np.sum(targets == col + 1))
+        scores.append(max(0.0, 2 * truth / (truth + targets.size)) if truth else 1.0)
+    return float(np.mean(scores)) if scores else 0.0, "a constant prediction (no foreground, or all one class)"
+
+
+def competence_warning(metric: Any, value: float, targets: np.ndarray) -> str | None:
+    """A warning when ``value`` (the unablated model's score on ``targets``) is no better than a model that learned
+    nothing: for accuracy, its Wilson lower bound is not above the majority rate; for Dice, it is not above the best
+    constant prediction by ``DICE_COMPETENCE_MARGIN``. None when the model has learned something."""
+    reference, what = trivial_reference(metric, targets)
+    name = getattr(metric, "name", "score")
+    if name == "accuracy":
+        n = int(np.asarray(targets).shape[0])
+        low, _ = wilson_interval(int(round(value * n)), n)
+        learned = low > reference
+    else:
+        learned = value > reference + DICE_COMPETENCE_MARGIN
+    if learned:
+        return None
+    return (f"the model's {name} {value:.4f} is no better than {what} ({reference:.4f}): it has not learned the task, "
+            f"so nothing it says about which layers matter can be trusted; train longer (a larger preset) first")

@@ -122,10 +122,10 @@ def test_a_spec_that_changes_its_layers_is_recomputed_not_reused(tiny_run, tmp_p
     spec = tmp_path / "spec.yaml"
     spec.write_text("- name: foo\n  select: {names: [conv1]}\n")
     ablate.ablate_workdir(tiny_run, spec_file=spec, n_examples=64, log=lambda s: None)
-    first = _table(tiny_run, "custom")[0]
+    first = _table(tiny_run, "spec-spec")[0]
     spec.write_text("- name: foo\n  select: {patterns: ['layer4.*']}\n")
     ablate.ablate_workdir(tiny_run, spec_file=spec, n_examples=64, log=lambda s: None)
-    second = _table(tiny_run, "custom")[0]
+    second = _table(tiny_run, "spec-spec")[0]
     assert first["layers"] == "conv1" and second["layers"].split() == [
         "layer4.0.conv1", "layer4.0.conv2", "layer4.0.downsample", "layer4.1.conv1", "layer4.1.conv2"]
     # The independent truth: the weight-mask path of the engine on the same 64 images.
@@ -357,7 +357,7 @@ def test_ablate_resumes_after_a_torn_store_line(tmp_path):
     assert again.returncode == 0, again.stderr
     assert "did not parse" in again.stderr and "Traceback" not in again.stderr
     table = json.loads((tmp_path / "ablation" / "shortcut.json").read_text())
-    assert len(table["rows"]) == 4 and all("decision" in r for r in table["rows"][1:])
+    assert len(table["rows"]) == 3 and all("decision" in r for r in table["rows"])
     # Two processes on one run: the second waits for the store, then reads what the first stored.
     single = ("ablate", "--workdir", str(tmp_path), "--protocol", "single", "--n-examples", "32")
     first = subprocess.Popen([sys.executable, "-m", "resnet_jax.cli", *single], stdout=subprocess.PIPE,
@@ -440,3 +440,92 @@ def test_evaluate_that_cannot_keep_its_score_prints_it_first(tmp_path):
     result = run_cli("evaluate", "--workdir", str(tmp_path))
     assert result.returncode == 2 and "could not be kept" in result.stderr, result.stderr
     assert json.loads(result.stdout)["test_accuracy"] >= 0
+
+
+def test_spec_tables_say_the_kind_they_computed_and_never_replace_each_other(tiny_run, tmp_path):
+    first, second = tmp_path / "foo_conv1.yaml", tmp_path / "bar.yaml"
+    first.write_text("- name: foo\n  select: {names: [layer1.0.conv2]}\n")  # zero-kernel, the default kind
+    second.write_text("- name: bar\n  kind: zero-branch\n  select: {roles: [shortcut]}\n")
+    quiet = lambda s: None  # noqa: E731
+    ablate.ablate_workdir(tiny_run, spec_file=second, n_examples=64, log=quiet)  # the spec's own kind
+    meta = json.loads((tiny_run / "ablation" / "spec-bar.json").read_text())
+    assert meta["title"] == "spec-bar (zero-branch)" and {r["kind"] for r in meta["rows"]} == {"zero-branch"}
+    ablate.ablate_workdir(tiny_run, spec_file=first, kind="zero-branch", n_examples=64, log=quiet)  # --kind overrides
+    overridden = json.loads((tiny_run / "ablation" / "spec-foo_conv1.json").read_text())
+    assert overridden["title"] == "spec-foo_conv1 (zero-branch)" and overridden["rows"][0]["kind"] == "zero-branch"
+    ablate.ablate_workdir(tiny_run, spec_file=first, n_examples=64, log=quiet)
+    own = json.loads((tiny_run / "ablation" / "spec-foo_conv1.json").read_text())
+    assert own["rows"][0]["kind"] == "zero-kernel" and own["rows"][0]["key"] != overridden["rows"][0]["key"]
+    assert (tiny_run / "ablation" / "spec-bar.json").is_file()  # the other file's table is still there
+    ablate.ablate_workdir(tiny_run, spec_file=first, protocols=["shortcut"], n_examples=64, log=quiet)
+    assert (tiny_run / "ablation" / "shortcut.csv").is_file()  # --protocol with --spec: both run
+
+
+# A model that learned nothing ------------------------------------------------------------------------
+
+def test_competence_against_literal_trivial_models():
+    from resnet_jax import metrics
+
+    labels = np.array([0] * 60 + [1] * 30 + [2] * 10)  # the majority class is 60 %
+    assert metrics.trivial_reference(metrics.Accuracy(), labels)[0] == 0.6
+    assert metrics.competence_warning(metrics.Accuracy(), 0.62, labels) is not None  # not clearly above 0.6
+    assert metrics.competence_warning(metrics.Accuracy(), 0.9, labels) is None
+    masks = np.zeros((4, 10, 10), np.int32)
+    masks[:, :5, :5] = 2  # class 2 covers a quarter of the pixels: calling every pixel 2 scores 2*25/(25+100)
+    dice = metrics.Dice(num_classes=4, classes=(2,))
+    assert metrics.trivial_reference(dice, masks)[0] == pytest.approx(0.4)
+    assert metrics.competence_warning(dice, 0.42, masks) is not None
+    assert metrics.competence_warning(dice, 0.8, masks) is None
+
+
+def test_a_model_that_learned_nothing_is_flagged_and_not_eliminated_unless_forced(tmp_path):
+    run = tmp_path / "untrained"
+    assert run_cli("train", "--config", "synthetic-tiny", "--workdir", str(run), "--set", "train.epochs=1",
+                   "--set", "train.learning_rate=1e-9").returncode == 0
+    refused = run_cli("eliminate", "--workdir", str(run), "--out", str(tmp_path / "slim"))
+    assert refused.returncode == 2 and "has not learned the task" in refused.stderr
+    assert "--force-untrained" in refused.stderr and not (tmp_path / "slim" / "config.json").exists()
+    forced = run_cli("eliminate", "--workdir", str(run), "--out", str(tmp_path / "slim"), "--force-untrained",
+                     "--random-draws", "0")
+    assert forced.returncode == 0, forced.stderr
+    assert "has not learned" in json.loads((tmp_path / "slim" / "elimination" / "summary.json").read_text())["warning"]
+    swept = run_cli("ablate", "--workdir", str(run), "--protocol", "shortcut", "--n-examples", "64")
+    assert swept.returncode == 0 and "WARNING" in swept.stdout
+    assert "has not learned" in json.loads((run / "ablation" / "shortcut.json").read_text())["warning"]
+
+
+# Data that does not fit the preset ---------------------------------------------------------------------
+
+def test_data_that_is_not_the_presets_dataset_is_refused_before_anything_is_written(tmp_path):
+    from tests.conftest import SHARED_DATA
+
+    mnist = SHARED_DATA / "mnist"
+    if not mnist.is_dir():
+        pytest.skip("needs ../shared/data/mnist")
+    workdir = tmp_path / "n14"
+    wrong = run_cli("train", "--config", "cifar10-resnet34-smoke", "--workdir", str(workdir), "--data-dir", str(mnist))
+    assert wrong.returncode == 2 and "not 'cifar10'" in wrong.stderr and "images (28, 28, 1)" in wrong.stderr
+    assert "--set data.name=" in wrong.stderr and not workdir.exists()
+    meant = run_cli("train", "--config", "cifar10-resnet34-smoke", "--workdir", str(workdir), "--data-dir", str(mnist),
+                    "--set", "data.name=my-digits", "--set", "data.val_examples=32")
+    assert meant.returncode == 0, meant.stderr
+    read = json.loads((workdir / "dataset.json").read_text())
+    assert read["train"]["class_names"] == list("0123456789") and read["train"]["image_shape"] == [28, 28, 1]
+    assert len(read["test"]["sha256"]) == 64 and sum(read["test"]["class_counts"]) == read["test"]["n"]
+
+
+def test_an_eleventh_class_folder_is_not_read_as_cifar10(tmp_path):
+    from PIL import Image
+
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck", "zebra"]
+    for split in ("train", "test"):
+        for c in classes:
+            folder = tmp_path / "data" / split / c
+            folder.mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(np.full((32, 32, 3), i * 40, np.uint8)).save(folder / f"{i}.png")
+    from resnet_jax.data import images
+
+    with pytest.raises(images.DataError, match=r"11 classes .* not 'cifar10' \(10 classes"):
+        images.load_split("cifar10", "test", data_dir=tmp_path / "data", cache_dir=tmp_path / "cache")
+    assert images.load_split("my-animals", "test", data_dir=tmp_path / "data", cache_dir=tmp_path / "cache").num_classes == 11

@@ -117,9 +117,36 @@ def load_split(
         data = synthetic_split(split, seed=seed)
     elif data_dir is not None:
         data = load_imagefolder(data_dir, split, cache_dir=cache_dir)
+        check_known(name, data, where=f"{data_dir} ({split})")
     else:
         data = load_tfds(name, split)
     return data.take(max_examples, seed=seed)
+
+
+KNOWN_DATASETS: dict[str, dict] = {
+    "cifar10": {"classes": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+                "shape": (32, 32, 3)},
+    "cifar100": {"n_classes": 100, "shape": (32, 32, 3)},
+    "mnist": {"classes": tuple("0123456789"), "shape": (28, 28, 1)},
+    "fashion_mnist": {"n_classes": 10, "shape": (28, 28, 1)},
+}
+"""What local data must look like to be read under a known dataset's name (TFDS's classes and image shape)."""
+
+
+def check_known(name: str, data: Split, *, where: str) -> None:
+    """Local data read under a known dataset's name must be that dataset: its class names (or count), channels and
+    image size; a mismatch names both, and how to read other data on purpose."""
+    known = KNOWN_DATASETS.get(name)
+    if known is None:
+        return
+    found = f"{data.num_classes} classes {list(data.class_names)[:12]}, images {tuple(data.images.shape[1:])}"
+    expected = known.get("classes")
+    wrong_classes = (data.class_names != expected) if expected else data.num_classes != known["n_classes"]
+    if wrong_classes or tuple(data.images.shape[1:]) != known["shape"]:
+        want = f"{len(expected)} classes {list(expected)}" if expected else f"{known['n_classes']} classes"
+        raise DataError(f"{where} holds {found}, not {name!r} ({want}, images {known['shape']}); point --data-dir at "
+                        f"{name} data, or, to train on this data on purpose, name it: --set data.name=<your name> "
+                        f"(any name but {sorted(KNOWN_DATASETS)})")
 
 
 def load_train_test(name: str, *, data_dir=None, cache_dir=None, seed: int = 0,

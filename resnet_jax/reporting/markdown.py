@@ -141,7 +141,10 @@ def write_report(workdir: str | Path) -> Path:
 
 
 def chance_warning(table: dict) -> str | None:
-    """A warning when a table's baseline is at or below chance: then no layer can be called (non-)trivial."""
+    """A warning when a table's baseline is no better than a model that learned nothing (``warning``, written by
+    ``ablate``; older tables: accuracy at or below 1 / classes): then no layer can be called (non-)trivial."""
+    if table.get("warning"):
+        return table["warning"]
     chance, rows = table.get("chance"), table.get("rows")
     if chance is None or not rows or rows[0]["baseline"] > chance:
         return None

@@ -158,7 +158,9 @@ def _ablation_section(run: Path, label: str) -> tuple[list[tuple], dict]:
         if figure is not None and figure.is_file():
             blocks.append(("img", str(figure), f"{label}: {table.get('title', stem)}"))
         facts[stem] = rows
-        facts["warning"] = facts.get("warning") or markdown.chance_warning(table)
+        if not facts.get("warning") and markdown.chance_warning(table):
+            facts["warning"] = markdown.chance_warning(table)
+            blocks.insert(1, ("p", f"WARNING: {facts['warning']}"))  # at the top of the section
     pairs = _json(adir / "pairs.json")
     if pairs:
         blocks += [("h3", "Pairwise interactions"), ("p", pairs.get("description", "")),
@@ -277,6 +279,7 @@ def _elimination_section(slim: Path, label: str) -> list[tuple]:
     split = summary["split_chose_units"]
     blocks: list[tuple] = [
         ("h3", f"{label}: a slim network from the trivial units"),
+        *([("p", f"WARNING: {summary['warning']}")] if summary.get("warning") else []),
         ("p", f"Greedy backward elimination on the {'validation' if split == 'val' else 'TEST'} split: each "
               f"step scores every remaining identity-shortcut unit jointly with those already removed and removes "
               f"the best, while the {summary['metric']} drop stays within {summary['max_drop']}. Eliminated units "

@@ -7,6 +7,7 @@ segmentation run adds a qualitative figure of the most harmful and most harmless
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -55,7 +56,7 @@ def _draw(name: str, rows: Sequence[dict], path: Path, *, title: str, layers) ->
     return None if name == "baseline" else figures.plot_bars(rows, path, title=title)
 
 
-def ablate_workdir(workdir, *, protocols: Sequence[str] = STUDY_PROTOCOLS, kind: str = "zero-kernel",
+def ablate_workdir(workdir, *, protocols: Sequence[str] | None = None, kind: str | None = None,
                    spec_file=None, data_dir=None, n_examples: int | None = None, method: str = "auto",
                    batch_size: int = 128, memory_budget_mb: float | None = None, checkpoint: str = "best",
                    margin: float = statistics.DEFAULT_MARGIN, alpha: float = statistics.DEFAULT_ALPHA,
@@ -63,22 +64,33 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = STUDY_PROTOCOLS, kind:
     """Run protocols (or a spec file) on a trained run; write tables (with paired tests against the baseline and a
     decision per mask at ``margin``) and figures under ``ablation/``. ``batchnorm='batch'`` evaluates with batch
     statistics (the study's ``BN(0) = beta`` reading); its tables carry the suffix ``.bn-batch``; with
-    ``whole_batches`` its batch size is the largest one up to ``batch_size`` that divides the examples."""
+    ``whole_batches`` its batch size is the largest one up to ``batch_size`` that divides the examples.
+
+    Kinds: the protocols use ``kind`` (default zero-kernel); a spec file's masks keep each spec's own kind unless
+    ``kind`` is given, which then overrides every spec. A spec file's table is named after the file
+    (``spec-<file stem>``), so two files never replace each other; ``protocols`` (default: the study's four
+    without a spec file, none with one) run beside it."""
     workdir, out = Path(workdir), Path(workdir) / "ablation"
+    protocols = list(protocols if protocols is not None else () if spec_file else STUDY_PROTOCOLS)
     try:
         rule = statistics.Decision(margin, alpha)
     except ValueError as err:
         raise abl.SpecError(f"--{err}") from None
-    _check_request(protocols, kind, batch_size=batch_size, memory_budget_mb=memory_budget_mb, n_examples=n_examples)
+    _check_request(protocols, kind or "zero-kernel", batch_size=batch_size, memory_budget_mb=memory_budget_mb,
+                   n_examples=n_examples)
     custom = abl.load_specs(spec_file) if spec_file else None
+    if custom and kind is not None:
+        custom = [dataclasses.replace(spec, kind=kind) for spec in custom]
     subject = restore_subject(workdir, checkpoint=checkpoint, data_dir=data_dir, n_examples=n_examples)
     model, variables = subject.model, subject.variables
     layers = abl.catalogue(model, variables, input_shape=(1, *subject.images.shape[1:]))
-    jobs = ([("custom", kind, custom)] if custom else
-            [(p, "cut-identity" if p == "identity-shortcut" else kind, None) for p in protocols])
+    jobs = [(p, "cut-identity" if p == "identity-shortcut" else kind or "zero-kernel", None) for p in protocols]
+    if custom:
+        kinds = sorted({spec.kind for spec in custom})
+        jobs.append((f"spec-{Path(spec_file).stem}", kinds[0] if len(kinds) == 1 else "+".join(kinds), custom))
     resolved = {a.name: a for name, k, specs in jobs if name != "baseline"  # every spec resolves before compute
                 for a in abl.resolve_all(specs or protocol_specs(name, layers, kind=k), layers)}
-    needs_initial = any(s.kind == "reinit" for s in custom or []) or kind == "reinit"
+    needs_initial = any(s.kind == "reinit" for s in custom or []) or (kind == "reinit" and bool(protocols))
     initial = checkpointing.load_initial(workdir, variables["params"]) if needs_initial else None
     if batchnorm not in engine.BATCHNORM:
         raise abl.SpecError(f"unknown --batchnorm {batchnorm!r}; valid: {list(engine.BATCHNORM)}")
@@ -106,8 +118,6 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = STUDY_PROTOCOLS, kind:
                   "correction": "Bonferroni-simultaneous bounds across the protocol's masks (level 1 - alpha/m); "
                                 "any-change p-values Holm-adjusted"}
     results = store.ResultStore(out, provenance)
-    # Accuracy of a model that has learned nothing; Dice has no single chance level.
-    chance = 1.0 / subject.test.num_classes if subject.task == "classification" else None
 
     def evaluate(ablations, on_chunk):
         return engine.evaluate(model, variables, ablations, layers, subject.images, subject.targets,
@@ -117,6 +127,11 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = STUDY_PROTOCOLS, kind:
 
     written, all_rows = [], []
     with results.lock(log=log):
+        base = run_protocol("baseline", store=results, evaluate=evaluate, layers=layers,
+                            metric_name=subject.metric.name, log=log)[0]
+        warning = metrics.competence_warning(subject.metric, base["value"], subject.targets)
+        if warning:
+            log(f"WARNING: {warning}")
         for name, k, specs in jobs:
             rows = run_protocol(name, store=results, evaluate=evaluate, layers=layers, kind=k, specs=specs,
                                 metric_name=subject.metric.name, log=log)
@@ -128,12 +143,13 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] = STUDY_PROTOCOLS, kind:
                 rows = interactions(rows, singles)
                 extra = strongest_interactions(rows)
             all_rows += rows
-            stem, title = tables.table_stem(name, k), f"{name} ({k})" if name != "baseline" else "baseline"
+            stem = name if name.startswith("spec-") else tables.table_stem(name, k)  # a spec file: one table
+            title = f"{name} ({k})" if name != "baseline" else "baseline"
             if batchnorm == "batch":
                 stem, title = f"{stem}.bn-batch", f"{title}, BatchNorm on batch statistics"
             figure = _draw(name, rows, out / f"{stem}.png", title=f"{workdir.name}: {title}", layers=layers)
             meta = {"title": title, "description": DESCRIPTIONS.get(name, f"Specs from {spec_file}."),
-                    "figure": figure.name if figure else None, "provenance": provenance, "chance": chance,
+                    "figure": figure.name if figure else None, "provenance": provenance, "warning": warning,
                     "statistics": stats_meta, "margin_sensitivity": margin_sensitivity(rows, margin), **extra,
                     "seconds": float(sum(r["seconds"] for r in rows))}
             written += list(tables.write_table(rows, out, stem, meta=meta))

@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from resnet_jax import checkpointing, configs, devices, files
+from resnet_jax import checkpointing, configs, devices, files, metrics
 from resnet_jax.ablation import catalogue as abl
 from resnet_jax.ablation import elimination as elim
 from resnet_jax.ablation import engine, statistics, store
@@ -121,8 +121,10 @@ def _save_start(out: Path, config: dict, model, variables, run: core.Run, *, ran
 def eliminate_workdir(workdir, out, *, granularity: str = "unit", form: str = "bias", max_drop: float = 0.01,
                       metric_split: str = "val", finetune_epochs: int = 0, finetune_lr: float | None = None,
                       random_draws: int = 5, batch_size: int = 128, data_dir=None, force_new: bool = False,
-                      log=print) -> dict[str, Any]:
-    """Search, build, score (and fine-tune) a slim model of the run in ``workdir``; write it as a run in ``out``."""
+                      force_untrained: bool = False, log=print) -> dict[str, Any]:
+    """Search, build, score (and fine-tune) a slim model of the run in ``workdir``; write it as a run in ``out``.
+    A run that has learned nothing (:func:`metrics.competence_warning` on the search split) is refused unless
+    ``force_untrained``: every unit of such a model looks removable."""
     if metric_split not in SPLITS:
         raise abl.SpecError(f"unknown --metric-split {metric_split!r}; valid: {list(SPLITS)}")
     if not 0 <= max_drop < 1:
@@ -168,6 +170,12 @@ def eliminate_workdir(workdir, out, *, granularity: str = "unit", form: str = "b
                              variables, test_images, test_targets, metric, evaluation={"split": "test"})), **kwargs)
 
     baseline = on_split([()])[0]
+    warning = metrics.competence_warning(metric, baseline, targets)
+    if warning and not force_untrained:
+        raise abl.SpecError(f"{workdir} on its {metric_split} split: {warning}. Pass --force-untrained to "
+                            f"eliminate anyway")
+    if warning:
+        log(f"WARNING: {warning}")
     log(f"{metric_split} {metric.name} of {workdir.name}: {baseline:.4f}; {len(options)} options "
         f"({granularity}, {form}); greedy search with max drop {max_drop}")
     path = elim.greedy(options, on_split, baseline=baseline, max_drop=max_drop, on_step=lambda r: log(
@@ -218,7 +226,7 @@ def eliminate_workdir(workdir, out, *, granularity: str = "unit", form: str = "b
             "kept": "step 0 (fine-tuning did not improve validation)" if tuned["step"] == 0 else
                     f"step {tuned['step']} (best on validation)"},
         "random": [{"choices": [[c.unit, c.conv] for c in d], "test": v} for d, v in zip(draws, test_draws)],
-        "checkpoint_choice": run.choice,
+        "checkpoint_choice": run.choice, "warning": warning,
     }
     files.write_json(out / "elimination" / "summary.json", summary)
     write_path_table(out / "elimination", summary)

@@ -39,7 +39,7 @@ SEEDED = ("cifar-train", "cifar-ablate", "cifar-pairs", "acdc-train", "acdc-abla
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {"cifar": "cifar10-resnet34-smoke", "acdc": "acdc-pspnet34-smoke", "skip": "mnist-skip-smoke",
               "ablate_examples": 64, "verify_examples": 64, "pairs_seeds": 1, "finetune_epochs": 1,
-              "random_draws": 2, "timing_repeats": 1},
+              "random_draws": 2, "timing_repeats": 1, "force_untrained": True},  # tiny models learn little
     "cpu": {"cifar": "cifar10-resnet34-cpu", "acdc": "acdc-pspnet34-cpu", "skip": "mnist-skip-cpu",
             "ablate_examples": None, "verify_examples": 1000, "pairs_seeds": 1, "finetune_epochs": 2,
             "random_draws": 5, "timing_repeats": 3},
@@ -174,7 +174,8 @@ def stage_runners(preset: dict, workdir: Path, data_root: Path | None, log, *,
                 runs.train(configs.load_config(preset[key], overrides(key) + ["model.name=resnet18"]), other, log=log)
             slim = workdir / SLIM_DIRS[key]
             summary = eliminate.eliminate_workdir(run, slim, finetune_epochs=preset["finetune_epochs"],
-                                                  random_draws=preset["random_draws"], log=log)
+                                                  random_draws=preset["random_draws"], log=log,
+                                                  force_untrained=preset.get("force_untrained", False))
             log(eliminate.format_summary(summary))
             result = eliminate.compare(run, slim, resnet18_dir=other, repeats=preset["timing_repeats"], log=log)
             log(eliminate.format_comparison(result))

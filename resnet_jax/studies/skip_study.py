@@ -425,6 +425,11 @@ def run_study(config: Mapping, workdir: str | Path, *, force_new: bool = False,
                                                                workdir / "figures" / "tradeoff.png")
                                       .relative_to(workdir))}
     res["verdict"] = verdict(res["curves"])
+    warning = metrics.competence_warning(metrics.Accuracy(), res["cnn1"]["test"]["accuracy"], test.labels)
+    if warning:
+        res["warning"] = f"CNN-1: {warning}"
+        res["verdict"] = [f"WARNING: {res['warning']}", *res["verdict"]]
+        log(f"WARNING: {res['warning']}")
     res["fit_positions"] = fit_pos.tolist()
     files.write_json(workdir / "skip_results.json", res)
     report = write_report(res, workdir)
@@ -502,6 +507,7 @@ def write_report(res: Mapping, workdir: str | Path) -> Path:
     table_head = ["| method | operating point | test accuracy [95 % CI] | mean conv layers | MAC ratio | wall ratio |",
                   "|---|---|---|---:|---:|---:|"]
     p = [f"# Study B: per-image layer skipping (`{workdir.name}`)", "",
+         *([f"**Warning:** {res['warning']}", ""] if res.get("warning") else []),
          f"Data `{cfg['data']['name']}`: {sizes['fit']} fit / {sizes['validation']} validation (held out of the "
          f"training split, seeded) / {sizes['test']} test images. CNN-1/CNN-3: convs of widths "
          f"{cfg['model']['widths']} (a skipped layer's input zero-padded or sliced to the next width), "

@@ -10,6 +10,7 @@ uninterrupted run would have done.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 import signal
@@ -33,7 +34,8 @@ Array = jax.Array
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 DERIVED = ("checkpoints", "metrics.jsonl", "evaluation.json", "evaluation-best.json", "evaluation-latest.json",
            "initial_params", "ablation", "report.md", "verify.csv", "elimination", "evaluation-before-finetune.json",
-           "stages", "models", "selection.npz", "figures", "skip_results.json", "skip_report.md")  # Study B's
+           "stages", "models", "selection.npz", "figures", "skip_results.json", "skip_report.md",  # Study B's
+           "dense_labels.npz", "operating_points.npz", "dataset.json")
 """Everything a run's workdir holds that its config and training produced; ``--force-new`` removes it all."""
 
 
@@ -158,6 +160,23 @@ def clear_run(workdir: Path) -> None:
             target.unlink(missing_ok=True)
 
 
+def describe_splits(splits: Splits) -> dict[str, Any]:
+    """What the run actually read, per split: size, class names and counts, image shape and a content digest."""
+    out = {}
+    for name in ("train", "val", "test"):
+        split = getattr(splits, name)
+        if split is None:
+            continue
+        targets = split.labels if hasattr(split, "labels") else split.masks
+        digest = hashlib.sha256(np.ascontiguousarray(split.images).tobytes())
+        digest.update(np.ascontiguousarray(targets).tobytes())
+        counts = np.bincount(np.asarray(targets).ravel().astype(np.int64), minlength=split.num_classes)
+        out[name] = {"n": len(split), "class_names": list(split.class_names), "image_shape": list(split.images.shape[1:]),
+                     "class_counts" if hasattr(split, "labels") else "pixel_counts": counts.tolist(),
+                     "sha256": digest.hexdigest()}
+    return out
+
+
 def check_batch_size(config: Mapping, n_train: int, mesh: Mesh) -> int:
     """Steps per epoch; errors name the key when the batch cannot be split or exceeds the data."""
     b = config["train"]["batch_size"]
@@ -185,6 +204,7 @@ def train_and_evaluate(config: Mapping, workdir: str | Path, task: Task, *, forc
     check_batch_size(config, len(splits.train), mesh)
     model = task.build_model(config, splits)
     prepare_workdir(config, workdir, force_new=force_new)
+    files.write_json(workdir / "dataset.json", describe_splits(splits))
     ranking = ranking_metric(task, splits)
     mngr = checkpointing.manager(workdir, keep=t["keep_checkpoints"], best_metric=ranking)
     train_images = task.arrays(splits.train)[0]
