@@ -115,7 +115,7 @@ def test_interrupted_then_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one
     latest = mngr.latest_step()
     assert latest is not None and latest < 144, "the run finished before it could be interrupted"
     if how == "SIGTERM":
-        assert proc.returncode == 130 and latest % 48 != 0, "SIGTERM must checkpoint mid-epoch"
+        assert proc.returncode == 143 and latest % 48 != 0, "SIGTERM must checkpoint mid-epoch"
     subprocess.run(_train_cmd(interrupted), check=True, env=env, capture_output=True, timeout=600)
     _assert_bitwise_equal(reference, interrupted)
     lines = [json.loads(x) for x in (interrupted / "metrics.jsonl").read_text().splitlines()]
@@ -231,3 +231,40 @@ def test_a_run_without_a_validation_split_says_the_test_split_chose_its_checkpoi
     assert "test_accuracy" in line and "val_accuracy" not in line
     run = runs.restore(tmp_path)
     assert run.chosen_by == "test_accuracy" and "the test split chose the checkpoint" in run.choice
+
+
+def test_a_stop_on_an_epochs_last_step_keeps_its_row_and_a_resumed_epoch_averages_all_its_steps(tmp_path, monkeypatch):
+    config = configs.load_config("synthetic-tiny", ["train.batch_size=8", "train.epochs=3"])
+    task, quiet = runs.task_for(config, command="train"), lambda line: None
+    core.train_and_evaluate(config, tmp_path / "reference", task, log=quiet)
+    original = core.run_epochs
+
+    def interrupted_at(call):  # SIGINT arrives during this process's ``call``-th training step
+        def run(state, mngr, *, step_fn, **kwargs):
+            calls = []
+
+            def step(*args):
+                calls.append(1)
+                if len(calls) == call:
+                    os.kill(os.getpid(), signal.SIGINT)
+                return step_fn(*args)
+            return original(state, mngr, step_fn=step, **kwargs)
+        return run
+
+    workdir = tmp_path / "stopped"
+    monkeypatch.setattr(core, "run_epochs", interrupted_at(48))  # the last of epoch 1's 48 steps
+    with pytest.raises(KeyboardInterrupt):
+        core.train_and_evaluate(config, workdir, task, log=quiet)
+    rows = lambda w: [json.loads(x) for x in (w / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert [r["epoch"] for r in rows(workdir)] == [1]  # the epoch was evaluated and ranked before stopping
+    assert 48 in checkpointing.manager(workdir, best_metric="val_accuracy").all_steps()
+    monkeypatch.setattr(core, "run_epochs", interrupted_at(20))  # mid epoch 2
+    with pytest.raises(KeyboardInterrupt):
+        core.train_and_evaluate(config, workdir, task, log=quiet)
+    monkeypatch.setattr(core, "run_epochs", original)
+    core.train_and_evaluate(config, workdir, task, log=quiet)
+    got, want = rows(workdir), rows(tmp_path / "reference")
+    assert [r["epoch"] for r in got] == [1, 2, 3] and got[1]["resumed_mid_epoch"]
+    for a, b in zip(got, want):  # the resumed epoch's train loss is over all 48 steps, as uninterrupted
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+        assert a["val_accuracy"] == b["val_accuracy"]

@@ -35,7 +35,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 DERIVED = ("checkpoints", "metrics.jsonl", "evaluation.json", "evaluation-best.json", "evaluation-latest.json",
            "initial_params", "ablation", "report.md", "verify.csv", "elimination", "evaluation-before-finetune.json",
            "stages", "models", "selection.npz", "figures", "skip_results.json", "skip_report.md",  # Study B's
-           "dense_labels.npz", "operating_points.npz", "dataset.json")
+           "dense_labels.npz", "operating_points.npz", "dataset.json", "partial_epoch.json")
 """Everything a run's workdir holds that its config and training produced; ``--force-new`` removes it all."""
 
 
@@ -276,44 +276,65 @@ def run_epochs(state: Any, mngr, *, step_fn: Callable, arrays: tuple[np.ndarray,
     fetch, _ = devices.batch_source(mesh, arrays)  # the training set on the devices when it fits
     key = jax.random.key(seed)
     elapsed0, start, last = _last_elapsed(metrics_path), time.perf_counter(), None
+    partial = metrics_path.with_name("partial_epoch.json")  # a stopped epoch's train sums, for its row
     with _StopFlag() as stop:
         while (step := int(state.step)) < epochs * steps_per_epoch:
             epoch, offset = divmod(step, steps_per_epoch)
             order = np.random.default_rng([seed, epoch]).permutation(len(arrays[0]))
-            sums, seen, t_epoch = None, 0, time.perf_counter()
+            sums, seen = _resumed_sums(partial, step) if offset else (None, 0)
+            here, t_epoch = 0, time.perf_counter()
             for i in tqdm(range(offset, steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", unit="step",
                           disable=None, leave=False):
                 idx = order[i * batch_size:(i + 1) * batch_size]
                 state, out = step_fn(state, *fetch(idx), key)
                 sums = out if sums is None else {k: sums[k] + out[k] for k in sums}
-                seen += 1
-                if seen == 1:  # keep compilation out of the throughput figure
+                seen, here = seen + 1, here + 1
+                if here == 1:  # keep compilation out of the throughput figure
                     jax.block_until_ready(out)
                     t_epoch = time.perf_counter()
-                if stop.signum is not None:
-                    checkpointing.finish(mngr)  # an epoch's checkpoint may still be writing
-                    checkpointing.save(mngr, int(state.step), state)
-                    log(f"stopped by signal {stop.signum}; checkpoint saved at step {int(state.step)}; "
-                        f"rerun the same command to resume")
-                    raise KeyboardInterrupt
+                if stop.signum is not None and i < steps_per_epoch - 1:  # the last step: finish the epoch first
+                    _stop(mngr, state, stop.signum, partial, sums, seen, log)
             jax.block_until_ready(sums)  # dispatch is asynchronous: wait, or the throughput is fiction
             train_time = time.perf_counter() - t_epoch
             last = {
                 "epoch": epoch + 1, "step": int(state.step),
-                **{f"train_{k}": float(v) / seen for k, v in sums.items()},
+                **{f"train_{k}": float(v) / seen for k, v in sums.items()},  # over the whole epoch, resumed or not
                 **evaluate(state),
-                "images_per_second": (seen - 1) * batch_size / train_time if seen > 1 else None,
+                "images_per_second": (here - 1) * batch_size / train_time if here > 1 else None,
                 "elapsed_s": elapsed0 + time.perf_counter() - start,
                 "resumed_mid_epoch": offset > 0,
             }
             with metrics_path.open("a") as fh:
                 fh.write(json.dumps(last) + "\n")
+            partial.unlink(missing_ok=True)
             # Written in the background while the next epoch trains (orbax copies the arrays off the devices
             # before it returns, so the donated state buffers are free to reuse).
             checkpointing.save(mngr, last["step"], state, metrics={best_metric: last[best_metric]}, wait=False)
             log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
+            if stop.signum is not None:  # asked during the epoch's last step: its row and checkpoint are kept
+                checkpointing.finish(mngr)
+                log(f"stopped by signal {stop.signum} after epoch {epoch + 1}; rerun the same command to resume")
+                raise KeyboardInterrupt(f"signal {stop.signum}")
     checkpointing.finish(mngr)
     return state, last
+
+
+def _stop(mngr, state, signum: int, partial: Path, sums: dict, seen: int, log) -> None:
+    """Checkpoint the current step and the epoch's train sums so far, then stop."""
+    checkpointing.finish(mngr)  # an epoch's checkpoint may still be writing
+    checkpointing.save(mngr, int(state.step), state)
+    files.write_json(partial, {"step": int(state.step), "seen": seen,
+                               "sums": {k: float(v) for k, v in jax.device_get(sums).items()}})
+    log(f"stopped by signal {signum}; checkpoint saved at step {int(state.step)}; rerun the same command to resume")
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _resumed_sums(partial: Path, step: int) -> tuple[dict | None, int]:
+    """The train sums of the steps an interrupted epoch already ran, if they were kept for this step."""
+    if not partial.is_file():
+        return None, 0
+    kept = json.loads(partial.read_text())
+    return (kept["sums"], kept["seen"]) if kept.get("step") == step else (None, 0)
 
 
 def _last_elapsed(path: Path) -> float:
