@@ -252,6 +252,23 @@ def test_the_single_figure_legend_covers_no_point():
     figures.pyplot().close(fig)
 
 
+def test_the_elimination_path_legend_covers_no_point_and_equal_end_points_stay_apart():
+    path = [{"units_removed": i + 1, "value": 0.70 - 0.001 * i, "params": 20e6 - 4e6 * i} for i in range(3)]
+    summary = {"path": path, "split_chose_units": "val", "baseline": {"val": 0.70}, "max_drop": 0.01,
+               "units": ["a", "b", "c"], "slim": {"test": 0.69}, "finetuned": {"test": 0.69, "step": 0},
+               "random": [{"test": 0.69}] * 2, "one_shot": {"choices": ["a", "b", "c"], "test": 0.69},
+               "metric": "accuracy", "full": {"params": 21e6}, "granularity": "unit", "form": "bias"}
+    fig = figures.elimination_path_figure(summary)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent()
+    points = [xy for line in ax.get_lines() for xy in ax.transData.transform(line.get_xydata())]
+    assert points and not any(legend.contains(x, y) for x, y in points)
+    ends = [line.get_xydata()[0][0] for line in ax.get_lines()[2:]]  # slim, step 0 kept, random, one-shot at x = 3
+    assert len(set(ends)) == len(ends) == 4 and all(abs(x - 3) < 0.5 for x in ends)
+    figures.pyplot().close(fig)
+
+
 def test_the_cross_check_section_opens_with_a_verdict_and_fits_the_page(tmp_path):
     path = tmp_path / "verify.csv"
     with path.open("w", newline="") as fh:

@@ -79,14 +79,48 @@ def test_smoke_preset_runs_every_stage_and_resumes(smoke_run):
     assert again.stdout.count("done earlier, skipped") == 10
 
 
-# Run in the page once it has loaded: one line per figure with the size the browser decoded it to.
+# Run in the page once it has loaded: one line per figure with the size the browser decoded it to, and the width
+# of the widest table. The element's id is assembled at run time, so the script's own text never matches it.
 _PROBE = """<script>window.addEventListener("load", () => {
   const sizes = [...document.images].map(i => `${i.complete}:${i.naturalWidth}x${i.naturalHeight}`);
-  document.body.insertAdjacentHTML("beforeend", `<pre id="probe">${sizes.join(" ")}</pre>`);
+  const widest = Math.max(0, ...[...document.querySelectorAll("table")].map(t => t.getBoundingClientRect().width));
+  const out = document.createElement("pre");
+  out.id = ["probe", "result"].join("-");
+  out.textContent = `${Math.ceil(widest)} ${sizes.join(" ")}`;
+  document.body.appendChild(out);
 });</script>"""
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def probe_page(html: str, tmp_path) -> tuple[int, list[str]]:
+    """The widest table's width in a 1,280-px window and each figure's decoded size, as Chromium renders them."""
+    probed = tmp_path / "index.html"
+    probed.write_text(html.replace("</body>", _PROBE + "</body>"))
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,900",
+                          "--virtual-time-budget=10000", "--dump-dom", probed.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    found = re.search(r'<pre id="probe-result">([^<]*)</pre>', dom)
+    assert found, f"the page's load handler did not run; Chromium printed: {dom[-2000:]}"
+    widest, *sizes = found.group(1).split()
+    return int(widest), sizes
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
+def test_the_probe_reads_what_the_browser_renders(tmp_path):
+    """The probe itself against a literal page: two images (one broken) and a table wider than the window."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (3, 2), "red").save(buffer, format="PNG")
+    png = base64.b64encode(buffer.getvalue()).decode()
+    page = (f'<html><body><img src="data:image/png;base64,{png}"><img src="missing.png">'
+            f'<table style="width:2000px"><tr><td>x</td></tr></table></body></html>')
+    widest, sizes = probe_page(page, tmp_path)
+    assert widest == 2000 and sizes[0] == "true:3x2" and sizes[1].endswith(":0x0")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
@@ -94,15 +128,10 @@ def test_report_figures_render_in_chromium(smoke_run, tmp_path):
     workdir, _ = smoke_run
     page = (workdir / "report" / "index.html").read_text()
     n_figures = len(re.findall(r"<img\b", page))
-    probed = tmp_path / "index.html"
-    probed.write_text(page.replace("</body>", _PROBE + "</body>"))
-    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
-                          "--dump-dom", probed.as_uri()], capture_output=True, text=True, timeout=120).stdout
-    found = re.search(r'<pre id="probe">([^<]*)</pre>', dom)
-    assert found, f"the page's load handler did not run; Chromium printed: {dom[-2000:]}"
-    sizes = found.group(1).split()
+    widest, sizes = probe_page(page, tmp_path)
     assert len(sizes) == n_figures >= 6
     assert all(re.fullmatch(r"true:[1-9]\d*x[1-9]\d*", s) for s in sizes), sizes  # loaded, non-empty
+    assert widest <= 1280, f"a table is {widest} px wide in a 1,280-px window"
 
 
 def test_report_prints_verify_floats_to_three_significant_digits():

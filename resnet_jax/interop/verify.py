@@ -208,12 +208,16 @@ def verify_workdir(workdir: str | os.PathLike, *, protocols: Sequence[str] = pro
     needs_initial = any(j.ablation.kind == "reinit" for j in jobs)
     initial = checkpointing.load_initial(workdir, variables["params"]) if needs_initial else None
 
+    log(f"scoring {len(jobs)} masks on {len(test)} test images in JAX, then in PyTorch")
     jax_results = _jax_results(model, variables, jobs, layers, test, mean, std, method=method,
                                batch_size=batch_size, initial=initial)
     torch_logits = _torch_logits_fn(variables, layers, test.images, mean, std, arch=arch, stem=stem,
                                     initial=initial, batch_size=batch_size, config=config)
+    from tqdm import tqdm
+
     rows = [_compare(j.protocol, jax_results[(j.ablation.kind, j.ablation.name)], torch_logits(j.ablation),
-                     test.labels, logit_tol=logit_tol, margin_tol=margin_tol) for j in jobs]
+                     test.labels, logit_tol=logit_tol, margin_tol=margin_tol)
+            for j in tqdm(jobs, desc="PyTorch", unit="mask", disable=None, leave=False)]
     path = write_csv(rows, workdir / "verify.csv")
     return {"rows": rows, "ok": all(r["ok"] for r in rows), "csv": str(path)}
 
@@ -255,8 +259,7 @@ def _jax_results(model, variables, jobs: Sequence[_Job], layers, test, mean, std
         for kind, ablations in by_kind.items():
             for r in engine.evaluate(model, variables, list(ablations.values()), layers, test.images,
                                      test.labels, image_mean=mean, image_std=std, metric=_AccuracyWithLogits(),
-                                     batch_size=batch_size, method=method, initial_params=initial,
-                                     progress=False):
+                                     batch_size=batch_size, method=method, initial_params=initial):
                 out[(kind, r.name)] = r
     return out
 

@@ -81,7 +81,7 @@ def plot_qualitative(path, images, masks, predictions, scores, titles, class_nam
     colours = ListedColormap([(0, 0, 0, 0), (0.9, 0.2, 0.2, 0.55), (0.2, 0.8, 0.2, 0.55), (0.2, 0.4, 1.0, 0.55)]
                              [:len(class_names)])
     n, cols = len(images), 2 + len(predictions)
-    fig, axes = plt.subplots(n, cols, figsize=(2.6 * cols, 2.6 * n + 0.6), squeeze=False)
+    fig, axes = plt.subplots(n, cols, figsize=(3.0 * cols, 3.0 * n + 1.0), squeeze=False)
     for r in range(n):
         panels = [("image", None), ("ground truth", masks[r])] + [
             (f"{t}\nslice Dice {s[r]:.3f}" if r == 0 else f"slice Dice {s[r]:.3f}", p[r])
@@ -93,10 +93,10 @@ def plot_qualitative(path, images, masks, predictions, scores, titles, class_nam
                 ax.imshow(overlay, cmap=colours, vmin=0, vmax=len(class_names) - 1, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(title if r == 0 or c >= 2 else "", fontsize=6.5)
-        axes[r, 0].set_ylabel(ids[r], fontsize=7)
+            ax.set_title(title if r == 0 or c >= 2 else "", fontsize=9)  # legible at the report's width
+        axes[r, 0].set_ylabel(ids[r], fontsize=9)
     legend = ", ".join(f"{n}: {c}" for n, c in zip(class_names[1:], ("red", "green", "blue")))
-    fig.suptitle(f"classes {legend}", fontsize=8)
+    fig.suptitle(f"classes {legend}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -214,36 +214,45 @@ def plot_seed_spread(rows: Sequence[dict], path: Path, *, title: str) -> Path:
 def plot_elimination_path(summary: dict, path: Path) -> Path:
     """The greedy path: the searched split's metric against units removed, the parameters kept on a second axis,
     the stopping rule as a line and the test scores of the end point, the one-shot set and random sets."""
+    fig = elimination_path_figure(summary)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return path
+
+
+def elimination_path_figure(summary: dict):
+    """The figure of :func:`plot_elimination_path`, unsaved; its legend sits beside the axes."""
     plt = pyplot()
     rows, split = summary["path"], summary["split_chose_units"]
     base = summary["baseline"][split]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(11, 4.5))
     ax.plot([0] + [r["units_removed"] for r in rows], [base] + [r["value"] for r in rows], "o-",
             label=f"greedy path ({split})")
+    # End points that share an x are set apart sideways, so equal values do not hide each other.
+    side = {"slim": -0.15, "tuned": -0.05, "random": 0.05, "shot": 0.15}
     ax.axhline(base - summary["max_drop"], color="grey", ls="--", lw=1, label=f"{split} baseline - max drop")
     n = len(summary["units"])
-    ax.plot([n], [summary["slim"]["test"]], "s", color="C2", label="slim model (test)")
+    ax.plot([n + side["slim"]], [summary["slim"]["test"]], "s", color="C2", label="slim model (test)")
     if summary["finetuned"]:
         kept = "slim, fine-tuned (test)" if summary["finetuned"]["step"] else "slim, step 0 kept after fine-tuning (test)"
-        ax.plot([n], [summary["finetuned"]["test"]], "*", ms=12, color="C3", label=kept)
+        ax.plot([n + side["tuned"]], [summary["finetuned"]["test"]], "*", ms=12, color="C3", label=kept)
     if summary["random"]:
-        ax.plot([n] * len(summary["random"]), [r["test"] for r in summary["random"]], "x", color="C4",
+        ax.plot([n + side["random"]] * len(summary["random"]), [r["test"] for r in summary["random"]], "x", color="C4",
                 label="random sets of the same size (test)")
     shot = summary["one_shot"]
-    ax.plot([len(shot["choices"])], [shot["test"]], "D", color="C5", label="one-shot: every harmless unit (test)")
+    ax.plot([len(shot["choices"]) + side["shot"]], [shot["test"]], "D", color="C5",
+            label="one-shot: every harmless unit (test)")
     ax.set_xlabel("units removed")
     ax.set_ylabel(summary["metric"])
     twin = ax.twinx()
     twin.plot([0] + [r["units_removed"] for r in rows], [summary["full"]["params"] / 1e6] +
               [r["params"] / 1e6 for r in rows], ":", color="black", lw=1)
     twin.set_ylabel("parameters (M), dotted")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.09, 1.0))  # beside the axes: it covers no point
     ax.set_title(f"elimination ({summary['granularity']}, {summary['form']}), chosen on {split}")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def plot_pareto(rows: Sequence[dict], path: Path, *, metric: str) -> Path:
