@@ -15,6 +15,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from resnet_jax import devices
+
 def manager(workdir: str | Path, *, best_metric: str, keep: int = 2) -> ocp.CheckpointManager:
     """A manager that keeps the ``keep`` latest checkpoints and the one best by ``best_metric``."""
     policy = checkpoint_managers.AnyPreservationPolicy([
@@ -92,7 +94,9 @@ def best_step(mngr: ocp.CheckpointManager, *, metric: str) -> int | None:
 def save_initial(workdir: str | Path, params: Any) -> None:
     """Keep the run's initial parameters once (``reinit`` ablations restore kernels to them)."""
     path = Path(workdir).absolute() / "initial_params"
-    if not path.exists():
+    exists = path.exists()
+    devices.barrier("initial params: every process has looked")  # the save below is collective
+    if not exists:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(path, params)
 

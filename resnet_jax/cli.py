@@ -40,12 +40,21 @@ def _train(args) -> int:
     if config["task"] == "skip":
         from resnet_jax.studies import skip_study
 
+        if not devices.is_writer() or _processes() > 1:
+            raise configs.ConfigError("Study B presets train in one process (their networks are tiny); launch "
+                                      "them without --coordinator")
         skip_study.run_study(config, _workdir(args.workdir), force_new=args.force_new)
     else:
         from resnet_jax.training import runs
 
         runs.train(config, _workdir(args.workdir), force_new=args.force_new)
     return 0
+
+
+def _processes() -> int:
+    import jax
+
+    return jax.process_count()
 
 
 def _evaluate(args) -> int:
@@ -359,6 +368,13 @@ def _interop_and_study_parsers(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnet-jax", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"resnet-jax {__version__}")
+    job = parser.add_argument_group("multi-process jobs (JAX's distributed runtime; or set RESNET_JAX_COORDINATOR, "
+                                    "RESNET_JAX_NUM_PROCESSES, RESNET_JAX_PROCESS_ID, RESNET_JAX_DISTRIBUTED)")
+    job.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address, the same for every process")
+    job.add_argument("--num-processes", type=_positive_int, metavar="N", help="processes in the job")
+    job.add_argument("--process-id", type=int, metavar="I", help="this process's id, 0..N-1")
+    job.add_argument("--distributed", choices=("auto",),
+                     help="'auto': let JAX find the cluster (TPU pod slices, SLURM, Open MPI) on every worker")
     parser.add_argument("--no-compile-cache", action="store_true",
                         help="compile everything afresh instead of reusing programs compiled by earlier runs "
                              "(kept in $RESNET_JAX_COMPILE_CACHE, default ~/.cache/resnet-jax/compiled)")
@@ -372,13 +388,46 @@ def _terminated(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+MULTI_PROCESS = ("train", "train-seg", "evaluate", "ablate", "layers", "presets")
+"""Commands that run as one job over several processes (JAX's distributed runtime); the others refuse."""
+
+
+def _join(args) -> bool:
+    """Join a multi-process job when the options (or a launcher's environment variables) ask for one."""
+    import os
+
+    env = {k: os.environ.get(v) for k, v in devices.ENV.items()}
+    coordinator = args.coordinator or env["coordinator"]
+    auto = (args.distributed or env["distributed"] or "") == "auto"
+    number = lambda flag, key: flag if flag is not None else (int(env[key]) if env[key] else None)  # noqa: E731
+    if not devices.join_job(coordinator=coordinator, auto=auto, num_processes=number(args.num_processes,
+                            "num_processes"), process_id=number(args.process_id, "process_id")):
+        return False
+    import jax
+
+    if jax.process_count() > 1 and args.command not in MULTI_PROCESS:
+        raise devices.DistributedError(f"`{args.command}` runs in one process; launch it without --coordinator "
+                                       f"(commands that run as a multi-process job: {', '.join(MULTI_PROCESS)})")
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        joined = _join(args)
+    except (devices.DistributedError, ValueError) as err:
+        print(f"resnet-jax {args.command}: error: {err}", file=sys.stderr)
+        return 2
     previous = signal.signal(signal.SIGTERM, _terminated)  # like Ctrl-C: stores stay whole, the hint prints
     try:
-        return _run(args)
+        rc = _run(args)
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if joined and rc == 0:  # every process leaves together, after process 0 has written everything
+        import jax
+
+        jax.distributed.shutdown()
+    return rc
 
 
 def _run(args) -> int:

@@ -8,6 +8,7 @@ engine all place data through these functions.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,90 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from resnet_jax import files
+
+
+# Joining a multi-process job -------------------------------------------------------------------------
+
+class DistributedError(RuntimeError):
+    """Joining a multi-process job failed; the message names the coordinator and what to check."""
+
+
+ENV = {"coordinator": "RESNET_JAX_COORDINATOR", "num_processes": "RESNET_JAX_NUM_PROCESSES",
+       "process_id": "RESNET_JAX_PROCESS_ID", "distributed": "RESNET_JAX_DISTRIBUTED"}
+"""Environment variables a launcher may set instead of the top-level options of the same names."""
+
+
+def join_job(*, coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
+             auto: bool = False, timeout_s: int = 60, heartbeat_s: int = 20) -> bool:
+    """Join a job of several processes on JAX's distributed runtime, before anything touches a device.
+
+    ``auto`` lets JAX find the cluster itself (TPU pod slices, SLURM, Open MPI); otherwise every process names
+    the coordinator (process 0's ``host:port``), the process count and its own id. A coordinator that does not
+    answer is an error within ``timeout_s``; a process that dies is noticed by the others within about
+    ``heartbeat_s``. Returns whether a job was joined; afterwards only process 0 writes files."""
+    if not auto and coordinator is None:
+        return False
+    if not auto and (num_processes is None or process_id is None or not 0 <= process_id < num_processes):
+        raise DistributedError(f"--coordinator {coordinator} needs --num-processes N and --process-id I with "
+                               f"0 <= I < N (got N={num_processes}, I={process_id})")
+    try:
+        if auto:
+            jax.distributed.initialize(initialization_timeout=timeout_s, heartbeat_timeout_seconds=heartbeat_s)
+        else:
+            jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=timeout_s,
+                                       heartbeat_timeout_seconds=heartbeat_s)
+    except Exception as err:  # noqa: BLE001 - the runtime raises several types; each means "not joined"
+        reason = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)[:300]
+        where = "the cluster JAX detects (TPU, SLURM, MPI)" if auto else \
+            f"coordinator {coordinator} as process {process_id} of {num_processes}"
+        raise DistributedError(f"could not join {where} within {timeout_s} s: {reason}; check that process 0 "
+                               f"runs and that its host:port is reachable from here") from None
+    files.set_writer(jax.process_index() == 0)
+    return True
+
+
+def is_writer() -> bool:
+    """Whether this process writes the job's files (process 0; the only one when nothing was joined)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Wait here until every process of the job arrives (nothing to wait for in one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def rows_of_process(device_processes: Sequence[int], n_rows: int, process: int) -> slice:
+    """The rows of an ``n_rows`` batch split evenly along a 1-D mesh whose devices belong to
+    ``device_processes`` (in mesh order) that ``process`` holds: one contiguous block, as JAX lays it out."""
+    per = n_rows // len(device_processes)
+    mine = [i for i, p in enumerate(device_processes) if p == process]
+    if not mine:
+        return slice(0, 0)
+    if mine != list(range(mine[0], mine[-1] + 1)):
+        raise ValueError(f"process {process}'s devices are not contiguous in the mesh ({device_processes})")
+    return slice(mine[0] * per, (mine[-1] + 1) * per)
+
+
+def local_rows(mesh: Mesh, n_rows: int) -> slice:
+    """This process's rows of a batch of ``n_rows`` split over ``mesh``'s ``data`` axis."""
+    return rows_of_process([d.process_index for d in mesh.devices.flat], n_rows, jax.process_index())
+
+
+def to_host(tree: Any) -> Any:
+    """Arrays of a tree as numpy, whole on every process (gathered across processes when they are split)."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(lambda x: np.asarray(x) if getattr(x, "is_fully_replicated", True) else
+                        np.asarray(multihost_utils.process_allgather(x, tiled=True)), tree)
+
+
+# Meshes and placement ----------------------------------------------------------------------------------
 
 def data_mesh(n_devices: int | None = None) -> Mesh:
     """A 1-D mesh over every device of every process (or the first ``n_devices``); batches are split along it."""
@@ -23,19 +108,26 @@ def data_mesh(n_devices: int | None = None) -> Mesh:
 
 
 def shard_batch(mesh: Mesh, *arrays: np.ndarray) -> list[jax.Array]:
-    """Each process's local rows of a batch, as global arrays split over the ``data`` axis."""
+    """A global batch (every process passes the same rows) as global arrays split over the ``data`` axis; each
+    process places only its own rows."""
     sharding = NamedSharding(mesh, PartitionSpec("data"))
-    return [jax.make_array_from_process_local_data(sharding, a) for a in arrays]
+    return [jax.make_array_from_process_local_data(sharding, a[local_rows(mesh, len(a))], a.shape)
+            for a in arrays]
 
 
 def shard_stacked(mesh: Mesh, *arrays: np.ndarray) -> list[jax.Array]:
-    """Stacks of batches ``(n_batches, rows, ...)`` as global arrays split over the ``data`` axis along the rows
-    (each process holds its local rows of every batch)."""
+    """Stacks of global batches ``(n_batches, rows, ...)`` as global arrays split over the ``data`` axis along the
+    rows; each process places only its own rows of every batch."""
     sharding = NamedSharding(mesh, PartitionSpec(None, "data"))
-    return [jax.make_array_from_process_local_data(sharding, a) for a in arrays]
+    return [jax.make_array_from_process_local_data(sharding, a[:, local_rows(mesh, a.shape[1])], a.shape)
+            for a in arrays]
 
 
 def replicate(mesh: Mesh, tree: Any) -> Any:
+    """``tree`` on every device of ``mesh``. Across processes each one passes the same values from its host (a
+    local device array cannot be placed on another process's devices directly)."""
+    if jax.process_count() > 1:
+        tree = jax.device_get(tree)
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 

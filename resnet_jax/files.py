@@ -1,4 +1,5 @@
-"""Atomic writes: write beside the target, then rename, so an interrupted run never leaves half a file."""
+"""Atomic writes: write beside the target, then rename, so an interrupted run never leaves half a file; in a
+multi-process job only process 0 writes."""
 
 from __future__ import annotations
 
@@ -10,12 +11,23 @@ from typing import Any
 import numpy as np
 
 
+WRITER = True
+"""Whether this process writes files: in a multi-process job only process 0 does (``devices.join_job``)."""
+
+
+def set_writer(writer: bool) -> None:
+    global WRITER
+    WRITER = bool(writer)
+
+
 def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
     path = Path(path)
+    if not WRITER:
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp(path)
     tmp.write_text(text)
@@ -29,6 +41,8 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def savez(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
     path = Path(path)
+    if not WRITER:
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp(path).with_suffix(".npz")
     np.savez(tmp, **arrays)

@@ -350,7 +350,7 @@ def _collect(forward_chunk: Callable, group, inputs: Inputs, batches: Batches, r
     the host dispatches once and the per-example results come back in one transfer. ``rows[i]`` is the
     output row of ``group[i]`` (default: ``i``)."""
     metric = inputs.metric
-    outs = jax.device_get(forward_chunk(batches.images, batches.targets))  # (n_batches, K, B, ...) per key
+    outs = devices.to_host(forward_chunk(batches.images, batches.targets))  # (n_batches, K, B, ...) per key
     joined = {k: np.swapaxes(np.asarray(v), 0, 1).reshape(v.shape[1], -1, *v.shape[3:])[:, :batches.n_examples]
               for k, v in outs.items()}  # (K, examples): the padding is the last batch's tail
     if batches.order is not None:  # back to the examples' own order

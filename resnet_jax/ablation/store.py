@@ -105,12 +105,14 @@ class ResultStore:
     def __init__(self, directory: Path, context: Mapping[str, Any]):
         self.path = Path(directory) / "results.jsonl"
         self.context = dict(context)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.memory: dict[str, dict] = {}  # a multi-process job's other processes keep their rows here
+        if files.WRITER:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def load(self) -> dict[str, dict]:
         """Rows of this context by ablation key. Lines that do not parse (a crash or a full disk can cut the last
         one) are moved aside to ``results.jsonl.torn-N`` with a warning, never dropped, and their masks rerun."""
-        done = {}
+        done = dict(self.memory)
         if not self.path.is_file():
             return done
         good, torn = [], []
@@ -123,7 +125,7 @@ class ResultStore:
             good.append(line if line.endswith("\n") else line + "\n")
             if row.get("context") == self.context["id"] and "key" in row:
                 done[row["key"]] = row
-        if torn:
+        if torn and files.WRITER:  # the others read only: a line process 0 is writing is not theirs to move
             self._set_aside(good, torn)
         return done
 
@@ -140,6 +142,9 @@ class ResultStore:
     def lock(self, log=print):
         """Hold the store for one process: a second ``ablate`` on the same run waits here, then reads what the
         first one stored instead of computing it again."""
+        if not files.WRITER:  # process 0 holds the lock for the job
+            yield self
+            return
         with open(self.path.with_name(f"{self.path.name}.lock"), "a+") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -154,21 +159,26 @@ class ResultStore:
     def append(self, protocol: str, results: Sequence[Any], ablations: Mapping[tuple, abl.Ablation], *,
                metric: str) -> None:
         """Append engine results; ``ablations`` maps ``(name, kind, layers)`` to the ablation scored."""
+        rows = [self._row(protocol, r, ablations[(r.name, r.kind, r.layers)], metric) for r in results]
+        if not files.WRITER:
+            self.memory.update((row["key"], row) for row in rows)
+            return
         with self.path.open("a+b") as fh:  # a line cut without its newline must not swallow the next row
             fh.seek(0, os.SEEK_END)
             if fh.tell() and (fh.seek(-1, os.SEEK_END), fh.read(1))[1] != b"\n":
                 fh.write(b"\n")
         with self.path.open("a") as fh:
-            for r in results:
-                ablation = ablations[(r.name, r.kind, r.layers)]
-                row = {
-                    "key": ablation_key(ablation), "context": self.context["id"],
-                    "protocol": protocol, "kind": r.kind, "mask": r.name, "layers": list(r.layers),
-                    "seed": ablation.seed, "metric": metric, "value": r.value, "ci_low": r.ci_low,
-                    "ci_high": r.ci_high, "loss": r.loss, "n_examples": r.n_examples, "seconds": r.seconds,
-                    "breakdown": r.breakdown,
-                    "per_example": {k: _encode(v) for k, v in r.per_example.items() if k in self.KEEP},
-                }
+            for row in rows:
                 fh.write(json.dumps(row) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+
+    def _row(self, protocol: str, r: Any, ablation: abl.Ablation, metric: str) -> dict:
+        return {
+            "key": ablation_key(ablation), "context": self.context["id"],
+            "protocol": protocol, "kind": r.kind, "mask": r.name, "layers": list(r.layers),
+            "seed": ablation.seed, "metric": metric, "value": r.value, "ci_low": r.ci_low,
+            "ci_high": r.ci_high, "loss": r.loss, "n_examples": r.n_examples, "seconds": r.seconds,
+            "breakdown": r.breakdown,
+            "per_example": {k: _encode(v) for k, v in r.per_example.items() if k in self.KEEP},
+        }

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import checkpointing, metrics
+from resnet_jax import checkpointing, devices, metrics
 from resnet_jax.ablation import catalogue as abl
 from resnet_jax.ablation import engine, statistics, store, tables
 from resnet_jax.ablation.protocols import (BASELINE, DESCRIPTIONS, PROTOCOLS, STUDY_PROTOCOLS, interactions,
@@ -147,17 +147,20 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] | None = None, kind: str
             title = f"{name} ({k})" if name != "baseline" else "baseline"
             if batchnorm == "batch":
                 stem, title = f"{stem}.bn-batch", f"{title}, BatchNorm on batch statistics"
-            figure = _draw(name, rows, out / f"{stem}.png", title=f"{workdir.name}: {title}", layers=layers)
+            figure = (_draw(name, rows, out / f"{stem}.png", title=f"{workdir.name}: {title}", layers=layers)
+                      if devices.is_writer() else None)  # one process writes a job's files
             meta = {"title": title, "description": DESCRIPTIONS.get(name, f"Specs from {spec_file}."),
                     "figure": figure.name if figure else None, "provenance": provenance, "warning": warning,
                     "statistics": stats_meta, "margin_sensitivity": margin_sensitivity(rows, margin), **extra,
                     "seconds": float(sum(r["seconds"] for r in rows))}
             written += list(tables.write_table(rows, out, stem, meta=meta))
-            log(f"wrote {out / stem}.csv")
-    if subject.task == "segmentation":
+            if devices.is_writer():
+                log(f"wrote {out / stem}.csv")
+    if subject.task == "segmentation" and devices.is_writer():
         written += qualitative_figure(out, all_rows, resolved, model=model, variables=variables, split=subject.test,
                                       image_mean=subject.image_mean, image_std=subject.image_std,
                                       initial_params=initial)
+    devices.barrier(f"ablate {workdir}: tables written")
     return written
 
 

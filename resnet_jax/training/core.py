@@ -133,8 +133,11 @@ def prepare_workdir(config: Mapping, workdir: Path, *, force_new: bool) -> None:
     ``force_new`` removes everything derived from the old run (:data:`DERIVED`), so no table of the
     old model can survive into the new one.
     """
-    workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "config.json"
+    if not files.WRITER:  # process 0 checks and records; the others wait for it, then read the same folder
+        devices.barrier(f"prepare {workdir}")
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
     if force_new:
         clear_run(workdir)
     elif path.is_file():
@@ -148,6 +151,7 @@ def prepare_workdir(config: Mapping, workdir: Path, *, force_new: bool) -> None:
                 f"{workdir} holds a run with a different config (keys {changed}); use another --workdir, "
                 f"rerun with the same settings to resume, or pass --force-new to discard that run")
     files.write_text(path, configs.to_json(config))
+    devices.barrier(f"prepare {workdir}")
 
 
 def clear_run(workdir: Path) -> None:
@@ -212,10 +216,10 @@ def train_and_evaluate(config: Mapping, workdir: str | Path, task: Task, *, forc
         state = checkpointing.restore(mngr, jax.eval_shape(lambda: _fresh_state(config, model, train_images, task,
                                                                                 stats=False)))
         log(f"resumed from step {int(state.step)} in {workdir}")
-    else:
-        state = _fresh_state(config, model, train_images, task)
+        state = devices.replicate(mesh, state)
+    else:  # placed on every device of every process first: a multi-process save is collective over global arrays
+        state = devices.replicate(mesh, _fresh_state(config, model, train_images, task))
         checkpointing.save_initial(workdir, state.params)
-    state = devices.replicate(mesh, state)
     step_fn = jax.jit(task.train_step(config), donate_argnums=0)
     evaluate = task.evaluate(config, model)
     monitor, prefix = (splits.val, "val_") if splits.val is not None else (splits.test, "test_")
@@ -304,9 +308,10 @@ def run_epochs(state: Any, mngr, *, step_fn: Callable, arrays: tuple[np.ndarray,
                 "elapsed_s": elapsed0 + time.perf_counter() - start,
                 "resumed_mid_epoch": offset > 0,
             }
-            with metrics_path.open("a") as fh:
-                fh.write(json.dumps(last) + "\n")
-            partial.unlink(missing_ok=True)
+            if files.WRITER:
+                with metrics_path.open("a") as fh:
+                    fh.write(json.dumps(last) + "\n")
+                partial.unlink(missing_ok=True)
             # Written in the background while the next epoch trains (orbax copies the arrays off the devices
             # before it returns, so the donated state buffers are free to reuse).
             checkpointing.save(mngr, last["step"], state, metrics={best_metric: last[best_metric]}, wait=False)

@@ -175,7 +175,7 @@ def per_example_over(state: core.TrainState, split: seg_data.SegSplit, *, batch_
         n = len(masks)
         out = step_fn(state, *devices.shard_batch(mesh, devices.pad_rows(images, batch_size),
                                                   devices.pad_rows(masks, batch_size)))
-        parts.append({k: np.asarray(v)[:n] for k, v in out.items()})
+        parts.append({k: v[:n] for k, v in devices.to_host(out).items()})  # whole on every process
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
