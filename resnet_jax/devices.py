@@ -44,6 +44,9 @@ def join_job(*, coordinator: str | None = None, num_processes: int | None = None
     if not auto and (num_processes is None or process_id is None or not 0 <= process_id < num_processes):
         raise DistributedError(f"--coordinator {coordinator} needs --num-processes N and --process-id I with "
                                f"0 <= I < N (got N={num_processes}, I={process_id})")
+    timeout_s = int(os.environ.get("RESNET_JAX_JOIN_TIMEOUT", timeout_s))
+    if not auto and process_id != 0:  # JAX aborts the process when the coordinator never answers: ask first
+        _wait_for(coordinator, timeout_s)
     try:
         if auto:
             jax.distributed.initialize(initialization_timeout=timeout_s, heartbeat_timeout_seconds=heartbeat_s)
@@ -58,6 +61,26 @@ def join_job(*, coordinator: str | None = None, num_processes: int | None = None
                                f"runs and that its host:port is reachable from here") from None
     files.set_writer(jax.process_index() == 0)
     return True
+
+
+def _wait_for(address: str, timeout_s: float) -> None:
+    """Return once ``host:port`` accepts a TCP connection; a DistributedError after ``timeout_s`` seconds."""
+    import socket
+    import time
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise DistributedError(f"--coordinator {address!r} is not HOST:PORT (e.g. 10.0.0.2:12345)")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=2).close()
+            return
+        except OSError as err:
+            if time.monotonic() > deadline:
+                raise DistributedError(f"coordinator {address} did not answer within {timeout_s:.0f} s ({err}); "
+                                       f"start process 0 there first, or check the address") from None
+            time.sleep(0.5)
 
 
 def is_writer() -> bool:

@@ -220,6 +220,7 @@ def train_and_evaluate(config: Mapping, workdir: str | Path, task: Task, *, forc
     else:  # placed on every device of every process first: a multi-process save is collective over global arrays
         state = devices.replicate(mesh, _fresh_state(config, model, train_images, task))
         checkpointing.save_initial(workdir, state.params)
+    trim_metrics(workdir / "metrics.jsonl", int(state.step), log)
     step_fn = jax.jit(task.train_step(config), donate_argnums=0)
     evaluate = task.evaluate(config, model)
     monitor, prefix = (splits.val, "val_") if splits.val is not None else (splits.test, "test_")
@@ -322,6 +323,19 @@ def run_epochs(state: Any, mngr, *, step_fn: Callable, arrays: tuple[np.ndarray,
                 raise KeyboardInterrupt(f"signal {stop.signum}")
     checkpointing.finish(mngr)
     return state, last
+
+
+def trim_metrics(path: Path, step: int, log: Callable[[str], None]) -> None:
+    """Keep only the metrics rows of epochs the restored checkpoint includes: a process killed while an epoch's
+    checkpoint was still being written leaves that epoch's row behind, and the epoch runs again."""
+    if not files.WRITER or not path.is_file():
+        return
+    lines = [x for x in path.read_text().splitlines() if x.strip()]
+    kept = [x for x in lines if json.loads(x)["step"] <= step]
+    if len(kept) < len(lines):
+        files.write_text(path, "".join(x + "\n" for x in kept))
+        log(f"{len(lines) - len(kept)} metrics row(s) past the last checkpoint (step {step}) dropped: those epochs "
+            f"run again")
 
 
 def _stop(mngr, state, signum: int, partial: Path, sums: dict, seen: int, log) -> None:
