@@ -66,11 +66,27 @@ def restore(mngr: ocp.CheckpointManager, target: Any, *, step: int | None = None
     except Exception as err:  # orbax and TensorStore raise many types for a cut or foreign file
         reason = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)[:200]
         intact = [s for s in steps if s != step and _readable(mngr, s, abstract)]
+        _quiet_unfinished_reads()
         use = (f"intact: steps {intact}; score one with --checkpoint {intact[-1]}, or move "
                f"{mngr.directory / str(step)} aside and rerun `train` to resume from step {intact[-1]}"
                if intact else "no other checkpoint restores; retrain with --force-new")
         raise CheckpointError(f"checkpoint {step} in {mngr.directory} cannot be read (damaged, or written for "
                               f"another model): {reason}; {use}") from None
+
+
+def _quiet_unfinished_reads() -> None:
+    """A failed restore leaves orbax's other read coroutines unfinished; Python would print each one's traceback
+    when it is collected. Those belong to the error already reported, so they are dropped (others still print)."""
+    import sys
+
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        code = getattr(unraisable.object, "cr_code", None)
+        if code is None or "orbax" not in code.co_filename:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
 
 
 def _readable(mngr: ocp.CheckpointManager, step: int, abstract: Any) -> bool:

@@ -384,6 +384,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _silence_stderr() -> None:
+    """Send what is left of this process's stderr to /dev/null (its error has been printed)."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
 def _terminated(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -431,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
+    from resnet_jax.checkpointing import CheckpointError
     from resnet_jax.data.images import DataError
     from resnet_jax.studies.reproduce import StageError
 
@@ -441,7 +451,9 @@ def _run(args) -> int:
     try:
         return args.func(args)
     except (configs.ConfigError, DataError, catalogue.SpecError, OSError, StageError) as err:
-        print(f"resnet-jax {args.command}: error: {err}", file=sys.stderr)
+        print(f"resnet-jax {args.command}: error: {err}", file=sys.stderr, flush=True)
+        if isinstance(err, CheckpointError):
+            _silence_stderr()  # reads the failed restore left in flight fail again as the process ends
         return 2
     except KeyboardInterrupt as stop:
         hint = RESUME_HINTS.get(args.command, "nothing was lost that a rerun cannot redo")

@@ -152,6 +152,10 @@ def eliminate_workdir(workdir, out, *, granularity: str = "unit", form: str = "b
     except ValueError as err:
         raise abl.SpecError(str(err)) from None
     metric = task.metric(run.config)
+    warning = _competence(run, variables, layers, images, targets, metric, batch_size)
+    if warning and not force_untrained:  # refused before --out is touched
+        raise abl.SpecError(f"{workdir} on its {metric_split} split: {warning}. Pass --force-untrained to "
+                            f"eliminate anyway")
     request = _request(run, variables, workdir=workdir, granularity=granularity, form=form, max_drop=max_drop,
                        metric_split=metric_split, random_draws=random_draws, finetune_epochs=finetune_epochs,
                        finetune_lr=finetune_lr)
@@ -170,10 +174,6 @@ def eliminate_workdir(workdir, out, *, granularity: str = "unit", form: str = "b
                              variables, test_images, test_targets, metric, evaluation={"split": "test"})), **kwargs)
 
     baseline = on_split([()])[0]
-    warning = metrics.competence_warning(metric, baseline, targets)
-    if warning and not force_untrained:
-        raise abl.SpecError(f"{workdir} on its {metric_split} split: {warning}. Pass --force-untrained to "
-                            f"eliminate anyway")
     if warning:
         log(f"WARNING: {warning}")
     log(f"{metric_split} {metric.name} of {workdir.name}: {baseline:.4f}; {len(options)} options "
@@ -231,6 +231,16 @@ def eliminate_workdir(workdir, out, *, granularity: str = "unit", form: str = "b
     files.write_json(out / "elimination" / "summary.json", summary)
     write_path_table(out / "elimination", summary)
     return summary
+
+
+def _competence(run: core.Run, variables, layers, images, targets, metric, batch_size: int) -> str | None:
+    """:func:`metrics.competence_warning` for the unablated model on the search split."""
+    from resnet_jax.ablation.protocols import BASELINE
+
+    value = engine.evaluate(run.model, variables, [BASELINE], layers, images, targets,
+                            image_mean=np.asarray(run.state.image_mean), image_std=np.asarray(run.state.image_std),
+                            metric=metric, batch_size=batch_size, progress=False)[0].value
+    return metrics.competence_warning(metric, value, targets)
 
 
 def metric_label(metric) -> str:
