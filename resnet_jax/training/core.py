@@ -216,10 +216,12 @@ def train_and_evaluate(config: Mapping, workdir: str | Path, task: Task, *, forc
         state = checkpointing.restore(mngr, jax.eval_shape(lambda: _fresh_state(config, model, train_images, task,
                                                                                 stats=False)))
         log(f"resumed from step {int(state.step)} in {workdir}")
-        state = devices.replicate(mesh, state)
-    else:  # placed on every device of every process first: a multi-process save is collective over global arrays
-        state = devices.replicate(mesh, _fresh_state(config, model, train_images, task))
-        checkpointing.save_initial(workdir, state.params)
+    else:
+        state = _fresh_state(config, model, train_images, task)
+        if jax.process_count() > 1:  # a multi-process save is collective over arrays on every process's devices
+            state = devices.replicate(mesh, state)
+        checkpointing.save_initial(workdir, state.params)  # in one process from one device, while nothing else runs
+    state = devices.replicate(mesh, state)
     trim_metrics(workdir / "metrics.jsonl", int(state.step), log)
     step_fn = jax.jit(task.train_step(config), donate_argnums=0)
     evaluate = task.evaluate(config, model)
