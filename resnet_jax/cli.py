@@ -40,7 +40,7 @@ def _train(args) -> int:
     if config["task"] == "skip":
         from resnet_jax.studies import skip_study
 
-        if not devices.is_writer() or _processes() > 1:
+        if _processes() > 1:
             raise configs.ConfigError("Study B presets train in one process (their networks are tiny); launch "
                                       "them without --coordinator")
         skip_study.run_study(config, _workdir(args.workdir), force_new=args.force_new)

@@ -85,7 +85,7 @@ def _wait_for(address: str, timeout_s: float) -> None:
 
 def is_writer() -> bool:
     """Whether this process writes the job's files (process 0; the only one when nothing was joined)."""
-    return jax.process_index() == 0
+    return files.WRITER
 
 
 def barrier(name: str) -> None:

@@ -129,15 +129,16 @@ def test_holm_on_a_literal_example():
 
 def test_bootstrap_resamples_whole_patients_and_is_reproducible_by_seed():
     groups = ["p1", "p1", "p2", "p3", "p3", "p3"]
-    w = st.bootstrap_weights(groups, n_resamples=50, seed=3)
-    assert np.array_equal(w, st.bootstrap_weights(groups, n_resamples=50, seed=3))
-    assert not np.array_equal(w, st.bootstrap_weights(groups, n_resamples=50, seed=4))
-    assert np.all(w[:, 0] == w[:, 1]) and np.all(w[:, 3] == w[:, 4]) and np.all(w[:, 4] == w[:, 5])
-    assert np.all(w[:, [0, 2, 3]].sum(1) == 3)  # three patients drawn per resample
+    counts, index = st.patient_resamples(groups, n_resamples=50, seed=3)
+    again, _ = st.patient_resamples(groups, n_resamples=50, seed=3)
+    assert np.array_equal(counts, again)
+    assert not np.array_equal(counts, st.patient_resamples(groups, n_resamples=50, seed=4)[0])
+    assert index.tolist() == [0, 0, 1, 2, 2, 2]  # slices of one patient share the patient's count
+    assert np.all(counts.sum(1) == 3) and counts.min() >= 0  # three patients drawn per resample
     assert st.patient_of("patient012_frame01_slice3") == "patient012"
 
 
-def test_pooled_dice_drop_agrees_with_the_dice_summary():
+def test_pooled_dice_agrees_with_the_dice_summary_and_the_family_test_is_reproducible():
     rng = np.random.default_rng(0)
     counts = lambda: {k: rng.integers(0, 50, (8, 3)).astype(np.float32)  # noqa: E731
                       for k in ("intersection", "pred_sum", "true_sum")}
@@ -148,13 +149,16 @@ def test_pooled_dice_drop_agrees_with_the_dice_summary():
         c["dice"] = np.zeros(8)
     names = ("bg", "lv", "myo", "rv")
     expected = metrics.dice_summary(base, names)["dice_myo"] - metrics.dice_summary(masked, names)["dice_myo"]
-    drop = st.pooled_dice_drop(base, masked, [1])(np.ones((1, 8)))
+    ones = np.ones((1, 8))
+    drop = st.pooled_dice(st.patient_sums(base, [1]), ones) - st.pooled_dice(st.patient_sums(masked, [1]), ones)
     assert drop[0] == pytest.approx(expected)
-    result = st.bootstrap_test(st.pooled_dice_drop(base, masked, [0, 1, 2]),
-                               st.bootstrap_weights([f"p{i // 2}" for i in range(8)], n_resamples=200, seed=0))
-    assert result["drop_low"] <= result["drop"] <= result["drop_high"]
-    assert result == st.bootstrap_test(st.pooled_dice_drop(base, masked, [0, 1, 2]),
-                                       st.bootstrap_weights([f"p{i // 2}" for i in range(8)], n_resamples=200, seed=0))
+    groups = [f"p{i // 2}" for i in range(8)]
+    first = st.dice_tests(base, [masked], [0, 1, 2], groups)[0]
+    assert first["drop_low"] <= first["drop_high"] and first["resamples"] == st.bootstrap_resamples(1)
+    assert first == st.dice_tests(base, [masked], [0, 1, 2], groups)[0]
+    whole = np.mean([metrics.dice_summary(base, names)[f"dice_{n}"] - metrics.dice_summary(masked, names)[f"dice_{n}"]
+                     for n in ("lv", "myo", "rv")])
+    assert first["drop"] == pytest.approx(whole)  # the observed drop: pooled over patients, mean over classes
 
 
 def test_stored_per_example_arrays_round_trip_with_their_shape():

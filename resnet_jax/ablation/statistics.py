@@ -212,25 +212,8 @@ def patient_resamples(groups: Sequence[str], *, n_resamples: int, seed: int = 0)
     return counts, index
 
 
-def bootstrap_weights(groups: Sequence[str], *, n_resamples: int = 2000, seed: int = 0) -> np.ndarray:
-    """``(n_resamples, n_examples)`` counts: how often each example enters each resample (its patient's count)."""
-    counts, index = patient_resamples(groups, n_resamples=n_resamples, seed=seed)
-    return counts[:, index]
-
-
 def _chunks(weights: np.ndarray) -> list[np.ndarray]:
     return [weights[i:i + _CHUNK] for i in range(0, len(weights), _CHUNK)]
-
-
-def bootstrap_test(statistic: Callable[[np.ndarray], np.ndarray], weights: np.ndarray, *,
-                   margin: float = DEFAULT_MARGIN, alpha: float = DEFAULT_ALPHA,
-                   family_size: int = 1, clusters: int | None = None) -> dict[str, float]:
-    """One mask's paired bootstrap: ``statistic(weights) -> (rows,)`` drops under rows of resample weights
-    (``statistic(ones)`` is the observed drop); see :func:`bootstrap_summary`."""
-    observed = float(statistic(np.ones((1, weights.shape[1])))[0])
-    drops = np.concatenate([statistic(w) for w in _chunks(weights)])
-    return bootstrap_summary(observed, drops, rule=Decision(margin, alpha), family_size=family_size,
-                             clusters=clusters)
 
 
 def small_sample_stretch(clusters: int | None, tail: float) -> float:
@@ -284,14 +267,6 @@ def pooled_dice(sums: np.ndarray, weights: np.ndarray) -> np.ndarray:
     both = weights @ sums
     inter, total = both[:, :k], both[:, k:2 * k] + both[:, 2 * k:]
     return np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0).mean(-1)
-
-
-def pooled_dice_drop(baseline: Mapping[str, np.ndarray], masked: Mapping[str, np.ndarray], classes: Sequence[int],
-                     *, index: np.ndarray | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """``statistic(weights)``: pooled Dice (mean over ``classes``, 0-based columns of the per-image counts) of
-    the baseline minus that of the mask, per row of resample weights (per patient with ``index``)."""
-    base, mask = patient_sums(baseline, classes, index), patient_sums(masked, classes, index)
-    return lambda w: pooled_dice(base, w) - pooled_dice(mask, w)
 
 
 def dice_tests(baseline: Mapping[str, np.ndarray], masked: Sequence[Mapping[str, np.ndarray]], classes: Sequence[int],

@@ -88,8 +88,9 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] | None = None, kind: str
     if custom:
         kinds = sorted({spec.kind for spec in custom})
         jobs.append((f"spec-{Path(spec_file).stem}", kinds[0] if len(kinds) == 1 else "+".join(kinds), custom))
-    resolved = {a.name: a for name, k, specs in jobs if name != "baseline"  # every spec resolves before compute
-                for a in abl.resolve_all(specs or protocol_specs(name, layers, kind=k), layers)}
+    by_job = {name: abl.resolve_all(specs or protocol_specs(name, layers, kind=k), layers)  # all before compute
+              for name, k, specs in jobs if name != "baseline"}
+    resolved = {a.name: a for ablations in by_job.values() for a in ablations}
     needs_initial = any(s.kind == "reinit" for s in custom or []) or (kind == "reinit" and bool(protocols))
     initial = checkpointing.load_initial(workdir, variables["params"]) if needs_initial else None
     if batchnorm not in engine.BATCHNORM:
@@ -107,9 +108,8 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] | None = None, kind: str
                   "checkpoint": checkpoint, "checkpoint_step": subject.step, "checkpoint_choice": subject.choice}
     groups = [statistics.patient_of(i) for i in subject.test.ids] if subject.task == "segmentation" else None
     if groups is not None:  # refuse a Dice family the bootstrap cannot decide before any mask is computed
-        sizes = {name: len(specs_of(name, k, specs, layers)) for name, k, specs in jobs if name != "baseline"}
         try:
-            for size in sizes.values():
+            for size in map(len, by_job.values()):
                 statistics.check_bootstrap(size, alpha, n_patients=len(set(groups)))
         except ValueError as err:
             raise abl.SpecError(str(err)) from None
@@ -194,11 +194,6 @@ def margin_sensitivity(rows: Sequence[dict], margin: float) -> dict[str, dict[st
     """Decision counts at the usual margins and this table's, read off the stored bounds (nothing recomputed)."""
     margins = sorted({*statistics.SENSITIVITY_MARGINS, margin})
     return {f"{m:g}": statistics.decision_counts(rows, m) for m in margins}
-
-
-def specs_of(name: str, kind: str, specs, layers) -> list:
-    """The masks one job will evaluate (``pairs``: every pair of convs), for sizing its statistics up front."""
-    return abl.resolve_all(specs or protocol_specs(name, layers, kind=kind), layers)
 
 
 # Qualitative figure -----------------------------------------------------------------------------

@@ -152,7 +152,8 @@ def eliminate_workdir(workdir, out, *, granularity: str = "unit", form: str = "b
     except ValueError as err:
         raise abl.SpecError(str(err)) from None
     metric = task.metric(run.config)
-    warning = _competence(run, variables, layers, images, targets, metric, batch_size)
+    warning = metrics.competence_warning(metric, _engine_score(run, batch_size=batch_size, split=split)["value"],
+                                         targets)
     if warning and not force_untrained:  # refused before --out is touched
         raise abl.SpecError(f"{workdir} on its {metric_split} split: {warning}. Pass --force-untrained to "
                             f"eliminate anyway")
@@ -233,16 +234,6 @@ def eliminate_workdir(workdir, out, *, granularity: str = "unit", form: str = "b
     return summary
 
 
-def _competence(run: core.Run, variables, layers, images, targets, metric, batch_size: int) -> str | None:
-    """:func:`metrics.competence_warning` for the unablated model on the search split."""
-    from resnet_jax.ablation.protocols import BASELINE
-
-    value = engine.evaluate(run.model, variables, [BASELINE], layers, images, targets,
-                            image_mean=np.asarray(run.state.image_mean), image_std=np.asarray(run.state.image_std),
-                            metric=metric, batch_size=batch_size, progress=False)[0].value
-    return metrics.competence_warning(metric, value, targets)
-
-
 def metric_label(metric) -> str:
     """The engine metric's name with the classes it scores (segmentation tables lead with myocardium Dice)."""
     classes, names = getattr(metric, "classes", None), getattr(metric, "class_names", None)
@@ -257,11 +248,12 @@ def score_run(workdir, *, which: str = "best", batch_size: int = 128) -> dict[st
     return _engine_score(runs.restore(workdir, which=which, command="eliminate"), batch_size=batch_size)
 
 
-def _engine_score(run: core.Run, *, batch_size: int) -> dict[str, Any]:
+def _engine_score(run: core.Run, *, batch_size: int, split=None) -> dict[str, Any]:
+    """The unablated model's score by the engine's metric on ``split`` (default: the test split)."""
     from resnet_jax.ablation.protocols import BASELINE
 
     variables = jax.device_get(run.state.variables)
-    images, targets = run.task.arrays(run.test)
+    images, targets = run.task.arrays(run.test if split is None else split)
     layers = abl.catalogue(run.model, variables, input_shape=(1, *images.shape[1:]))
     result = engine.evaluate(run.model, variables, [BASELINE], layers, images, targets,
                              image_mean=np.asarray(run.state.image_mean), image_std=np.asarray(run.state.image_std),
