@@ -37,7 +37,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, *, metrics: dict | 
     files are written in the background (call :func:`finish` before reading them back or exiting)."""
     if step in mngr.all_steps():
         return
-    mngr.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+    mngr.save(step, args=ocp.args.StandardSave(_global(state)), metrics=metrics, force=True)
     if wait:
         finish(mngr)
 
@@ -60,7 +60,7 @@ def restore(mngr: ocp.CheckpointManager, target: Any, *, step: int | None = None
         raise FileNotFoundError(f"no checkpoint in {mngr.directory}")
     if step not in steps:
         raise CheckpointError(f"no checkpoint at step {step} in {mngr.directory}; kept steps: {steps}")
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    abstract = _abstract(target)
     try:
         return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as err:  # orbax and TensorStore raise many types for a cut or foreign file
@@ -72,6 +72,35 @@ def restore(mngr: ocp.CheckpointManager, target: Any, *, step: int | None = None
                if intact else "no other checkpoint restores; retrain with --force-new")
         raise CheckpointError(f"checkpoint {step} in {mngr.directory} cannot be read (damaged, or written for "
                               f"another model): {reason}; {use}") from None
+
+
+def _global(tree: Any) -> Any:
+    """``tree`` as arrays a multi-process save can write: in a job of several processes every leaf this process
+    holds alone (host arrays, one local device) is replicated over the job's devices (each process has the same
+    values); in one process the tree is saved as it is."""
+    if jax.process_count() == 1:
+        return tree
+    held_here = [x for x in jax.tree.leaves(tree) if not (isinstance(x, jax.Array) and not x.sharding.is_fully_addressable)]
+    return devices.replicate(devices.data_mesh(), tree) if held_here else tree
+
+
+def _abstract(target: Any) -> Any:
+    """Shapes, dtypes and shardings to restore into. In a job of several processes, a leaf held by this process
+    alone (host arrays, one local device) is restored replicated over every device of the job: orbax would
+    otherwise look for the device layout the checkpoint was written from, which a run trained by one process
+    and read by a job of several does not have."""
+    if jax.process_count() == 1:
+        return jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    replicated = NamedSharding(devices.data_mesh(), PartitionSpec())
+
+    def leaf(x):
+        if isinstance(x, jax.Array) and not x.sharding.is_fully_addressable:
+            return ocp.utils.to_shape_dtype_struct(x)
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated)
+
+    return jax.tree.map(leaf, target)
 
 
 def _quiet_unfinished_reads() -> None:
@@ -114,7 +143,7 @@ def save_initial(workdir: str | Path, params: Any) -> None:
     devices.barrier("initial params: every process has looked")  # the save below is collective
     if not exists:
         with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(path, params)
+            ckptr.save(path, _global(params))
 
 
 def load_initial(workdir: str | Path, target: Any) -> Any:
@@ -122,4 +151,4 @@ def load_initial(workdir: str | Path, target: Any) -> Any:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: this run kept no initial parameters, so 'reinit' cannot run")
     with ocp.StandardCheckpointer() as ckptr:
-        return ckptr.restore(path, jax.tree.map(ocp.utils.to_shape_dtype_struct, target))
+        return ckptr.restore(path, _abstract(target))

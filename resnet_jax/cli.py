@@ -397,7 +397,7 @@ def _terminated(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-MULTI_PROCESS = ("train", "train-seg", "evaluate", "ablate", "layers", "presets")
+MULTI_PROCESS = ("train", "train-seg", "evaluate", "ablate", "eliminate", "layers", "presets")
 """Commands that run as one job over several processes (JAX's distributed runtime); the others refuse."""
 
 

@@ -69,6 +69,22 @@ def test_two_processes_train_and_ablate_exactly_as_one_process_with_two_devices(
     assert not list(job.glob("**/*.torn-*"))
 
 
+def test_two_processes_eliminate_from_a_one_process_run_exactly_as_one_process(tmp_path):
+    """The job restores a checkpoint written by one process (another device layout), searches, saves the slim
+    run collectively and fine-tunes it; every table equals the one-process elimination's."""
+    source, job, ref = tmp_path / "source", tmp_path / "job", tmp_path / "reference"
+    assert one_process(2, "train", "--config", "synthetic-tiny", "--set", "train.epochs=2",
+                       "--workdir", str(source)).returncode == 0
+    eliminate = ("eliminate", "--workdir", str(source), "--max-drop", "0.2", "--finetune-epochs", "1",
+                 "--random-draws", "1", "--force-untrained")
+    done = launch(2, *eliminate, "--out", str(job))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert one_process(2, *eliminate, "--out", str(ref)).returncode == 0
+    for name in ("elimination/summary.json", "elimination/path.csv", "evaluation.json"):
+        assert (job / name).read_bytes() == (ref / name).read_bytes(), name
+    assert len((job / "metrics.jsonl").read_text().splitlines()) == 1  # fine-tuned once, written once
+
+
 def test_a_command_that_runs_in_one_process_refuses_a_job_and_a_silent_coordinator_is_exit_2(tmp_path):
     refused = launch(2, "verify", "--workdir", str(tmp_path))
     assert refused.returncode == 2 and "runs in one process" in refused.stderr

@@ -72,8 +72,10 @@ def _request(run: core.Run, variables, **settings) -> dict[str, Any]:
 def _check_out(out: Path, request: dict, *, force_new: bool) -> None:
     summary = out / "elimination" / "request.json"
     if force_new:
-        core.clear_run(out)
-        (out / "config.json").unlink(missing_ok=True)
+        if files.WRITER:
+            core.clear_run(out)
+            (out / "config.json").unlink(missing_ok=True)
+        devices.barrier("eliminate: --out cleared")
         return
     if (out / "config.json").is_file() and not summary.is_file():
         raise configs.ConfigError(f"{out} holds another run (it has a config.json and no elimination); use another "
@@ -198,7 +200,7 @@ def eliminate_workdir(workdir, out, *, granularity: str = "unit", form: str = "b
     ranking = core.ranking_metric(task, core.Splits(None, run.val, run.test))
     _save_start(out, config, smodel, svars, run, ranking=ranking, source=workdir, source_params=variables["params"])
     # Every test score below is the engine's (the metric the search used), on the slim run as restored from disk.
-    test_before = _before_finetune(out, config, batch_size)
+    test_before = _before_finetune(out, config, batch_size)["engine_value"]
     if abs(test_slim - test_before) > EXACT_TOLERANCE:
         raise AssertionError(f"the slim model scores {test_before} where the masked model scores {test_slim}: the "
                              f"elimination is not exact")
@@ -208,7 +210,7 @@ def eliminate_workdir(workdir, out, *, granularity: str = "unit", form: str = "b
         runs.train(config, out, log=log)
         tuned = score_run(out, batch_size=batch_size)
     else:
-        before = json.loads((out / "evaluation-before-finetune.json").read_text())
+        before = _before_finetune(out, config, batch_size)
         core.write_evaluation(out, {k: v for k, v in before.items() if k.startswith("test_")}, step=0,
                               which="best", n_examples=len(run.test), log=log)
     summary = {
@@ -261,19 +263,24 @@ def _engine_score(run: core.Run, *, batch_size: int, split=None) -> dict[str, An
     return {"value": float(result.value), "step": int(run.state.step)}
 
 
-def _before_finetune(out: Path, config: dict, batch_size: int) -> float:
+def _before_finetune(out: Path, config: dict, batch_size: int) -> dict[str, Any]:
     """The slim model's test scores at step 0 (before fine-tuning), kept in ``evaluation-before-finetune.json``:
     fine-tuning may rotate that checkpoint out, and a resumed run must not score a fine-tuned one in its place.
     The step is restored from disk once and scored by the task's evaluation (every column) and by the engine
-    (the search's metric, returned)."""
+    (the search's metric, ``engine_value``). Every process of a job decides on the same file, then reads it only
+    where none was scored now (process 0 alone writes it)."""
     path = out / "evaluation-before-finetune.json"
-    if not path.is_file():
-        slim = runs.restore(out, which="latest", data_dir=config["data"]["data_dir"], command="eliminate")
-        mesh = devices.data_mesh()
-        columns = slim.task.evaluate(config, slim.model)(devices.replicate(mesh, slim.state), slim.test, mesh, "test_")
-        files.write_json(path, {"checkpoint": "step 0 (before fine-tuning)", "step": 0, **columns,
-                                "engine_value": _engine_score(slim, batch_size=batch_size)["value"]})
-    return json.loads(path.read_text())["engine_value"]
+    exists = path.is_file()
+    devices.barrier("eliminate: every process has looked for the step-0 scores")
+    if exists:
+        return json.loads(path.read_text())
+    slim = runs.restore(out, which="latest", data_dir=config["data"]["data_dir"], command="eliminate")
+    mesh = devices.data_mesh()
+    columns = slim.task.evaluate(config, slim.model)(devices.replicate(mesh, slim.state), slim.test, mesh, "test_")
+    record = {"checkpoint": "step 0 (before fine-tuning)", "step": 0, **columns,
+              "engine_value": _engine_score(slim, batch_size=batch_size)["value"]}
+    files.write_json(path, record)
+    return record
 
 
 def path_row(record: dict, layers, variables, model, image_shape) -> dict[str, Any]:
@@ -290,6 +297,8 @@ def path_row(record: dict, layers, variables, model, image_shape) -> dict[str, A
 def write_path_table(directory: Path, summary: dict) -> None:
     import csv
 
+    if not files.WRITER:
+        return
     rows = summary["path"]
     with (directory / "path.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["step"])

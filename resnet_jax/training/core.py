@@ -218,9 +218,7 @@ def train_and_evaluate(config: Mapping, workdir: str | Path, task: Task, *, forc
         log(f"resumed from step {int(state.step)} in {workdir}")
     else:
         state = _fresh_state(config, model, train_images, task)
-        if jax.process_count() > 1:  # a multi-process save is collective over arrays on every process's devices
-            state = devices.replicate(mesh, state)
-        checkpointing.save_initial(workdir, state.params)  # in one process from one device, while nothing else runs
+        checkpointing.save_initial(workdir, state.params)  # from one device in one process, before any step runs
     state = devices.replicate(mesh, state)
     trim_metrics(workdir / "metrics.jsonl", int(state.step), log)
     step_fn = jax.jit(task.train_step(config), donate_argnums=0)
