@@ -145,9 +145,9 @@ def _verify(args) -> int:
 
 
 def _import_torch(args) -> int:
-    from resnet_jax.interop import verify
+    from resnet_jax.interop import import_torch
 
-    verify.import_torch_run(
+    import_torch.import_torch_run(
         args.file, _workdir(args.workdir), arch=args.arch, stem=args.stem, num_classes=args.num_classes,
         data_name=args.data_name, data_dir=configs.existing_data_dir(args.data_dir),
         config=args.config, overrides=args.set, normalization=args.normalization, image_mean=args.image_mean,

@@ -48,12 +48,21 @@ def test_every_row_of_a_global_batch_is_placed_by_exactly_one_process(layout):
         devices.rows_of_process([0, 1, 0, 1], 8, 0)
 
 
-def test_two_processes_train_and_ablate_exactly_as_one_process_with_two_devices(tmp_path):
-    job, ref = tmp_path / "job", tmp_path / "reference"
-    train = ("train", "--config", "synthetic-tiny", "--set", "train.epochs=2")
-    trained = launch(2, *train, "--workdir", str(job))
+TINY_TRAIN = ("train", "--config", "synthetic-tiny", "--set", "train.epochs=2")
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory):
+    """A run trained by one process with two devices: the reference for training, the source for eliminate."""
+    ref = tmp_path_factory.mktemp("one-process") / "run"
+    assert one_process(2, *TINY_TRAIN, "--workdir", str(ref)).returncode == 0
+    return ref
+
+
+def test_two_processes_train_and_ablate_exactly_as_one_process_with_two_devices(tmp_path, one_process_run):
+    job, ref = tmp_path / "job", one_process_run
+    trained = launch(2, *TINY_TRAIN, "--workdir", str(job))
     assert trained.returncode == 0, trained.stderr[-3000:]
-    assert one_process(2, *train, "--workdir", str(ref)).returncode == 0
     rows = lambda w: [json.loads(x) for x in (w / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     drop = ("images_per_second", "elapsed_s")
     assert [{k: v for k, v in r.items() if k not in drop} for r in rows(job)] == \
@@ -69,13 +78,11 @@ def test_two_processes_train_and_ablate_exactly_as_one_process_with_two_devices(
     assert not list(job.glob("**/*.torn-*"))
 
 
-def test_two_processes_eliminate_from_a_one_process_run_exactly_as_one_process(tmp_path):
+def test_two_processes_eliminate_from_a_one_process_run_exactly_as_one_process(tmp_path, one_process_run):
     """The job restores a checkpoint written by one process (another device layout), searches, saves the slim
     run collectively and fine-tunes it; every table equals the one-process elimination's."""
-    source, job, ref = tmp_path / "source", tmp_path / "job", tmp_path / "reference"
-    assert one_process(2, "train", "--config", "synthetic-tiny", "--set", "train.epochs=2",
-                       "--workdir", str(source)).returncode == 0
-    eliminate = ("eliminate", "--workdir", str(source), "--max-drop", "0.2", "--finetune-epochs", "1",
+    job, ref = tmp_path / "job", tmp_path / "reference"
+    eliminate = ("eliminate", "--workdir", str(one_process_run), "--max-drop", "0.2", "--finetune-epochs", "1",
                  "--random-draws", "1", "--force-untrained")
     done = launch(2, *eliminate, "--out", str(job))
     assert done.returncode == 0, done.stderr[-3000:]

@@ -10,6 +10,7 @@ import pytest
 
 from resnet_jax.reporting import published, study_report
 from tests.conftest import SHARED_DATA, run_cli
+from tests.test_skipping import check_outputs
 
 
 def test_findings_read_the_decisions_and_the_paper_rows_line_up():
@@ -71,6 +72,8 @@ def test_smoke_preset_runs_every_stage_and_resumes(smoke_run):
     assert "open readings" in md and "BatchNorm on batch statistics, single" in md and "Identity shortcuts cut" in md
     assert json.loads((workdir / "cifar10-resnet34" / "ablation" / "pairs.json").read_text())["rows"]
     assert "a slim network from the trivial units" in md and "resnet18 (same recipe and budget)" in md
+    skip = check_outputs(workdir / "mnist-skip", 256)  # Study B on the shared MNIST digits
+    assert skip["cnn1"]["test"]["accuracy"] > 0.3  # one epoch on 512 digits; chance is 0.1
     for slim in ("cifar10-resnet34-slim", "acdc-pspnet34-slim"):
         summary = json.loads((workdir / slim / "elimination" / "summary.json").read_text())
         assert summary["slim"]["test"] == summary["slim"]["test_masked"]  # exact, on every task

@@ -148,11 +148,13 @@ def _select(config: Mapping, workdir: Path, cnn1, params, fit: data.Split) -> di
             "index_meaning": "position in the fit part of the training split (skip_results.json: fit_positions)"}
 
 
-def _dense(config: Mapping, workdir: Path, cnn1, params, fit: data.Split, val: data.Split) -> dict:
+def _dense(config: Mapping, workdir: Path, cnn1, params, val: data.Split) -> dict:
+    """Dense labels of every fit and validation image; the fit images' scores are the selection stage's."""
     s = config["selection"]
-    score = lambda images: analysis.activation_scores(cnn1, params, images, n_maps=_n_maps(config),  # noqa: E731
-                                                      batch_size=s["batch_size"], site=s["site"])
-    fit_scores, val_scores = score(fit.images), score(val.images)
+    with np.load(workdir / "selection.npz") as z:
+        fit_scores = z["scores"]
+    val_scores = analysis.activation_scores(cnn1, params, val.images, n_maps=_n_maps(config),
+                                            batch_size=s["batch_size"], site=s["site"])
     fit_labels, val_labels = analysis.dense_labels(fit_scores, fit_scores), analysis.dense_labels(fit_scores, val_scores)
     files.savez(workdir / "dense_labels.npz", fit=fit_labels, validation=val_labels)
     return {"n_maps": _n_maps(config), "fit_counts": np.bincount(fit_labels, minlength=3).tolist(),
@@ -398,7 +400,7 @@ def run_study(config: Mapping, workdir: str | Path, *, force_new: bool = False,
                                                                  route("router_selection", labelled[held])), log)
 
     # Dense labelling: every image labelled; the router is scored on the validation images' labels.
-    res["dense"] = _stage(workdir, "dense", lambda: _dense(config, workdir, *m["cnn1"], fit, val), log)
+    res["dense"] = _stage(workdir, "dense", lambda: _dense(config, workdir, *m["cnn1"], val), log)
     with np.load(workdir / "dense_labels.npz") as z:
         dense_fit, dense_val = z["fit"], z["validation"]
     m["router_dense"] = trained("router_dense", router, fit.images, dense_fit, "dense")
