@@ -80,7 +80,8 @@ def _global(tree: Any) -> Any:
     values); in one process the tree is saved as it is."""
     if jax.process_count() == 1:
         return tree
-    held_here = [x for x in jax.tree.leaves(tree) if not (isinstance(x, jax.Array) and not x.sharding.is_fully_addressable)]
+    spans_job = lambda x: isinstance(x, jax.Array) and not x.sharding.is_fully_addressable  # noqa: E731
+    held_here = [x for x in jax.tree.leaves(tree) if not spans_job(x)]
     return devices.replicate(devices.data_mesh(), tree) if held_here else tree
 
 
