@@ -74,14 +74,18 @@ def restore(mngr: ocp.CheckpointManager, target: Any, *, step: int | None = None
                               f"another model): {reason}; {use}") from None
 
 
+def _spans_job(x: Any) -> bool:
+    """Whether ``x`` is an array laid out over devices of several processes (a job's global array)."""
+    return isinstance(x, jax.Array) and not x.sharding.is_fully_addressable
+
+
 def _global(tree: Any) -> Any:
     """``tree`` as arrays a multi-process save can write: in a job of several processes every leaf this process
     holds alone (host arrays, one local device) is replicated over the job's devices (each process has the same
     values); in one process the tree is saved as it is."""
     if jax.process_count() == 1:
         return tree
-    spans_job = lambda x: isinstance(x, jax.Array) and not x.sharding.is_fully_addressable  # noqa: E731
-    held_here = [x for x in jax.tree.leaves(tree) if not spans_job(x)]
+    held_here = not all(_spans_job(x) for x in jax.tree.leaves(tree))
     return devices.replicate(devices.data_mesh(), tree) if held_here else tree
 
 
@@ -96,12 +100,8 @@ def _abstract(target: Any) -> Any:
 
     replicated = NamedSharding(devices.data_mesh(), PartitionSpec())
 
-    def leaf(x):
-        if isinstance(x, jax.Array) and not x.sharding.is_fully_addressable:
-            return ocp.utils.to_shape_dtype_struct(x)
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated)
-
-    return jax.tree.map(leaf, target)
+    return jax.tree.map(lambda x: ocp.utils.to_shape_dtype_struct(x) if _spans_job(x) else
+                        jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), target)
 
 
 def _quiet_unfinished_reads() -> None:
