@@ -200,7 +200,8 @@ def eliminate_workdir(workdir, out, *, granularity: str = "unit", form: str = "b
     ranking = core.ranking_metric(task, core.Splits(None, run.val, run.test))
     _save_start(out, config, smodel, svars, run, ranking=ranking, source=workdir, source_params=variables["params"])
     # Every test score below is the engine's (the metric the search used), on the slim run as restored from disk.
-    test_before = _before_finetune(out, config, batch_size)["engine_value"]
+    before = _before_finetune(out, config, batch_size)
+    test_before = before["engine_value"]
     if abs(test_slim - test_before) > EXACT_TOLERANCE:
         raise AssertionError(f"the slim model scores {test_before} where the masked model scores {test_slim}: the "
                              f"elimination is not exact")
@@ -210,7 +211,6 @@ def eliminate_workdir(workdir, out, *, granularity: str = "unit", form: str = "b
         runs.train(config, out, log=log)
         tuned = score_run(out, batch_size=batch_size)
     else:
-        before = _before_finetune(out, config, batch_size)
         core.write_evaluation(out, {k: v for k, v in before.items() if k.startswith("test_")}, step=0,
                               which="best", n_examples=len(run.test), log=log)
     summary = {
