@@ -31,17 +31,17 @@ def main() -> None:
     args = parser.parse_args()
 
     # --- Per seed: train (resumes), then ablate: baseline, single, stage-except-decomposition, shortcut ---
-    run_dirs = seeds.seed_dirs(args.workdir, args.seeds)
-    for seed, run in enumerate(run_dirs):
-        config = configs.load_config(PRESETS[args.preset], [*args.set, *(seeds.seed_overrides(seed) if args.seeds > 1 else [])],
-                                     data_dir=args.data_dir)
+    run_dirs = []
+    for run, seed_overrides in seeds.each_seed(args.workdir, args.seeds):
+        config = configs.load_config(PRESETS[args.preset], [*args.set, *seed_overrides], data_dir=args.data_dir)
+        run_dirs.append(run)
         runs.train(config, run)
         ablate.ablate_workdir(run, protocols=PROTOCOLS, kind=args.kind)
         print(f"report: {markdown.write_report(run)}")
 
     # --- Several seeds: per-mask mean, spread and decision counts ---
     if len(run_dirs) > 1:
-        for path in seeds.write_combined(run_dirs, Path(f"{args.workdir}-seeds"), label=Path(args.workdir).name):
+        for path in seeds.write_combined(run_dirs, seeds.combined_dir(args.workdir), label=Path(args.workdir).name):
             print(f"wrote {path}")
 
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to ../shared/data when present, and the CLI runner."""
+"""Shared fixtures: paths to ../shared/data when present, the CLI runner, and the suite's caches."""
 
 from __future__ import annotations
 
@@ -30,13 +30,22 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env_extra
                           timeout=timeout, cwd=cwd or REPO, env=env)
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Keep decoded-dataset caches of generated test data out of the user's cache."""
-    if "RESNET_JAX_CACHE" not in os.environ:
-        monkeypatch.setenv("RESNET_JAX_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    if "RESNET_JAX_COMPILE_CACHE" not in os.environ:  # the CLI's compiled programs, shared by this session's runs
-        monkeypatch.setenv("RESNET_JAX_COMPILE_CACHE", str(tmp_path_factory.getbasetemp() / "compiled"))
+TEST_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resnet-jax" / "tests"
+"""Decoded test datasets and compiled test programs, kept across test runs (both are keyed by content: JAX's
+cache by the program, compiler and devices; the dataset cache by the files' bytes), apart from the user's."""
+COMPILE_CACHE_MAX_BYTES = 2 * 2**30  # JAX evicts the least recently used programs beyond this
+
+
+def pytest_configure(config):
+    """Every CLI run of the suite, and the suite's own process, reuse programs compiled by an earlier test or
+    test run instead of compiling them again (most of a tiny model's run is compilation)."""
+    os.environ.setdefault("RESNET_JAX_CACHE", str(TEST_CACHE))
+    os.environ.setdefault("RESNET_JAX_COMPILE_CACHE", str(TEST_CACHE / "compiled"))
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(COMPILE_CACHE_MAX_BYTES))
+    from resnet_jax import devices
+
+    jax.config.update("jax_compilation_cache_max_size", int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
+    devices.enable_compilation_cache(devices.compilation_cache_dir())
 
 
 def count_shifted_crops(originals: np.ndarray, augmented: np.ndarray, *, pad: int) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "resnet_jax"
-LAYERS = ("files", "devices", "metrics", "checkpointing", "configs", "data", "models", "training", "ablation",
+LAYERS = ("files", "ledger", "devices", "metrics", "checkpointing", "configs", "data", "models", "training", "ablation",
           "interop", "reporting", "studies", "cli")
 """Top-level modules and subpackages, lowest first: each may import only from its own layer and below."""
 

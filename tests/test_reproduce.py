@@ -66,7 +66,7 @@ def test_smoke_preset_runs_every_stage_and_resumes(smoke_run):
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (workdir / "report" / link).is_file()
     assert (workdir / "cifar10-resnet34-seed1" / "ablation" / "single.json").is_file()
-    combined = json.loads((workdir / "seeds" / "cifar10-resnet34" / "single.json").read_text())
+    combined = json.loads((workdir / "cifar10-resnet34-seeds" / "single.json").read_text())
     assert all(r["n_seeds"] == 2 and r["value_min"] <= r["value_mean"] <= r["value_max"] for r in combined["rows"])
     assert "2 seeds" in md and "The paper beside ours" in md and "Pairwise interactions" in md
     assert "open readings" in md and "BatchNorm on batch statistics, single" in md and "Identity shortcuts cut" in md

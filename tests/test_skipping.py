@@ -12,8 +12,9 @@ from resnet_jax import configs
 from resnet_jax.models import skip_cnn as nets
 from resnet_jax.studies import skip_study
 from resnet_jax.studies import skipping as analysis
+from resnet_jax.training import core
 from resnet_jax.training import skipping as skip_train
-from tests.conftest import run_cli, shared_dataset
+from tests.conftest import run_cli
 
 SHAPE = (8, 8, 2)
 
@@ -446,8 +447,13 @@ def test_cli_smoke_on_synthetic_data_then_rerun_skips_every_stage(tmp_path, comp
     res = check_outputs(tmp_path, 256)
     second = run_cli(*args, env_extra=compile_cache)
     assert second.returncode == 0, second.stderr
-    assert second.stdout.count("already done") == 8 and "epoch" not in second.stdout
+    assert second.stdout.count("done earlier, skipped") == 8 and "epoch" not in second.stdout
     assert json.loads((tmp_path / "skip_results.json").read_text())["curves"] == res["curves"]
+    # --force-new's clearing removes exactly what the run wrote: a user's file and the run's config survive
+    (tmp_path / "notes.txt").write_text("a user's file")
+    core.clear_run(tmp_path)
+    left = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
+    assert left == {"config.json", "stages.json", ".stages.json.lock", "notes.txt"}
 
 
 def test_cli_help_names_every_preset(capsys):

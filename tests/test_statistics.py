@@ -1,5 +1,7 @@
 """Paired statistics against hand-computed values, numerical optimisation and simulation."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import optimize
@@ -189,7 +191,9 @@ def test_seed_tables_combine_per_mask_with_spread_and_decision_counts():
     assert seeds.verdict(x) == "non-trivial (2/2)" and x["seeds_non-trivial"] == 2
     assert seeds.verdict(rows["y"]) == "mixed (1 trivial, 1 undecided)"
     assert seeds.verdict(rows["baseline"]) == ""
-    assert [p.name for p in seeds.seed_dirs("runs/c10", 3)] == ["c10", "c10-seed1", "c10-seed2"]
+    assert [(p.name, o) for p, o in seeds.each_seed("runs/c10", 3)] == [
+        ("c10", ["train.seed=0"]), ("c10-seed1", ["train.seed=1"]), ("c10-seed2", ["train.seed=2"])]
+    assert seeds.combined_dir("runs/c10") == Path("runs/c10-seeds")
     with pytest.raises(ValueError, match="differ in masks"):
         seeds.combine([a, {"rows": a["rows"][:2]}])
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import checkpointing, configs, files
+from resnet_jax import checkpointing, configs, files, ledger
 from resnet_jax.data import images as image_data
 from resnet_jax.data.inputs import channel_stats
 from resnet_jax.interop import convert
@@ -85,6 +85,7 @@ def import_torch_run(path: str | os.PathLike, workdir: str | os.PathLike, *, arc
     record = {"source": str(path.absolute()), "sha256": _sha256(path), "arch": arch, "stem": stem,
               "num_classes": int(head), "image_mean": mean.tolist(), "image_std": std.tolist(),
               "normalization": "explicit" if image_mean is not None else normalization}
+    ledger.declare(workdir, "import-torch", ["import.json"])
     files.write_json(workdir / "import.json", record)
     log(f"imported {path} ({arch}, {stem} stem, {head} classes) into {workdir} with config {config_used}: "
         f"evaluated on {cfg['data']['max_test_examples'] or 'all'} test images of {data_name}")

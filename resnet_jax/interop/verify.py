@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import checkpointing, configs, metrics
+from resnet_jax import checkpointing, configs, ledger, metrics
 from resnet_jax.ablation import catalogue as abl
 from resnet_jax.ablation import engine
 from resnet_jax.ablation import protocols as prot
@@ -213,6 +213,7 @@ def verify_workdir(workdir: str | os.PathLike, *, protocols: Sequence[str] = pro
     rows = [_compare(j.protocol, jax_results[(j.ablation.kind, j.ablation.name)], torch_logits(j.ablation),
                      test.labels, logit_tol=logit_tol, margin_tol=margin_tol)
             for j in tqdm(jobs, desc="PyTorch", unit="mask", disable=None, leave=False)]
+    ledger.declare(workdir, "verify", ["verify.csv"])
     path = write_csv(rows, workdir / "verify.csv")
     return {"rows": rows, "ok": all(r["ok"] for r in rows), "csv": str(path)}
 

@@ -7,7 +7,7 @@ import platform
 from collections.abc import Sequence
 from pathlib import Path
 
-from resnet_jax import files
+from resnet_jax import files, ledger
 from resnet_jax.ablation.statistics import DECISIONS
 from resnet_jax.ablation.tables import breakdown_columns
 
@@ -137,6 +137,7 @@ def write_report(workdir: str | Path) -> Path:
     if config_path.is_file():
         parts += ["## Config", "", "```json", config_path.read_text().strip(), "```", ""]
     parts += ["## Environment", "", "```json", json.dumps(environment(), indent=2), "```", ""]
+    ledger.declare(workdir, "report", ["report.md"])
     return files.write_text(workdir / "report.md", "\n".join(parts))
 
 

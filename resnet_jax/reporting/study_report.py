@@ -346,10 +346,10 @@ def write_study_report(workdir: str | Path) -> Path:
     skip = _json(workdir / "mnist-skip" / "skip_results.json")
     blocks += [("h2", "Findings"), ("list", _findings(cls, seg, skip) or ["no results yet"])]
     blocks += _paper_section(workdir, {"classification": "cifar10-resnet34", "segmentation": "acdc-pspnet34"})
-    blocks += cls_blocks + _seeds_section(workdir / "seeds" / "cifar10-resnet34", "Classification")
+    blocks += cls_blocks + _seeds_section(workdir / "cifar10-resnet34-seeds", "Classification")
     blocks += _readings_section(workdir / "cifar10-resnet34", "Classification")
     blocks += _elimination_section(workdir / "cifar10-resnet34-slim", "Classification")
-    blocks += seg_blocks + _seeds_section(workdir / "seeds" / "acdc-pspnet34", "Segmentation")
+    blocks += seg_blocks + _seeds_section(workdir / "acdc-pspnet34-seeds", "Segmentation")
     blocks += _readings_section(workdir / "acdc-pspnet34", "Segmentation")
     blocks += _elimination_section(workdir / "acdc-pspnet34-slim", "Segmentation")
     blocks += [("h2", "Study B: per-image layer skipping"), ("p", PROTOCOL_TEXT["B"])]
@@ -379,7 +379,8 @@ def write_study_report(workdir: str | Path) -> Path:
     blocks.insert(2, ("p", f"Made by `resnet-jax reproduce --preset {made_by.get('preset', '?')}` with data from "
                            f"{made_by.get('data_root') or 'TFDS'}."))
     blocks += [("h2", "Timings"), ("table", ["stage", "seconds", "finished"],
-                                   [[s, f"{v['seconds']:.1f}", v["finished"]] for s, v in stages.items()])]
+                                   [[s, f"{v['seconds']:.1f}", v["finished"]] for s, v in stages.items()
+                                    if v.get("finished")])]
     for run in ("cifar10-resnet34", "acdc-pspnet34", "mnist-skip"):
         config = workdir / run / "config.json"
         if config.is_file():

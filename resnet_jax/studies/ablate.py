@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import checkpointing, devices, metrics
+from resnet_jax import checkpointing, devices, ledger, metrics
 from resnet_jax.ablation import catalogue as abl
 from resnet_jax.ablation import engine, statistics, store, tables
 from resnet_jax.ablation.protocols import (BASELINE, DESCRIPTIONS, PROTOCOLS, STUDY_PROTOCOLS, interactions,
@@ -117,6 +117,7 @@ def ablate_workdir(workdir, *, protocols: Sequence[str] | None = None, kind: str
     stats_meta = {"margin": margin, "alpha": alpha, "method": statistics.method_text(subject.metric),
                   "correction": "Bonferroni-simultaneous bounds across the protocol's masks (level 1 - alpha/m); "
                                 "any-change p-values Holm-adjusted"}
+    ledger.declare(workdir, "ablate", ["ablation"])
     results = store.ResultStore(out, provenance)
 
     def evaluate(ablations, on_chunk):

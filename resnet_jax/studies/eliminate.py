@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from resnet_jax import checkpointing, configs, devices, files, metrics
+from resnet_jax import checkpointing, configs, devices, files, ledger, metrics
 from resnet_jax.ablation import catalogue as abl
 from resnet_jax.ablation import elimination as elim
 from resnet_jax.ablation import engine, statistics, store
@@ -163,6 +163,7 @@ def eliminate_workdir(workdir, out, *, granularity: str = "unit", form: str = "b
                        metric_split=metric_split, random_draws=random_draws, finetune_epochs=finetune_epochs,
                        finetune_lr=finetune_lr)
     _check_out(out, request, force_new=force_new)
+    ledger.declare(out, "eliminate", ["elimination", "evaluation-before-finetune.json"])
     files.write_json(out / "elimination" / "request.json", request)
     chunk = engine.chunk_size(len(options), batch_size=batch_size, layers=layers,
                               memory_budget_mb=devices.memory_budget_mb())

@@ -1,7 +1,8 @@
 """The main job: both studies end to end, resumable stage by stage, and one report.
 
-Stages, each in its own sub-workdir of ``<workdir>`` and recorded in ``<workdir>/stages.json`` when
-finished (a rerun skips them; an unfinished stage resumes from its own checkpoints or results):
+Stages, each in its own sub-workdir of ``<workdir>`` and recorded in the workdir's ledger
+(``<workdir>/stages.json``, :mod:`resnet_jax.ledger`) with what it wrote; a rerun skips finished stages, an
+unfinished stage resumes from its own checkpoints or results:
 
   cifar-train, cifar-ablate   Study A, classification (ResNet34 on CIFAR-10)
   cifar-pairs                 every pair of convs of the classification run(s), with interactions
@@ -15,26 +16,24 @@ finished (a rerun skips them; an unfinished stage resumes from its own checkpoin
   verify                      the classification ablations re-run in PyTorch (needs the torch extra)
   report                      report/report.md and report/index.html, with the seeds' combined tables
 
-With ``seeds=N`` the train and ablate stages run seeds 0..N-1 (seed k > 0 in ``<run>-seed<k>``, see
-:mod:`resnet_jax.studies.seeds`); a rerun with more seeds adds the missing ones.
+With ``seeds=N`` the train and ablate stages run seeds 0..N-1 (seed k > 0 in ``<run>-seed<k>``, combined tables
+in ``<run>-seeds``; see :mod:`resnet_jax.studies.seeds`); a rerun with more seeds adds the missing ones.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
-import shutil
-import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resnet_jax import files
+from resnet_jax import ledger
 
 STAGES = ("cifar-train", "cifar-ablate", "cifar-pairs", "cifar-eliminate", "acdc-train", "acdc-ablate", "acdc-eliminate",
           "readings", "skip-study", "verify", "report")
 SEEDED = ("cifar-train", "cifar-ablate", "cifar-pairs", "acdc-train", "acdc-ablate")
-"""Stages that run once per seed."""
+"""Stages that run once per seed: their record keeps the number of seeds, and more seeds run them again."""
 
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {"cifar": "cifar10-resnet34-smoke", "acdc": "acdc-pspnet34-smoke", "skip": "mnist-skip-smoke",
@@ -59,44 +58,167 @@ class StageError(ValueError):
     """An unknown preset or stage, a workdir made by another preset or data, or a stage that failed its check."""
 
 
-def _data_dir(data_root: Path | None, key: str) -> str | None:
-    if data_root is None:
-        return None
-    path = data_root / DATASETS[key]
-    return str(path.absolute()) if path.exists() else None
+RUN_DIRS = {"cifar": "cifar10-resnet34", "acdc": "acdc-pspnet34", "skip": "mnist-skip"}
+SLIM_DIRS = {"cifar": "cifar10-resnet34-slim", "acdc": "acdc-pspnet34-slim"}
+RESNET18_DIR = "cifar10-resnet18"
 
 
-def _record(workdir: Path) -> dict[str, Any]:
-    path = workdir / "stages.json"
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except json.JSONDecodeError as err:
-        raise StageError(f"{path} is not valid JSON ({err}); pass --force-new to start over") from None
+@dataclass(frozen=True)
+class Job:
+    """What every stage of one ``reproduce`` call reads: the preset's settings, where, from which data."""
+
+    preset: dict[str, Any]
+    workdir: Path
+    data_root: Path | None
+    n_seeds: int
+    log: Callable[[str], None]
+
+    def run_dir(self, key: str) -> Path:
+        return self.workdir / RUN_DIRS[key]
+
+    def config(self, key: str, overrides: Sequence[str] = ()) -> dict:
+        from resnet_jax import configs
+
+        path = self.data_root / DATASETS[key] if self.data_root else None
+        data = [f"data.data_dir={path.absolute()}"] if path is not None and path.exists() else []
+        return configs.load_config(self.preset[key], [*data, *overrides])
 
 
-def _write_record(workdir: Path, record: dict[str, Any]) -> None:
-    files.write_json(workdir / "stages.json", record)
+def _train(job: Job, key: str) -> dict:
+    from resnet_jax.studies import seeds
+    from resnet_jax.training import runs
+
+    for seed, (path, overrides) in enumerate(seeds.each_seed(job.run_dir(key), job.n_seeds)):
+        job.log(f"  {key} seed {seed}: {path}")
+        runs.train(job.config(key, overrides), path, log=job.log)
+    return {"seeds": job.n_seeds}
 
 
-def _mark_done(workdir: Path, stage: str, seconds: float, info: dict | None = None) -> None:
-    record = _record(workdir)
-    record.setdefault("stages", {})[stage] = {"seconds": seconds, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                              **(info or {})}
-    _write_record(workdir, record)
+def _ablate(job: Job, key: str, protocols: Sequence[str] | None = None) -> dict:
+    from resnet_jax.studies import ablate, seeds
+
+    chosen = {"protocols": list(protocols)} if protocols else {}
+    paths = [p for p, _ in seeds.each_seed(job.run_dir(key), job.n_seeds)]
+    written = []
+    for path in paths[:job.preset["pairs_seeds"] if protocols else None]:
+        written += ablate.ablate_workdir(path, n_examples=job.preset["ablate_examples"], log=job.log, **chosen)
+    return {"tables": [str(p) for p in written], "seeds": job.n_seeds}
+
+
+def _readings(job: Job) -> dict:
+    from resnet_jax.ablation.protocols import READINGS, STUDY_PROTOCOLS
+    from resnet_jax.studies import ablate
+
+    present = [job.run_dir(k) for k in ("cifar", "acdc") if (job.run_dir(k) / "config.json").is_file()]
+    if not present:
+        raise StageError("readings: neither task has a trained run yet; run cifar-train or acdc-train first")
+    written = []
+    for run in (job.run_dir("cifar"), job.run_dir("acdc")):
+        if run not in present:
+            job.log(f"NOTICE: readings: {run.name} has no trained run (stage not run yet); its readings are skipped")
+            continue
+        n = job.preset["ablate_examples"]
+        written += ablate.ablate_workdir(run, protocols=READINGS, n_examples=n, log=job.log)
+        written += ablate.ablate_workdir(run, protocols=STUDY_PROTOCOLS, n_examples=n, batchnorm="batch",
+                                         whole_batches=True, log=job.log)
+    return {"tables": [str(p) for p in written]}
+
+
+def _eliminate(job: Job, key: str) -> dict:
+    from resnet_jax.studies import eliminate
+    from resnet_jax.training import runs
+
+    run = job.run_dir(key)
+    if not (run / "config.json").is_file():
+        raise StageError(f"{key}-eliminate: {run.name} has no trained run; run {key}-train first")
+    other = None
+    if key == "cifar":  # the comparison a user asks for: a smaller standard network, same recipe and budget
+        other = job.workdir / RESNET18_DIR
+        runs.train(job.config(key, ["model.name=resnet18"]), other, log=job.log)
+    slim = job.workdir / SLIM_DIRS[key]
+    summary = eliminate.eliminate_workdir(run, slim, finetune_epochs=job.preset["finetune_epochs"],
+                                          random_draws=job.preset["random_draws"], log=job.log,
+                                          force_untrained=job.preset.get("force_untrained", False))
+    job.log(eliminate.format_summary(summary))
+    result = eliminate.compare(run, slim, resnet18_dir=other, repeats=job.preset["timing_repeats"], log=job.log)
+    job.log(eliminate.format_comparison(result))
+    eliminate.write_comparison(slim, result)
+    return {"units": summary["units"]}
+
+
+def _skip_study(job: Job) -> dict:
+    from resnet_jax.studies import skip_study
+
+    skip_study.run_study(job.config("skip"), job.run_dir("skip"), log=job.log)
+    return {}
+
+
+def _verify(job: Job) -> dict:
+    if importlib.util.find_spec("torch") is None:
+        job.log("NOTICE: torch is not installed, so the PyTorch cross-check is skipped "
+                "(pip install 'resnet-jax[torch]' to run it)")
+        return {"skipped": "torch not installed"}
+    from resnet_jax.ablation.protocols import STUDY_PROTOCOLS
+    from resnet_jax.interop import verify as verify_lib
+
+    result = verify_lib.verify_workdir(job.run_dir("cifar"), protocols=list(STUDY_PROTOCOLS),
+                                       n_examples=job.preset["verify_examples"])
+    if not result["ok"]:
+        raise StageError(f"verify: JAX and PyTorch disagree beyond tolerance (see {result['csv']}); "
+                         f"the stage stays unfinished")
+    return {"ok": True}
+
+
+def _report(job: Job) -> dict:
+    from resnet_jax.reporting import study_report
+    from resnet_jax.studies import seeds
+
+    for key in ("cifar", "acdc"):
+        run = job.run_dir(key)
+        present = [p for p, _ in seeds.each_seed(run, job.n_seeds) if (p / "ablation").is_dir()]
+        if len(present) > 1:
+            seeds.write_combined(present, seeds.combined_dir(run), label=run.name)
+    return {"report": str(study_report.write_study_report(job.workdir))}
+
+
+def stages(job: Job) -> dict[str, ledger.Stage]:
+    """Every stage of the main job with the outputs it writes into the workdir and the inputs it depends on."""
+    from resnet_jax.studies import seeds
+
+    runs = {k: [p.name for p, _ in seeds.each_seed(job.run_dir(k), job.n_seeds)] for k in ("cifar", "acdc")}
+    per_seed = {"seeds": job.n_seeds}
+    return {s.name: s for s in (
+        ledger.Stage("cifar-train", lambda: _train(job, "cifar"), runs["cifar"], per_seed),
+        ledger.Stage("cifar-ablate", lambda: _ablate(job, "cifar"), (), per_seed),
+        ledger.Stage("cifar-pairs", lambda: _ablate(job, "cifar", ["pairs"]), (), per_seed),
+        ledger.Stage("cifar-eliminate", lambda: _eliminate(job, "cifar"), (SLIM_DIRS["cifar"], RESNET18_DIR)),
+        ledger.Stage("acdc-train", lambda: _train(job, "acdc"), runs["acdc"], per_seed),
+        ledger.Stage("acdc-ablate", lambda: _ablate(job, "acdc"), (), per_seed),
+        ledger.Stage("acdc-eliminate", lambda: _eliminate(job, "acdc"), (SLIM_DIRS["acdc"],)),
+        ledger.Stage("readings", lambda: _readings(job)),
+        ledger.Stage("skip-study", lambda: _skip_study(job), (RUN_DIRS["skip"],)),
+        ledger.Stage("verify", lambda: _verify(job)),
+        ledger.Stage("report", lambda: _report(job), ("report", *(f"{RUN_DIRS[k]}-seeds" for k in ("cifar", "acdc"))),
+                     always=True),
+    )}
 
 
 def _claim(workdir: Path, identity: dict[str, Any], *, force_new: bool) -> None:
     """Record which preset and data root make this workdir. A workdir recorded as made by another (or by an
-    older resnet-jax that recorded none) is refused, unless ``force_new``: then its runs and report are
-    removed first. Nothing is removed from a workdir that records no run."""
-    path = workdir / "stages.json"
-    record = _record(workdir) if not (force_new and path.is_file()) else {"run": "discarded"}
-    old = record.get("run")
+    older resnet-jax that recorded none) is refused, unless ``force_new``: then every output its stages
+    declared is removed first. Nothing is removed from a workdir that records no run."""
+    try:
+        record = ledger.read(workdir)
+    except ledger.LedgerError as err:
+        if not force_new:
+            raise StageError(str(err)) from None
+        record = {"run": "discarded", "stages": {}}
+    recorded = (workdir / ledger.FILE).is_file()
+    old = record.get("run", "unrecorded" if recorded else None)
     if isinstance(old, dict) and old.get("data_root"):  # recorded as typed by older versions
         old = {**old, "data_root": str(Path(old["data_root"]).resolve())}
-    if not path.is_file() or old == identity:
-        if not path.is_file():
-            _write_record(workdir, {"run": identity, "stages": {}})
+    if old is None or old == identity:
+        ledger.update(workdir, lambda r: r.update(run=identity))
         return
     if not force_new:
         made_by = (f"preset {old['preset']!r} with data root {old['data_root']}" if isinstance(old, dict)
@@ -104,123 +226,32 @@ def _claim(workdir: Path, identity: dict[str, Any], *, force_new: bool) -> None:
         raise StageError(f"{workdir} holds a reproduce run of {made_by}, not preset {identity['preset']!r} with data "
                          f"root {identity['data_root']}; rerun with those settings to resume, use another --workdir, "
                          f"or pass --force-new to discard that run")
-    for sub in (*RUN_DIRS.values(), *SLIM_DIRS.values(), RESNET18_DIR, "report", "seeds"):
-        shutil.rmtree(workdir / sub, ignore_errors=True)
-        for extra in workdir.glob(f"{sub}-seed*"):
-            shutil.rmtree(extra, ignore_errors=True)
-    _write_record(workdir, {"run": identity, "stages": {}})
+    if any("outputs" not in entry for entry in record["stages"].values()):  # recorded before stages declared outputs
+        legacy = [*RUN_DIRS.values(), *SLIM_DIRS.values(), RESNET18_DIR, "report", "seeds"]
+        legacy += [p.name for sub in RUN_DIRS.values() for p in workdir.glob(f"{sub}-seed*")]
+        ledger.update(workdir, lambda r: r.update(stages={"legacy": {"outputs": legacy}}))
+    ledger.clear(workdir)
+    ledger.update(workdir, lambda r: r.update(run=identity))
 
 
-RUN_DIRS = {"cifar": "cifar10-resnet34", "acdc": "acdc-pspnet34", "skip": "mnist-skip"}
-SLIM_DIRS = {"cifar": "cifar10-resnet34-slim", "acdc": "acdc-pspnet34-slim"}
-RESNET18_DIR = "cifar10-resnet18"
-
-
-def stage_runners(preset: dict, workdir: Path, data_root: Path | None, log, *,
-                  n_seeds: int = 1) -> dict[str, Callable[[], dict]]:
-    """One zero-argument function per stage; each resumes its own work when rerun."""
-    from resnet_jax import configs
-    from resnet_jax.studies import ablate, seeds, skip_study
-    from resnet_jax.training import runs
-
-    cifar, acdc, skip = (workdir / RUN_DIRS[k] for k in ("cifar", "acdc", "skip"))
-
-    def overrides(key):
-        d = _data_dir(data_root, key)
-        return [f"data.data_dir={d}"] if d else []
-
-    def train(key, run):
-        def every_seed():
-            for seed, path in enumerate(seeds.seed_dirs(run, n_seeds)):
-                log(f"  {key} seed {seed}: {path}")
-                runs.train(configs.load_config(preset[key], overrides(key) + seeds.seed_overrides(seed)), path, log=log)
-            return {"seeds": n_seeds}
-        return every_seed
-
-    def ablate_run(run, protocols=None):
-        chosen = {"protocols": protocols} if protocols else {}
-
-        def every_seed():
-            written = []
-            for path in seeds.seed_dirs(run, n_seeds)[:preset["pairs_seeds"] if protocols else None]:
-                written += ablate.ablate_workdir(path, n_examples=preset["ablate_examples"], log=log, **chosen)
-            return {"tables": [str(p) for p in written], "seeds": n_seeds}
-        return every_seed
-
-    def readings():
-        from resnet_jax.ablation.protocols import READINGS, STUDY_PROTOCOLS
-
-        written, present = [], [r for r in (cifar, acdc) if (r / "config.json").is_file()]
-        if not present:
-            raise StageError("readings: neither task has a trained run yet; run cifar-train or acdc-train first")
-        for run in (cifar, acdc):
-            if run not in present:
-                log(f"NOTICE: readings: {run.name} has no trained run (stage not run yet); its readings are skipped")
-                continue
-            written += ablate.ablate_workdir(run, protocols=READINGS, n_examples=preset["ablate_examples"], log=log)
-            written += ablate.ablate_workdir(run, protocols=STUDY_PROTOCOLS, n_examples=preset["ablate_examples"],
-                                             batchnorm="batch", whole_batches=True, log=log)
-        return {"tables": [str(p) for p in written]}
-
-    def eliminate_run(key, run):
-        from resnet_jax.studies import eliminate
-
-        def stage():
-            if not (run / "config.json").is_file():
-                raise StageError(f"{key}-eliminate: {run.name} has no trained run; run {key}-train first")
-            other = None
-            if key == "cifar":  # the comparison a user asks for: a smaller standard network, same recipe and budget
-                other = workdir / RESNET18_DIR
-                runs.train(configs.load_config(preset[key], overrides(key) + ["model.name=resnet18"]), other, log=log)
-            slim = workdir / SLIM_DIRS[key]
-            summary = eliminate.eliminate_workdir(run, slim, finetune_epochs=preset["finetune_epochs"],
-                                                  random_draws=preset["random_draws"], log=log,
-                                                  force_untrained=preset.get("force_untrained", False))
-            log(eliminate.format_summary(summary))
-            result = eliminate.compare(run, slim, resnet18_dir=other, repeats=preset["timing_repeats"], log=log)
-            log(eliminate.format_comparison(result))
-            eliminate.write_comparison(slim, result)
-            return {"units": summary["units"]}
-        return stage
-
-    def skip_run():
-        skip_study.run_study(configs.load_config(preset["skip"], overrides("skip")), skip, log=log)
-        return {}
-
-    def verify():
-        if importlib.util.find_spec("torch") is None:
-            log("NOTICE: torch is not installed, so the PyTorch cross-check is skipped "
-                "(pip install 'resnet-jax[torch]' to run it)")
-            return {"skipped": "torch not installed"}
-        from resnet_jax.ablation.protocols import STUDY_PROTOCOLS
-        from resnet_jax.interop import verify as verify_lib
-
-        result = verify_lib.verify_workdir(cifar, protocols=list(STUDY_PROTOCOLS), n_examples=preset["verify_examples"])
-        if not result["ok"]:
-            raise StageError(f"verify: JAX and PyTorch disagree beyond tolerance (see {result['csv']}); "
-                             f"the stage stays unfinished")
-        return {"ok": True}
-
-    def report():
-        from resnet_jax.reporting import study_report
-
-        for run in (cifar, acdc):
-            present = [p for p in seeds.seed_dirs(run, n_seeds) if (p / "ablation").is_dir()]
-            if len(present) > 1:
-                seeds.write_combined(present, workdir / "seeds" / run.name, label=run.name)
-        return {"report": str(study_report.write_study_report(workdir))}
-
-    return {"cifar-train": train("cifar", cifar), "cifar-ablate": ablate_run(cifar),
-            "cifar-pairs": ablate_run(cifar, ["pairs"]), "cifar-eliminate": eliminate_run("cifar", cifar),
-            "acdc-train": train("acdc", acdc), "acdc-ablate": ablate_run(acdc),
-            "acdc-eliminate": eliminate_run("acdc", acdc), "readings": readings, "skip-study": skip_run, "verify": verify,
-            "report": report}
+def _check_data_root(data_root: str | Path | None, chosen: Sequence[str]) -> Path | None:
+    root = Path(data_root).resolve() if data_root else None  # one spelling per folder
+    if root is not None and not root.is_dir():
+        raise StageError(f"--data-root {data_root} is not a directory; give the folder that holds "
+                         f"{', '.join(DATASETS.values())} (e.g. ../shared/data), or leave it out to use TFDS")
+    missing = sorted({DATASETS[key] for stage in chosen for key in NEEDS.get(stage, ())
+                      if root is not None and not (root / DATASETS[key]).is_dir()})
+    if missing:
+        raise StageError(f"--data-root {root} lacks {', '.join(f'{m}/' for m in missing)}, which the chosen stages "
+                         f"read; add them (laid out as in ../shared/data), choose other stages with --only, or "
+                         f"leave --data-root out to download them with TFDS")
+    return root
 
 
 def reproduce(preset_name: str, workdir: str | Path, *, data_root: str | Path | None = None,
               only: Sequence[str] | None = None, force_new: bool = False, seeds: int = 1,
               log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or finish) every stage of a preset with ``seeds`` training seeds; return ``stages.json``'s record.
+    """Run (or finish) every stage of a preset with ``seeds`` training seeds; return the workdir's ledger.
 
     The workdir records the preset and data root that made it; another preset or data root is refused
     (``force_new`` starts over). A stage that raises is not marked done.
@@ -233,30 +264,11 @@ def reproduce(preset_name: str, workdir: str | Path, *, data_root: str | Path | 
     unknown = [s for s in chosen if s not in STAGES]
     if unknown:
         raise StageError(f"unknown stage(s) {unknown}; valid: {list(STAGES)}")
-    root = Path(data_root).resolve() if data_root else None  # one spelling per folder
-    if root is not None and not root.is_dir():
-        raise StageError(f"--data-root {data_root} is not a directory; give the folder that holds "
-                         f"{', '.join(DATASETS.values())} (e.g. ../shared/data), or leave it out to use TFDS")
-    missing = sorted({DATASETS[key] for stage in chosen for key in NEEDS.get(stage, ())
-                      if root is not None and not (root / DATASETS[key]).is_dir()})
-    if missing:
-        raise StageError(f"--data-root {root} lacks {', '.join(f'{m}/' for m in missing)}, which the chosen stages "
-                         f"read; add them (laid out as in ../shared/data), choose other stages with --only, or "
-                         f"leave --data-root out to download them with TFDS")
+    root = _check_data_root(data_root, chosen)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     _claim(workdir, {"preset": preset_name, "data_root": str(root) if root else None}, force_new=force_new)
-    runners = stage_runners(PRESETS[preset_name], workdir, root, log, n_seeds=seeds)
-    started = time.perf_counter()
-    for i, stage in enumerate(chosen):
-        done = _record(workdir)["stages"].get(stage)
-        if done is not None and stage != "report" and (stage not in SEEDED or done.get("seeds", 1) >= seeds):
-            log(f"[{i + 1}/{len(chosen)}] {stage}: done earlier, skipped (preset {preset_name})")
-            continue
-        log(f"[{i + 1}/{len(chosen)}] {stage} ... (elapsed {time.perf_counter() - started:.0f}s)")
-        t0 = time.perf_counter()
-        info = runners[stage]() or {}
-        info = {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, list))}
-        _mark_done(workdir, stage, time.perf_counter() - t0, info)
-        log(f"[{i + 1}/{len(chosen)}] {stage}: finished in {time.perf_counter() - t0:.0f}s")
-    return _record(workdir)
+    declared = stages(Job(PRESETS[preset_name], workdir, root, seeds, log))
+    for i, name in enumerate(chosen):
+        ledger.run(workdir, declared[name], log, label=f"[{i + 1}/{len(chosen)}] ")
+    return ledger.read(workdir)

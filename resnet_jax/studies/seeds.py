@@ -22,13 +22,17 @@ from resnet_jax.reporting import figures
 COMBINED = ("baseline", "single", "stage-except-decomposition", "shortcut", "pairs")
 
 
-def seed_dirs(run: str | Path, n_seeds: int) -> list[Path]:
+def each_seed(run: str | Path, n_seeds: int) -> list[tuple[Path, list[str]]]:
+    """The one seed loop: seed k's run directory (seed 0 in ``run`` itself, seed k in ``<run>-seed<k>``) and the
+    config overrides that make it seed k (applied after the user's, so they win)."""
     run = Path(run)
-    return [run] + [run.with_name(f"{run.name}-seed{k}") for k in range(1, n_seeds)]
+    return [(run if k == 0 else run.with_name(f"{run.name}-seed{k}"), [f"train.seed={k}"]) for k in range(n_seeds)]
 
 
-def seed_overrides(seed: int) -> list[str]:
-    return [f"train.seed={seed}"]
+def combined_dir(run: str | Path) -> Path:
+    """Where the seeds' combined tables of ``run`` go: ``<run>-seeds``, beside the seeds' own directories."""
+    run = Path(run)
+    return run.with_name(f"{run.name}-seeds")
 
 
 def combine(tables_by_seed: Sequence[dict]) -> list[dict]:

@@ -2,7 +2,7 @@
 and the baselines a reader compares per-image depth with.
 
 ``run_study(config, workdir)`` is the whole job (``resnet-jax train`` with a Study B preset). Each stage's result is
-written to ``<workdir>/stages/<stage>.json`` and each model is checkpointed every epoch under
+kept in the workdir's ledger (``<workdir>/stages.json``, :mod:`resnet_jax.ledger`) and each model is checkpointed every epoch under
 ``<workdir>/models/<model>/``, so an interrupted run loses at most one epoch and a rerun skips
 finished stages. Outputs: ``skip_results.json`` (every number) and ``skip_report.md`` (tables,
 figures under ``figures/``).
@@ -24,10 +24,8 @@ which the network is right: a bound that needs the label), fixed depths and the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from resnet_jax import files, metrics
+from resnet_jax import files, ledger, metrics
 from resnet_jax.ablation import statistics
 from resnet_jax.data import images as data
 from resnet_jax.models import skip_cnn as nets
@@ -85,33 +83,24 @@ def stratified_split(labels: np.ndarray, *, fraction: float, seed: int) -> tuple
 
 # Stages ----------------------------------------------------------------------------------------------
 
+STAGE_OUTPUTS = {"selection": ("selection.npz", "figures/selection.png"), "dense": ("dense_labels.npz",),
+                 "curves": ("operating_points.npz",)}
+"""What each stage writes beside its ledger record (the others write only the record)."""
+
+
 def _stage(workdir: Path, name: str, compute: Callable[[], dict], log: Callable[[str], None], *,
            inputs: Any = None) -> dict:
-    """Run ``compute`` once per workdir; its JSON result makes a rerun skip it.
-
-    ``inputs`` (JSON data) are what the stage was computed from, beyond the run's config and models: a
-    stored result made from other inputs is stale and is computed again, never reused.
-    """
-    path = workdir / "stages" / f"{name}.json"
-    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if stored.get("inputs_digest", digest) == digest:
-            log(f"[{name}] already done")
-            return stored
-        log(f"[{name}] stale (made from other inputs): running again")
-    else:
-        log(f"[{name}] running")
-    start = time.perf_counter()
-    result = {**compute(), "seconds": time.perf_counter() - start, "inputs_digest": digest}
-    files.write_json(path, result)
-    return result
+    """Run ``compute`` once per workdir (the workdir's ledger keeps its result); ``inputs`` (JSON data) are
+    what the stage was computed from beyond the run's config and models: a result made from other inputs is
+    stale and is computed again, never reused."""
+    return ledger.run(workdir, ledger.Stage(name, compute, STAGE_OUTPUTS.get(name, ()), inputs), log)
 
 
 def _trained(config: Mapping, workdir: Path, name: str, model, images, labels, *, depths=None,
              section: str, log) -> Any:
     """Parameters of ``model`` trained by the ``section`` settings (resumed or restored from its checkpoints)."""
     t, s = config["train"], config[section]
+    ledger.declare(workdir, "models", ["models"])
     tx = skip_train.rmsprop(learning_rate=s["learning_rate"], rho=t["rho"], eps=t["eps"])
     state = skip_train.fit(model, images, labels, tx=tx, depths=depths, epochs=s["epochs"], batch_size=s["batch_size"],
                            seed=t["seed"], workdir=workdir / "models" / name, log=log)
@@ -433,6 +422,7 @@ def run_study(config: Mapping, workdir: str | Path, *, force_new: bool = False,
         res["verdict"] = [f"WARNING: {res['warning']}", *res["verdict"]]
         log(f"WARNING: {res['warning']}")
     res["fit_positions"] = fit_pos.tolist()
+    ledger.declare(workdir, "skip-report", ["skip_results.json", "skip_report.md", "figures/tradeoff.png"])
     files.write_json(workdir / "skip_results.json", res)
     report = write_report(res, workdir)
     log(f"wrote {report} and {workdir / 'skip_results.json'}")

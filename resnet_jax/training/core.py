@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -27,16 +26,14 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh
 
-from resnet_jax import checkpointing, configs, devices, files
+from resnet_jax import checkpointing, configs, devices, files, ledger
 from resnet_jax.data import inputs
 
 Array = jax.Array
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-DERIVED = ("checkpoints", "metrics.jsonl", "evaluation.json", "evaluation-best.json", "evaluation-latest.json",
-           "initial_params", "ablation", "report.md", "verify.csv", "elimination", "evaluation-before-finetune.json",
-           "stages", "models", "selection.npz", "figures", "skip_results.json", "skip_report.md",  # Study B's
-           "dense_labels.npz", "operating_points.npz", "dataset.json", "partial_epoch.json")
-"""Everything a run's workdir holds that its config and training produced; ``--force-new`` removes it all."""
+TRAINING_OUTPUTS = ("checkpoints", "metrics.jsonl", "evaluation.json", "evaluation-best.json",
+                    "evaluation-latest.json", "initial_params", "dataset.json", "partial_epoch.json")
+"""What training writes into its workdir, declared in the workdir's ledger; the layers above declare theirs."""
 
 
 class TrainState(train_state.TrainState):
@@ -130,8 +127,8 @@ def _fresh_state(config: Mapping, model: nn.Module, train_images: np.ndarray, ta
 def prepare_workdir(config: Mapping, workdir: Path, *, force_new: bool) -> None:
     """Record the config; refuse a workdir that holds a run of a different config.
 
-    ``force_new`` removes everything derived from the old run (:data:`DERIVED`), so no table of the
-    old model can survive into the new one.
+    ``force_new`` removes everything derived from the old run (every output its ledger declares), so no
+    table of the old model can survive into the new one.
     """
     path = workdir / "config.json"
     if not files.WRITER:  # process 0 checks and records; the others wait for it, then read the same folder
@@ -150,18 +147,17 @@ def prepare_workdir(config: Mapping, workdir: Path, *, force_new: bool) -> None:
             raise configs.ConfigError(
                 f"{workdir} holds a run with a different config (keys {changed}); use another --workdir, "
                 f"rerun with the same settings to resume, or pass --force-new to discard that run")
+    ledger.declare(workdir, "train", TRAINING_OUTPUTS)
     files.write_text(path, configs.to_json(config))
     devices.barrier(f"prepare {workdir}")
 
 
 def clear_run(workdir: Path) -> None:
-    """Remove what a run produced (checkpoints, metrics, initial parameters, ablation results...)."""
-    for name in DERIVED:
-        target = workdir / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink(missing_ok=True)
+    """Remove what was made from a run: training's outputs and everything its ledger says other stages wrote
+    (a workdir of a resnet-jax older than the ledger: the names those versions wrote)."""
+    legacy = (workdir / "config.json").is_file() and not (workdir / ledger.FILE).is_file()
+    ledger.declare(workdir, "train", TRAINING_OUTPUTS + (ledger.LEGACY_OUTPUTS if legacy else ()))
+    ledger.clear(workdir)
 
 
 def describe_splits(splits: Splits) -> dict[str, Any]:

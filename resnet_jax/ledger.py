@@ -1,0 +1,152 @@
+"""One ledger per workdir (``stages.json``): which stages ran there, what each read and wrote, and its result.
+
+A stage claims its declared outputs before it runs and is marked done with its result after; a rerun skips a
+done stage whose inputs digest is unchanged and recomputes one made from other inputs (never reusing a stale
+result). ``clear`` removes exactly the outputs that the ledger's stages claimed, done or not, so ``--force-new``
+leaves nothing of an old run behind and touches nothing else. Every layer that writes into a workdir (training,
+ablation, verification, elimination, Study B, the main job) declares its outputs here, so no layer needs to
+know the file names of the layers above it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from resnet_jax import files
+
+FILE = "stages.json"
+LEGACY_OUTPUTS = ("ablation", "report.md", "verify.csv", "import.json", "elimination",
+                  "evaluation-before-finetune.json", "stages", "models", "selection.npz", "figures",
+                  "skip_results.json", "skip_report.md", "dense_labels.npz", "operating_points.npz")
+"""What versions before the ledger wrote into a run's workdir beside training's outputs: cleared from a workdir
+that has a config and no ledger."""
+
+
+class LedgerError(ValueError):
+    """A ledger that cannot be read, or a workdir whose outputs were never declared."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A named step of a study: ``run()`` writes ``outputs`` (paths relative to the workdir; outputs that
+    keep their own ledger, like a run's workdir, are listed whole) and returns a JSON result; ``inputs`` is the
+    JSON data the result depends on beyond the workdir's own config."""
+
+    name: str
+    run: Callable[[], dict]
+    outputs: Sequence[str] = ()
+    inputs: Any = None
+    always: bool = False
+    """Run even when done earlier (a cheap stage that reads every other stage's outputs, e.g. a report)."""
+
+
+def digest(inputs: Any) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read(workdir: str | Path) -> dict[str, Any]:
+    """The ledger of ``workdir`` (``{"stages": {}}`` when none was written yet)."""
+    path = Path(workdir) / FILE
+    try:
+        record = json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError as err:
+        raise LedgerError(f"{path} is not valid JSON ({err}); pass --force-new to start over") from None
+    record.setdefault("stages", {})
+    return record
+
+
+@contextlib.contextmanager
+def _locked(workdir: Path) -> Iterator[dict[str, Any]]:
+    """Read-modify-write of the ledger under a file lock (two commands may write one workdir at once)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    with open(workdir / f".{FILE}.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            record = read(workdir)
+            yield record
+            files.write_json(workdir / FILE, record)
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def update(workdir: str | Path, change: Callable[[dict], None]) -> None:
+    """Apply ``change`` to the ledger's record and write it back (process 0 only in a multi-process job)."""
+    if files.WRITER:
+        with _locked(Path(workdir)) as record:
+            change(record)
+
+
+def declare(workdir: str | Path, stage: str, outputs: Sequence[str]) -> None:
+    """Record that ``stage`` writes ``outputs`` in ``workdir`` (before writing them, so an interrupted stage's
+    partial outputs are still cleared by ``--force-new``)."""
+    def change(record):
+        entry = record["stages"].setdefault(stage, {})
+        entry["outputs"] = sorted({*entry.get("outputs", ()), *outputs})
+    if outputs:
+        update(workdir, change)
+
+
+def done(workdir: str | Path, stage: str) -> dict | None:
+    """The finished record of ``stage``, or None."""
+    entry = read(workdir)["stages"].get(stage)
+    return entry if entry and entry.get("finished") else None
+
+
+def run(workdir: str | Path, stage: Stage, log: Callable[[str], None], *, label: str = "") -> dict:
+    """``stage``'s result: the stored one when it finished earlier from the same inputs, else computed now
+    (``label`` prefixes its log lines)."""
+    workdir, key = Path(workdir), digest(stage.inputs)
+    stored = done(workdir, stage.name)
+    name = f"{label}{stage.name}"
+    if stored is not None and stored.get("inputs_digest") == key and not stage.always:
+        log(f"{name}: done earlier, skipped")
+        return stored.get("result", {})
+    log(f"{name}: {'made from other inputs, running again' if stored and not stage.always else 'running'}")
+    declare(workdir, stage.name, stage.outputs)
+    start = time.perf_counter()
+    result = stage.run() or {}
+    seconds = time.perf_counter() - start
+    finish(workdir, stage.name, result, seconds=seconds, inputs_digest=key)
+    log(f"{name}: finished in {seconds:.0f}s")
+    return result
+
+
+def finish(workdir: str | Path, stage: str, result: dict, *, seconds: float, **extra: Any) -> None:
+    def change(record):
+        entry = record["stages"].setdefault(stage, {})
+        entry.update(result=result, seconds=seconds, finished=time.strftime("%Y-%m-%d %H:%M:%S"), **extra)
+    update(workdir, change)
+
+
+def outputs(workdir: str | Path) -> list[str]:
+    """Every output the ledger's stages declared, done or not."""
+    return sorted({o for entry in read(workdir)["stages"].values() for o in entry.get("outputs", ())})
+
+
+def clear(workdir: str | Path) -> list[str]:
+    """Remove every declared output and the stages' records (the ledger keeps its other keys); return what
+    was removed. Outputs that escape the workdir are refused."""
+    workdir = Path(workdir)
+    removed = []
+    for name in outputs(workdir):
+        target = workdir / name
+        if not target.resolve().is_relative_to(workdir.resolve()):
+            raise LedgerError(f"{workdir / FILE} declares {name!r}, outside the workdir; not removed")
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        else:
+            continue
+        removed.append(name)
+    update(workdir, lambda record: record.update(stages={}))
+    return removed

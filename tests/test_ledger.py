@@ -1,0 +1,54 @@
+"""The workdir ledger: a stage runs once per inputs, and clearing removes exactly what stages declared."""
+
+import json
+
+import pytest
+
+from resnet_jax import ledger
+
+
+def _stage(workdir, calls, name="s", inputs=None, outputs=("out.txt",), fail=False, **kw):
+    def run():
+        calls.append(name)
+        for out in outputs:
+            (workdir / out).write_text(name)
+        if fail:
+            raise RuntimeError("stopped")
+        return {"value": len(calls)}
+    return ledger.Stage(name, run, outputs, inputs, **kw)
+
+
+def test_a_stage_runs_once_per_inputs_and_an_always_stage_every_time(tmp_path):
+    calls, log = [], []
+    assert ledger.run(tmp_path, _stage(tmp_path, calls, inputs={"seeds": 1}), log.append) == {"value": 1}
+    assert ledger.run(tmp_path, _stage(tmp_path, calls, inputs={"seeds": 1}), log.append) == {"value": 1}  # stored result
+    assert calls == ["s"] and log[-1] == "s: done earlier, skipped"
+    assert ledger.run(tmp_path, _stage(tmp_path, calls, inputs={"seeds": 2}), log.append) == {"value": 2}  # other inputs
+    assert "made from other inputs, running again" in log[-2]
+    ledger.run(tmp_path, _stage(tmp_path, calls, name="report", always=True), log.append)
+    ledger.run(tmp_path, _stage(tmp_path, calls, name="report", always=True), log.append)
+    assert calls.count("report") == 2
+
+
+def test_an_interrupted_stage_is_not_done_but_its_outputs_are_cleared(tmp_path):
+    calls = []
+    ledger.run(tmp_path, _stage(tmp_path, calls, name="a", outputs=("a.txt", "a.json")), lambda s: None)
+    with pytest.raises(RuntimeError):
+        ledger.run(tmp_path, _stage(tmp_path, calls, name="b", outputs=("b.npz",), fail=True), lambda s: None)
+    assert ledger.done(tmp_path, "a") and ledger.done(tmp_path, "b") is None
+    (tmp_path / "notes.txt").write_text("a user's file")
+    assert ledger.clear(tmp_path) == ["a.json", "a.txt", "b.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".stages.json.lock", "notes.txt", "stages.json"]
+    assert json.loads((tmp_path / "stages.json").read_text())["stages"] == {}
+
+
+def test_outputs_outside_the_workdir_and_a_broken_ledger_are_refused(tmp_path):
+    (tmp_path / "w").mkdir()
+    (tmp_path / "keep.txt").write_text("outside")
+    ledger.declare(tmp_path / "w", "s", ["../keep.txt"])
+    with pytest.raises(ledger.LedgerError, match=r"declares '../keep.txt', outside the workdir"):
+        ledger.clear(tmp_path / "w")
+    assert (tmp_path / "keep.txt").is_file()
+    (tmp_path / "w" / "stages.json").write_text("{not json")
+    with pytest.raises(ledger.LedgerError, match="not valid JSON.*--force-new"):
+        ledger.read(tmp_path / "w")
