@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from resnet_jax.reporting import figures
-from resnet_jax.studies import eliminate
+from resnet_jax.studies import comparison
 
 
 def main() -> None:
@@ -31,12 +31,12 @@ def main() -> None:
     p.add_argument("--out", help="write the rows as JSON here")
     p.add_argument("--figure", help="write the Pareto figure here")
     args = p.parse_args()
-    result = eliminate.compare(args.full, args.slim, resnet18_dir=args.resnet18, batch=args.batch,
+    result = comparison.compare(args.full, args.slim, resnet18_dir=args.resnet18, batch=args.batch,
                                repeats=args.repeats, steps=args.steps,
                                data_dir=args.data_dir)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
-    print(eliminate.format_comparison(result))
+    print(comparison.format_comparison(result))
     if args.figure:
         figures.plot_pareto(result["rows"], Path(args.figure), metric=result["metric"])
 

@@ -114,10 +114,11 @@ def _ablate(args) -> int:
 def _eliminate(args) -> int:
     from resnet_jax.studies import eliminate
 
+    settings = eliminate.Settings(granularity=args.granularity, form=args.form, max_drop=args.max_drop,
+                                  metric_split=args.metric_split, random_draws=args.random_draws,
+                                  finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr)
     summary = eliminate.eliminate_workdir(
-        _workdir(args.workdir), _workdir(args.out), granularity=args.granularity, form=args.form,
-        max_drop=args.max_drop, metric_split=args.metric_split, finetune_epochs=args.finetune_epochs,
-        finetune_lr=args.finetune_lr, random_draws=args.random_draws, batch_size=args.batch_size,
+        _workdir(args.workdir), _workdir(args.out), settings, batch_size=args.batch_size,
         data_dir=configs.existing_data_dir(args.data_dir), force_new=args.force_new,
         force_untrained=args.force_untrained)
     print(eliminate.format_summary(summary))

@@ -15,7 +15,7 @@ from resnet_jax.ablation import store
 from resnet_jax.data import images as data
 from resnet_jax.data.inputs import channel_stats, normalize
 from resnet_jax.models import resnet as models
-from resnet_jax.studies import eliminate
+from resnet_jax.studies import comparison, eliminate
 from tests.conftest import perturb_norms, run_cli, shared_dataset
 
 
@@ -247,7 +247,7 @@ def test_cli_eliminate_then_export_then_evaluate(tmp_path):
     assert run_cli("evaluate", "--workdir", str(more)).returncode == 0
     x = run_cli("export-torch", "--workdir", str(out), "--out", str(tmp_path / "torch"))
     assert x.returncode == 2 and "no torchvision counterpart for model 'resnet_tiny'" in x.stderr
-    result = eliminate.compare(run, out, batch=16, repeats=1, steps=1, log=lambda s: None)
+    result = comparison.compare(run, out, batch=16, repeats=1, steps=1, log=lambda s: None)
     names = [r["name"] for r in result["rows"]]
     assert names[0] == "resnet_tiny (full)"
     # the row names the checkpoint it shows: fine-tuned, or step 0 when fine-tuning did not improve validation
@@ -257,10 +257,10 @@ def test_cli_eliminate_then_export_then_evaluate(tmp_path):
     full, slim = result["rows"][0], result["rows"][1]
     assert (slim["params"] < full["params"]) == bool(summary["units"])
     assert all(r["eval_images_per_s"] > 0 and r["train_images_per_s"] > 0 for r in result["rows"])
-    assert eliminate.write_comparison(out, result).is_file()
+    assert comparison.write_comparison(out, result).is_file()
     paired = result["paired_vs_slim"]  # slim minus each other model, on the same test images
     assert set(paired) == {"full", *(f"random-{i}" for i in range(len(summary["random"])))}
     assert all(c["comparisons"] == len(paired) and c["low"] <= c["difference"] <= c["high"] for c in paired.values())
     expected = summary["finetuned"]["test"] - summary["full"]["test"]  # independent: the runs' own test scores
     assert paired["full"]["difference"] == pytest.approx(expected, abs=1e-6)
-    assert "slim minus full" in eliminate.format_comparison(result)
+    assert "slim minus full" in comparison.format_comparison(result)

@@ -125,7 +125,7 @@ def _readings(job: Job) -> dict:
 
 
 def _eliminate(job: Job, key: str) -> dict:
-    from resnet_jax.studies import eliminate
+    from resnet_jax.studies import comparison, eliminate
     from resnet_jax.training import runs
 
     run = job.run_dir(key)
@@ -136,13 +136,13 @@ def _eliminate(job: Job, key: str) -> dict:
         other = job.workdir / RESNET18_DIR
         runs.train(job.config(key, ["model.name=resnet18"]), other, log=job.log)
     slim = job.workdir / SLIM_DIRS[key]
-    summary = eliminate.eliminate_workdir(run, slim, finetune_epochs=job.preset["finetune_epochs"],
-                                          random_draws=job.preset["random_draws"], log=job.log,
+    settings = eliminate.Settings(finetune_epochs=job.preset["finetune_epochs"], random_draws=job.preset["random_draws"])
+    summary = eliminate.eliminate_workdir(run, slim, settings, log=job.log,
                                           force_untrained=job.preset.get("force_untrained", False))
     job.log(eliminate.format_summary(summary))
-    result = eliminate.compare(run, slim, resnet18_dir=other, repeats=job.preset["timing_repeats"], log=job.log)
-    job.log(eliminate.format_comparison(result))
-    eliminate.write_comparison(slim, result)
+    result = comparison.compare(run, slim, resnet18_dir=other, repeats=job.preset["timing_repeats"], log=job.log)
+    job.log(comparison.format_comparison(result))
+    comparison.write_comparison(slim, result)
     return {"units": summary["units"]}
 
 

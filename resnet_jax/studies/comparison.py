@@ -1,0 +1,176 @@
+"""What a slim network is worth: the full model, the slim one (before and after fine-tuning), random sets of the
+same size and optionally ResNet18 trained with the same recipe, side by side on the same test images (paired
+tests against the slim model) and the same device (parameters, conv MACs, measured eval and train images/s).
+
+Used by the ``cifar-eliminate`` and ``acdc-eliminate`` stages of ``reproduce`` and by ``benchmarks/elimination.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from resnet_jax import files
+from resnet_jax.ablation import catalogue as abl
+from resnet_jax.ablation import elimination as elim
+from resnet_jax.ablation import engine, statistics
+from resnet_jax.studies.slim import score_run
+from resnet_jax.training import core, runs
+
+
+def _programs(config, task, model, variables, mean, std, images, targets):
+    """Jitted eval forward and train step of one model on one fixed batch."""
+    import jax.numpy as jnp
+
+    from resnet_jax.data.inputs import normalize
+
+    state = core.create_train_state(model, core.make_optimizer(config, 100), images.shape[1:], seed=0,
+                                    mean=mean, std=std)
+    state = state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
+    images, targets = jnp.asarray(images), jnp.asarray(targets)
+    forward = jax.jit(lambda s: s.apply_fn(s.variables, normalize(images, s.image_mean, s.image_std))[0])
+    step = jax.jit(task.train_step(config))
+    holder = {"state": state}
+
+    def train_once():
+        holder["state"], out = step(holder["state"], images, targets, jax.random.key(0))
+        jax.block_until_ready(out)
+
+    return (lambda: forward(state).block_until_ready()), train_once
+
+
+def measure(programs: dict, *, batch: int, repeats: int, steps: int) -> dict[str, dict[str, float]]:
+    """Median eval and train images/s per model; every model is timed once per repeat, in turn, so that the ratios
+    hold on a noisy machine."""
+    import time
+
+    def rate(fn):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        return batch * steps / (time.perf_counter() - t0)
+
+    for evaluate, train in programs.values():  # compile and warm up
+        evaluate(), train()
+    times = {name: {"eval": [], "train": []} for name in programs}
+    for _ in range(repeats):
+        for name, (evaluate, train) in programs.items():
+            times[name]["eval"].append(rate(evaluate))
+            times[name]["train"].append(rate(train))
+    return {name: {f"{k}_images_per_s": float(np.median(v)) for k, v in t.items()} for name, t in times.items()}
+
+
+def compare(full_dir, slim_dir, *, resnet18_dir=None, batch: int = 128, repeats: int = 3, steps: int = 3,
+            data_dir=None, log=print) -> dict[str, Any]:
+    """Rows for the full model, the slim one (before and after fine-tuning), random sets of the same size (mean,
+    range, sd) and optionally ResNet18: test metric, parameters, conv MACs and measured eval / train images/s."""
+    full_dir, slim_dir = Path(full_dir).absolute(), Path(slim_dir).absolute()
+    summary = json.loads((slim_dir / "elimination" / "summary.json").read_text())
+    full = runs.restore(full_dir, data_dir=data_dir, command="eliminate")
+    task = full.task
+    batch = min(batch, full.config["train"]["batch_size"])  # a training batch of this run fits in memory
+    images_all, targets_all = task.arrays(full.test)
+    take = np.arange(batch) % len(images_all)
+    images, targets = images_all[take], targets_all[take]
+    mean, std = np.asarray(full.state.image_mean), np.asarray(full.state.image_std)
+    variables = jax.device_get(full.state.variables)
+    shape = (1, *images.shape[1:])
+    layers = abl.catalogue(full.model, variables, input_shape=shape)
+    slim = runs.restore(slim_dir, command="eliminate")
+    entries = {"full": (full.model, variables), "slim": (slim.model, jax.device_get(slim.state.variables))}
+    for i, draw in enumerate(summary["random"]):
+        choices = tuple(elim.Choice(u, c) for u, c in draw["choices"])
+        entries[f"random-{i}"] = (elim.slim_model(full.model, choices, layers),
+                                  elim.slim_variables(full.model, variables, choices, layers, input_shape=shape))
+    if resnet18_dir:
+        other = runs.restore(Path(resnet18_dir).absolute(), command="eliminate")
+        entries["resnet18"] = (other.model, jax.device_get(other.state.variables))
+    norms = {"resnet18": (np.asarray(other.state.image_mean), np.asarray(other.state.image_std))} if resnet18_dir else {}
+    log(f"paired tests of the slim model against {len(entries) - 1} others on the {len(images_all)} test examples")
+    paired = paired_against_slim(full, entries, norms, batch_size=batch)
+    log(f"timing {len(entries)} models side by side (batch {batch}, {repeats} repeats of {steps} calls)")
+    speeds = measure({name: _programs(full.config, task, m, v, mean, std, images, targets)
+                      for name, (m, v) in entries.items()}, batch=batch, repeats=repeats, steps=steps)
+
+    def size(name):
+        m, v = entries[name]
+        return {"params": elim.count_params(v), "conv_macs": elim.conv_macs(abl.catalogue(m, v, input_shape=shape)),
+                **speeds[name]}
+
+    n = len(summary["units"])
+    m = full.config["model"]
+    rows = [{"name": f"{m.get('name') or 'pspnet-' + m['encoder']} (full)", "value": summary["full"]["test"], **size("full")},
+            {"name": f"slim, {n} units removed", "value": summary["slim"]["test"], **size("slim")}]
+    if summary["finetuned"]:
+        tuned = summary["finetuned"]
+        label = (f"slim, fine-tuned {tuned['epochs']} epoch(s)" if tuned["step"] else
+                 f"slim, fine-tuning {tuned['epochs']} epoch(s) did not improve validation: step 0 kept")
+        rows.append({**rows[-1], "name": label, "value": tuned["test"]})
+    randoms = [name for name in entries if name.startswith("random-")]
+    if randoms:
+        values = [d["test"] for d in summary["random"]]
+        per = [size(name) for name in randoms]
+        rows.append({"name": f"random {n} units ({len(randoms)} draws, mean)", "value": float(np.mean(values)),
+                     "low": float(min(values)), "high": float(max(values)),
+                     "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                     **{k: float(np.mean([q[k] for q in per])) for k in per[0]}})
+    if resnet18_dir:
+        value = score_run(resnet18_dir)["value"]
+        rows.append({"name": "resnet18 (same recipe and budget)", "value": value, **size("resnet18")})
+    base = rows[0]
+    for r in rows:
+        r["ratios_vs_full"] = {k: r[k] / base[k] for k in ("params", "conv_macs", "eval_images_per_s",
+                                                            "train_images_per_s")}
+    return {"device": jax.devices()[0].device_kind, "batch": batch, "repeats": repeats, "steps": steps,
+            "metric": summary["metric"], "rows": rows, "slim_run": str(slim_dir), "paired_vs_slim": paired}
+
+
+def paired_against_slim(full: core.Run, entries: dict, norms: dict, *, batch_size: int,
+                        alpha: float = statistics.DEFAULT_ALPHA) -> dict[str, dict]:
+    """Per other model: the slim model's test score minus that model's, on the same test examples, with its
+    paired interval (Bonferroni over every comparison made here) and verdict."""
+    from resnet_jax.ablation.protocols import BASELINE
+
+    images, targets = full.task.arrays(full.test)
+    metric = full.task.metric(full.config)
+    default = (np.asarray(full.state.image_mean), np.asarray(full.state.image_std))
+    scores = {}
+    for name, (model, variables) in entries.items():
+        mean, std = norms.get(name, default)
+        layers = abl.catalogue(model, variables, input_shape=(1, *images.shape[1:]))
+        scores[name] = engine.evaluate(model, variables, [BASELINE], layers, images, targets, image_mean=mean,
+                                       image_std=std, metric=metric, batch_size=batch_size,
+                                       progress=False)[0].per_example
+    ids = getattr(full.test, "ids", None)
+    groups = [statistics.patient_of(i) for i in ids] if full.config.get("task") == "segmentation" else None
+    tester = statistics.paired_tester(metric, groups=groups)
+    others = [name for name in scores if name != "slim"]
+    rows = statistics.compare_models(tester, [(scores[name], scores["slim"]) for name in others], alpha=alpha)
+    return dict(zip(others, rows))
+
+
+def format_comparison(result: dict) -> str:
+    lines = [f"{'model':40s} {result['metric']:>14s} {'params':>11s} {'conv MMACs':>10s} {'eval img/s':>10s} "
+             f"{'train img/s':>11s}  vs full: params MACs eval train"]
+    for r in result["rows"]:
+        q = r["ratios_vs_full"]
+        spread = f"  [{r['low']:.4f}, {r['high']:.4f}]" if "low" in r else ""
+        lines.append(f"{r['name']:40s} {r['value']:14.4f} {round(r['params']):11,d} {r['conv_macs'] / 1e6:10.1f} "
+                     f"{r['eval_images_per_s']:10.1f} {r['train_images_per_s']:11.1f}  {q['params']:.3f} "
+                     f"{q['conv_macs']:.3f} {q['eval_images_per_s']:.3f} {q['train_images_per_s']:.3f}{spread}")
+    for name, c in result.get("paired_vs_slim", {}).items():
+        lines.append(f"slim minus {name}: {statistics.comparison_text(c)}")
+    return "\n".join(lines)
+
+
+def write_comparison(slim_dir, result: dict) -> Path:
+    """``<slim>/elimination/comparison.json`` and the Pareto figure beside it."""
+    from resnet_jax.reporting import figures
+
+    directory = Path(slim_dir) / "elimination"
+    files.write_json(directory / "comparison.json", result)
+    return figures.plot_pareto(result["rows"], directory / "pareto.png", metric=result["metric"])
