@@ -12,7 +12,7 @@ and skips the stages whose results are in ``<workdir>/stages/``. The same as
 import argparse
 
 from resnet_jax import configs
-from resnet_jax.studies import skip_study
+from resnet_jax.studies import skip as skip_study
 
 PRESETS = {"full": "mnist-skip", "wide": "mnist-skip-wide", "equal": "mnist-skip-equal", "cpu": "mnist-skip-cpu",
            "smoke": "mnist-skip-smoke", "cifar100": "cifar100-skip"}

@@ -38,7 +38,7 @@ def _workdir(path: str) -> Path:
 def _train(args) -> int:
     config = configs.load_config(args.config, args.set, task=args.task, data_dir=args.data_dir)
     if config["task"] == "skip":
-        from resnet_jax.studies import skip_study
+        from resnet_jax.studies import skip as skip_study
 
         if _processes() > 1:
             raise configs.ConfigError("Study B presets train in one process (their networks are tiny); launch "

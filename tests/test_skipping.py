@@ -10,8 +10,8 @@ import pytest
 
 from resnet_jax import configs
 from resnet_jax.models import skip_cnn as nets
-from resnet_jax.studies import skip_study
-from resnet_jax.studies import skipping as analysis
+from resnet_jax.studies import skip as skip_study
+from resnet_jax.studies.skip import analysis
 from resnet_jax.training import core
 from resnet_jax.training import skipping as skip_train
 from tests.conftest import run_cli

@@ -12,7 +12,7 @@ Two executions of the same parameters:
   * masked (``SkipCNN.__call__(x, depth)``): every layer runs on the whole batch and
     ``jnp.where`` keeps a skipped layer's (adapted) input, so the layer receives exactly zero
     gradient from that example. Training uses this; it saves no compute.
-  * bucketed (``studies.skipping.predict_bucketed``): examples grouped by depth run only their
+  * bucketed (``studies.skip.analysis.predict_bucketed``): examples grouped by depth run only their
     layers (``SkipCNN.truncated``), padded to a few static batch sizes. This is where compute is saved.
 
 :class:`EarlyExitCNN` is the early-exit baseline (BranchyNet): the same three convs and final head,
@@ -106,7 +106,7 @@ class EarlyExitCNN(SkipCNN):
 
     ``__call__(x)`` returns ``(logits of every exit, stacked: (3, batch, classes), activations)``;
     the last exit is CNN-1's head. :meth:`stage` runs one conv and its exit, for inference that
-    stops an example at the first exit confident enough (``studies.skipping.predict_early_exit``).
+    stops an example at the first exit confident enough (``studies.skip.analysis.predict_early_exit``).
     """
 
     def setup(self):

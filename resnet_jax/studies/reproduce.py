@@ -147,7 +147,7 @@ def _eliminate(job: Job, key: str) -> dict:
 
 
 def _skip_study(job: Job) -> dict:
-    from resnet_jax.studies import skip_study
+    from resnet_jax.studies import skip as skip_study
 
     skip_study.run_study(job.config("skip"), job.run_dir("skip"), log=job.log)
     return {}

@@ -11,7 +11,7 @@ from resnet_jax import configs
 from resnet_jax.training import classification, core, segmentation
 
 TASKS: dict[str, core.Task] = {t.name: t for t in (classification.TASK, segmentation.TASK)}
-"""Tasks trained by the core; Study B (``skip``) is a study of several small models, run by ``studies.skip_study``."""
+"""Tasks trained by the core; Study B (``skip``) is a study of several small models, run by ``studies.skip``."""
 
 
 def read_config(workdir: str | Path) -> dict[str, Any]:

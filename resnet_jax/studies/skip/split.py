@@ -1,0 +1,47 @@
+"""Study B's data: the train and test splits, the fit / validation cut of the training split, and the stratified
+hold-out of the labelled images on which a router is scored."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from resnet_jax.data import images as data
+
+
+def load_data(config: Mapping) -> tuple[data.Split, data.Split]:
+    """Train and test splits; ``synthetic`` is sized by ``data.synthetic`` (e.g. 32x32x3, 100 classes)."""
+    d, seed = config["data"], config["train"]["seed"]
+    if d["name"] != "synthetic":
+        return data.load_train_test(d["name"], data_dir=d["data_dir"], seed=seed,
+                                    max_train_examples=d["max_train_examples"],
+                                    max_test_examples=d["max_test_examples"])
+    s = d["synthetic"]
+    splits = []
+    for split in ("train", "test"):
+        made = data.synthetic_split(split, seed=seed, n=s[f"{split}_examples"], num_classes=s["num_classes"],
+                                    size=s["size"], channels=s["channels"])
+        splits.append(made.take(d[f"max_{split}_examples"], seed=seed))
+    return splits[0], splits[1]
+
+
+def validation_split(n: int, count: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(fit, validation)`` sorted positions of a split of ``n``: ``count`` random ones held out (seeded)."""
+    if not 0 < count < n:
+        raise ValueError(f"data.validation_examples must be between 1 and {n - 1} (the training split has {n} "
+                         f"images), got {count}")
+    held = np.sort(np.random.default_rng(seed).permutation(n)[:count])
+    return np.setdiff1d(np.arange(n), held), held
+
+
+def stratified_split(labels: np.ndarray, *, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, held_out)`` positions: ``round(fraction * n_c)`` of each label held out (>= 1 when n_c >= 2)."""
+    rng = np.random.default_rng(seed)
+    held = []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        k = min(len(members) - 1, max(1, round(fraction * len(members)))) if len(members) >= 2 else 0
+        held.append(members[:k])
+    held_out = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
+    return np.setdiff1d(np.arange(len(labels)), held_out), held_out

@@ -1,0 +1,50 @@
+"""Study B's answer in plain sentences: does activation-chosen depth save compute at equal accuracy, beside early
+exit and random depth."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from resnet_jax.ablation import statistics
+from resnet_jax.studies.skip.points import METHODS
+
+
+def verdict(curves: Mapping) -> list[str]:
+    """Plain sentences: does activation-chosen depth save compute at equal accuracy, and how does early exit do?
+
+    "Equal accuracy" is the validation rule that chose the point (within the tolerance of CNN-1) *and* a test
+    accuracy no lower than CNN-1's by more than the tolerance; "saves" needs at least 2 % fewer MACs. Wall
+    time is reported beside, and the dense router beside random depth of its own histogram.
+    """
+    best, tol = {p["method"]: p for p in curves["best"]}, curves["tolerance"]
+    full, lines = best["full"], []
+    random = {p["setting"]: p for p in curves["test"] if p["method"] == "random"}
+    for method in ("dense_router", "selection_router", "early_exit"):
+        p = best.get(method)
+        if not p:
+            continue
+        gap = p["accuracy"] - full["accuracy"]
+        wall = p.get("wall_ratio_vs_cnn1", float("nan"))
+        paired = f"paired difference {statistics.comparison_text(p['vs_cnn1'])}" if "vs_cnn1" in p else f"{gap:+.4f}"
+        text = (f"{METHODS[method]}, at the point chosen on validation ({p['setting']}): test accuracy "
+                f"{p['accuracy']:.4f} [{p['ci_low']:.4f}, {p['ci_high']:.4f}] vs CNN-1 {full['accuracy']:.4f} "
+                f"[{full['ci_low']:.4f}, {full['ci_high']:.4f}] ({paired}), MAC ratio {p['mac_ratio_vs_cnn1']:.3f}, "
+                f"wall-time ratio {wall:.3f}")
+        shuffled = random.get(f"as {p['setting']}") if method == "dense_router" else None
+        if shuffled:
+            added = (statistics.comparison_text(p["vs_random"]) if "vs_random" in p
+                     else f"{p['accuracy'] - shuffled['accuracy']:+.4f}")
+            text += (f"; random depth with the same histogram {shuffled['accuracy']:.4f}, so the activation-chosen "
+                     f"depths add {added}")
+        if not p["meets_validation_target"]:
+            lines.append(f"{text}. No operating point reaches CNN-1's validation accuracy: it does not save compute "
+                         f"at equal accuracy.")
+        elif gap < -tol:
+            lines.append(f"{text}. On test it falls {-gap:.4f} below CNN-1 (more than {tol}): no saving at equal "
+                         f"accuracy is shown.")
+        elif p["mac_ratio_vs_cnn1"] > 0.98:
+            lines.append(f"{text}. At equal accuracy it saves no compute (under 2 % of the MACs).")
+        else:
+            faster = "and is faster in wall time" if wall < 1 else "but is not faster in wall time here"
+            lines.append(f"{text}. At equal accuracy it saves {1 - p['mac_ratio_vs_cnn1']:.1%} of the MACs {faster}.")
+    return lines
