@@ -36,7 +36,7 @@ def main() -> None:
         config = configs.load_config(PRESETS[args.preset], [*args.set, *seed_overrides], data_dir=args.data_dir)
         run_dirs.append(run)
         runs.train(config, run)
-        ablate.ablate_workdir(run, protocols=PROTOCOLS, kind=args.kind)
+        ablate.ablate_workdir(run, ablate.Request(protocols=PROTOCOLS, kind=args.kind))
         print(f"report: {markdown.write_report(run)}")
 
     # --- Several seeds: per-mask mean, spread and decision counts ---

@@ -103,11 +103,10 @@ def _ablate(args) -> int:
 
     protocol = args.protocol or ("" if args.spec else "all")  # a spec file alone runs alone
     chosen = {"all": list(STUDY_PROTOCOLS), "readings": list(READINGS), "": []}.get(protocol, [protocol])
-    ablate.ablate_workdir(
-        _workdir(args.workdir), protocols=chosen, kind=args.kind, spec_file=args.spec,
-        data_dir=configs.existing_data_dir(args.data_dir), n_examples=args.n_examples,
-        method=args.method, batch_size=args.batch_size, memory_budget_mb=args.memory_budget_mb,
-        checkpoint=args.checkpoint, margin=args.margin, alpha=args.alpha, batchnorm=args.batchnorm)
+    request = ablate.Request(protocols=chosen, kind=args.kind, spec_file=args.spec, n_examples=args.n_examples,
+                             method=args.method, batch_size=args.batch_size, memory_budget_mb=args.memory_budget_mb,
+                             checkpoint=args.checkpoint, margin=args.margin, alpha=args.alpha, batchnorm=args.batchnorm)
+    ablate.ablate_workdir(_workdir(args.workdir), request, data_dir=configs.existing_data_dir(args.data_dir))
     return 0
 
 

@@ -11,7 +11,7 @@ import pytest
 from resnet_jax import metrics
 from resnet_jax.ablation import catalogue as abl
 from resnet_jax.ablation import elimination as elim
-from resnet_jax.ablation import store
+from resnet_jax.ablation import engine, store
 from resnet_jax.data import images as data
 from resnet_jax.data.inputs import channel_stats, normalize
 from resnet_jax.models import resnet as models
@@ -153,8 +153,8 @@ def test_greedy_search_with_the_engine_equals_a_slow_loop(tmp_path, granularity)
     y = np.argmax(model.apply(variables, x)[0], -1)
     options = elim.candidates(layers, granularity=granularity)
     results = store.ResultStore(tmp_path, store.context(variables, split.images, y, metrics.Accuracy()))
-    score = eliminate.set_scorer(model, variables, layers, split.images, y, metric=metrics.Accuracy(),
-                                 image_mean=mean, image_std=std, batch_size=32, results=results, protocol="t")
+    inputs = engine.Inputs(model, variables, layers, split.images, y, mean, std, metrics.Accuracy(), 32)
+    score = eliminate.set_scorer(inputs, results=results, protocol="t")
     baseline = score([()])[0]
     assert baseline == 1.0
     path = elim.greedy(options, score, baseline=baseline, max_drop=0.5)
@@ -163,8 +163,7 @@ def test_greedy_search_with_the_engine_equals_a_slow_loop(tmp_path, granularity)
     assert len(path) >= 2  # the search took at least one step and then stopped or ran out
     # Resuming recomputes nothing: every set is in the store.
     calls = []
-    again = eliminate.set_scorer(model, variables, layers, split.images, y, metric=metrics.Accuracy(),
-                                 image_mean=mean, image_std=std, batch_size=32, results=results, protocol="t")
+    again = eliminate.set_scorer(inputs, results=results, protocol="t")
     assert elim.greedy(options, lambda s: calls.append(len(s)) or again(s), baseline=baseline,
                        max_drop=0.5) == path
     rows = results.load()

@@ -122,10 +122,10 @@ def _table(workdir, stem):
 def test_a_spec_that_changes_its_layers_is_recomputed_not_reused(tiny_run, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text("- name: foo\n  select: {names: [conv1]}\n")
-    ablate.ablate_workdir(tiny_run, spec_file=spec, n_examples=64, log=lambda s: None)
+    ablate.ablate_workdir(tiny_run, ablate.Request(spec_file=spec, n_examples=64), log=lambda s: None)
     first = _table(tiny_run, "spec-spec")[0]
     spec.write_text("- name: foo\n  select: {patterns: ['layer4.*']}\n")
-    ablate.ablate_workdir(tiny_run, spec_file=spec, n_examples=64, log=lambda s: None)
+    ablate.ablate_workdir(tiny_run, ablate.Request(spec_file=spec, n_examples=64), log=lambda s: None)
     second = _table(tiny_run, "spec-spec")[0]
     assert first["layers"] == "conv1" and second["layers"].split() == [
         "layer4.0.conv1", "layer4.0.conv2", "layer4.0.downsample", "layer4.1.conv1", "layer4.1.conv2"]
@@ -165,7 +165,7 @@ def test_force_new_clears_everything_derived_from_the_old_run(tiny_run, tmp_path
 
     workdir = tmp_path / "copy"
     shutil.copytree(tiny_run, workdir)
-    ablate.ablate_workdir(workdir, protocols=("baseline",), n_examples=16, log=lambda s: None)
+    ablate.ablate_workdir(workdir, ablate.Request(protocols=("baseline",), n_examples=16), log=lambda s: None)
     assert (workdir / "ablation" / "results.jsonl").is_file()
     result = run_cli("train", "--config", "synthetic-tiny", "--workdir", str(workdir), "--set", "train.epochs=1",
                      "--force-new")
@@ -175,7 +175,7 @@ def test_force_new_clears_everything_derived_from_the_old_run(tiny_run, tmp_path
 
 
 def test_tables_state_their_checkpoint_and_data(tiny_run):
-    ablate.ablate_workdir(tiny_run, protocols=("baseline",), n_examples=32, log=lambda s: None)
+    ablate.ablate_workdir(tiny_run, ablate.Request(protocols=("baseline",), n_examples=32), log=lambda s: None)
     table = json.loads((tiny_run / "ablation" / "baseline.json").read_text())
     p = table["provenance"]
     assert p["n_examples"] == 32 and p["checkpoint"] == "best" and len(p["checkpoint_sha"]) == 16
@@ -185,16 +185,16 @@ def test_tables_state_their_checkpoint_and_data(tiny_run):
 
 
 def test_batch_statistics_results_are_keyed_apart_from_running_ones(tiny_run):
-    ablate.ablate_workdir(tiny_run, protocols=("baseline",), n_examples=32, log=lambda s: None)
-    ablate.ablate_workdir(tiny_run, protocols=("baseline",), n_examples=32, batch_size=16, batchnorm="batch",
-                          log=lambda s: None)
+    ablate.ablate_workdir(tiny_run, ablate.Request(protocols=("baseline",), n_examples=32), log=lambda s: None)
+    ablate.ablate_workdir(tiny_run, ablate.Request(protocols=("baseline",), n_examples=32, batch_size=16,
+                                                   batchnorm="batch"), log=lambda s: None)
     running = json.loads((tiny_run / "ablation" / "baseline.json").read_text())
     batch = json.loads((tiny_run / "ablation" / "baseline.bn-batch.json").read_text())
     assert batch["provenance"]["evaluation"] == {"batchnorm": "batch", "batch_size": 16, "batch_order_seed": 0}
     assert batch["provenance"]["id"] != running["provenance"]["id"] and "evaluation" not in running["provenance"]
     with pytest.raises(ValueError, match="divides the 32 examples"):
-        ablate.ablate_workdir(tiny_run, protocols=("baseline",), n_examples=32, batch_size=24, batchnorm="batch",
-                              log=lambda s: None)
+        ablate.ablate_workdir(tiny_run, ablate.Request(protocols=("baseline",), n_examples=32, batch_size=24,
+                                                       batchnorm="batch"), log=lambda s: None)
 
 
 # reproduce records what made it -----------------------------------------------------------------
@@ -228,7 +228,7 @@ def test_a_baseline_at_or_below_chance_is_a_warning(tiny_run):
     table["rows"][0]["baseline"] = 0.74
     assert markdown.chance_warning(table) is None
     assert markdown.chance_warning({"rows": table["rows"]}) is None  # Dice: no chance level
-    ablate.ablate_workdir(tiny_run, protocols=("shortcut",), n_examples=32, log=lambda s: None)
+    ablate.ablate_workdir(tiny_run, ablate.Request(protocols=("shortcut",), n_examples=32), log=lambda s: None)
     written = json.loads((tiny_run / "ablation" / "shortcut.json").read_text())
     labels = runs.restore(tiny_run).test.take(32, seed=0).labels
     majority = np.bincount(labels).max() / len(labels)  # the model that learned nothing, counted by hand
@@ -473,17 +473,18 @@ def test_spec_tables_say_the_kind_they_computed_and_never_replace_each_other(tin
     first.write_text("- name: foo\n  select: {names: [layer1.0.conv2]}\n")  # zero-kernel, the default kind
     second.write_text("- name: bar\n  kind: zero-branch\n  select: {roles: [shortcut]}\n")
     quiet = lambda s: None  # noqa: E731
-    ablate.ablate_workdir(tiny_run, spec_file=second, n_examples=64, log=quiet)  # the spec's own kind
+    ablate.ablate_workdir(tiny_run, ablate.Request(spec_file=second, n_examples=64), log=quiet)  # the spec's own kind
     meta = json.loads((tiny_run / "ablation" / "spec-bar.json").read_text())
     assert meta["title"] == "spec-bar (zero-branch)" and {r["kind"] for r in meta["rows"]} == {"zero-branch"}
-    ablate.ablate_workdir(tiny_run, spec_file=first, kind="zero-branch", n_examples=64, log=quiet)  # --kind overrides
+    ablate.ablate_workdir(tiny_run, ablate.Request(spec_file=first, kind="zero-branch", n_examples=64),
+                          log=quiet)  # --kind overrides
     overridden = json.loads((tiny_run / "ablation" / "spec-foo_conv1.json").read_text())
     assert overridden["title"] == "spec-foo_conv1 (zero-branch)" and overridden["rows"][0]["kind"] == "zero-branch"
-    ablate.ablate_workdir(tiny_run, spec_file=first, n_examples=64, log=quiet)
+    ablate.ablate_workdir(tiny_run, ablate.Request(spec_file=first, n_examples=64), log=quiet)
     own = json.loads((tiny_run / "ablation" / "spec-foo_conv1.json").read_text())
     assert own["rows"][0]["kind"] == "zero-kernel" and own["rows"][0]["key"] != overridden["rows"][0]["key"]
     assert (tiny_run / "ablation" / "spec-bar.json").is_file()  # the other file's table is still there
-    ablate.ablate_workdir(tiny_run, spec_file=first, protocols=["shortcut"], n_examples=64, log=quiet)
+    ablate.ablate_workdir(tiny_run, ablate.Request(spec_file=first, protocols=["shortcut"], n_examples=64), log=quiet)
     assert (tiny_run / "ablation" / "shortcut.csv").is_file()  # --protocol with --spec: both run
 
 

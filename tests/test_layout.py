@@ -86,3 +86,37 @@ def test_imports_only_go_down(module):
     assert module.count(".") == 0 or module.split(".")[1] in LAYERS, f"{module} is in no layer of {LAYERS}"
     upward = sorted(m for m in import_graph()[module] if _layer(m) > _layer(module))
     assert not upward, f"{module} imports from a higher layer: {upward}"
+
+
+STUDY_LIMITS = {"module_lines": 300, "function_lines": 60, "parameters": 8}
+"""The studies layer stays readable: a study grows by new small modules, and a long signature becomes a record."""
+
+
+def oversized(source: str, limits: dict = STUDY_LIMITS) -> list[str]:
+    """What in ``source`` exceeds ``limits``: the module's line count, any function's lines or parameters
+    (``self`` not counted)."""
+    found = []
+    if len(source.splitlines()) > limits["module_lines"]:
+        found.append(f"{len(source.splitlines())} lines")
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            a = node.args
+            params = [p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs) if p.arg not in ("self", "cls")]
+            lines = node.end_lineno - node.lineno + 1
+            if lines > limits["function_lines"]:
+                found.append(f"{node.name}: {lines} lines")
+            if len(params) > limits["parameters"]:
+                found.append(f"{node.name}: {len(params)} parameters")
+    return found
+
+
+def test_the_size_check_finds_a_planted_long_function_and_signature():
+    body = "\n".join(f"    x{i} = {i}" for i in range(60))
+    source = f"def long(a, b, c, d, e, f, g, h, *, i):\n{body}\n\n\nclass A:\n    def ok(self, a):\n        return a\n"
+    assert oversized(source) == ["long: 61 lines", "long: 9 parameters"]
+    assert oversized("x = 1\n" * 301) == ["301 lines"]
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(PACKAGE).as_posix() for p in (PACKAGE / "studies").rglob("*.py")))
+def test_study_modules_stay_small(path):
+    assert not oversized((PACKAGE / path).read_text()), oversized((PACKAGE / path).read_text())

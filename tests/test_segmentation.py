@@ -233,7 +233,7 @@ def test_training_smoke_run_logs_dice_per_class_and_resumes(tiny_run):
 
 def test_ablate_scores_a_segmentation_run_by_dice_with_a_qualitative_figure(tiny_run):
     workdir, _, _ = tiny_run
-    ablate.ablate_workdir(workdir, protocols=("baseline", "shortcut"), n_examples=12, log=lambda s: None)
+    ablate.ablate_workdir(workdir, ablate.Request(protocols=("baseline", "shortcut"), n_examples=12), log=lambda s: None)
     table = json.loads((workdir / "ablation" / "shortcut.json").read_text())
     assert [r["mask"] for r in table["rows"]] == [f"encoder.layer{s}.0.downsample" for s in (2, 3, 4)]
     assert all(r["metric"] == "dice_myo" and r["n_examples"] == 12 for r in table["rows"])

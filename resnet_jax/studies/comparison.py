@@ -71,14 +71,29 @@ def compare(full_dir, slim_dir, *, resnet18_dir=None, batch: int = 128, repeats:
     full_dir, slim_dir = Path(full_dir).absolute(), Path(slim_dir).absolute()
     summary = json.loads((slim_dir / "elimination" / "summary.json").read_text())
     full = runs.restore(full_dir, data_dir=data_dir, command="eliminate")
-    task = full.task
     batch = min(batch, full.config["train"]["batch_size"])  # a training batch of this run fits in memory
-    images_all, targets_all = task.arrays(full.test)
+    images_all, targets_all = full.task.arrays(full.test)
     take = np.arange(batch) % len(images_all)
-    images, targets = images_all[take], targets_all[take]
+    entries, norms = _entries(full, summary, slim_dir, resnet18_dir)
+    log(f"paired tests of the slim model against {len(entries) - 1} others on the {len(images_all)} test examples")
+    paired = paired_against_slim(full, entries, norms, batch_size=batch)
+    log(f"timing {len(entries)} models side by side (batch {batch}, {repeats} repeats of {steps} calls)")
     mean, std = np.asarray(full.state.image_mean), np.asarray(full.state.image_std)
+    speeds = measure({name: _programs(full.config, full.task, m, v, mean, std, images_all[take], targets_all[take])
+                      for name, (m, v) in entries.items()}, batch=batch, repeats=repeats, steps=steps)
+    shape = (1, *images_all.shape[1:])
+    sizes = {name: {"params": elim.count_params(v), "conv_macs": elim.conv_macs(abl.catalogue(m, v, input_shape=shape)),
+                    **speeds[name]} for name, (m, v) in entries.items()}
+    rows = _rows(full.config, summary, sizes, resnet18_value=score_run(resnet18_dir)["value"] if resnet18_dir else None)
+    return {"device": jax.devices()[0].device_kind, "batch": batch, "repeats": repeats, "steps": steps,
+            "metric": summary["metric"], "rows": rows, "slim_run": str(slim_dir), "paired_vs_slim": paired}
+
+
+def _entries(full: core.Run, summary: dict, slim_dir: Path, resnet18_dir) -> tuple[dict[str, tuple], dict]:
+    """``(model, variables)`` of every model compared, and the input normalisation of those not trained on the
+    full run's (ResNet18 keeps its own)."""
     variables = jax.device_get(full.state.variables)
-    shape = (1, *images.shape[1:])
+    shape = (1, *full.task.arrays(full.test)[0].shape[1:])
     layers = abl.catalogue(full.model, variables, input_shape=shape)
     slim = runs.restore(slim_dir, command="eliminate")
     entries = {"full": (full.model, variables), "slim": (slim.model, jax.device_get(slim.state.variables))}
@@ -86,47 +101,40 @@ def compare(full_dir, slim_dir, *, resnet18_dir=None, batch: int = 128, repeats:
         choices = tuple(elim.Choice(u, c) for u, c in draw["choices"])
         entries[f"random-{i}"] = (elim.slim_model(full.model, choices, layers),
                                   elim.slim_variables(full.model, variables, choices, layers, input_shape=shape))
+    norms = {}
     if resnet18_dir:
         other = runs.restore(Path(resnet18_dir).absolute(), command="eliminate")
         entries["resnet18"] = (other.model, jax.device_get(other.state.variables))
-    norms = {"resnet18": (np.asarray(other.state.image_mean), np.asarray(other.state.image_std))} if resnet18_dir else {}
-    log(f"paired tests of the slim model against {len(entries) - 1} others on the {len(images_all)} test examples")
-    paired = paired_against_slim(full, entries, norms, batch_size=batch)
-    log(f"timing {len(entries)} models side by side (batch {batch}, {repeats} repeats of {steps} calls)")
-    speeds = measure({name: _programs(full.config, task, m, v, mean, std, images, targets)
-                      for name, (m, v) in entries.items()}, batch=batch, repeats=repeats, steps=steps)
+        norms["resnet18"] = (np.asarray(other.state.image_mean), np.asarray(other.state.image_std))
+    return entries, norms
 
-    def size(name):
-        m, v = entries[name]
-        return {"params": elim.count_params(v), "conv_macs": elim.conv_macs(abl.catalogue(m, v, input_shape=shape)),
-                **speeds[name]}
 
-    n = len(summary["units"])
-    m = full.config["model"]
-    rows = [{"name": f"{m.get('name') or 'pspnet-' + m['encoder']} (full)", "value": summary["full"]["test"], **size("full")},
-            {"name": f"slim, {n} units removed", "value": summary["slim"]["test"], **size("slim")}]
+def _rows(config: dict, summary: dict, sizes: dict[str, dict], *, resnet18_value: float | None) -> list[dict]:
+    """The comparison table: one row per model (random draws as their mean, range and sd), with ratios to the
+    full model."""
+    n, m = len(summary["units"]), config["model"]
+    rows = [{"name": f"{m.get('name') or 'pspnet-' + m['encoder']} (full)", "value": summary["full"]["test"],
+             **sizes["full"]},
+            {"name": f"slim, {n} units removed", "value": summary["slim"]["test"], **sizes["slim"]}]
     if summary["finetuned"]:
         tuned = summary["finetuned"]
         label = (f"slim, fine-tuned {tuned['epochs']} epoch(s)" if tuned["step"] else
                  f"slim, fine-tuning {tuned['epochs']} epoch(s) did not improve validation: step 0 kept")
         rows.append({**rows[-1], "name": label, "value": tuned["test"]})
-    randoms = [name for name in entries if name.startswith("random-")]
+    randoms = [name for name in sizes if name.startswith("random-")]
     if randoms:
         values = [d["test"] for d in summary["random"]]
-        per = [size(name) for name in randoms]
+        per = [sizes[name] for name in randoms]
         rows.append({"name": f"random {n} units ({len(randoms)} draws, mean)", "value": float(np.mean(values)),
                      "low": float(min(values)), "high": float(max(values)),
                      "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
                      **{k: float(np.mean([q[k] for q in per])) for k in per[0]}})
-    if resnet18_dir:
-        value = score_run(resnet18_dir)["value"]
-        rows.append({"name": "resnet18 (same recipe and budget)", "value": value, **size("resnet18")})
-    base = rows[0]
+    if resnet18_value is not None:
+        rows.append({"name": "resnet18 (same recipe and budget)", "value": resnet18_value, **sizes["resnet18"]})
     for r in rows:
-        r["ratios_vs_full"] = {k: r[k] / base[k] for k in ("params", "conv_macs", "eval_images_per_s",
-                                                            "train_images_per_s")}
-    return {"device": jax.devices()[0].device_kind, "batch": batch, "repeats": repeats, "steps": steps,
-            "metric": summary["metric"], "rows": rows, "slim_run": str(slim_dir), "paired_vs_slim": paired}
+        r["ratios_vs_full"] = {k: r[k] / rows[0][k] for k in ("params", "conv_macs", "eval_images_per_s",
+                                                               "train_images_per_s")}
+    return rows
 
 
 def paired_against_slim(full: core.Run, entries: dict, norms: dict, *, batch_size: int,

@@ -32,16 +32,17 @@ from resnet_jax.studies import slim as slim_run
 from resnet_jax.training import core, runs
 
 SPLITS = ("val", "test")
-def set_scorer(model, variables, layers, images, targets, *, metric, image_mean, image_std, batch_size: int,
-               results: store.ResultStore, protocol: str, chunk: int | None = None) -> elim.Score:
+def set_scorer(inputs: engine.Inputs, *, results: store.ResultStore, protocol: str,
+               chunk: int | None = None) -> elim.Score:
     """Scores of sets of choices on fixed examples: masked models in one engine call, every result stored and
     reused (keyed by content), so a rerun recomputes nothing it finished.
 
     Masks go through the engine's weights path in padded chunks whose size is a power of two up to ``chunk``, so a
     search compiles a handful of programs (the gate path would compile anew for each step's placement of copies)
     and pads at most half a chunk."""
-    size = chunk or engine.chunk_size(len(elim.eliminable_units(layers)), batch_size=batch_size, layers=layers,
-                                      memory_budget_mb=devices.memory_budget_mb())
+    layers, metric = inputs.layers, inputs.metric
+    size = chunk or engine.chunk_size(len(elim.eliminable_units(layers)), batch_size=inputs.batch_size,
+                                      layers=layers, memory_budget_mb=devices.memory_budget_mb())
 
     def score(sets: Sequence[tuple[elim.Choice, ...]]) -> list[float]:
         ablations = [elim.as_ablation(s, layers) for s in sets]
@@ -51,8 +52,9 @@ def set_scorer(model, variables, layers, images, targets, *, metric, image_mean,
         if todo:
             by_id = {(a.name, a.kind, a.layers): a for a in todo}
             bucket = min(size, 1 << (len(todo) - 1).bit_length())
-            engine.evaluate(model, variables, todo, layers, images, targets, image_mean=image_mean,
-                            image_std=image_std, metric=metric, batch_size=batch_size, method="weights", chunk=bucket,
+            engine.evaluate(inputs.model, inputs.variables, todo, layers, inputs.images, inputs.targets,
+                            image_mean=inputs.image_mean, image_std=inputs.image_std, metric=metric,
+                            batch_size=inputs.batch_size, method="weights", chunk=bucket,
                             on_chunk=lambda rs: results.append(protocol, rs, by_id, metric=metric.name))
             done = results.load()
         return [float(done[store.ablation_key(a)]["value"]) for a in ablations]
@@ -167,13 +169,13 @@ def _search(run: core.Run, layers, options, settings: Settings, *, source: Path,
     variables, model, metric = jax.device_get(run.state.variables), run.model, run.task.metric(run.config)
     chunk = engine.chunk_size(len(options), batch_size=batch_size, layers=layers,
                               memory_budget_mb=devices.memory_budget_mb())
-    kwargs = dict(metric=metric, image_mean=np.asarray(run.state.image_mean), chunk=chunk,
-                  image_std=np.asarray(run.state.image_std), batch_size=batch_size)
 
     def scorer(images, targets, name, protocol):
         results = store.ResultStore(out / "elimination", store.context(variables, images, targets, metric,
                                                                        evaluation={"split": name}))
-        return set_scorer(model, variables, layers, images, targets, protocol=protocol, results=results, **kwargs)
+        inputs = engine.Inputs(model, variables, layers, images, targets, np.asarray(run.state.image_mean),
+                               np.asarray(run.state.image_std), metric, batch_size)
+        return set_scorer(inputs, protocol=protocol, results=results, chunk=chunk)
 
     name, (images, targets) = settings.metric_split, run.task.arrays(_search_split(run, source, settings.metric_split))
     on_split = scorer(images, targets, name, f"search-{name}")

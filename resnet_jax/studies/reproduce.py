@@ -97,11 +97,11 @@ def _train(job: Job, key: str) -> dict:
 def _ablate(job: Job, key: str, protocols: Sequence[str] | None = None) -> dict:
     from resnet_jax.studies import ablate, seeds
 
-    chosen = {"protocols": list(protocols)} if protocols else {}
+    request = ablate.Request(protocols=list(protocols) if protocols else None, n_examples=job.preset["ablate_examples"])
     paths = [p for p, _ in seeds.each_seed(job.run_dir(key), job.n_seeds)]
     written = []
     for path in paths[:job.preset["pairs_seeds"] if protocols else None]:
-        written += ablate.ablate_workdir(path, n_examples=job.preset["ablate_examples"], log=job.log, **chosen)
+        written += ablate.ablate_workdir(path, request, log=job.log)
     return {"tables": [str(p) for p in written], "seeds": job.n_seeds}
 
 
@@ -118,9 +118,9 @@ def _readings(job: Job) -> dict:
             job.log(f"NOTICE: readings: {run.name} has no trained run (stage not run yet); its readings are skipped")
             continue
         n = job.preset["ablate_examples"]
-        written += ablate.ablate_workdir(run, protocols=READINGS, n_examples=n, log=job.log)
-        written += ablate.ablate_workdir(run, protocols=STUDY_PROTOCOLS, n_examples=n, batchnorm="batch",
-                                         whole_batches=True, log=job.log)
+        written += ablate.ablate_workdir(run, ablate.Request(protocols=READINGS, n_examples=n), log=job.log)
+        written += ablate.ablate_workdir(run, ablate.Request(protocols=STUDY_PROTOCOLS, n_examples=n, batchnorm="batch",
+                                                             whole_batches=True), log=job.log)
     return {"tables": [str(p) for p in written]}
 
 
