@@ -12,13 +12,14 @@ from tests.conftest import REPO
 SCRIPT = r"""
 import json, sys
 import jax, jax.numpy as jnp, numpy as np
-from resnet_jax import configs
+from resnet_jax import configs, devices
 from resnet_jax.ablation import catalogue as abl
 from resnet_jax.ablation import engine
 from resnet_jax.data import images as data
 from resnet_jax.models import resnet as models
 from resnet_jax.training import runs
 assert jax.device_count() == int(sys.argv[1]), jax.devices()
+devices.enable_compilation_cache(devices.compilation_cache_dir())  # the suite's cache ($RESNET_JAX_COMPILE_CACHE)
 model = models.create_model("resnet_tiny", num_classes=10)
 variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
 layers = abl.catalogue(model, variables)

@@ -422,8 +422,8 @@ def test_layers_of_a_segmentation_preset_use_its_image_size():
     large = run_cli("layers", "--config", "acdc-pspnet34-cpu")
     assert small.returncode == 0 and large.returncode == 0, small.stderr + large.stderr
     total = lambda out: int(re.search(r"([\d,]+) MACs per image", out).group(1).replace(",", ""))  # noqa: E731
-    assert total(large.stdout) == 4 * total(small.stdout)  # 128 px against 64 px: every conv map is 4x larger
-    explicit = run_cli("layers", "--config", "acdc-pspnet34-cpu", "--image-size", "64")
+    assert 9 * total(large.stdout) == 64 * total(small.stdout)  # 128 px against 48 px: every conv map (128/48)^2 larger
+    explicit = run_cli("layers", "--config", "acdc-pspnet34-cpu", "--image-size", "48")
     assert total(explicit.stdout) == total(small.stdout)
 
 

@@ -86,10 +86,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train": {"epochs": 28, "batch_size": 16, "learning_rate": 0.02, "warmup_epochs": 1.0, "max_shift": 10},
     },
     "acdc-pspnet34-smoke": {
-        "about": "Seconds plus compilation, for tests and CI: 16 training slices, 64 px, one epoch",
+        "about": "Seconds plus compilation, for tests and CI: 16 training slices, 48 px, one epoch",
         "scale": "smoke",
         "model": {"output_stride": 16, "head_features": 64},
-        "data": {"image_size": 64, "max_train_examples": 16, "max_val_examples": 8, "max_test_examples": 8},
+        "data": {"image_size": 48, "max_train_examples": 16, "max_val_examples": 4, "max_test_examples": 8},
         "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 8, "warmup_epochs": 0.0, "max_shift": 4},
     },
     "sunnybrook-pspnet34-cpu": {
