@@ -66,6 +66,8 @@ def test_smoke_preset_runs_every_stage_and_resumes(smoke_run):
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (workdir / "report" / link).is_file()
     assert (workdir / "cifar10-resnet34-seed1" / "ablation" / "single.json").is_file()
+    trained = json.loads((workdir / "cifar10-resnet34" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert trained["step"] == 4 and 0.0 <= trained["val_accuracy"] <= 1.0  # (160 - 32 validation) / batch 32
     combined = json.loads((workdir / "cifar10-resnet34-seeds" / "single.json").read_text())
     assert all(r["n_seeds"] == 2 and r["value_min"] <= r["value_mean"] <= r["value_max"] for r in combined["rows"])
     assert "2 seeds" in md and "The paper beside ours" in md and "Pairwise interactions" in md
