@@ -78,6 +78,18 @@ def _locked(workdir: Path) -> Iterator[dict[str, Any]]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def discard_unreadable(workdir: str | Path) -> bool:
+    """Remove a ledger that is not valid JSON (``--force-new`` on such a workdir); return whether one was
+    removed, in which case the caller clears the workdir as one made before the ledger."""
+    try:
+        read(workdir)
+        return False
+    except LedgerError:
+        if files.WRITER:
+            (Path(workdir) / FILE).unlink()
+        return True
+
+
 def update(workdir: str | Path, change: Callable[[dict], None]) -> None:
     """Apply ``change`` to the ledger's record and write it back (process 0 only in a multi-process job)."""
     if files.WRITER:

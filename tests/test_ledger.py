@@ -52,3 +52,25 @@ def test_outputs_outside_the_workdir_and_a_broken_ledger_are_refused(tmp_path):
     (tmp_path / "w" / "stages.json").write_text("{not json")
     with pytest.raises(ledger.LedgerError, match="not valid JSON.*--force-new"):
         ledger.read(tmp_path / "w")
+
+
+def test_force_new_on_a_workdir_whose_ledger_is_broken_clears_it_as_one_made_before_the_ledger(tmp_path):
+    from resnet_jax.studies import reproduce
+    from resnet_jax.training import core
+
+    (tmp_path / "config.json").write_text("{}")
+    for made in ("checkpoints", "ablation", "models"):
+        (tmp_path / made).mkdir()
+    (tmp_path / "notes.txt").write_text("a user's file")
+    (tmp_path / "stages.json").write_text("{not json")
+    core.clear_run(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".stages.json.lock", "config.json", "notes.txt",
+                                                            "stages.json"]
+    work = tmp_path / "reproduce"
+    (work / "cifar10-resnet34").mkdir(parents=True)
+    (work / "stages.json").write_text("{not json")
+    with pytest.raises(reproduce.StageError, match="not valid JSON"):
+        reproduce._claim(work, {"preset": "smoke", "data_root": None}, force_new=False)
+    reproduce._claim(work, {"preset": "smoke", "data_root": None}, force_new=True)
+    assert not (work / "cifar10-resnet34").exists()
+    assert ledger.read(work) == {"run": {"preset": "smoke", "data_root": None}, "stages": {}}

@@ -212,7 +212,8 @@ def _claim(workdir: Path, identity: dict[str, Any], *, force_new: bool) -> None:
     except ledger.LedgerError as err:
         if not force_new:
             raise StageError(str(err)) from None
-        record = {"run": "discarded", "stages": {}}
+        ledger.discard_unreadable(workdir)
+        record = {"run": "discarded", "stages": {"unreadable": {}}}  # cleared as a workdir made before the ledger
     recorded = (workdir / ledger.FILE).is_file()
     old = record.get("run", "unrecorded" if recorded else None)
     if isinstance(old, dict) and old.get("data_root"):  # recorded as typed by older versions

@@ -155,7 +155,8 @@ def prepare_workdir(config: Mapping, workdir: Path, *, force_new: bool) -> None:
 def clear_run(workdir: Path) -> None:
     """Remove what was made from a run: training's outputs and everything its ledger says other stages wrote
     (a workdir of a resnet-jax older than the ledger: the names those versions wrote)."""
-    legacy = (workdir / "config.json").is_file() and not (workdir / ledger.FILE).is_file()
+    unreadable = ledger.discard_unreadable(workdir)
+    legacy = unreadable or ((workdir / "config.json").is_file() and not (workdir / ledger.FILE).is_file())
     ledger.declare(workdir, "train", TRAINING_OUTPUTS + (ledger.LEGACY_OUTPUTS if legacy else ()))
     ledger.clear(workdir)
 
