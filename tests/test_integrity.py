@@ -556,3 +556,15 @@ def test_an_eleventh_class_folder_is_not_read_as_cifar10(tmp_path):
     with pytest.raises(images.DataError, match=r"11 classes .* not 'cifar10' \(10 classes"):
         images.load_split("cifar10", "test", data_dir=tmp_path / "data", cache_dir=tmp_path / "cache")
     assert images.load_split("my-animals", "test", data_dir=tmp_path / "data", cache_dir=tmp_path / "cache").num_classes == 11
+
+
+def test_reinit_masks_load_the_runs_initial_parameters_from_protocols_and_spec_files(tiny_run, tmp_path):
+    """Without the initial parameters a reinit mask cannot be built, so both ways of asking for one must load them."""
+    spec = tmp_path / "again.yaml"
+    spec.write_text("- name: again\n  kind: reinit\n  select: {names: [layer1.0.conv2]}\n")
+    quiet = lambda s: None  # noqa: E731
+    ablate.ablate_workdir(tiny_run, ablate.Request(protocols=["shortcut"], kind="reinit", n_examples=32), log=quiet)
+    ablate.ablate_workdir(tiny_run, ablate.Request(spec_file=spec, n_examples=32), log=quiet)
+    for table in ("shortcut.reinit", "spec-again"):
+        rows = json.loads((tiny_run / "ablation" / f"{table}.json").read_text())["rows"]
+        assert rows and all(r["kind"] == "reinit" and 0 <= r["value"] <= 1 for r in rows), table

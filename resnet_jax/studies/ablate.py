@@ -99,8 +99,7 @@ def ablate_workdir(workdir, request: Request = Request(), *, data_dir=None, log=
     layers = abl.catalogue(subject.model, subject.variables, input_shape=(1, *subject.images.shape[1:]))
     jobs = _jobs(request, layers)
     resolved = {a.name: a for *_, ablations in jobs for a in ablations}
-    needs_initial = (any(a.kind == "reinit" for a in resolved.values())
-                     or (request.kind == "reinit" and bool(request.chosen_protocols())))
+    needs_initial = any(a.kind == "reinit" for a in resolved.values())  # every mask, spec file's and protocols'
     initial = checkpointing.load_initial(workdir, subject.variables["params"]) if needs_initial else None
     batch_size = _batch_size(request, len(subject.images))
     setting = ({"batchnorm": "batch", "batch_size": batch_size, "batch_order_seed": engine.BATCH_ORDER_SEED}
