@@ -388,7 +388,7 @@ def test_cifar100_preset_end_to_end_on_a_synthetic_stand_in(tmp_path):
     """The CIFAR-100 path (32x32x3, 100 classes) without CIFAR-100: the synthetic split of that shape."""
     config = configs.load_config("cifar100-skip", [
         "data.name=synthetic", "data.synthetic.train_examples=256", "data.synthetic.test_examples=128",
-        "data.validation_examples=64", "model.widths=[4,6,8]", "model.router_channels=[4]", "train.epochs=1",
+        "data.val_examples=64", "model.widths=[4,6,8]", "model.router_channels=[4]", "train.epochs=1",
         "train.batch_size=64", "selection.images_per_map=3", "router.epochs=1", "literal.epochs=1",
         "dense.epochs=1", "evaluation.batch_size=128", "evaluation.min_bucket=128", "evaluation.timing_repeats=1",
         "evaluation.exit_thresholds=[0.5]", "evaluation.router_quantiles=[]"])
@@ -469,3 +469,15 @@ def test_cli_unknown_preset_is_a_clear_error(tmp_path):
     result = run_cli("skip-study", "--config", "nope", "--workdir", str(tmp_path / "w"))
     assert result.returncode == 2 and "mnist-skip-smoke" in result.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_the_old_name_of_the_validation_share_is_refused_by_name_and_read_in_stored_configs(tmp_path):
+    result = run_cli("skip-study", "--config", "mnist-skip-smoke", "--workdir", str(tmp_path / "w"),
+                     "--set", "data.validation_examples=64")
+    assert result.returncode == 2 and "'data.validation_examples' is now 'data.val_examples'" in result.stderr
+    config = configs.load_config("mnist-skip-smoke")
+    stored = {**config, "data": {k: v for k, v in config["data"].items() if k != "val_examples"}}
+    stored["data"]["validation_examples"] = config["data"]["val_examples"]  # as an older resnet-jax wrote it
+    assert configs.diff(stored, config) == []
+    stored["data"]["validation_examples"] += 1
+    assert configs.diff(stored, config) == ["data.val_examples"]

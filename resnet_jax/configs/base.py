@@ -21,6 +21,11 @@ class ConfigError(ValueError):
     """An unknown preset or key, a malformed file, or a value of the wrong type or range."""
 
 
+RENAMED = {"data.validation_examples": "data.val_examples"}
+"""Keys an older resnet-jax used, with today's name: given by a user, they are refused with that name; in a stored
+``config.json`` each family's ``upgrade`` reads them under the new name."""
+
+
 def merge(base: Mapping, update: Mapping, *, where: str = "", opaque: tuple[str, ...] = ()) -> dict:
     """``update`` over a deep copy of ``base``; a key ``base`` lacks is an error that lists the valid ones.
 
@@ -28,6 +33,9 @@ def merge(base: Mapping, update: Mapping, *, where: str = "", opaque: tuple[str,
     out = copy.deepcopy(dict(base))
     for key, value in update.items():
         full = f"{where}{key}"
+        if key not in out and full in RENAMED:
+            raise ConfigError(f"config key {full!r} is now {RENAMED[full]!r} (one name for the validation share "
+                              f"in every family); set that instead")
         if key not in out:
             raise ConfigError(f"unknown config key {full!r}; valid keys: {sorted(flat_keys(base, where))}")
         if isinstance(out[key], dict) and full not in opaque:

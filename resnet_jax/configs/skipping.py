@@ -21,7 +21,7 @@ DEFAULTS: dict[str, Any] = {
         "data_dir": None,  # ImageFolder tree or per-split zips, instead of TFDS
         "max_train_examples": None,
         "max_test_examples": None,
-        "validation_examples": 5000,  # held out of the training split: router accuracy, operating points
+        "val_examples": 5000,  # held out of the training split: router accuracy, operating points
         "synthetic": {"size": 28, "channels": 1, "num_classes": 10, "train_examples": 2048, "test_examples": 512},
     },
     # The study's three convs differ only in their number of feature maps (widths not given): doubling
@@ -72,7 +72,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mnist-skip-smoke": {
         "about": "Seconds, for tests and CI (--set data.name=synthetic needs no data)",
         "scale": "smoke",
-        "data": {"max_train_examples": 512, "max_test_examples": 256, "validation_examples": 128,
+        "data": {"max_train_examples": 512, "max_test_examples": 256, "val_examples": 128,
                  "synthetic": {"train_examples": 512, "test_examples": 256}},
         "model": {"widths": [4, 6, 8], "router_channels": [4]},
         "train": {"epochs": 1, "batch_size": 64},
@@ -110,7 +110,7 @@ SCHEMA: dict[str, base.Checker] = {
     "data.synthetic.num_classes": base.integer(low=2),
     "data.synthetic.train_examples": base.POSITIVE,
     "data.synthetic.test_examples": base.POSITIVE,
-    "data.validation_examples": base.POSITIVE,
+    "data.val_examples": base.POSITIVE,
     "model.widths": base.list_of(base.POSITIVE, length=3),
     "model.router_channels": base.list_of(base.POSITIVE, min_len=1),
     "train.epochs": base.POSITIVE,
@@ -140,3 +140,12 @@ SCHEMA: dict[str, base.Checker] = {
     "dense.batch_size": base.POSITIVE,
     "dense.learning_rate": _RATE,
 }
+
+
+def upgrade(stored: dict) -> dict:
+    """A stored config of an older resnet-jax, read under today's names (``data.validation_examples`` is now
+    ``data.val_examples``, as in the classification family)."""
+    data = dict(stored.get("data", {}))
+    if "validation_examples" in data:
+        data["val_examples"] = data.pop("validation_examples")
+    return {**stored, "data": data} if "data" in stored else stored

@@ -29,7 +29,7 @@ def load_data(config: Mapping) -> tuple[data.Split, data.Split]:
 def validation_split(n: int, count: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``(fit, validation)`` sorted positions of a split of ``n``: ``count`` random ones held out (seeded)."""
     if not 0 < count < n:
-        raise ValueError(f"data.validation_examples must be between 1 and {n - 1} (the training split has {n} "
+        raise ValueError(f"data.val_examples must be between 1 and {n - 1} (the training split has {n} "
                          f"images), got {count}")
     held = np.sort(np.random.default_rng(seed).permutation(n)[:count])
     return np.setdiff1d(np.arange(n), held), held

@@ -67,7 +67,7 @@ def run_study(config: Mapping, workdir: str | Path, *, force_new: bool = False,
     """Run (or resume) Study B in ``workdir``; write ``skip_results.json`` and ``skip_report.md``."""
     workdir = Path(workdir)
     train, test = split.load_data(config)  # before touching the workdir: bad data leaves nothing behind
-    fit_pos, val_pos = split.validation_split(len(train), config["data"]["validation_examples"],
+    fit_pos, val_pos = split.validation_split(len(train), config["data"]["val_examples"],
                                               seed=config["train"]["seed"])
     core.prepare_workdir(config, workdir, force_new=force_new)
     s = _Study(config, workdir, train.select(fit_pos), train.select(val_pos), test, log)
