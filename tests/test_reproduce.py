@@ -38,6 +38,20 @@ def test_unknown_preset_and_stage_are_clear_errors(tmp_path):
     assert bad.returncode == 2 and "cifar-train" in bad.stderr
 
 
+def test_every_reproduce_preset_names_valid_presets_of_each_task():
+    from resnet_jax import configs
+    from resnet_jax.studies import reproduce
+
+    tasks = {"cifar": "classification", "acdc": "segmentation", "skip": "skip"}
+    for name, preset in reproduce.PRESETS.items():
+        for key, task in tasks.items():
+            config = configs.load_config(preset[key])  # validates every value against its family's schema
+            assert config["task"] == task, (name, key)
+    paper = configs.load_config(reproduce.PRESETS["paper-cpu"]["cifar"])
+    assert paper["data"]["max_test_examples"] is None and paper["data"]["val_examples"] == 5000  # the full test split
+    assert paper["train"]["warmup_epochs"] / paper["train"]["epochs"] == pytest.approx(0.3)  # one-cycle's 30 % rise
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     """One smoke-preset run of the main job, shared by the tests that read its report."""
