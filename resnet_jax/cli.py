@@ -166,8 +166,25 @@ def _reproduce(args) -> int:
     from resnet_jax.studies import reproduce
 
     only = [s.strip() for s in args.only.split(",")] if args.only else None
-    reproduce.reproduce(args.preset, _workdir(args.workdir), data_root=args.data_root, only=only,
+    workdir = _workdir(args.workdir)
+    reproduce.reproduce(args.preset, workdir, data_root=args.data_root, only=only,
                         force_new=args.force_new, seeds=args.seeds)
+    if args.results:
+        _export(workdir, args.results, args, preset=args.preset, seeds=args.seeds)
+    return 0
+
+
+def _export(workdir: Path, out: str, args, **about) -> None:
+    import shlex
+
+    from resnet_jax.reporting import results
+
+    record = results.export(workdir, out, command=shlex.join(["resnet-jax", *args.argv]), **about)
+    print(f"wrote the results of {workdir} to {Path(out)} (provenance: {record})")
+
+
+def _results(args) -> int:
+    _export(_workdir(args.workdir), args.out, args)
     return 0
 
 
@@ -364,7 +381,14 @@ def _interop_and_study_parsers(sub) -> None:
                    help="discard the reproduce run found in the workdir (its runs and report) and start over")
     p.add_argument("--seeds", type=_positive_int, default=1,
                    help="training seeds per task (default 1); tables combine them with spreads and decision counts")
+    p.add_argument("--results", help="also write the run's tables and a provenance record (command, commit, "
+                                     "machine, data digests, stage times) to this folder, e.g. docs/results/NAME")
     p.set_defaults(func=_reproduce)
+    p = sub.add_parser("results", help="write a workdir's tables and a provenance record to a folder (what the "
+                                       "README's results are rendered from)")
+    p.add_argument("--workdir", required=True, help="a run, or a reproduce workdir")
+    p.add_argument("--out", required=True, help="the results folder (replaced), e.g. docs/results/NAME")
+    p.set_defaults(func=_results)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -424,6 +448,7 @@ def _join(args) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command, for provenance records
     try:
         joined = _join(args)
     except (devices.DistributedError, ValueError) as err:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -132,10 +134,29 @@ def run(workdir: str | Path, stage: Stage, log: Callable[[str], None], *, label:
     return result
 
 
+@functools.cache
+def code_version() -> dict[str, Any]:
+    """resnet-jax's version and, in a git checkout, its commit and whether tracked files differ from it: what
+    produced a stage's outputs, recorded with them."""
+    import resnet_jax
+
+    root = Path(resnet_jax.__file__).resolve().parents[1]
+    out: dict[str, Any] = {"version": resnet_jax.__version__, "commit": None, "dirty": None}
+    try:
+        git = lambda *a: subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True,  # noqa: E731
+                                        check=True, timeout=30).stdout.strip()
+        out["commit"] = git("rev-parse", "HEAD")
+        out["dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        pass  # not a checkout (an installed wheel) or no git: the version alone
+    return out
+
+
 def finish(workdir: str | Path, stage: str, result: dict, *, seconds: float, **extra: Any) -> None:
     def change(record):
         entry = record["stages"].setdefault(stage, {})
-        entry.update(result=result, seconds=seconds, finished=time.strftime("%Y-%m-%d %H:%M:%S"), **extra)
+        entry.update(result=result, seconds=seconds, finished=time.strftime("%Y-%m-%d %H:%M:%S"),
+                     code=code_version(), **extra)
     update(workdir, change)
 
 

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from resnet_jax.reporting import published, study_report
+from resnet_jax.reporting import published, readme_results, study_report
 from tests.conftest import SHARED_DATA, run_cli
 from tests.test_skipping import check_outputs
 
@@ -93,9 +93,17 @@ def test_smoke_preset_runs_every_stage_and_resumes(smoke_run):
     for slim in ("cifar10-resnet34-slim", "acdc-pspnet34-slim"):
         summary = json.loads((workdir / slim / "elimination" / "summary.json").read_text())
         assert summary["slim"]["test"] == summary["slim"]["test_masked"]  # exact, on every task
-    again = run_cli(*args, timeout=600)
+    out = workdir.parent / f"{workdir.name}-results"
+    again = run_cli(*args, "--results", str(out), timeout=600)
     assert again.returncode == 0, again.stderr[-4000:]
     assert again.stdout.count("done earlier, skipped") == 10
+    record = json.loads((out / "provenance.json").read_text())  # the committed-results folder of this run
+    assert set(record["stages"]) == set(stages) and record["preset"] == "smoke" and record["seeds"] == 2
+    assert record["command"].startswith("resnet-jax reproduce --preset smoke") and record["datasets"]
+    table = "cifar10-resnet34-seeds/single.csv"
+    assert (out / table).read_bytes() == (workdir / table).read_bytes() and not list(out.rglob("checkpoints"))
+    paper = readme_results.paper_table(out)
+    assert "CIFAR-10, test accuracy" in paper and "myocardium Dice" in paper and "batch statistics" in paper
 
 
 # Run in the page once it has loaded: one line per figure with the size the browser decoded it to, and the width

@@ -1,0 +1,141 @@
+"""The README's results, rendered from committed results folders (``docs/results/<name>/``), never typed.
+
+A block in the README names a folder and a table::
+
+    <!-- results: cifar10-paper-cpu/paper -->
+    (generated)
+    <!-- /results -->
+
+``render`` rewrites every block's body from its folder; ``scripts/render_results.py --check`` fails when the
+README differs from what it would write, so a number can only change by changing the results it comes from.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from resnet_jax.reporting import published
+
+BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.-]+)/(?P<table>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+DECISIONS = ("non-trivial", "trivial", "improves", "undecided")
+PROTOCOLS = ("single", "stage-except-decomposition", "shortcut", "pairs")
+
+
+class ResultsError(ValueError):
+    """A README block that names a missing folder or an unknown table."""
+
+
+def _json(path: Path):
+    return json.loads(path.read_text())
+
+
+def runs(folder: Path) -> list[Path]:
+    """The trained runs of a results folder that hold ablation tables, seed 0 first (``<run>``, ``<run>-seed1``...)."""
+    found = [p.parent.parent for p in folder.glob("*/ablation/baseline.json")]
+    seed = lambda p: int(m.group(1)) if (m := re.search(r"-seed(\d+)$", p.name)) else 0  # noqa: E731
+    return sorted(found, key=lambda p: (re.sub(r"-seed\d+$", "", p.name), seed(p)))
+
+
+def _task(run: Path) -> str:
+    return _json(run / "config.json")["task"]
+
+
+def _table(run: Path, protocol: str, reading: str = "") -> list[dict] | None:
+    path = run / "ablation" / f"{protocol}{reading}.json"
+    return _json(path)["rows"] if path.is_file() else None
+
+
+def _grid(header: Sequence[str], rows: Sequence[Sequence[str]], right_from: int = 1) -> str:
+    align = ["---" if i < right_from else "---:" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows]) + "\n"
+
+
+def paper_table(folder: Path) -> str:
+    """The study's published values beside ours, for each BatchNorm reading the folder holds (running
+    statistics: every seed, mean and range; batch statistics: the seeds that have that reading)."""
+    out = []
+    for task in ("classification", "segmentation"):
+        group = [r for r in runs(folder) if _task(r) == task]
+        if not group:
+            continue
+        columns, body = ["experiment", "stage", "paper"], None
+        for label, reading in (("ours, running statistics", ""), ("ours, batch statistics", ".bn-batch")):
+            tables = {p: [t for r in group if (t := _table(r, p, reading))] for p in
+                      ("baseline", "stage-except-decomposition", "shortcut")}
+            if not tables["baseline"]:
+                continue
+            rows = published.beside_ours(task, tables)
+            columns.append(label)
+            body = rows if body is None else [b + [r[3]] for b, r in zip(body, rows)]
+        out.append(f"{published.PUBLISHED[task]['what']}:\n\n" + _grid(columns, body, right_from=2))
+    return "\n".join(out)
+
+
+def decisions_table(folder: Path) -> str:
+    """Per run and protocol, how many masks each decision got (margin and error rate as the tables state)."""
+    rows = []
+    for run in runs(folder):
+        for protocol in PROTOCOLS:
+            table = _table(run, protocol)
+            if not table:
+                continue
+            counts = [sum(r.get("decision") == d for r in table) for d in DECISIONS]
+            rows.append([run.name, protocol, len(table), *counts, table[0].get("margin", "-"),
+                         table[0].get("alpha", "-")])
+    return _grid(["run", "protocol", "masks", *DECISIONS, "margin", "alpha"], rows, right_from=2)
+
+
+def training_table(folder: Path) -> str:
+    """Per run: epochs, the chosen checkpoint's validation and test score, and the training's wall time."""
+    rows = []
+    for run in runs(folder):
+        metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        evaluation = _json(run / "evaluation.json")
+        score = next(k for k in ("test_accuracy", "test_dice_myo", "test_dice") if k in evaluation)
+        chosen = next((m for m in metrics if m["step"] == evaluation["step"]), {})
+        val = chosen.get("val_" + score[5:])
+        rows.append([run.name, metrics[-1]["epoch"], chosen.get("epoch", "-"),
+                     f"{val:.4f}" if val is not None else "-", score[5:], f"**{evaluation[score]:.4f}**",
+                     evaluation["n_examples"], f"{metrics[-1]['elapsed_s'] / 60:.1f}"])
+    return _grid(["run", "epochs", "chosen epoch", "validation", "metric", "test", "test examples",
+                  "training minutes"], rows)
+
+
+def budget_line(folder: Path) -> str:
+    """Where and with what code the folder's results were computed, and how long each stage took."""
+    p = _json(folder / "provenance.json")
+    m, code = p["machine"], p["code"]
+    stages = ", ".join(f"{name} {s['seconds'] / 60:.1f} min" for name, s in p["stages"].items() if "seconds" in s)
+    training = sum(p.get("training_seconds", {}).values()) / 3600
+    commit = (code.get("commit") or "unknown")[:10] + (" (with local changes)" if code.get("dirty") else "")
+    return (f"Compute: {m['cpu']}, {m['cores']} cores, backend {m['backend']} ({m['device_count']} "
+            f"{m['device_kind']} device(s)); training {training:.2f} h in all; stages (last call each): "
+            f"{stages or 'none recorded'}. Exported {p['date'][:10]} by resnet-jax {code['version']} at commit "
+            f"{commit}: `{p['command']}`.\n")
+
+
+TABLES: dict[str, Callable[[Path], str]] = {
+    "paper": paper_table, "decisions": decisions_table, "training": training_table, "budget": budget_line}
+
+
+def render(text: str, results_root: Path) -> str:
+    """``text`` with every results block's body regenerated from ``results_root``."""
+    def body(match: re.Match) -> str:
+        folder, table = results_root / match["name"], match["table"]
+        if table not in TABLES:
+            raise ResultsError(f"README block {match['name']}/{table}: unknown table {table!r}; known: {sorted(TABLES)}")
+        if not (folder / "provenance.json").is_file():
+            raise ResultsError(f"README block {match['name']}/{table}: {folder} is not a results folder "
+                               f"(no provenance.json); folders there: {sorted(p.name for p in results_root.glob('*/'))}")
+        return match.group(1) + TABLES[table](folder) + match.group(5)
+    return BLOCK.sub(body, text)
+
+
+def differing_blocks(text: str, results_root: Path) -> list[str]:
+    """The blocks whose body differs from what ``render`` writes."""
+    fresh = {(m["name"], m["table"]): m["body"] for m in BLOCK.finditer(render(text, results_root))}
+    return [f"{n}/{t}" for m in BLOCK.finditer(text) if fresh[(n := m["name"], t := m["table"])] != m["body"]]

@@ -1,0 +1,144 @@
+"""Committed results: the export keeps exactly the small tables and records what produced them; the README's
+results blocks are rendered from those folders and the check catches a hand-edited number."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resnet_jax import ledger
+from resnet_jax.reporting import readme_results, results
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rows(protocol, values, decisions, *, baseline=0.8, task_column=None):
+    rows = []
+    for (mask, value), decision in zip(values, decisions):
+        row = {"mask": mask, "value": value, "baseline": baseline, "decision": decision, "margin": 0.01, "alpha": 0.05}
+        if task_column:
+            row[task_column] = value
+        rows.append(row)
+    return {"rows": rows, "title": protocol}
+
+
+def _planted_run(run: Path, *, seed: int, stage3: float, bn_batch: bool = False) -> None:
+    """A trained classification run's files as training and ``ablate`` write them, with chosen values."""
+    (run / "ablation").mkdir(parents=True)
+    (run / "checkpoints" / "351").mkdir(parents=True)
+    (run / "checkpoints" / "351" / "params.json").write_text("{}")
+    (run / "config.json").write_text(json.dumps({"task": "classification", "train": {"seed": seed}}))
+    (run / "dataset.json").write_text(json.dumps({"train": {"n": 9, "sha256": f"tr{seed}"},
+                                                  "test": {"n": 4, "sha256": "te"}}))
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(m) for m in (
+        {"epoch": 1, "step": 10, "val_accuracy": 0.5, "elapsed_s": 60.0},
+        {"epoch": 2, "step": 20, "val_accuracy": 0.7, "elapsed_s": 150.0})) + "\n")
+    (run / "evaluation.json").write_text(json.dumps({"checkpoint": "best", "step": 20, "n_examples": 4,
+                                                     "test_accuracy": 0.75}))
+    (run / "ablation" / "results.jsonl").write_text("{}\n")  # the per-mask store: never exported
+    for reading in ("", ".bn-batch") if bn_batch else ("",):
+        tables = {
+            "baseline": _rows("baseline", [("baseline", 0.8)], [None]),
+            "stage-except-decomposition": _rows("stage", [("layer1.1-2", 0.5), ("layer3.1-5", stage3)],
+                                                ["non-trivial", "trivial"]),
+            "shortcut": _rows("shortcut", [("layer2.0.downsample", 0.3)], ["non-trivial"]),
+            "single": _rows("single", [("conv1", 0.1), ("layer4.1.conv1", 0.8), ("layer4.2.conv1", 0.79)],
+                            ["non-trivial", "trivial", "undecided"]),
+        }
+        for protocol, table in tables.items():
+            (run / "ablation" / f"{protocol}{reading}.json").write_text(json.dumps(table))
+            (run / "ablation" / f"{protocol}{reading}.csv").write_text("mask,value\n")
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    work = tmp_path / "work"
+    _planted_run(work / "cifar10-resnet34", seed=0, stage3=0.70, bn_batch=True)
+    _planted_run(work / "cifar10-resnet34-seed1", seed=1, stage3=0.80)
+    ledger.run(work, ledger.Stage("cifar-train", lambda: {"seeds": 2}, ("cifar10-resnet34",)), log=lambda _: None)
+    return work
+
+
+def test_export_keeps_exactly_the_tables_and_records_what_produced_them(workdir, tmp_path):
+    out = tmp_path / "docs" / "results" / "planted"
+    (out / "stale.csv").parent.mkdir(parents=True)
+    (out / "stale.csv").write_text("from an earlier export\n")
+    record = json.loads(results.export(workdir, out, command="resnet-jax reproduce --x", preset="cpu", seeds=2)
+                        .read_text())
+    copied = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    expected = {"provenance.json", "stages.json"} | {
+        f"{run}/{name}" for run in ("cifar10-resnet34", "cifar10-resnet34-seed1")
+        for name in ("config.json", "dataset.json", "metrics.jsonl", "evaluation.json")} | {
+        f"{run}/ablation/{p}{reading}.{ext}" for run, readings in (("cifar10-resnet34", ("", ".bn-batch")),
+                                                                   ("cifar10-resnet34-seed1", ("",)))
+        for reading in readings for ext in ("csv", "json")
+        for p in ("baseline", "stage-except-decomposition", "shortcut", "single")}
+    assert copied == expected  # no checkpoint, no per-example store, nothing left of the earlier export
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert record["code"]["commit"] == head and record["command"] == "resnet-jax reproduce --x"
+    assert record["preset"] == "cpu" and record["seeds"] == 2 and record["machine"]["cores"] >= 1
+    assert record["datasets"]["cifar10-resnet34-seed1"] == {"train": "tr1", "test": "te"}
+    assert record["training_seconds"] == {"cifar10-resnet34": 150.0, "cifar10-resnet34-seed1": 150.0}
+    assert record["stages"]["cifar-train"]["seconds"] == ledger.read(workdir)["stages"]["cifar-train"]["seconds"]
+    assert record["stages"]["cifar-train"]["code"]["commit"] == head  # the ledger keys each stage by its code
+
+
+def test_export_refuses_an_empty_workdir_and_a_folder_inside_it(workdir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds no run"):
+        results.export(tmp_path / "nothing", tmp_path / "out", command="c")
+    with pytest.raises(ValueError, match="inside the workdir"):
+        results.export(workdir, workdir / "results", command="c")
+
+
+def test_large_tables_are_left_out_and_listed(workdir, tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "MAX_BYTES", 100)
+    record = json.loads(results.export(workdir, tmp_path / "out", command="c").read_text())
+    assert "cifar10-resnet34/ablation/single.json" in " ".join(record["left_out"])
+    assert not (tmp_path / "out" / "cifar10-resnet34" / "ablation" / "single.json").exists()
+
+
+README = """# Results
+<!-- results: planted/paper -->
+<!-- /results -->
+text between
+<!-- results: planted/decisions -->
+old numbers
+<!-- /results -->
+<!-- results: planted/training -->
+<!-- /results -->
+"""
+
+
+def test_rendered_tables_hold_the_planted_numbers_and_the_check_sees_an_edit(workdir, tmp_path):
+    root = tmp_path / "results"
+    results.export(workdir, root / "planted", command="c")
+    text = readme_results.render(README, root)
+    assert "text between" in text and "old numbers" not in text
+    # paper: stage 3 is 0.83 in the study; ours 0.70 and 0.80 -> mean 0.750, range [0.700, 0.800]; batch: seed 0 only
+    assert "| stage-except-decomposition | 3 | 0.83 | 0.750 [0.700, 0.800] (2 seeds) | 0.700 |" in text
+    assert "| baseline | - | 0.84 | 0.800 [0.800, 0.800] (2 seeds) | 0.800 |" in text
+    # decisions: single has 1 / 1 / 0 / 1 of non-trivial / trivial / improves / undecided in each seed
+    assert "| cifar10-resnet34-seed1 | single | 3 | 1 | 1 | 0 | 1 | 0.01 | 0.05 |" in text
+    assert "| cifar10-resnet34 | 2 | 2 | 0.7000 | accuracy | **0.7500** | 4 | 2.5 |" in text
+    assert readme_results.differing_blocks(text, root) == []
+    edited = text.replace("| 0.83 | 0.750", "| 0.83 | 0.760")
+    assert readme_results.differing_blocks(edited, root) == ["planted/paper"]
+    assert readme_results.differing_blocks(README, root) == ["planted/paper", "planted/decisions", "planted/training"]
+
+
+def test_a_block_naming_an_unknown_table_or_folder_is_an_error_that_lists_the_valid_ones(workdir, tmp_path):
+    root = tmp_path / "results"
+    results.export(workdir, root / "planted", command="c")
+    with pytest.raises(readme_results.ResultsError, match="known: .*'paper'"):
+        readme_results.render("<!-- results: planted/nope -->\n<!-- /results -->", root)
+    with pytest.raises(readme_results.ResultsError, match="folders there: \\['planted'\\]"):
+        readme_results.render("<!-- results: missing/paper -->\n<!-- /results -->", root)
+
+
+def test_the_readme_matches_the_committed_results():
+    """README command 2 fails when a results table of the README was edited by hand or the results changed."""
+    check = subprocess.run([sys.executable, str(ROOT / "scripts" / "render_results.py"), "--check"],
+                           capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stderr
