@@ -31,27 +31,39 @@ def stage_of(mask: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def _as_runs(rows):
+    return [] if not rows else (rows if isinstance(rows[0], (list, tuple)) else [rows])
+
+
+def stage_values(task: str, tables: Mapping[str, Sequence[dict] | Sequence[Sequence[dict]]]
+                 ) -> dict[tuple[str, int | None], list[float]]:
+    """Ours for each published row: ``(protocol, stage)`` (``("baseline", None)`` for the baseline) to the
+    values of the runs that have it (one per seed), in the column that holds the study's metric."""
+    column = PUBLISHED[task]["column"]
+    value = lambda r: r.get(column, r["value"])  # noqa: E731 - older tables lack per-class columns
+    out = {("baseline", None): [value(rows[0]) for rows in _as_runs(tables.get("baseline")) if rows]}
+    for protocol in ("stage-except-decomposition", "shortcut"):
+        for stage in PUBLISHED[task][protocol]:
+            picked = (next((value(r) for r in rows if stage_of(r["mask"]) == stage), None)
+                      for rows in _as_runs(tables.get(protocol)))
+            out[(protocol, stage)] = [v for v in picked if v is not None]
+    return out
+
+
 def beside_ours(task: str, tables: Mapping[str, Sequence[dict] | Sequence[Sequence[dict]]]) -> list[list[str]]:
     """Rows ``[experiment, stage, paper, ours]`` for the baseline and each published stage value. ``tables`` maps a
     protocol to its rows (one run) or to a list of row lists (one per seed: ours is then the mean and range)."""
     paper = PUBLISHED[task]
-    column = paper["column"]
 
-    def ours(runs: Sequence[Sequence[dict]], pick) -> str:
-        values = [v for v in (pick(rows) for rows in runs) if v is not None]
+    def ours(values: Sequence[float]) -> str:
         if not values:
             return "-"
         if len(values) == 1:
             return f"{values[0]:.3f}"
         return f"{sum(values) / len(values):.3f} [{min(values):.3f}, {max(values):.3f}] ({len(values)} seeds)"
 
-    def as_runs(rows):
-        return [] if not rows else (rows if isinstance(rows[0], (list, tuple)) else [rows])
-
-    value = lambda r: r.get(column, r["value"])  # noqa: E731 - older tables lack per-class columns
-    out = [["baseline", "-", f"{paper['baseline']:.2f}", ours(as_runs(tables.get("baseline")), lambda rows: value(rows[0]))]]
-    for protocol in ("stage-except-decomposition", "shortcut"):
-        for stage, published in paper[protocol].items():
-            pick = lambda rows, s=stage: next((value(r) for r in rows if stage_of(r["mask"]) == s), None)  # noqa: E731
-            out.append([protocol, str(stage), f"{published:.2f}", ours(as_runs(tables.get(protocol)), pick)])
-    return out
+    rows = []
+    for (protocol, stage), values in stage_values(task, tables).items():
+        published = paper["baseline"] if stage is None else paper[protocol][stage]
+        rows.append([protocol, "-" if stage is None else str(stage), f"{published:.2f}", ours(values)])
+    return rows

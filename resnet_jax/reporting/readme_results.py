@@ -54,18 +54,29 @@ def _grid(header: Sequence[str], rows: Sequence[Sequence[str]], right_from: int 
     return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows]) + "\n"
 
 
+READINGS = (("ours, running statistics", ""), ("ours, batch statistics", ".bn-batch"))
+"""The two BatchNorm readings of an ablated network, and the suffix of their tables."""
+TASKS = ("classification", "segmentation")
+
+
+def _reading_tables(group: Sequence[Path], reading: str) -> dict[str, list[list[dict]]]:
+    """Per protocol the seeds' rows for one reading (only the seeds that have that reading)."""
+    return {p: [t for r in group if (t := _table(r, p, reading))]
+            for p in ("baseline", "stage-except-decomposition", "shortcut")}
+
+
+def _groups(folder: Path) -> dict[str, list[Path]]:
+    return {task: group for task in TASKS if (group := [r for r in runs(folder) if _task(r) == task])}
+
+
 def paper_table(folder: Path) -> str:
     """The study's published values beside ours, for each BatchNorm reading the folder holds (running
     statistics: every seed, mean and range; batch statistics: the seeds that have that reading)."""
     out = []
-    for task in ("classification", "segmentation"):
-        group = [r for r in runs(folder) if _task(r) == task]
-        if not group:
-            continue
+    for task, group in _groups(folder).items():
         columns, body = ["experiment", "stage", "paper"], None
-        for label, reading in (("ours, running statistics", ""), ("ours, batch statistics", ".bn-batch")):
-            tables = {p: [t for r in group if (t := _table(r, p, reading))] for p in
-                      ("baseline", "stage-except-decomposition", "shortcut")}
+        for label, reading in READINGS:
+            tables = _reading_tables(group, reading)
             if not tables["baseline"]:
                 continue
             rows = published.beside_ours(task, tables)
@@ -73,6 +84,38 @@ def paper_table(folder: Path) -> str:
             body = rows if body is None else [b + [r[3]] for b, r in zip(body, rows)]
         out.append(f"{published.PUBLISHED[task]['what']}:\n\n" + _grid(columns, body, right_from=2))
     return "\n".join(out)
+
+
+NEAR, FAR = 0.05, 0.10
+"""How close a row of ours must be to the paper's to count as agreeing, and how far to count as contradicting."""
+
+
+def agreement(folder: Path) -> str:
+    """Per task and reading, in sentences: how far our stage and shortcut values (seed means) lie from the
+    paper's, which rows agree (within NEAR) and which contradict it (more than FAR away), and which reading
+    is closer."""
+    lines = []
+    for task, group in _groups(folder).items():
+        paper, distance = published.PUBLISHED[task], {}
+        for label, reading in READINGS:
+            values = published.stage_values(task, _reading_tables(group, reading))
+            if not values[("baseline", None)]:
+                continue
+            means = {k: sum(v) / len(v) for k, v in values.items() if v}
+            rows = {(p, s): (m, paper[p][s]) for (p, s), m in means.items() if s is not None}
+            distance[label] = sum(abs(m - q) for m, q in rows.values()) / len(rows)
+            name = lambda p, s: f"{p} {s}"  # noqa: E731
+            near = [name(p, s) for (p, s), (m, q) in rows.items() if abs(m - q) <= NEAR]
+            far = [f"{name(p, s)} ({m:.2f} against {q:.2f})" for (p, s), (m, q) in rows.items() if abs(m - q) > FAR]
+            lines.append(f"- {task}, {label[6:]}: baseline {means[('baseline', None)]:.3f} against the paper's "
+                         f"{paper['baseline']:.2f}; over the {len(rows)} stage and shortcut rows ours lies "
+                         f"{distance[label]:.3f} from the paper on average; within {NEAR} (agrees): "
+                         f"{', '.join(near) or 'none'}; more than {FAR} away (contradicts): {', '.join(far) or 'none'}.")
+        if len(distance) == 2:
+            (a, da), (b, db) = sorted(distance.items(), key=lambda kv: kv[1])
+            lines.append(f"- {task}: the {a[6:]} reading is the closer to the paper, by {db - da:.3f} on average "
+                         f"per row ({da:.3f} against {db:.3f}).")
+    return "\n".join(lines) + "\n"
 
 
 def decisions_table(folder: Path) -> str:
@@ -87,6 +130,28 @@ def decisions_table(folder: Path) -> str:
             rows.append([run.name, protocol, len(table), *counts, table[0].get("margin", "-"),
                          table[0].get("alpha", "-")])
     return _grid(["run", "protocol", "masks", *DECISIONS, "margin", "alpha"], rows, right_from=2)
+
+
+def layers(folder: Path) -> str:
+    """Per task, the ``single`` masks grouped by their decisions over the seeds: the same decision in every
+    seed, or split between seeds (with each seed's decision)."""
+    lines = []
+    for task, group in _groups(folder).items():
+        seeds = [t for r in group if (t := _table(r, "single"))]
+        if not seeds:
+            continue
+        by_mask: dict[str, list[str]] = {}
+        for rows in seeds:
+            for row in rows:
+                by_mask.setdefault(row["mask"], []).append(row.get("decision") or "-")
+        same = {d: [m for m, ds in by_mask.items() if len(ds) == len(seeds) and set(ds) == {d}] for d in DECISIONS}
+        split = [f"`{m}` ({' / '.join(ds)})" for m, ds in by_mask.items() if len(set(ds)) > 1 or len(ds) < len(seeds)]
+        every = "in every seed" if len(seeds) > 1 else "in its one seed"
+        lines.append(f"- {task}, `single` over {len(seeds)} seed(s), {len(by_mask)} convs:")
+        lines += [f"  - {d} {every} ({len(ms)}): {', '.join(f'`{m}`' for m in ms)}" for d, ms in same.items() if ms]
+        if split:
+            lines.append(f"  - split between seeds ({len(split)}): {', '.join(split)}")
+    return "\n".join(lines) + "\n"
 
 
 def training_table(folder: Path) -> str:
@@ -119,7 +184,7 @@ def budget_line(folder: Path) -> str:
 
 
 TABLES: dict[str, Callable[[Path], str]] = {
-    "paper": paper_table, "decisions": decisions_table, "training": training_table, "budget": budget_line}
+    "paper": paper_table, "agreement": agreement, "decisions": decisions_table, "layers": layers, "training": training_table, "budget": budget_line}
 
 
 def render(text: str, results_root: Path) -> str:

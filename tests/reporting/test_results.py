@@ -11,7 +11,7 @@ import pytest
 from resnet_jax import ledger
 from resnet_jax.reporting import readme_results, results
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _rows(protocol, values, decisions, *, baseline=0.8, task_column=None):
@@ -126,6 +126,31 @@ def test_rendered_tables_hold_the_planted_numbers_and_the_check_sees_an_edit(wor
     edited = text.replace("| 0.83 | 0.750", "| 0.83 | 0.760")
     assert readme_results.differing_blocks(edited, root) == ["planted/paper"]
     assert readme_results.differing_blocks(README, root) == ["planted/paper", "planted/decisions", "planted/training"]
+
+
+def test_agreement_sentences_measure_each_reading_against_the_paper(workdir, tmp_path):
+    results.export(workdir, tmp_path / "planted", command="c")
+    text = readme_results.agreement(tmp_path / "planted")
+    # rows with a value: stage 1 (0.50 vs 0.51), stage 3 (seed mean 0.75 / seed 0 alone 0.70 vs 0.83), shortcut 2
+    # (0.30 vs 0.28): mean distances (0.01 + 0.08 + 0.02) / 3 and (0.01 + 0.13 + 0.02) / 3
+    assert ("- classification, running statistics: baseline 0.800 against the paper's 0.84; over the 3 stage and "
+            "shortcut rows ours lies 0.037 from the paper on average; within 0.05 (agrees): "
+            "stage-except-decomposition 1, shortcut 2; more than 0.1 away (contradicts): none.") in text
+    assert "more than 0.1 away (contradicts): stage-except-decomposition 3 (0.70 against 0.83)." in text
+    assert ("- classification: the running statistics reading is the closer to the paper, by 0.017 on average per "
+            "row (0.037 against 0.053).") in text
+
+
+def test_layers_group_single_decisions_over_seeds(workdir, tmp_path):
+    single = workdir / "cifar10-resnet34-seed1" / "ablation" / "single.json"
+    table = json.loads(single.read_text())
+    table["rows"][2]["decision"] = "trivial"  # layer4.2.conv1: undecided in seed 0, trivial in seed 1
+    single.write_text(json.dumps(table))
+    results.export(workdir, tmp_path / "planted", command="c")
+    text = readme_results.layers(tmp_path / "planted")
+    assert "- classification, `single` over 2 seed(s), 3 convs:" in text
+    assert "  - non-trivial in every seed (1): `conv1`\n  - trivial in every seed (1): `layer4.1.conv1`\n" in text
+    assert "  - split between seeds (1): `layer4.2.conv1` (undecided / trivial)" in text
 
 
 def test_a_block_naming_an_unknown_table_or_folder_is_an_error_that_lists_the_valid_ones(workdir, tmp_path):
