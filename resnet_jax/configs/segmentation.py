@@ -74,7 +74,7 @@ DEFAULTS: dict[str, Any] = {
 
 PRESETS: dict[str, dict[str, Any]] = {
     "acdc-pspnet34": {
-        "about": "The study's model at full scale: 224 px, output stride 8, 200 epochs (aims at myocardium Dice >= 0.85)",
+        "about": "The study's model at full scale: 224 px, output stride 8, 200 epochs (an accelerator run; not measured here)",
         "scale": "full (accelerator)",
         "train": {"epochs": 200, "batch_size": 16, "learning_rate": 0.01},
     },
