@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import functools
 import io
-import os
 import re
 import sys
 import zipfile
-from pathlib import Path
 
 import chex
 import jax
@@ -26,10 +24,10 @@ pytest.importorskip("torchvision")
 
 from resnet_jax.interop import convert  # noqa: E402
 from resnet_jax.models import resnet as models  # noqa: E402
+from tests.conftest import SHARED_DATA  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
-SHARED_DATA = Path(os.environ.get("RESNET_JAX_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
 CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
 CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
 LOGIT_TOL = 1e-4

@@ -10,7 +10,7 @@ import pytest
 
 from resnet_jax.reporting import published, readme_results, study_report
 from tests.conftest import SHARED_DATA, run_cli
-from tests.test_skipping import check_outputs
+from tests.studies.test_skip import check_outputs
 
 
 def test_findings_read_the_decisions_and_the_paper_rows_line_up():
