@@ -271,6 +271,12 @@ def _training_parsers(sub) -> None:
 
 
 def _ablation_parsers(sub) -> None:
+    _ablate_parser(sub)
+    _eliminate_parser(sub)
+    _export_and_verify_parsers(sub)
+
+
+def _ablate_parser(sub) -> None:
     p = sub.add_parser("ablate", help="run ablation protocols on a trained run (resumes unfinished sweeps)")
     _run_flags(p, checkpoint_default="best")
     p.add_argument("--protocol", choices=(*PROTOCOLS, "all", "readings"),
@@ -301,6 +307,9 @@ def _ablation_parsers(sub) -> None:
                    help="'batch': every masked model normalised by its own batch's statistics (the study's "
                         "BN(0) = beta reading; --batch-size must divide the images); tables get '.bn-batch'")
     p.set_defaults(func=_ablate)
+
+
+def _eliminate_parser(sub) -> None:
     p = sub.add_parser("eliminate", help="remove residual units into a slim run: greedy search on the validation "
                                          "split with the batched engine, exact slim model, optional fine-tuning")
     p.add_argument("--workdir", required=True, help="the trained run to slim")
@@ -323,6 +332,8 @@ def _ablation_parsers(sub) -> None:
                    help="eliminate even from a run no better than a model that learned nothing (refused otherwise)")
     p.set_defaults(func=_eliminate)
 
+
+def _export_and_verify_parsers(sub) -> None:
     p = sub.add_parser("export-torch", help="write a run's ResNet (slim or full) as a PyTorch state_dict and "
                                             "TorchScript file")
     p.add_argument("--workdir", required=True, help="a trained run (full or slim ResNet)")
