@@ -24,6 +24,7 @@ def main() -> None:
     p.add_argument("--full", required=True, help="the trained run that was slimmed")
     p.add_argument("--slim", required=True, help="the output of `resnet-jax eliminate`")
     p.add_argument("--resnet18", help="a ResNet18 run trained with the same recipe and budget")
+    p.add_argument("--scratch", help="the slim architecture trained from scratch with the same recipe and budget")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--steps", type=int, default=3, help="timed calls per model per repeat")
@@ -31,7 +32,8 @@ def main() -> None:
     p.add_argument("--out", help="write the rows as JSON here")
     p.add_argument("--figure", help="write the Pareto figure here")
     args = p.parse_args()
-    result = comparison.compare(args.full, args.slim, resnet18_dir=args.resnet18, batch=args.batch,
+    trained = {k: v for k, v in (("resnet18", args.resnet18), ("scratch", args.scratch)) if v}
+    result = comparison.compare(args.full, args.slim, trained=trained, batch=args.batch,
                                repeats=args.repeats, steps=args.steps,
                                data_dir=args.data_dir)
     if args.out:

@@ -163,6 +163,21 @@ def one_shot(path: Sequence[dict], *, baseline: float, max_drop: float) -> tuple
     return tuple(c for c, _ in best_per_unit.values())
 
 
+def k_smallest(path: Sequence[dict], k: int) -> tuple[Choice, ...]:
+    """The baseline a joint search must beat: the ``k`` options with the smallest drops alone (the first step of
+    the path scores each option alone), one per unit (its best option), removed together without a search."""
+    if not path or k <= 0:
+        return ()
+    best_per_unit: dict[str, tuple[Choice, float]] = {}
+    for c, v in path[0]["scores"]:
+        if c.unit not in best_per_unit or v > best_per_unit[c.unit][1]:
+            best_per_unit[c.unit] = (c, v)
+    if k > len(best_per_unit):
+        raise ValueError(f"cannot pick {k} of {len(best_per_unit)} units")
+    ranked = sorted(best_per_unit.values(), key=lambda cv: -cv[1])  # stable: ties keep the path's order
+    return tuple(c for c, _ in ranked[:k])
+
+
 def random_sets(options: Sequence[Choice], size: int, *, draws: int, seed: int = 0) -> list[tuple[Choice, ...]]:
     """``draws`` sets of ``size`` options on distinct units, uniformly at random (fixed by ``seed``)."""
     units = list(dict.fromkeys(c.unit for c in options))

@@ -8,6 +8,7 @@ Used by the ``cifar-eliminate`` and ``acdc-eliminate`` stages of ``reproduce`` a
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,17 +65,26 @@ def measure(programs: dict, *, batch: int, repeats: int, steps: int) -> dict[str
     return {name: {f"{k}_images_per_s": float(np.median(v)) for k, v in t.items()} for name, t in times.items()}
 
 
-def compare(full_dir, slim_dir, *, resnet18_dir=None, batch: int = 128, repeats: int = 3, steps: int = 3,
-            data_dir=None, log=print) -> dict[str, Any]:
-    """Rows for the full model, the slim one (before and after fine-tuning), random sets of the same size (mean,
-    range, sd) and optionally ResNet18: test metric, parameters, conv MACs and measured eval / train images/s."""
+TRAINED = {"resnet18": "resnet18, same recipe, {} epochs", "scratch": "slim architecture from scratch, {} epochs"}
+"""Separately trained models a slim one is compared with (run directories given to :func:`compare`)."""
+
+
+def compare(full_dir, slim_dir, *, trained: Mapping[str, str | Path] | None = None, batch: int = 128,
+            repeats: int = 3, steps: int = 3, data_dir=None, log=print) -> dict[str, Any]:
+    """Rows for the full model, the slim one (before and after fine-tuning), the k smallest single drops removed
+    together, random sets of the same size (mean, range, sd) and the ``trained`` runs (keys of ``TRAINED``: ResNet18,
+    the slim architecture from scratch): test metric, parameters, conv MACs and measured eval / train images/s."""
     full_dir, slim_dir = Path(full_dir).absolute(), Path(slim_dir).absolute()
     summary = json.loads((slim_dir / "elimination" / "summary.json").read_text())
     full = runs.restore(full_dir, data_dir=data_dir, command="eliminate")
     batch = min(batch, full.config["train"]["batch_size"])  # a training batch of this run fits in memory
     images_all, targets_all = full.task.arrays(full.test)
     take = np.arange(batch) % len(images_all)
-    entries, norms = _entries(full, summary, slim_dir, resnet18_dir)
+    unknown = set(trained or {}) - set(TRAINED)
+    if unknown:
+        raise ValueError(f"unknown trained model(s) {sorted(unknown)}; valid: {sorted(TRAINED)}")
+    trained = {k: Path(v).absolute() for k, v in (trained or {}).items()}
+    entries, norms = _entries(full, summary, slim_dir, trained)
     log(f"paired tests of the slim model against {len(entries) - 1} others on the {len(images_all)} test examples")
     paired = paired_against_slim(full, entries, norms, batch_size=batch)
     log(f"timing {len(entries)} models side by side (batch {batch}, {repeats} repeats of {steps} calls)")
@@ -84,32 +94,36 @@ def compare(full_dir, slim_dir, *, resnet18_dir=None, batch: int = 128, repeats:
     shape = (1, *images_all.shape[1:])
     sizes = {name: {"params": elim.count_params(v), "conv_macs": elim.conv_macs(abl.catalogue(m, v, input_shape=shape)),
                     **speeds[name]} for name, (m, v) in entries.items()}
-    rows = _rows(full.config, summary, sizes, resnet18_value=score_run(resnet18_dir)["value"] if resnet18_dir else None)
+    rows = _rows(full.config, summary, sizes, trained={k: (score_run(v)["value"], runs.read_config(v)["train"]["epochs"])
+                                                       for k, v in trained.items()})
     return {"device": jax.devices()[0].device_kind, "batch": batch, "repeats": repeats, "steps": steps,
             "metric": summary["metric"], "rows": rows, "slim_run": str(slim_dir), "paired_vs_slim": paired}
 
 
-def _entries(full: core.Run, summary: dict, slim_dir: Path, resnet18_dir) -> tuple[dict[str, tuple], dict]:
-    """``(model, variables)`` of every model compared, and the input normalisation of those not trained on the
-    full run's (ResNet18 keeps its own)."""
+def _entries(full: core.Run, summary: dict, slim_dir: Path, trained: dict[str, Path]) -> tuple[dict[str, tuple], dict]:
+    """``(model, variables)`` of every model compared, and the input normalisation of the separately trained
+    ones (each keeps its own)."""
     variables = jax.device_get(full.state.variables)
     shape = (1, *full.task.arrays(full.test)[0].shape[1:])
     layers = abl.catalogue(full.model, variables, input_shape=shape)
     slim = runs.restore(slim_dir, command="eliminate")
     entries = {"full": (full.model, variables), "slim": (slim.model, jax.device_get(slim.state.variables))}
-    for i, draw in enumerate(summary["random"]):
-        choices = tuple(elim.Choice(u, c) for u, c in draw["choices"])
-        entries[f"random-{i}"] = (elim.slim_model(full.model, choices, layers),
-                                  elim.slim_variables(full.model, variables, choices, layers, input_shape=shape))
+    sets = {f"random-{i}": draw["choices"] for i, draw in enumerate(summary["random"])}
+    if summary.get("k_smallest", {}).get("choices"):  # eliminations before this control have none
+        sets["k-smallest"] = summary["k_smallest"]["choices"]
+    for name, pairs in sets.items():
+        choices = tuple(elim.Choice(u, c) for u, c in pairs)
+        entries[name] = (elim.slim_model(full.model, choices, layers),
+                         elim.slim_variables(full.model, variables, choices, layers, input_shape=shape))
     norms = {}
-    if resnet18_dir:
-        other = runs.restore(Path(resnet18_dir).absolute(), command="eliminate")
-        entries["resnet18"] = (other.model, jax.device_get(other.state.variables))
-        norms["resnet18"] = (np.asarray(other.state.image_mean), np.asarray(other.state.image_std))
+    for name, path in trained.items():
+        other = runs.restore(path, command="eliminate")
+        entries[name] = (other.model, jax.device_get(other.state.variables))
+        norms[name] = (np.asarray(other.state.image_mean), np.asarray(other.state.image_std))
     return entries, norms
 
 
-def _rows(config: dict, summary: dict, sizes: dict[str, dict], *, resnet18_value: float | None) -> list[dict]:
+def _rows(config: dict, summary: dict, sizes: dict[str, dict], *, trained: dict[str, tuple[float, int]]) -> list[dict]:
     """The comparison table: one row per model (random draws as their mean, range and sd), with ratios to the
     full model."""
     n, m = len(summary["units"]), config["model"]
@@ -129,8 +143,11 @@ def _rows(config: dict, summary: dict, sizes: dict[str, dict], *, resnet18_value
                      "low": float(min(values)), "high": float(max(values)),
                      "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
                      **{k: float(np.mean([q[k] for q in per])) for k in per[0]}})
-    if resnet18_value is not None:
-        rows.append({"name": "resnet18 (same recipe and budget)", "value": resnet18_value, **sizes["resnet18"]})
+    if "k-smallest" in sizes:
+        rows.append({"name": f"the {n} smallest single drops, removed together", "value": summary["k_smallest"]["test"],
+                     **sizes["k-smallest"]})
+    for name, (value, epochs) in trained.items():
+        rows.append({"name": TRAINED[name].format(epochs), "value": value, **sizes[name]})
     for r in rows:
         r["ratios_vs_full"] = {k: r[k] / rows[0][k] for k in ("params", "conv_macs", "eval_images_per_s",
                                                                "train_images_per_s")}

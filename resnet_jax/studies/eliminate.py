@@ -4,8 +4,8 @@ A greedy backward search (:func:`resnet_jax.ablation.elimination.greedy`) scores
 unit jointly with those already removed, all in one engine call on the *validation* split; it stops at the largest
 set whose drop stays within ``max_drop``. The slim model (those units as ``relu(x + b)``, exact) becomes a normal
 run directory (``evaluate``, ``ablate``, ``export-torch`` and ``report`` work on it); the test split is scored
-once, on the result, beside the study's one-shot choice (every individually harmless unit at once) and random
-sets of the same size. Optionally the slim model is fine-tuned with the run's recipe.
+once, on the result, beside the study's one-shot choice (every individually harmless unit at once), the k units
+with the smallest drops alone (k the slim set's size: what the search must beat) and random sets of that size. Optionally the slim model is fine-tuned with the run's recipe.
 
 Every score is kept in ``<out>/elimination/results.jsonl``, keyed by checkpoint, examples and mask, so an
 interrupted search resumes where it stopped. The slim run itself (config, exact step 0, fine-tuning) is built by
@@ -164,8 +164,8 @@ def _search_split(run: core.Run, workdir: Path, metric_split: str):
 
 def _search(run: core.Run, layers, options, settings: Settings, *, source: Path, out: Path, batch_size: int,
             log) -> dict[str, Any]:
-    """The greedy path on the search split, the one-shot set and random sets of the same size; each scored once
-    on the test split (every score stored in ``<out>/elimination/results.jsonl``)."""
+    """The greedy path on the search split, the one-shot set, the k units with the smallest drops alone and
+    random sets of the same size; each scored once on the test split (every score stored in ``<out>/elimination/results.jsonl``)."""
     variables, model, metric = jax.device_get(run.state.variables), run.model, run.task.metric(run.config)
     chunk = engine.chunk_size(len(options), batch_size=batch_size, layers=layers,
                               memory_budget_mb=devices.memory_budget_mb())
@@ -189,11 +189,13 @@ def _search(run: core.Run, layers, options, settings: Settings, *, source: Path,
     slim_set = elim.chosen(path)
     shot = elim.one_shot(path, baseline=baseline, max_drop=settings.max_drop)
     shot_value = on_split([shot])[0]
+    smallest = elim.k_smallest(path, len(slim_set))
     draws = elim.random_sets(options, len(slim_set), draws=settings.random_draws, seed=0) if slim_set else []
-    test_full, test_slim, test_shot, *test_draws = on_test([(), slim_set, shot, *draws])
+    test_full, test_slim, test_shot, test_smallest, *test_draws = on_test([(), slim_set, shot, smallest, *draws])
     return {"split": name, "baseline": baseline, "path": path, "slim_set": slim_set, "shot": shot,
-            "shot_value": shot_value, "draws": draws, "test_full": test_full, "test_slim": test_slim,
-            "test_shot": test_shot, "test_draws": test_draws, "image_shape": images.shape, "layers": layers}
+            "shot_value": shot_value, "smallest": smallest, "test_smallest": test_smallest, "draws": draws,
+            "test_full": test_full, "test_slim": test_slim, "test_shot": test_shot, "test_draws": test_draws,
+            "image_shape": images.shape, "layers": layers}
 
 
 def _summary(run: core.Run, layers, variables, found: dict, slim: dict) -> dict[str, Any]:
@@ -205,6 +207,7 @@ def _summary(run: core.Run, layers, variables, found: dict, slim: dict) -> dict[
         "chosen": [c.label for c in slim_set], "units": [c.unit for c in slim_set],
         "choices": [[c.unit, c.conv] for c in slim_set],
         "one_shot": {"choices": [c.label for c in found["shot"]], split: found["shot_value"], "test": found["test_shot"]},
+        "k_smallest": {"choices": [[c.unit, c.conv] for c in found["smallest"]], "test": found["test_smallest"]},
         "slim": {"test_masked": found["test_slim"], "test": slim["test_before"],
                  "params": elim.count_params(slim["variables"]), "conv_macs": elim.conv_macs(slim["layers"])},
         "full": {"params": elim.count_params(variables), "conv_macs": elim.conv_macs(layers), "test": found["test_full"]},
@@ -262,7 +265,9 @@ def format_summary(s: dict) -> str:
              f"{full['conv_macs']:,} -> {slim['conv_macs']:,} ({slim['conv_macs'] / full['conv_macs']:.3f}x)",
              f"test {s['metric']}: full {full['test']:.4f}, slim {slim['test']:.4f}"
              + (f", fine-tuned {s['finetuned']['test']:.4f}" if s["finetuned"] else "")
-             + f"; one-shot ({len(s['one_shot']['choices'])} units) {s['one_shot']['test']:.4f}"]
+             + f"; one-shot ({len(s['one_shot']['choices'])} units) {s['one_shot']['test']:.4f}"
+             + (f"; the {len(s['units'])} smallest single drops together {s['k_smallest']['test']:.4f}"
+                if "k_smallest" in s else "")]
     if s["random"]:
         values = [r["test"] for r in s["random"]]
         lines.append(f"random sets of {len(s['units'])} units ({len(values)} draws): mean {np.mean(values):.4f}, "

@@ -7,7 +7,8 @@ unfinished stage resumes from its own checkpoints or results:
   cifar-train, cifar-ablate   Study A, classification (ResNet34 on CIFAR-10)
   cifar-pairs                 every pair of convs of the classification run(s), with interactions
   cifar-eliminate             act on the findings: a slim ResNet34 (greedy elimination on validation, fine-tuned),
-                              compared with ResNet18 trained with the same recipe and random elimination
+                              compared with the k smallest single drops, random elimination, and, trained for the
+                              same total epochs, ResNet18 and the slim architecture from scratch
   readings                    the study's open readings on seed 0 of both tasks: BatchNorm on batch statistics,
                               stage 1's adjacency as layer1.0.conv1 alone, identity-shortcut cuts
   acdc-train,  acdc-ablate    Study A, segmentation (PSPNet-ResNet34 on ACDC), scored by Dice
@@ -23,6 +24,7 @@ in ``<run>-seeds``; see :mod:`resnet_jax.studies.seeds`); a rerun with more seed
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +66,7 @@ class StageError(ValueError):
 RUN_DIRS = {"cifar": "cifar10-resnet34", "acdc": "acdc-pspnet34", "skip": "mnist-skip"}
 SLIM_DIRS = {"cifar": "cifar10-resnet34-slim", "acdc": "acdc-pspnet34-slim"}
 RESNET18_DIR = "cifar10-resnet18"
+SCRATCH_DIR = "cifar10-resnet34-slim-scratch"
 
 
 @dataclass(frozen=True)
@@ -129,24 +132,36 @@ def _readings(job: Job) -> dict:
 
 def _eliminate(job: Job, key: str) -> dict:
     from resnet_jax.studies import comparison, eliminate
-    from resnet_jax.training import runs
 
     run = job.run_dir(key)
     if not (run / "config.json").is_file():
         raise StageError(f"{key}-eliminate: {run.name} has no trained run; run {key}-train first")
-    other = None
-    if key == "cifar":  # the comparison a user asks for: a smaller standard network, same recipe and budget
-        other = job.workdir / RESNET18_DIR
-        runs.train(job.config(key, ["model.name=resnet18"]), other, log=job.log)
     slim = job.workdir / SLIM_DIRS[key]
     settings = eliminate.Settings(finetune_epochs=job.preset["finetune_epochs"], random_draws=job.preset["random_draws"])
     summary = eliminate.eliminate_workdir(run, slim, settings, log=job.log,
                                           force_untrained=job.preset.get("force_untrained", False))
     job.log(eliminate.format_summary(summary))
-    result = comparison.compare(run, slim, resnet18_dir=other, repeats=job.preset["timing_repeats"], log=job.log)
+    trained = _controls(job, key, slim, has_units=bool(summary["units"])) if key == "cifar" else {}
+    result = comparison.compare(run, slim, trained=trained, repeats=job.preset["timing_repeats"], log=job.log)
     job.log(comparison.format_comparison(result))
     comparison.write_comparison(slim, result)
     return {"units": summary["units"]}
+
+
+def _controls(job: Job, key: str, slim: Path, *, has_units: bool) -> dict[str, Path]:
+    """The separately trained models the slim one is compared with, each for the slim model's whole budget (the
+    full run's epochs plus fine-tuning): ResNet18 with the same recipe and, when units were removed, the slim
+    architecture trained from scratch (Liu et al. 2019's control for structured pruning)."""
+    from resnet_jax.training import runs
+
+    budget = [f"train.epochs={job.config(key)['train']['epochs'] + job.preset['finetune_epochs']}"]
+    out = {"resnet18": job.workdir / RESNET18_DIR}
+    runs.train(job.config(key, ["model.name=resnet18", *budget]), out["resnet18"], log=job.log)
+    if has_units:
+        eliminated = json.dumps(runs.read_config(slim)["model"]["eliminated"])
+        out["scratch"] = job.workdir / SCRATCH_DIR
+        runs.train(job.config(key, [f"model.eliminated={eliminated}", *budget]), out["scratch"], log=job.log)
+    return out
 
 
 def _skip_study(job: Job) -> dict:
@@ -194,7 +209,7 @@ def stages(job: Job) -> dict[str, ledger.Stage]:
         ledger.Stage("cifar-train", lambda: _train(job, "cifar"), runs["cifar"], per_seed),
         ledger.Stage("cifar-ablate", lambda: _ablate(job, "cifar"), (), per_seed),
         ledger.Stage("cifar-pairs", lambda: _ablate(job, "cifar", ["pairs"]), (), per_seed),
-        ledger.Stage("cifar-eliminate", lambda: _eliminate(job, "cifar"), (SLIM_DIRS["cifar"], RESNET18_DIR)),
+        ledger.Stage("cifar-eliminate", lambda: _eliminate(job, "cifar"), (SLIM_DIRS["cifar"], RESNET18_DIR, SCRATCH_DIR)),
         ledger.Stage("acdc-train", lambda: _train(job, "acdc"), runs["acdc"], per_seed),
         ledger.Stage("acdc-ablate", lambda: _ablate(job, "acdc"), (), per_seed),
         ledger.Stage("acdc-eliminate", lambda: _eliminate(job, "acdc"), (SLIM_DIRS["acdc"],)),

@@ -190,6 +190,11 @@ def test_greedy_on_literal_scores_stops_at_the_largest_set_within_the_drop():
     assert set(elim.one_shot(path, baseline=1.0, max_drop=0.02)) == {a, b}
     # A drop of exactly the margin is kept although 1.0 - 0.99 is 0.010000000000000009 in floats.
     assert elim.greedy([a], lambda sets: [0.99], baseline=1.0, max_drop=0.01)[0]["accepted"]
+    # alone: b 0.995, a 0.99, c 0.9 -> the two smallest drops are b and a, the three all of them
+    assert elim.k_smallest(path, 2) == (b, a) and set(elim.k_smallest(path, 3)) == {a, b, c}
+    assert elim.k_smallest(path, 0) == () and elim.k_smallest([], 2) == ()
+    with pytest.raises(ValueError, match="cannot pick 4 of 3 units"):
+        elim.k_smallest(path, 4)
     draws = elim.random_sets([a, b, c], 2, draws=5, seed=0)
     assert all(len({x.unit for x in d}) == 2 for d in draws)
     assert draws == elim.random_sets([a, b, c], 2, draws=5, seed=0)
@@ -258,7 +263,10 @@ def test_cli_eliminate_then_export_then_evaluate(tmp_path):
     assert all(r["eval_images_per_s"] > 0 and r["train_images_per_s"] > 0 for r in result["rows"])
     assert comparison.write_comparison(out, result).is_file()
     paired = result["paired_vs_slim"]  # slim minus each other model, on the same test images
-    assert set(paired) == {"full", *(f"random-{i}" for i in range(len(summary["random"])))}
+    smallest = ["k-smallest"] if summary["units"] else []  # the k units with the smallest drops alone, together
+    assert set(paired) == {"full", *smallest, *(f"random-{i}" for i in range(len(summary["random"])))}
+    assert len(summary["k_smallest"]["choices"]) == len(summary["units"])
+    assert any(n.startswith(f"the {len(summary['units'])} smallest single drops") for n in names) == bool(smallest)
     assert all(c["comparisons"] == len(paired) and c["low"] <= c["difference"] <= c["high"] for c in paired.values())
     expected = summary["finetuned"]["test"] - summary["full"]["test"]  # independent: the runs' own test scores
     assert paired["full"]["difference"] == pytest.approx(expected, abs=1e-6)

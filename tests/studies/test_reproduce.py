@@ -87,7 +87,8 @@ def test_smoke_preset_runs_every_stage_and_resumes(smoke_run):
     assert "2 seeds" in md and "The paper beside ours" in md and "Pairwise interactions" in md
     assert "open readings" in md and "BatchNorm on batch statistics, single" in md and "Identity shortcuts cut" in md
     assert json.loads((workdir / "cifar10-resnet34" / "ablation" / "pairs.json").read_text())["rows"]
-    assert "a slim network from the trivial units" in md and "resnet18 (same recipe and budget)" in md
+    assert "a slim network from the trivial units" in md and "resnet18, same recipe, 2 epochs" in md  # 1 + 1 fine-tuning
+    assert "slim architecture from scratch, 2 epochs" in md and "smallest single drops, removed together" in md
     skip = check_outputs(workdir / "mnist-skip", 256)  # Study B on the shared MNIST digits
     assert skip["cnn1"]["test"]["accuracy"] > 0.3  # one epoch on 512 digits; chance is 0.1
     for slim in ("cifar10-resnet34-slim", "acdc-pspnet34-slim"):
