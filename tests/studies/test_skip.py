@@ -449,6 +449,12 @@ def test_cli_smoke_on_synthetic_data_then_rerun_skips_every_stage(tmp_path, comp
     assert second.returncode == 0, second.stderr
     assert second.stdout.count("done earlier, skipped") == 8 and "epoch" not in second.stdout
     assert json.loads((tmp_path / "skip_results.json").read_text())["curves"] == res["curves"]
+    # models trained on another fit / validation cut (as an older resnet-jax drew it) are refused, never mixed
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert split["validation_examples"] == res["split_sizes"]["validation"]
+    (tmp_path / "split.json").write_text(json.dumps({**split, "validation_sha": "another"}))
+    mixed = run_cli(*args, env_extra=compile_cache)
+    assert mixed.returncode == 2 and "another validation split" in mixed.stderr
     # --force-new's clearing removes exactly what the run wrote: a user's file and the run's config survive
     (tmp_path / "notes.txt").write_text("a user's file")
     core.clear_run(tmp_path)

@@ -1,5 +1,6 @@
-"""Study B's data: the train and test splits, the fit / validation cut of the training split, and the stratified
-hold-out of the labelled images on which a router is scored."""
+"""Study B's data: the train and test splits and the stratified hold-out of the labelled images on which a router
+is scored (the fit / validation cut of the training split is the one every family uses,
+:func:`resnet_jax.data.images.stratified_holdout`)."""
 
 from __future__ import annotations
 
@@ -26,17 +27,10 @@ def load_data(config: Mapping) -> tuple[data.Split, data.Split]:
     return splits[0], splits[1]
 
 
-def validation_split(n: int, count: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(fit, validation)`` sorted positions of a split of ``n``: ``count`` random ones held out (seeded)."""
-    if not 0 < count < n:
-        raise ValueError(f"data.val_examples must be between 1 and {n - 1} (the training split has {n} "
-                         f"images), got {count}")
-    held = np.sort(np.random.default_rng(seed).permutation(n)[:count])
-    return np.setdiff1d(np.arange(n), held), held
-
-
 def stratified_split(labels: np.ndarray, *, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(train, held_out)`` positions: ``round(fraction * n_c)`` of each label held out (>= 1 when n_c >= 2)."""
+    """``(train, held_out)`` positions of the router's few hundred labelled images: ``round(fraction * n_c)`` of
+    each label held out, at least one of every label that has two (unlike the validation split of
+    :func:`resnet_jax.data.images.stratified_holdout`, which takes a count and may leave a rare label out)."""
     rng = np.random.default_rng(seed)
     held = []
     for c in np.unique(labels):

@@ -3,6 +3,8 @@ network, every operating point and its wall time; each stage kept in the workdir
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from resnet_jax import files, ledger, metrics
+from resnet_jax import configs, files, ledger, metrics
+from resnet_jax.data import images as data
 from resnet_jax.models import skip_cnn as nets
 from resnet_jax.reporting import figures, markdown, skip_report
 from resnet_jax.studies.skip import analysis, labelling, points, routers, split, timing
@@ -67,9 +70,10 @@ def run_study(config: Mapping, workdir: str | Path, *, force_new: bool = False,
     """Run (or resume) Study B in ``workdir``; write ``skip_results.json`` and ``skip_report.md``."""
     workdir = Path(workdir)
     train, test = split.load_data(config)  # before touching the workdir: bad data leaves nothing behind
-    fit_pos, val_pos = split.validation_split(len(train), config["data"]["val_examples"],
-                                              seed=config["train"]["seed"])
+    fit_pos, val_pos = data.stratified_holdout(train.labels, config["data"]["val_examples"],
+                                               seed=config["train"]["seed"])
     core.prepare_workdir(config, workdir, force_new=force_new)
+    _check_split(workdir, val_pos)
     s = _Study(config, workdir, train.select(fit_pos), train.select(val_pos), test, log)
     s.res.update({"config": dict(config), "macs": _macs(config, train), "environment": markdown.environment(),
                   "split_sizes": {"fit": len(s.fit), "validation": len(s.val), "test": len(test)}})
@@ -91,6 +95,19 @@ def run_study(config: Mapping, workdir: str | Path, *, force_new: bool = False,
                                      s.fit.images, s.fit.labels)
     _points_and_timing(s)
     return _finish(s, fit_pos)
+
+
+def _check_split(workdir: Path, val_pos: np.ndarray) -> None:
+    """Record the fit / validation cut the workdir's models train on; a workdir made with another cut (an older
+    resnet-jax drew it unstratified) is refused, so that a resumed run never mixes models of two splits."""
+    digest = hashlib.sha256(np.asarray(val_pos, np.int64).tobytes()).hexdigest()[:16]
+    path = workdir / "split.json"
+    stored = json.loads(path.read_text()).get("validation_sha") if path.is_file() else None
+    if stored not in (None, digest) or (stored is None and (workdir / "models").exists()):
+        raise configs.ConfigError(f"{workdir} holds models trained on another validation split than this version "
+                                  f"draws (stratified by class); pass --force-new to start over")
+    ledger.declare(workdir, "split", ["split.json"])
+    files.write_json(path, {"validation_sha": digest, "validation_examples": len(val_pos)})
 
 
 def _macs(config: Mapping, train) -> dict[str, Any]:
