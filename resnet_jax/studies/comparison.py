@@ -108,7 +108,11 @@ def _entries(full: core.Run, summary: dict, slim_dir: Path, trained: dict[str, P
     layers = abl.catalogue(full.model, variables, input_shape=shape)
     slim = runs.restore(slim_dir, command="eliminate")
     entries = {"full": (full.model, variables), "slim": (slim.model, jax.device_get(slim.state.variables))}
-    sets = {f"random-{i}": draw["choices"] for i, draw in enumerate(summary["random"])}
+    sets = {f"random-{i}": draw["choices"] for i, draw in enumerate(summary["random"]) if "finetuned" not in draw}
+    for i, draw in enumerate(summary["random"]):  # fine-tuned like the slim model: compared as trained
+        if "finetuned" in draw:
+            tuned = runs.restore(slim_dir / "random" / f"draw-{i}", command="eliminate")
+            entries[f"random-{i}"] = (tuned.model, jax.device_get(tuned.state.variables))
     if summary.get("k_smallest", {}).get("choices"):  # eliminations before this control have none
         sets["k-smallest"] = summary["k_smallest"]["choices"]
     for name, pairs in sets.items():
@@ -137,9 +141,11 @@ def _rows(config: dict, summary: dict, sizes: dict[str, dict], *, trained: dict[
         rows.append({**rows[-1], "name": label, "value": tuned["test"]})
     randoms = [name for name in sizes if name.startswith("random-")]
     if randoms:
-        values = [d["test"] for d in summary["random"]]
+        tuned = all("finetuned" in d for d in summary["random"])
+        values = [d["finetuned" if tuned else "test"] for d in summary["random"]]
         per = [sizes[name] for name in randoms]
-        rows.append({"name": f"random {n} units ({len(randoms)} draws, mean)", "value": float(np.mean(values)),
+        label = f", fine-tuned {summary['finetuned']['epochs']} epoch(s)" if tuned and summary["finetuned"] else ""
+        rows.append({"name": f"random {n} units{label} ({len(randoms)} draws, mean)", "value": float(np.mean(values)),
                      "low": float(min(values)), "high": float(max(values)),
                      "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
                      **{k: float(np.mean([q[k] for q in per])) for k in per[0]}})

@@ -135,7 +135,7 @@ def eliminate_workdir(workdir, out, settings: Settings = Settings(), *, batch_si
                             f"eliminate anyway")
     request = _request(run, variables, workdir, settings)
     _check_out(out, request, force_new=force_new)
-    ledger.declare(out, "eliminate", ["elimination", "evaluation-before-finetune.json"])
+    ledger.declare(out, "eliminate", ["elimination", "evaluation-before-finetune.json", RANDOM_RUNS])
     files.write_json(out / "elimination" / "request.json", request)
     if warning:
         log(f"WARNING: {warning}")
@@ -145,9 +145,31 @@ def eliminate_workdir(workdir, out, settings: Settings = Settings(), *, batch_si
     summary = {**request, "metric": metric_label(run.task.metric(run.config)),
                "split_chose_units": settings.metric_split, **_summary(run, layers, variables, found, slim),
                "checkpoint_choice": run.choice, "warning": warning}
+    if settings.finetune_epochs and found["slim_set"]:  # the random sets get the slim model's budget too
+        for record, tuned in zip(summary["random"], _finetune_draws(run, workdir, out, found, settings,
+                                                                      batch_size=batch_size, log=log)):
+            record["finetuned"] = tuned
     files.write_json(out / "elimination" / "summary.json", summary)
     write_path_table(out / "elimination", summary)
     return summary
+
+
+RANDOM_RUNS = "random"
+"""Where the fine-tuned random sets live inside the slim run: ``<out>/random/draw-<i>``, each a normal run."""
+
+
+def _finetune_draws(run: core.Run, source: Path, out: Path, found: dict, settings: Settings, *, batch_size: int,
+                    log) -> list[float]:
+    """Each random set built into its own slim run (exact step 0, checked) and fine-tuned like the slim model, so
+    that the comparison spends the same budget on both; their test scores."""
+    tuned = []
+    for i, (draw, value) in enumerate(zip(found["draws"], found["test_draws"])):
+        log(f"random set {i + 1} of {len(found['draws'])}: fine-tuning {settings.finetune_epochs} epoch(s)")
+        built = slim_run.build(run, source, out / RANDOM_RUNS / f"draw-{i}", {**found, "slim_set": draw,
+                               "test_slim": value}, finetune_epochs=settings.finetune_epochs,
+                               finetune_lr=settings.finetune_lr, batch_size=batch_size, log=log)
+        tuned.append(built["tuned"]["value"])
+    return tuned
 
 
 def _search_split(run: core.Run, workdir: Path, metric_split: str):
@@ -268,8 +290,9 @@ def format_summary(s: dict) -> str:
              + f"; one-shot ({len(s['one_shot']['choices'])} units) {s['one_shot']['test']:.4f}"
              + (f"; the {len(s['units'])} smallest single drops together {s['k_smallest']['test']:.4f}"
                 if "k_smallest" in s else "")]
-    if s["random"]:
-        values = [r["test"] for r in s["random"]]
-        lines.append(f"random sets of {len(s['units'])} units ({len(values)} draws): mean {np.mean(values):.4f}, "
-                     f"min {min(values):.4f}, max {max(values):.4f}")
+    for key, label in (("test", "random sets"), ("finetuned", "random sets, fine-tuned")):
+        values = [r[key] for r in s["random"] if key in r]
+        if values:
+            lines.append(f"{label} of {len(s['units'])} units ({len(values)} draws): mean {np.mean(values):.4f}, "
+                         f"min {min(values):.4f}, max {max(values):.4f}")
     return "\n".join(lines)

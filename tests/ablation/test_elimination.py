@@ -233,6 +233,9 @@ def test_cli_eliminate_then_export_then_evaluate(tmp_path):
     assert summary["slim"]["test"] == summary["slim"]["test_masked"]
     assert summary["split_chose_units"] == "val" and summary["finetuned"]["epochs"] == 1
     assert len(summary["random"]) == (3 if summary["units"] else 0)
+    for i, draw in enumerate(summary["random"]):  # fine-tuned like the slim model, each in its own run
+        tuned = json.loads((out / "random" / f"draw-{i}" / "evaluation.json").read_text())
+        assert draw["finetuned"] == pytest.approx(tuned["test_accuracy"], abs=1e-6)
     config = json.loads((out / "config.json").read_text())
     assert [u for u, _ in config["model"]["eliminated"]] == summary["units"]
     assert (out / "elimination" / "path.csv").is_file() and (out / "elimination" / "path.png").is_file()
@@ -267,6 +270,7 @@ def test_cli_eliminate_then_export_then_evaluate(tmp_path):
     assert set(paired) == {"full", *smallest, *(f"random-{i}" for i in range(len(summary["random"])))}
     assert len(summary["k_smallest"]["choices"]) == len(summary["units"])
     assert any(n.startswith(f"the {len(summary['units'])} smallest single drops") for n in names) == bool(smallest)
+    assert any("fine-tuned 1 epoch(s) (3 draws, mean)" in n for n in names) == bool(summary["units"])
     assert all(c["comparisons"] == len(paired) and c["low"] <= c["difference"] <= c["high"] for c in paired.values())
     expected = summary["finetuned"]["test"] - summary["full"]["test"]  # independent: the runs' own test scores
     assert paired["full"]["difference"] == pytest.approx(expected, abs=1e-6)
