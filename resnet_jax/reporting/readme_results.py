@@ -154,6 +154,36 @@ def layers(folder: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readings(folder: Path) -> str:
+    """Per run that has them, the study's open readings in sentences: stage 1's adjacent conv read as
+    ``layer1.0.conv1`` alone, the identity shortcuts cut one at a time, and how many ``single`` decisions the
+    batch-statistics reading changes."""
+    lines = []
+    for run in runs(folder):
+        standard, first = _table(run, "stage-except-decomposition"), _table(run, "stage-except-decomposition-first-conv")
+        cuts, batch, single = _table(run, "identity-shortcut", ".cut-identity"), _table(run, "single", ".bn-batch"), \
+            _table(run, "single")
+        if not (first or cuts or batch):
+            continue
+        lines.append(f"- `{run.name}`:")
+        if standard and first:
+            one = lambda rows: next((r for r in rows if published.stage_of(r["mask"]) == 1), None)  # noqa: E731
+            a, b = one(standard), one(first)
+            if a and b:
+                lines.append(f"  - stage 1 with its adjacent conv read as `layer1.0.conv1` alone: {b['value']:.3f} "
+                             f"({b.get('decision', '-')}) instead of {a['value']:.3f} ({a.get('decision', '-')})")
+        if cuts:
+            counts = {d: sum(r.get("decision") == d for r in cuts) for d in DECISIONS}
+            lines.append(f"  - identity shortcuts cut one at a time ({len(cuts)}): value "
+                         f"{min(r['value'] for r in cuts):.3f}-{max(r['value'] for r in cuts):.3f}; "
+                         + ", ".join(f"{d} {n}" for d, n in counts.items() if n))
+        if batch and single:
+            before = {r["mask"]: r.get("decision") for r in single}
+            changed = [r["mask"] for r in batch if r["mask"] in before and before[r["mask"]] != r.get("decision")]
+            lines.append(f"  - BatchNorm on batch statistics: {len(changed)} of {len(batch)} `single` decisions change")
+    return "\n".join(lines) + "\n"
+
+
 def training_table(folder: Path) -> str:
     """Per run: epochs, the chosen checkpoint's validation and test score, and the training's wall time."""
     rows = []
@@ -184,7 +214,8 @@ def budget_line(folder: Path) -> str:
 
 
 TABLES: dict[str, Callable[[Path], str]] = {
-    "paper": paper_table, "agreement": agreement, "decisions": decisions_table, "layers": layers, "training": training_table, "budget": budget_line}
+    "paper": paper_table, "agreement": agreement, "decisions": decisions_table, "layers": layers,
+    "readings": readings, "training": training_table, "budget": budget_line}
 
 
 def render(text: str, results_root: Path) -> str:

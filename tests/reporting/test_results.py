@@ -153,6 +153,23 @@ def test_layers_group_single_decisions_over_seeds(workdir, tmp_path):
     assert "  - split between seeds (1): `layer4.2.conv1` (undecided / trivial)" in text
 
 
+def test_readings_compare_each_open_reading_with_the_standard_one(workdir, tmp_path):
+    ablation = workdir / "cifar10-resnet34" / "ablation"
+    first = _rows("first", [("layer1.1-2", 0.2), ("layer3.1-5", 0.7)], ["non-trivial", "trivial"])
+    (ablation / "stage-except-decomposition-first-conv.json").write_text(json.dumps(first))
+    cuts = _rows("cuts", [("layer1.0.identity", 0.12), ("layer4.2.identity", 0.6)], ["non-trivial", "undecided"])
+    (ablation / "identity-shortcut.cut-identity.json").write_text(json.dumps(cuts))
+    batch = json.loads((ablation / "single.bn-batch.json").read_text())
+    batch["rows"][1]["decision"] = "non-trivial"  # layer4.1.conv1: trivial on running statistics
+    (ablation / "single.bn-batch.json").write_text(json.dumps(batch))
+    results.export(workdir, tmp_path / "planted", command="c")
+    text = readme_results.readings(tmp_path / "planted")
+    assert text.startswith("- `cifar10-resnet34`:\n") and "cifar10-resnet34-seed1" not in text  # seed 1 has none
+    assert "alone: 0.200 (non-trivial) instead of 0.500 (non-trivial)" in text
+    assert "identity shortcuts cut one at a time (2): value 0.120-0.600; non-trivial 1, undecided 1" in text
+    assert "1 of 3 `single` decisions change" in text
+
+
 def test_a_block_naming_an_unknown_table_or_folder_is_an_error_that_lists_the_valid_ones(workdir, tmp_path):
     root = tmp_path / "results"
     results.export(workdir, root / "planted", command="c")
