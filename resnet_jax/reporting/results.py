@@ -4,7 +4,7 @@
 per-example stores or figures) into ``<out>/`` with the same relative paths, and writes ``provenance.json``:
 the command, the code (resnet-jax version and git commit), date, machine, preset, seeds, the datasets'
 digests and the wall time of each stage. The README's results are rendered from such folders
-(:mod:`resnet_jax.reporting.results_tables`), so every number there traces back to one of them.
+(:mod:`resnet_jax.reporting.readme_results`), so every number there traces back to one of them.
 """
 
 from __future__ import annotations
