@@ -41,7 +41,8 @@ class LedgerError(ValueError):
 class Stage:
     """A named step of a study: ``run()`` writes ``outputs`` (paths relative to the workdir; outputs that
     keep their own ledger, like a run's workdir, are listed whole) and returns a JSON result; ``inputs`` is the
-    JSON data the result depends on beyond the workdir's own config."""
+    JSON data the result depends on beyond the workdir's own config (or a function returning it, read when the
+    stage is about to run, for inputs an earlier stage of the same call may change)."""
 
     name: str
     run: Callable[[], dict]
@@ -118,7 +119,8 @@ def done(workdir: str | Path, stage: str) -> dict | None:
 def run(workdir: str | Path, stage: Stage, log: Callable[[str], None], *, label: str = "") -> dict:
     """``stage``'s result: the stored one when it finished earlier from the same inputs, else computed now
     (``label`` prefixes its log lines)."""
-    workdir, key = Path(workdir), digest(stage.inputs)
+    workdir = Path(workdir)
+    key = digest(stage.inputs() if callable(stage.inputs) else stage.inputs)
     stored = done(workdir, stage.name)
     name = f"{label}{stage.name}"
     if stored is not None and stored.get("inputs_digest") == key and not stage.always:

@@ -30,6 +30,21 @@ def test_a_stage_runs_once_per_inputs_and_an_always_stage_every_time(tmp_path):
     assert calls.count("report") == 2
 
 
+def test_inputs_given_as_a_function_are_read_when_the_stage_runs(tmp_path):
+    """A stage that reads whatever earlier stages trained (e.g. readings over the trained tasks) runs again once
+    another stage of a later call (or of the same one) has added an input."""
+    calls = []
+    present = lambda: {"trained": sorted(p.name for p in tmp_path.glob("*.run"))}  # noqa: E731
+    readings = _stage(tmp_path, calls, name="readings", inputs=present)
+    ledger.run(tmp_path, readings, lambda _: None)
+    ledger.run(tmp_path, readings, lambda _: None)
+    assert calls == ["readings"]
+    ledger.run(tmp_path, _stage(tmp_path, calls, name="train", outputs=("acdc.run",)), lambda _: None)
+    ledger.run(tmp_path, readings, lambda _: None)  # the same Stage object: its inputs are read anew
+    assert calls == ["readings", "train", "readings"]
+    assert ledger.done(tmp_path, "readings")["inputs_digest"] == ledger.digest({"trained": ["acdc.run"]})
+
+
 def test_an_interrupted_stage_is_not_done_but_its_outputs_are_cleared(tmp_path):
     calls = []
     ledger.run(tmp_path, _stage(tmp_path, calls, name="a", outputs=("a.txt", "a.json")), lambda s: None)

@@ -1,10 +1,11 @@
 """The README's results, rendered from committed results folders (``docs/results/<name>/``), never typed.
 
-A block in the README names a folder and a table::
+A block in the README names a folder and a table, and optionally a task that narrows it to that task's runs::
 
     <!-- results: cifar10-paper-cpu/paper -->
     (generated)
     <!-- /results -->
+    <!-- results: cpu/decisions:segmentation -->
 
 ``render`` rewrites every block's body from its folder; ``scripts/render_results.py --check`` fails when the
 README differs from what it would write, so a number can only change by changing the results it comes from.
@@ -17,9 +18,11 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from resnet_jax.ablation import statistics
 from resnet_jax.reporting import published
 
-BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.-]+)/(?P<table>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.-]+)/(?P<table>[\w-]+)(?::(?P<task>\w+))? -->\n)(?P<body>.*?)"
+                   r"(?P<body_end><!-- /results -->)", re.S)
 DECISIONS = ("non-trivial", "trivial", "improves", "undecided")
 PROTOCOLS = ("single", "stage-except-decomposition", "shortcut", "pairs")
 
@@ -32,11 +35,16 @@ def _json(path: Path):
     return json.loads(path.read_text())
 
 
-def runs(folder: Path) -> list[Path]:
-    """The trained runs of a results folder that hold ablation tables, seed 0 first (``<run>``, ``<run>-seed1``...)."""
-    found = [p.parent.parent for p in folder.glob("*/ablation/baseline.json")]
+def _by_seed(found: Sequence[Path]) -> list[Path]:
     seed = lambda p: int(m.group(1)) if (m := re.search(r"-seed(\d+)$", p.name)) else 0  # noqa: E731
     return sorted(found, key=lambda p: (re.sub(r"-seed\d+$", "", p.name), seed(p)))
+
+
+def runs(folder: Path, task: str | None = None) -> list[Path]:
+    """The trained runs of a results folder that hold ablation tables (of ``task`` only, when given), seed 0
+    first (``<run>``, ``<run>-seed1``...)."""
+    found = [p.parent.parent for p in folder.glob("*/ablation/baseline.json")]
+    return _by_seed([r for r in found if task is None or _task(r) == task])
 
 
 def _task(run: Path) -> str:
@@ -56,7 +64,7 @@ def _grid(header: Sequence[str], rows: Sequence[Sequence[str]], right_from: int 
 
 READINGS = (("ours, running statistics", ""), ("ours, batch statistics", ".bn-batch"))
 """The two BatchNorm readings of an ablated network, and the suffix of their tables."""
-TASKS = ("classification", "segmentation")
+TASKS = ("classification", "segmentation", "skip")
 
 
 def _reading_tables(group: Sequence[Path], reading: str) -> dict[str, list[list[dict]]]:
@@ -65,15 +73,15 @@ def _reading_tables(group: Sequence[Path], reading: str) -> dict[str, list[list[
             for p in ("baseline", "stage-except-decomposition", "shortcut")}
 
 
-def _groups(folder: Path) -> dict[str, list[Path]]:
-    return {task: group for task in TASKS if (group := [r for r in runs(folder) if _task(r) == task])}
+def _groups(folder: Path, only: str | None = None) -> dict[str, list[Path]]:
+    return {task: group for task in TASKS if (group := runs(folder, task)) and only in (None, task)}
 
 
-def paper_table(folder: Path) -> str:
+def paper_table(folder: Path, task: str | None = None) -> str:
     """The study's published values beside ours, for each BatchNorm reading the folder holds (running
     statistics: every seed, mean and range; batch statistics: the seeds that have that reading)."""
     out = []
-    for task, group in _groups(folder).items():
+    for task, group in _groups(folder, task).items():
         columns, body = ["experiment", "stage", "paper"], None
         for label, reading in READINGS:
             tables = _reading_tables(group, reading)
@@ -90,12 +98,12 @@ NEAR, FAR = 0.05, 0.10
 """How close a row of ours must be to the paper's to count as agreeing, and how far to count as contradicting."""
 
 
-def agreement(folder: Path) -> str:
+def agreement(folder: Path, task: str | None = None) -> str:
     """Per task and reading, in sentences: how far our stage and shortcut values (seed means) lie from the
     paper's, which rows agree (within NEAR) and which contradict it (more than FAR away), and which reading
     is closer."""
     lines = []
-    for task, group in _groups(folder).items():
+    for task, group in _groups(folder, task).items():
         paper, distance = published.PUBLISHED[task], {}
         for label, reading in READINGS:
             values = published.stage_values(task, _reading_tables(group, reading))
@@ -118,10 +126,10 @@ def agreement(folder: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def decisions_table(folder: Path) -> str:
+def decisions_table(folder: Path, task: str | None = None) -> str:
     """Per run and protocol, how many masks each decision got (margin and error rate as the tables state)."""
     rows = []
-    for run in runs(folder):
+    for run in runs(folder, task):
         for protocol in PROTOCOLS:
             table = _table(run, protocol)
             if not table:
@@ -132,11 +140,11 @@ def decisions_table(folder: Path) -> str:
     return _grid(["run", "protocol", "masks", *DECISIONS, "margin", "alpha"], rows, right_from=2)
 
 
-def layers(folder: Path) -> str:
+def layers(folder: Path, task: str | None = None) -> str:
     """Per task, the ``single`` masks grouped by their decisions over the seeds: the same decision in every
     seed, or split between seeds (with each seed's decision)."""
     lines = []
-    for task, group in _groups(folder).items():
+    for task, group in _groups(folder, task).items():
         seeds = [t for r in group if (t := _table(r, "single"))]
         if not seeds:
             continue
@@ -154,12 +162,12 @@ def layers(folder: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def readings(folder: Path) -> str:
+def readings(folder: Path, task: str | None = None) -> str:
     """Per run that has them, the study's open readings in sentences: stage 1's adjacent conv read as
     ``layer1.0.conv1`` alone, the identity shortcuts cut one at a time, and how many ``single`` decisions the
     batch-statistics reading changes."""
     lines = []
-    for run in runs(folder):
+    for run in runs(folder, task):
         standard, first = _table(run, "stage-except-decomposition"), _table(run, "stage-except-decomposition-first-conv")
         cuts, batch, single = _table(run, "identity-shortcut", ".cut-identity"), _table(run, "single", ".bn-batch"), \
             _table(run, "single")
@@ -184,10 +192,10 @@ def readings(folder: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def training_table(folder: Path) -> str:
+def training_table(folder: Path, task: str | None = None) -> str:
     """Per run: epochs, the chosen checkpoint's validation and test score, and the training's wall time."""
     rows = []
-    for run in runs(folder):
+    for run in runs(folder, task):
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
         evaluation = _json(run / "evaluation.json")
         score = next(k for k in ("test_accuracy", "test_dice_myo", "test_dice") if k in evaluation)
@@ -200,34 +208,147 @@ def training_table(folder: Path) -> str:
                   "training minutes"], rows)
 
 
-def budget_line(folder: Path) -> str:
-    """Where and with what code the folder's results were computed, and how long each stage took."""
+STAGE_PREFIX = {"classification": "cifar-", "segmentation": "acdc-", "skip": "skip-"}
+"""The ``reproduce`` stages of each task, by name."""
+
+
+def budget_line(folder: Path, task: str | None = None) -> str:
+    """Where and with what code the folder's results were computed, and how long each stage took (the stages
+    and training of ``task`` only, when given)."""
     p = _json(folder / "provenance.json")
     m, code = p["machine"], p["code"]
-    stages = ", ".join(f"{name} {s['seconds'] / 60:.1f} min" for name, s in p["stages"].items() if "seconds" in s)
-    training = sum(p.get("training_seconds", {}).values()) / 3600
+    stages = ", ".join(f"{name} {s['seconds'] / 60:.1f} min" for name, s in p["stages"].items()
+                       if "seconds" in s and (task is None or name.startswith(STAGE_PREFIX[task])))
+    trained = [s for run, s in p.get("training_seconds", {}).items()
+               if task is None or _run_task(folder / run.split("/")[0]) == task]
     commit = (code.get("commit") or "unknown")[:10] + (" (with local changes)" if code.get("dirty") else "")
     return (f"Compute: {m['cpu']}, {m['cores']} cores, backend {m['backend']} ({m['device_count']} "
-            f"{m['device_kind']} device(s)); training {training:.2f} h in all; stages (last call each): "
+            f"{m['device_kind']} device(s)); training {sum(trained) / 3600:.2f} h in all; stages (last call each): "
             f"{stages or 'none recorded'}. Exported {p['date'][:10]} by resnet-jax {code['version']} at commit "
             f"{commit}: `{p['command']}`.\n")
 
 
-TABLES: dict[str, Callable[[Path], str]] = {
+def _run_task(run: Path) -> str | None:
+    return _task(run) if (run / "config.json").is_file() else None
+
+
+def _skip_runs(folder: Path) -> list[tuple[Path, dict]]:
+    """Study B's runs in the folder, seed 0 first, with their results."""
+    found = _by_seed([p.parent for p in folder.glob("*/skip_results.json")])
+    return [(run, _json(run / "skip_results.json")) for run in found]
+
+
+def _ci(a: dict) -> str:
+    return f"{a['accuracy']:.4f} [{a['ci_low']:.4f}, {a['ci_high']:.4f}]"
+
+
+STUDY_B = {"cnn1": "98 %", "router": "62 %", "literal": "close to 100 %"}
+"""Study B's published numbers (PROTOCOLS.md's last section)."""
+
+
+def skip_study(folder: Path, task: str | None = None) -> str:
+    """Study B beside the study's numbers, one column per seed: CNN-1, the router on the study's labels, the
+    literal CNN-3 (whose depth reveals the label), and the dense labelling's router."""
+    found = _skip_runs(folder)
+    if not found:
+        raise ResultsError(f"{folder} holds no Study B results (*/skip_results.json)")
+    rows = [
+        ["CNN-1 test accuracy", STUDY_B["cnn1"], *[_ci(r["cnn1"]["test"]) for _, r in found]],
+        ["router on the study's labels (held-out labelled images)", STUDY_B["router"],
+         *[f"{_ci(r['router'])} (n = {r['router']['n']}; majority {r['router']['majority_rate']:.4f})"
+           for _, r in found]],
+        ["literal CNN-3, depth = the true label", STUDY_B["literal"],
+         *[_ci(r["literal"]["depth_true_label"]) for _, r in found]],
+        ["literal CNN-3, depth = the router's / full depth", "-",
+         *[f"{r['literal']['depth_router']['accuracy']:.4f} / {r['literal']['depth_full']['accuracy']:.4f}"
+           for _, r in found]],
+        ["images the study's selection labels (layer 1 / 2 / 3)", "-",
+         *[f"{r['selection']['n_labelled']} ({' / '.join(str(x['labelled_here']) for x in r['selection']['per_layer'])})"
+           for _, r in found]],
+        ["dense labelling's router (validation labels)", "-",
+         *[f"{_ci(r['dense_router'])} (majority {r['dense_router']['majority_rate']:.4f})" for _, r in found]],
+    ]
+    return _grid(["", "the study", *[f"ours, `{run.name}` [95 % CI]" for run, _ in found]], rows, right_from=1)
+
+
+def skip_points(folder: Path, task: str | None = None) -> str:
+    """Per Study B seed, every method at its operating point chosen on validation and scored on test, then the
+    verdict's sentences (paired tests against CNN-1 and against random depth)."""
+    out = []
+    for run, r in _skip_runs(folder):
+        rows = [[b["label"], b["setting"] or "-", _ci(b), f"{b['mean_conv_layers']:.3f}", f"{b['mac_ratio_vs_cnn1']:.3f}",
+                 f"{b['wall_ratio_vs_cnn1']:.3f}" if "wall_ratio_vs_cnn1" in b else "-"] for b in r["curves"]["best"]]
+        out.append(f"`{run.name}` (test split, {r['split_sizes']['test']} images; operating point: the cheapest within "
+                   f"{r['curves']['tolerance']} of CNN-1's validation accuracy):\n\n"
+                   + _grid(["method", "operating point", "test accuracy [95 % CI]", "mean conv layers", "MAC ratio",
+                            "wall ratio"], rows, right_from=3)
+                   + "\n" + "\n".join(f"- {line}" for line in r["verdict"]) + "\n")
+    return "\n".join(out)
+
+
+def _slim_runs(folder: Path, task: str | None) -> list[Path]:
+    found = [p.parent.parent for p in folder.glob("*/elimination/summary.json")]
+    return _by_seed([r for r in found if task is None or _run_task(r) == task])
+
+
+def elimination(folder: Path, task: str | None = None) -> str:
+    """Per slim run (seed 0 first): the greedy path on the split that chose the units, then every model of the
+    comparison on test (speeds measured side by side) and the slim model's paired differences from each."""
+    out = []
+    for slim in _slim_runs(folder, task):
+        s = _json(slim / "elimination" / "summary.json")
+        split, metric = s["metric_split"], s["metric"]
+        path = [[p["step"], f"`{p['added']}`" + ("" if p["accepted"] else " (rejected)"), p["units_removed"],
+                 f"{p['value']:.4f}", f"{p['drop']:+.4f}", f"{p['params']:,}", f"{p['conv_macs'] / 1e6:.1f} M"]
+                for p in s["path"]]
+        out.append(f"`{slim.name}`: greedy search over whole units on the {split} split (baseline "
+                   f"{s['baseline'][split]:.4f}), stopping before a drop above {s['max_drop']}; removed "
+                   f"{len(s['units'])}: {', '.join(f'`{u}`' for u in s['units']) or 'none'}.\n\n"
+                   + (_grid(["step", "removed next", "units removed", f"{split} {metric}", "drop", "params",
+                             "conv MACs"], path, right_from=2) if path else "")
+                   + _comparison(slim))
+    if not out:
+        raise ResultsError(f"{folder} holds no elimination results (*/elimination/summary.json)"
+                           + (f" of task {task}" if task else ""))
+    return "\n".join(out)
+
+
+def _comparison(slim: Path) -> str:
+    path = slim / "elimination" / "comparison.json"
+    if not path.is_file():
+        return ""
+    c = _json(path)
+    rows = [[r["name"], f"{r['value']:.4f}" + (f" [{r['low']:.4f}, {r['high']:.4f}]" if "low" in r else ""),
+             f"{r['params'] / 1e6:.2f} M", f"{r['conv_macs'] / 1e6:.1f} M", f"{r['eval_images_per_s']:,.0f}",
+             f"{r['train_images_per_s']:,.0f}", " / ".join(f"{r['ratios_vs_full'][k]:.3f}" for k in
+                                                          ("params", "conv_macs", "eval_images_per_s",
+                                                           "train_images_per_s"))] for r in c["rows"]]
+    paired = [f"- slim minus {name}: {statistics.comparison_text(d)}" for name, d in c.get("paired_vs_slim", {}).items()]
+    return (f"\nOn test ({c['metric']}; speeds on {c['device']}, batch {c['batch']}, median of {c['repeats']} "
+            f"repeats; random sets: mean [min, max]):\n\n"
+            + _grid(["model", f"test {c['metric']}", "params", "conv MACs", "eval img/s", "train img/s",
+                     "vs full: params / MACs / eval / train"], rows)
+            + ("\n" + "\n".join(paired) + "\n" if paired else ""))
+
+
+TABLES: dict[str, Callable[..., str]] = {
     "paper": paper_table, "agreement": agreement, "decisions": decisions_table, "layers": layers,
-    "readings": readings, "training": training_table, "budget": budget_line}
+    "readings": readings, "training": training_table, "budget": budget_line, "skip": skip_study,
+    "skip-points": skip_points, "elimination": elimination}
 
 
 def render(text: str, results_root: Path) -> str:
     """``text`` with every results block's body regenerated from ``results_root``."""
     def body(match: re.Match) -> str:
-        folder, table = results_root / match["name"], match["table"]
+        folder, table, task = results_root / match["name"], match["table"], match["task"]
+        if task is not None and task not in TASKS:
+            raise ResultsError(f"README block {match['name']}/{table}:{task}: unknown task {task!r}; known: {list(TASKS)}")
         if table not in TABLES:
             raise ResultsError(f"README block {match['name']}/{table}: unknown table {table!r}; known: {sorted(TABLES)}")
         if not (folder / "provenance.json").is_file():
             raise ResultsError(f"README block {match['name']}/{table}: {folder} is not a results folder "
                                f"(no provenance.json); folders there: {sorted(p.name for p in results_root.glob('*/'))}")
-        return match.group(1) + TABLES[table](folder) + match.group(5)
+        return match.group(1) + TABLES[table](folder, task) + match["body_end"]
     return BLOCK.sub(body, text)
 
 

@@ -179,6 +179,90 @@ def test_a_block_naming_an_unknown_table_or_folder_is_an_error_that_lists_the_va
         readme_results.render("<!-- results: missing/paper -->\n<!-- /results -->", root)
 
 
+def _planted_segmentation(run: Path) -> None:
+    _planted_run(run, seed=0, stage3=0.02)
+    (run / "config.json").write_text(json.dumps({"task": "segmentation", "train": {"seed": 0}}))
+
+
+def test_a_task_suffix_narrows_a_block_to_that_tasks_runs_and_stages(workdir, tmp_path):
+    _planted_segmentation(workdir / "acdc-pspnet34")
+    ledger.run(workdir, ledger.Stage("acdc-train", lambda: {}), log=lambda _: None)
+    root = tmp_path / "results"
+    results.export(workdir, root / "planted", command="c")
+    both = readme_results.render("<!-- results: planted/decisions -->\n<!-- /results -->", root)
+    seg = readme_results.render("<!-- results: planted/decisions:segmentation -->\n<!-- /results -->", root)
+    assert "| acdc-pspnet34 | single |" in both and "| cifar10-resnet34 | single |" in both
+    assert "| acdc-pspnet34 | single |" in seg and "cifar10" not in seg
+    budget = readme_results.budget_line(root / "planted", "segmentation")
+    assert "acdc-train" in budget and "cifar-train" not in budget
+    assert "training 0.04 h" in budget  # the planted segmentation run's 150 s alone, not the two cifar runs'
+    with pytest.raises(readme_results.ResultsError, match="unknown task 'segmentaton'; known: .*'segmentation'"):
+        readme_results.render("<!-- results: planted/paper:segmentaton -->\n<!-- /results -->", root)
+
+
+def _planted_skip(run: Path, *, cnn1: float, router: float) -> None:
+    def acc(a, n=100):
+        return {"accuracy": a, "ci_low": a - 0.01, "ci_high": a + 0.01, "n": n}
+    point = {"label": "early exit", "setting": "threshold 0.9", **acc(0.97), "mean_conv_layers": 1.25,
+             "mac_ratio_vs_cnn1": 0.05, "wall_ratio_vs_cnn1": 0.2}
+    result = {"cnn1": {"test": acc(cnn1)}, "router": {**acc(router, 44), "majority_rate": 0.45},
+              "literal": {"depth_true_label": acc(1.0), "depth_router": acc(0.6), "depth_full": acc(0.45)},
+              "selection": {"n_labelled": 9, "per_layer": [{"labelled_here": k} for k in (2, 3, 4)]},
+              "dense_router": {**acc(0.66), "majority_rate": 0.55}, "split_sizes": {"test": 100},
+              "curves": {"tolerance": 0.005, "best": [point]}, "verdict": ["early exit saves compute."]}
+    run.mkdir(parents=True)
+    (run / "skip_results.json").write_text(json.dumps(result))
+
+
+def test_study_b_tables_put_each_seed_beside_the_studys_numbers(workdir, tmp_path):
+    _planted_skip(workdir / "mnist-skip-seed1", cnn1=0.95, router=0.7)
+    _planted_skip(workdir / "mnist-skip", cnn1=0.9881, router=0.6136)
+    results.export(workdir, tmp_path / "planted", command="c")
+    text = readme_results.skip_study(tmp_path / "planted")
+    assert "| the study | ours, `mnist-skip` [95 % CI] | ours, `mnist-skip-seed1` [95 % CI] |" in text  # seed 0 first
+    assert "| CNN-1 test accuracy | 98 % | 0.9881 [0.9781, 0.9981] | 0.9500 [0.9400, 0.9600] |" in text
+    assert "| 62 % | 0.6136 [0.6036, 0.6236] (n = 44; majority 0.4500) |" in text
+    assert "| - | 9 (2 / 3 / 4) | 9 (2 / 3 / 4) |" in text
+    points = readme_results.skip_points(tmp_path / "planted")
+    assert "| early exit | threshold 0.9 | 0.9700 [0.9600, 0.9800] | 1.250 | 0.050 | 0.200 |" in points
+    assert points.count("- early exit saves compute.") == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(readme_results.ResultsError, match="no Study B results"):
+        readme_results.skip_study(empty)
+
+
+def test_the_elimination_block_shows_the_path_the_comparison_and_the_paired_tests(workdir, tmp_path):
+    slim = workdir / "cifar10-resnet34-slim"
+    (slim / "elimination").mkdir(parents=True)
+    (slim / "config.json").write_text(json.dumps({"task": "classification"}))
+    step = {"params": 1_000_000, "conv_macs": 5e6}
+    summary = {"metric_split": "val", "metric": "accuracy", "baseline": {"val": 0.70}, "max_drop": 0.01,
+               "units": ["layer4.1"], "path": [
+                   {"step": 1, "added": "layer4.1.conv2", "units_removed": 1, "value": 0.705, "drop": -0.005,
+                    "accepted": True, **step},
+                   {"step": 2, "added": "layer3.5.conv2", "units_removed": 2, "value": 0.68, "drop": 0.02,
+                    "accepted": False, **step}]}
+    (slim / "elimination" / "summary.json").write_text(json.dumps(summary))
+    ratios = {"params": 0.5, "conv_macs": 0.8, "eval_images_per_s": 1.25, "train_images_per_s": 1.1}
+    row = {"params": 2e6, "conv_macs": 6e7, "eval_images_per_s": 1000.4, "train_images_per_s": 300.0,
+           "ratios_vs_full": ratios}
+    comparison = {"metric": "accuracy", "device": "cpu", "batch": 128, "repeats": 3, "rows": [
+        {"name": "slim, 1 unit removed", "value": 0.71, **row},
+        {"name": "random 1 units (3 draws, mean)", "value": 0.6, "low": 0.55, "high": 0.65, **row}],
+        "paired_vs_slim": {"resnet18": {"difference": -0.02, "low": -0.03, "high": -0.01, "p_value": 0.001,
+                                        "comparisons": 4, "verdict": "worse"}}}
+    (slim / "elimination" / "comparison.json").write_text(json.dumps(comparison))
+    results.export(workdir, tmp_path / "planted", command="c")
+    text = readme_results.elimination(tmp_path / "planted", "classification")
+    assert "baseline 0.7000), stopping before a drop above 0.01; removed 1: `layer4.1`." in text
+    assert "| 2 | `layer3.5.conv2` (rejected) | 2 | 0.6800 | +0.0200 | 1,000,000 | 5.0 M |" in text
+    assert "| random 1 units (3 draws, mean) | 0.6000 [0.5500, 0.6500] | 2.00 M | 60.0 M | 1,000 | 300 |" in text
+    assert "- slim minus resnet18: -0.0200 [-0.0300, -0.0100] (paired, 4 comparisons), p = 0.001: worse" in text
+    with pytest.raises(readme_results.ResultsError, match="no elimination results .* of task segmentation"):
+        readme_results.elimination(tmp_path / "planted", "segmentation")
+
+
 def test_the_readme_matches_the_committed_results():
     """README command 2 fails when a results table of the README was edited by hand or the results changed."""
     check = subprocess.run([sys.executable, str(ROOT / "scripts" / "render_results.py"), "--check"],
