@@ -208,8 +208,13 @@ def training_table(folder: Path, task: str | None = None) -> str:
                   "training minutes"], rows)
 
 
-STAGE_PREFIX = {"classification": "cifar-", "segmentation": "acdc-", "skip": "skip-"}
-"""The ``reproduce`` stages of each task, by name."""
+STAGE_PREFIX = {"classification": ("cifar-", "verify"), "segmentation": ("acdc-",), "skip": ("skip-",)}
+"""The ``reproduce`` stages of each task, by name; the others (readings, report) serve every task."""
+
+
+def _stage_serves(name: str, task: str | None) -> bool:
+    owner = next((t for t, prefixes in STAGE_PREFIX.items() if name.startswith(prefixes)), None)
+    return task is None or owner in (None, task)
 
 
 def budget_line(folder: Path, task: str | None = None) -> str:
@@ -218,7 +223,7 @@ def budget_line(folder: Path, task: str | None = None) -> str:
     p = _json(folder / "provenance.json")
     m, code = p["machine"], p["code"]
     stages = ", ".join(f"{name} {s['seconds'] / 60:.1f} min" for name, s in p["stages"].items()
-                       if "seconds" in s and (task is None or name.startswith(STAGE_PREFIX[task])))
+                       if "seconds" in s and _stage_serves(name, task))
     trained = [s for run, s in p.get("training_seconds", {}).items()
                if task is None or _run_task(folder / run.split("/")[0]) == task]
     commit = (code.get("commit") or "unknown")[:10] + (" (with local changes)" if code.get("dirty") else "")

@@ -186,7 +186,8 @@ def _planted_segmentation(run: Path) -> None:
 
 def test_a_task_suffix_narrows_a_block_to_that_tasks_runs_and_stages(workdir, tmp_path):
     _planted_segmentation(workdir / "acdc-pspnet34")
-    ledger.run(workdir, ledger.Stage("acdc-train", lambda: {}), log=lambda _: None)
+    for stage in ("acdc-train", "readings"):
+        ledger.run(workdir, ledger.Stage(stage, lambda: {}), log=lambda _: None)
     root = tmp_path / "results"
     results.export(workdir, root / "planted", command="c")
     both = readme_results.render("<!-- results: planted/decisions -->\n<!-- /results -->", root)
@@ -194,7 +195,7 @@ def test_a_task_suffix_narrows_a_block_to_that_tasks_runs_and_stages(workdir, tm
     assert "| acdc-pspnet34 | single |" in both and "| cifar10-resnet34 | single |" in both
     assert "| acdc-pspnet34 | single |" in seg and "cifar10" not in seg
     budget = readme_results.budget_line(root / "planted", "segmentation")
-    assert "acdc-train" in budget and "cifar-train" not in budget
+    assert "acdc-train" in budget and "readings" in budget and "cifar-train" not in budget
     assert "training 0.04 h" in budget  # the planted segmentation run's 150 s alone, not the two cifar runs'
     with pytest.raises(readme_results.ResultsError, match="unknown task 'segmentaton'; known: .*'segmentation'"):
         readme_results.render("<!-- results: planted/paper:segmentaton -->\n<!-- /results -->", root)
