@@ -15,8 +15,10 @@ import fcntl
 import functools
 import hashlib
 import json
+import shlex
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -154,11 +156,18 @@ def code_version() -> dict[str, Any]:
     return out
 
 
+def command_line() -> str:
+    """This process's command line, as a user would type it (``resnet-jax ...`` for the command line tool)."""
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    head = ["resnet-jax"] if program in ("resnet-jax", "cli.py") else [program]
+    return shlex.join([*head, *sys.argv[1:]])
+
+
 def finish(workdir: str | Path, stage: str, result: dict, *, seconds: float, **extra: Any) -> None:
     def change(record):
         entry = record["stages"].setdefault(stage, {})
         entry.update(result=result, seconds=seconds, finished=time.strftime("%Y-%m-%d %H:%M:%S"),
-                     code=code_version(), **extra)
+                     code=code_version(), command=command_line(), **extra)
     update(workdir, change)
 
 

@@ -218,19 +218,21 @@ def _stage_serves(name: str, task: str | None) -> bool:
 
 
 def budget_line(folder: Path, task: str | None = None) -> str:
-    """Where and with what code the folder's results were computed, and how long each stage took (the stages
-    and training of ``task`` only, when given)."""
+    """Where and with what code the folder's results were computed, how long each stage took, and the commands
+    that ran them (the stages and training of ``task`` only, when given)."""
     p = _json(folder / "provenance.json")
     m, code = p["machine"], p["code"]
-    stages = ", ".join(f"{name} {s['seconds'] / 60:.1f} min" for name, s in p["stages"].items()
-                       if "seconds" in s and _stage_serves(name, task))
+    shown = {name: s for name, s in p["stages"].items() if "seconds" in s and _stage_serves(name, task)}
+    stages = ", ".join(f"{name} {s['seconds'] / 60:.1f} min" for name, s in shown.items())
     trained = [s for run, s in p.get("training_seconds", {}).items()
                if task is None or _run_task(folder / run.split("/")[0]) == task]
     commit = (code.get("commit") or "unknown")[:10] + (" (with local changes)" if code.get("dirty") else "")
+    ran = list(dict.fromkeys(s["command"] for s in shown.values() if s.get("command")))
     return (f"Compute: {m['cpu']}, {m['cores']} cores, backend {m['backend']} ({m['device_count']} "
             f"{m['device_kind']} device(s)); training {sum(trained) / 3600:.2f} h in all; stages (last call each): "
             f"{stages or 'none recorded'}. Exported {p['date'][:10]} by resnet-jax {code['version']} at commit "
-            f"{commit}: `{p['command']}`.\n")
+            f"{commit}: `{p['command']}`" + (f"; the stages ran as {', '.join(f'`{c}`' for c in ran)}" if ran else "")
+            + ".\n")
 
 
 def _run_task(run: Path) -> str | None:

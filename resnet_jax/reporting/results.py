@@ -71,7 +71,7 @@ def _training_seconds(workdir: Path) -> dict[str, float]:
 
 
 def _stages(workdir: Path) -> dict[str, dict[str, Any]]:
-    return {name: {k: entry[k] for k in ("seconds", "finished", "code") if k in entry}
+    return {name: {k: entry[k] for k in ("seconds", "finished", "code", "command") if k in entry}
             for name, entry in ledger.read(workdir)["stages"].items()}
 
 

@@ -83,6 +83,7 @@ def test_export_keeps_exactly_the_tables_and_records_what_produced_them(workdir,
     assert record["training_seconds"] == {"cifar10-resnet34": 150.0, "cifar10-resnet34-seed1": 150.0}
     assert record["stages"]["cifar-train"]["seconds"] == ledger.read(workdir)["stages"]["cifar-train"]["seconds"]
     assert record["stages"]["cifar-train"]["code"]["commit"] == head  # the ledger keys each stage by its code
+    assert record["stages"]["cifar-train"]["command"] == ledger.command_line()  # and by the command that ran it
 
 
 def test_export_refuses_an_empty_workdir_and_a_folder_inside_it(workdir, tmp_path):
@@ -196,6 +197,7 @@ def test_a_task_suffix_narrows_a_block_to_that_tasks_runs_and_stages(workdir, tm
     assert "| acdc-pspnet34 | single |" in seg and "cifar10" not in seg
     budget = readme_results.budget_line(root / "planted", "segmentation")
     assert "acdc-train" in budget and "readings" in budget and "cifar-train" not in budget
+    assert f"the stages ran as `{ledger.command_line()}`" in budget
     assert "training 0.04 h" in budget  # the planted segmentation run's 150 s alone, not the two cifar runs'
     with pytest.raises(readme_results.ResultsError, match="unknown task 'segmentaton'; known: .*'segmentation'"):
         readme_results.render("<!-- results: planted/paper:segmentaton -->\n<!-- /results -->", root)
