@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,17 +59,10 @@ def statistics_line(table: dict) -> str | None:
 
 
 def environment() -> dict:
-    """Versions and devices, for the record."""
-    import flax
-    import jax
-    import optax
+    """Versions and devices, for the record (:func:`resnet_jax.reporting.results.machine`)."""
+    from resnet_jax.reporting import results
 
-    return {
-        "python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
-        "optax": optax.__version__, "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()], "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
-    }
+    return results.machine()
 
 
 def _training_summary(last: dict, evaluation: dict | None) -> str:

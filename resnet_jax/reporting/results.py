@@ -30,8 +30,11 @@ PROVENANCE = "provenance.json"
 
 
 def machine() -> dict[str, Any]:
-    """What ran it: CPU model and cores, and the accelerator kind when JAX sees one."""
+    """What ran it: CPU model and cores, the devices JAX sees, and the versions of Python and the libraries that
+    compute (the one record of the environment: reports and Study B's results use it too)."""
+    import flax
     import jax
+    import optax
 
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
@@ -40,7 +43,9 @@ def machine() -> dict[str, Any]:
                     if line.startswith("model name")), cpu)
     devices = jax.devices()
     return {"cpu": cpu, "cores": os.cpu_count(), "backend": jax.default_backend(),
-            "device_kind": devices[0].device_kind, "device_count": len(devices), "processes": jax.process_count()}
+            "device_kind": devices[0].device_kind, "device_count": len(devices), "processes": jax.process_count(),
+            "python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
+            "optax": optax.__version__}
 
 
 def _kept(path: Path, root: Path) -> bool:
