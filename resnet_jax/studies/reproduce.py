@@ -34,7 +34,8 @@ from resnet_jax import ledger
 
 STAGES = ("cifar-train", "cifar-ablate", "cifar-pairs", "cifar-eliminate", "acdc-train", "acdc-ablate", "acdc-eliminate",
           "readings", "skip-study", "verify", "report")
-SEEDED = ("cifar-train", "cifar-ablate", "cifar-pairs", "acdc-train", "acdc-ablate")
+SEEDED = ("cifar-train", "cifar-ablate", "cifar-pairs", "cifar-eliminate", "acdc-train", "acdc-ablate",
+          "acdc-eliminate", "skip-study")
 """Stages that run once per seed: their record keeps the number of seeds, and more seeds run them again."""
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -131,44 +132,56 @@ def _readings(job: Job) -> dict:
 
 
 def _eliminate(job: Job, key: str) -> dict:
-    from resnet_jax.studies import comparison, eliminate
+    """Per seed: the slim network from that seed's run, its controls (classification), and the comparison."""
+    from resnet_jax.studies import comparison, eliminate, seeds
 
-    run = job.run_dir(key)
-    if not (run / "config.json").is_file():
-        raise StageError(f"{key}-eliminate: {run.name} has no trained run; run {key}-train first")
-    slim = job.workdir / SLIM_DIRS[key]
-    settings = eliminate.Settings(finetune_epochs=job.preset["finetune_epochs"], random_draws=job.preset["random_draws"])
-    summary = eliminate.eliminate_workdir(run, slim, settings, log=job.log,
-                                          force_untrained=job.preset.get("force_untrained", False))
-    job.log(eliminate.format_summary(summary))
-    trained = _controls(job, key, slim, has_units=bool(summary["units"])) if key == "cifar" else {}
-    result = comparison.compare(run, slim, trained=trained, repeats=job.preset["timing_repeats"], log=job.log)
-    job.log(comparison.format_comparison(result))
-    comparison.write_comparison(slim, result)
-    return {"units": summary["units"]}
+    units = []
+    for seed, ((run, overrides), (slim, _)) in enumerate(zip(seeds.each_seed(job.run_dir(key), job.n_seeds),
+                                                              seeds.each_seed(job.workdir / SLIM_DIRS[key], job.n_seeds))):
+        if not (run / "config.json").is_file():
+            raise StageError(f"{key}-eliminate: {run.name} has no trained run; run {key}-train first")
+        job.log(f"  {key} seed {seed}: {run} -> {slim}")
+        settings = eliminate.Settings(finetune_epochs=job.preset["finetune_epochs"],
+                                      random_draws=job.preset["random_draws"])
+        summary = eliminate.eliminate_workdir(run, slim, settings, log=job.log,
+                                              force_untrained=job.preset.get("force_untrained", False))
+        job.log(eliminate.format_summary(summary))
+        trained = (_controls(job, key, slim, seed, overrides, has_units=bool(summary["units"]))
+                   if key == "cifar" else {})
+        result = comparison.compare(run, slim, trained=trained, repeats=job.preset["timing_repeats"], log=job.log)
+        job.log(comparison.format_comparison(result))
+        comparison.write_comparison(slim, result)
+        units.append(summary["units"])
+    return {"units": units[0], "units_per_seed": units}
 
 
-def _controls(job: Job, key: str, slim: Path, *, has_units: bool) -> dict[str, Path]:
-    """The separately trained models the slim one is compared with, each for the slim model's whole budget (the
-    full run's epochs plus fine-tuning): ResNet18 with the same recipe and, when units were removed, the slim
-    architecture trained from scratch (Liu et al. 2019's control for structured pruning)."""
+def _controls(job: Job, key: str, slim: Path, seed: int, overrides: Sequence[str], *,
+              has_units: bool) -> dict[str, Path]:
+    """The separately trained models seed ``seed``'s slim one is compared with, each with that seed and for the
+    slim model's whole budget (the full run's epochs plus fine-tuning): ResNet18 with the same recipe and, when
+    units were removed, the slim architecture trained from scratch (Liu et al. 2019's control for structured
+    pruning)."""
+    from resnet_jax.studies import seeds
     from resnet_jax.training import runs
 
-    budget = [f"train.epochs={job.config(key)['train']['epochs'] + job.preset['finetune_epochs']}"]
-    out = {"resnet18": job.workdir / RESNET18_DIR}
+    budget = [f"train.epochs={job.config(key)['train']['epochs'] + job.preset['finetune_epochs']}", *overrides]
+    out = {"resnet18": seeds.each_seed(job.workdir / RESNET18_DIR, seed + 1)[seed][0]}
     runs.train(job.config(key, ["model.name=resnet18", *budget]), out["resnet18"], log=job.log)
     if has_units:
         eliminated = json.dumps(runs.read_config(slim)["model"]["eliminated"])
-        out["scratch"] = job.workdir / SCRATCH_DIR
+        out["scratch"] = seeds.each_seed(job.workdir / SCRATCH_DIR, seed + 1)[seed][0]
         runs.train(job.config(key, [f"model.eliminated={eliminated}", *budget]), out["scratch"], log=job.log)
     return out
 
 
 def _skip_study(job: Job) -> dict:
+    from resnet_jax.studies import seeds
     from resnet_jax.studies import skip as skip_study
 
-    skip_study.run_study(job.config("skip"), job.run_dir("skip"), log=job.log)
-    return {}
+    for seed, (path, overrides) in enumerate(seeds.each_seed(job.run_dir("skip"), job.n_seeds)):
+        job.log(f"  skip seed {seed}: {path}")
+        skip_study.run_study(job.config("skip", overrides), path, log=job.log)
+    return {"seeds": job.n_seeds}
 
 
 def _verify(job: Job) -> dict:
@@ -203,18 +216,27 @@ def stages(job: Job) -> dict[str, ledger.Stage]:
     """Every stage of the main job with the outputs it writes into the workdir and the inputs it depends on."""
     from resnet_jax.studies import seeds
 
-    runs = {k: [p.name for p, _ in seeds.each_seed(job.run_dir(k), job.n_seeds)] for k in ("cifar", "acdc")}
+    def per_seed_dirs(name: str) -> list[str]:
+        return [p.name for p, _ in seeds.each_seed(job.workdir / name, job.n_seeds)]
+
+    runs = {k: per_seed_dirs(RUN_DIRS[k]) for k in RUN_DIRS}
     per_seed = {"seeds": job.n_seeds}
+
+    def trained() -> dict:  # read when the stage starts: a training stage of the same call may add a task
+        return {"trained": [k for k in ("cifar", "acdc") if (job.run_dir(k) / "config.json").is_file()]}
+
     return {s.name: s for s in (
         ledger.Stage("cifar-train", lambda: _train(job, "cifar"), runs["cifar"], per_seed),
         ledger.Stage("cifar-ablate", lambda: _ablate(job, "cifar"), (), per_seed),
         ledger.Stage("cifar-pairs", lambda: _ablate(job, "cifar", ["pairs"]), (), per_seed),
-        ledger.Stage("cifar-eliminate", lambda: _eliminate(job, "cifar"), (SLIM_DIRS["cifar"], RESNET18_DIR, SCRATCH_DIR)),
+        ledger.Stage("cifar-eliminate", lambda: _eliminate(job, "cifar"),
+                     [*per_seed_dirs(SLIM_DIRS["cifar"]), *per_seed_dirs(RESNET18_DIR), *per_seed_dirs(SCRATCH_DIR)],
+                     per_seed),
         ledger.Stage("acdc-train", lambda: _train(job, "acdc"), runs["acdc"], per_seed),
         ledger.Stage("acdc-ablate", lambda: _ablate(job, "acdc"), (), per_seed),
-        ledger.Stage("acdc-eliminate", lambda: _eliminate(job, "acdc"), (SLIM_DIRS["acdc"],)),
-        ledger.Stage("readings", lambda: _readings(job)),
-        ledger.Stage("skip-study", lambda: _skip_study(job), (RUN_DIRS["skip"],)),
+        ledger.Stage("acdc-eliminate", lambda: _eliminate(job, "acdc"), per_seed_dirs(SLIM_DIRS["acdc"]), per_seed),
+        ledger.Stage("readings", lambda: _readings(job), (), trained),
+        ledger.Stage("skip-study", lambda: _skip_study(job), runs["skip"], per_seed),
         ledger.Stage("verify", lambda: _verify(job)),
         ledger.Stage("report", lambda: _report(job), ("report", *(f"{RUN_DIRS[k]}-seeds" for k in ("cifar", "acdc"))),
                      always=True),

@@ -91,6 +91,11 @@ def test_smoke_preset_runs_every_stage_and_resumes(smoke_run):
     assert "slim architecture from scratch, 2 epochs" in md and "smallest single drops, removed together" in md
     skip = check_outputs(workdir / "mnist-skip", 256)  # Study B on the shared MNIST digits
     assert skip["cnn1"]["test"]["accuracy"] > 0.3  # one epoch on 512 digits; chance is 0.1
+    for name in ("cifar10-resnet34-slim-seed1", "acdc-pspnet34-slim-seed1"):  # elimination runs on every seed
+        assert (workdir / name / "elimination" / "comparison.json").is_file()
+    trained = json.loads((workdir / "cifar10-resnet18-seed1" / "config.json").read_text())["train"]
+    assert trained["seed"] == 1 and trained["epochs"] == 2  # seed 1's control: its seed, the slim model's budget
+    assert (workdir / "mnist-skip-seed1" / "skip_results.json").is_file()  # so does Study B
     for slim in ("cifar10-resnet34-slim", "acdc-pspnet34-slim"):
         summary = json.loads((workdir / slim / "elimination" / "summary.json").read_text())
         assert summary["slim"]["test"] == summary["slim"]["test_masked"]  # exact, on every task
