@@ -338,10 +338,30 @@ def _comparison(slim: Path) -> str:
             + ("\n" + "\n".join(paired) + "\n" if paired else ""))
 
 
+def verify(folder: Path, task: str | None = None) -> str:
+    """Per run cross-checked in PyTorch (``verify.csv``): how many masks agree, prediction disagreements, and the
+    largest differences of the metric and of a logit."""
+    import csv
+
+    lines = []
+    for path in sorted(folder.glob("*/verify.csv")):
+        rows = list(csv.DictReader(path.open()))
+        masks = [r for r in rows if r["protocol"] != "baseline"]
+        lines.append(f"- `{path.parent.name}`: the baseline and {len(masks)} masks "
+                     f"({', '.join(dict.fromkeys(r['protocol'] for r in masks))}) on {rows[0]['n_examples']} test "
+                     f"images: {sum(r['ok'] == 'True' for r in rows)} of {len(rows)} agree within tolerance, "
+                     f"{sum(int(r['disagreements']) for r in rows)} prediction disagreements in all, largest metric "
+                     f"difference {max(float(r['abs_delta']) for r in rows):.4f}, largest logit deviation "
+                     f"{max(float(r['max_logit_deviation']) for r in rows):.1e}.")
+    if not lines:
+        raise ResultsError(f"{folder} holds no PyTorch cross-check (*/verify.csv)")
+    return "\n".join(lines) + "\n"
+
+
 TABLES: dict[str, Callable[..., str]] = {
     "paper": paper_table, "agreement": agreement, "decisions": decisions_table, "layers": layers,
     "readings": readings, "training": training_table, "budget": budget_line, "skip": skip_study,
-    "skip-points": skip_points, "elimination": elimination}
+    "skip-points": skip_points, "elimination": elimination, "verify": verify}
 
 
 def render(text: str, results_root: Path) -> str:
@@ -361,5 +381,6 @@ def render(text: str, results_root: Path) -> str:
 
 def differing_blocks(text: str, results_root: Path) -> list[str]:
     """The blocks whose body differs from what ``render`` writes."""
-    fresh = {(m["name"], m["table"]): m["body"] for m in BLOCK.finditer(render(text, results_root))}
-    return [f"{n}/{t}" for m in BLOCK.finditer(text) if fresh[(n := m["name"], t := m["table"])] != m["body"]]
+    key = lambda m: f"{m['name']}/{m['table']}" + (f":{m['task']}" if m["task"] else "")  # noqa: E731
+    fresh = {key(m): m["body"] for m in BLOCK.finditer(render(text, results_root))}
+    return [key(m) for m in BLOCK.finditer(text) if fresh[key(m)] != m["body"]]

@@ -6,9 +6,8 @@ unfinished stage resumes from its own checkpoints or results:
 
   cifar-train, cifar-ablate   Study A, classification (ResNet34 on CIFAR-10)
   cifar-pairs                 every pair of convs of the classification run(s), with interactions
-  cifar-eliminate             act on the findings: a slim ResNet34 (greedy elimination on validation, fine-tuned),
-                              compared with the k smallest single drops, random elimination, and, trained for the
-                              same total epochs, ResNet18 and the slim architecture from scratch
+  cifar-eliminate             a slim ResNet34 (greedy elimination on validation, fine-tuned) against the k smallest
+                              single drops, random sets, and ResNet18 and the slim architecture from scratch
   readings                    the study's open readings on seed 0 of both tasks: BatchNorm on batch statistics,
                               stage 1's adjacency as layer1.0.conv1 alone, identity-shortcut cuts
   acdc-train,  acdc-ablate    Study A, segmentation (PSPNet-ResNet34 on ACDC), scored by Dice
@@ -17,8 +16,8 @@ unfinished stage resumes from its own checkpoints or results:
   verify                      the classification ablations re-run in PyTorch (needs the torch extra)
   report                      report/report.md and report/index.html, with the seeds' combined tables
 
-With ``seeds=N`` the train and ablate stages run seeds 0..N-1 (seed k > 0 in ``<run>-seed<k>``, combined tables
-in ``<run>-seeds``; see :mod:`resnet_jax.studies.seeds`); a rerun with more seeds adds the missing ones.
+With ``seeds=N`` every stage but readings, verify and report runs seeds 0..N-1 (seed k > 0 in ``<run>-seed<k>``,
+combined tables in ``<run>-seeds``; :mod:`resnet_jax.studies.seeds`); a rerun with more seeds adds the missing.
 """
 
 from __future__ import annotations
@@ -34,14 +33,11 @@ from resnet_jax import ledger
 
 STAGES = ("cifar-train", "cifar-ablate", "cifar-pairs", "cifar-eliminate", "acdc-train", "acdc-ablate", "acdc-eliminate",
           "readings", "skip-study", "verify", "report")
-SEEDED = ("cifar-train", "cifar-ablate", "cifar-pairs", "cifar-eliminate", "acdc-train", "acdc-ablate",
-          "acdc-eliminate", "skip-study")
-"""Stages that run once per seed: their record keeps the number of seeds, and more seeds run them again."""
 
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {"cifar": "cifar10-resnet34-smoke", "acdc": "acdc-pspnet34-smoke", "skip": "mnist-skip-smoke",
               "ablate_examples": 64, "verify_examples": 64, "pairs_seeds": 1, "finetune_epochs": 1,
-              "random_draws": 2, "timing_repeats": 1, "force_untrained": True},  # tiny models learn little
+              "random_draws": 1, "timing_repeats": 1, "force_untrained": True},  # tiny models learn little
     "cpu": {"cifar": "cifar10-resnet34-cpu", "acdc": "acdc-pspnet34-cpu", "skip": "mnist-skip-cpu",
             "ablate_examples": None, "verify_examples": 1000, "pairs_seeds": 1, "finetune_epochs": 2,
             "random_draws": 3, "timing_repeats": 3},  # each random set is fine-tuned too: 3 keep the stage CPU-sized
@@ -92,12 +88,15 @@ class Job:
 
 
 def _train(job: Job, key: str) -> dict:
+    """Every seed of one task: a training run, or for Study B ("skip") its whole study."""
     from resnet_jax.studies import seeds
+    from resnet_jax.studies import skip as skip_study
     from resnet_jax.training import runs
 
     for seed, (path, overrides) in enumerate(seeds.each_seed(job.run_dir(key), job.n_seeds)):
         job.log(f"  {key} seed {seed}: {path}")
-        runs.train(job.config(key, overrides), path, log=job.log)
+        train = skip_study.run_study if key == "skip" else runs.train
+        train(job.config(key, overrides), path, log=job.log)
     return {"seeds": job.n_seeds}
 
 
@@ -135,14 +134,13 @@ def _eliminate(job: Job, key: str) -> dict:
     """Per seed: the slim network from that seed's run, its controls (classification), and the comparison."""
     from resnet_jax.studies import comparison, eliminate, seeds
 
-    units = []
-    for seed, ((run, overrides), (slim, _)) in enumerate(zip(seeds.each_seed(job.run_dir(key), job.n_seeds),
-                                                              seeds.each_seed(job.workdir / SLIM_DIRS[key], job.n_seeds))):
+    units, n = [], job.n_seeds
+    settings = eliminate.Settings(finetune_epochs=job.preset["finetune_epochs"], random_draws=job.preset["random_draws"])
+    for seed, ((run, overrides), (slim, _)) in enumerate(zip(seeds.each_seed(job.run_dir(key), n),
+                                                              seeds.each_seed(job.workdir / SLIM_DIRS[key], n))):
         if not (run / "config.json").is_file():
             raise StageError(f"{key}-eliminate: {run.name} has no trained run; run {key}-train first")
         job.log(f"  {key} seed {seed}: {run} -> {slim}")
-        settings = eliminate.Settings(finetune_epochs=job.preset["finetune_epochs"],
-                                      random_draws=job.preset["random_draws"])
         summary = eliminate.eliminate_workdir(run, slim, settings, log=job.log,
                                               force_untrained=job.preset.get("force_untrained", False))
         job.log(eliminate.format_summary(summary))
@@ -157,31 +155,20 @@ def _eliminate(job: Job, key: str) -> dict:
 
 def _controls(job: Job, key: str, slim: Path, seed: int, overrides: Sequence[str], *,
               has_units: bool) -> dict[str, Path]:
-    """The separately trained models seed ``seed``'s slim one is compared with, each with that seed and for the
-    slim model's whole budget (the full run's epochs plus fine-tuning): ResNet18 with the same recipe and, when
-    units were removed, the slim architecture trained from scratch (Liu et al. 2019's control for structured
-    pruning)."""
+    """Seed ``seed``'s separately trained controls, each with that seed for the slim model's whole budget (the run's
+    epochs plus fine-tuning): ResNet18 and, when units were removed, the slim architecture from scratch (Liu et
+    al. 2019's control for structured pruning)."""
     from resnet_jax.studies import seeds
     from resnet_jax.training import runs
 
     budget = [f"train.epochs={job.config(key)['train']['epochs'] + job.preset['finetune_epochs']}", *overrides]
-    out = {"resnet18": seeds.each_seed(job.workdir / RESNET18_DIR, seed + 1)[seed][0]}
+    out = {"resnet18": seeds.seed_dir(job.workdir / RESNET18_DIR, seed)}
     runs.train(job.config(key, ["model.name=resnet18", *budget]), out["resnet18"], log=job.log)
     if has_units:
         eliminated = json.dumps(runs.read_config(slim)["model"]["eliminated"])
-        out["scratch"] = seeds.each_seed(job.workdir / SCRATCH_DIR, seed + 1)[seed][0]
+        out["scratch"] = seeds.seed_dir(job.workdir / SCRATCH_DIR, seed)
         runs.train(job.config(key, [f"model.eliminated={eliminated}", *budget]), out["scratch"], log=job.log)
     return out
-
-
-def _skip_study(job: Job) -> dict:
-    from resnet_jax.studies import seeds
-    from resnet_jax.studies import skip as skip_study
-
-    for seed, (path, overrides) in enumerate(seeds.each_seed(job.run_dir("skip"), job.n_seeds)):
-        job.log(f"  skip seed {seed}: {path}")
-        skip_study.run_study(job.config("skip", overrides), path, log=job.log)
-    return {"seeds": job.n_seeds}
 
 
 def _verify(job: Job) -> dict:
@@ -221,10 +208,9 @@ def stages(job: Job) -> dict[str, ledger.Stage]:
 
     runs = {k: per_seed_dirs(RUN_DIRS[k]) for k in RUN_DIRS}
     per_seed = {"seeds": job.n_seeds}
-
-    def trained() -> dict:  # read when the stage starts: a training stage of the same call may add a task
-        return {"trained": [k for k in ("cifar", "acdc") if (job.run_dir(k) / "config.json").is_file()]}
-
+    # the trained tasks, read when readings starts: a training stage of the same call may add one
+    trained = lambda: {"trained": [k for k in ("cifar", "acdc")  # noqa: E731
+                                   if (job.run_dir(k) / "config.json").is_file()]}
     return {s.name: s for s in (
         ledger.Stage("cifar-train", lambda: _train(job, "cifar"), runs["cifar"], per_seed),
         ledger.Stage("cifar-ablate", lambda: _ablate(job, "cifar"), (), per_seed),
@@ -236,7 +222,7 @@ def stages(job: Job) -> dict[str, ledger.Stage]:
         ledger.Stage("acdc-ablate", lambda: _ablate(job, "acdc"), (), per_seed),
         ledger.Stage("acdc-eliminate", lambda: _eliminate(job, "acdc"), per_seed_dirs(SLIM_DIRS["acdc"]), per_seed),
         ledger.Stage("readings", lambda: _readings(job), (), trained),
-        ledger.Stage("skip-study", lambda: _skip_study(job), runs["skip"], per_seed),
+        ledger.Stage("skip-study", lambda: _train(job, "skip"), runs["skip"], per_seed),
         ledger.Stage("verify", lambda: _verify(job)),
         ledger.Stage("report", lambda: _report(job), ("report", *(f"{RUN_DIRS[k]}-seeds" for k in ("cifar", "acdc"))),
                      always=True),
@@ -244,9 +230,8 @@ def stages(job: Job) -> dict[str, ledger.Stage]:
 
 
 def _claim(workdir: Path, identity: dict[str, Any], *, force_new: bool) -> None:
-    """Record which preset and data root make this workdir. A workdir recorded as made by another (or by an
-    older resnet-jax that recorded none) is refused, unless ``force_new``: then every output its stages
-    declared is removed first. Nothing is removed from a workdir that records no run."""
+    """Record which preset and data root make this workdir. One made by another (or by an older resnet-jax) is
+    refused unless ``force_new``: then its stages' declared outputs are removed first (none where no run is)."""
     try:
         record = ledger.read(workdir)
     except ledger.LedgerError as err:

@@ -25,8 +25,13 @@ COMBINED = ("baseline", "single", "stage-except-decomposition", "shortcut", "pai
 def each_seed(run: str | Path, n_seeds: int) -> list[tuple[Path, list[str]]]:
     """The one seed loop: seed k's run directory (seed 0 in ``run`` itself, seed k in ``<run>-seed<k>``) and the
     config overrides that make it seed k (applied after the user's, so they win)."""
+    return [(seed_dir(run, k), [f"train.seed={k}"]) for k in range(n_seeds)]
+
+
+def seed_dir(run: str | Path, k: int) -> Path:
+    """Seed ``k``'s directory of ``run``: ``run`` itself for seed 0, ``<run>-seed<k>`` beside it otherwise."""
     run = Path(run)
-    return [(run if k == 0 else run.with_name(f"{run.name}-seed{k}"), [f"train.seed={k}"]) for k in range(n_seeds)]
+    return run if k == 0 else run.with_name(f"{run.name}-seed{k}")
 
 
 def combined_dir(run: str | Path) -> Path:

@@ -202,6 +202,11 @@ def test_a_task_suffix_narrows_a_block_to_that_tasks_runs_and_stages(workdir, tm
     assert "acdc-train" in budget and "readings" in budget and "cifar-train" not in budget
     assert f"the stages ran as `{ledger.command_line()}`" in budget
     assert "training 0.04 h" in budget  # the planted segmentation run's 150 s alone, not the two cifar runs'
+    two = readme_results.render("<!-- results: planted/decisions:segmentation -->\n<!-- /results -->\n"
+                                "<!-- results: planted/decisions:classification -->\n<!-- /results -->", root)
+    assert readme_results.differing_blocks(two, root) == []  # blocks differing only in their task are told apart
+    assert readme_results.differing_blocks(two.replace("| acdc-pspnet34 | single | 3 |", "| acdc-pspnet34 | single | 4 |"),
+                                           root) == ["planted/decisions:segmentation"]
     with pytest.raises(readme_results.ResultsError, match="unknown task 'segmentaton'; known: .*'segmentation'"):
         readme_results.render("<!-- results: planted/paper:segmentaton -->\n<!-- /results -->", root)
 
@@ -267,6 +272,19 @@ def test_the_elimination_block_shows_the_path_the_comparison_and_the_paired_test
     assert "- slim minus resnet18: -0.0200 [-0.0300, -0.0100] (paired, 4 comparisons), p = 0.001: worse" in text
     with pytest.raises(readme_results.ResultsError, match="no elimination results .* of task segmentation"):
         readme_results.elimination(tmp_path / "planted", "segmentation")
+
+
+def test_the_verify_block_counts_agreement_and_the_largest_deviations(workdir, tmp_path):
+    head = "protocol,mask,kind,n_examples,jax_value,torch_value,abs_delta,max_logit_deviation,disagreements,ok\n"
+    rows = ["baseline,baseline,none,1000,0.686,0.686,0.0,4e-05,0,True",
+            "single,conv1,zero-kernel,1000,0.099,0.099,0.0,3e-05,0,True",
+            "shortcut,layer2.0.downsample,zero-kernel,1000,0.25,0.251,0.001,2.5e-3,1,False"]
+    (workdir / "cifar10-resnet34" / "verify.csv").write_text(head + "\n".join(rows) + "\n")
+    results.export(workdir, tmp_path / "planted", command="c")
+    text = readme_results.verify(tmp_path / "planted")
+    assert text == ("- `cifar10-resnet34`: the baseline and 2 masks (single, shortcut) on 1000 test images: 2 of 3 agree "
+                    "within tolerance, 1 prediction disagreements in all, largest metric difference 0.0010, largest "
+                    "logit deviation 2.5e-03.\n")
 
 
 def test_the_readme_matches_the_committed_results():
