@@ -11,6 +11,7 @@ import argparse
 import json
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from resnet_jax import __version__, configs, devices
@@ -430,8 +431,36 @@ def _silence_stderr() -> None:
     os.close(devnull)
 
 
-def _terminated(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+class _Termination:
+    """SIGTERM as an interrupt that cannot be lost: a KeyboardInterrupt raised while Python runs a garbage-collector
+    callback or a `__del__` is printed and dropped, so until `_run` has caught one it is raised again each second."""
+
+    def __init__(self):
+        self.pending = False
+
+    def __call__(self, signum, frame):
+        if not self.pending:
+            self.pending = True
+            threading.Thread(target=self._again, args=(signum,), daemon=True).start()
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def _again(self, signum: int) -> None:
+        import time
+
+        main = threading.main_thread().ident
+        while True:
+            time.sleep(1.0)
+            if not self.pending:
+                return
+            signal.pthread_kill(main, signum)  # delivered as the first was: this handler runs again
+
+    def handled(self) -> bool:
+        """Mark the interrupt caught; whether one had come."""
+        came, self.pending = self.pending, False
+        return came
+
+
+_terminated = _Termination()
 
 
 MULTI_PROCESS = ("train", "train-seg", "evaluate", "ablate", "eliminate", "layers", "presets")
@@ -487,13 +516,22 @@ def _run(args) -> int:
     except OSError as err:
         print(f"resnet-jax: warning: compiling without the cache ({err})", file=sys.stderr)
     try:
-        return args.func(args)
+        try:
+            rc = args.func(args)
+        finally:
+            dropped = _terminated.handled()  # a SIGTERM that came and was dropped, or is being raised now
+        if dropped:  # dropped where Python ignores exceptions, and the work finished first
+            print(f"resnet-jax {args.command}: terminated (signal {signal.SIGTERM}) as it finished; its results "
+                  f"are complete", file=sys.stderr)
+            return 143
+        return rc
     except (configs.ConfigError, DataError, catalogue.SpecError, OSError, StageError) as err:
         print(f"resnet-jax {args.command}: error: {err}", file=sys.stderr, flush=True)
         if isinstance(err, CheckpointError):
             _silence_stderr()  # reads the failed restore left in flight fail again as the process ends
         return 2
     except KeyboardInterrupt as stop:
+        _terminated.handled()  # in case the interrupt came again while the first was being caught
         hint = RESUME_HINTS.get(args.command, "nothing was lost that a rerun cannot redo")
         print(f"resnet-jax {args.command}: interrupted; {hint}", file=sys.stderr)
         return 143 if str(stop) == f"signal {signal.SIGTERM}" else 130

@@ -568,3 +568,28 @@ def test_reinit_masks_load_the_runs_initial_parameters_from_protocols_and_spec_f
     for table in ("shortcut.reinit", "spec-again"):
         rows = json.loads((tiny_run / "ablation" / f"{table}.json").read_text())["rows"]
         assert rows and all(r["kind"] == "reinit" and 0 <= r["value"] <= 1 for r in rows), table
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the first, dropped interrupt
+def test_a_sigterm_dropped_where_python_ignores_exceptions_comes_again():
+    import signal
+    import time
+
+    from resnet_jax.cli import _Termination
+
+    class StopsWhileCollected:
+        def __del__(self):  # the handler's KeyboardInterrupt is printed and dropped here, as in a gc callback
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    terminate = _Termination()
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt, match=f"signal {signal.SIGTERM}"):
+            StopsWhileCollected()
+            time.sleep(60)
+        assert time.monotonic() - start < 50
+    finally:
+        assert terminate.handled()
+        signal.signal(signal.SIGTERM, previous)
+    assert not terminate.handled()
