@@ -239,8 +239,11 @@ def _run_task(run: Path) -> str | None:
     return _task(run) if (run / "config.json").is_file() else None
 
 
-def _skip_runs(folder: Path) -> list[tuple[Path, dict]]:
-    """Study B's runs in the folder, seed 0 first, with their results."""
+def _skip_runs(folder: Path, task: str | None) -> list[tuple[Path, dict]]:
+    """Study B's runs in the folder, seed 0 first, with their results; a block naming another task is an error,
+    not Study B's numbers under that task's name."""
+    if task not in (None, "skip"):
+        raise ResultsError(f"Study B's tables serve the task 'skip' only, not {task!r}")
     found = _by_seed([p.parent for p in folder.glob("*/skip_results.json")])
     return [(run, _json(run / "skip_results.json")) for run in found]
 
@@ -256,7 +259,7 @@ STUDY_B = {"cnn1": "98 %", "router": "62 %", "literal": "close to 100 %"}
 def skip_study(folder: Path, task: str | None = None) -> str:
     """Study B beside the study's numbers, one column per seed: CNN-1, the router on the study's labels, the
     literal CNN-3 (whose depth reveals the label), and the dense labelling's router."""
-    found = _skip_runs(folder)
+    found = _skip_runs(folder, task)
     if not found:
         raise ResultsError(f"{folder} holds no Study B results (*/skip_results.json)")
     rows = [
@@ -282,7 +285,7 @@ def skip_points(folder: Path, task: str | None = None) -> str:
     """Per Study B seed, every method at its operating point chosen on validation and scored on test, then the
     verdict's sentences (paired tests against CNN-1 and against random depth)."""
     out = []
-    for run, r in _skip_runs(folder):
+    for run, r in _skip_runs(folder, task):
         rows = [[b["label"], b["setting"] or "-", _ci(b), f"{b['mean_conv_layers']:.3f}", f"{b['mac_ratio_vs_cnn1']:.3f}",
                  f"{b['wall_ratio_vs_cnn1']:.3f}" if "wall_ratio_vs_cnn1" in b else "-"] for b in r["curves"]["best"]]
         out.append(f"`{run.name}` (test split, {r['split_sizes']['test']} images; operating point: the cheapest within "
@@ -344,7 +347,7 @@ def verify(folder: Path, task: str | None = None) -> str:
     import csv
 
     lines = []
-    for path in sorted(folder.glob("*/verify.csv")):
+    for path in sorted(p for p in folder.glob("*/verify.csv") if task is None or _run_task(p.parent) == task):
         rows = list(csv.DictReader(path.open()))
         masks = [r for r in rows if r["protocol"] != "baseline"]
         lines.append(f"- `{path.parent.name}`: the baseline and {len(masks)} masks "
@@ -354,7 +357,7 @@ def verify(folder: Path, task: str | None = None) -> str:
                      f"difference {max(float(r['abs_delta']) for r in rows):.4f}, largest logit deviation "
                      f"{max(float(r['max_logit_deviation']) for r in rows):.1e}.")
     if not lines:
-        raise ResultsError(f"{folder} holds no PyTorch cross-check (*/verify.csv)")
+        raise ResultsError(f"{folder} holds no PyTorch cross-check (*/verify.csv)" + (f" of task {task}" if task else ""))
     return "\n".join(lines) + "\n"
 
 

@@ -237,6 +237,10 @@ def test_study_b_tables_put_each_seed_beside_the_studys_numbers(workdir, tmp_pat
     points = readme_results.skip_points(tmp_path / "planted")
     assert "| early exit | threshold 0.9 | 0.9700 [0.9600, 0.9800] | 1.250 | 0.050 | 0.200 |" in points
     assert points.count("- early exit saves compute.") == 2
+    for table in (readme_results.skip_study, readme_results.skip_points):
+        assert table(tmp_path / "planted", "skip") == table(tmp_path / "planted")
+        with pytest.raises(readme_results.ResultsError, match="task 'skip' only, not 'segmentation'"):
+            table(tmp_path / "planted", "segmentation")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(readme_results.ResultsError, match="no Study B results"):
@@ -285,6 +289,9 @@ def test_the_verify_block_counts_agreement_and_the_largest_deviations(workdir, t
     assert text == ("- `cifar10-resnet34`: the baseline and 2 masks (single, shortcut) on 1000 test images: 2 of 3 agree "
                     "within tolerance, 1 prediction disagreements in all, largest metric difference 0.0010, largest "
                     "logit deviation 2.5e-03.\n")
+    assert readme_results.verify(tmp_path / "planted", "classification") == text
+    with pytest.raises(readme_results.ResultsError, match="no PyTorch cross-check .* of task segmentation"):
+        readme_results.verify(tmp_path / "planted", "segmentation")
 
 
 def test_the_readme_matches_the_committed_results():
