@@ -158,8 +158,11 @@ def code_version() -> dict[str, Any]:
 
 def command_line() -> str:
     """This process's command line, as a user would type it (``resnet-jax ...`` for the command line tool)."""
-    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
-    head = ["resnet-jax"] if program in ("resnet-jax", "cli.py") else [program]
+    if not sys.argv or not sys.argv[0]:
+        return "python"
+    program = Path(sys.argv[0]).name
+    head = (["resnet-jax"] if program in ("resnet-jax", "cli.py")
+            else ["python", sys.argv[0]] if program.endswith(".py") else [program])
     return shlex.join([*head, *sys.argv[1:]])
 
 

@@ -1,6 +1,7 @@
 """The workdir ledger: a stage runs once per inputs, and clearing removes exactly what stages declared."""
 
 import json
+import sys
 
 import pytest
 
@@ -89,3 +90,15 @@ def test_force_new_on_a_workdir_whose_ledger_is_broken_clears_it_as_one_made_bef
     reproduce._claim(work, {"preset": "smoke", "data_root": None}, force_new=True)
     assert not (work / "cifar10-resnet34").exists()
     assert ledger.read(work) == {"run": {"preset": "smoke", "data_root": None}, "stages": {}}
+
+
+@pytest.mark.parametrize("argv, typed", [
+    (["/venv/bin/resnet-jax", "reproduce", "--only", "cifar-train,report"], "resnet-jax reproduce --only cifar-train,report"),
+    (["/repo/resnet_jax/cli.py", "ablate", "--workdir", "my runs/a"], "resnet-jax ablate --workdir 'my runs/a'"),
+    (["experiments/cifar10_resnet34.py", "--seeds", "2"], "python experiments/cifar10_resnet34.py --seeds 2"),
+    (["/venv/bin/pytest", "-q"], "pytest -q"),
+    ([], "python"),
+])
+def test_the_recorded_command_is_what_a_user_would_type(monkeypatch, argv, typed):
+    monkeypatch.setattr(sys, "argv", argv)
+    assert ledger.command_line() == typed

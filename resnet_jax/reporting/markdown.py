@@ -9,6 +9,7 @@ from pathlib import Path
 from resnet_jax import files, ledger
 from resnet_jax.ablation.statistics import DECISIONS
 from resnet_jax.ablation.tables import breakdown_columns
+from resnet_jax.reporting import results
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
@@ -56,13 +57,6 @@ def statistics_line(table: dict) -> str | None:
             f"({s['method']}; {s['correction']}): *non-trivial* when the lower simultaneous bound of the drop is above "
             f"the margin, *improves* when the upper bound is below minus the margin, *trivial* when the upper bound "
             f"is below the margin (and not below minus it), *undecided* otherwise.")
-
-
-def environment() -> dict:
-    """Versions and devices, for the record (:func:`resnet_jax.reporting.results.machine`)."""
-    from resnet_jax.reporting import results
-
-    return results.machine()
 
 
 def _training_summary(last: dict, evaluation: dict | None) -> str:
@@ -128,7 +122,7 @@ def write_report(workdir: str | Path) -> Path:
     config_path = workdir / "config.json"
     if config_path.is_file():
         parts += ["## Config", "", "```json", config_path.read_text().strip(), "```", ""]
-    parts += ["## Environment", "", "```json", json.dumps(environment(), indent=2), "```", ""]
+    parts += ["## Environment", "", "```json", json.dumps(results.machine(), indent=2), "```", ""]
     ledger.declare(workdir, "report", ["report.md"])
     return files.write_text(workdir / "report.md", "\n".join(parts))
 

@@ -47,8 +47,9 @@ def runs(folder: Path, task: str | None = None) -> list[Path]:
     return _by_seed([r for r in found if task is None or _task(r) == task])
 
 
-def _task(run: Path) -> str:
-    return _json(run / "config.json")["task"]
+def _task(run: Path) -> str | None:
+    """The task ``run`` was trained for; None for a folder that is not a trained run."""
+    return _json(run / "config.json")["task"] if (run / "config.json").is_file() else None
 
 
 def _table(run: Path, protocol: str, reading: str = "") -> list[dict] | None:
@@ -224,8 +225,8 @@ def budget_line(folder: Path, task: str | None = None) -> str:
     m, code = p["machine"], p["code"]
     shown = {name: s for name, s in p["stages"].items() if "seconds" in s and _stage_serves(name, task)}
     stages = ", ".join(f"{name} {s['seconds'] / 60:.1f} min" for name, s in shown.items())
-    trained = [s for run, s in p.get("training_seconds", {}).items()
-               if task is None or _run_task(folder / run.split("/")[0]) == task]
+    trained = [s for run, s in p.get("training_seconds", {}).items()  # a study's models live inside its run folder
+               if task is None or _task(folder / Path(run).parts[0]) == task]
     commit = (code.get("commit") or "unknown")[:10] + (" (with local changes)" if code.get("dirty") else "")
     ran = list(dict.fromkeys(s["command"] for s in shown.values() if s.get("command")))
     return (f"Compute: {m['cpu']}, {m['cores']} cores, backend {m['backend']} ({m['device_count']} "
@@ -233,10 +234,6 @@ def budget_line(folder: Path, task: str | None = None) -> str:
             f"{stages or 'none recorded'}. Exported {p['date'][:10]} by resnet-jax {code['version']} at commit "
             f"{commit}: `{p['command']}`" + (f"; the stages ran as {', '.join(f'`{c}`' for c in ran)}" if ran else "")
             + ".\n")
-
-
-def _run_task(run: Path) -> str | None:
-    return _task(run) if (run / "config.json").is_file() else None
 
 
 def _skip_runs(folder: Path, task: str | None) -> list[tuple[Path, dict]]:
@@ -298,7 +295,7 @@ def skip_points(folder: Path, task: str | None = None) -> str:
 
 def _slim_runs(folder: Path, task: str | None) -> list[Path]:
     found = [p.parent.parent for p in folder.glob("*/elimination/summary.json")]
-    return _by_seed([r for r in found if task is None or _run_task(r) == task])
+    return _by_seed([r for r in found if task is None or _task(r) == task])
 
 
 def elimination(folder: Path, task: str | None = None) -> str:
@@ -347,7 +344,7 @@ def verify(folder: Path, task: str | None = None) -> str:
     import csv
 
     lines = []
-    for path in sorted(p for p in folder.glob("*/verify.csv") if task is None or _run_task(p.parent) == task):
+    for path in sorted(p for p in folder.glob("*/verify.csv") if task is None or _task(p.parent) == task):
         rows = list(csv.DictReader(path.open()))
         masks = [r for r in rows if r["protocol"] != "baseline"]
         lines.append(f"- `{path.parent.name}`: the baseline and {len(masks)} masks "

@@ -16,7 +16,7 @@ from typing import Any
 
 from resnet_jax.ablation.statistics import DECISIONS
 from resnet_jax.ablation.tables import breakdown_columns
-from resnet_jax.reporting import markdown, published
+from resnet_jax.reporting import markdown, published, results
 
 PROTOCOL_TEXT = {
     "A": ("Study A (Wang et al., arXiv 2009.09938): after training, conv kernels are replaced by zeros (their "
@@ -385,7 +385,7 @@ def write_study_report(workdir: str | Path) -> Path:
         config = workdir / run / "config.json"
         if config.is_file():
             blocks += [("h3", f"Config: {run}"), ("pre", config.read_text().strip())]
-    blocks += [("h2", "Environment"), ("pre", json.dumps(markdown.environment(), indent=2))]
+    blocks += [("h2", "Environment"), ("pre", json.dumps(results.machine(), indent=2))]
     # Figures are copied beside report.md so the Markdown works when the folder is moved.
     md_blocks = []
     for block in blocks:

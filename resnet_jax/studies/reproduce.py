@@ -136,8 +136,8 @@ def _eliminate(job: Job, key: str) -> dict:
 
     units, n = [], job.n_seeds
     settings = eliminate.Settings(finetune_epochs=job.preset["finetune_epochs"], random_draws=job.preset["random_draws"])
-    for seed, ((run, overrides), (slim, _)) in enumerate(zip(seeds.each_seed(job.run_dir(key), n),
-                                                              seeds.each_seed(job.workdir / SLIM_DIRS[key], n))):
+    for seed, (run, overrides) in enumerate(seeds.each_seed(job.run_dir(key), n)):
+        slim = seeds.seed_dir(job.workdir / SLIM_DIRS[key], seed)
         if not (run / "config.json").is_file():
             raise StageError(f"{key}-eliminate: {run.name} has no trained run; run {key}-train first")
         job.log(f"  {key} seed {seed}: {run} -> {slim}")
@@ -150,7 +150,7 @@ def _eliminate(job: Job, key: str) -> dict:
         job.log(comparison.format_comparison(result))
         comparison.write_comparison(slim, result)
         units.append(summary["units"])
-    return {"units": units[0], "units_per_seed": units}
+    return {"units_per_seed": units}
 
 
 def _controls(job: Job, key: str, slim: Path, seed: int, overrides: Sequence[str], *,
@@ -204,7 +204,7 @@ def stages(job: Job) -> dict[str, ledger.Stage]:
     from resnet_jax.studies import seeds
 
     def per_seed_dirs(name: str) -> list[str]:
-        return [p.name for p, _ in seeds.each_seed(job.workdir / name, job.n_seeds)]
+        return [seeds.seed_dir(job.workdir / name, k).name for k in range(job.n_seeds)]
 
     runs = {k: per_seed_dirs(RUN_DIRS[k]) for k in RUN_DIRS}
     per_seed = {"seeds": job.n_seeds}

@@ -15,7 +15,7 @@ import numpy as np
 from resnet_jax import configs, files, ledger, metrics
 from resnet_jax.data import images as data
 from resnet_jax.models import skip_cnn as nets
-from resnet_jax.reporting import figures, markdown, skip_report
+from resnet_jax.reporting import figures, results, skip_report
 from resnet_jax.studies.skip import analysis, labelling, points, routers, split, timing
 from resnet_jax.studies.skip.verdict import verdict
 from resnet_jax.training import core
@@ -75,7 +75,7 @@ def run_study(config: Mapping, workdir: str | Path, *, force_new: bool = False,
     core.prepare_workdir(config, workdir, force_new=force_new)
     _check_split(workdir, val_pos)
     s = _Study(config, workdir, train.select(fit_pos), train.select(val_pos), test, log)
-    s.res.update({"config": dict(config), "macs": _macs(config, train), "environment": markdown.environment(),
+    s.res.update({"config": dict(config), "macs": _macs(config, train), "environment": results.machine(),
                   "split_sizes": {"fit": len(s.fit), "validation": len(s.val), "test": len(test)}})
     # CNN-1 and the CNN-3s share one module object, hence compiled functions; the same seed gives them the same
     # initial weights and example order: only the depths differ.
