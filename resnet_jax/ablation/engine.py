@@ -312,8 +312,11 @@ def evaluate(
         raise ValueError(f"batch_size must be a positive number of images, got {batch_size}")
     mesh = devices.data_mesh()
     memory_budget_mb = memory_budget_mb or devices.memory_budget_mb()
+    # A batch no larger than the examples (the padding would be computed and discarded); batch statistics keep
+    # the batches asked for, since the statistics depend on them.
+    rows = batch_size if batchnorm == "batch" else min(batch_size, max(len(images), 1))
     inputs = Inputs(model, variables, layers, images, targets, image_mean, image_std, metric,
-                    devices.round_up_to_devices(batch_size, mesh), batchnorm)
+                    devices.round_up_to_devices(rows, mesh), batchnorm)
     if batchnorm not in BATCHNORM:
         raise ValueError(f"unknown batchnorm mode {batchnorm!r}; valid: {list(BATCHNORM)}")
     if batchnorm == "batch":

@@ -204,7 +204,22 @@ def _members(kind: str, path: Path, split: str) -> list[tuple[str, str]]:
     return sorted(out)
 
 
+_ZIP_KEYS: dict[tuple, str] = {}
+"""Content keys of zips this process has read, by path, size and modification time: a job restores its runs
+many times, and hashing a 50 MB archive each time costs more than reading its decoded cache."""
+
+
 def _content_key(kind: str, path: Path, split: str) -> str:
+    if kind == "zip":
+        stat = path.stat()
+        seen = (str(path.resolve()), split, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        if seen not in _ZIP_KEYS:
+            _ZIP_KEYS[seen] = _hash_files(kind, path, split)
+        return _ZIP_KEYS[seen]
+    return _hash_files(kind, path, split)
+
+
+def _hash_files(kind: str, path: Path, split: str) -> str:
     digest = hashlib.sha256(f"{_CACHE_VERSION}|{split}|".encode())
     files = [path] if kind == "zip" else sorted(p for p in path.rglob("*") if p.is_file())
     for f in files:
@@ -255,14 +270,14 @@ def load_imagefolder(data_dir, split: str, *, cache_dir=None) -> Split:
     """Read an ImageFolder split (folder or zip); class order is the sorted folder names."""
     data_dir = Path(data_dir).expanduser()
     kind, path = _folder_source(data_dir, split)
+    cache = Path(cache_dir or default_cache_dir()) / f"imagefolder-{_content_key(kind, path, split)}.npz"
+    if cache.is_file():  # decoded before from these very bytes (only a split with images is ever stored)
+        with np.load(cache) as z:
+            return Split(z["images"], z["labels"], tuple(json.loads(str(z["class_names"]))))
     with readable_zip(path):
         members = _members(kind, path, split)
     if not members:
         raise DataError(f"no images under {path} (expected {split}/<class>/<image> with one of {IMAGE_SUFFIXES})")
-    cache = Path(cache_dir or default_cache_dir()) / f"imagefolder-{_content_key(kind, path, split)}.npz"
-    if cache.is_file():
-        with np.load(cache) as z:
-            return Split(z["images"], z["labels"], tuple(json.loads(str(z["class_names"]))))
     with readable_zip(path):
         split_data = _decode_members(kind, path, members)
     files.savez(cache, images=split_data.images, labels=split_data.labels,

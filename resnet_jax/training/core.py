@@ -10,6 +10,7 @@ uninterrupted run would have done.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import signal
@@ -103,10 +104,20 @@ def make_optimizer(config: Mapping, steps_per_epoch: int) -> optax.GradientTrans
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _initializer(model: nn.Module, image_shape: tuple[int, ...]) -> Callable:
+    """One traced and compiled ``init`` per model and input shape: a job builds the state of one model many times
+    (each restore needs a target, and so do slim runs and timing), and tracing a ResNet34 costs seconds."""
+    return jax.jit(lambda k: model.init(k, jnp.zeros((1, *image_shape), jnp.float32)))
+
+
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image_shape, *, seed: int,
                        mean: np.ndarray, std: np.ndarray) -> TrainState:
-    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, *image_shape), jnp.float32)))(
-        jax.random.key(seed))
+    try:
+        init = _initializer(model, tuple(image_shape))
+    except TypeError:  # a model with an unhashable field: traced anew
+        init = _initializer.__wrapped__(model, tuple(image_shape))
+    variables = init(jax.random.key(seed))
     return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                              batch_stats=variables.get("batch_stats", {}), image_mean=jnp.asarray(mean),
                              image_std=jnp.asarray(std))
