@@ -23,11 +23,57 @@ def shared_dataset(name: str) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env_extra: dict | None = None):
-    """Run ``python -m resnet_jax.cli ARGS`` in a subprocess, as a user would."""
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env_extra: dict | None = None,
+            own_process: bool = False):
+    """Run the command line tool as a user would type ``resnet-jax ARGS``; return its exit status and output.
+
+    It runs in this process (a subprocess would pay JAX's import and the in-memory compile caches again) unless
+    it needs its own working directory or environment, or ``own_process`` asks for one (a long job that a hang
+    guard, ``timeout``, must be able to stop); then ``python -m resnet_jax.cli ARGS`` runs in a subprocess."""
+    if cwd is None and env_extra is None and not own_process:
+        return _run_in_process(args)
     env = {**os.environ, "PYTHONPATH": str(REPO), **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "resnet_jax.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd or REPO, env=env)
+
+
+def _run_in_process(args: tuple[str, ...]) -> subprocess.CompletedProcess:
+    """``resnet_jax.cli.main(args)`` with what a process would show: its stdout and stderr (warnings included,
+    each printed as Python prints them), its exit status (argparse's exits and tracebacks as status 2 and 1),
+    and ``sys.argv`` as typed (provenance records read it)."""
+    import contextlib
+    import io
+    import traceback
+    import warnings
+
+    from resnet_jax import cli
+
+    out, err = io.StringIO(), io.StringIO()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        err.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    argv = sys.argv
+    sys.argv = ["resnet-jax", *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = show
+            silence, cli._silence_stderr = cli._silence_stderr, lambda: None  # it closes fd 2 of the process
+            try:
+                rc = cli.main(list(args))
+            except SystemExit as stop:
+                if isinstance(stop.code, str):
+                    print(stop.code, file=sys.stderr)
+                rc = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+            except Exception:  # what Python prints for an uncaught exception, with its status
+                traceback.print_exc()
+                rc = 1
+            finally:
+                cli._silence_stderr = silence
+    finally:
+        sys.argv = argv
+    return subprocess.CompletedProcess(["resnet-jax", *args], rc, out.getvalue(), err.getvalue())
 
 
 TEST_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resnet-jax" / "tests"

@@ -52,21 +52,71 @@ def test_every_reproduce_preset_names_valid_presets_of_each_task():
     assert paper["train"]["warmup_epochs"] / paper["train"]["epochs"] == pytest.approx(0.3)  # one-cycle's 30 % rise
 
 
+def test_every_seed_gets_its_own_run_slim_network_controls_and_study_b(tmp_path, monkeypatch):
+    """The seed loop of the per-seed stages, the work itself replaced by recorders: seed k > 0 works in
+    ``<name>-seed<k>`` with ``train.seed=k``, and each seed's controls train with that seed for the slim model's
+    whole budget (the run's epochs plus fine-tuning), the slim architecture from that seed's own elimination."""
+    from resnet_jax import files
+    from resnet_jax.studies import comparison, eliminate, reproduce
+    from resnet_jax.studies import skip as skip_study
+    from resnet_jax.training import runs
+
+    trained, eliminated, compared, studied = {}, [], [], {}
+
+    def train(config, path, log):
+        trained[path.name] = config
+        files.write_json(path / "config.json", config)
+
+    def eliminate_workdir(run, slim, settings, log, force_untrained):
+        eliminated.append((run.name, slim.name))
+        units = [[f"layer4.{len(eliminated)}", "channel"]]  # each seed's own choice
+        config = json.loads((run / "config.json").read_text())
+        files.write_json(slim / "config.json", {**config, "model": {**config["model"], "eliminated": units}})
+        return {"units": [u for u, _ in units]}
+
+    monkeypatch.setattr(runs, "train", train)
+    monkeypatch.setattr(eliminate, "eliminate_workdir", eliminate_workdir)
+    monkeypatch.setattr(eliminate, "format_summary", lambda summary: "")
+    monkeypatch.setattr(comparison, "compare", lambda run, slim, trained, repeats, log: compared.append(
+        (run.name, slim.name, {k: v.name for k, v in trained.items()})) or {})
+    monkeypatch.setattr(comparison, "format_comparison", lambda result: "")
+    monkeypatch.setattr(comparison, "write_comparison", lambda slim, result: None)
+    monkeypatch.setattr(skip_study, "run_study", lambda config, path, log: studied.update({path.name: config}))
+    reproduce.reproduce("smoke", tmp_path, only=["cifar-train", "cifar-eliminate", "skip-study"], seeds=2,
+                        log=lambda s: None)
+
+    seeds = {name: c["train"]["seed"] for name, c in trained.items()}
+    assert seeds == {"cifar10-resnet34": 0, "cifar10-resnet34-seed1": 1, "cifar10-resnet18": 0,
+                     "cifar10-resnet18-seed1": 1, "cifar10-resnet34-slim-scratch": 0,
+                     "cifar10-resnet34-slim-scratch-seed1": 1}
+    assert eliminated == [("cifar10-resnet34", "cifar10-resnet34-slim"),
+                          ("cifar10-resnet34-seed1", "cifar10-resnet34-slim-seed1")]
+    for k, suffix in enumerate(("", "-seed1")):
+        assert trained[f"cifar10-resnet18{suffix}"]["model"]["name"] == "resnet18"
+        scratch = trained[f"cifar10-resnet34-slim-scratch{suffix}"]
+        assert scratch["model"]["eliminated"] == [[f"layer4.{k + 1}", "channel"]]  # this seed's slim architecture
+        assert {c["train"]["epochs"] for c in (scratch, trained[f"cifar10-resnet18{suffix}"])} == {1 + 1}
+        assert compared[k] == (f"cifar10-resnet34{suffix}", f"cifar10-resnet34-slim{suffix}",
+                               {"resnet18": f"cifar10-resnet18{suffix}", "scratch": f"cifar10-resnet34-slim-scratch{suffix}"})
+    assert {name: c["train"]["seed"] for name, c in studied.items()} == {"mnist-skip": 0, "mnist-skip-seed1": 1}
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    """One smoke-preset run of the main job, shared by the tests that read its report."""
+    """One smoke-preset run of the main job with one seed, shared by the tests that read its report (a second
+    seed is added to the classification run by the test below, cheaply; every seed's elimination and Study B
+    are the seed loop's, tested above)."""
     for name in ("cifar10", "mnist", "acdc_lv_myo"):
         if not (SHARED_DATA / name).is_dir():
             pytest.skip(f"shared dataset {name} not present")
     workdir = tmp_path_factory.mktemp("reproduce")
-    args = ("reproduce", "--preset", "smoke", "--workdir", str(workdir), "--data-root", str(SHARED_DATA),
-            "--seeds", "2")
-    first = run_cli(*args, timeout=3600)  # a hang guard: on a cold compile cache it took over 1,200 s
+    args = ("reproduce", "--preset", "smoke", "--workdir", str(workdir), "--data-root", str(SHARED_DATA))
+    first = run_cli(*args, timeout=3600, own_process=True)  # a hang guard: on a cold compile cache it took 1,100 s
     assert first.returncode == 0, first.stderr[-4000:]
     return workdir, args
 
 
-def test_smoke_preset_runs_every_stage_and_resumes(smoke_run):
+def test_smoke_preset_runs_every_stage_resumes_and_adds_a_seed(smoke_run):
     workdir, args = smoke_run
     stages = json.loads((workdir / "stages.json").read_text())["stages"]
     assert set(stages) == {"cifar-train", "cifar-ablate", "cifar-pairs", "cifar-eliminate", "acdc-train", "acdc-ablate",
@@ -79,30 +129,33 @@ def test_smoke_preset_runs_every_stage_and_resumes(smoke_run):
     assert "## Findings" in md and "Study B" in md and "95 % CI" in md
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (workdir / "report" / link).is_file()
-    assert (workdir / "cifar10-resnet34-seed1" / "ablation" / "single.json").is_file()
     trained = json.loads((workdir / "cifar10-resnet34" / "metrics.jsonl").read_text().splitlines()[-1])
     assert trained["step"] == 4 and 0.0 <= trained["val_accuracy"] <= 1.0  # (160 - 32 validation) / batch 32
-    combined = json.loads((workdir / "cifar10-resnet34-seeds" / "single.json").read_text())
-    assert all(r["n_seeds"] == 2 and r["value_min"] <= r["value_mean"] <= r["value_max"] for r in combined["rows"])
-    assert "2 seeds" in md and "The paper beside ours" in md and "Pairwise interactions" in md
+    assert "The paper beside ours" in md and "Pairwise interactions" in md
     assert "open readings" in md and "BatchNorm on batch statistics, single" in md and "Identity shortcuts cut" in md
     assert json.loads((workdir / "cifar10-resnet34" / "ablation" / "pairs.json").read_text())["rows"]
     assert "a slim network from the trivial units" in md and "resnet18, same recipe, 2 epochs" in md  # 1 + 1 fine-tuning
     assert "slim architecture from scratch, 2 epochs" in md and "smallest single drops, removed together" in md
     skip = check_outputs(workdir / "mnist-skip", 256)  # Study B on the shared MNIST digits
     assert skip["cnn1"]["test"]["accuracy"] > 0.3  # one epoch on 512 digits; chance is 0.1
-    for name in ("cifar10-resnet34-slim-seed1", "acdc-pspnet34-slim-seed1"):  # elimination runs on every seed
-        assert (workdir / name / "elimination" / "comparison.json").is_file()
-    trained = json.loads((workdir / "cifar10-resnet18-seed1" / "config.json").read_text())["train"]
-    assert trained["seed"] == 1 and trained["epochs"] == 2  # seed 1's control: its seed, the slim model's budget
-    assert (workdir / "mnist-skip-seed1" / "skip_results.json").is_file()  # so does Study B
+    control = json.loads((workdir / "cifar10-resnet18" / "config.json").read_text())["train"]
+    assert control["seed"] == 0 and control["epochs"] == 2  # the control: the run's seed, the slim model's budget
     for slim in ("cifar10-resnet34-slim", "acdc-pspnet34-slim"):
         summary = json.loads((workdir / slim / "elimination" / "summary.json").read_text())
         assert summary["slim"]["test"] == summary["slim"]["test_masked"]  # exact, on every task
-    out = workdir.parent / f"{workdir.name}-results"
-    again = run_cli(*args, "--results", str(out), timeout=600)
+        assert (workdir / slim / "elimination" / "comparison.json").is_file()
+    again = run_cli(*args)
     assert again.returncode == 0, again.stderr[-4000:]
-    assert again.stdout.count("done earlier, skipped") == 10
+    assert again.stdout.count("done earlier, skipped") == 10  # every stage but the report, which always runs
+    # A rerun with more seeds adds the missing seed (here of the classification run only) and combines the tables.
+    out = workdir.parent / f"{workdir.name}-results"
+    more = run_cli(*args, "--seeds", "2", "--only", "cifar-train,cifar-ablate,report", "--results", str(out))
+    assert more.returncode == 0, more.stderr[-4000:]
+    assert (workdir / "cifar10-resnet34-seed1" / "ablation" / "single.json").is_file()
+    assert json.loads((workdir / "cifar10-resnet34-seed1" / "config.json").read_text())["train"]["seed"] == 1
+    combined = json.loads((workdir / "cifar10-resnet34-seeds" / "single.json").read_text())
+    assert all(r["n_seeds"] == 2 and r["value_min"] <= r["value_mean"] <= r["value_max"] for r in combined["rows"])
+    assert "2 seeds" in (workdir / "report" / "report.md").read_text()
     record = json.loads((out / "provenance.json").read_text())  # the committed-results folder of this run
     assert set(record["stages"]) == set(stages) and record["preset"] == "smoke" and record["seeds"] == 2
     assert record["command"].startswith("resnet-jax reproduce --preset smoke") and record["datasets"]

@@ -407,13 +407,6 @@ def test_cifar100_preset_end_to_end_on_a_synthetic_stand_in(tmp_path):
 
 # The CLI, as a user runs it ----------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    """Share compiled programs between the CLI subprocesses (same shapes), to keep the suite fast."""
-    return {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("xla")),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-
-
 def check_outputs(workdir, n_test):
     """What every Study B run leaves behind (the smoke `reproduce` run on shared MNIST checks its own with this)."""
     res = json.loads((workdir / "skip_results.json").read_text())
@@ -440,12 +433,12 @@ def check_outputs(workdir, n_test):
     return res
 
 
-def test_cli_smoke_on_synthetic_data_then_rerun_skips_every_stage(tmp_path, compile_cache):
+def test_cli_smoke_on_synthetic_data_then_rerun_skips_every_stage(tmp_path):
     args = ("skip-study", "--config", "mnist-skip-smoke", "--workdir", str(tmp_path), "--set", "data.name=synthetic")
-    first = run_cli(*args, env_extra=compile_cache)
+    first = run_cli(*args)
     assert first.returncode == 0, first.stderr
     res = check_outputs(tmp_path, 256)
-    second = run_cli(*args, env_extra=compile_cache)
+    second = run_cli(*args)
     assert second.returncode == 0, second.stderr
     assert second.stdout.count("done earlier, skipped") == 8 and "epoch" not in second.stdout
     assert json.loads((tmp_path / "skip_results.json").read_text())["curves"] == res["curves"]
@@ -453,7 +446,7 @@ def test_cli_smoke_on_synthetic_data_then_rerun_skips_every_stage(tmp_path, comp
     split = json.loads((tmp_path / "split.json").read_text())
     assert split["validation_examples"] == res["split_sizes"]["validation"]
     (tmp_path / "split.json").write_text(json.dumps({**split, "validation_sha": "another"}))
-    mixed = run_cli(*args, env_extra=compile_cache)
+    mixed = run_cli(*args)
     assert mixed.returncode == 2 and "another validation split" in mixed.stderr
     # --force-new's clearing removes exactly what the run wrote: a user's file and the run's config survive
     (tmp_path / "notes.txt").write_text("a user's file")
