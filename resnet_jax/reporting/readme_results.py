@@ -338,6 +338,45 @@ def _comparison(slim: Path) -> str:
             + ("\n" + "\n".join(paired) + "\n" if paired else ""))
 
 
+INTERACTS = 0.05
+"""How far a pair's drop must sit from the sum of its parts' drops to count as an interaction."""
+
+
+def pairs(folder: Path, task: str | None = None) -> str:
+    """Per run with a ``pairs`` table: its decisions, how many pairs interact, the strongest synergies and
+    redundancies (interaction = drop(A and B) - drop(A) - drop(B), from the ``single`` table of the same run),
+    and the algebraic check that zeroing a unit's conv2 makes its conv1 irrelevant (both together score as conv2
+    alone)."""
+    out = []
+    for run in runs(folder, task):
+        table, single = _table(run, "pairs"), _table(run, "single")
+        if not table or not single:
+            continue
+        drop = {r["mask"]: r["baseline"] - r["value"] for r in single}
+        value = {r["mask"]: r["value"] for r in single}
+        rows = [{**r, "a": a, "b": b, "interaction": (r["baseline"] - r["value"]) - drop[a] - drop[b]}
+                for r in table for a, b in [r["mask"].split("+")]]
+        counts = ", ".join(f"{sum(r.get('decision') == d for r in rows)} {d}" for d in DECISIONS)
+        units = [r for r in rows if r["a"].endswith(".conv1") and r["b"] == r["a"][:-1] + "2"]
+        exact = sum(r["value"] == value[r["b"]] for r in units)
+        meta = _json(run / "ablation" / "pairs.json")
+        grid = lambda chosen: _grid(  # noqa: E731
+            ["pair", "drop together", "drop A", "drop B", "interaction", "decision"],
+            [[f"`{r['a']} + {r['b']}`", f"{r['baseline'] - r['value']:+.4f}", f"{drop[r['a']]:+.4f}",
+              f"{drop[r['b']]:+.4f}", f"{r['interaction']:+.4f}", r.get("decision", "-")] for r in chosen])
+        ranked = sorted(rows, key=lambda r: r["interaction"])
+        out.append(f"`{run.name}`: {len(rows)} pairs on {rows[0]['n_examples']} test examples "
+                   f"({meta.get('seconds', 0) / 60:.1f} min of engine time): {counts} (margin {rows[0].get('margin', '-')}, "
+                   f"alpha {rows[0].get('alpha', '-')}); {sum(abs(r['interaction']) > INTERACTS for r in rows)} pairs "
+                   f"interact by more than {INTERACTS}. A unit's conv1 and conv2 together score exactly as its conv2 "
+                   f"alone in {exact} of {len(units)} units (a zeroed conv2 leaves its branch input-independent).\n\n"
+                   f"The most synergistic pairs:\n\n" + grid(ranked[::-1][:5])
+                   + "\nThe most redundant pairs:\n\n" + grid(ranked[:5]))
+    if not out:
+        raise ResultsError(f"{folder} holds no pairs table (*/ablation/pairs.json)" + (f" of task {task}" if task else ""))
+    return "\n".join(out)
+
+
 def verify(folder: Path, task: str | None = None) -> str:
     """Per run cross-checked in PyTorch (``verify.csv``): how many masks agree, prediction disagreements, and the
     largest differences of the metric and of a logit."""
@@ -361,7 +400,7 @@ def verify(folder: Path, task: str | None = None) -> str:
 TABLES: dict[str, Callable[..., str]] = {
     "paper": paper_table, "agreement": agreement, "decisions": decisions_table, "layers": layers,
     "readings": readings, "training": training_table, "budget": budget_line, "skip": skip_study,
-    "skip-points": skip_points, "elimination": elimination, "verify": verify}
+    "skip-points": skip_points, "elimination": elimination, "verify": verify, "pairs": pairs}
 
 
 def render(text: str, results_root: Path) -> str:

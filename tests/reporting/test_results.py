@@ -299,3 +299,27 @@ def test_the_readme_matches_the_committed_results():
     check = subprocess.run([sys.executable, str(ROOT / "scripts" / "render_results.py"), "--check"],
                            capture_output=True, text=True, timeout=300)
     assert check.returncode == 0, check.stderr
+
+
+def test_the_pairs_block_computes_interactions_from_the_single_drops_and_checks_the_unit_identity(tmp_path):
+    run = tmp_path / "r" / "cifar10-resnet34"
+    _planted_run(run, seed=0, stage3=0.7)
+    single = _rows("single", [("layer1.0.conv1", 0.78), ("layer1.0.conv2", 0.70), ("layer2.0.conv1", 0.75),
+                              ("layer2.0.conv2", 0.60)], ["trivial", "non-trivial", "undecided", "non-trivial"])
+    pairs = _rows("pairs", [("layer1.0.conv1+layer1.0.conv2", 0.70),  # conv2 alone: 0.70, the identity holds
+                            ("layer1.0.conv2+layer2.0.conv2", 0.20),  # 0.60 together against 0.10 + 0.20
+                            ("layer2.0.conv1+layer2.0.conv2", 0.58)],  # 0.58, not conv2's 0.60
+                  ["non-trivial", "non-trivial", "non-trivial"])
+    pairs["seconds"] = 120.0
+    for row in pairs["rows"]:
+        row["n_examples"] = 4
+    (run / "ablation" / "single.json").write_text(json.dumps(single))
+    (run / "ablation" / "pairs.json").write_text(json.dumps(pairs))
+    text = readme_results.pairs(tmp_path / "r")
+    assert "3 pairs on 4 test examples (2.0 min of engine time): 3 non-trivial, 0 trivial" in text
+    assert "1 pairs interact by more than 0.05" in text  # +0.30 only; the others -0.02 and -0.03
+    assert "exactly as its conv2 alone in 1 of 2 units" in text
+    synergy = text.split("The most synergistic pairs:")[1].splitlines()[4]
+    assert synergy.startswith("| `layer1.0.conv2 + layer2.0.conv2` | +0.6000 | +0.1000 | +0.2000 | +0.3000 |")
+    with pytest.raises(readme_results.ResultsError, match="no pairs table"):
+        readme_results.pairs(tmp_path / "r", "segmentation")
