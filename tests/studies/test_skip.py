@@ -384,27 +384,6 @@ def test_presets_resolve_and_bad_keys_fail():
         configs.load_config("no-such-preset")
 
 
-def test_cifar100_preset_end_to_end_on_a_synthetic_stand_in(tmp_path):
-    """The CIFAR-100 path (32x32x3, 100 classes) without CIFAR-100: the synthetic split of that shape."""
-    config = configs.load_config("cifar100-skip", [
-        "data.name=synthetic", "data.synthetic.train_examples=256", "data.synthetic.test_examples=128",
-        "data.val_examples=64", "model.widths=[4,6,8]", "model.router_channels=[4]", "train.epochs=1",
-        "train.batch_size=64", "selection.images_per_map=3", "router.epochs=1", "literal.epochs=1",
-        "dense.epochs=1", "evaluation.batch_size=128", "evaluation.min_bucket=128", "evaluation.timing_repeats=1",
-        "evaluation.exit_thresholds=[0.5]", "evaluation.router_quantiles=[]"])
-    res = skip_study.run_study(config, tmp_path, log=lambda _: None)
-    assert res["macs"]["cnn"]["2"] == 32 * 32 * (9 * (3 * 4 + 4 * 6 + 6 * 8) + 8 * 100)
-    assert res["split_sizes"] == {"fit": 192, "validation": 64, "test": 128}
-    assert all(p["n"] == 128 for p in res["curves"]["test"]) and len(res["curves"]["best"]) == len(skip_study.METHODS)
-    assert (tmp_path / "skip_report.md").is_file()
-    best = {p["method"]: p for p in res["curves"]["best"]}
-    for method, p in best.items():  # paired on the same 128 test images: the difference of the two accuracies
-        if method != "full":
-            assert p["vs_cnn1"]["difference"] == pytest.approx(p["accuracy"] - best["full"]["accuracy"])
-            assert p["vs_cnn1"]["low"] <= p["vs_cnn1"]["difference"] <= p["vs_cnn1"]["high"]
-    assert "vs_random" in best["dense_router"] and "paired difference" in " ".join(res["verdict"])
-
-
 # The CLI, as a user runs it ----------------------------------------------------------------------------
 
 def check_outputs(workdir, n_test):
@@ -433,11 +412,32 @@ def check_outputs(workdir, n_test):
     return res
 
 
-def test_cli_smoke_on_synthetic_data_then_rerun_skips_every_stage(tmp_path):
-    args = ("skip-study", "--config", "mnist-skip-smoke", "--workdir", str(tmp_path), "--set", "data.name=synthetic")
+CIFAR100_STAND_IN = [
+    "data.name=synthetic", "data.synthetic.train_examples=256", "data.synthetic.test_examples=128",
+    "data.val_examples=64", "model.widths=[4,6,8]", "model.router_channels=[4]", "train.epochs=1",
+    "train.batch_size=64", "selection.images_per_map=3", "router.epochs=1", "literal.epochs=1",
+    "dense.epochs=1", "evaluation.batch_size=128", "evaluation.min_bucket=128", "evaluation.timing_repeats=1",
+    "evaluation.exit_thresholds=[0.5]", "evaluation.router_quantiles=[]"]
+"""The CIFAR-100 preset (32x32x3, 100 classes) on the synthetic split of that shape, at a test's size."""
+
+
+def test_cli_end_to_end_on_a_cifar100_stand_in_then_a_rerun_skips_every_stage(tmp_path):
+    """Study B end to end through the command line (the shared-MNIST run is the smoke `reproduce`'s), on the
+    CIFAR-100 path without CIFAR-100, then rerun: every stage is found done, and a changed split is refused."""
+    args = ("skip-study", "--config", "cifar100-skip", "--workdir", str(tmp_path),
+            *(a for value in CIFAR100_STAND_IN for a in ("--set", value)))
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr
-    res = check_outputs(tmp_path, 256)
+    res = check_outputs(tmp_path, 128)
+    assert res["macs"]["cnn"]["2"] == 32 * 32 * (9 * (3 * 4 + 4 * 6 + 6 * 8) + 8 * 100)
+    assert res["split_sizes"] == {"fit": 192, "validation": 64, "test": 128}
+    best = {p["method"]: p for p in res["curves"]["best"]}
+    assert len(best) == len(skip_study.METHODS)
+    for method, p in best.items():  # paired on the same 128 test images: the difference of the two accuracies
+        if method != "full":
+            assert p["vs_cnn1"]["difference"] == pytest.approx(p["accuracy"] - best["full"]["accuracy"])
+            assert p["vs_cnn1"]["low"] <= p["vs_cnn1"]["difference"] <= p["vs_cnn1"]["high"]
+    assert "vs_random" in best["dense_router"] and "paired difference" in " ".join(res["verdict"])
     second = run_cli(*args)
     assert second.returncode == 0, second.stderr
     assert second.stdout.count("done earlier, skipped") == 8 and "epoch" not in second.stdout
