@@ -6,6 +6,8 @@ import sys
 import pytest
 
 from resnet_jax import ledger
+from resnet_jax.studies import reproduce
+from resnet_jax.training import core
 
 
 def _stage(workdir, calls, name="s", inputs=None, outputs=("out.txt",), fail=False, **kw):
@@ -71,9 +73,6 @@ def test_outputs_outside_the_workdir_and_a_broken_ledger_are_refused(tmp_path):
 
 
 def test_force_new_on_a_workdir_whose_ledger_is_broken_clears_it_as_one_made_before_the_ledger(tmp_path):
-    from resnet_jax.studies import reproduce
-    from resnet_jax.training import core
-
     (tmp_path / "config.json").write_text("{}")
     for made in ("checkpoints", "ablation", "models"):
         (tmp_path / made).mkdir()

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import flax
+import jax
 import pytest
 
 from resnet_jax import ledger
@@ -79,8 +81,6 @@ def test_export_keeps_exactly_the_tables_and_records_what_produced_them(workdir,
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert record["code"]["commit"] == head and record["command"] == "resnet-jax reproduce --x"
     assert record["preset"] == "cpu" and record["seeds"] == 2 and record["machine"]["cores"] >= 1
-    import flax
-    import jax
     assert (record["machine"]["jax"], record["machine"]["flax"]) == (jax.__version__, flax.__version__)
     assert record["datasets"]["cifar10-resnet34-seed1"] == {"train": "tr1", "test": "te"}
     assert record["training_seconds"] == {"cifar10-resnet34": 150.0, "cifar10-resnet34-seed1": 150.0}
