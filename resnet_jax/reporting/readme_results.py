@@ -313,11 +313,32 @@ def elimination(folder: Path, task: str | None = None) -> str:
                    f"{len(s['units'])}: {', '.join(f'`{u}`' for u in s['units']) or 'none'}.\n\n"
                    + (_grid(["step", "removed next", "units removed", f"{split} {metric}", "drop", "params",
                              "conv MACs"], path, right_from=2) if path else "")
-                   + _comparison(slim))
+                   + _before_finetuning(s) + _comparison(slim))
     if not out:
         raise ResultsError(f"{folder} holds no elimination results (*/elimination/summary.json)"
                            + (f" of task {task}" if task else ""))
     return "\n".join(out)
+
+
+def _before_finetuning(s: dict) -> str:
+    """The chosen set against its baselines on test, each removed at once with no training: the study's one-shot
+    set (every unit harmless alone), the k units with the smallest single drops, random sets of k units."""
+    k = len(s["units"])
+    if not k:
+        return ""
+    parts = [f"the full network {s['full']['test']:.4f}", f"the search's {k} units {s['slim']['test']:.4f}"]
+    if s.get("one_shot", {}).get("choices"):
+        parts.append(f"the one-shot set ({len(s['one_shot']['choices'])} units harmless alone, at once) "
+                     f"{s['one_shot']['test']:.4f}")
+    if s.get("k_smallest", {}).get("choices"):
+        same = sorted(map(tuple, s["k_smallest"]["choices"])) == sorted(map(tuple, s["choices"]))
+        parts.append(f"the {k} smallest single drops {s['k_smallest']['test']:.4f} "
+                     f"({'the same units as the search' if same else 'other units than the search'})")
+    tests = [r["test"] for r in s.get("random", [])]
+    if tests:
+        parts.append(f"{len(tests)} random sets of {k} units {sum(tests) / len(tests):.4f} [{min(tests):.4f}, "
+                     f"{max(tests):.4f}]")
+    return f"\nOn test, removed at once with no training: {'; '.join(parts)}.\n"
 
 
 def _comparison(slim: Path) -> str:

@@ -257,7 +257,11 @@ def test_the_elimination_block_shows_the_path_the_comparison_and_the_paired_test
                    {"step": 1, "added": "layer4.1.conv2", "units_removed": 1, "value": 0.705, "drop": -0.005,
                     "accepted": True, **step},
                    {"step": 2, "added": "layer3.5.conv2", "units_removed": 2, "value": 0.68, "drop": 0.02,
-                    "accepted": False, **step}]}
+                    "accepted": False, **step}],
+               "choices": [["layer4.1", "layer4.1.conv2"]], "full": {"test": 0.72}, "slim": {"test": 0.715},
+               "one_shot": {"choices": ["layer4.1.conv2", "layer3.5.conv2"], "test": 0.6},
+               "k_smallest": {"choices": [["layer4.2", "layer4.2.conv2"]], "test": 0.7},
+               "random": [{"test": 0.5}, {"test": 0.6}]}
     (slim / "elimination" / "summary.json").write_text(json.dumps(summary))
     ratios = {"params": 0.5, "conv_macs": 0.8, "eval_images_per_s": 1.25, "train_images_per_s": 1.1}
     row = {"params": 2e6, "conv_macs": 6e7, "eval_images_per_s": 1000.4, "train_images_per_s": 300.0,
@@ -272,6 +276,9 @@ def test_the_elimination_block_shows_the_path_the_comparison_and_the_paired_test
     text = readme_results.elimination(tmp_path / "planted", "classification")
     assert "baseline 0.7000), stopping before a drop above 0.01; removed 1: `layer4.1`." in text
     assert "| 2 | `layer3.5.conv2` (rejected) | 2 | 0.6800 | +0.0200 | 1,000,000 | 5.0 M |" in text
+    assert ("removed at once with no training: the full network 0.7200; the search's 1 units 0.7150; the one-shot "
+            "set (2 units harmless alone, at once) 0.6000; the 1 smallest single drops 0.7000 (other units than the "
+            "search); 2 random sets of 1 units 0.5500 [0.5000, 0.6000]." in text)
     assert "| random 1 units (3 draws, mean) | 0.6000 [0.5500, 0.6500] | 2.00 M | 60.0 M | 1,000 | 300 |" in text
     assert "- slim minus resnet18: -0.0200 [-0.0300, -0.0100] (paired, 4 comparisons), p = 0.001: worse" in text
     with pytest.raises(readme_results.ResultsError, match="no elimination results .* of task segmentation"):
