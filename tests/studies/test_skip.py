@@ -432,7 +432,7 @@ def test_cli_end_to_end_on_a_cifar100_stand_in_then_a_rerun_skips_every_stage(tm
     assert res["macs"]["cnn"]["2"] == 32 * 32 * (9 * (3 * 4 + 4 * 6 + 6 * 8) + 8 * 100)
     assert res["split_sizes"] == {"fit": 192, "validation": 64, "test": 128}
     best = {p["method"]: p for p in res["curves"]["best"]}
-    assert len(best) == len(skip_study.METHODS)
+    assert len(best) == len(skip_study.METHODS) and all(p["n"] == 128 for p in res["curves"]["test"])
     for method, p in best.items():  # paired on the same 128 test images: the difference of the two accuracies
         if method != "full":
             assert p["vs_cnn1"]["difference"] == pytest.approx(p["accuracy"] - best["full"]["accuracy"])
