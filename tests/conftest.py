@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -79,7 +80,16 @@ def _run_in_process(args: tuple[str, ...]) -> subprocess.CompletedProcess:
 TEST_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resnet-jax" / "tests"
 """Decoded test datasets and compiled test programs, kept across test runs (both are keyed by content: JAX's
 cache by the program, compiler and devices; the dataset cache by the files' bytes), apart from the user's."""
-COMPILE_CACHE_MAX_BYTES = 2 * 2**30  # JAX evicts the least recently used programs beyond this
+COMPILE_CACHE_MAX_BYTES = 2 * 2**30  # beyond this the suite's compiled programs are cleared before a run
+
+
+def _clear_when_larger(directory: Path, max_bytes: int) -> None:
+    """Bound the suite's compilation cache. JAX's own bound (``jax_compilation_cache_max_size``) keeps a side file
+    per program and stops storing any program once one lacks its side file, which a process that runs without
+    that bound (a user's run sharing the folder, a killed process) leaves behind; so the suite runs JAX's cache
+    unbounded and clears the folder whole when it outgrows ``max_bytes``."""
+    if directory.is_dir() and sum(f.stat().st_size for f in directory.iterdir() if f.is_file()) > max_bytes:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def pytest_configure(config):
@@ -87,11 +97,12 @@ def pytest_configure(config):
     test run instead of compiling them again (most of a tiny model's run is compilation)."""
     os.environ.setdefault("RESNET_JAX_CACHE", str(TEST_CACHE))
     os.environ.setdefault("RESNET_JAX_COMPILE_CACHE", str(TEST_CACHE / "compiled"))
-    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(COMPILE_CACHE_MAX_BYTES))
     from resnet_jax import devices
 
-    jax.config.update("jax_compilation_cache_max_size", int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
-    devices.enable_compilation_cache(devices.compilation_cache_dir())
+    cache = devices.compilation_cache_dir()
+    if cache is not None:
+        _clear_when_larger(cache, COMPILE_CACHE_MAX_BYTES)
+    devices.enable_compilation_cache(cache)
 
 
 def count_shifted_crops(originals: np.ndarray, augmented: np.ndarray, *, pad: int) -> int:
