@@ -77,7 +77,8 @@ def main() -> None:
             totals[name] += times[name] if times[name] == times[name] else 0.0
         totals["auto"] += times[auto]
         name = models.canonical_name(path)
-        rows.append({"layer": name, "in": list(x_shape[1:3]), "out": list(y_shape[1:3]), "ms": times,
+        rows.append({"layer": name, "in": list(x_shape[1:3]), "out": list(y_shape[1:3]), "kernel": kh,
+                     "stride": stride, "channels": [cin, cout], "ms": times,
                      "auto": auto, "best": best})
         hw = lambda s: f"{s[1]}x{s[2]}"  # noqa: E731
         print(f"{name:<22}{hw(x_shape):>7}{hw(y_shape):>7}" + "".join(f"{times[n]:>9.2f}" for n in FORMS)

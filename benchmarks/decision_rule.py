@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -87,6 +88,7 @@ def main() -> None:
                    help="sets the families per setting: accuracy 4x at m = 36 and 1/6 at m = 630, Dice 1/3 at m = 36; "
                         "three times as many where the drop equals the margin")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write the rows and the summary as JSON here")
     args = p.parse_args()
     rng, rule = np.random.default_rng(args.seed), st.Decision(MARGIN, ALPHA)
     accuracy = st.paired_tester(metrics.Accuracy())
@@ -124,8 +126,12 @@ def main() -> None:
           f"all settings {time.perf_counter() - started:.0f} s")
     at_margin = [r["fwer"] for r in rows if r["true_drop"] == "margin" and r["families"] > 1]
     power = [r["share_non-trivial"] for r in rows if r["true_drop"] == "5x margin"]
-    print(json.dumps({"fwer": max(at_margin), "power": min(power), "alpha": ALPHA, "margin": MARGIN,
-                      "dice_630_seconds": seconds, "rows": rows}))
+    summary = {"fwer": max(at_margin), "power": min(power), "alpha": ALPHA, "margin": MARGIN,
+               "dice_630_seconds": seconds, "dice_630_resamples": decided[0]["resamples"],
+               "seconds": time.perf_counter() - started, "families": args.families, "seed": args.seed, "rows": rows}
+    print(json.dumps(summary))
+    if args.out:
+        Path(args.out).write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@ from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import accelerator_summary  # noqa: E402
+import record  # noqa: E402
 import torch_rows  # noqa: E402
+
+from resnet_jax.reporting import readme_results  # noqa: E402
 
 
 def test_targets_are_the_ratios_the_speed_issue_states():
@@ -58,3 +61,79 @@ def test_torch_rows_fall_back_to_the_cpu_with_one_fp32_row():
     net, autocast = torch_rows.prepare(torch.nn.Conv2d(3, 4, 3), dev, torch_rows.variants(dev)[0])
     with autocast():
         assert net(torch.zeros(1, 3, 8, 8, device=dev)).shape == (1, 4, 6, 6)
+
+
+WRITES = "import sys, json; out = sys.argv[sys.argv.index('--out') + 1]; json.dump({'value': float(sys.argv[1])}, open(out, 'w'))"
+
+
+def test_record_keeps_each_finished_benchmark_with_its_command_and_drops_a_failed_ones_old_numbers(tmp_path):
+    script = tmp_path / "bench.py"
+    script.write_text(WRITES)
+    fails = tmp_path / "fails.py"
+    fails.write_text("raise SystemExit(3)")
+    out = tmp_path / "results"
+    assert record.record(out, {"a": [str(script), "1.5"], "b": [str(script), "2"]}, command="first") == 0
+    assert json.loads((out / "b.json").read_text()) == {"value": 2.0}
+    # b again, now failing: its old numbers go, a's stay with their provenance
+    assert record.record(out, {"b": [str(fails)]}, command="second") == 3
+    kept = json.loads((out / "provenance.json").read_text())
+    assert not (out / "b.json").exists() and sorted(kept["benchmarks"]) == ["a"]
+    assert kept["benchmarks"]["a"]["command"] == f"python {script} 1.5" and kept["machine"]["cores"] >= 1
+    assert kept["benchmarks"]["a"]["code"]["version"]
+
+
+def _provenance(folder, *names):
+    entry = {"command": "python benchmarks/x.py", "seconds": 12.3, "finished": "2026-12-05T05:00:00+00:00",
+             "code": {"version": "0.1.0", "commit": "0123456789abcdef", "dirty": False}}
+    machine = {"cpu": "Test CPU", "cores": 2, "backend": "cpu", "device_count": 1, "device_kind": "cpu"}
+    (folder / "provenance.json").write_text(json.dumps({"benchmarks": {n: entry for n in names}, "machine": machine}))
+
+
+def test_benchmark_blocks_render_the_stored_numbers_and_their_provenance(tmp_path):
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    _provenance(folder, "throughput", "ablation_sweep")
+    (folder / "throughput.json").write_text(json.dumps({"rows": [
+        {"framework": "jax conv_impl=auto", "batch": 128, "train_img_s": 300.0, "eval_img_s": 1600.0},
+        {"framework": "torchvision fp32", "batch": 128, "train_img_s": 400.0, "eval_img_s": 1500.0}]}))
+    (folder / "ablation_sweep.json").write_text(json.dumps({
+        "n_examples": 1000, "n_masks": 40, "batch_size": 128, "macs_per_image": 75e6, "matmul_peak_gflops": 300.0,
+        "seconds": {"naive JAX loop": 40.0, "resnet-jax engine": 10.0}, "ratio_engine_vs_jax_loop": 0.25,
+        "ratio_engine_vs_torch_loop": None, "ratio_engine_2nd_call_vs_jax_loop": 0.2, "accuracies_identical": True,
+        "engine_scratch_mb": 146.0, "peak_rss_mb": 2700.0, "ideal_mac_ratio": 0.471}))
+    text = ("<!-- results: benchmarks/throughput -->\n<!-- /results -->\n"
+            "<!-- results: benchmarks/sweep -->\n<!-- /results -->\n")
+    out = readme_results.render(text, tmp_path)
+    assert "| resnet-jax (`conv_impl=auto`) | 128 | 300.0 | 1600.0 | 0.75x |" in out  # 300 / 400
+    # 2 * 75e6 MACs * 1000 images * 40 masks = 6,000 GFLOP: 150 GFLOP/s in 40 s, 50 % of the 300 peak
+    assert "| naive JAX loop | 40.0 | 1.000 | 150.0 | 50 % |" in out
+    assert "| resnet-jax engine | 10.0 | 4.000 | 600.0 | 200 % |" in out
+    assert "b/a (engine / naive JAX loop) = 0.250;" in out and "b/c" not in out
+    assert out.count("Measured 2026-12-05 on Test CPU (2 cores") == 2 and "commit 0123456789:" in out
+    _provenance(folder, "throughput")  # the sweep's JSON without its provenance entry is refused
+    with pytest.raises(readme_results.ResultsError, match="does not record ablation_sweep"):
+        readme_results.render(text, tmp_path)
+
+
+def test_conv_and_decision_rule_blocks_group_identical_convs_and_show_every_setting(tmp_path):
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    _provenance(folder, "conv_kernels", "decision_rule")
+    conv = lambda name, auto, ms: {"layer": name, "in": [2, 2], "out": [2, 2], "kernel": 3, "stride": 1,  # noqa: E731
+                                   "channels": [256, 256], "ms": ms, "auto": auto, "best": "dense"}
+    times = {"xla": 124.5, "patches": 5.8, "dense": 3.2}
+    (folder / "conv_kernels.json").write_text(json.dumps({
+        "batch_size": 256, "layers": [conv("layer4.0.conv2", "dense", times), conv("layer4.1.conv1", "patches", times)],
+        "totals_ms": {"xla": 249.0, "patches": 11.6, "dense": 6.4, "auto": 9.0}}))
+    row = {"metric": "accuracy", "m": 36, "true_drop": "margin", "families": 1800, "fwer": 0.041, "fwer_se": 0.005,
+           "share_non-trivial": 0.01, "share_trivial": 0.02, "share_improves": 0.0, "share_undecided": 0.97}
+    (folder / "decision_rule.json").write_text(json.dumps({
+        "rows": [row, {**row, "m": 630, "families": 1, "fwer": 0.0, "fwer_se": float("nan")}], "fwer": 0.041,
+        "power": 0.992, "alpha": 0.05, "margin": 0.01, "dice_630_resamples": 503999, "dice_630_seconds": 31.0}))
+    text = "<!-- results: benchmarks/conv-kernels -->\n<!-- /results -->\n<!-- results: benchmarks/decision-rule -->\n<!-- /results -->\n"
+    out = readme_results.render(text, tmp_path)
+    assert "| `layer4.0.conv2` and 1 more | 2x2 -> 2x2 | 3x3 / 1 | 256 -> 256 | 124.50 | 5.80 | 3.20 | dense | dense |" in out
+    assert "`auto` / XLA = 0.036); `auto` runs the fastest form for 1 of 2 convs." in out  # 9.0 / 249.0
+    assert "| accuracy | 36 | margin | 1,800 | 0.041 +- 0.005 | 0.010 | 0.020 | 0.000 | 0.970 |" in out
+    assert "| accuracy | 630 | margin | 1 | 0.000 | " in out  # one family: no standard error
+    assert "503,999 resamples" in out

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from resnet_jax.ablation import statistics
-from resnet_jax.reporting import published
+from resnet_jax.reporting import benchmark_results, published
 
 BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.-]+)/(?P<table>[\w-]+)(?::(?P<task>\w+))? -->\n)(?P<body>.*?)"
                    r"(?P<body_end><!-- /results -->)", re.S)
@@ -421,7 +421,8 @@ def verify(folder: Path, task: str | None = None) -> str:
 TABLES: dict[str, Callable[..., str]] = {
     "paper": paper_table, "agreement": agreement, "decisions": decisions_table, "layers": layers,
     "readings": readings, "training": training_table, "budget": budget_line, "skip": skip_study,
-    "skip-points": skip_points, "elimination": elimination, "verify": verify, "pairs": pairs}
+    "skip-points": skip_points, "elimination": elimination, "verify": verify, "pairs": pairs,
+    **benchmark_results.TABLES}
 
 
 def render(text: str, results_root: Path) -> str:
@@ -435,7 +436,10 @@ def render(text: str, results_root: Path) -> str:
         if not (folder / "provenance.json").is_file():
             raise ResultsError(f"README block {match['name']}/{table}: {folder} is not a results folder "
                                f"(no provenance.json); folders there: {sorted(p.name for p in results_root.glob('*/'))}")
-        return match.group(1) + TABLES[table](folder, task) + match["body_end"]
+        try:
+            return match.group(1) + TABLES[table](folder, task) + match["body_end"]
+        except FileNotFoundError as err:
+            raise ResultsError(f"README block {match['name']}/{table}: {err}") from None
     return BLOCK.sub(body, text)
 
 

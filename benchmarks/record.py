@@ -1,0 +1,86 @@
+"""Run the benchmarks the README reports, one after another, and keep their JSON beside a provenance record.
+
+The README's benchmark tables are rendered from this folder (``scripts/render_results.py``), so each number
+there traces back to one stored run: the exact command of every benchmark, its wall time, the code (version and
+git commit), the date and the machine. A benchmark that fails leaves no JSON and stops the recording with its
+exit status; the ones finished before it stay, and ``--only`` reruns a subset into the same folder.
+
+    python benchmarks/record.py --workdir runs/reproduce/cifar10-resnet34 --data-dir ../shared/data/cifar10 \\
+        [--out docs/results/benchmarks] [--only conv_kernels throughput ablation_sweep decision_rule]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from resnet_jax import files, ledger  # noqa: E402
+from resnet_jax.reporting import results  # noqa: E402
+
+PROVENANCE = "provenance.json"
+
+
+def commands(workdir: str, data_dir: str) -> dict[str, list[str]]:
+    """Each benchmark's arguments, as the README states them (``--out`` is added per benchmark)."""
+    return {
+        "conv_kernels": ["benchmarks/conv_kernels.py", "--batch-size", "256"],
+        "throughput": ["benchmarks/throughput.py", "--batch-sizes", "128", "256"],
+        "ablation_sweep": ["benchmarks/ablation_sweep.py", "--workdir", workdir, "--data-dir", data_dir,
+                           "--n-examples", "1024"],
+        "decision_rule": ["benchmarks/decision_rule.py"],
+    }
+
+
+def record(out: Path, chosen: dict[str, list[str]], *, command: str) -> int:
+    """Run ``chosen`` in turn, each writing ``out/<name>.json``; the provenance record is rewritten after every
+    benchmark, so an interrupted recording keeps the finished ones. Returns the first non-zero exit status."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / PROVENANCE
+    record = json.loads(path.read_text()) if path.is_file() else {"benchmarks": {}}
+    for name, args in chosen.items():
+        (out / f"{name}.json").unlink(missing_ok=True)  # a failed rerun must not leave the old numbers
+        record["benchmarks"].pop(name, None)
+        files.write_json(path, record)
+        argv = [*args, "--out", str(out / f"{name}.json")]
+        print(f"== {name}: python {shlex.join(argv)}", flush=True)
+        start = time.perf_counter()
+        rc = subprocess.run([sys.executable, *argv], cwd=HERE.parent).returncode
+        if rc != 0:
+            print(f"{name} failed (exit status {rc}); its result is not recorded", file=sys.stderr)
+            return rc
+        record["benchmarks"][name] = {
+            "command": f"python {shlex.join(args)}", "seconds": round(time.perf_counter() - start, 1),
+            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "code": ledger.code_version()}
+        record.update(command=command, machine=results.machine(), code=ledger.code_version(),
+                      date=record["benchmarks"][name]["finished"])
+        files.write_json(path, record)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="a trained CIFAR-10 ResNet34 run, for the ablation sweep")
+    parser.add_argument("--data-dir", required=True, help="its CIFAR-10 data (ImageFolder folders or zips)")
+    parser.add_argument("--out", type=Path, default=HERE.parent / "docs" / "results" / "benchmarks")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks")
+    args = parser.parse_args(argv)
+    every = commands(args.workdir, args.data_dir)
+    unknown = sorted(set(args.only or ()) - set(every))
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; valid: {list(every)}")
+    chosen = {k: v for k, v in every.items() if not args.only or k in args.only}
+    return record(args.out, chosen, command=f"python benchmarks/record.py {shlex.join(argv or sys.argv[1:])}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

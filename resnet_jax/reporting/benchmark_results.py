@@ -1,0 +1,123 @@
+"""The README's benchmark tables, rendered from a folder written by ``benchmarks/record.py``.
+
+The folder holds each benchmark's own JSON (``conv_kernels.json``, ``throughput.json``, ``ablation_sweep.json``,
+``decision_rule.json``) and ``provenance.json`` with every benchmark's command, wall time, code and date and the
+machine; every block ends with that line, so each number names the run it comes from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+FORM_NAMES = {"xla": "XLA", "patches": "im2col", "dense": "dense"}
+
+
+def _load(folder: Path, name: str) -> tuple[dict, dict]:
+    """A benchmark's JSON and its provenance entry; FileNotFoundError names what is missing."""
+    path, record = folder / f"{name}.json", folder / "provenance.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} holds no {path.name}; record it with "
+                                f"`python benchmarks/record.py ... --only {name}`")
+    entry = json.loads(record.read_text()).get("benchmarks", {}).get(name) if record.is_file() else None
+    if entry is None:
+        raise FileNotFoundError(f"{record} does not record {name}: its {path.name} has no provenance")
+    return json.loads(path.read_text()), {**entry, "machine": json.loads(record.read_text())["machine"]}
+
+
+def measured(entry: dict) -> str:
+    """Where, when and by what code a benchmark ran, and its command."""
+    m, code = entry["machine"], entry["code"]
+    commit = (code.get("commit") or "unknown")[:10] + (" with uncommitted changes" if code.get("dirty") else "")
+    return (f"Measured {entry['finished'][:10]} on {m['cpu']} ({m['cores']} cores, backend {m['backend']}, "
+            f"{m['device_count']} {m['device_kind']} device(s)) by resnet-jax {code['version']} at commit {commit}: "
+            f"`{entry['command']}`, {entry['seconds']:.0f} s.")
+
+
+def _grid(header: list[str], rows: list[list[str]], right_from: int) -> str:
+    align = ["---" if i < right_from else "---:" for i in range(len(header))]
+    return "\n".join("| " + " | ".join(r) + " |" for r in [header, align, *rows]) + "\n"
+
+
+def conv_kernels(folder: Path, task: str | None = None) -> str:
+    """Each distinct conv of ResNet34 with the time of each formulation, the one ``auto`` runs and the fastest;
+    then the sums over every conv."""
+    data, entry = _load(folder, "conv_kernels")
+    groups: dict[tuple, list[dict]] = {}
+    for row in data["layers"]:
+        key = (tuple(row["in"]), tuple(row["out"]), row.get("kernel"), row.get("stride"), tuple(row.get("channels", ())))
+        groups.setdefault(key, []).append(row)
+    ms = lambda t: "-" if t != t else f"{t:.2f}"  # noqa: E731  (NaN: the dense operator was too large to time)
+    rows = []
+    for (x, y, kernel, stride, channels), members in groups.items():
+        first = members[0]
+        rows.append([f"`{first['layer']}`" + (f" and {len(members) - 1} more" if len(members) > 1 else ""),
+                     f"{x[0]}x{x[1]} -> {y[0]}x{y[1]}", f"{kernel}x{kernel} / {stride}",
+                     " -> ".join(map(str, channels)), *(ms(first["ms"][f]) for f in FORM_NAMES),
+                     FORM_NAMES[first["auto"]], FORM_NAMES[first["best"]]])
+    header = ["convs", "map", "kernel / stride", "channels", *(f"{n} ms" for n in FORM_NAMES.values()),
+              "`auto` runs", "fastest"]
+    totals, layers = data["totals_ms"], data["layers"]
+    picked = sum(r["auto"] == r["best"] for r in layers)
+    return (f"Batch {data['batch_size']}, forward only, each distinct conv timed once:\n\n" + _grid(header, rows, 4)
+            + f"\nSum over the {len(layers)} convs (ms): XLA everywhere {totals['xla']:,.1f}, im2col everywhere "
+              f"{totals['patches']:,.1f}, `auto` {totals['auto']:,.1f} (`auto` / XLA = "
+              f"{totals['auto'] / totals['xla']:.3f}); `auto` runs the fastest form for {picked} of {len(layers)} "
+              f"convs.\n\n" + measured(entry) + "\n")
+
+
+def throughput(folder: Path, task: str | None = None) -> str:
+    """Train and eval images/s of ResNet34 per framework and batch, and the train rate against torchvision's."""
+    data, entry = _load(folder, "throughput")
+
+    def name(framework: str) -> str:
+        if framework.startswith("jax conv_impl="):
+            return f"resnet-jax (`conv_impl={framework.split('=', 1)[1]}`)"
+        return framework.replace("torchvision ", "torchvision, ")
+
+    rows = []
+    for r in data["rows"]:
+        ref = next((x for x in data["rows"] if x["framework"] == "torchvision fp32" and x["batch"] == r["batch"]), None)
+        rows.append([name(r["framework"]), str(r["batch"]), f"{r['train_img_s']:.1f}", f"{r['eval_img_s']:.1f}",
+                     f"{r['train_img_s'] / ref['train_img_s']:.2f}x" if ref else "-"])
+    return (_grid(["framework", "batch", "train images/s", "eval images/s", "train vs torchvision fp32"], rows, 1)
+            + "\n" + measured(entry) + "\n")
+
+
+def sweep(folder: Path, task: str | None = None) -> str:
+    """Every masked-model evaluation method's time on the same images and masks, and the ratios between them."""
+    data, entry = _load(folder, "ablation_sweep")
+    n, k, peak = data["n_examples"], data["n_masks"], data["matmul_peak_gflops"]
+    flops = 2 * data["macs_per_image"] * n * k
+    rows = [[method, f"{t:.1f}", f"{k / t:.3f}", f"{flops / t / 1e9:.1f}", f"{100 * flops / t / 1e9 / peak:.0f} %"]
+            for method, t in data["seconds"].items()]
+    torch_ratio = data.get("ratio_engine_vs_torch_loop")
+    same = "identical in every row" if data["accuracies_identical"] else "NOT identical across the rows"
+    return (f"N = {n:,} test images, K = {k} masks, batch {data['batch_size']}; model GFLOP/s counts every masked "
+            f"model as a full forward of {data['macs_per_image'] / 1e6:.1f} M multiply-adds per image:\n\n"
+            + _grid(["method", "seconds", "masks/s", "model GFLOP/s", f"% of matmul peak ({peak:.0f} GFLOP/s)"], rows, 1)
+            + f"\nb/a (engine / naive JAX loop) = {data['ratio_engine_vs_jax_loop']:.3f}"
+            + (f", b/c (engine / PyTorch loop) = {torch_ratio:.3f}" if torch_ratio is not None else "")
+            + f"; the engine's second call / naive JAX loop = {data['ratio_engine_2nd_call_vs_jax_loop']:.3f}. "
+              f"Accuracies {same}. The engine's largest chunk needed {data['engine_scratch_mb']:.0f} MB of scratch "
+              f"memory (XLA's plan); peak RSS of the process {data['peak_rss_mb']:,.0f} MB; the conv MACs the "
+              f"shared prefixes leave are {data['ideal_mac_ratio']:.3f} of the loops'.\n\n" + measured(entry) + "\n")
+
+
+def decision_rule(folder: Path, task: str | None = None) -> str:
+    """The simulated decision rule: per metric, family size and true drop, the family-wise error and the share of
+    each decision."""
+    data, entry = _load(folder, "decision_rule")
+    decisions = ("non-trivial", "trivial", "improves", "undecided")
+    rows = [[r["metric"], str(r["m"]), r["true_drop"], f"{r['families']:,}",
+             f"{r['fwer']:.3f}" + (f" +- {r['fwer_se']:.3f}" if r["fwer_se"] == r["fwer_se"] else ""),
+             *(f"{r[f'share_{d}']:.3f}" for d in decisions)] for r in data["rows"]]
+    return (_grid(["metric", "masks per family", "true drop", "families", "family-wise error",
+                   *(f"share {d}" for d in decisions)], rows, 3)
+            + f"\nLargest family-wise error where the true drop equals the margin ({data['margin']}): "
+              f"{data['fwer']:.3f} (alpha {data['alpha']}); smallest power (share non-trivial) at 5x the margin: "
+              f"{data['power']:.3f}. The 630-mask Dice family took {data['dice_630_resamples']:,} resamples, "
+              f"tested in {data['dice_630_seconds']:.1f} s.\n\n" + measured(entry) + "\n")
+
+
+TABLES = {"conv-kernels": conv_kernels, "throughput": throughput, "sweep": sweep, "decision-rule": decision_rule}
