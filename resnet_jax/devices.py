@@ -38,13 +38,15 @@ def join_job(*, coordinator: str | None = None, num_processes: int | None = None
     ``auto`` lets JAX find the cluster itself (TPU pod slices, SLURM, Open MPI); otherwise every process names
     the coordinator (process 0's ``host:port``), the process count and its own id. A coordinator that does not
     answer is an error within ``timeout_s``; a process that dies is noticed by the others within about
-    ``heartbeat_s``. Returns whether a job was joined; afterwards only process 0 writes files."""
+    ``heartbeat_s`` (``$RESNET_JAX_JOIN_TIMEOUT`` and ``$RESNET_JAX_HEARTBEAT`` override both). Returns whether
+    a job was joined; afterwards only process 0 writes files."""
     if not auto and coordinator is None:
         return False
     if not auto and (num_processes is None or process_id is None or not 0 <= process_id < num_processes):
         raise DistributedError(f"--coordinator {coordinator} needs --num-processes N and --process-id I with "
                                f"0 <= I < N (got N={num_processes}, I={process_id})")
     timeout_s = int(os.environ.get("RESNET_JAX_JOIN_TIMEOUT", timeout_s))
+    heartbeat_s = int(os.environ.get("RESNET_JAX_HEARTBEAT", heartbeat_s))
     if not auto and process_id != 0:  # JAX aborts the process when the coordinator never answers: ask first
         _wait_for(coordinator, timeout_s)
     try:

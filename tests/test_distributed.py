@@ -105,12 +105,13 @@ def test_a_command_that_runs_in_one_process_refuses_a_job_and_a_silent_coordinat
 
 def test_a_lost_process_stops_the_job_and_a_relaunch_resumes_to_the_same_end(tmp_path):
     job, ref = tmp_path / "job", tmp_path / "reference"
-    train = ("train", "--config", "synthetic-tiny", "--set", "train.epochs=4", "--set", "train.batch_size=8")
+    train = ("train", "--config", "synthetic-tiny", "--set", "train.epochs=4", "--set", "train.batch_size=16")
     port = subprocess.run([sys.executable, "-c", "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); "
                            "print(s.getsockname()[1])"], capture_output=True, text=True).stdout.strip()
     procs = [subprocess.Popen([*CLI, *train, "--workdir", str(job)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=_env(XLA_FLAGS="", RESNET_JAX_COORDINATOR=f"127.0.0.1:{port}",
-                                                  RESNET_JAX_NUM_PROCESSES="2", RESNET_JAX_PROCESS_ID=str(i)))
+                                                  RESNET_JAX_NUM_PROCESSES="2", RESNET_JAX_PROCESS_ID=str(i),
+                                                  RESNET_JAX_HEARTBEAT="5"))
              for i in range(2)]
     deadline = time.monotonic() + 600
     while not (job / "metrics.jsonl").is_file() and time.monotonic() < deadline:
@@ -119,7 +120,7 @@ def test_a_lost_process_stops_the_job_and_a_relaunch_resumes_to_the_same_end(tmp
     killed = time.monotonic()
     _, err = procs[0].communicate(timeout=180)
     procs[1].communicate()
-    assert procs[0].returncode != 0 and time.monotonic() - killed < 60, err[-2000:]
+    assert procs[0].returncode != 0 and time.monotonic() - killed < 60, err[-2000:]  # heartbeat 5 s
     assert "task:1" in err or "unhealthy" in err  # JAX's health check names the lost process
     assert len((job / "metrics.jsonl").read_text().splitlines()) < 4, "the job finished before the kill"
     resumed = launch(2, *train, "--workdir", str(job))
