@@ -106,8 +106,8 @@ def test_benchmark_blocks_render_the_stored_numbers_and_their_provenance(tmp_pat
     out = readme_results.render(text, tmp_path)
     assert "| resnet-jax (`conv_impl=auto`) | 128 | 300.0 | 1600.0 | 0.75x |" in out  # 300 / 400
     # 2 * 75e6 MACs * 1000 images * 40 masks = 6,000 GFLOP: 150 GFLOP/s in 40 s, 50 % of the 300 peak
-    assert "| naive JAX loop | 40.0 | 1.000 | 150.0 | 50 % |" in out
-    assert "| resnet-jax engine | 10.0 | 4.000 | 600.0 | 200 % |" in out
+    assert "| (a) naive JAX loop (one jitted masked forward per mask) | 40.0 | 1.000 | 150.0 | 50 % |" in out
+    assert "| (b) resnet-jax engine (gates, shared prefixes; compilation included) | 10.0 | 4.000 | 600.0 | 200 % |" in out
     assert "b/a (engine / naive JAX loop) = 0.250;" in out and "b/c" not in out
     assert out.count("Measured 2026-12-05 on Test CPU (2 cores") == 2 and "commit 0123456789:" in out
     _provenance(folder, "throughput")  # the sweep's JSON without its provenance entry is refused
