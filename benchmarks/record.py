@@ -24,7 +24,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from resnet_jax import files, ledger  # noqa: E402
-from resnet_jax.reporting import results  # noqa: E402
 
 PROVENANCE = "provenance.json"
 
@@ -40,9 +39,18 @@ def commands(workdir: str, data_dir: str) -> dict[str, list[str]]:
     }
 
 
+def machine() -> dict:
+    """The machine as the benchmarks see it, asked in a process of its own: this one must not hold an
+    accelerator while they run."""
+    probe = "import json; from resnet_jax.reporting import results; print(json.dumps(results.machine()))"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=HERE.parent, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 def record(out: Path, chosen: dict[str, list[str]], *, command: str) -> int:
     """Run ``chosen`` in turn, each writing ``out/<name>.json``; the provenance record is rewritten after every
     benchmark, so an interrupted recording keeps the finished ones. Returns the first non-zero exit status."""
+    code, where = ledger.code_version(), machine()  # read before any file here changes
     out.mkdir(parents=True, exist_ok=True)
     path = out / PROVENANCE
     record = json.loads(path.read_text()) if path.is_file() else {"benchmarks": {}}
@@ -60,9 +68,7 @@ def record(out: Path, chosen: dict[str, list[str]], *, command: str) -> int:
         record["benchmarks"][name] = {
             "command": f"python {shlex.join(args)}", "seconds": round(time.perf_counter() - start, 1),
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "code": ledger.code_version()}
-        record.update(command=command, machine=results.machine(), code=ledger.code_version(),
-                      date=record["benchmarks"][name]["finished"])
+            "code": code, "machine": where, "recorded_by": command}
         files.write_json(path, record)
     return 0
 
@@ -74,12 +80,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=HERE.parent / "docs" / "results" / "benchmarks")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks")
     args = parser.parse_args(argv)
-    every = commands(args.workdir, args.data_dir)
+    every = commands(str(Path(args.workdir).resolve()), str(Path(args.data_dir).resolve()))
     unknown = sorted(set(args.only or ()) - set(every))
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; valid: {list(every)}")
     chosen = {k: v for k, v in every.items() if not args.only or k in args.only}
-    return record(args.out, chosen, command=f"python benchmarks/record.py {shlex.join(argv or sys.argv[1:])}")
+    return record(args.out.resolve(), chosen, command=f"python benchmarks/record.py {shlex.join(argv or sys.argv[1:])}")
 
 
 if __name__ == "__main__":

@@ -88,7 +88,13 @@ def _clear_when_larger(directory: Path, max_bytes: int) -> None:
     per program and stops storing any program once one lacks its side file, which a process that runs without
     that bound (a user's run sharing the folder, a killed process) leaves behind; so the suite runs JAX's cache
     unbounded and clears the folder whole when it outgrows ``max_bytes``."""
-    if directory.is_dir() and sum(f.stat().st_size for f in directory.iterdir() if f.is_file()) > max_bytes:
+    def size(f: Path) -> int:
+        try:
+            return f.stat().st_size
+        except FileNotFoundError:  # removed by another process meanwhile
+            return 0
+
+    if directory.is_dir() and sum(size(f) for f in directory.iterdir()) > max_bytes:
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -100,7 +106,7 @@ def pytest_configure(config):
     from resnet_jax import devices
 
     cache = devices.compilation_cache_dir()
-    if cache is not None:
+    if cache == TEST_CACHE / "compiled":  # never a folder the user named
         _clear_when_larger(cache, COMPILE_CACHE_MAX_BYTES)
     devices.enable_compilation_cache(cache)
 

@@ -78,7 +78,7 @@ def test_record_keeps_each_finished_benchmark_with_its_command_and_drops_a_faile
     assert record.record(out, {"b": [str(fails)]}, command="second") == 3
     kept = json.loads((out / "provenance.json").read_text())
     assert not (out / "b.json").exists() and sorted(kept["benchmarks"]) == ["a"]
-    assert kept["benchmarks"]["a"]["command"] == f"python {script} 1.5" and kept["machine"]["cores"] >= 1
+    assert kept["benchmarks"]["a"]["command"] == f"python {script} 1.5" and kept["benchmarks"]["a"]["machine"]["cores"] >= 1
     assert kept["benchmarks"]["a"]["code"]["version"]
 
 
@@ -86,7 +86,7 @@ def _provenance(folder, *names):
     entry = {"command": "python benchmarks/x.py", "seconds": 12.3, "finished": "2026-12-05T05:00:00+00:00",
              "code": {"version": "0.1.0", "commit": "0123456789abcdef", "dirty": False}}
     machine = {"cpu": "Test CPU", "cores": 2, "backend": "cpu", "device_count": 1, "device_kind": "cpu"}
-    (folder / "provenance.json").write_text(json.dumps({"benchmarks": {n: entry for n in names}, "machine": machine}))
+    (folder / "provenance.json").write_text(json.dumps({"benchmarks": {n: {**entry, "machine": machine} for n in names}}))
 
 
 def test_benchmark_blocks_render_the_stored_numbers_and_their_provenance(tmp_path):
@@ -100,6 +100,7 @@ def test_benchmark_blocks_render_the_stored_numbers_and_their_provenance(tmp_pat
         "n_examples": 1000, "n_masks": 40, "batch_size": 128, "macs_per_image": 75e6, "matmul_peak_gflops": 300.0,
         "seconds": {"naive JAX loop": 40.0, "resnet-jax engine": 10.0}, "ratio_engine_vs_jax_loop": 0.25,
         "ratio_engine_vs_torch_loop": None, "ratio_engine_2nd_call_vs_jax_loop": 0.2, "accuracies_identical": True,
+        "accuracies_identical_jax": True, "accuracies_identical_torch": True,
         "engine_scratch_mb": 146.0, "peak_rss_mb": 2700.0, "ideal_mac_ratio": 0.471}))
     text = ("<!-- results: benchmarks/throughput -->\n<!-- /results -->\n"
             "<!-- results: benchmarks/sweep -->\n<!-- /results -->\n")
@@ -109,6 +110,8 @@ def test_benchmark_blocks_render_the_stored_numbers_and_their_provenance(tmp_pat
     assert "| (a) naive JAX loop (one jitted masked forward per mask) | 40.0 | 1.000 | 150.0 | 50 % |" in out
     assert "| (b) resnet-jax engine (gates, shared prefixes; compilation included) | 10.0 | 4.000 | 600.0 | 200 % |" in out
     assert "b/a (engine / naive JAX loop) = 0.250;" in out and "b/c" not in out
+    assert "Accuracies of (a) and both (b) rows identical (other" in out  # no PyTorch loop ran
+    assert "JAX on ?." in out
     assert out.count("Measured 2026-12-05 on Test CPU (2 cores") == 2 and "commit 0123456789:" in out
     _provenance(folder, "throughput")  # the sweep's JSON without its provenance entry is refused
     with pytest.raises(readme_results.ResultsError, match="does not record ablation_sweep"):

@@ -28,7 +28,7 @@ def _load(folder: Path, name: str) -> tuple[dict, dict]:
     entry = json.loads(record.read_text()).get("benchmarks", {}).get(name) if record.is_file() else None
     if entry is None:
         raise FileNotFoundError(f"{record} does not record {name}: its {path.name} has no provenance")
-    return json.loads(path.read_text()), {**entry, "machine": json.loads(record.read_text())["machine"]}
+    return json.loads(path.read_text()), entry
 
 
 def measured(entry: dict) -> str:
@@ -86,8 +86,10 @@ def throughput(folder: Path, task: str | None = None) -> str:
         ref = next((x for x in data["rows"] if x["framework"] == "torchvision fp32" and x["batch"] == r["batch"]), None)
         rows.append([name(r["framework"]), str(r["batch"]), f"{r['train_img_s']:.1f}", f"{r['eval_img_s']:.1f}",
                      f"{r['train_img_s'] / ref['train_img_s']:.2f}x" if ref else "-"])
+    devices = f"JAX on {data.get('jax_device_kind', '?')}" + (f", PyTorch on {data['torch_device']}"
+                                                              if data.get("torch_device") else "")
     return (_grid(["framework", "batch", "train images/s", "eval images/s", "train vs torchvision fp32"], rows, 1)
-            + "\n" + measured(entry) + "\n")
+            + f"\n{devices}. " + measured(entry) + "\n")
 
 
 def sweep(folder: Path, task: str | None = None) -> str:
@@ -98,14 +100,17 @@ def sweep(folder: Path, task: str | None = None) -> str:
     rows = [[SWEEP_METHODS.get(method, method), f"{t:.1f}", f"{k / t:.3f}", f"{flops / t / 1e9:.1f}", f"{100 * flops / t / 1e9 / peak:.0f} %"]
             for method, t in data["seconds"].items()]
     torch_ratio = data.get("ratio_engine_vs_torch_loop")
-    same = "identical in every row" if data["accuracies_identical"] else "NOT identical across the rows"
+    same = lambda flag: "identical" if flag else "NOT identical"  # noqa: E731
+    checked = (f"Accuracies of (a) and both (b) rows {same(data['accuracies_identical_jax'])}"
+               + (f"; of (c) to (b)'s {same(data['accuracies_identical_torch'])}" if "PyTorch loop" in data["seconds"]
+                  else "") + " (other PyTorch rows are timed, not compared)")
     return (f"N = {n:,} test images, K = {k} masks, batch {data['batch_size']}; model GFLOP/s counts every masked "
             f"model as a full forward of {data['macs_per_image'] / 1e6:.1f} M multiply-adds per image:\n\n"
             + _grid(["method", "seconds", "masks/s", "model GFLOP/s", f"% of matmul peak ({peak:.0f} GFLOP/s)"], rows, 1)
             + f"\nb/a (engine / naive JAX loop) = {data['ratio_engine_vs_jax_loop']:.3f}"
             + (f", b/c (engine / PyTorch loop) = {torch_ratio:.3f}" if torch_ratio is not None else "")
             + f"; the engine's second call / naive JAX loop = {data['ratio_engine_2nd_call_vs_jax_loop']:.3f}. "
-              f"Accuracies {same}. The engine's largest chunk needed {data['engine_scratch_mb']:.0f} MB of scratch "
+              f"{checked}. The engine's largest chunk needed {data['engine_scratch_mb']:.0f} MB of scratch "
               f"memory (XLA's plan); peak RSS of the process {data['peak_rss_mb']:,.0f} MB; the conv MACs the "
               f"shared prefixes leave are {data['ideal_mac_ratio']:.3f} of the loops'.\n\n" + measured(entry) + "\n")
 
