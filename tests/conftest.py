@@ -106,7 +106,8 @@ def pytest_configure(config):
     from resnet_jax import devices
 
     cache = devices.compilation_cache_dir()
-    if cache == TEST_CACHE / "compiled":  # never a folder the user named
+    # only the suite's own folder, and only in the controlling process (pytest-xdist's workers share it)
+    if cache == TEST_CACHE / "compiled" and not hasattr(config, "workerinput"):
         _clear_when_larger(cache, COMPILE_CACHE_MAX_BYTES)
     devices.enable_compilation_cache(cache)
 
