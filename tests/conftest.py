@@ -112,6 +112,17 @@ def pytest_configure(config):
     devices.enable_compilation_cache(cache)
 
 
+LONGEST_FIRST = ("studies/test_reproduce.py", "test_distributed.py", "test_integrity.py", "test_devices.py")
+"""The test files that take longest, run first: pytest-xdist gives each worker whole files in collection order
+(``--dist loadfile --no-loadscope-reorder``), so these run beside each other and the short files fill in."""
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    here = Path(__file__).parent
+    items.sort(key=lambda item: rank.get(item.path.relative_to(here).as_posix(), len(rank)))  # stable per file
+
+
 def count_shifted_crops(originals: np.ndarray, augmented: np.ndarray, *, pad: int) -> int:
     """Assert each augmented image is a window of its zero-padded original, maybe mirrored; return how many
     were mirrored only (an independent check of random crop + flip)."""
