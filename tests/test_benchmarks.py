@@ -95,7 +95,8 @@ def test_benchmark_blocks_render_the_stored_numbers_and_their_provenance(tmp_pat
     _provenance(folder, "throughput", "ablation_sweep")
     (folder / "throughput.json").write_text(json.dumps({"rows": [
         {"framework": "jax conv_impl=auto", "batch": 128, "train_img_s": 300.0, "eval_img_s": 1600.0},
-        {"framework": "torchvision fp32", "batch": 128, "train_img_s": 400.0, "eval_img_s": 1500.0}]}))
+        {"framework": "torchvision fp32", "batch": 128, "train_img_s": 400.0, "eval_img_s": 1500.0}],
+        "jax_device_kind": "cpu", "torch_device": "cpu (x86_64, 2 threads)"}))
     (folder / "ablation_sweep.json").write_text(json.dumps({
         "n_examples": 1000, "n_masks": 40, "batch_size": 128, "macs_per_image": 75e6, "matmul_peak_gflops": 300.0,
         "seconds": {"naive JAX loop": 40.0, "resnet-jax engine": 10.0}, "ratio_engine_vs_jax_loop": 0.25,
@@ -111,8 +112,9 @@ def test_benchmark_blocks_render_the_stored_numbers_and_their_provenance(tmp_pat
     assert "| (b) resnet-jax engine (gates, shared prefixes; compilation included) | 10.0 | 4.000 | 600.0 | 200 % |" in out
     assert "b/a (engine / naive JAX loop) = 0.250;" in out and "b/c" not in out
     assert "Accuracies of (a) and both (b) rows identical (other" in out  # no PyTorch loop ran
-    assert "JAX on ?." in out
-    assert out.count("Measured 2026-12-05 on Test CPU (2 cores") == 2 and "commit 0123456789:" in out
+    assert "JAX on cpu, PyTorch on cpu (x86_64, 2 threads). Measured" in out
+    assert out.count("Measured 2026-12-05 on Test CPU, 2 cores, backend cpu (1 cpu device(s)) by resnet-jax 0.1.0 "
+                     "at commit 0123456789: `python benchmarks/x.py`, 12 s.") == 2
     _provenance(folder, "throughput")  # the sweep's JSON without its provenance entry is refused
     with pytest.raises(readme_results.ResultsError, match="does not record ablation_sweep"):
         readme_results.render(text, tmp_path)

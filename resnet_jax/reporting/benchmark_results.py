@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from resnet_jax.reporting import results
+
 FORM_NAMES = {"xla": "XLA", "patches": "im2col", "dense": "dense"}
 SWEEP_METHODS = {
     "naive JAX loop": "(a) naive JAX loop (one jitted masked forward per mask)",
@@ -33,16 +35,8 @@ def _load(folder: Path, name: str) -> tuple[dict, dict]:
 
 def measured(entry: dict) -> str:
     """Where, when and by what code a benchmark ran, and its command."""
-    m, code = entry["machine"], entry["code"]
-    commit = (code.get("commit") or "unknown")[:10] + (" with uncommitted changes" if code.get("dirty") else "")
-    return (f"Measured {entry['finished'][:10]} on {m['cpu']} ({m['cores']} cores, backend {m['backend']}, "
-            f"{m['device_count']} {m['device_kind']} device(s)) by resnet-jax {code['version']} at commit {commit}: "
-            f"`{entry['command']}`, {entry['seconds']:.0f} s.")
-
-
-def _grid(header: list[str], rows: list[list[str]], right_from: int) -> str:
-    align = ["---" if i < right_from else "---:" for i in range(len(header))]
-    return "\n".join("| " + " | ".join(r) + " |" for r in [header, align, *rows]) + "\n"
+    return (f"Measured {entry['finished'][:10]} on {results.machine_text(entry['machine'])} by "
+            f"{results.code_text(entry['code'])}: `{entry['command']}`, {entry['seconds']:.0f} s.")
 
 
 def conv_kernels(folder: Path, task: str | None = None) -> str:
@@ -51,7 +45,7 @@ def conv_kernels(folder: Path, task: str | None = None) -> str:
     data, entry = _load(folder, "conv_kernels")
     groups: dict[tuple, list[dict]] = {}
     for row in data["layers"]:
-        key = (tuple(row["in"]), tuple(row["out"]), row.get("kernel"), row.get("stride"), tuple(row.get("channels", ())))
+        key = (tuple(row["in"]), tuple(row["out"]), row["kernel"], row["stride"], tuple(row["channels"]))
         groups.setdefault(key, []).append(row)
     ms = lambda t: "-" if t != t else f"{t:.2f}"  # noqa: E731  (NaN: the dense operator was too large to time)
     rows = []
@@ -65,7 +59,7 @@ def conv_kernels(folder: Path, task: str | None = None) -> str:
               "`auto` runs", "fastest"]
     totals, layers = data["totals_ms"], data["layers"]
     picked = sum(r["auto"] == r["best"] for r in layers)
-    return (f"Batch {data['batch_size']}, forward only, each distinct conv timed once:\n\n" + _grid(header, rows, 4)
+    return (f"Batch {data['batch_size']}, forward only, each distinct conv timed once:\n\n" + results.grid(header, rows, 4)
             + f"\nSum over the {len(layers)} convs (ms): XLA everywhere {totals['xla']:,.1f}, im2col everywhere "
               f"{totals['patches']:,.1f}, `auto` {totals['auto']:,.1f} (`auto` / XLA = "
               f"{totals['auto'] / totals['xla']:.3f}); `auto` runs the fastest form for {picked} of {len(layers)} "
@@ -86,9 +80,9 @@ def throughput(folder: Path, task: str | None = None) -> str:
         ref = next((x for x in data["rows"] if x["framework"] == "torchvision fp32" and x["batch"] == r["batch"]), None)
         rows.append([name(r["framework"]), str(r["batch"]), f"{r['train_img_s']:.1f}", f"{r['eval_img_s']:.1f}",
                      f"{r['train_img_s'] / ref['train_img_s']:.2f}x" if ref else "-"])
-    devices = f"JAX on {data.get('jax_device_kind', '?')}" + (f", PyTorch on {data['torch_device']}"
-                                                              if data.get("torch_device") else "")
-    return (_grid(["framework", "batch", "train images/s", "eval images/s", "train vs torchvision fp32"], rows, 1)
+    devices = f"JAX on {data['jax_device_kind']}" + (f", PyTorch on {data['torch_device']}" if data["torch_device"]
+                                                    else "")
+    return (results.grid(["framework", "batch", "train images/s", "eval images/s", "train vs torchvision fp32"], rows, 1)
             + f"\n{devices}. " + measured(entry) + "\n")
 
 
@@ -106,7 +100,7 @@ def sweep(folder: Path, task: str | None = None) -> str:
                   else "") + " (other PyTorch rows are timed, not compared)")
     return (f"N = {n:,} test images, K = {k} masks, batch {data['batch_size']}; model GFLOP/s counts every masked "
             f"model as a full forward of {data['macs_per_image'] / 1e6:.1f} M multiply-adds per image:\n\n"
-            + _grid(["method", "seconds", "masks/s", "model GFLOP/s", f"% of matmul peak ({peak:.0f} GFLOP/s)"], rows, 1)
+            + results.grid(["method", "seconds", "masks/s", "model GFLOP/s", f"% of matmul peak ({peak:.0f} GFLOP/s)"], rows, 1)
             + f"\nb/a (engine / naive JAX loop) = {data['ratio_engine_vs_jax_loop']:.3f}"
             + (f", b/c (engine / PyTorch loop) = {torch_ratio:.3f}" if torch_ratio is not None else "")
             + f"; the engine's second call / naive JAX loop = {data['ratio_engine_2nd_call_vs_jax_loop']:.3f}. "
@@ -123,7 +117,7 @@ def decision_rule(folder: Path, task: str | None = None) -> str:
     rows = [[r["metric"], str(r["m"]), r["true_drop"], f"{r['families']:,}",
              f"{r['fwer']:.3f}" + (f" +- {r['fwer_se']:.3f}" if r["fwer_se"] == r["fwer_se"] else ""),
              *(f"{r[f'share_{d}']:.3f}" for d in decisions)] for r in data["rows"]]
-    return (_grid(["metric", "masks per family", "true drop", "families", "family-wise error",
+    return (results.grid(["metric", "masks per family", "true drop", "families", "family-wise error",
                    *(f"share {d}" for d in decisions)], rows, 3)
             + f"\nLargest family-wise error where the true drop equals the margin ({data['margin']}): "
               f"{data['fwer']:.3f} (alpha {data['alpha']}); smallest power (share non-trivial) at 5x the margin: "

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from resnet_jax.ablation import statistics
-from resnet_jax.reporting import benchmark_results, published
+from resnet_jax.reporting import benchmark_results, published, results
 
 BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.-]+)/(?P<table>[\w-]+)(?::(?P<task>\w+))? -->\n)(?P<body>.*?)"
                    r"(?P<body_end><!-- /results -->)", re.S)
@@ -57,12 +57,6 @@ def _table(run: Path, protocol: str, reading: str = "") -> list[dict] | None:
     return _json(path)["rows"] if path.is_file() else None
 
 
-def _grid(header: Sequence[str], rows: Sequence[Sequence[str]], right_from: int = 1) -> str:
-    align = ["---" if i < right_from else "---:" for i in range(len(header))]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
-    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows]) + "\n"
-
-
 READINGS = (("ours, running statistics", ""), ("ours, batch statistics", ".bn-batch"))
 """The two BatchNorm readings of an ablated network, and the suffix of their tables."""
 TASKS = ("classification", "segmentation", "skip")
@@ -91,7 +85,7 @@ def paper_table(folder: Path, task: str | None = None) -> str:
             rows = published.beside_ours(task, tables)
             columns.append(label)
             body = rows if body is None else [b + [r[3]] for b, r in zip(body, rows)]
-        out.append(f"{published.PUBLISHED[task]['what']}:\n\n" + _grid(columns, body, right_from=2))
+        out.append(f"{published.PUBLISHED[task]['what']}:\n\n" + results.grid(columns, body, right_from=2))
     return "\n".join(out)
 
 
@@ -138,7 +132,7 @@ def decisions_table(folder: Path, task: str | None = None) -> str:
             counts = [sum(r.get("decision") == d for r in table) for d in DECISIONS]
             rows.append([run.name, protocol, len(table), *counts, table[0].get("margin", "-"),
                          table[0].get("alpha", "-")])
-    return _grid(["run", "protocol", "masks", *DECISIONS, "margin", "alpha"], rows, right_from=2)
+    return results.grid(["run", "protocol", "masks", *DECISIONS, "margin", "alpha"], rows, right_from=2)
 
 
 def layers(folder: Path, task: str | None = None) -> str:
@@ -205,7 +199,7 @@ def training_table(folder: Path, task: str | None = None) -> str:
         rows.append([run.name, metrics[-1]["epoch"], chosen.get("epoch", "-"),
                      f"{val:.4f}" if val is not None else "-", score[5:], f"**{evaluation[score]:.4f}**",
                      evaluation["n_examples"], f"{metrics[-1]['elapsed_s'] / 60:.1f}"])
-    return _grid(["run", "epochs", "chosen epoch", "validation", "metric", "test", "test examples",
+    return results.grid(["run", "epochs", "chosen epoch", "validation", "metric", "test", "test examples",
                   "training minutes"], rows)
 
 
@@ -227,12 +221,10 @@ def budget_line(folder: Path, task: str | None = None) -> str:
     stages = ", ".join(f"{name} {s['seconds'] / 60:.1f} min" for name, s in shown.items())
     trained = [s for run, s in p.get("training_seconds", {}).items()  # a study's models live inside its run folder
                if task is None or _task(folder / Path(run).parts[0]) == task]
-    commit = (code.get("commit") or "unknown")[:10] + (" (with local changes)" if code.get("dirty") else "")
     ran = list(dict.fromkeys(s["command"] for s in shown.values() if s.get("command")))
-    return (f"Compute: {m['cpu']}, {m['cores']} cores, backend {m['backend']} ({m['device_count']} "
-            f"{m['device_kind']} device(s)); training {sum(trained) / 3600:.2f} h in all; stages (last call each): "
-            f"{stages or 'none recorded'}. Exported {p['date'][:10]} by resnet-jax {code['version']} at commit "
-            f"{commit}: `{p['command']}`" + (f"; the stages ran as {', '.join(f'`{c}`' for c in ran)}" if ran else "")
+    return (f"Compute: {results.machine_text(m)}; training {sum(trained) / 3600:.2f} h in all; stages (last call "
+            f"each): {stages or 'none recorded'}. Exported {p['date'][:10]} by {results.code_text(code)}: "
+            f"`{p['command']}`" + (f"; the stages ran as {', '.join(f'`{c}`' for c in ran)}" if ran else "")
             + ".\n")
 
 
@@ -275,7 +267,7 @@ def skip_study(folder: Path, task: str | None = None) -> str:
         ["dense labelling's router (validation labels)", "-",
          *[f"{_ci(r['dense_router'])} (majority {r['dense_router']['majority_rate']:.4f})" for _, r in found]],
     ]
-    return _grid(["", "the study", *[f"ours, `{run.name}` [95 % CI]" for run, _ in found]], rows, right_from=1)
+    return results.grid(["", "the study", *[f"ours, `{run.name}` [95 % CI]" for run, _ in found]], rows, right_from=1)
 
 
 def skip_points(folder: Path, task: str | None = None) -> str:
@@ -287,7 +279,7 @@ def skip_points(folder: Path, task: str | None = None) -> str:
                  f"{b['wall_ratio_vs_cnn1']:.3f}" if "wall_ratio_vs_cnn1" in b else "-"] for b in r["curves"]["best"]]
         out.append(f"`{run.name}` (test split, {r['split_sizes']['test']} images; operating point: the cheapest within "
                    f"{r['curves']['tolerance']} of CNN-1's validation accuracy):\n\n"
-                   + _grid(["method", "operating point", "test accuracy [95 % CI]", "mean conv layers", "MAC ratio",
+                   + results.grid(["method", "operating point", "test accuracy [95 % CI]", "mean conv layers", "MAC ratio",
                             "wall ratio"], rows, right_from=3)
                    + "\n" + "\n".join(f"- {line}" for line in r["verdict"]) + "\n")
     return "\n".join(out)
@@ -311,7 +303,7 @@ def elimination(folder: Path, task: str | None = None) -> str:
         out.append(f"`{slim.name}`: greedy search over whole units on the {split} split (baseline "
                    f"{s['baseline'][split]:.4f}), stopping before a drop above {s['max_drop']}; removed "
                    f"{len(s['units'])}: {', '.join(f'`{u}`' for u in s['units']) or 'none'}.\n\n"
-                   + (_grid(["step", "removed next", "units removed", f"{split} {metric}", "drop", "params",
+                   + (results.grid(["step", "removed next", "units removed", f"{split} {metric}", "drop", "params",
                              "conv MACs"], path, right_from=2) if path else "")
                    + _before_finetuning(s) + _comparison(slim))
     if not out:
@@ -354,7 +346,7 @@ def _comparison(slim: Path) -> str:
     paired = [f"- slim minus {name}: {statistics.comparison_text(d)}" for name, d in c.get("paired_vs_slim", {}).items()]
     return (f"\nOn test ({c['metric']}; speeds on {c['device']}, batch {c['batch']}, median of {c['repeats']} "
             f"repeats; random sets: mean [min, max]):\n\n"
-            + _grid(["model", f"test {c['metric']}", "params", "conv MACs", "eval img/s", "train img/s",
+            + results.grid(["model", f"test {c['metric']}", "params", "conv MACs", "eval img/s", "train img/s",
                      "vs full: params / MACs / eval / train"], rows)
             + ("\n" + "\n".join(paired) + "\n" if paired else ""))
 
@@ -381,7 +373,7 @@ def pairs(folder: Path, task: str | None = None) -> str:
         units = [r for r in rows if r["a"].endswith(".conv1") and r["b"] == r["a"][:-1] + "2"]
         exact = sum(r["value"] == value[r["b"]] for r in units)
         meta = _json(run / "ablation" / "pairs.json")
-        grid = lambda chosen: _grid(  # noqa: E731
+        grid = lambda chosen: results.grid(  # noqa: E731
             ["pair", "drop together", "drop A", "drop B", "interaction", "decision"],
             [[f"`{r['a']} + {r['b']}`", f"{r['baseline'] - r['value']:+.4f}", f"{drop[r['a']]:+.4f}",
               f"{drop[r['b']]:+.4f}", f"{r['interaction']:+.4f}", r.get("decision", "-")] for r in chosen])

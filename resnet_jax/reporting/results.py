@@ -48,6 +48,24 @@ def machine() -> dict[str, Any]:
             "optax": optax.__version__}
 
 
+def grid(header: Sequence[str], rows: Sequence[Sequence], right_from: int = 1) -> str:
+    """A Markdown table whose columns from ``right_from`` on are right-aligned (numbers)."""
+    align = ["---" if i < right_from else "---:" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows]) + "\n"
+
+
+def machine_text(m: dict[str, Any]) -> str:
+    """A :func:`machine` record in words."""
+    return f"{m['cpu']}, {m['cores']} cores, backend {m['backend']} ({m['device_count']} {m['device_kind']} device(s))"
+
+
+def code_text(code: dict[str, Any]) -> str:
+    """A :func:`resnet_jax.ledger.code_version` record in words."""
+    commit = (code.get("commit") or "unknown")[:10] + (" (with local changes)" if code.get("dirty") else "")
+    return f"resnet-jax {code['version']} at commit {commit}"
+
+
 def _kept(path: Path, root: Path) -> bool:
     parts = path.relative_to(root).parts
     return (path.suffix in SUFFIXES and path.name not in LEFT_OUT_NAMES
