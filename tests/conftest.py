@@ -112,9 +112,13 @@ def pytest_configure(config):
     devices.enable_compilation_cache(cache)
 
 
-LONGEST_FIRST = ("studies/test_reproduce.py", "test_distributed.py", "test_integrity.py", "test_devices.py")
-"""The test files that take longest, run first: pytest-xdist gives each worker whole files in collection order
-(``--dist loadfile --no-loadscope-reorder``), so these run beside each other and the short files fill in."""
+LONGEST_FIRST = ("studies/test_reproduce.py", "test_distributed.py", "test_integrity.py", "training/test_train.py",
+                 "test_devices.py", "ablation/test_ablation.py", "ablation/test_elimination.py", "models/test_models.py",
+                 "interop/test_convert.py", "interop/test_verify.py", "ablation/test_statistics.py",
+                 "test_segmentation.py", "studies/test_skip.py")
+"""The test files by their measured time on 2 cores, longest first (the rest take seconds): pytest-xdist gives
+each worker whole files in collection order (``--dist loadfile --no-loadscope-reorder``), so the two longest run
+beside each other and shorter and shorter files fill in, and no long file starts when the other worker is done."""
 
 
 def pytest_collection_modifyitems(config, items):

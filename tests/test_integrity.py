@@ -80,8 +80,9 @@ def test_a_truncated_zip_is_named(tmp_path):
     (["evaluate", "--workdir", "w"], "holds no run (no config.json)"),
     (["reproduce", "--preset", "smoke", "--workdir", "w", "--data-root", "/no/such"], "--data-root /no/such is not"),
 ])
-def test_user_mistakes_are_one_line_and_exit_2(tmp_path, args, message):
-    result = run_cli(*args, cwd=tmp_path)
+def test_user_mistakes_are_one_line_and_exit_2(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)  # the workdir "w" as a user types it, relative to where they are
+    result = run_cli(*args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 

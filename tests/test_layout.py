@@ -5,6 +5,7 @@ function cannot hide a cycle.
 """
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,7 @@ def _imports(path: Path, known: set[str]) -> set[str]:
     return {m for m in out if m in known and m != _module_name(path)}
 
 
+@functools.cache  # parsed once per test process, not once per module tested
 def import_graph() -> dict[str, set[str]]:
     modules = _modules()
     return {name: _imports(path, set(modules)) for name, path in modules.items()}
