@@ -33,3 +33,14 @@ def test_the_readme_example_runs(tmp_path, monkeypatch, capsys):
     decisions = [line.split()[-1] for line in lines]
     assert set(decisions) <= {"non-trivial", "trivial", "improves", "undecided"}
     assert (tmp_path / "runs" / "api-example" / "checkpoints").is_dir()
+
+
+def test_the_readme_presets_table_names_every_preset_and_no_other():
+    from resnet_jax import configs
+
+    text = (REPO / "README.md").read_text()
+    start = text.index("| preset |", text.index("### Presets"))
+    table = text[start:text.index("\n\n", start)]
+    named = {name for row in table.splitlines()[2:] for name in re.findall(r"`([^`]+)`", row.split("|")[1])}
+    assert named == set(configs.PRESETS), (f"README lacks {sorted(set(configs.PRESETS) - named)}; "
+                                           f"names presets that do not exist: {sorted(named - set(configs.PRESETS))}")
