@@ -380,10 +380,10 @@ def _interop_and_study_parsers(sub) -> None:
     p.set_defaults(func=_report)
     p = sub.add_parser("reproduce", help="the main job: both studies end to end, resumable, one report")
     p.add_argument("--preset", choices=tuple(REPRODUCE_PRESETS), default="cpu",
-                   help="'cpu' (default: the CPU presets, a little over two hours on 2 cores), 'smoke' (tiny data, "
-                        "minutes, for checking the plumbing), 'paper-cpu' (classification at the study's accuracy on a CPU: "
-                        "about 90 minutes per seed to train on 2 cores), 'full' (the studies' scale, for an "
-                        "accelerator)")
+                   help="'cpu' (default: the CPU presets, hours on 2 cores), 'smoke' (tiny data, minutes, for "
+                        "checking the plumbing), 'paper-cpu' (classification aiming at the study's accuracy on a CPU), "
+                        "'full' (the studies' scale, for an accelerator); what each stage took here is in the README's "
+                        "compute lines")
     p.add_argument("--workdir", default="runs/reproduce", help="where every run and the report go "
                                                                "(default runs/reproduce)")
     p.add_argument("--data-root", help="folder with cifar10/, mnist/, acdc_lv_myo/ laid out as in shared/data "

@@ -43,7 +43,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "random_draws": 3, "timing_repeats": 3},  # each random set is fine-tuned too: 3 keep the stage CPU-sized
     "paper-cpu": {"cifar": "cifar10-resnet34-paper-cpu", "acdc": "acdc-pspnet34-cpu", "skip": "mnist-skip-cpu",
                   "ablate_examples": None, "verify_examples": 1000, "pairs_seeds": 1, "finetune_epochs": 2,
-                  "random_draws": 3, "timing_repeats": 3},  # classification at the study's accuracy, on a CPU
+                  "random_draws": 3, "timing_repeats": 3},  # classification aiming at the study's accuracy, on a CPU
     "full": {"cifar": "cifar10-resnet34", "acdc": "acdc-pspnet34", "skip": "mnist-skip",
              "ablate_examples": None, "verify_examples": None, "pairs_seeds": 1, "finetune_epochs": 10,
              "random_draws": 5, "timing_repeats": 3},
