@@ -124,6 +124,9 @@ beside each other and shorter and shorter files fill in, and no long file starts
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     here = Path(__file__).parent
+    gone = [name for name in LONGEST_FIRST if not (here / name).is_file()]
+    if gone:  # a renamed file would silently lose its place (and the suite its balance)
+        raise pytest.UsageError(f"tests/conftest.py LONGEST_FIRST names {gone}, which are not test files")
     items.sort(key=lambda item: rank.get(item.path.relative_to(here).as_posix(), len(rank)))  # stable per file
 
 
