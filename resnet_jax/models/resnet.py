@@ -345,22 +345,9 @@ class ResNet(nn.Module):
             nn.BatchNorm, use_running_average=not (train or batch_stats), momentum=0.9, epsilon=1e-5,
             dtype=self.dtype, use_fast_variance=False,
         )
-        prefix = _canonical(self.path)
-        stem_name = f"{prefix}.conv1" if prefix else "conv1"
-        stage_names = [f"{prefix}.layer{i + 1}" if prefix else f"layer{i + 1}" for i in range(len(self.stage_sizes))]
-        points = [stem_name] + [f"{s}.{b}" for s, n in zip(stage_names, self.stage_sizes) for b in range(n)]
-        unknown = sorted(set(branches or {}) - set(points))
-        if unknown:
-            raise ValueError(f"unknown branch points {unknown}; valid: {points}")
-        branches = {p: as_copies(v) for p, v in (branches or {}).items()}
-        eliminated = dict(self.eliminated)
-        wrong = sorted(set(eliminated) - set(points[1:]))
-        if wrong:
-            raise ValueError(f"unknown eliminated unit(s) {wrong}; valid: {points[1:]}")
+        stem_name, branches, eliminated = _checked_points(_canonical(self.path), self.stage_sizes, branches,
+                                                          self.eliminated)
         at_stem = branches.get(stem_name, Copies())
-        if at_stem.residual or at_stem.shortcut:
-            raise ValueError(f"the stem {stem_name!r} has no residual branch or shortcut; "
-                             f"copies join it as full copies, not {at_stem}")
         intermediates = {}
         clean = x.shape[0]
         x = tile_clean(x, at_stem.full, clean)
@@ -390,6 +377,29 @@ class ResNet(nn.Module):
         intermediates["pre_logits"] = x
         x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
         return x.astype(jnp.float32), intermediates
+
+
+def _checked_points(prefix: str, stage_sizes: Sequence[int], branches: Mapping[str, int | Copies] | None,
+                    eliminated: Sequence[tuple[str, str]]) -> tuple[str, dict[str, Copies], dict[str, str]]:
+    """The stem's name, ``branches`` as :class:`Copies` and ``eliminated`` as a dict, each checked against the
+    network's branch points (the stem, then every residual unit), so a misspelt name is an error naming the valid
+    ones rather than a mask that silently does nothing."""
+    stem_name = f"{prefix}.conv1" if prefix else "conv1"
+    stage_names = [f"{prefix}.layer{i + 1}" if prefix else f"layer{i + 1}" for i in range(len(stage_sizes))]
+    points = [stem_name] + [f"{s}.{b}" for s, n in zip(stage_names, stage_sizes) for b in range(n)]
+    unknown = sorted(set(branches or {}) - set(points))
+    if unknown:
+        raise ValueError(f"unknown branch points {unknown}; valid: {points}")
+    branches = {p: as_copies(v) for p, v in (branches or {}).items()}
+    eliminated = dict(eliminated)
+    wrong = sorted(set(eliminated) - set(points[1:]))
+    if wrong:
+        raise ValueError(f"unknown eliminated unit(s) {wrong}; valid: {points[1:]}")
+    at_stem = branches.get(stem_name, Copies())
+    if at_stem.residual or at_stem.shortcut:
+        raise ValueError(f"the stem {stem_name!r} has no residual branch or shortcut; "
+                         f"copies join it as full copies, not {at_stem}")
+    return stem_name, branches, eliminated
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)

@@ -335,6 +335,29 @@ def _paper_section(workdir: Path, runs: dict[str, str]) -> list[tuple]:
     return blocks
 
 
+def _study_b_section(run: Path, skip: dict | None) -> list[tuple]:
+    """Study B's operating points, its two routers and its figures (from ``skip_results.json``), when it ran."""
+    blocks: list[tuple] = [("h2", "Study B: per-image layer skipping"), ("p", PROTOCOL_TEXT["B"])]
+    if skip and "curves" in skip:
+        blocks.append(("p", "Every method at its operating point (chosen on validation: the cheapest within "
+                            f"{skip['curves']['tolerance']} of CNN-1's validation accuracy), scored on the test set."))
+        blocks.append(("table", ["method", "operating point", "accuracy", "95 % CI", "mean conv layers", "MAC ratio",
+                                 "wall ratio"],
+                       [[r["label"], r["setting"] or "-", f"{r['accuracy']:.4f}",
+                         f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]", f"{r['mean_conv_layers']:.3f}",
+                         f"{r['mac_ratio_vs_cnn1']:.3f}", f"{r.get('wall_ratio_vs_cnn1', float('nan')):.3f}"]
+                        for r in skip["curves"]["best"]]))
+        for name, router in (("the study's selection", skip["router"]), ("dense labelling", skip["dense_router"])):
+            blocks.append(("p", f"Router on {name}: held-out accuracy {router['accuracy']:.4f} "
+                                f"[{router['ci_low']:.4f}, {router['ci_high']:.4f}] (n={router['n']}; majority-label "
+                                f"rate {router['majority_rate']:.4f})."))
+        for name, rel in skip.get("figures", {}).items():
+            path = run / rel
+            if path.is_file():
+                blocks.append(("img", str(path), f"Study B: {name}"))
+    return blocks
+
+
 def write_study_report(workdir: str | Path) -> Path:
     """Assemble the report of a ``reproduce`` workdir; returns the HTML path."""
     workdir = Path(workdir)
@@ -352,24 +375,7 @@ def write_study_report(workdir: str | Path) -> Path:
     blocks += seg_blocks + _seeds_section(workdir / "acdc-pspnet34-seeds", "Segmentation")
     blocks += _readings_section(workdir / "acdc-pspnet34", "Segmentation")
     blocks += _elimination_section(workdir / "acdc-pspnet34-slim", "Segmentation")
-    blocks += [("h2", "Study B: per-image layer skipping"), ("p", PROTOCOL_TEXT["B"])]
-    if skip and "curves" in skip:
-        blocks.append(("p", "Every method at its operating point (chosen on validation: the cheapest within "
-                            f"{skip['curves']['tolerance']} of CNN-1's validation accuracy), scored on the test set."))
-        blocks.append(("table", ["method", "operating point", "accuracy", "95 % CI", "mean conv layers", "MAC ratio",
-                                 "wall ratio"],
-                       [[r["label"], r["setting"] or "-", f"{r['accuracy']:.4f}",
-                         f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]", f"{r['mean_conv_layers']:.3f}",
-                         f"{r['mac_ratio_vs_cnn1']:.3f}", f"{r.get('wall_ratio_vs_cnn1', float('nan')):.3f}"]
-                        for r in skip["curves"]["best"]]))
-        for name, router in (("the study's selection", skip["router"]), ("dense labelling", skip["dense_router"])):
-            blocks.append(("p", f"Router on {name}: held-out accuracy {router['accuracy']:.4f} "
-                                f"[{router['ci_low']:.4f}, {router['ci_high']:.4f}] (n={router['n']}; majority-label "
-                                f"rate {router['majority_rate']:.4f})."))
-        for name, rel in skip.get("figures", {}).items():
-            path = workdir / "mnist-skip" / rel
-            if path.is_file():
-                blocks.append(("img", str(path), f"Study B: {name}"))
+    blocks += _study_b_section(workdir / "mnist-skip", skip)
     verify_csv = workdir / "cifar10-resnet34" / "verify.csv"
     if verify_csv.is_file():
         blocks += [("h2", "Cross-check in PyTorch"), *_cross_check(verify_csv)]

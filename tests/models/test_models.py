@@ -187,3 +187,8 @@ def test_copies_that_cannot_join_from_the_clean_rows_are_refused():
         model.apply(variables, x, branches={"layer1.1": batching.Copies(shortcut=1)})
     with pytest.raises(ValueError, match="stem"):
         model.apply(variables, x, branches={"conv1": batching.Copies(residual=1)})
+    with pytest.raises(ValueError, match=r"unknown branch points \['layer5\.0'\]; valid: \['conv1', 'layer1\.0', "):
+        model.apply(variables, x, branches={"layer5.0": 1})
+    slim = models.create_model("resnet_tiny", num_classes=5, eliminated=(("conv1", "zero"),))
+    with pytest.raises(ValueError, match=r"unknown eliminated unit\(s\) \['conv1'\]; valid: \['layer1\.0', "):
+        slim.init(jax.random.key(0), x)  # the stem is no residual unit
