@@ -115,6 +115,12 @@ def test_benchmark_blocks_render_the_stored_numbers_and_their_provenance(tmp_pat
     assert "JAX on cpu, PyTorch on cpu (x86_64, 2 threads). Measured" in out
     assert out.count("Measured 2026-12-05 on Test CPU, 2 cores, backend cpu (1 cpu device(s)) by resnet-jax 0.1.0 "
                      "at commit 0123456789: `python benchmarks/x.py`, 12 s.") == 2
+    sweep = json.loads((folder / "ablation_sweep.json").read_text())  # a PyTorch loop that disagreed is said so
+    sweep["seconds"]["PyTorch loop"] = 20.0
+    (folder / "ablation_sweep.json").write_text(json.dumps({**sweep, "accuracies_identical_torch": False}))
+    out = readme_results.render(text, tmp_path)
+    assert "| (c) PyTorch loop (state_dict edits, inference mode, channels_last) | 20.0 | 2.000 |" in out
+    assert "Accuracies of (a) and both (b) rows identical; of (c) to (b)'s NOT identical (other" in out
     _provenance(folder, "throughput")  # the sweep's JSON without its provenance entry is refused
     with pytest.raises(readme_results.ResultsError, match="does not record ablation_sweep"):
         readme_results.render(text, tmp_path)
