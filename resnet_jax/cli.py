@@ -168,6 +168,10 @@ def _reproduce(args) -> int:
 
     only = [s.strip() for s in args.only.split(",")] if args.only else None
     workdir = _workdir(args.workdir)
+    if args.results:  # refused now, not after hours of work
+        from resnet_jax.reporting import results
+
+        results.check_destination(workdir, args.results)
     reproduce.reproduce(args.preset, workdir, data_root=args.data_root, only=only,
                         force_new=args.force_new, seeds=args.seeds)
     if args.results:
@@ -399,7 +403,8 @@ def _interop_and_study_parsers(sub) -> None:
     p = sub.add_parser("results", help="write a workdir's tables and a provenance record to a folder (what the "
                                        "README's results are rendered from)")
     p.add_argument("--workdir", required=True, help="a run, or a reproduce workdir")
-    p.add_argument("--out", required=True, help="the results folder (replaced), e.g. docs/results/NAME")
+    p.add_argument("--out", required=True, help="the results folder, e.g. docs/results/NAME: new, empty, or an "
+                                                "earlier export of the same run (replaced); anything else is refused")
     p.set_defaults(func=_results)
 
 

@@ -428,8 +428,10 @@ def render(text: str, results_root: Path) -> str:
         if not (folder / "provenance.json").is_file():
             raise ResultsError(f"README block {match['name']}/{table}: {folder} is not a results folder "
                                f"(no provenance.json); folders there: {sorted(p.name for p in results_root.glob('*/'))}")
+        warning = _json(folder / "provenance.json").get("warning")
         try:
-            return match.group(1) + TABLES[table](folder, task) + match["body_end"]
+            return (match.group(1) + (f"**Warning: {warning}.**\n\n" if warning else "")
+                    + TABLES[table](folder, task) + match["body_end"])
         except FileNotFoundError as err:
             raise ResultsError(f"README block {match['name']}/{table}: {err}") from None
     return BLOCK.sub(body, text)

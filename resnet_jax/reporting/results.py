@@ -98,36 +98,117 @@ def _stages(workdir: Path) -> dict[str, dict[str, Any]]:
             for name, entry in ledger.read(workdir)["stages"].items()}
 
 
+def _unfinished(workdir: Path) -> list[str]:
+    """Stages that some ledger under ``workdir`` records as started and not finished (an interrupted run)."""
+    out = []
+    for path in sorted(workdir.rglob(ledger.FILE)):
+        run = path.parent.relative_to(workdir)
+        out += [f"{run}/{name}" if run.parts else name for name, entry in ledger.read(path.parent)["stages"].items()
+                if not entry.get("finished")]
+    return out
+
+
 def provenance(workdir: Path, *, command: str, preset: str | None, seeds: int | None,
-               left_out: Sequence[str]) -> dict[str, Any]:
+               left_out: Sequence[str], copied: Sequence[str] = ()) -> dict[str, Any]:
+    unfinished = _unfinished(workdir)
     return {
         "command": command, "code": ledger.code_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(), "preset": preset, "seeds": seeds, "workdir": str(workdir),
         "datasets": _datasets(workdir), "stages": _stages(workdir), "training_seconds": _training_seconds(workdir),
-        "left_out": list(left_out),
+        "left_out": list(left_out), "files": list(copied),
+        **({"warning": f"exported from an interrupted run: {len(unfinished)} stage(s) started and not finished "
+                       f"({', '.join(unfinished)}); their tables may be partial or missing"} if unfinished else {}),
     }
+
+
+class ExportError(OSError):
+    """A results folder that cannot be written without harming what is there; nothing was touched."""
+
+
+def _check_destination(workdir: Path, out: Path) -> None:
+    """Refuse, before touching the disk, any ``out`` whose replacement could lose data: the workdir, a folder
+    inside it or above it, a file, or a folder holding anything but an earlier export of this same run."""
+    work, dest = workdir.resolve(), out.resolve()
+    if dest == work or dest.is_relative_to(work):
+        raise ExportError(f"--out {out} is {'the workdir' if dest == work else 'inside the workdir'} {workdir}; "
+                          f"choose a folder outside it, e.g. docs/results/{work.name}")
+    if work.is_relative_to(dest):
+        raise ExportError(f"--out {out} holds the workdir {workdir}; replacing it would delete the run: choose a new "
+                          f"folder outside it, e.g. docs/results/{work.name}")
+    if dest.exists() and not dest.is_dir():
+        raise ExportError(f"--out {out} is a file, not a folder; choose a new folder, e.g. docs/results/{work.name}")
+    if not dest.is_dir() or not any(dest.iterdir()):
+        return
+    try:
+        earlier = json.loads((dest / PROVENANCE).read_text())
+    except (OSError, ValueError):
+        earlier = None
+    if not isinstance(earlier, dict) or Path(str(earlier.get("workdir"))).resolve() != work:
+        what = "the results of another run" if isinstance(earlier, dict) else "files that are not results of this run"
+        raise ExportError(f"--out {out} already holds {what} ({_listing(dest)}); nothing was written: choose a new "
+                          f"folder, or remove that one yourself if it may go")
+    extra = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()
+                   and str(p.relative_to(dest)) not in {PROVENANCE, *earlier.get("files", ())})
+    if "files" in earlier and extra:
+        raise ExportError(f"--out {out} holds this run's earlier results and files the export did not write "
+                          f"({', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}); nothing was written: move "
+                          f"them elsewhere, or choose a new folder")
+
+
+def _listing(folder: Path) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def check_destination(workdir: str | Path, out: str | Path) -> None:
+    """:func:`export`'s checks alone, for a command that exports only after hours of work."""
+    _check_destination(Path(workdir), Path(out))
 
 
 def export(workdir: str | Path, out: str | Path, *, command: str, preset: str | None = None,
            seeds: int | None = None) -> Path:
-    """Copy ``workdir``'s tables into ``out`` (replacing what an earlier export put there) and write its
-    provenance record; return the record's path."""
+    """Copy ``workdir``'s tables into ``out`` and write its provenance record; return the record's path.
+
+    The folder is written aside and renamed into place, so an interrupted export leaves the earlier one whole.
+    ``out`` may be new, empty, or an earlier export of the same run (which it replaces); anything else is
+    refused before the disk is touched (:class:`ExportError`)."""
     workdir, out = Path(workdir), Path(out)
     if not (workdir / ledger.FILE).is_file() and not (workdir / "config.json").is_file():
         raise FileNotFoundError(f"{workdir} holds no run (no {ledger.FILE} or config.json): nothing to export")
-    if out.resolve().is_relative_to(workdir.resolve()):
-        raise ValueError(f"the results folder {out} lies inside the workdir {workdir}; choose a folder outside it")
-    if out.exists():
-        shutil.rmtree(out)
-    left_out = []
+    _check_destination(workdir, out)
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fresh, old = (out.with_name(f".{out.name}.{tag}-{os.getpid()}") for tag in ("new", "old"))
+    moved = False
+    try:
+        left_out, copied = _copy_tables(workdir, fresh)
+        record = provenance(workdir, command=command, preset=preset, seeds=seeds, left_out=left_out, copied=copied)
+        files.write_json(fresh / PROVENANCE, record)
+        if out.exists():
+            out.rename(old)
+            moved = True
+        fresh.rename(out)
+    except BaseException:
+        if moved and not out.exists():
+            old.rename(out)  # the earlier export back in place
+        raise
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    return out / PROVENANCE
+
+
+def _copy_tables(workdir: Path, dest: Path) -> tuple[list[str], list[str]]:
+    """Copy the kept tables into ``dest``; return what was left out (too large) and what was copied."""
+    left_out, copied = [], []
+    dest.mkdir(parents=True)
     for path in sorted(p for p in workdir.rglob("*") if p.is_file() and _kept(p, workdir)):
         rel = path.relative_to(workdir)
         if path.stat().st_size > MAX_BYTES:
             left_out.append(f"{rel} ({path.stat().st_size} bytes)")
             continue
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, out / rel)
-    record = provenance(workdir, command=command, preset=preset, seeds=seeds, left_out=left_out)
-    files.write_json(out / PROVENANCE, record)
-    return out / PROVENANCE
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dest / rel)
+        copied.append(str(rel))
+    return left_out, copied

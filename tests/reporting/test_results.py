@@ -12,6 +12,7 @@ import pytest
 
 from resnet_jax import ledger
 from resnet_jax.reporting import readme_results, results
+from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,8 +66,9 @@ def workdir(tmp_path):
 
 def test_export_keeps_exactly_the_tables_and_records_what_produced_them(workdir, tmp_path):
     out = tmp_path / "docs" / "results" / "planted"
-    (out / "stale.csv").parent.mkdir(parents=True)
-    (out / "stale.csv").write_text("from an earlier export\n")
+    earlier = json.loads(results.export(workdir, out, command="earlier").read_text())
+    (out / "stale.csv").write_text("from an earlier export\n")  # a table that run had and this one has not
+    (out / "provenance.json").write_text(json.dumps({**earlier, "files": [*earlier["files"], "stale.csv"]}))
     record = json.loads(results.export(workdir, out, command="resnet-jax reproduce --x", preset="cpu", seeds=2)
                         .read_text())
     copied = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
@@ -92,8 +94,80 @@ def test_export_keeps_exactly_the_tables_and_records_what_produced_them(workdir,
 def test_export_refuses_an_empty_workdir_and_a_folder_inside_it(workdir, tmp_path):
     with pytest.raises(FileNotFoundError, match="holds no run"):
         results.export(tmp_path / "nothing", tmp_path / "out", command="c")
-    with pytest.raises(ValueError, match="inside the workdir"):
+    with pytest.raises(results.ExportError, match="inside the workdir"):
         results.export(workdir, workdir / "results", command="c")
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_results_never_deletes_what_it_did_not_write(workdir, tmp_path, monkeypatch):
+    """A user's folder, the folder holding the run, the workdir itself and a folder inside it: each refused with
+    one line and exit 2, every byte on disk as it was."""
+    thesis = tmp_path / "X"
+    (thesis / "sub").mkdir(parents=True)
+    (thesis / "thesis.txt").write_text("x\n")
+    (thesis / "sub" / "draft.md").write_text("my notes\n")
+    before = _snapshot(tmp_path)
+    monkeypatch.chdir(tmp_path)  # relative spellings, as a user types them
+    for out, says in (("X", "not results of this run"), (".", "holds the workdir"),
+                      ("work", "is the workdir"), ("work/cifar10-resnet34/tables", "inside the workdir"),
+                      ("work/stages.json", "inside the workdir"), ("X/thesis.txt", "is a file")):
+        done = run_cli("results", "--workdir", "work", "--out", out)
+        assert done.returncode == 2, (out, done.stderr)
+        assert done.stderr.count("\n") == 1 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert _snapshot(tmp_path) == before, out
+
+
+def test_results_replaces_only_an_earlier_export_of_the_same_run(workdir, tmp_path):
+    out = tmp_path / "docs" / "results" / "run"
+    results.export(workdir, out, command="first")
+    (workdir / "cifar10-resnet34" / "ablation" / "shortcut.csv").write_text("mask,value\nnew,1\n")
+    results.export(workdir, out, command="second")  # the same run: replaced, with the new table
+    assert (out / "cifar10-resnet34" / "ablation" / "shortcut.csv").read_text() == "mask,value\nnew,1\n"
+    assert json.loads((out / "provenance.json").read_text())["command"] == "second"
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # nothing left aside
+    other = tmp_path / "other"
+    _planted_run(other / "cifar10-resnet34", seed=3, stage3=0.1)
+    ledger.run(other, ledger.Stage("cifar-train", lambda: {}, ("cifar10-resnet34",)), log=lambda _: None)
+    before = _snapshot(out)
+    with pytest.raises(results.ExportError, match="results of another run"):
+        results.export(other, out, command="c")
+    assert _snapshot(out) == before
+    (out / "notes.txt").write_text("mine\n")  # a file the export did not write, beside this run's results
+    with pytest.raises(results.ExportError, match="notes.txt"):
+        results.export(workdir, out, command="c")
+    assert (out / "notes.txt").read_text() == "mine\n"
+
+
+def test_an_interrupted_export_leaves_the_earlier_one_whole(workdir, tmp_path, monkeypatch):
+    out = tmp_path / "results" / "run"
+    results.export(workdir, out, command="first")
+    before = _snapshot(out)
+    copy, calls = results.shutil.copyfile, []
+
+    def failing(src, dst):
+        calls.append(src)
+        if len(calls) == 5:
+            raise OSError(28, "No space left on device")
+        return copy(src, dst)
+    monkeypatch.setattr(results.shutil, "copyfile", failing)
+    with pytest.raises(OSError, match="No space left"):
+        results.export(workdir, out, command="second")
+    assert _snapshot(out) == before and sorted(p.name for p in out.parent.iterdir()) == ["run"]
+
+
+def test_an_interrupted_run_is_exported_with_a_warning_in_provenance_and_every_block(workdir, tmp_path):
+    root, block = tmp_path / "results", "<!-- results: planted/decisions -->\n<!-- /results -->\n"
+    assert "warning" not in json.loads(results.export(workdir, root / "planted", command="c").read_text())
+    assert "Warning" not in readme_results.render(block, root)
+    ledger.declare(workdir / "cifar10-resnet34", "ablate", ["ablation"])  # started in a run's ledger, never finished
+    record = json.loads(results.export(workdir, root / "planted", command="c").read_text())
+    assert "interrupted" in record["warning"] and "cifar10-resnet34/ablate" in record["warning"]
+    text = readme_results.render(block, root)
+    assert text.count("**Warning: exported from an interrupted run") == 1 and "cifar10-resnet34/ablate" in text
 
 
 def test_large_tables_are_left_out_and_listed(workdir, tmp_path, monkeypatch):
