@@ -8,6 +8,7 @@ segmentation run adds a qualitative figure of the most harmful and most harmless
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,8 +33,9 @@ class Request:
     settings, and the decision rule its tables state (``margin``, ``alpha``).
 
     Kinds: the protocols use ``kind`` (default zero-kernel); a spec file's masks keep each spec's own kind unless
-    ``kind`` is given, which then overrides every spec. A spec file's table is named after the file
-    (``spec-<file stem>``), so two files never replace each other; ``protocols`` (default: the study's four
+    ``kind`` is given, which then overrides every spec. A spec file's table is named after the file, its content
+    and the kind computed (``spec-<file stem>-<content digest>[.<kind>]``, :func:`spec_table_name`), so two files,
+    or one file under two kinds, never replace each other; ``protocols`` (default: the study's four
     without a spec file, none with one) run beside it. ``batchnorm='batch'`` evaluates with batch statistics
     (the study's ``BN(0) = beta`` reading; tables carry the suffix ``.bn-batch``); with ``whole_batches`` its
     batch size is the largest one up to ``batch_size`` that divides the examples."""
@@ -145,9 +147,17 @@ def _jobs(request: Request, layers) -> list[tuple[str, str, list | None, list[ab
         custom = [dataclasses.replace(spec, kind=request.kind) for spec in custom]
     if custom:
         kinds = sorted({spec.kind for spec in custom})
-        jobs.append((f"spec-{Path(request.spec_file).stem}", kinds[0] if len(kinds) == 1 else "+".join(kinds), custom))
+        jobs.append((spec_table_name(request.spec_file), kinds[0] if len(kinds) == 1 else "+".join(kinds), custom))
     return [(name, k, specs, [] if name == "baseline" else abl.resolve_all(
         specs or protocol_specs(name, layers, kind=k), layers)) for name, k, specs in jobs]
+
+
+def spec_table_name(spec_file: str | os.PathLike) -> str:
+    """A spec file's table name, ``spec-<file stem>-<first 8 hex digits of the file's sha256>``: readable, and
+    two files (of one name or not) never share a table while the same file resumes its own. The table's stem adds
+    the kind computed as protocol tables do (``.zero-branch``; none for zero-kernel)."""
+    path = Path(spec_file)
+    return f"spec-{path.stem}-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}"
 
 
 def _batch_size(request: Request, n_examples: int) -> int:
@@ -198,7 +208,7 @@ class _Sweep:
 
     def _write(self, name: str, kind: str, rows: list[dict], meta: dict) -> list[Path]:
         out = self.workdir / "ablation"
-        stem = name if name.startswith("spec-") else tables.table_stem(name, kind)  # a spec file: one table
+        stem = tables.table_stem(name, kind)  # one table per protocol, or spec file, and kind
         title = f"{name} ({kind})" if name != "baseline" else "baseline"
         if self.request.batchnorm == "batch":
             stem, title = f"{stem}.bn-batch", f"{title}, BatchNorm on batch statistics"
