@@ -174,17 +174,20 @@ def finish(workdir: str | Path, stage: str, result: dict, *, seconds: float, **e
     update(workdir, change)
 
 
-def outputs(workdir: str | Path) -> list[str]:
-    """Every output the ledger's stages declared, done or not."""
-    return sorted({o for entry in read(workdir)["stages"].values() for o in entry.get("outputs", ())})
+def outputs(workdir: str | Path, *, stages: Sequence[str] | None = None) -> list[str]:
+    """Every output that ``stages`` (default: the ledger's stages) declared, done or not."""
+    record = read(workdir)["stages"]
+    entries = [record.get(name, {}) for name in (record if stages is None else stages)]
+    return sorted({o for entry in entries for o in entry.get("outputs", ())})
 
 
-def clear(workdir: str | Path) -> list[str]:
-    """Remove every declared output and the stages' records (the ledger keeps its other keys); return what
-    was removed. Outputs that escape the workdir are refused."""
+def clear(workdir: str | Path, *, stages: Sequence[str] | None = None) -> list[str]:
+    """Remove the outputs that ``stages`` declared (default: every stage) and their records, so they run again
+    (the ledger keeps its other stages and keys); return what was removed. Nothing undeclared is touched, and
+    outputs that escape the workdir are refused."""
     workdir = Path(workdir)
     removed = []
-    for name in outputs(workdir):
+    for name in outputs(workdir, stages=stages):
         target = workdir / name
         if not target.resolve().is_relative_to(workdir.resolve()):
             raise LedgerError(f"{workdir / FILE} declares {name!r}, outside the workdir; not removed")
@@ -195,5 +198,8 @@ def clear(workdir: str | Path) -> list[str]:
         else:
             continue
         removed.append(name)
-    update(workdir, lambda record: record.update(stages={}))
+
+    def forget(record):
+        record["stages"] = {k: v for k, v in record["stages"].items() if stages is not None and k not in stages}
+    update(workdir, forget)
     return removed

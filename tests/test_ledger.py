@@ -60,6 +60,15 @@ def test_an_interrupted_stage_is_not_done_but_its_outputs_are_cleared(tmp_path):
     assert json.loads((tmp_path / "stages.json").read_text())["stages"] == {}
 
 
+def test_clearing_some_stages_removes_only_what_they_declared_and_forgets_only_them(tmp_path):
+    calls = []
+    for name in ("a", "b"):
+        ledger.run(tmp_path, _stage(tmp_path, calls, name=name, outputs=(f"{name}.txt",)), lambda s: None)
+    assert ledger.clear(tmp_path, stages=["a", "never-ran"]) == ["a.txt"]
+    assert not (tmp_path / "a.txt").exists() and (tmp_path / "b.txt").is_file()
+    assert list(json.loads((tmp_path / "stages.json").read_text())["stages"]) == ["b"]
+
+
 def test_outputs_outside_the_workdir_and_a_broken_ledger_are_refused(tmp_path):
     (tmp_path / "w").mkdir()
     (tmp_path / "keep.txt").write_text("outside")

@@ -30,24 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from resnet_jax import ledger
+from resnet_jax.studies.reproduce_presets import PRESETS
 
 STAGES = ("cifar-train", "cifar-ablate", "cifar-pairs", "cifar-eliminate", "acdc-train", "acdc-ablate", "acdc-eliminate",
           "readings", "skip-study", "verify", "report")
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": {"cifar": "cifar10-resnet34-smoke", "acdc": "acdc-pspnet34-smoke", "skip": "mnist-skip-smoke",
-              "ablate_examples": 64, "verify_examples": 64, "pairs_seeds": 1, "finetune_epochs": 1,
-              "random_draws": 1, "timing_repeats": 1, "force_untrained": True},  # tiny models learn little
-    "cpu": {"cifar": "cifar10-resnet34-cpu", "acdc": "acdc-pspnet34-cpu", "skip": "mnist-skip-cpu",
-            "ablate_examples": None, "verify_examples": 1000, "pairs_seeds": 1, "finetune_epochs": 2,
-            "random_draws": 3, "timing_repeats": 3},  # each random set is fine-tuned too: 3 keep the stage CPU-sized
-    "paper-cpu": {"cifar": "cifar10-resnet34-paper-cpu", "acdc": "acdc-pspnet34-cpu", "skip": "mnist-skip-cpu",
-                  "ablate_examples": None, "verify_examples": 1000, "pairs_seeds": 1, "finetune_epochs": 2,
-                  "random_draws": 3, "timing_repeats": 3},  # classification aiming at the study's accuracy, on a CPU
-    "full": {"cifar": "cifar10-resnet34", "acdc": "acdc-pspnet34", "skip": "mnist-skip",
-             "ablate_examples": None, "verify_examples": None, "pairs_seeds": 1, "finetune_epochs": 10,
-             "random_draws": 5, "timing_repeats": 3},
-}
 
 DATASETS = {"cifar": "cifar10", "acdc": "acdc_lv_myo", "skip": "mnist"}
 NEEDS = {"cifar-train": ("cifar",), "cifar-ablate": ("cifar",), "cifar-pairs": ("cifar",), "cifar-eliminate": ("cifar",),
@@ -229,9 +215,10 @@ def stages(job: Job) -> dict[str, ledger.Stage]:
     )}
 
 
-def _claim(workdir: Path, identity: dict[str, Any], *, force_new: bool) -> None:
-    """Record which preset and data root make this workdir. One made by another (or by an older resnet-jax) is
-    refused unless ``force_new``: then its stages' declared outputs are removed first (none where no run is)."""
+def _claim(workdir: Path, identity: dict[str, Any], *, force_new: bool, chosen: Sequence[str] = STAGES,
+           log: Callable[[str], None] = print) -> None:
+    """Record which preset and data root make this workdir. One made by another (or an older resnet-jax) is refused
+    unless ``force_new``: then every stage's declared outputs go (on this run the ``chosen`` ones, :func:`_discard`)."""
     try:
         record = ledger.read(workdir)
     except ledger.LedgerError as err:
@@ -244,6 +231,8 @@ def _claim(workdir: Path, identity: dict[str, Any], *, force_new: bool) -> None:
     if isinstance(old, dict) and old.get("data_root"):  # recorded as typed by older versions
         old = {**old, "data_root": str(Path(old["data_root"]).resolve())}
     if old is None or old == identity:
+        if force_new and old is not None:
+            _discard(workdir, chosen, log)
         ledger.update(workdir, lambda r: r.update(run=identity))
         return
     if not force_new:
@@ -258,6 +247,16 @@ def _claim(workdir: Path, identity: dict[str, Any], *, force_new: bool) -> None:
         ledger.update(workdir, lambda r: r.update(stages={"legacy": {"outputs": legacy}}))
     ledger.clear(workdir)
     ledger.update(workdir, lambda r: r.update(run=identity))
+
+
+def _discard(workdir: Path, chosen: Sequence[str], log: Callable[[str], None]) -> None:
+    """``--force-new`` on the run the workdir holds: the chosen stages, those that read a run they train, and the
+    report lose their declared outputs and records (nothing undeclared goes); each runs again when chosen."""
+    retrained = {key for name in chosen if name.endswith("-train") for key in NEEDS[name]}
+    doomed = [s for s in STAGES if s in chosen or s == "report" or retrained & set(NEEDS.get(s, ()))
+              or (retrained and s == "readings")]  # readings reads every trained run
+    removed = ledger.clear(workdir, stages=doomed)
+    log(f"--force-new: discarded {', '.join(removed) or 'no files'}; starting over: {', '.join(doomed)}")
 
 
 def _check_data_root(data_root: str | Path | None, chosen: Sequence[str]) -> Path | None:
@@ -279,8 +278,8 @@ def reproduce(preset_name: str, workdir: str | Path, *, data_root: str | Path | 
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or finish) every stage of a preset with ``seeds`` training seeds; return the workdir's ledger.
 
-    The workdir records the preset and data root that made it; another preset or data root is refused
-    (``force_new`` starts over). A stage that raises is not marked done.
+    The workdir records the preset and data root that made it; another is refused unless ``force_new``, which
+    discards that run (on this run: what the chosen stages made, :func:`_discard`). A stage that raises is not done.
     """
     if seeds < 1:
         raise StageError(f"--seeds must be a positive number of training seeds, got {seeds}")
@@ -293,7 +292,8 @@ def reproduce(preset_name: str, workdir: str | Path, *, data_root: str | Path | 
     root = _check_data_root(data_root, chosen)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    _claim(workdir, {"preset": preset_name, "data_root": str(root) if root else None}, force_new=force_new)
+    _claim(workdir, {"preset": preset_name, "data_root": str(root) if root else None}, force_new=force_new,
+           chosen=chosen, log=log)
     declared = stages(Job(PRESETS[preset_name], workdir, root, seeds, log))
     for i, name in enumerate(chosen):
         ledger.run(workdir, declared[name], log, label=f"[{i + 1}/{len(chosen)}] ")

@@ -101,6 +101,41 @@ def test_every_seed_gets_its_own_run_slim_network_controls_and_study_b(tmp_path,
     assert {name: c["train"]["seed"] for name, c in studied.items()} == {"mnist-skip": 0, "mnist-skip-seed1": 1}
 
 
+def test_force_new_with_the_same_preset_discards_the_chosen_stages_outputs_and_runs_them_again(tmp_path, monkeypatch):
+    """``--force-new`` on the run the workdir already holds: the chosen stages' declared outputs (and those of the
+    stages made from them) go, the stages run again; undeclared files and the other stages' outputs stay."""
+    from resnet_jax import files, ledger
+    from resnet_jax.studies import reproduce
+    from resnet_jax.studies import skip as skip_study
+    from resnet_jax.training import runs
+
+    calls = []
+
+    def train(config, path, log):
+        calls.append(path.name)
+        assert not (path / "stale.txt").exists()  # discarded before it runs again
+        files.write_json(path / "config.json", config)
+        (path / "stale.txt").write_text(f"call {len(calls)}")
+
+    monkeypatch.setattr(runs, "train", train)
+    monkeypatch.setattr(skip_study, "run_study", lambda config, path, log: files.write_json(path / "study.json", {}))
+    lines = []
+    reproduce.reproduce("smoke", tmp_path, only=["cifar-train", "skip-study"], log=lines.append)
+    (tmp_path / "notes.txt").write_text("mine")  # never declared by any stage
+    ledger.finish(tmp_path, "cifar-ablate", {}, seconds=0)  # a stage made from the run: forgotten with it
+    reproduce.reproduce("smoke", tmp_path, only=["cifar-train"], force_new=True, log=lines.append)
+    assert calls == ["cifar10-resnet34", "cifar10-resnet34"], lines
+    assert (tmp_path / "cifar10-resnet34" / "stale.txt").read_text() == "call 2"
+    assert (tmp_path / "notes.txt").read_text() == "mine" and (tmp_path / "mnist-skip" / "study.json").is_file()
+    assert any("discarded" in line and "cifar10-resnet34" in line for line in lines), lines
+    record = json.loads((tmp_path / "stages.json").read_text())
+    assert record["stages"]["skip-study"]["finished"] and record["stages"]["cifar-train"]["finished"]
+    assert "cifar-ablate" not in record["stages"]
+    reproduce.reproduce("smoke", tmp_path, only=["cifar-train", "skip-study"], force_new=True, log=lines.append)
+    assert calls == ["cifar10-resnet34"] * 3 and (tmp_path / "mnist-skip").is_dir()
+    assert not any("done earlier, skipped" in line for line in lines), lines
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     """One smoke-preset run of the main job with one seed, shared by the tests that read its report (a second

@@ -1,0 +1,20 @@
+"""The presets of ``resnet-jax reproduce``: which config each task trains and how large each stage's work is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {"cifar": "cifar10-resnet34-smoke", "acdc": "acdc-pspnet34-smoke", "skip": "mnist-skip-smoke",
+              "ablate_examples": 64, "verify_examples": 64, "pairs_seeds": 1, "finetune_epochs": 1,
+              "random_draws": 1, "timing_repeats": 1, "force_untrained": True},  # tiny models learn little
+    "cpu": {"cifar": "cifar10-resnet34-cpu", "acdc": "acdc-pspnet34-cpu", "skip": "mnist-skip-cpu",
+            "ablate_examples": None, "verify_examples": 1000, "pairs_seeds": 1, "finetune_epochs": 2,
+            "random_draws": 3, "timing_repeats": 3},  # each random set is fine-tuned too: 3 keep the stage CPU-sized
+    "paper-cpu": {"cifar": "cifar10-resnet34-paper-cpu", "acdc": "acdc-pspnet34-cpu", "skip": "mnist-skip-cpu",
+                  "ablate_examples": None, "verify_examples": 1000, "pairs_seeds": 1, "finetune_epochs": 2,
+                  "random_draws": 3, "timing_repeats": 3},  # classification aiming at the study's accuracy, on a CPU
+    "full": {"cifar": "cifar10-resnet34", "acdc": "acdc-pspnet34", "skip": "mnist-skip",
+             "ablate_examples": None, "verify_examples": None, "pairs_seeds": 1, "finetune_epochs": 10,
+             "random_draws": 5, "timing_repeats": 3},
+}
