@@ -112,7 +112,8 @@ def pytest_configure(config):
     devices.enable_compilation_cache(cache)
 
 
-LONGEST_FIRST = ("studies/test_reproduce.py", "test_distributed.py", "test_integrity.py", "training/test_train.py",
+LONGEST_FIRST = ("studies/test_reproduce.py", "test_distributed.py", "test_integrity.py", "test_checkpoint_layouts.py",
+                 "training/test_train.py",
                  "test_devices.py", "ablation/test_ablation.py", "ablation/test_elimination.py", "models/test_models.py",
                  "interop/test_convert.py", "interop/test_verify.py", "ablation/test_statistics.py",
                  "test_segmentation.py", "studies/test_skip.py")
