@@ -42,7 +42,7 @@ def load_config(name_or_file: str, overrides: Iterable[str] = (), *, task: str |
     """A preset name (of any family) or a YAML/JSON file, merged over its family's defaults, then overrides.
 
     A file names its family with ``task:`` (default: ``task`` here, else classification). ``data_dir``
-    (an existing folder) sets ``data.data_dir`` to its absolute path. The result is validated; errors
+    (an existing folder) sets ``data.data_dir`` to its resolved path. The result is validated; errors
     name the key, the value and what is valid.
     """
     if name_or_file in PRESETS:
@@ -66,13 +66,14 @@ def load_config(name_or_file: str, overrides: Iterable[str] = (), *, task: str |
 
 
 def existing_data_dir(path: str | Path | None) -> Path | None:
-    """The absolute path of a ``--data-dir`` that exists (None stays None: read from TFDS)."""
+    """The resolved path of a ``--data-dir`` that exists (None stays None: read from TFDS): one spelling per
+    folder, so ``../data`` and its absolute path name the same run's data."""
     if path is None:
         return None
     if not Path(path).exists():
         raise ConfigError(f"--data-dir {path} does not exist; give a folder with the dataset's split zips "
                           f"or ImageFolder tree (e.g. ../shared/data/cifar10), or leave it out to use TFDS")
-    return Path(path).absolute()
+    return Path(path).resolve()
 
 
 def defaults(task: str, overrides: Iterable[str] = ()) -> dict[str, Any]:
@@ -107,10 +108,19 @@ def complete(stored: Mapping) -> dict[str, Any]:
 
 
 def diff(a: Mapping, b: Mapping) -> list[str]:
-    """Dotted keys whose values differ between two configs, descriptive keys aside."""
+    """Dotted keys whose values differ between two configs, descriptive keys aside; data folders are compared
+    resolved (against the current directory: older runs stored ``--data-dir`` as typed)."""
     from resnet_jax.configs.base import diff as raw_diff
 
-    return [k for k in raw_diff(complete(a), complete(b)) if k not in DESCRIPTIVE]
+    return [k for k in raw_diff(_resolved_data_dir(complete(a)), _resolved_data_dir(complete(b)))
+            if k not in DESCRIPTIVE]
+
+
+def _resolved_data_dir(config: dict[str, Any]) -> dict[str, Any]:
+    folder = config.get("data", {}).get("data_dir")
+    if not folder:
+        return config
+    return {**config, "data": {**config["data"], "data_dir": str(Path(folder).expanduser().resolve())}}
 
 
 def command(name: str) -> str:

@@ -149,6 +149,31 @@ def test_cli_train_then_evaluate_and_metrics_schema(tmp_path):
         trained["test_accuracy"])
 
 
+def test_a_run_resumes_with_its_data_folder_spelled_another_way(tmp_path, monkeypatch):
+    """``--data-dir ../data`` then the same folder's absolute path: one dataset, so the run resumes."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    args = ("train", "--config", "synthetic-tiny", "--workdir", str(tmp_path / "w"), "--set", "train.epochs=1")
+    first = run_cli(*args, "--data-dir", "../data")
+    assert first.returncode == 0, first.stderr
+    again = run_cli(*args, "--data-dir", str(tmp_path / "data"))
+    assert again.returncode == 0 and "different config" not in again.stderr, again.stderr
+    stored = json.loads((tmp_path / "w" / "config.json").read_text())["data"]["data_dir"]
+    assert stored == str((tmp_path / "data").resolve())
+
+
+def test_a_data_folder_stored_relative_by_an_older_run_is_the_folder_it_names(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path)
+    config = configs.load_config("synthetic-tiny", data_dir=tmp_path / "data")
+    stored = {**config, "data": {**config["data"], "data_dir": "data"}}  # as an older resnet-jax kept it
+    assert configs.diff(stored, config) == []
+    elsewhere = {**config, "data": {**config["data"], "data_dir": "other"}}
+    assert configs.diff(elsewhere, config) == ["data.data_dir"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--config", "nope"], "neither a preset"),
     (["--config", "synthetic-tiny", "--set", "train.epoch=3"], "train.epochs"),
