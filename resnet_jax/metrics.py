@@ -197,18 +197,22 @@ def trivial_reference(metric: Any, targets: np.ndarray) -> tuple[float, str]:
 
 
 def competence_warning(metric: Any, value: float, targets: np.ndarray) -> str | None:
-    """A warning when ``value`` (the unablated model's score on ``targets``) is no better than a model that learned
-    nothing: for accuracy, its Wilson lower bound is not above the majority rate; for Dice, it is not above the best
-    constant prediction by ``DICE_COMPETENCE_MARGIN``. None when the model has learned something."""
+    """A warning when ``value`` (the unablated model's score on ``targets``) is not shown to beat a model that learned
+    nothing: for accuracy, its 95 % Wilson lower bound is not above the majority rate (not significantly better);
+    for Dice, it is not above the best constant prediction by ``DICE_COMPETENCE_MARGIN``. None when the model has
+    learned something."""
     reference, what = trivial_reference(metric, targets)
     name = getattr(metric, "name", "score")
+    advice = "nothing it says about which layers matter can be trusted; train longer (a larger preset) first"
     if name == "accuracy":
         n = int(np.asarray(targets).shape[0])
         low, _ = wilson_interval(int(round(value * n)), n)
-        learned = low > reference
-    else:
-        learned = value > reference + DICE_COMPETENCE_MARGIN
-    if learned:
+        if low > reference:
+            return None
+        return (f"the model's {name} {value:.4f} is not significantly better than {what} ({reference:.4f}): the 95% "
+                f"Wilson lower bound of its accuracy on these {n} examples, {low:.4f}, is not above it, so as far as "
+                f"they show it has not learned the task and {advice}")
+    if value > reference + DICE_COMPETENCE_MARGIN:
         return None
-    return (f"the model's {name} {value:.4f} is no better than {what} ({reference:.4f}): it has not learned the task, "
-            f"so nothing it says about which layers matter can be trusted; train longer (a larger preset) first")
+    return (f"the model's {name} {value:.4f} is not better than {what} ({reference:.4f}) by the margin of "
+            f"{DICE_COMPETENCE_MARGIN} that counts as learned: it has not learned the task, so {advice}")

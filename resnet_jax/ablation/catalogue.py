@@ -261,6 +261,14 @@ def load_specs(path) -> list[AblationSpec]:
         raise SpecError(f"{path}: {err}") from None
 
 
+def _roles_by_stage(layers: Sequence[Layer]) -> str:
+    """``no stage: stem, decomposition; 1: adjacent, residual; ...``: what a selector of stages and roles can meet."""
+    stages = sorted({l.stage for l in layers}, key=lambda s: -1 if s is None else s)
+    held = {s: {r for l in layers if l.stage == s for r in l.roles} for s in stages}
+    return "; ".join(f"{'no stage' if s is None else s}: {', '.join(r for r in ROLES if r in held[s])}"
+                     for s in stages)
+
+
 def resolve(spec: AblationSpec, layers: Sequence[Layer]) -> tuple[str, ...]:
     """The layer names a spec selects, in network order; errors name what did not match."""
     valid_names = [l.name for l in layers]
@@ -275,8 +283,11 @@ def resolve(spec: AblationSpec, layers: Sequence[Layer]) -> tuple[str, ...]:
         for p in sel.patterns:
             if not any(fnmatch.fnmatchcase(n, p) for n in valid_names):
                 raise SpecError(f"spec {spec.name!r}: pattern {p!r} matches no layer; valid names: {valid_names}")
-    chosen = tuple(l.name for l in layers
-                   if any(s.matches(l) for s in spec.select) and not any(s.matches(l) for s in spec.exclude))
+    selected = [l for l in layers if any(s.matches(l) for s in spec.select)]
+    if not selected:
+        raise SpecError(f"spec {spec.name!r} ({spec.kind}) selects no layer: no layer has every field of one of its "
+                        f"selectors; roles by stage: {_roles_by_stage(layers)}")
+    chosen = tuple(l.name for l in selected if not any(s.matches(l) for s in spec.exclude))
     if not chosen:
         raise SpecError(f"spec {spec.name!r} ({spec.kind}) matches no layer (its exclusions remove every selected "
                         f"one); valid names: {valid_names}; stages: {valid_stages}; roles: {list(ROLES)}")

@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
+import pickletools
 import re
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -318,10 +321,17 @@ def load_torch_checkpoint(
 
     Accepts a bare state_dict or a dict holding one under ``'state_dict'`` or ``'model'``; a
     ``module.`` prefix on every key (``DataParallel``) is dropped. Loads with
-    ``weights_only=True``, so no pickled code runs.
+    ``weights_only=True``, so no pickled code runs; a file it cannot read (a whole module saved with
+    ``torch.save(model)``, or no PyTorch file at all) is a ValueError that says which.
     """
     torch = import_torch()
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as err:  # noqa: BLE001 - torch.load of a non-checkpoint raises anything (IndexError, KeyError...)
+        raise ValueError(f"{path}: {_unreadable(path, err)}; save a model's weights with "
+                         f"torch.save(model.state_dict(), path)") from err
     state_dict = _find_state_dict(obj, path)
     if state_dict and all(k.startswith("module.") for k in state_dict):
         state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
@@ -359,6 +369,48 @@ def _numpy(value: Any) -> np.ndarray:
             value = value.float()
         return value.numpy()
     return np.asarray(value)
+
+
+def error_line(err: BaseException) -> str:
+    """``Type: first line`` of an error, without terminal escapes (torch's messages run over many lines)."""
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0].strip()}" if lines else type(err).__name__
+
+
+def _unreadable(path: str | os.PathLike, err: Exception) -> str:
+    """What a file is that ``torch.load(weights_only=True)`` refused, read without running any of it."""
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as fh:
+            if fh.read(1) != b"\x80":  # neither torch's zip format nor its older one, a pickle stream
+                return "it is not a PyTorch file (torch.load cannot read it)"
+    names = _pickled_globals(path) if zipfile.is_zipfile(path) else []
+    objects = [n for n in names if not n.startswith(("torch.", "collections.", "builtins.", "copyreg."))]
+    modules = [n for n in names if n.startswith("torch.nn.modules.")]
+    if modules:
+        top = (objects or modules)[0]
+        return f"it is a whole pickled module ({top}), as torch.save(model) writes, not a state_dict"
+    if objects and isinstance(err, pickle.UnpicklingError):
+        return f"it holds pickled Python objects ({', '.join(objects[:3])}) that weights_only loading refuses"
+    return f"torch.load(weights_only=True) cannot read it ({error_line(err)})"
+
+
+def _pickled_globals(path: str | os.PathLike) -> list[str]:
+    """The classes and functions a torch zip file's pickle names, in order (disassembled, never unpickled)."""
+    with zipfile.ZipFile(path) as archive:
+        pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+        data = archive.read(pickles[0]) if pickles else b""
+    names, strings = [], []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                names.append(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(".".join(strings[-2:]))
+            if isinstance(arg, str):
+                strings.append(arg)
+    except (ValueError, pickle.UnpicklingError):  # a damaged pickle: what was read so far
+        pass
+    return names
 
 
 def _find_state_dict(obj: Any, path: str) -> Mapping[str, Any]:

@@ -97,7 +97,8 @@ def build(arch: Mapping[str, Any]):
 
 
 def export_run(workdir, out, *, checkpoint: str = "best", log=print) -> dict[str, Path]:
-    """Write ``<out>/model.pt`` (state_dict, architecture, input normalisation), ``<out>/model.torchscript.pt``
+    """Write ``<out>/model.pt`` (a dict: ``state_dict``, ``architecture``, input ``normalisation``, ``source`` and
+    ``step``; :func:`load_exported` reads it), ``<out>/model.torchscript.pt``
     and ``<out>/architecture.json`` for the run in ``workdir`` (a slim run or a full ResNet run)."""
     from resnet_jax import files
     from resnet_jax.training import runs

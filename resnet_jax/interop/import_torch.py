@@ -34,7 +34,8 @@ def import_torch_run(path: str | os.PathLike, workdir: str | os.PathLike, *, arc
     """Turn a torchvision checkpoint into a run directory that ``evaluate``, ``ablate`` and ``verify`` accept.
 
     Writes ``config.json`` (the ``config`` preset, by default the classification defaults, with ``overrides``, then model and data set from the
-    arguments), one checkpoint at step 0 and ``import.json`` (where the weights came from). The input
+    arguments), one checkpoint at step 0, ``import.json`` (where the weights came from) and its test score,
+    logged and kept in ``evaluation-latest.json``. The input
     normalisation is not stored in a state_dict, so it is chosen here: ``'train'`` (default) uses the
     channel statistics of the dataset's training split, which is what ``resnet-jax train`` does and
     what CIFAR recipes' ``Normalize`` constants are; ``'imagenet'`` uses torchvision's ImageNet
@@ -65,9 +66,10 @@ def import_torch_run(path: str | os.PathLike, workdir: str | os.PathLike, *, arc
     cfg = configs.load_config(config, overrides) if config else configs.defaults("classification", overrides)
     config_used = config or "the classification defaults (float32, the whole test split)"
     cfg["model"].update(name=arch, stem=stem)
-    cfg["data"].update(name=data_name, data_dir=str(Path(data_dir).absolute()) if data_dir else None)
+    cfg["data"].update(name=data_name, data_dir=str(Path(data_dir).resolve()) if data_dir else None)
     cfg["about"] = f"imported from {path.absolute()} by resnet-jax import-torch"
-    train_split = classification.load_splits(cfg).train
+    splits = classification.load_splits(cfg)
+    train_split = splits.train
     head = variables["params"]["fc"]["kernel"].shape[1]
     if head != train_split.num_classes:
         raise image_data.DataError(f"{path}: the checkpoint's fc has {head} outputs but {data_name} has "
@@ -78,7 +80,7 @@ def import_torch_run(path: str | os.PathLike, workdir: str | os.PathLike, *, arc
         mean, std = np.asarray(IMAGENET_MEAN, np.float32), np.asarray(IMAGENET_STD, np.float32)
     else:
         mean, std = channel_stats(train_split.images)
-    state = _state_with(cfg, variables, train_split, mean, std)
+    model, state = _state_with(cfg, variables, train_split, mean, std)
     core.prepare_workdir(cfg, workdir, force_new=False)
     mngr = checkpointing.manager(workdir, keep=cfg["train"]["keep_checkpoints"], best_metric="val_accuracy")  # unranked
     checkpointing.save(mngr, 0, state)
@@ -87,8 +89,11 @@ def import_torch_run(path: str | os.PathLike, workdir: str | os.PathLike, *, arc
               "normalization": "explicit" if image_mean is not None else normalization}
     ledger.declare(workdir, "import-torch", ["import.json"])
     files.write_json(workdir / "import.json", record)
-    log(f"imported {path} ({arch}, {stem} stem, {head} classes) into {workdir} with config {config_used}: "
-        f"evaluated on {cfg['data']['max_test_examples'] or 'all'} test images of {data_name}")
+    run = core.Run(cfg, model, state, splits.test, classification.TASK, which="latest")
+    score = core.evaluate_run(run, workdir, which="latest", log=lambda line: None)
+    log(f"imported {path} ({arch}, {stem} stem, {head} classes) into {workdir} with config {config_used}; "
+        f"on {score['n_examples']} test images of {data_name}: test accuracy {score['test_accuracy']:.4f}, "
+        f"test loss {score['test_loss']:.4f} (kept in evaluation-latest.json)")
     return workdir
 
 
@@ -100,14 +105,15 @@ def _read_checkpoint(path: Path, *, arch: str, num_classes, stem) -> dict[str, A
     try:
         return convert.load_torch_checkpoint(path, arch=arch, num_classes=num_classes, stem=stem)
     except ValueError as err:
-        raise image_data.DataError(f"{path} is not a {arch} checkpoint: {err}") from err
-    except Exception as err:  # noqa: BLE001 - torch.load of a non-checkpoint raises anything (IndexError, KeyError...)
-        raise image_data.DataError(f"{path}: torch.load(weights_only=True) cannot read it "
-                        f"({type(err).__name__}: {str(err)[:300]})") from err
+        why = str(err).removeprefix(f"{path}: ")  # convert names the file too
+        raise image_data.DataError(f"{path} is not a {arch} checkpoint: {why}") from err
+    except Exception as err:  # noqa: BLE001 - a state_dict of odd tensors can fail in conversion in any way
+        raise image_data.DataError(f"{path}: cannot read it as a {arch} checkpoint "
+                                   f"({convert.error_line(err)})") from err
 
 
 def _state_with(cfg, variables, train_split, mean, std):
-    """A fresh TrainState of the config's model carrying the imported weights and normalisation."""
+    """The config's model and a fresh TrainState of it carrying the imported weights and normalisation."""
     model = classification.build_model(cfg, train_split.num_classes)
     steps = max(1, len(train_split) // cfg["train"]["batch_size"])
     state = core.create_train_state(model, core.make_optimizer(cfg, steps), train_split.images.shape[1:],
@@ -117,7 +123,7 @@ def _state_with(cfg, variables, train_split, mean, std):
         want = jax.tree.structure(getattr(state, k))
         if jax.tree.structure(imported[k]) != want:
             raise ValueError(f"converted {k} do not fit the model built from the config: {want}")
-    return state.replace(params=imported["params"], batch_stats=imported["batch_stats"])
+    return model, state.replace(params=imported["params"], batch_stats=imported["batch_stats"])
 
 
 def _sha256(path: Path) -> str:

@@ -128,7 +128,7 @@ def write_report(workdir: str | Path) -> Path:
 
 
 def chance_warning(table: dict) -> str | None:
-    """A warning when a table's baseline is no better than a model that learned nothing (``warning``, written by
+    """A warning when a table's baseline is not shown to beat a model that learned nothing (``warning``, written by
     ``ablate``; older tables: accuracy at or below 1 / classes): then no layer can be called (non-)trivial."""
     if table.get("warning"):
         return table["warning"]

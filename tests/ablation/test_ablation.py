@@ -112,6 +112,17 @@ def test_specs_that_do_not_resolve_name_the_valid_choices(tiny, obj, message):
         abl.resolve(abl.parse_spec(obj), tiny[2])
 
 
+@pytest.mark.parametrize("select", [{"stages": [1], "roles": ["shortcut"]}, {"names": ["conv1"], "stages": [2]}])
+def test_a_selection_that_matches_nothing_says_so_and_what_each_stage_holds(tiny, select):
+    """Stage 1 of a ResNet has no projection shortcut: nothing is selected, so no exclusion removed anything."""
+    with pytest.raises(abl.SpecError) as err:
+        abl.resolve(abl.parse_spec({"name": "x", "select": select}), tiny[2])
+    assert str(err.value) == (
+        "spec 'x' (zero-kernel) selects no layer: no layer has every field of one of its selectors; roles by "
+        "stage: no stage: stem, decomposition; 1: adjacent, residual; 2: decomposition, shortcut, adjacent, "
+        "residual; 3: decomposition, shortcut, adjacent, residual; 4: decomposition, shortcut, adjacent, residual")
+
+
 def test_spec_file_round_trip(tmp_path, tiny):
     path = tmp_path / "specs.yaml"
     path.write_text("- name: a\n  kind: zero-branch\n  select: {roles: [shortcut]}\n- name: b\n  select: conv1\n")

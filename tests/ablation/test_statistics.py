@@ -246,6 +246,21 @@ def test_an_impossible_dice_family_is_refused_with_what_to_change():
     assert st.check_bootstrap(36, 0.05) == st.bootstrap_resamples(36, 0.05)
 
 
+def test_the_warning_says_not_significantly_better_and_gives_the_wilson_bound():
+    """10 of 64 right (0.1562) beside chance 0.1250: above it, but not significantly (Wilson 95 %: 0.0871)."""
+    labels = np.repeat(np.arange(8), 8)  # eight classes of 8: the majority rate is 0.125
+    assert metrics.competence_warning(metrics.Accuracy(), 10 / 64, labels) == (
+        "the model's accuracy 0.1562 is not significantly better than always the most frequent class (0.1250): "
+        "the 95% Wilson lower bound of its accuracy on these 64 examples, 0.0871, is not above it, so as far as "
+        "they show it has not learned the task and nothing it says about which layers matter can be trusted; "
+        "train longer (a larger preset) first")
+    masks = np.zeros((4, 10, 10), np.int32)
+    masks[:, :5, :5] = 2
+    assert metrics.competence_warning(metrics.Dice(num_classes=4, classes=(2,)), 0.42, masks).startswith(
+        "the model's dice 0.4200 is not better than a constant prediction (no foreground, or all one class) "
+        "(0.4000) by the margin of 0.05 that counts as learned:")
+
+
 def test_paired_model_comparison_reads_its_verdict_off_its_interval():
     base, worse = _pairs(300, 20, 5000)
     tester = st.paired_tester(metrics.Accuracy())

@@ -29,6 +29,7 @@ from resnet_jax.data.inputs import normalize  # noqa: E402
 from resnet_jax.interop import convert, verify  # noqa: E402
 from resnet_jax.models import resnet as models  # noqa: E402
 from resnet_jax.training import runs  # noqa: E402
+from tests.conftest import REPO  # noqa: E402
 
 pytestmark = pytest.mark.torch
 N_EXAMPLES = 32
@@ -251,6 +252,9 @@ def test_import_torch_round_trip_evaluates_like_the_original(run, restored, tmp_
     workdir = tmp_path / "imported"
     assert cli.main(["import-torch", str(path), "--workdir", str(workdir), "--arch", "resnet18",
                      "--data-name", "synthetic", "--config", "synthetic-tiny"]) == 0
+    trained = json.loads((run / "evaluation.json").read_text())  # one epoch: the best checkpoint is the latest
+    said = capsys.readouterr().out
+    assert f"on 256 test images of synthetic: test accuracy {trained['test_accuracy']:.4f}, test loss " in said, said
     config = json.loads((workdir / "config.json").read_text())
     assert (config["model"]["name"], config["model"]["stem"], config["data"]["name"]) == (
         "resnet18", "torchvision", "synthetic")
@@ -258,7 +262,6 @@ def test_import_torch_round_trip_evaluates_like_the_original(run, restored, tmp_
     assert record["image_mean"] == image_mean.tolist()  # the train split's statistics, as training used
     assert cli.main(["evaluate", "--workdir", str(workdir)]) == 0
     evaluated = json.loads((workdir / "evaluation-latest.json").read_text())
-    trained = json.loads((run / "evaluation.json").read_text())  # one epoch: the best checkpoint is the latest
     assert evaluated["n_examples"] == 256
     assert evaluated["test_accuracy"] == trained["test_accuracy"]
     assert evaluated["test_loss"] == pytest.approx(trained["test_loss"], rel=1e-6)
@@ -282,6 +285,40 @@ def test_import_torch_rejects_other_files_with_exit_2(tmp_path, capsys, make, ar
     err = capsys.readouterr().err
     assert "resnet-jax import-torch: error:" in err and message in err, err
     assert not workdir.exists()
+
+
+@pytest.mark.parametrize("make, what", [
+    (lambda p: torch.save(convert.torchvision_model("resnet18", num_classes=10), p),
+     "it is a whole pickled module (torchvision.models.resnet.ResNet), as torch.save(model) writes, not a state_dict"),
+    (lambda p: p.write_text("epoch,loss\n1,0.5\n"), "it is not a PyTorch file (torch.load cannot read it)"),
+])
+def test_import_torch_says_what_a_file_is_and_how_to_save_a_state_dict(tmp_path, capsys, make, what):
+    path = tmp_path / "file.pt"
+    make(path)
+    assert cli.main(["import-torch", str(path), "--workdir", str(tmp_path / "w"), "--arch", "resnet18",
+                     "--data-name", "synthetic"]) == 2
+    assert capsys.readouterr().err == (f"resnet-jax import-torch: error: {path} is not a resnet18 checkpoint: {what}; "
+                                       f"save a model's weights with torch.save(model.state_dict(), path)\n")
+
+
+def test_export_torch_writes_the_dict_that_readme_and_help_describe(run, tmp_path, capsys):
+    torchvision = pytest.importorskip("torchvision")
+    assert cli.main(["export-torch", "--workdir", str(run), "--out", str(tmp_path)]) == 0
+    saved = torch.load(tmp_path / "model.pt", map_location="cpu")  # plain torch, as a user without resnet-jax
+    torchvision.models.resnet18(num_classes=10).load_state_dict(saved["state_dict"])  # a full torchvision-stem run
+    keys = ["architecture", "normalisation", "source", "state_dict", "step"]
+    assert sorted(saved) == keys
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("`export-torch` writes `model.pt`")
+    paragraph = " ".join(readme[start:readme.index("\n\n", start)].split())
+    assert all(f"`{k}`" in paragraph for k in keys), paragraph
+    assert 'torch.load("model.pt")["state_dict"]' in paragraph and "load_exported" in paragraph
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    listing = " ".join(capsys.readouterr().out.split())
+    start = listing.index("export-torch write")
+    help_text = listing[start:listing.index(" verify ", start)]
+    assert "model.pt (a dict: state_dict, architecture, normalisation, source, step)" in help_text, help_text
 
 
 def test_import_torch_refuses_a_workdir_that_holds_a_run(run, tmp_path, capsys):
