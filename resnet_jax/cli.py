@@ -8,13 +8,14 @@ stderr and exit status 2; an interrupted command says how to resume and exits 13
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
 import threading
 from pathlib import Path
 
-from resnet_jax import __version__, configs, devices
+from resnet_jax import __version__, configs, devices, ledger
 from resnet_jax.ablation import catalogue, engine
 from resnet_jax.ablation.protocols import PROTOCOLS, READINGS, STUDY_PROTOCOLS
 from resnet_jax.interop.convert import TORCHVISION_ARCHS
@@ -291,7 +292,8 @@ def _ablate_parser(sub) -> None:
     p.add_argument("--kind", choices=catalogue.KINDS,
                    help="the ablation kind: for protocols, default zero-kernel (the study's); for --spec, each spec "
                         "keeps its own kind unless --kind is given, which overrides them all")
-    p.add_argument("--spec", help="JSON/YAML file of ablation specs; its table is spec-<file stem>")
+    p.add_argument("--spec", help="JSON/YAML file of ablation specs; its table is "
+                                  "spec-<file stem>-<content digest>[.<kind>], one per file content and kind")
     p.add_argument("--n-examples", type=_positive_int, help="evaluate a fixed random subset of the test split")
     p.add_argument("--method", default="auto", choices=engine.METHODS,
                    help="how masked models are formed: 'gates' (one forward pass, masks as per-copy gates), "
@@ -334,13 +336,14 @@ def _eliminate_parser(sub) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=128, help="images per batch (default 128)")
     p.add_argument("--force-new", action="store_true", help="discard what --out holds and start over")
     p.add_argument("--force-untrained", action="store_true",
-                   help="eliminate even from a run no better than a model that learned nothing (refused otherwise)")
+                   help="eliminate even from a run not significantly better than a model that learned "
+                        "nothing (refused otherwise)")
     p.set_defaults(func=_eliminate)
 
 
 def _export_and_verify_parsers(sub) -> None:
-    p = sub.add_parser("export-torch", help="write a run's ResNet (slim or full) as a PyTorch state_dict and "
-                                            "TorchScript file")
+    p = sub.add_parser("export-torch", help="write a run's ResNet (slim or full) as model.pt (a dict: state_dict, "
+                                            "architecture, normalisation, source, step) and a TorchScript file")
     p.add_argument("--workdir", required=True, help="a trained run (full or slim ResNet)")
     p.add_argument("--out", required=True, help="folder for model.pt, model.torchscript.pt, architecture.json")
     _checkpoint_flag(p, "best")
@@ -394,7 +397,9 @@ def _interop_and_study_parsers(sub) -> None:
                                        "(default: TFDS where it can download)")
     p.add_argument("--only", help=f"comma-separated stages: {', '.join(STAGES)}")
     p.add_argument("--force-new", action="store_true",
-                   help="discard the reproduce run found in the workdir (its runs and report) and start over")
+                   help="discard the reproduce run found in the workdir (its runs and report) and start over; with "
+                        "--only, discard only what the chosen stages declared (and what the stages made from the "
+                        "runs they train and the report declared) and run the chosen stages again")
     p.add_argument("--seeds", type=_positive_int, default=1,
                    help="training seeds per task (default 1); tables combine them with spreads and decision counts")
     p.add_argument("--results", help="also write the run's tables and a provenance record (command, commit, "
@@ -511,6 +516,17 @@ def main(argv: list[str] | None = None) -> int:
     return rc
 
 
+WRITES_WORKDIR = ("train", "train-seg", "skip-study", "evaluate", "ablate", "eliminate", "verify", "import-torch",
+                  "report", "reproduce")
+"""Commands that write into their --workdir (eliminate into --out too): each holds it while it runs."""
+
+
+def _written(args) -> list[Path]:
+    if args.command not in WRITES_WORKDIR:
+        return []
+    return [_workdir(args.workdir)] + ([_workdir(args.out)] if args.command == "eliminate" else [])
+
+
 def _run(args) -> int:
     from resnet_jax.checkpointing import CheckpointError
     from resnet_jax.data.images import DataError
@@ -522,7 +538,10 @@ def _run(args) -> int:
         print(f"resnet-jax: warning: compiling without the cache ({err})", file=sys.stderr)
     try:
         try:
-            rc = args.func(args)
+            with contextlib.ExitStack() as held:
+                for workdir in _written(args):
+                    held.enter_context(ledger.hold(workdir, log=lambda line: print(line, file=sys.stderr, flush=True)))
+                rc = args.func(args)
         finally:
             dropped = _terminated.handled()  # a SIGTERM that came and was dropped, or is being raised now
         if dropped:  # dropped where Python ignores exceptions, and the work finished first

@@ -15,6 +15,7 @@ import fcntl
 import functools
 import hashlib
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -80,6 +81,55 @@ def _locked(workdir: Path) -> Iterator[dict[str, Any]]:
             yield record
             files.write_json(workdir / FILE, record)
         finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+HOLDER = ".resnet-jax.lock"
+"""The workdir's lock file: held by the one command writing there, and naming it for the others."""
+_held: dict[Path, int] = {}
+"""Workdirs this process holds, with how many nested holds (a command holds the run its library call holds too)."""
+
+
+@contextlib.contextmanager
+def hold(workdir: str | Path, log: Callable[[str], None] = print) -> Iterator[None]:
+    """Be the one command writing into ``workdir`` while the block runs: a second command on the same workdir
+    waits here, saying which command holds it, then goes on from what the first left (a finished run resumes as
+    complete; stored results are read, not computed again). A hold this process has already passes through; in a
+    multi-process job, process 0 holds the workdir for the job."""
+    workdir = Path(workdir).absolute()
+    if workdir in _held or not files.WRITER:
+        _held[workdir] = _held.get(workdir, 0) + 1
+        try:
+            yield
+        finally:
+            _held[workdir] -= 1
+            if not _held[workdir]:
+                del _held[workdir]
+        return
+    created = not workdir.exists()
+    workdir.mkdir(parents=True, exist_ok=True)
+    with open(workdir / HOLDER, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            who = fh.read().strip() or "another process"
+            log(f"{workdir} is in use by {who}; waiting for it to finish (Ctrl-C stops waiting)")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} (`{command_line()}`, since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        fh.flush()
+        _held[workdir] = 1
+        try:
+            yield
+        finally:
+            del _held[workdir]
+            fh.seek(0)
+            fh.truncate()
+            if created and os.listdir(workdir) == [HOLDER]:  # a command that failed at once leaves no folder
+                (workdir / HOLDER).unlink()
+                workdir.rmdir()
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 

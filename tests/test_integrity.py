@@ -4,6 +4,7 @@ Each probe below was once a traceback or, worse, a wrong result with exit status
 """
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -18,7 +19,7 @@ from resnet_jax import __version__, configs
 from resnet_jax.ablation import catalogue as abl
 from resnet_jax.ablation import engine
 from resnet_jax.ablation.store import ResultStore, ablation_key, context
-from resnet_jax.reporting import figures, markdown, study_report
+from resnet_jax.reporting import figures, markdown, results, study_report
 from resnet_jax.studies import ablate, reproduce
 from resnet_jax.training import runs
 from tests.conftest import REPO, run_cli
@@ -120,14 +121,20 @@ def _table(workdir, stem):
         return list(csv.DictReader(fh))
 
 
+def _spec_stem(spec, kind="zero-kernel"):
+    """The table a spec file gets, from ``sha256sum``'s digest of the file (not from the code under test)."""
+    name = f"spec-{spec.stem}-{hashlib.sha256(spec.read_bytes()).hexdigest()[:8]}"
+    return name if kind == "zero-kernel" else f"{name}.{kind}"
+
+
 def test_a_spec_that_changes_its_layers_is_recomputed_not_reused(tiny_run, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text("- name: foo\n  select: {names: [conv1]}\n")
     ablate.ablate_workdir(tiny_run, ablate.Request(spec_file=spec, n_examples=64), log=lambda s: None)
-    first = _table(tiny_run, "spec-spec")[0]
+    first = _table(tiny_run, _spec_stem(spec))[0]
     spec.write_text("- name: foo\n  select: {patterns: ['layer4.*']}\n")
     ablate.ablate_workdir(tiny_run, ablate.Request(spec_file=spec, n_examples=64), log=lambda s: None)
-    second = _table(tiny_run, "spec-spec")[0]
+    second = _table(tiny_run, _spec_stem(spec))[0]
     assert first["layers"] == "conv1" and second["layers"].split() == [
         "layer4.0.conv1", "layer4.0.conv2", "layer4.0.downsample", "layer4.1.conv1", "layer4.1.conv2"]
     # The independent truth: the weight-mask path of the engine on the same 64 images.
@@ -475,18 +482,50 @@ def test_spec_tables_say_the_kind_they_computed_and_never_replace_each_other(tin
     second.write_text("- name: bar\n  kind: zero-branch\n  select: {roles: [shortcut]}\n")
     quiet = lambda s: None  # noqa: E731
     ablate.ablate_workdir(tiny_run, ablate.Request(spec_file=second, n_examples=64), log=quiet)  # the spec's own kind
-    meta = json.loads((tiny_run / "ablation" / "spec-bar.json").read_text())
-    assert meta["title"] == "spec-bar (zero-branch)" and {r["kind"] for r in meta["rows"]} == {"zero-branch"}
+    meta = json.loads((tiny_run / "ablation" / f"{_spec_stem(second, 'zero-branch')}.json").read_text())
+    assert meta["title"] == f"{_spec_stem(second)} (zero-branch)"
+    assert {r["kind"] for r in meta["rows"]} == {"zero-branch"}
     ablate.ablate_workdir(tiny_run, ablate.Request(spec_file=first, kind="zero-branch", n_examples=64),
                           log=quiet)  # --kind overrides
-    overridden = json.loads((tiny_run / "ablation" / "spec-foo_conv1.json").read_text())
-    assert overridden["title"] == "spec-foo_conv1 (zero-branch)" and overridden["rows"][0]["kind"] == "zero-branch"
+    overridden = json.loads((tiny_run / "ablation" / f"{_spec_stem(first, 'zero-branch')}.json").read_text())
+    assert overridden["title"] == f"{_spec_stem(first)} (zero-branch)"
+    assert overridden["rows"][0]["kind"] == "zero-branch"
     ablate.ablate_workdir(tiny_run, ablate.Request(spec_file=first, n_examples=64), log=quiet)
-    own = json.loads((tiny_run / "ablation" / "spec-foo_conv1.json").read_text())
+    own = json.loads((tiny_run / "ablation" / f"{_spec_stem(first)}.json").read_text())
     assert own["rows"][0]["kind"] == "zero-kernel" and own["rows"][0]["key"] != overridden["rows"][0]["key"]
-    assert (tiny_run / "ablation" / "spec-bar.json").is_file()  # the other file's table is still there
+    assert (tiny_run / "ablation" / f"{_spec_stem(second, 'zero-branch')}.json").is_file()  # the other file's table
     ablate.ablate_workdir(tiny_run, ablate.Request(spec_file=first, protocols=["shortcut"], n_examples=64), log=quiet)
     assert (tiny_run / "ablation" / "shortcut.csv").is_file()  # --protocol with --spec: both run
+
+
+def test_spec_tables_of_two_files_or_two_kinds_never_replace_each_other(tiny_run, tmp_path):
+    """Two files of one name, and one file under another --kind, each keep their own table (files, report section,
+    exported copy); the same file and kind again resume the same table."""
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    first, second = tmp_path / "a" / "specs.yaml", tmp_path / "b" / "specs.yaml"
+    first.write_text("- name: first\n  select: {names: [layer1.0.conv2]}\n")
+    second.write_text("- name: second\n  select: {roles: [shortcut]}\n")
+    adir, quiet = tiny_run / "ablation", lambda s: None  # noqa: E731
+    ablate.ablate_workdir(tiny_run, ablate.Request(spec_file=first, n_examples=64), log=quiet)
+    kept = {s: (adir / f"{_spec_stem(first)}{s}").read_bytes() for s in (".csv", ".json")}
+    ablate.ablate_workdir(tiny_run, ablate.Request(spec_file=second, n_examples=64), log=quiet)
+    ablate.ablate_workdir(tiny_run, ablate.Request(spec_file=first, kind="zero-branch", n_examples=64), log=quiet)
+    assert {s: (adir / f"{_spec_stem(first)}{s}").read_bytes() for s in (".csv", ".json")} == kept
+    tables = {stem: _table(tiny_run, stem) for stem in (_spec_stem(first), _spec_stem(second),
+                                                        _spec_stem(first, "zero-branch"))}
+    assert [[r["mask"] for r in rows] for rows in tables.values()] == [["first"], ["second"], ["first"]]
+    assert tables[_spec_stem(first, "zero-branch")][0]["kind"] == "zero-branch"
+    lines = []
+    ablate.ablate_workdir(tiny_run, ablate.Request(spec_file=first, kind="zero-branch", n_examples=64),
+                          log=lines.append)  # the same file and kind: the same table, nothing evaluated again
+    assert f"wrote {adir / _spec_stem(first, 'zero-branch')}.csv" in lines
+    assert not any("evaluating" in line for line in lines), lines
+    report = markdown.write_report(tiny_run).read_text()
+    headings = [f"## {_spec_stem(first)} (zero-kernel)", f"## {_spec_stem(second)} (zero-kernel)",
+                f"## {_spec_stem(first)} (zero-branch)"]
+    assert all(heading in report for heading in headings), report
+    results.export(tiny_run, tmp_path / "exported", command="test")
+    assert all((tmp_path / "exported" / "ablation" / f"{stem}.csv").is_file() for stem in tables)
 
 
 # A model that learned nothing ------------------------------------------------------------------------
@@ -566,7 +605,7 @@ def test_reinit_masks_load_the_runs_initial_parameters_from_protocols_and_spec_f
     quiet = lambda s: None  # noqa: E731
     ablate.ablate_workdir(tiny_run, ablate.Request(protocols=["shortcut"], kind="reinit", n_examples=32), log=quiet)
     ablate.ablate_workdir(tiny_run, ablate.Request(spec_file=spec, n_examples=32), log=quiet)
-    for table in ("shortcut.reinit", "spec-again"):
+    for table in ("shortcut.reinit", _spec_stem(spec, "reinit")):
         rows = json.loads((tiny_run / "ablation" / f"{table}.json").read_text())["rows"]
         assert rows and all(r["kind"] == "reinit" and 0 <= r["value"] <= 1 for r in rows), table
 
