@@ -479,20 +479,19 @@ MULTI_PROCESS = ("train", "train-seg", "evaluate", "ablate", "eliminate", "layer
 
 def _join(args) -> bool:
     """Join a multi-process job when the options (or a launcher's environment variables) ask for one."""
-    import os
-
-    env = {k: os.environ.get(v) for k, v in devices.ENV.items()}
-    coordinator = args.coordinator or env["coordinator"]
-    auto = (args.distributed or env["distributed"] or "") == "auto"
-    number = lambda flag, key: flag if flag is not None else (int(env[key]) if env[key] else None)  # noqa: E731
-    if not devices.join_job(coordinator=coordinator, auto=auto, num_processes=number(args.num_processes,
-                            "num_processes"), process_id=number(args.process_id, "process_id")):
+    job = devices.job_options(**{key: getattr(args, key) for key in devices.ENV})
+    alone = devices.DistributedError(f"`{args.command}` runs in one process; launch it without --coordinator or "
+                                     f"--distributed (commands that run as a multi-process job: "
+                                     f"{', '.join(MULTI_PROCESS)})")
+    if (job["num_processes"] or 1) > 1 and args.command not in MULTI_PROCESS:
+        raise alone
+    if not devices.join_job(**job, command=args.command):
         return False
     import jax
 
-    if jax.process_count() > 1 and args.command not in MULTI_PROCESS:
-        raise devices.DistributedError(f"`{args.command}` runs in one process; launch it without --coordinator "
-                                       f"(commands that run as a multi-process job: {', '.join(MULTI_PROCESS)})")
+    if jax.process_count() > 1 and args.command not in MULTI_PROCESS:  # a cluster that JAX found itself
+        devices.leave_job()
+        raise alone
     return True
 
 

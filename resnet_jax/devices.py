@@ -7,7 +7,11 @@ engine all place data through these functions.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,38 +35,111 @@ ENV = {"coordinator": "RESNET_JAX_COORDINATOR", "num_processes": "RESNET_JAX_NUM
 """Environment variables a launcher may set instead of the top-level options of the same names."""
 
 
+def job_options(**flags: Any) -> dict[str, Any]:
+    """The arguments of :func:`join_job` from the options (``coordinator=``, ``num_processes=``, ...; None where
+    not given) and, for those left out, the launcher's variables (:data:`ENV`); an option and a variable that
+    both say something must say the same."""
+    job = {}
+    for key, variable in ENV.items():
+        flag, name, text = flags.get(key), "--" + key.replace("_", "-"), os.environ.get(variable) or None
+        value = text
+        if text is not None and key in ("num_processes", "process_id"):
+            try:
+                value = int(text)
+            except ValueError:
+                raise DistributedError(f"{variable}={text!r} is not a whole number ({name})") from None
+        if flag is not None and value is not None and flag != value:
+            raise DistributedError(f"{name} {flag} contradicts {variable}={text} (set by a launcher such as "
+                                   f"scripts/launch_local.sh); give one of them, or the same value")
+        job[key] = flag if flag is not None else value
+    job["auto"] = job.pop("distributed") == "auto"
+    return job
+
+
 def join_job(*, coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
-             auto: bool = False, timeout_s: int = 60, heartbeat_s: int = 20) -> bool:
+             auto: bool = False, command: str | None = None, timeout_s: int = 60, heartbeat_s: int = 20) -> bool:
     """Join a job of several processes on JAX's distributed runtime, before anything touches a device.
 
     ``auto`` lets JAX find the cluster itself (TPU pod slices, SLURM, Open MPI); otherwise every process names
-    the coordinator (process 0's ``host:port``), the process count and its own id. A coordinator that does not
-    answer is an error within ``timeout_s``; a process that dies is noticed by the others within about
-    ``heartbeat_s`` (``$RESNET_JAX_JOIN_TIMEOUT`` and ``$RESNET_JAX_HEARTBEAT`` override both). Returns whether
-    a job was joined; afterwards only process 0 writes files."""
-    if not auto and coordinator is None:
+    the coordinator (process 0's ``host:port``), the process count and its own id. What can be checked alone is
+    checked first (:func:`check_job`); right after joining, the processes compare their process counts and
+    ``command`` through the runtime's key-value store. Every failure to join (a coordinator that does not answer
+    within ``timeout_s``, two processes with one id, a job that never forms) is a one-line DistributedError,
+    never JAX's abort; a process that dies later is noticed by the others within about ``heartbeat_s``
+    (``$RESNET_JAX_JOIN_TIMEOUT`` and ``$RESNET_JAX_HEARTBEAT`` override both). Returns whether a job was
+    joined; afterwards only process 0 writes files."""
+    if not auto and coordinator is None and num_processes is None and process_id is None:
         return False
-    if not auto and (num_processes is None or process_id is None or not 0 <= process_id < num_processes):
-        raise DistributedError(f"--coordinator {coordinator} needs --num-processes N and --process-id I with "
-                               f"0 <= I < N (got N={num_processes}, I={process_id})")
     timeout_s = int(os.environ.get("RESNET_JAX_JOIN_TIMEOUT", timeout_s))
     heartbeat_s = int(os.environ.get("RESNET_JAX_HEARTBEAT", heartbeat_s))
-    if not auto and process_id != 0:  # JAX aborts the process when the coordinator never answers: ask first
-        _wait_for(coordinator, timeout_s)
-    try:
-        if auto:
-            jax.distributed.initialize(initialization_timeout=timeout_s, heartbeat_timeout_seconds=heartbeat_s)
-        else:
-            jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=timeout_s,
-                                       heartbeat_timeout_seconds=heartbeat_s)
-    except Exception as err:  # noqa: BLE001 - the runtime raises several types; each means "not joined"
-        reason = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)[:300]
-        where = "the cluster JAX detects (TPU, SLURM, MPI)" if auto else \
-            f"coordinator {coordinator} as process {process_id} of {num_processes}"
-        raise DistributedError(f"could not join {where} within {timeout_s} s: {reason}; check that process 0 "
-                               f"runs and that its host:port is reachable from here") from None
-    files.set_writer(jax.process_index() == 0)
+    if not auto:
+        check_job(coordinator, num_processes, process_id)
+        if process_id != 0:  # so that a coordinator that never answers is named as such
+            _wait_for(coordinator, timeout_s)
+    where = "the cluster JAX detects (TPU, SLURM, MPI)" if auto else \
+        f"coordinator {coordinator} as process {process_id} of {num_processes}"
+    args = {} if auto else {"coordinator_address": coordinator, "num_processes": num_processes,
+                             "process_id": process_id}
+    _initialize(where, initialization_timeout=timeout_s, heartbeat_timeout_seconds=heartbeat_s, **args)
+    from jax._src import distributed
+
+    state = distributed.global_state  # not jax.process_count(): devices wait for every process the count names
+    _agree({"num_processes": state.num_processes, "command": command}, timeout_s=timeout_s)
+    global _JOINED
+    _JOINED = True
+    files.set_writer(state.process_id == 0)
     return True
+
+
+def check_job(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
+    """Refuse options that cannot make a job, before joining: a DistributedError naming the option and what
+    would be valid."""
+    if coordinator is None:
+        given = " ".join(f"--{name} {value}" for name, value in (("num-processes", num_processes),
+                                                                   ("process-id", process_id)) if value is not None)
+        raise DistributedError(f"{given} needs --coordinator HOST:PORT (process 0's address, the same for every "
+                               f"process); to run as one process, leave out --num-processes and --process-id")
+    if num_processes is None or process_id is None:
+        raise DistributedError(f"--coordinator {coordinator} needs --num-processes N and --process-id I with "
+                               f"0 <= I < N (got N={num_processes}, I={process_id})")
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+        valid = f"0..{num_processes - 1}" if num_processes > 0 else "none: --num-processes must be at least 1"
+        raise DistributedError(f"--process-id {process_id} is not a process of --num-processes {num_processes} "
+                               f"(valid ids: {valid})")
+    _, port = _host_port(coordinator)
+    if process_id == 0:
+        _check_port_free(coordinator, port)
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    """``host:port`` split (``[v6]:port`` too); a DistributedError that shows the form when it is not one."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise DistributedError(f"--coordinator {address!r} is not HOST:PORT with a port 1..65535 (e.g. "
+                               f"10.0.0.2:12345, or localhost:12345 when every process runs here)")
+    return host.strip("[]"), int(port)
+
+
+def _check_port_free(address: str, port: int) -> None:
+    """Process 0 serves the job on ``port`` on every interface, as JAX does: bind it once to see that it can
+    (a port in use would otherwise crash JAX's server, or let two coordinators share it)."""
+    import socket
+
+    if os.environ.get("JAX_COORDINATOR_BIND_ADDRESS"):
+        return  # JAX serves elsewhere
+    try:
+        probe, any_host = socket.socket(socket.AF_INET6, socket.SOCK_STREAM), "::"
+        probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # both families, as JAX's [::]:port
+    except OSError:  # no IPv6 here
+        probe, any_host = socket.socket(socket.AF_INET, socket.SOCK_STREAM), "0.0.0.0"
+    with probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server does: TIME_WAIT is free
+        try:
+            probe.bind((any_host, port))
+        except OSError as err:
+            raise DistributedError(f"--coordinator {address}: process 0 cannot serve the job on port {port} "
+                                   f"({err.strerror or err}); another program holds it, or another process "
+                                   f"started as --process-id 0: choose a free port, and one process 0") from None
 
 
 def _wait_for(address: str, timeout_s: float) -> None:
@@ -70,19 +147,178 @@ def _wait_for(address: str, timeout_s: float) -> None:
     import socket
     import time
 
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise DistributedError(f"--coordinator {address!r} is not HOST:PORT (e.g. 10.0.0.2:12345)")
+    host, port = _host_port(address)
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            socket.create_connection((host, int(port)), timeout=2).close()
+            socket.create_connection((host, port), timeout=2).close()
             return
         except OSError as err:
             if time.monotonic() > deadline:
                 raise DistributedError(f"coordinator {address} did not answer within {timeout_s:.0f} s ({err}); "
                                        f"start process 0 there first, or check the address") from None
             time.sleep(0.5)
+
+
+def _initialize(where: str, **kwargs: Any) -> None:
+    """``jax.distributed.initialize(**kwargs)``; a failure to join is a DistributedError, not JAX's abort, and
+    what the runtime logs meanwhile is shown only when the join succeeds (the error says what went wrong)."""
+    import time
+
+    started = time.monotonic()
+    with _StderrKept() as log:
+        try:
+            with _join_errors_raise():
+                jax.distributed.initialize(**kwargs)
+        except Exception as err:  # noqa: BLE001 - the runtime raises several types; each means "not joined"
+            leave_job()
+            failed = err
+        else:
+            failed = None
+    if failed is None:
+        sys.stderr.write(log.text)
+        return
+    elapsed = time.monotonic() - started
+    raise DistributedError(f"could not join {where}: {_why_not_joined(failed, log.text, elapsed, **kwargs)}")
+
+
+def _why_not_joined(err: Exception, log: str, elapsed: float, *, initialization_timeout: int,
+                    num_processes: int | None = None, process_id: int | None = None, **_: Any) -> str:
+    """What a failed join means, read from the runtime's error and log (the error alone may not say: see
+    :func:`_join_errors_raise`), as the option to fix."""
+    text = f"{err}\n{log}"
+    if "newer incarnation" in text or "ALREADY_EXISTS" in text:
+        ids = f"0..{num_processes - 1}" if num_processes else "0..N-1"
+        return f"another process joined as process {process_id} too; give every process its own --process-id {ids}"
+    if "Unexpected task" in text or "INVALID_ARGUMENT" in text:
+        return (f"process 0's job has no process {process_id}; process 0 was given a smaller --num-processes "
+                f"than this process's {num_processes}: give every process the same --num-processes")
+    if "DEADLINE_EXCEEDED" in text or elapsed >= initialization_timeout:
+        count = f"{num_processes} " if num_processes else ""
+        return (f"the job did not form in {elapsed:.0f} s (join timeout {initialization_timeout} s; process 0 "
+                f"waits for as many processes as its --num-processes says): start exactly {count}processes, each "
+                f"with the same --num-processes and its own --process-id")
+    status = re.search(r"\b[A-Z][A-Z_]{3,}: [^\n]+", text)
+    return (status.group(0) if status else str(err) or type(err).__name__)[:300]
+
+
+class _StderrKept:
+    """File descriptor 2 (where JAX's C++ runtime logs) kept in a temporary file while inside; ``text`` after."""
+
+    def __enter__(self) -> "_StderrKept":
+        import tempfile
+
+        sys.stderr.flush()
+        self.file = tempfile.TemporaryFile()
+        self.saved = os.dup(2)
+        os.dup2(self.file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        sys.stderr.flush()
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        self.file.seek(0)
+        self.text = self.file.read().decode(errors="replace")
+        self.file.close()
+
+
+_JOINED = False
+"""Whether this process has joined a job (the runtime's errors then stop the process)."""
+
+
+@contextlib.contextmanager
+def _join_errors_raise():
+    """While inside, JAX's runtime clients report fatal errors to Python instead of aborting the process.
+
+    ``jax.distributed.initialize`` offers no way to say this; its client does (``missed_heartbeat_callback``),
+    and with it a failed connection raises from ``initialize``. jaxlib 0.10 cannot pass the status to a Python
+    callback, so it raises at once (``std::bad_cast``), with the status only in the runtime's log. After the
+    join, a lost process still stops the others, with C++ ``std::terminate`` in place of JAX's fatal log line
+    (process 0's runtime still logs which task it lost)."""
+    from jax._src import distributed
+
+    runtime = getattr(distributed, "_jax", None)
+    make = getattr(runtime, "get_distributed_runtime_client", None)
+    if make is None or "missed_heartbeat_callback" not in (make.__doc__ or ""):
+        yield  # another JAX: its own behaviour, after the checks above
+        return
+
+    class Runtime:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(runtime, name)
+
+        @staticmethod
+        def get_distributed_runtime_client(*args: Any, **kwargs: Any) -> Any:
+            return make(*args, missed_heartbeat_callback=_runtime_failed, **kwargs)
+
+    distributed._jax = Runtime()
+    try:
+        yield
+    finally:
+        distributed._jax = runtime
+
+
+def _runtime_failed(status: Any) -> None:
+    """The runtime's fatal error, where a jaxlib passes it: while joining, ``initialize`` raises it; later the
+    job cannot go on, so the process stops as JAX would stop it."""
+    if _JOINED:
+        print(f"resnet-jax: error: the job failed: {status}", file=sys.stderr, flush=True)
+        os._exit(1)
+
+
+def _agree(view: dict[str, Any], *, timeout_s: int) -> None:
+    """Compare this process's ``view`` of the job (JSON) with every other process's, through the runtime's
+    key-value store: process 0 gathers them all and publishes the list, so every process refuses together."""
+    from jax._src import distributed
+
+    state = distributed.global_state
+    client, me, n, ms = state.client, state.process_id, state.num_processes, timeout_s * 1000
+    try:
+        client.key_value_set(f"resnet_jax/view/{me}", json.dumps(view))
+        if me == 0:
+            views = [client.blocking_key_value_get(f"resnet_jax/view/{i}", ms) for i in range(n)]
+            client.key_value_set("resnet_jax/views", json.dumps(views))
+        views = [json.loads(v) for v in json.loads(client.blocking_key_value_get("resnet_jax/views", ms))]
+    except Exception as err:  # noqa: BLE001 - a process that left meanwhile: the job cannot start
+        leave_job()
+        raise DistributedError(f"the processes of the job could not compare their options within {timeout_s} s "
+                               f"({str(err).splitlines()[0][:200]})") from None
+    odd = [i for i, v in enumerate(views) if v != views[0]]
+    if odd:
+        leave_job()
+        raise DistributedError(_disagreement(views, me, odd))
+
+
+def _disagreement(views: list[dict[str, Any]], me: int, odd: list[int]) -> str:
+    """One line naming process 0's view and the views that differ from it (this process's first)."""
+    def show(i: int) -> str:
+        v = views[i]
+        return f"process {i}{' (this one)' if i == me else ''} has --num-processes {v['num_processes']} and " \
+               f"runs `{v['command']}`"
+
+    others = ([me] if me in odd else []) + [i for i in odd if i != me]
+    more = f" (and {len(others) - 3} more)" if len(others) > 3 else ""
+    return (f"the processes of the job disagree: {', '.join(show(i) for i in [0, *others[:3]])}{more}; start every "
+            f"process with the same --num-processes and command")
+
+
+def leave_job() -> None:
+    """Leave the job, or what a failed join left of one (its client, and process 0's server), without raising:
+    a process that has joined nothing leaves nothing."""
+    from jax._src import distributed
+
+    state = distributed.global_state
+    with _StderrKept():  # what the runtime logs as it stops is not news: the caller says why it left
+        for part in (state.preemption_sync_manager, state.client, state.service):
+            if part is not None:
+                try:
+                    part.shutdown()
+                except Exception:  # noqa: BLE001 - a runtime already in error refuses an orderly shutdown
+                    pass
+    state.preemption_sync_manager = state.client = state.service = None
+    global _JOINED
+    _JOINED = False
 
 
 def is_writer() -> bool:
