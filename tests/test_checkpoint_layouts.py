@@ -19,7 +19,12 @@ TINY = ("--config", "synthetic-tiny", "--set", "train.epochs=1")
 
 
 def _score(stdout: str) -> float:
-    return json.loads(stdout[stdout.index("{"):])["test_accuracy"]
+    """The score `evaluate` printed (process 0's, where a launcher prefixed each process's lines with ``[pN]``)."""
+    lines = stdout.splitlines()
+    if any(line.startswith("[p0] ") for line in lines):
+        lines = [line[5:] for line in lines if line.startswith("[p0] ")]
+    text = "\n".join(lines)
+    return json.loads(text[text.index("{"):])["test_accuracy"]
 
 
 def _trained_score(run) -> float:
