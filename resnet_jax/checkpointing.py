@@ -198,8 +198,9 @@ def _abstract(target: Any) -> Any:
 
     def leaf(x):
         placed = isinstance(x, jax.Array) and (jax.process_count() == 1 or _spans_job(x))
-        return ocp.utils.to_shape_dtype_struct(x) if placed else jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                                                      sharding=replicated)
+        if placed or not hasattr(x, "shape"):  # placed arrays keep their layout; Python scalars stay scalars
+            return ocp.utils.to_shape_dtype_struct(x)
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated)
     return jax.tree.map(leaf, target)
 
 

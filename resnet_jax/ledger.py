@@ -108,29 +108,45 @@ def hold(workdir: str | Path, log: Callable[[str], None] = print) -> Iterator[No
         return
     created = not workdir.exists()
     workdir.mkdir(parents=True, exist_ok=True)
-    with open(workdir / HOLDER, "a+") as fh:
+    fh = _lock_file(workdir / HOLDER, log)
+    try:
+        fh.write(f"pid {os.getpid()} (`{command_line()}`, since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        fh.flush()
+        _held[workdir] = 1
+        yield
+    finally:
+        _held.pop(workdir, None)
+        (workdir / HOLDER).unlink(missing_ok=True)  # still held: a waiting command then locks a fresh file
+        if created and not any(workdir.iterdir()):  # a command that failed at once leaves no folder
+            with contextlib.suppress(OSError):  # unless a waiting command has just made it its own
+                workdir.rmdir()
+        fh.close()  # releases the lock
+
+
+def _lock_file(path: Path, log: Callable[[str], None]):
+    """``path`` opened and locked by this process alone; a holder that is there is named in ``log`` and waited for.
+    A file its holder removed as it let go is opened again (the lock must be on the file the path names now)."""
+    said = False
+    while True:
+        fh = open(path, "a+")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            who = fh.read().strip() or "another process"
-            log(f"{workdir} is in use by {who}; waiting for it to finish (Ctrl-C stops waiting)")
+            if not said:
+                log(f"{path.parent} is in use by {fh.read().strip() or 'another command'}; waiting for it to "
+                    f"finish (Ctrl-C stops waiting)")
+                said = True
             fcntl.flock(fh, fcntl.LOCK_EX)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} (`{command_line()}`, since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
-        fh.flush()
-        _held[workdir] = 1
         try:
-            yield
-        finally:
-            del _held[workdir]
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fh.fileno()).st_ino:
             fh.seek(0)
             fh.truncate()
-            if created and os.listdir(workdir) == [HOLDER]:  # a command that failed at once leaves no folder
-                (workdir / HOLDER).unlink()
-                workdir.rmdir()
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            return fh
+        fh.close()
 
 
 def discard_unreadable(workdir: str | Path) -> bool:
