@@ -10,6 +10,8 @@ import subprocess
 
 import pytest
 
+from resnet_jax import devices
+from tests.conftest import run_cli
 from tests.test_distributed import CLI, LAUNCH, _env
 
 FAST = {"RESNET_JAX_JOIN_TIMEOUT": "3", "RESNET_JAX_HEARTBEAT": "3", "RESNET_JAX_COMPILE_CACHE": "off"}
@@ -95,8 +97,10 @@ def test_processes_that_disagree_on_the_job_both_say_so(second):
     (("--coordinator", "localhost:1234", "--num-processes", "2", "--process-id", "2"),
      "--process-id 2 is not a process of --num-processes 2 (valid ids: 0..1)"),
 ])
-def test_options_that_cannot_make_a_job_are_refused_before_joining(options, says):
-    assert says in refused(finish(start(*options, *LAYERS))[0], "layers")
+def test_options_that_cannot_make_a_job_are_refused_before_joining(options, says, monkeypatch):
+    for variable in devices.ENV.values():  # checked before anything joins: in this process, as typed
+        monkeypatch.delenv(variable, raising=False)
+    assert says in refused(run_cli(*options, *LAYERS), "layers")
 
 
 def test_process_0_refuses_a_coordinator_port_that_is_taken():
