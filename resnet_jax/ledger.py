@@ -128,6 +128,7 @@ def _lock_file(path: Path, log: Callable[[str], None]):
     A file its holder removed as it let go is opened again (the lock must be on the file the path names now)."""
     said = False
     while True:
+        path.parent.mkdir(parents=True, exist_ok=True)  # a holder that made the folder and left it empty removed it
         fh = open(path, "a+")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -40,3 +40,23 @@ def test_a_command_that_fails_at_once_leaves_no_folder_behind(tmp_path):
     done = run_cli("evaluate", "--workdir", str(missing))
     assert done.returncode == 2 and "holds no run" in done.stderr
     assert not missing.exists()
+
+
+def test_a_run_trained_inside_a_study_waits_for_a_command_that_holds_it(tmp_path):
+    """A study trains its runs through the library, not the command line: the run's own hold still applies."""
+    from resnet_jax import configs
+    from resnet_jax.training import runs
+
+    run, released = tmp_path / "study" / "run", tmp_path / "released"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time, pathlib; from resnet_jax import ledger\n"
+        "with ledger.hold(sys.argv[1]):\n"
+        "    print('held', flush=True); time.sleep(3)\n"
+        "pathlib.Path(sys.argv[2]).touch()\n"), str(run), str(released)],
+        stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert holder.stdout.readline().strip() == "held"
+    lines = []
+    runs.train(configs.load_config("synthetic-tiny", ["train.epochs=1"]), run, log=lines.append)
+    holder.wait(timeout=60)
+    assert any("is in use by pid" in line for line in lines), lines
+    assert released.exists() and (run / "metrics.jsonl").is_file()  # trained after the holder had let go

@@ -207,9 +207,15 @@ def train_and_evaluate(config: Mapping, workdir: str | Path, task: Task, *, forc
 
     Each epoch is scored on the validation split (the test split where the task has none); with a
     validation split, the checkpoint best on it is finally scored on the test split
-    (``evaluation.json``).
+    (``evaluation.json``). The workdir is held meanwhile (:func:`resnet_jax.ledger.hold`): a second training of
+    it, from another command or a study that trains runs inside its own workdir, waits for this one.
     """
-    workdir = Path(workdir)
+    with ledger.hold(workdir, log=log):
+        return _train_and_evaluate(config, Path(workdir), task, force_new=force_new, log=log)
+
+
+def _train_and_evaluate(config: Mapping, workdir: Path, task: Task, *, force_new: bool,
+                        log: Callable[[str], None]) -> dict[str, Any]:
     t = config["train"]
     splits = task.load_splits(config)  # before touching the workdir: bad data leaves nothing behind
     mesh = devices.data_mesh()
