@@ -2,7 +2,8 @@
 """Regenerate the README's results blocks from docs/results/ (``--check``: exit 1 when the README differs).
 
     python scripts/render_results.py           # rewrite README.md's <!-- results: ... --> blocks
-    python scripts/render_results.py --check   # what CI runs: the README must match the committed results
+    python scripts/render_results.py --check   # what CI runs: the README must match the committed results,
+                                               # and every committed CSV the JSON written beside it
 """
 
 import argparse
@@ -12,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from resnet_jax.reporting import readme_results  # noqa: E402
+from resnet_jax.reporting import readme_results, results  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -28,7 +29,10 @@ def main(argv=None) -> int:
             for block in stale:
                 print(f"{args.readme}: block {block} differs from {args.results}; run scripts/render_results.py",
                       file=sys.stderr)
-            return 1 if stale else 0
+            mismatched = results.form_mismatches(args.results)
+            for line in mismatched:
+                print(line, file=sys.stderr)
+            return 1 if stale or mismatched else 0
         fresh = readme_results.render(text, args.results)
     except readme_results.ResultsError as err:
         print(f"error: {err}", file=sys.stderr)

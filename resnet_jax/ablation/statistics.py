@@ -376,19 +376,31 @@ def compare_models(test: FamilyTest, pairs: Sequence[tuple[Mapping, Mapping]], *
                    alpha: float = DEFAULT_ALPHA) -> list[dict]:
     """Paired comparisons of models on the same examples, one per ``(reference, candidate)`` of ``pairs``:
     ``difference = candidate - reference`` with its interval at ``1 - alpha / k`` for ``k`` pairs (Bonferroni:
-    all hold at once with probability ``1 - alpha``), the p-value of any change, and ``better`` / ``worse`` /
-    ``no significant difference`` read off the interval."""
+    all hold at once with probability ``1 - alpha``), ``better`` / ``worse`` / ``no significant difference``
+    read off the interval, and the two-sided p-value of the test that interval inverts (McNemar's score test for
+    accuracy, the patient bootstrap for Dice), so that :func:`bonferroni_p` ``< alpha`` exactly when the verdict
+    is not "no significant difference"."""
     out = []
     for reference, candidate in pairs:
         t = test(reference, [candidate], rule=Decision(0.0, alpha), family_size=len(pairs))[0]
         low, high = -t["drop_high"], -t["drop_low"]
         verdict = "better" if low > 0 else "worse" if high < 0 else "no significant difference"
-        out.append({"difference": -t["drop"], "low": low, "high": high, "p_value": t["p_value"],
+        p_value = min(1.0, 2 * min(t["p_nontrivial"], t["p_improves"]))
+        out.append({"difference": -t["drop"], "low": low, "high": high, "p_value": p_value,
                     "comparisons": len(pairs), "alpha": alpha, "verdict": verdict})
     return out
 
 
+def bonferroni_p(c: Mapping) -> float:
+    """One :func:`compare_models` row's p-value adjusted for its ``comparisons`` (``m``): ``min(1, m p)``."""
+    return min(1.0, c["comparisons"] * c["p_value"])
+
+
 def comparison_text(c: Mapping) -> str:
-    """``+0.0123 [+0.0050, +0.0196], p = 0.001, better`` for one :func:`compare_models` row."""
-    return (f"{c['difference']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}] (paired, {c['comparisons']} comparisons), "
-            f"p = {c['p_value']:.2g}: {c['verdict']}")
+    """``+0.0123 [+0.0050, +0.0196] (paired, simultaneous over 3 comparisons), Bonferroni-adjusted p over 3
+    comparisons = 0.003 (unadjusted p = 0.001): better`` for one :func:`compare_models` row: the p beside the
+    verdict is adjusted as the interval is."""
+    m = f"{c['comparisons']} comparison" + "s" * (c["comparisons"] != 1)
+    return (f"{c['difference']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}] (paired, simultaneous over {m}), "
+            f"Bonferroni-adjusted p over {m} = {bonferroni_p(c):.2g} (unadjusted p = {c['p_value']:.2g}): "
+            f"{c['verdict']}")

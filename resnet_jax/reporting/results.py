@@ -9,8 +9,10 @@ digests and the wall time of each stage. The README's results are rendered from 
 
 from __future__ import annotations
 
+import csv
 import datetime
 import json
+import math
 import os
 import platform
 import shutil
@@ -212,3 +214,54 @@ def _copy_tables(workdir: Path, dest: Path) -> tuple[list[str], list[str]]:
         shutil.copyfile(path, dest / rel)
         copied.append(str(rel))
     return left_out, copied
+
+
+# Every committed form of a table says the same -----------------------------------------------------------------
+
+TWINS = {"path.csv": ("summary.json", "path")}
+"""CSVs whose rows a JSON file other than ``<stem>.json`` (under ``rows``) holds: file name and key."""
+
+
+def form_mismatches(root: str | Path) -> list[str]:
+    """Where a CSV under ``root`` says other than the JSON it was written beside: the README renders from the
+    JSON, so a hand-edited CSV would otherwise pass. One line per differing CSV, naming its first differing row
+    and column; a CSV with no JSON twin (``verify.csv``) is not compared."""
+    out = []
+    for path in sorted(Path(root).rglob("*.csv")):
+        twin = _twin_rows(path)
+        if twin is not None:
+            out += _compare_rows(path, *twin)
+    return out
+
+
+def _twin_rows(path: Path) -> tuple[str, list[dict]] | None:
+    name, key = TWINS.get(path.name, (f"{path.stem}.json", "rows"))
+    twin = path.with_name(name)
+    data = json.loads(twin.read_text()) if twin.is_file() else None
+    rows = data.get(key) if isinstance(data, dict) else None
+    return (name, rows) if isinstance(rows, list) else None
+
+
+def _compare_rows(path: Path, name: str, rows: list[dict]) -> list[str]:
+    with path.open(newline="") as fh:
+        written = list(csv.DictReader(fh))
+    if len(written) != len(rows):
+        return [f"{path}: {len(written)} rows in the CSV, {len(rows)} in {name}"]
+    for i, (cells, row) in enumerate(zip(written, rows), 1):
+        for column, cell in cells.items():
+            if column is None or not _same(cell, row.get(column)):
+                label = row.get("mask", row.get("step", ""))
+                return [f"{path}: row {i} ({label}), column {column}: {cell} in the CSV, {row.get(column)} in {name}"]
+    return []
+
+
+def _same(cell: str | None, value: Any) -> bool:
+    """A CSV cell against the JSON value it was written from (``csv`` writes ``str(value)``, None as nothing):
+    numbers compare as numbers, so that only their formatting may differ."""
+    if cell is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return cell == ("" if value is None else str(value))
+    try:
+        number = float(cell)
+    except ValueError:
+        return False
+    return math.isclose(number, value, rel_tol=1e-12) or (math.isnan(number) and math.isnan(value))

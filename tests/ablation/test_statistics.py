@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import optimize
+from scipy import optimize, stats
 
 from resnet_jax import metrics
 from resnet_jax.ablation import statistics as st
@@ -294,3 +294,28 @@ def test_the_patient_bootstrap_with_the_small_sample_stretch_keeps_its_level():
     assert wrong / trials <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / trials)
     assert st.small_sample_stretch(20, 0.05 / 1260) > st.small_sample_stretch(20, 0.025) > 1.0
     assert st.small_sample_stretch(None, 0.025) == 1.0
+
+
+def test_a_comparison_line_prints_the_bonferroni_adjusted_p_beside_its_verdict():
+    """The slim model's line as committed before issue 41: unadjusted 0.016 < 0.05, adjusted 7 x 0.016 = 0.112."""
+    row = {"difference": 0.0092, "low": -0.0009, "high": 0.0194, "p_value": 0.016, "comparisons": 7, "alpha": 0.05,
+           "verdict": "no significant difference"}
+    text = st.comparison_text(row)
+    assert text == ("+0.0092 [-0.0009, +0.0194] (paired, simultaneous over 7 comparisons), Bonferroni-adjusted p over "
+                    "7 comparisons = 0.11 (unadjusted p = 0.016): no significant difference")
+    assert st.bonferroni_p({**row, "p_value": 0.4}) == 1.0
+
+
+def test_a_comparisons_adjusted_p_agrees_with_its_verdict_at_the_border():
+    """8 of 200 images lost, none gained, 8 comparisons: the score interval excludes 0 (worse), while the exact
+    McNemar p times 8 is 0.0625; the p printed is the score test's, the one the interval inverts."""
+    reference = {"correct": np.ones(200, bool)}
+    candidate = {"correct": np.arange(200) >= 8}
+    rows = st.compare_models(st.paired_tester(metrics.Accuracy()), [(reference, candidate)] * 8)
+    assert rows[0]["verdict"] == "worse" and 8 * st.mcnemar_exact(8, 0) > 0.05
+    expected = 8 * 2 * stats.norm.sf(8 / np.sqrt(8))  # McNemar's score statistic (b - c) / sqrt(b + c)
+    assert st.bonferroni_p(rows[0]) == pytest.approx(expected) and expected < 0.05
+    base, worse = _pairs(300, 20, 5000)
+    for pairs in ([({"correct": base}, {"correct": worse})] * 3, [({"correct": base}, {"correct": base})] * 2):
+        for row in st.compare_models(st.paired_tester(metrics.Accuracy()), pairs):
+            assert (st.bonferroni_p(row) < row["alpha"]) == (row["verdict"] != "no significant difference")

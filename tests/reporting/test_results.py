@@ -11,6 +11,7 @@ import jax
 import pytest
 
 from resnet_jax import ledger
+from resnet_jax.ablation import tables as tables_io
 from resnet_jax.reporting import readme_results, results
 from tests.conftest import run_cli
 
@@ -51,8 +52,7 @@ def _planted_run(run: Path, *, seed: int, stage3: float, bn_batch: bool = False)
                             ["non-trivial", "trivial", "undecided"]),
         }
         for protocol, table in tables.items():
-            (run / "ablation" / f"{protocol}{reading}.json").write_text(json.dumps(table))
-            (run / "ablation" / f"{protocol}{reading}.csv").write_text("mask,value\n")
+            tables_io.write_rows(table["rows"], run / "ablation", f"{protocol}{reading}", meta={"title": protocol})
 
 
 @pytest.fixture
@@ -288,13 +288,19 @@ def test_a_task_suffix_narrows_a_block_to_that_tasks_runs_and_stages(workdir, tm
 def _planted_skip(run: Path, *, cnn1: float, router: float) -> None:
     def acc(a, n=100):
         return {"accuracy": a, "ci_low": a - 0.01, "ci_high": a + 0.01, "n": n}
-    point = {"label": "early exit", "setting": "threshold 0.9", **acc(0.97), "mean_conv_layers": 1.25,
-             "mac_ratio_vs_cnn1": 0.05, "wall_ratio_vs_cnn1": 0.2}
+    paired = {"difference": round(0.97 - cnn1, 4), "low": -0.05, "high": 0.002, "p_value": 0.03, "comparisons": 8,
+              "alpha": 0.05, "verdict": "no significant difference"}
+    point = {"method": "early_exit", "label": "early exit", "setting": "threshold 0.9", **acc(0.97),
+             "mean_conv_layers": 1.25, "mac_ratio_vs_cnn1": 0.05, "wall_ratio_vs_cnn1": 0.2,
+             "meets_validation_target": True, "vs_cnn1": paired}
+    full = {"method": "full", "label": "CNN-1", "setting": None, **acc(cnn1), "mean_conv_layers": 3.0,
+            "mac_ratio_vs_cnn1": 1.0, "meets_validation_target": True}
     result = {"cnn1": {"test": acc(cnn1)}, "router": {**acc(router, 44), "majority_rate": 0.45},
               "literal": {"depth_true_label": acc(1.0), "depth_router": acc(0.6), "depth_full": acc(0.45)},
               "selection": {"n_labelled": 9, "per_layer": [{"labelled_here": k} for k in (2, 3, 4)]},
               "dense_router": {**acc(0.66), "majority_rate": 0.55}, "split_sizes": {"test": 100},
-              "curves": {"tolerance": 0.005, "best": [point]}, "verdict": ["early exit saves compute."]}
+              "curves": {"tolerance": 0.05, "best": [full, point], "test": []},
+              "verdict": ["stored before issue 41: p = 0.03: no significant difference"]}
     run.mkdir(parents=True)
     (run / "skip_results.json").write_text(json.dumps(result))
 
@@ -310,7 +316,12 @@ def test_study_b_tables_put_each_seed_beside_the_studys_numbers(workdir, tmp_pat
     assert "| - | 9 (2 / 3 / 4) | 9 (2 / 3 / 4) |" in text
     points = readme_results.skip_points(tmp_path / "planted")
     assert "| early exit | threshold 0.9 | 0.9700 [0.9600, 0.9800] | 1.250 | 0.050 | 0.200 |" in points
-    assert points.count("- early exit saves compute.") == 2
+    # the verdict is written from the stored points by today's code: the p beside each paired verdict is adjusted
+    # as its interval is (8 comparisons: 8 x 0.03 = 0.24), and named
+    assert "stored before issue 41" not in points
+    assert points.count("(paired difference -0.0181 [-0.0500, +0.0020] (paired, simultaneous over 8 comparisons), "
+                        "Bonferroni-adjusted p over 8 comparisons = 0.24 (unadjusted p = 0.03): no significant "
+                        "difference)") == 1
     for table in (readme_results.skip_study, readme_results.skip_points):
         assert table(tmp_path / "planted", "skip") == table(tmp_path / "planted")
         with pytest.raises(readme_results.ResultsError, match="task 'skip' only, not 'segmentation'"):
@@ -343,8 +354,8 @@ def test_the_elimination_block_shows_the_path_the_comparison_and_the_paired_test
     comparison = {"metric": "accuracy", "device": "cpu", "batch": 128, "repeats": 3, "rows": [
         {"name": "slim, 1 unit removed", "value": 0.71, **row},
         {"name": "random 1 units (3 draws, mean)", "value": 0.6, "low": 0.55, "high": 0.65, **row}],
-        "paired_vs_slim": {"resnet18": {"difference": -0.02, "low": -0.03, "high": -0.01, "p_value": 0.001,
-                                        "comparisons": 4, "verdict": "worse"}}}
+        "paired_vs_slim": {"resnet18": {"difference": -0.02, "low": -0.041, "high": 0.001, "p_value": 0.02,
+                                        "comparisons": 4, "verdict": "no significant difference"}}}
     (slim / "elimination" / "comparison.json").write_text(json.dumps(comparison))
     results.export(workdir, tmp_path / "planted", command="c")
     text = readme_results.elimination(tmp_path / "planted", "classification")
@@ -354,7 +365,9 @@ def test_the_elimination_block_shows_the_path_the_comparison_and_the_paired_test
             "set (2 units harmless alone, at once) 0.6000; the 1 smallest single drops 0.7000 (other units than the "
             "search); 2 random sets of 1 units 0.5500 [0.5000, 0.6000]." in text)
     assert "| random 1 units (3 draws, mean) | 0.6000 [0.5500, 0.6500] | 2.00 M | 60.0 M | 1,000 | 300 |" in text
-    assert "- slim minus resnet18: -0.0200 [-0.0300, -0.0100] (paired, 4 comparisons), p = 0.001: worse" in text
+    # unadjusted 0.02 < 0.05, but the verdict reads an interval simultaneous over 4 comparisons: 4 x 0.02 = 0.08
+    assert ("- slim minus resnet18: -0.0200 [-0.0410, +0.0010] (paired, simultaneous over 4 comparisons), "
+            "Bonferroni-adjusted p over 4 comparisons = 0.08 (unadjusted p = 0.02): no significant difference" in text)
     with pytest.raises(readme_results.ResultsError, match="no elimination results .* of task segmentation"):
         readme_results.elimination(tmp_path / "planted", "segmentation")
 
@@ -404,3 +417,32 @@ def test_the_pairs_block_computes_interactions_from_the_single_drops_and_checks_
     assert synergy.startswith("| `layer1.0.conv2 + layer2.0.conv2` | +0.6000 | +0.1000 | +0.2000 | +0.3000 |")
     with pytest.raises(readme_results.ResultsError, match="no pairs table"):
         readme_results.pairs(tmp_path / "r", "segmentation")
+
+
+def test_the_check_fails_when_a_committed_csv_says_other_than_its_json_twin(workdir, tmp_path):
+    """The README renders from the JSON; a hand-edited CSV beside it must fail the check too, naming file and row."""
+    root = tmp_path / "results"
+    results.export(workdir, root / "planted", command="c")
+    readme = tmp_path / "README.md"
+    readme.write_text(readme_results.render("<!-- results: planted/paper -->\n<!-- /results -->\n", root))
+    check = [sys.executable, str(ROOT / "scripts" / "render_results.py"), "--check", "--readme", str(readme),
+             "--results", str(root)]
+    assert subprocess.run(check, capture_output=True, text=True, timeout=300).returncode == 0
+    shortcut = root / "planted" / "cifar10-resnet34" / "ablation" / "shortcut.csv"
+    shortcut.write_text(shortcut.read_text().replace("layer2.0.downsample,0.3,", "layer2.0.downsample,0.35,"))
+    failed = subprocess.run(check, capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 1
+    assert (f"{shortcut}: row 1 (layer2.0.downsample), column value: 0.35 in the CSV, 0.3 in shortcut.json"
+            in failed.stderr)
+    assert results.form_mismatches(root) == failed.stderr.strip().splitlines()
+
+
+def test_a_csv_matches_its_twin_up_to_float_formatting_and_a_missing_row_is_named(tmp_path):
+    rows = [{"mask": "a", "value": 0.1 + 0.2, "n": 3, "ok": True, "note": None}, {"mask": "b", "value": float("nan"),
+                                                                                 "n": 4, "ok": False, "note": "x"}]
+    csv_path, _ = tables_io.write_rows(rows, tmp_path, "single")
+    assert results.form_mismatches(tmp_path) == []
+    csv_path.write_text(csv_path.read_text().replace("0.30000000000000004", "0.3000000000000000"))
+    assert results.form_mismatches(tmp_path) == []  # the same float, written otherwise
+    csv_path.write_text(csv_path.read_text().rsplit("b,", 1)[0])
+    assert results.form_mismatches(tmp_path) == [f"{csv_path}: 1 rows in the CSV, 2 in single.json"]
