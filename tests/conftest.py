@@ -16,11 +16,20 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RESNET_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+def in_ci() -> bool:
+    """Whether the suite runs in continuous integration (``CI=true``, as CI services set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
 def shared_dataset(name: str) -> Path:
-    """The shared offline copy of a dataset, or skip the test cleanly when it is absent."""
+    """The shared offline copy of a dataset. Where it is absent the test skips on a workstation, but fails under
+    ``CI=true``: a CI run without the data would otherwise pass without its end-to-end runs."""
     path = SHARED_DATA / name
     if not path.is_dir():
-        pytest.skip(f"shared dataset {path} not present")
+        message = f"shared dataset {path} not present (set RESNET_JAX_SHARED_DATA to its folder)"
+        if in_ci():
+            pytest.fail(f"{message}; CI=true requires it", pytrace=False)
+        pytest.skip(message)
     return path
 
 

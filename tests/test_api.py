@@ -22,6 +22,28 @@ def test_subpackages_export_what_a_user_imports():
         assert not missing, f"{package.__name__} lists {missing} but does not define them"
 
 
+DECISIONS = ("non-trivial", "trivial", "improves", "undecided")
+"""The rule's four decisions, written out here rather than imported from the code under test."""
+ROW = re.compile(r"(?P<mask>\S.*?) +(?P<value>\d\.\d{3})  drop [+-]\d\.\d{3} "
+                 r"\[(?P<low>[+-]\d\.\d{3}), (?P<high>[+-]\d\.\d{3})\]  (?P<decision>\S+)")
+
+
+def _decisions_allowed(low: float, high: float, *, margin: float) -> set[str]:
+    """The decisions the README's rule gives a drop whose simultaneous bounds print as ``[low, high]`` (3
+    decimals): non-trivial when ``low > margin``, else improves when ``high < -margin``, else trivial when
+    ``high < margin``, else undecided. A bound within rounding of a threshold allows either side."""
+    def above(x: float, threshold: float) -> set[bool]:
+        return {x > threshold} if abs(x - threshold) > 0.0005 else {True, False}
+
+    allowed = set()
+    for low_above in above(low, margin):
+        for high_below_minus in {not b for b in above(high, -margin)}:
+            for high_below in {not b for b in above(high, margin)}:
+                allowed.add("non-trivial" if low_above else "improves" if high_below_minus
+                            else "trivial" if high_below else "undecided")
+    return allowed
+
+
 def test_the_readme_example_runs(tmp_path, monkeypatch, capsys):
     text = (REPO / "README.md").read_text()
     section = text[text.index("### Use it from Python"):]
@@ -30,8 +52,11 @@ def test_the_readme_example_runs(tmp_path, monkeypatch, capsys):
     exec(compile(code, "README.md", "exec"), {})
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 21 and lines[-1].startswith("layer4 but its first unit")  # 20 convs of the tiny ResNet
-    decisions = [line.split()[-1] for line in lines]
-    assert set(decisions) <= {"non-trivial", "trivial", "improves", "undecided"}
+    for line in lines:
+        row = ROW.fullmatch(line)
+        assert row, f"not a row of the example's table: {line!r}"
+        assert row["decision"] in DECISIONS, line
+        assert row["decision"] in _decisions_allowed(float(row["low"]), float(row["high"]), margin=0.01), line
     assert (tmp_path / "runs" / "api-example" / "checkpoints").is_dir()
 
 

@@ -564,11 +564,9 @@ def test_a_model_that_learned_nothing_is_flagged_and_not_eliminated_unless_force
 # Data that does not fit the preset ---------------------------------------------------------------------
 
 def test_data_that_is_not_the_presets_dataset_is_refused_before_anything_is_written(tmp_path):
-    from tests.conftest import SHARED_DATA
+    from tests.conftest import shared_dataset
 
-    mnist = SHARED_DATA / "mnist"
-    if not mnist.is_dir():
-        pytest.skip("needs ../shared/data/mnist")
+    mnist = shared_dataset("mnist")
     workdir = tmp_path / "n14"
     wrong = run_cli("train", "--config", "cifar10-resnet34-smoke", "--workdir", str(workdir), "--data-dir", str(mnist))
     assert wrong.returncode == 2 and "not 'cifar10'" in wrong.stderr and "images (28, 28, 1)" in wrong.stderr

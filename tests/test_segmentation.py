@@ -13,7 +13,7 @@ from PIL import Image
 
 from resnet_jax import configs, metrics
 from resnet_jax.ablation import catalogue as abl
-from resnet_jax.ablation import engine, protocols
+from resnet_jax.ablation import engine, protocols, restore_subject
 from resnet_jax.ablation import statistics as st
 from resnet_jax.data import segmentation as seg_data
 from resnet_jax.models import pspnet
@@ -239,9 +239,15 @@ def test_ablate_scores_a_segmentation_run_by_dice_with_a_qualitative_figure(tiny
     assert all(r["metric"] == "dice_myo" and r["n_examples"] == 12 for r in table["rows"])
     header = (workdir / "ablation" / "shortcut.csv").read_text().splitlines()[0].split(",")
     assert header[-4:] == ["dice_mean", "dice_lv", "dice_myo", "dice_rv"]
+    subject = restore_subject(workdir, n_examples=12)  # the same 12 images, with the run's weights
     for r in table["rows"]:  # the study's metric leads: myocardium Dice; the mean of the classes beside it
-        assert r["value"] == pytest.approx(r["dice_myo"])
-        assert r["dice_mean"] == pytest.approx(np.mean([r["dice_lv"], r["dice_myo"], r["dice_rv"]]))
+        stage = r["mask"].split(".")[1]  # encoder.layer2.0.downsample -> layer2
+        truth = _pooled_dice_by_loop(_predict_zeroed(subject, ("encoder", stage, "0", "downsample", "conv", "kernel")),
+                                     subject.targets)
+        assert r["value"] == pytest.approx(truth["myo"], abs=1e-6)
+        assert [r["dice_lv"], r["dice_myo"], r["dice_rv"]] == pytest.approx([truth["lv"], truth["myo"], truth["rv"]],
+                                                                            abs=1e-6)
+        assert r["dice_mean"] == pytest.approx((truth["lv"] + truth["myo"] + truth["rv"]) / 3, abs=1e-6)
     tested = [r for r in table["rows"] if r["kind"] != "none"]
     assert all(r["decision"] in ("trivial", "non-trivial", "improves", "undecided") for r in tested)
     assert all(r["drop_low"] <= r["drop_low_unadjusted"] <= r["drop_high_unadjusted"] <= r["drop_high"] for r in tested)
@@ -250,6 +256,32 @@ def test_ablate_scores_a_segmentation_run_by_dice_with_a_qualitative_figure(tiny
     figure = json.loads((workdir / "ablation" / "qualitative.json").read_text())
     assert figure["masks"]["most_harmful"] in {r["mask"] for r in table["rows"]}
     assert (workdir / "ablation" / "qualitative.png").stat().st_size > 0
+
+
+def _predict_zeroed(subject, path: tuple[str, ...]) -> np.ndarray:
+    """Class maps of the subject's model with the one kernel at ``path`` set to zeros, by a plain forward pass
+    (not the ablation engine): the truth the engine's table is checked against."""
+    variables = jax.tree.map(np.array, subject.variables)
+    leaf = variables["params"]
+    for key in path[:-1]:
+        leaf = leaf[key]
+    leaf[path[-1]] = np.zeros_like(leaf[path[-1]])
+    images = subject.images.astype(np.float32) / (255.0 if subject.images.dtype == np.uint8 else 1.0)
+    logits, _ = subject.model.apply(variables, (images - subject.image_mean) / subject.image_std)
+    return np.asarray(jnp.argmax(logits, -1))
+
+
+def _pooled_dice_by_loop(predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """Pooled Dice per foreground class, ``2 sum|P & T| / sum(|P| + |T|)``, summed pixel by pixel in a loop
+    (1 when the class is absent from both, ACDC's ids: 1 LV cavity, 2 myocardium, 3 RV cavity)."""
+    out = {}
+    for class_id, name in ((1, "lv"), (2, "myo"), (3, "rv")):
+        both = either = 0
+        for p, t in zip(predictions.reshape(-1).tolist(), np.asarray(targets).reshape(-1).tolist()):
+            both += p == class_id and t == class_id
+            either += (p == class_id) + (t == class_id)
+        out[name] = 2 * both / either if either else 1.0
+    return out
 
 
 def test_protocols_select_encoder_layers_by_the_classifier_names():
