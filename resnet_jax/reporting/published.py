@@ -52,7 +52,8 @@ def stage_values(task: str, tables: Mapping[str, Sequence[dict] | Sequence[Seque
 
 def beside_ours(task: str, tables: Mapping[str, Sequence[dict] | Sequence[Sequence[dict]]]) -> list[list[str]]:
     """Rows ``[experiment, stage, paper, ours]`` for the baseline and each published stage value. ``tables`` maps a
-    protocol to its rows (one run) or to a list of row lists (one per seed: ours is then the mean and range)."""
+    protocol to its rows (one run) or to a list of row lists (one per seed: ours is then the mean and the range over
+    seeds, written out so that it does not read as a confidence interval)."""
     paper = PUBLISHED[task]
 
     def ours(values: Sequence[float]) -> str:
@@ -60,7 +61,8 @@ def beside_ours(task: str, tables: Mapping[str, Sequence[dict] | Sequence[Sequen
             return "-"
         if len(values) == 1:
             return f"{values[0]:.3f}"
-        return f"{sum(values) / len(values):.3f} [{min(values):.3f}, {max(values):.3f}] ({len(values)} seeds)"
+        return (f"{sum(values) / len(values):.3f} (range over {len(values)} seeds: {min(values):.3f} to "
+                f"{max(values):.3f})")
 
     rows = []
     for (protocol, stage), values in stage_values(task, tables).items():
