@@ -258,19 +258,33 @@ def elimination_path_figure(summary: dict):
 def plot_pareto(rows: Sequence[dict], path: Path, *, metric: str) -> Path:
     """Accuracy (or Dice) against measured eval images/s and against parameters, one point per model; rows with
     ``spread`` (random draws) get error bars."""
+    fig = pareto_figure(rows, metric=metric)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return path
+
+
+PARETO_MARKERS = ("o", "s", "D", "^", "v", "P", "X", "<", ">", "h")
+"""One marker per model of :func:`pareto_figure`, in row order."""
+
+
+def pareto_figure(rows: Sequence[dict], *, metric: str):
+    """The figure of :func:`plot_pareto`, unsaved. Models can share a point (the slim model and its fine-tuned
+    self have the same parameters and measured speed): each gets its own outlined marker, each smaller than the
+    ones before it and drawn above them, so a point under another still shows around it."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for r in rows:
+    for i, r in enumerate(rows):
         yerr = [[r["value"] - r["low"]], [r["high"] - r["value"]]] if "low" in r else None
+        style = {"marker": PARETO_MARKERS[i % len(PARETO_MARKERS)], "ms": 14 - 8 * i / max(len(rows) - 1, 1),
+                 "mfc": "none", "mew": 1.5, "ls": "none", "capsize": 3, "zorder": 2 + i, "color": f"C{i % 10}"}
         for ax, x in zip(axes, (r["eval_images_per_s"], r["params"] / 1e6)):
-            ax.errorbar([x], [r["value"]], yerr=yerr, fmt="o", capsize=3, label=r["name"])
+            ax.errorbar([x], [r["value"]], yerr=yerr, label=r["name"], **style)
     axes[0].set_xlabel("measured eval images/s")
     axes[1].set_xlabel("parameters (M)")
     for ax in axes:
         ax.set_ylabel(metric)
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from resnet_jax.reporting import published, readme_results, study_report
+from resnet_jax.reporting import figures, published, readme_results, study_report
 from tests.conftest import SHARED_DATA, run_cli
 from tests.studies.test_skip import check_outputs
 
@@ -200,14 +200,19 @@ def test_smoke_preset_runs_every_stage_resumes_and_adds_a_seed(smoke_run):
     assert "CIFAR-10, test accuracy" in paper and "myocardium Dice" in paper and "batch statistics" in paper
 
 
-# Run in the page once it has loaded: one line per figure with the size the browser decoded it to, and the width
-# of the widest table. The element's id is assembled at run time, so the script's own text never matches it.
-_PROBE = """<script>window.addEventListener("load", () => {
-  const sizes = [...document.images].map(i => `${i.complete}:${i.naturalWidth}x${i.naturalHeight}`);
-  const widest = Math.max(0, ...[...document.querySelectorAll("table")].map(t => t.getBoundingClientRect().width));
+# Run in a page that frames the report at a given width, once the frame has loaded: the frame document's
+# scrollWidth, the smallest computed font size of its body text, the width of the widest table, and one line per
+# figure with the size the browser decoded it to. The element's id is assembled at run time, so the script's own
+# text never matches it.
+_PROBE = """<script>document.getElementById("framed").addEventListener("load", () => {
+  const doc = document.getElementById("framed").contentDocument;
+  const sizes = [...doc.images].map(i => `${i.complete}:${i.naturalWidth}x${i.naturalHeight}`);
+  const widest = Math.max(0, ...[...doc.querySelectorAll("table")].map(t => t.getBoundingClientRect().width));
+  const text = [doc.body, ...doc.querySelectorAll("p, li, td, th")];
+  const font = Math.min(...text.map(e => parseFloat(doc.defaultView.getComputedStyle(e).fontSize)));
   const out = document.createElement("pre");
   out.id = ["probe", "result"].join("-");
-  out.textContent = `${Math.ceil(widest)} ${sizes.join(" ")}`;
+  out.textContent = `${doc.documentElement.scrollWidth} ${font} ${Math.ceil(widest)} ${sizes.join(" ")}`;
   document.body.appendChild(out);
 });</script>"""
 
@@ -215,17 +220,21 @@ _PROBE = """<script>window.addEventListener("load", () => {
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-def probe_page(html: str, tmp_path) -> tuple[int, list[str]]:
-    """The widest table's width in a 1,280-px window and each figure's decoded size, as Chromium renders them."""
-    probed = tmp_path / "index.html"
-    probed.write_text(html.replace("</body>", _PROBE + "</body>"))
-    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,900",
+def probe_page(page: str, tmp_path, *, width: int = 1280) -> dict:
+    """The page as Chromium lays it out in a ``width``-px frame (headless windows are at least 500 px wide, so a
+    phone's width is a frame's): its scrollWidth, smallest body-text font size, widest table and figure sizes."""
+    import html
+
+    probed = tmp_path / f"probe-{width}.html"
+    probed.write_text(f'<!doctype html><html><body style="margin:0"><iframe id="framed" width="{width}" height="900" '
+                      f'style="border:0" srcdoc="{html.escape(page)}"></iframe>{_PROBE}</body></html>')
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={width + 100},1000",
                           "--virtual-time-budget=10000", "--dump-dom", probed.as_uri()],
                          capture_output=True, text=True, timeout=120).stdout
     found = re.search(r'<pre id="probe-result">([^<]*)</pre>', dom)
-    assert found, f"the page's load handler did not run; Chromium printed: {dom[-2000:]}"
-    widest, *sizes = found.group(1).split()
-    return int(widest), sizes
+    assert found, f"the frame's load handler did not run; Chromium printed: {dom[-2000:]}"
+    scroll, font, widest, *sizes = found.group(1).split()
+    return {"scroll_width": int(scroll), "font_px": float(font), "widest_table": int(widest), "figures": sizes}
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
@@ -240,8 +249,9 @@ def test_the_probe_reads_what_the_browser_renders(tmp_path):
     png = base64.b64encode(buffer.getvalue()).decode()
     page = (f'<html><body><img src="data:image/png;base64,{png}"><img src="missing.png">'
             f'<table style="width:2000px"><tr><td>x</td></tr></table></body></html>')
-    widest, sizes = probe_page(page, tmp_path)
-    assert widest == 2000 and sizes[0] == "true:3x2" and sizes[1].endswith(":0x0")
+    probed = probe_page(page, tmp_path, width=390)
+    assert probed["widest_table"] == 2000 and probed["scroll_width"] >= 2000 and probed["font_px"] == 16
+    assert probed["figures"][0] == "true:3x2" and probed["figures"][1].endswith(":0x0")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
@@ -249,10 +259,16 @@ def test_report_figures_render_in_chromium(smoke_run, tmp_path):
     workdir, _ = smoke_run
     page = (workdir / "report" / "index.html").read_text()
     n_figures = len(re.findall(r"<img\b", page))
-    widest, sizes = probe_page(page, tmp_path)
-    assert len(sizes) == n_figures >= 6
-    assert all(re.fullmatch(r"true:[1-9]\d*x[1-9]\d*", s) for s in sizes), sizes  # loaded, non-empty
-    assert widest <= 1280, f"a table is {widest} px wide in a 1,280-px window"
+    wide = probe_page(page, tmp_path)
+    assert len(wide["figures"]) == n_figures >= 6
+    assert all(re.fullmatch(r"true:[1-9]\d*x[1-9]\d*", s) for s in wide["figures"]), wide  # loaded, non-empty
+    assert wide["widest_table"] <= 1280, f"a table is {wide['widest_table']} px wide in a 1,280-px window"
+    assert wide["scroll_width"] <= 1280
+    phone = probe_page(page, tmp_path, width=390)
+    assert phone["scroll_width"] <= 392, f"the page is {phone['scroll_width']} px wide on a 390-px screen"
+    assert phone["font_px"] >= 12
+    for text in (page, (workdir / "report" / "report.md").read_text()):
+        assert str(workdir) not in text and str(SHARED_DATA.resolve()) not in text
 
 
 def test_report_prints_verify_floats_to_three_significant_digits():
@@ -276,3 +292,110 @@ def test_data_root_is_checked_up_front_and_compared_by_resolved_path(tmp_path):
     reproduce._claim(work, {"preset": "smoke", "data_root": str(root.resolve())}, force_new=False)  # no refusal
     with pytest.raises(reproduce.StageError, match="holds a reproduce run"):
         reproduce._claim(work, {"preset": "cpu", "data_root": str(root.resolve())}, force_new=False)
+
+
+def test_the_html_report_renders_its_inline_markdown_and_escapes_the_rest():
+    page = study_report._html([("p", "Made by `reproduce --x <y>`: **two** seeds, see [the paper](https://arxiv.org/abs/2009.09938); "
+                                     "[bad](javascript:alert(1)) <b>raw</b>"),
+                               ("list", ["**non-trivial** for `conv1`"]), ("table", ["**mask**"], [["`layer1.0`"]])],
+                              "t")
+    assert "<code>reproduce --x &lt;y&gt;</code>" in page and "<strong>two</strong>" in page
+    assert '<a href="https://arxiv.org/abs/2009.09938">the paper</a>' in page
+    assert "<li><strong>non-trivial</strong> for <code>conv1</code></li>" in page
+    assert "<th><strong>mask</strong></th>" in page and "<td><code>layer1.0</code></td>" in page
+    assert "&lt;b&gt;raw&lt;/b&gt;" in page and 'href="javascript' not in page
+    body = page.split("<body>")[1]
+    assert "**" not in body and "`" not in body
+
+
+def _phone_blocks() -> list[tuple]:
+    """A report's widest forms: a table of long cells, a long preformatted line, a long unbroken word, a figure."""
+    header = [f"column heading {i}" for i in range(12)]
+    return [("h1", "resnet-jax"), ("p", "A paragraph of words. " * 20 + "layer4.2.downsample." * 6),
+            ("table", header, [[f"0.{i}123456 [0.1, 0.2]" for i in range(12)]] * 3), ("pre", "x" * 400),
+            ("list", ["a finding " * 30])]
+
+
+def test_the_html_report_declares_a_phone_viewport_and_scrolls_wide_tables_in_their_own_box():
+    page = study_report._html(_phone_blocks(), "t")
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
+    assert re.search(r'<div class="scroll"><table>.*?</table></div>', page)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
+def test_the_html_report_fits_a_phone_and_a_desktop_in_chromium(tmp_path):
+    page = study_report._html(_phone_blocks(), "t")
+    phone = probe_page(page, tmp_path, width=390)
+    assert phone["scroll_width"] <= 392, f"the page is {phone['scroll_width']} px wide on a 390-px screen"
+    assert phone["font_px"] >= 12
+    wide = probe_page(page, tmp_path)
+    assert wide["scroll_width"] <= 1280 and wide["font_px"] >= 12
+
+
+def test_the_report_prints_no_absolute_path_of_the_machine(tmp_path):
+    import html
+
+    workdir, data = tmp_path / "work", (tmp_path / "data").resolve()
+    (workdir / "cifar10-resnet34").mkdir(parents=True)
+    (workdir / "stages.json").write_text(json.dumps({"run": {"preset": "smoke", "data_root": str(data)},
+                                                     "stages": {}}))
+    config = {"data": {"data_dir": str(data / "cifar10"), "name": "cifar10"},
+              "out": str(workdir / "cifar10-resnet34" / "checkpoints"), "model": {"name": "resnet34"}}
+    (workdir / "cifar10-resnet34" / "config.json").write_text(json.dumps(config))
+    study_report.write_study_report(workdir)
+    for name in ("index.html", "report.md"):
+        text = html.unescape((workdir / "report" / name).read_text())
+        assert str(tmp_path) not in text, name
+        assert "cifar10-resnet34/checkpoints" in text and '"data_dir": "cifar10"' in text
+
+
+def test_the_pareto_plot_shows_a_model_that_shares_another_ones_point():
+    """The slim model and its fine-tuned self share parameters and measured speed (and here accuracy): each model
+    gets its own marker, outlined and smaller than the ones drawn before it, so a point under another still shows."""
+    rows = [{"name": "resnet34 (full)", "value": 0.70, "params": 21e6, "eval_images_per_s": 700.0},
+            {"name": "slim, 3 units removed", "value": 0.71, "params": 10e6, "eval_images_per_s": 880.0},
+            {"name": "slim, fine-tuned 2 epoch(s)", "value": 0.71, "params": 10e6, "eval_images_per_s": 880.0},
+            {"name": "random 3 units", "value": 0.70, "low": 0.69, "high": 0.72, "params": 15e6,
+             "eval_images_per_s": 870.0}]
+    fig = figures.pareto_figure(rows, metric="accuracy")
+    for ax in fig.axes:
+        assert [c.get_label() for c in ax.containers] == [r["name"] for r in rows]
+        points = [c.lines[0] for c in ax.containers]  # each model's point (its error bar's data line)
+        assert [tuple(line.get_xydata()[0]) for line in points][1:3] in ([(880.0, 0.71)] * 2, [(10.0, 0.71)] * 2)
+        assert len({line.get_marker() for line in points}) == len(rows)
+        sizes = [line.get_markersize() for line in points]
+        assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(rows)
+        assert all(line.get_markerfacecolor() == "none" for line in points)
+        assert [line.get_zorder() for line in points] == sorted({line.get_zorder() for line in points})
+    figures.pyplot().close(fig)
+
+
+def _study_b(verdict: str, difference: float) -> dict:
+    full = {"method": "full", "setting": None, "accuracy": 0.98, "ci_low": 0.97, "ci_high": 0.99,
+            "mac_ratio_vs_cnn1": 1.0, "wall_ratio_vs_cnn1": 1.0, "meets_validation_target": True}
+    point = {**full, "method": "early_exit", "setting": "threshold 0.8", "accuracy": 0.98 + difference,
+             "mac_ratio_vs_cnn1": 0.5, "wall_ratio_vs_cnn1": 0.6,
+             "vs_cnn1": {"difference": difference, "low": difference - 0.002, "high": difference + 0.002,
+                         "p_value": 0.001, "comparisons": 8, "alpha": 0.05, "verdict": verdict}}
+    return {"best": [full, point], "test": [], "tolerance": 0.005}
+
+
+@pytest.mark.parametrize("verdict, difference, said", [
+    ("worse", -0.004, "At 0.0040 below CNN-1's test accuracy (paired: worse) it saves 50.0% of the MACs"),
+    ("better", 0.004, "At 0.0040 above CNN-1's test accuracy (paired: better) it saves 50.0% of the MACs"),
+    ("no significant difference", -0.001, "At a test accuracy not distinguishable from CNN-1's (paired) it saves "
+                                          "50.0% of the MACs")])
+def test_study_b_words_its_saving_as_its_paired_verdict_reads(verdict, difference, said):
+    from resnet_jax.studies.skip import verdict as study_b_verdict
+
+    (line,) = study_b_verdict(_study_b(verdict, difference))
+    assert said in line
+    if verdict != "no significant difference":
+        assert "equal accuracy" not in line.lower()
+
+
+def test_study_b_names_the_adjustment_of_the_p_beside_each_paired_verdict():
+    from resnet_jax.studies.skip import verdict as study_b_verdict
+
+    (line,) = study_b_verdict(_study_b("worse", -0.004))
+    assert "Bonferroni-adjusted p over 8 comparisons = 0.008 (unadjusted p = 0.001): worse" in line

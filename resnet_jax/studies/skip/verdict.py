@@ -43,8 +43,20 @@ def verdict(curves: Mapping) -> list[str]:
             lines.append(f"{text}. On test it falls {-gap:.4f} below CNN-1 (more than {tol}): no saving at equal "
                          f"accuracy is shown.")
         elif p["mac_ratio_vs_cnn1"] > 0.98:
-            lines.append(f"{text}. At equal accuracy it saves no compute (under 2 % of the MACs).")
+            lines.append(f"{text}. {_at_accuracy(p, gap, tol)} it saves no compute (under 2 % of the MACs).")
         else:
             faster = "and is faster in wall time" if wall < 1 else "but is not faster in wall time here"
-            lines.append(f"{text}. At equal accuracy it saves {1 - p['mac_ratio_vs_cnn1']:.1%} of the MACs {faster}.")
+            lines.append(f"{text}. {_at_accuracy(p, gap, tol)} it saves {1 - p['mac_ratio_vs_cnn1']:.1%} of the MACs "
+                         f"{faster}.")
     return lines
+
+
+def _at_accuracy(point: Mapping, gap: float, tol: float) -> str:
+    """The accuracy a saving comes at, as the point's paired test against CNN-1 reads it ("equal" only where no
+    paired test ran: then the tolerance rule is all there is)."""
+    said = point.get("vs_cnn1", {}).get("verdict")
+    if said in ("worse", "better"):
+        return f"At {abs(gap):.4f} {'below' if said == 'worse' else 'above'} CNN-1's test accuracy (paired: {said})"
+    if said:
+        return "At a test accuracy not distinguishable from CNN-1's (paired)"
+    return f"At a test accuracy within {tol} of CNN-1's"
