@@ -387,8 +387,13 @@ def compare_models(test: FamilyTest, pairs: Sequence[tuple[Mapping, Mapping]], *
         verdict = "better" if low > 0 else "worse" if high < 0 else "no significant difference"
         p_value = min(1.0, 2 * min(t["p_nontrivial"], t["p_improves"]))
         out.append({"difference": -t["drop"], "low": low, "high": high, "p_value": p_value,
-                    "comparisons": len(pairs), "alpha": alpha, "verdict": verdict})
+                    "p_test": P_TEST, "comparisons": len(pairs), "alpha": alpha, "verdict": verdict})
     return out
+
+
+P_TEST = "the test the interval inverts"
+"""Marks a :func:`compare_models` row whose ``p_value`` agrees with its interval; rows of earlier versions lack it
+(their accuracy p came from McNemar's exact test, which the interval does not invert)."""
 
 
 def bonferroni_p(c: Mapping) -> float:
@@ -401,6 +406,9 @@ def comparison_text(c: Mapping) -> str:
     comparisons = 0.003 (unadjusted p = 0.001): better`` for one :func:`compare_models` row: the p beside the
     verdict is adjusted as the interval is."""
     m = f"{c['comparisons']} comparison" + "s" * (c["comparisons"] != 1)
-    return (f"{c['difference']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}] (paired, simultaneous over {m}), "
-            f"Bonferroni-adjusted p over {m} = {bonferroni_p(c):.2g} (unadjusted p = {c['p_value']:.2g}): "
+    p = (f"Bonferroni-adjusted p over {m} = {bonferroni_p(c):.2g} (unadjusted p = {c['p_value']:.2g})"
+         if c.get("p_test") == P_TEST else
+         f"unadjusted p = {c['p_value']:.2g} (recorded by an earlier version from a test the interval does not "
+         f"invert; the verdict reads the simultaneous interval)")
+    return (f"{c['difference']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}] (paired, simultaneous over {m}), {p}: "
             f"{c['verdict']}")

@@ -281,8 +281,16 @@ def skip_points(folder: Path, task: str | None = None) -> str:
                    f"{r['curves']['tolerance']} of CNN-1's validation accuracy):\n\n"
                    + results.grid(["method", "operating point", "test accuracy [95 % CI]", "mean conv layers", "MAC ratio",
                             "wall ratio"], rows, right_from=3)
-                   + "\n" + "\n".join(f"- {line}" for line in r["verdict"]) + "\n")
+                   + "\n" + "\n".join(f"- {line}" for line in _skip_verdict(r)) + "\n")
     return "\n".join(out)
+
+
+def _skip_verdict(r: dict) -> list[str]:
+    """The verdict written from the stored points by today's code (its words and the adjusted p beside each paired
+    verdict follow the code, its numbers the results), after CNN-1's stored competence warning, as the study puts it."""
+    from resnet_jax.studies.skip.verdict import verdict
+
+    return ([f"WARNING: {r['warning']}"] if "warning" in r else []) + verdict(r["curves"])
 
 
 def _slim_runs(folder: Path, task: str | None) -> list[Path]:
@@ -328,8 +336,8 @@ def _before_finetuning(s: dict) -> str:
                      f"({'the same units as the search' if same else 'other units than the search'})")
     tests = [r["test"] for r in s.get("random", [])]
     if tests:
-        parts.append(f"{len(tests)} random sets of {k} units {sum(tests) / len(tests):.4f} [{min(tests):.4f}, "
-                     f"{max(tests):.4f}]")
+        parts.append(f"{len(tests)} random sets of {k} units {sum(tests) / len(tests):.4f} (range over draws: "
+                     f"{min(tests):.4f} to {max(tests):.4f})")
     return f"\nOn test, removed at once with no training: {'; '.join(parts)}.\n"
 
 
@@ -338,14 +346,15 @@ def _comparison(slim: Path) -> str:
     if not path.is_file():
         return ""
     c = _json(path)
-    rows = [[r["name"], f"{r['value']:.4f}" + (f" [{r['low']:.4f}, {r['high']:.4f}]" if "low" in r else ""),
+    spread = lambda r: f" (range over draws: {r['low']:.4f} to {r['high']:.4f})" if "low" in r else ""  # noqa: E731
+    rows = [[r["name"], f"{r['value']:.4f}" + spread(r),
              f"{r['params'] / 1e6:.2f} M", f"{r['conv_macs'] / 1e6:.1f} M", f"{r['eval_images_per_s']:,.0f}",
              f"{r['train_images_per_s']:,.0f}", " / ".join(f"{r['ratios_vs_full'][k]:.3f}" for k in
                                                           ("params", "conv_macs", "eval_images_per_s",
                                                            "train_images_per_s"))] for r in c["rows"]]
     paired = [f"- slim minus {name}: {statistics.comparison_text(d)}" for name, d in c.get("paired_vs_slim", {}).items()]
     return (f"\nOn test ({c['metric']}; speeds on {c['device']}, batch {c['batch']}, median of {c['repeats']} "
-            f"repeats; random sets: mean [min, max]):\n\n"
+            f"repeats):\n\n"
             + results.grid(["model", f"test {c['metric']}", "params", "conv MACs", "eval img/s", "train img/s",
                      "vs full: params / MACs / eval / train"], rows)
             + ("\n" + "\n".join(paired) + "\n" if paired else ""))

@@ -9,12 +9,14 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from resnet_jax.ablation.statistics import DECISIONS
+from resnet_jax.ablation.statistics import DECISIONS, P_TEST, bonferroni_p
 from resnet_jax.ablation.tables import breakdown_columns
 from resnet_jax.reporting import markdown, published, results
 
@@ -56,31 +58,56 @@ def _md(blocks: Sequence[tuple], base: Path) -> str:
     return "\n".join(out)
 
 
+_INLINE = re.compile(r"`([^`]+)`|\*\*(.+?)\*\*|\[([^\]]+)\]\((https?://[^\s)]+|[^:\s)]+)\)")
+"""The inline Markdown the blocks use: `code`, **bold** and [links](...) to the web or to relative paths."""
+
+
+def _inline(text: str) -> str:
+    """One block's text as HTML: its inline Markdown rendered, everything else escaped."""
+    out, last = [], 0
+    for found in _INLINE.finditer(text):
+        code, bold, label, href = found.groups()
+        out.append(html.escape(text[last:found.start()]))
+        if code is not None:
+            out.append(f"<code>{html.escape(code)}</code>")
+        elif bold is not None:
+            out.append(f"<strong>{_inline(bold)}</strong>")
+        else:
+            out.append(f'<a href="{html.escape(href)}">{_inline(label)}</a>')
+        last = found.end()
+    return "".join(out) + html.escape(text[last:])
+
+
+_STYLE = ("body{font-family:sans-serif;font-size:16px;max-width:1100px;margin:2em auto;padding:0 1em;"
+          "line-height:1.45;overflow-wrap:anywhere}.scroll{overflow-x:auto;margin:1em 0}"
+          "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;"
+          "overflow-wrap:normal}img{max-width:100%;height:auto}pre{background:#f6f6f6;padding:1em;overflow:auto}")
+"""Wide tables scroll inside their own box and long words break, so a phone's page is no wider than its screen."""
+
+
 def _html(blocks: Sequence[tuple], title: str) -> str:
     body = []
     for kind, *args in blocks:
         if kind in ("h1", "h2", "h3"):
-            body.append(f"<{kind}>{html.escape(args[0])}</{kind}>")
+            body.append(f"<{kind}>{_inline(args[0])}</{kind}>")
         elif kind == "p":
-            body.append(f"<p>{html.escape(args[0])}</p>")
+            body.append(f"<p>{_inline(args[0])}</p>")
         elif kind == "list":
-            body.append("<ul>" + "".join(f"<li>{html.escape(str(i))}</li>" for i in args[0]) + "</ul>")
+            body.append("<ul>" + "".join(f"<li>{_inline(str(i))}</li>" for i in args[0]) + "</ul>")
         elif kind == "table":
             header, rows = args
-            head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-            cells = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
+            head = "".join(f"<th>{_inline(h)}</th>" for h in header)
+            cells = "".join("<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+            body.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table></div>')
         elif kind == "img":
             data = base64.b64encode(Path(args[0]).read_bytes()).decode()
             body.append(f'<figure><img alt="{html.escape(args[1])}" src="data:image/png;base64,{data}">'
-                        f"<figcaption>{html.escape(args[1])}</figcaption></figure>")
+                        f"<figcaption>{_inline(args[1])}</figcaption></figure>")
         elif kind == "pre":
             body.append(f"<pre>{html.escape(args[0])}</pre>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
-             "text-align:right}img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+    return ("<!doctype html><html><head><meta charset='utf-8'>"
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>{''.join(body)}</body></html>")
 
 
 # Reading results -----------------------------------------------------------------------------
@@ -96,6 +123,20 @@ def _short(cell: str) -> str:
 
 def _json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _portable(value: Any, workdir: Path) -> Any:
+    """A record with this machine's absolute paths left out: a path inside the workdir relative to it, any other
+    by its last folder's name (the dataset's, for a data directory)."""
+    if isinstance(value, dict):
+        return {k: _portable(v, workdir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_portable(v, workdir) for v in value]
+    if not (isinstance(value, str) and os.path.isabs(value)):
+        return value
+    path = Path(value)
+    inside = next((base for base in (workdir.absolute(), workdir.resolve()) if path.is_relative_to(base)), None)
+    return str(path.relative_to(inside)) if inside else path.name
 
 
 def _table(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
@@ -294,7 +335,7 @@ def _elimination_section(slim: Path, label: str) -> list[tuple]:
     if comparison:
         blocks.append(("table", ["model", comparison["metric"], "params", "conv MMACs", "eval img/s", "train img/s",
                                  "params / full", "eval speed / full"],
-                       [[r["name"] + (f" [{r['low']:.4f}, {r['high']:.4f}]" if "low" in r else ""),
+                       [[r["name"] + (f" (range over draws: {r['low']:.4f} to {r['high']:.4f})" if "low" in r else ""),
                          f"{r['value']:.4f}", f"{round(r['params']):,}", f"{r['conv_macs'] / 1e6:.1f}",
                          f"{r['eval_images_per_s']:.1f}", f"{r['train_images_per_s']:.1f}",
                          f"{r['ratios_vs_full']['params']:.3f}", f"{r['ratios_vs_full']['eval_images_per_s']:.3f}"]
@@ -306,9 +347,13 @@ def _elimination_section(slim: Path, label: str) -> list[tuple]:
         if paired:
             blocks += [("p", "The final slim model against each other model on the same test images (paired; "
                              "intervals simultaneous over the comparisons):"),
-                       ("table", ["slim minus", "difference", "interval", "p any change", "slim is"],
+                       ("table", ["slim minus", "difference", "interval",
+                                  f"Bonferroni-adjusted p over {next(iter(paired.values()))['comparisons']} "
+                                  "comparisons", "unadjusted p", "slim is"],
                         [[name, f"{c['difference']:+.4f}", f"[{c['low']:+.4f}, {c['high']:+.4f}]",
-                          f"{c['p_value']:.2g}", c["verdict"]] for name, c in paired.items()])]
+                          f"{bonferroni_p(c):.2g}" if c.get("p_test") == P_TEST else "- (earlier version)",
+                          f"{c['p_value']:.2g}", c["verdict"]]
+                         for name, c in paired.items()])]
     for name in ("path.png", "pareto.png"):
         if (slim / "elimination" / name).is_file():
             blocks.append(("img", str(slim / "elimination" / name), f"{label}: {name[:-4]}"))
@@ -382,15 +427,16 @@ def write_study_report(workdir: str | Path) -> Path:
     record = _json(workdir / "stages.json") or {}
     stages = record.get("stages", {})
     made_by = record.get("run") or {}
+    root = made_by.get("data_root")
     blocks.insert(2, ("p", f"Made by `resnet-jax reproduce --preset {made_by.get('preset', '?')}` with data from "
-                           f"{made_by.get('data_root') or 'TFDS'}."))
+                           + (f"`{_portable(root, workdir)}/` (its --data-root)." if root else "TFDS.")))
     blocks += [("h2", "Timings"), ("table", ["stage", "seconds", "finished"],
                                    [[s, f"{v['seconds']:.1f}", v["finished"]] for s, v in stages.items()
                                     if v.get("finished")])]
     for run in ("cifar10-resnet34", "acdc-pspnet34", "mnist-skip"):
         config = workdir / run / "config.json"
         if config.is_file():
-            blocks += [("h3", f"Config: {run}"), ("pre", config.read_text().strip())]
+            blocks += [("h3", f"Config: {run}"), ("pre", json.dumps(_portable(_json(config), workdir), indent=2))]
     blocks += [("h2", "Environment"), ("pre", json.dumps(results.machine(), indent=2))]
     # Figures are copied beside report.md so the Markdown works when the folder is moved.
     md_blocks = []

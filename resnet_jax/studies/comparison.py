@@ -189,7 +189,7 @@ def format_comparison(result: dict) -> str:
              f"{'train img/s':>11s}  vs full: params MACs eval train"]
     for r in result["rows"]:
         q = r["ratios_vs_full"]
-        spread = f"  [{r['low']:.4f}, {r['high']:.4f}]" if "low" in r else ""
+        spread = f"  (range over draws: {r['low']:.4f} to {r['high']:.4f})" if "low" in r else ""
         lines.append(f"{r['name']:40s} {r['value']:14.4f} {round(r['params']):11,d} {r['conv_macs'] / 1e6:10.1f} "
                      f"{r['eval_images_per_s']:10.1f} {r['train_images_per_s']:11.1f}  {q['params']:.3f} "
                      f"{q['conv_macs']:.3f} {q['eval_images_per_s']:.3f} {q['train_images_per_s']:.3f}{spread}")

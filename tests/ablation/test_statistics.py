@@ -298,11 +298,16 @@ def test_the_patient_bootstrap_with_the_small_sample_stretch_keeps_its_level():
 
 def test_a_comparison_line_prints_the_bonferroni_adjusted_p_beside_its_verdict():
     """The slim model's line as committed before issue 41: unadjusted 0.016 < 0.05, adjusted 7 x 0.016 = 0.112."""
-    row = {"difference": 0.0092, "low": -0.0009, "high": 0.0194, "p_value": 0.016, "comparisons": 7, "alpha": 0.05,
-           "verdict": "no significant difference"}
+    row = {"difference": 0.0092, "low": -0.0009, "high": 0.0194, "p_value": 0.016, "p_test": st.P_TEST,
+           "comparisons": 7, "alpha": 0.05, "verdict": "no significant difference"}
     text = st.comparison_text(row)
     assert text == ("+0.0092 [-0.0009, +0.0194] (paired, simultaneous over 7 comparisons), Bonferroni-adjusted p over "
                     "7 comparisons = 0.11 (unadjusted p = 0.016): no significant difference")
+    # a row of an earlier version: its p came from a test the interval does not invert, so no adjusted p is made up
+    old = st.comparison_text({k: v for k, v in row.items() if k != "p_test"})
+    assert old == ("+0.0092 [-0.0009, +0.0194] (paired, simultaneous over 7 comparisons), unadjusted p = 0.016 "
+                   "(recorded by an earlier version from a test the interval does not invert; the verdict reads the "
+                   "simultaneous interval): no significant difference")
     assert st.bonferroni_p({**row, "p_value": 0.4}) == 1.0
 
 

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+from resnet_jax.ablation.statistics import P_TEST
 from resnet_jax.reporting import study_report
 
 
@@ -16,7 +17,7 @@ def test_the_study_reports_slim_comparison_prints_the_bonferroni_adjusted_p(tmp_
            "train_images_per_s": 1.0, "ratios_vs_full": {"params": 1.0, "eval_images_per_s": 1.0}}
     comparison = {"metric": "accuracy", "device": "cpu", "batch": 8, "repeats": 3, "rows": [row],
                   "paired_vs_slim": {"full": {"difference": 0.0092, "low": -0.0009, "high": 0.0194, "p_value": 0.016,
-                                              "comparisons": 7, "alpha": 0.05,
+                                              "p_test": P_TEST, "comparisons": 7, "alpha": 0.05,
                                               "verdict": "no significant difference"}}}
     (slim / "elimination" / "summary.json").write_text(json.dumps(summary))
     (slim / "elimination" / "comparison.json").write_text(json.dumps(comparison))

@@ -12,6 +12,7 @@ import pytest
 
 from resnet_jax import ledger
 from resnet_jax.ablation import tables as tables_io
+from resnet_jax.ablation.statistics import P_TEST
 from resnet_jax.reporting import readme_results, results
 from tests.conftest import run_cli
 
@@ -195,8 +196,8 @@ def test_rendered_tables_hold_the_planted_numbers_and_the_check_sees_an_edit(wor
     text = readme_results.render(README, root)
     assert "text between" in text and "old numbers" not in text
     # paper: stage 3 is 0.83 in the study; ours 0.70 and 0.80 -> mean 0.750, range [0.700, 0.800]; batch: seed 0 only
-    assert "| stage-except-decomposition | 3 | 0.83 | 0.750 [0.700, 0.800] (2 seeds) | 0.700 |" in text
-    assert "| baseline | - | 0.84 | 0.800 [0.800, 0.800] (2 seeds) | 0.800 |" in text
+    assert "| stage-except-decomposition | 3 | 0.83 | 0.750 (range over 2 seeds: 0.700 to 0.800) | 0.700 |" in text
+    assert "| baseline | - | 0.84 | 0.800 (range over 2 seeds: 0.800 to 0.800) | 0.800 |" in text
     # decisions: single has 1 / 1 / 0 / 1 of non-trivial / trivial / improves / undecided in each seed
     assert "| cifar10-resnet34-seed1 | single | 3 | 1 | 1 | 0 | 1 | 0.01 | 0.05 |" in text
     assert "| cifar10-resnet34 | 2 | 2 | 0.7000 | accuracy | **0.7500** | 4 | 2.5 |" in text
@@ -288,7 +289,7 @@ def test_a_task_suffix_narrows_a_block_to_that_tasks_runs_and_stages(workdir, tm
 def _planted_skip(run: Path, *, cnn1: float, router: float) -> None:
     def acc(a, n=100):
         return {"accuracy": a, "ci_low": a - 0.01, "ci_high": a + 0.01, "n": n}
-    paired = {"difference": round(0.97 - cnn1, 4), "low": -0.05, "high": 0.002, "p_value": 0.03, "comparisons": 8,
+    paired = {"difference": round(0.97 - cnn1, 4), "low": -0.05, "high": 0.002, "p_value": 0.03, "p_test": P_TEST, "comparisons": 8,
               "alpha": 0.05, "verdict": "no significant difference"}
     point = {"method": "early_exit", "label": "early exit", "setting": "threshold 0.9", **acc(0.97),
              "mean_conv_layers": 1.25, "mac_ratio_vs_cnn1": 0.05, "wall_ratio_vs_cnn1": 0.2,
@@ -355,7 +356,7 @@ def test_the_elimination_block_shows_the_path_the_comparison_and_the_paired_test
         {"name": "slim, 1 unit removed", "value": 0.71, **row},
         {"name": "random 1 units (3 draws, mean)", "value": 0.6, "low": 0.55, "high": 0.65, **row}],
         "paired_vs_slim": {"resnet18": {"difference": -0.02, "low": -0.041, "high": 0.001, "p_value": 0.02,
-                                        "comparisons": 4, "verdict": "no significant difference"}}}
+                                        "p_test": P_TEST, "comparisons": 4, "verdict": "no significant difference"}}}
     (slim / "elimination" / "comparison.json").write_text(json.dumps(comparison))
     results.export(workdir, tmp_path / "planted", command="c")
     text = readme_results.elimination(tmp_path / "planted", "classification")
@@ -363,8 +364,8 @@ def test_the_elimination_block_shows_the_path_the_comparison_and_the_paired_test
     assert "| 2 | `layer3.5.conv2` (rejected) | 2 | 0.6800 | +0.0200 | 1,000,000 | 5.0 M |" in text
     assert ("removed at once with no training: the full network 0.7200; the search's 1 units 0.7150; the one-shot "
             "set (2 units harmless alone, at once) 0.6000; the 1 smallest single drops 0.7000 (other units than the "
-            "search); 2 random sets of 1 units 0.5500 [0.5000, 0.6000]." in text)
-    assert "| random 1 units (3 draws, mean) | 0.6000 [0.5500, 0.6500] | 2.00 M | 60.0 M | 1,000 | 300 |" in text
+            "search); 2 random sets of 1 units 0.5500 (range over draws: 0.5000 to 0.6000)." in text)
+    assert "| random 1 units (3 draws, mean) | 0.6000 (range over draws: 0.5500 to 0.6500) | 2.00 M | 60.0 M | 1,000 | 300 |" in text
     # unadjusted 0.02 < 0.05, but the verdict reads an interval simultaneous over 4 comparisons: 4 x 0.02 = 0.08
     assert ("- slim minus resnet18: -0.0200 [-0.0410, +0.0010] (paired, simultaneous over 4 comparisons), "
             "Bonferroni-adjusted p over 4 comparisons = 0.08 (unadjusted p = 0.02): no significant difference" in text)

@@ -8,8 +8,9 @@ import subprocess
 
 import pytest
 
+from resnet_jax.ablation.statistics import P_TEST
 from resnet_jax.reporting import figures, published, readme_results, study_report
-from tests.conftest import SHARED_DATA, run_cli
+from tests.conftest import SHARED_DATA, run_cli, shared_dataset
 from tests.studies.test_skip import check_outputs
 
 
@@ -29,7 +30,7 @@ def test_findings_read_the_decisions_and_the_paper_rows_line_up():
                         [{"mask": "encoder.layer3.0.downsample", "value": 0.4, "dice_myo": 0.3}]]}
     table = published.beside_ours("segmentation", seg)
     assert table[0] == ["baseline", "-", "0.87", "0.700"]
-    assert ["shortcut", "3", "0.00", "0.200 [0.100, 0.300] (2 seeds)"] in table
+    assert ["shortcut", "3", "0.00", "0.200 (range over 2 seeds: 0.100 to 0.300)"] in table
     assert ["stage-except-decomposition", "1", "0.82", "-"] in table
 
 
@@ -142,8 +143,7 @@ def smoke_run(tmp_path_factory):
     seed is added to the classification run by the test below, cheaply; every seed's elimination and Study B
     are the seed loop's, tested above)."""
     for name in ("cifar10", "mnist", "acdc_lv_myo"):
-        if not (SHARED_DATA / name).is_dir():
-            pytest.skip(f"shared dataset {name} not present")
+        shared_dataset(name)  # skips, or under CI=true fails, when one is missing
     workdir = tmp_path_factory.mktemp("reproduce")
     args = ("reproduce", "--preset", "smoke", "--workdir", str(workdir), "--data-root", str(SHARED_DATA))
     first = run_cli(*args, timeout=3600, own_process=True)  # a hang guard: on a cold compile cache it took 1,100 s
@@ -376,7 +376,8 @@ def _study_b(verdict: str, difference: float) -> dict:
     point = {**full, "method": "early_exit", "setting": "threshold 0.8", "accuracy": 0.98 + difference,
              "mac_ratio_vs_cnn1": 0.5, "wall_ratio_vs_cnn1": 0.6,
              "vs_cnn1": {"difference": difference, "low": difference - 0.002, "high": difference + 0.002,
-                         "p_value": 0.001, "comparisons": 8, "alpha": 0.05, "verdict": verdict}}
+                         "p_value": 0.001, "p_test": P_TEST, "comparisons": 8, "alpha": 0.05,
+                         "verdict": verdict}}
     return {"best": [full, point], "test": [], "tolerance": 0.005}
 
 
