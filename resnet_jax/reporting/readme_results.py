@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from resnet_jax.ablation import statistics
-from resnet_jax.reporting import benchmark_results, published, results
+from resnet_jax.reporting import benchmark_results, published, results, skip_verdict
 
 BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.-]+)/(?P<table>[\w-]+)(?::(?P<task>\w+))? -->\n)(?P<body>.*?)"
                    r"(?P<body_end><!-- /results -->)", re.S)
@@ -288,9 +288,7 @@ def skip_points(folder: Path, task: str | None = None) -> str:
 def _skip_verdict(r: dict) -> list[str]:
     """The verdict written from the stored points by today's code (its words and the adjusted p beside each paired
     verdict follow the code, its numbers the results), after CNN-1's stored competence warning, as the study puts it."""
-    from resnet_jax.studies.skip.verdict import verdict
-
-    return ([f"WARNING: {r['warning']}"] if "warning" in r else []) + verdict(r["curves"])
+    return ([f"WARNING: {r['warning']}"] if "warning" in r else []) + skip_verdict.verdict(r["curves"])
 
 
 def _slim_runs(folder: Path, task: str | None) -> list[Path]:

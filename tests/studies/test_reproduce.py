@@ -373,7 +373,8 @@ def test_the_pareto_plot_shows_a_model_that_shares_another_ones_point():
 def _study_b(verdict: str, difference: float) -> dict:
     full = {"method": "full", "setting": None, "accuracy": 0.98, "ci_low": 0.97, "ci_high": 0.99,
             "mac_ratio_vs_cnn1": 1.0, "wall_ratio_vs_cnn1": 1.0, "meets_validation_target": True}
-    point = {**full, "method": "early_exit", "setting": "threshold 0.8", "accuracy": 0.98 + difference,
+    point = {**full, "method": "early_exit", "label": "early exit (threshold on top softmax probability)",
+             "setting": "threshold 0.8", "accuracy": 0.98 + difference,
              "mac_ratio_vs_cnn1": 0.5, "wall_ratio_vs_cnn1": 0.6,
              "vs_cnn1": {"difference": difference, "low": difference - 0.002, "high": difference + 0.002,
                          "p_value": 0.001, "p_test": P_TEST, "comparisons": 8, "alpha": 0.05,

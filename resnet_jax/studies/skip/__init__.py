@@ -26,7 +26,7 @@ from resnet_jax.studies.skip.points import METHODS, best_points
 from resnet_jax.studies.skip.split import load_data, stratified_split
 from resnet_jax.studies.skip.study import run_study
 from resnet_jax.studies.skip.timing import point_key
-from resnet_jax.studies.skip.verdict import verdict
+from resnet_jax.reporting.skip_verdict import verdict
 
 __all__ = ["METHODS", "best_points", "load_data", "point_key", "run_study", "stratified_split",
            "verdict"]

@@ -17,7 +17,7 @@ from resnet_jax.data import images as data
 from resnet_jax.models import skip_cnn as nets
 from resnet_jax.reporting import figures, results, skip_report
 from resnet_jax.studies.skip import analysis, labelling, points, routers, split, timing
-from resnet_jax.studies.skip.verdict import verdict
+from resnet_jax.reporting.skip_verdict import verdict
 from resnet_jax.training import core
 from resnet_jax.training import skipping as skip_train
 

@@ -1,12 +1,12 @@
 """Study B's answer in plain sentences: does activation-chosen depth save compute at equal accuracy, beside early
-exit and random depth."""
+exit and random depth. Written from the stored operating points alone, so a study and the README's results blocks
+say it in the same words."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 from resnet_jax.ablation import statistics
-from resnet_jax.studies.skip.points import METHODS
 
 
 def verdict(curves: Mapping) -> list[str]:
@@ -26,7 +26,7 @@ def verdict(curves: Mapping) -> list[str]:
         gap = p["accuracy"] - full["accuracy"]
         wall = p.get("wall_ratio_vs_cnn1", float("nan"))
         paired = f"paired difference {statistics.comparison_text(p['vs_cnn1'])}" if "vs_cnn1" in p else f"{gap:+.4f}"
-        text = (f"{METHODS[method]}, at the point chosen on validation ({p['setting']}): test accuracy "
+        text = (f"{p['label']}, at the point chosen on validation ({p['setting']}): test accuracy "
                 f"{p['accuracy']:.4f} [{p['ci_low']:.4f}, {p['ci_high']:.4f}] vs CNN-1 {full['accuracy']:.4f} "
                 f"[{full['ci_low']:.4f}, {full['ci_high']:.4f}] ({paired}), MAC ratio {p['mac_ratio_vs_cnn1']:.3f}, "
                 f"wall-time ratio {wall:.3f}")
