@@ -276,7 +276,7 @@ def skip_points(folder: Path, task: str | None = None) -> str:
     out = []
     for run, r in _skip_runs(folder, task):
         rows = [[b["label"], b["setting"] or "-", _ci(b), f"{b['mean_conv_layers']:.3f}", f"{b['mac_ratio_vs_cnn1']:.3f}",
-                 f"{b['wall_ratio_vs_cnn1']:.3f}" if "wall_ratio_vs_cnn1" in b else "-"] for b in r["curves"]["best"]]
+                 f"{b['wall_ratio_vs_cnn1']:.3f}" if "wall_ratio_vs_cnn1" in b else "-"] for b in skip_verdict.table_points(r["curves"])]
         out.append(f"`{run.name}` (test split, {r['split_sizes']['test']} images; operating point: the cheapest within "
                    f"{r['curves']['tolerance']} of CNN-1's validation accuracy):\n\n"
                    + results.grid(["method", "operating point", "test accuracy [95 % CI]", "mean conv layers", "MAC ratio",

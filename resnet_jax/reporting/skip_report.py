@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from resnet_jax.models import skip_cnn as nets
+from resnet_jax.reporting import skip_verdict
 
 
 def _acc(a: Mapping) -> str:
@@ -38,7 +39,7 @@ def _summary_lines(res: Mapping, workdir: Path) -> list[str]:
         "## Every method at its operating point (chosen on validation, scored on test)", "",
         f"Operating point: the cheapest (MACs) whose validation accuracy is within {curves['tolerance']} of "
         "CNN-1's, else the most accurate. Oracles need the label: bounds, not methods.", "",
-        *TABLE_HEAD, *[_row(b) for b in curves["best"]], "",
+        *TABLE_HEAD, *[_row(b) for b in skip_verdict.table_points(curves)], "",
         f"![tradeoff]({res['figures']['tradeoff']})", ""]
 
 

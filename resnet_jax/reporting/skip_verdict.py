@@ -9,6 +9,25 @@ from collections.abc import Mapping
 from resnet_jax.ablation import statistics
 
 
+MATCHED = "random depth matched to the dense router (its histogram at the router's point: the control its verdict reads)"
+
+
+def table_points(curves: Mapping) -> list[dict]:
+    """Every method at its operating point (``curves["best"]``) and, after the dense router, the control its
+    verdict is compared with: random depth with the router's own histogram at the router's point, under its own
+    name (random depth's own operating point may be another histogram)."""
+    rows = list(curves["best"])
+    router = next((i for i, p in enumerate(rows) if p["method"] == "dense_router"), None)
+    if router is None:
+        return rows
+    setting = f"as {rows[router]['setting']}"
+    matched = next((p for p in curves["test"] if p["method"] == "random" and p["setting"] == setting), None)
+    own = next((p for p in rows if p["method"] == "random"), None)
+    if matched is None or (own is not None and own["setting"] == setting):
+        return rows
+    return [*rows[:router + 1], {**matched, "method": "random_matched", "label": MATCHED}, *rows[router + 1:]]
+
+
 def verdict(curves: Mapping) -> list[str]:
     """Plain sentences: does activation-chosen depth save compute at equal accuracy, and how does early exit do?
 

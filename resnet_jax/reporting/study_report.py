@@ -18,7 +18,7 @@ from typing import Any
 
 from resnet_jax.ablation.statistics import DECISIONS, P_TEST, bonferroni_p
 from resnet_jax.ablation.tables import breakdown_columns
-from resnet_jax.reporting import markdown, published, results
+from resnet_jax.reporting import markdown, published, results, skip_verdict
 
 PROTOCOL_TEXT = {
     "A": ("Study A (Wang et al., arXiv 2009.09938): after training, conv kernels are replaced by zeros (their "
@@ -391,7 +391,7 @@ def _study_b_section(run: Path, skip: dict | None) -> list[tuple]:
                        [[r["label"], r["setting"] or "-", f"{r['accuracy']:.4f}",
                          f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]", f"{r['mean_conv_layers']:.3f}",
                          f"{r['mac_ratio_vs_cnn1']:.3f}", f"{r.get('wall_ratio_vs_cnn1', float('nan')):.3f}"]
-                        for r in skip["curves"]["best"]]))
+                        for r in skip_verdict.table_points(skip["curves"])]))
         for name, router in (("the study's selection", skip["router"]), ("dense labelling", skip["dense_router"])):
             blocks.append(("p", f"Router on {name}: held-out accuracy {router['accuracy']:.4f} "
                                 f"[{router['ci_low']:.4f}, {router['ci_high']:.4f}] (n={router['n']}; majority-label "

@@ -447,3 +447,24 @@ def test_a_csv_matches_its_twin_up_to_float_formatting_and_a_missing_row_is_name
     assert results.form_mismatches(tmp_path) == []  # the same float, written otherwise
     csv_path.write_text(csv_path.read_text().rsplit("b,", 1)[0])
     assert results.form_mismatches(tmp_path) == [f"{csv_path}: 1 rows in the CSV, 2 in single.json"]
+
+
+def test_study_b_tables_show_the_control_the_verdict_reads_under_its_own_name():
+    """Seed 1 as committed: the dense router chose quantile 0.7 while random depth's own operating point is its
+    histogram at quantile 0.9 (0.9877); the verdict compares with random depth at quantile 0.7 (0.9793), so that
+    row is shown too, named as the matched control."""
+    from resnet_jax.reporting import skip_verdict
+
+    def point(method, setting, accuracy, label):
+        return {"method": method, "setting": setting, "accuracy": accuracy, "label": label}
+    router = point("dense_router", "quantile 0.7", 0.9851, "activation-chosen depth, dense labelling")
+    own = point("random", "as quantile 0.9", 0.9877, "random depth, the dense router's histogram")
+    matched = point("random", "as quantile 0.7", 0.9793, "random depth, the dense router's histogram")
+    full = point("full", "", 0.9892, "CNN-1")
+    curves = {"best": [full, router, own], "test": [own, matched, point("random", "as quantile 0.5", 0.96, "r")]}
+    rows = skip_verdict.table_points(curves)
+    assert [(r["setting"], r["accuracy"]) for r in rows] == [("", 0.9892), ("quantile 0.7", 0.9851),
+                                                             ("as quantile 0.7", 0.9793), ("as quantile 0.9", 0.9877)]
+    assert rows[2]["label"].startswith("random depth matched to the dense router") and rows[3]["label"] == own["label"]
+    same = {"best": [full, router, matched], "test": [matched]}  # its own point is the matched one: no second row
+    assert skip_verdict.table_points(same) == [full, router, matched]
