@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from resnet_jax import files, ledger  # noqa: E402
+from resnet_jax.reporting import results  # noqa: E402
 
 PROVENANCE = "provenance.json"
 
@@ -66,9 +67,9 @@ def record(out: Path, chosen: dict[str, list[str]], *, command: str) -> int:
             print(f"{name} failed (exit status {rc}); its result is not recorded", file=sys.stderr)
             return rc
         record["benchmarks"][name] = {
-            "command": f"python {shlex.join(args)}", "seconds": round(time.perf_counter() - start, 1),
+            "command": results.portable_text(f"python {shlex.join(args)}"), "seconds": round(time.perf_counter() - start, 1),
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "code": code, "machine": where, "recorded_by": command}
+            "code": code, "machine": where, "recorded_by": results.portable_text(command)}
         files.write_json(path, record)
     return 0
 

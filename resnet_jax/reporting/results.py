@@ -29,6 +29,33 @@ LEFT_OUT_DIRS = ("checkpoints", "initial_params", "figures", "report", "stages")
 MAX_BYTES = 2 * 2**20
 """A larger table is left out (and listed in the provenance record); the folder stays small enough to commit."""
 PROVENANCE = "provenance.json"
+ROOT = Path(__file__).resolve().parents[2]
+"""The repository root: recorded paths are written relative to it, as a reader types them there."""
+
+
+def portable_text(text: str, root: Path | None = None) -> str:
+    """``text`` with this machine's absolute paths under the repository's parent folder written relative to the
+    repository root (``/work/main/docs`` -> ``docs``, ``/work/shared/data`` -> ``../shared/data``), so a recorded
+    command reruns from any checkout laid out like this one (the shared data beside it)."""
+    root = Path(root or ROOT).resolve()
+    text = text.replace(f"{root}/", "")
+    return text if root.parent == Path(root.anchor) else text.replace(f"{root.parent}/", "../")
+
+
+def make_portable(folder: Path, root: Path | None = None) -> list[str]:
+    """Rewrite every text file under ``folder`` with :func:`portable_text`; return the files changed."""
+    changed = []
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix in SUFFIXES):
+        text = path.read_text()
+        if (fixed := portable_text(text, root)) != text:
+            path.write_text(fixed)
+            changed.append(str(path.relative_to(folder)))
+    return changed
+
+
+def recorded_path(text: str, root: Path | None = None) -> Path:
+    """A path as a record holds it (absolute, or relative to the repository root), resolved on this machine."""
+    return (Path(root or ROOT) / text).resolve()
 
 
 def machine() -> dict[str, Any]:
@@ -146,7 +173,7 @@ def _check_destination(workdir: Path, out: Path) -> None:
         earlier = json.loads((dest / PROVENANCE).read_text())
     except (OSError, ValueError):
         earlier = None
-    if not isinstance(earlier, dict) or Path(str(earlier.get("workdir"))).resolve() != work:
+    if not isinstance(earlier, dict) or recorded_path(str(earlier.get("workdir"))) != work:
         what = "the results of another run" if isinstance(earlier, dict) else "files that are not results of this run"
         raise ExportError(f"--out {out} already holds {what} ({_listing(dest)}); nothing was written: choose a new "
                           f"folder, or remove that one yourself if it may go")
@@ -187,6 +214,7 @@ def export(workdir: str | Path, out: str | Path, *, command: str, preset: str | 
         left_out, copied = _copy_tables(workdir, fresh)
         record = provenance(workdir, command=command, preset=preset, seeds=seeds, left_out=left_out, copied=copied)
         files.write_json(fresh / PROVENANCE, record)
+        make_portable(fresh)
         if out.exists():
             out.rename(old)
             moved = True

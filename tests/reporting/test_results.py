@@ -2,6 +2,7 @@
 results blocks are rendered from those folders and the check catches a hand-edited number."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -468,3 +469,29 @@ def test_study_b_tables_show_the_control_the_verdict_reads_under_its_own_name():
     assert rows[2]["label"].startswith("random depth matched to the dense router") and rows[3]["label"] == own["label"]
     same = {"best": [full, router, matched], "test": [matched]}  # its own point is the matched one: no second row
     assert skip_verdict.table_points(same) == [full, router, matched]
+
+
+def test_recorded_paths_read_from_the_repository_root(tmp_path):
+    """A record names paths as a reader types them in the repository: the checkout's own files relative to it,
+    the folders beside it (shared data, runs) through '..'; committed results and the README hold no absolute
+    path of the machine that made them."""
+    root = tmp_path / "main"
+    text = f'--workdir {tmp_path}/runs/cpu --data-root {tmp_path}/shared/data --out {root}/docs/results/x /opt/x'
+    assert results.portable_text(text, root) == "--workdir ../runs/cpu --data-root ../shared/data --out docs/results/x /opt/x"
+    assert results.recorded_path("../runs/cpu", root) == (tmp_path / "runs" / "cpu").resolve()
+    absolute = re.compile(r"(?<![\w.])/(?:work|root|home|tmp|Users)/")
+    found = [str(p.relative_to(ROOT)) for p in [ROOT / "README.md", *sorted((ROOT / "docs" / "results").rglob("*"))]
+             if p.is_file() and p.suffix in results.SUFFIXES and absolute.search(p.read_text())]
+    assert found == []
+
+
+def test_an_export_writes_the_runs_paths_relative_to_the_repository_root(workdir, tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "ROOT", tmp_path / "main")
+    (workdir / "cifar10-resnet34" / "config.json").write_text(json.dumps(
+        {"task": "classification", "train": {"seed": 0}, "data": {"data_dir": f"{tmp_path}/shared/data/cifar10"}}))
+    out = tmp_path / "main" / "docs" / "results" / "run"
+    record = json.loads(results.export(workdir, out, command=f"resnet-jax results --workdir {workdir}").read_text())
+    assert record["command"] == "resnet-jax results --workdir ../work" and record["workdir"] == "../work"
+    assert json.loads((out / "cifar10-resnet34" / "config.json").read_text())["data"]["data_dir"] == \
+        "../shared/data/cifar10"
+    results.export(workdir, out, command="again")  # the same run, named relative to the root: replaced
