@@ -155,9 +155,10 @@ class ExportError(OSError):
     """A results folder that cannot be written without harming what is there; nothing was touched."""
 
 
-def _check_destination(workdir: Path, out: Path) -> None:
-    """Refuse, before touching the disk, any ``out`` whose replacement could lose data: the workdir, a folder
+def check_destination(workdir: str | Path, out: str | Path) -> None:
+    """Refuse, before touching the disk (:func:`export` asks first; ``reproduce --results`` before hours of work), any ``out`` whose replacement could lose data: the workdir, a folder
     inside it or above it, a file, or a folder holding anything but an earlier export of this same run."""
+    workdir, out = Path(workdir), Path(out)
     work, dest = workdir.resolve(), out.resolve()
     if dest == work or dest.is_relative_to(work):
         raise ExportError(f"--out {out} is {'the workdir' if dest == work else 'inside the workdir'} {workdir}; "
@@ -190,11 +191,6 @@ def _listing(folder: Path) -> str:
     return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
-def check_destination(workdir: str | Path, out: str | Path) -> None:
-    """:func:`export`'s checks alone, for a command that exports only after hours of work."""
-    _check_destination(Path(workdir), Path(out))
-
-
 def export(workdir: str | Path, out: str | Path, *, command: str, preset: str | None = None,
            seeds: int | None = None) -> Path:
     """Copy ``workdir``'s tables into ``out`` and write its provenance record; return the record's path.
@@ -205,7 +201,7 @@ def export(workdir: str | Path, out: str | Path, *, command: str, preset: str | 
     workdir, out = Path(workdir), Path(out)
     if not (workdir / ledger.FILE).is_file() and not (workdir / "config.json").is_file():
         raise FileNotFoundError(f"{workdir} holds no run (no {ledger.FILE} or config.json): nothing to export")
-    _check_destination(workdir, out)
+    check_destination(workdir, out)
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     fresh, old = (out.with_name(f".{out.name}.{tag}-{os.getpid()}") for tag in ("new", "old"))
