@@ -11,7 +11,11 @@ the ratios are measured side by side:
 
 All three use one batch size, by default ``resnet-jax ablate``'s (128 images).
 
-    python benchmarks/ablation_sweep.py --n-examples 1024 --out bench.json [--workdir runs/c10-cpu]
+    python benchmarks/ablation_sweep.py --n-examples 1024 --out bench.json [--workdir runs/reproduce/cifar10-resnet34]
+
+A trained run for ``--workdir``: ``resnet-jax reproduce --preset cpu --only cifar-train --workdir runs/reproduce
+--data-root ../shared/data`` trains ``runs/reproduce/cifar10-resnet34`` (``benchmarks/record.py`` records which
+command made the run it read).
 """
 
 from __future__ import annotations
@@ -151,7 +155,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-examples", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=128, help="images per step, for all three")
-    parser.add_argument("--workdir", help="a trained resnet34 run (default: random weights, real BN stats)")
+    parser.add_argument("--workdir", help="a trained resnet34 run (default: random weights, real BN stats), e.g. "
+                                          "runs/reproduce/cifar10-resnet34 as `resnet-jax reproduce --preset cpu "
+                                          "--only cifar-train --workdir runs/reproduce` makes it")
     parser.add_argument("--data-dir", help="CIFAR-10 ImageFolder zips (default: synthetic images)")
     parser.add_argument("--skip-torch", action="store_true")
     parser.add_argument("--out", help="write the results as JSON here")

@@ -7,6 +7,10 @@ exit status; the ones finished before it stay, and ``--only`` reruns a subset in
 
     python benchmarks/record.py --workdir runs/reproduce/cifar10-resnet34 --data-dir ../shared/data/cifar10 \\
         [--out docs/results/benchmarks] [--only conv_kernels throughput ablation_sweep decision_rule]
+
+The ablation sweep reads a trained CIFAR-10 ResNet34 run (``--workdir``); ``resnet-jax reproduce --preset cpu
+--only cifar-train --workdir runs/reproduce --data-root ../shared/data`` makes ``runs/reproduce/cifar10-resnet34``,
+and the record names the command that made the run it read (``needs``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,24 @@ def commands(workdir: str, data_dir: str) -> dict[str, list[str]]:
     }
 
 
+NEEDS_RUN = ("ablation_sweep",)
+"""The benchmarks that read a trained run (``--workdir``): their record names the command that made it."""
+
+
+def trained_run(workdir: str) -> dict:
+    """What a benchmark's trained run is and how to make it again: its path, the command that trained it (the
+    reproduce stage that declared it; or that none is recorded) and the committed results folder of its job."""
+    run = Path(workdir).resolve()
+    made = ledger.made_by(run) or {}
+    out = {"run": results.portable_text(str(run)),
+           "made_by": made.get("command") or (f"command {results.NOT_RECORDED}" if made else
+                                              "not recorded (a run trained outside a reproduce job)")}
+    for record in sorted((HERE.parent / "docs" / "results").glob(f"*/{PROVENANCE}")):
+        if made and results.recorded_path(str(json.loads(record.read_text()).get("workdir"))) == Path(made["workdir"]):
+            out["results"] = str(record.parent.relative_to(HERE.parent))
+    return out
+
+
 def machine() -> dict:
     """The machine as the benchmarks see it, asked in a process of its own: this one must not hold an
     accelerator while they run."""
@@ -48,7 +70,7 @@ def machine() -> dict:
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def record(out: Path, chosen: dict[str, list[str]], *, command: str) -> int:
+def record(out: Path, chosen: dict[str, list[str]], *, command: str, needs: dict | None = None) -> int:
     """Run ``chosen`` in turn, each writing ``out/<name>.json``; the provenance record is rewritten after every
     benchmark, so an interrupted recording keeps the finished ones. Returns the first non-zero exit status."""
     code, where = ledger.code_version(), machine()  # read before any file here changes
@@ -69,14 +91,18 @@ def record(out: Path, chosen: dict[str, list[str]], *, command: str) -> int:
         record["benchmarks"][name] = {
             "command": results.portable_text(f"python {shlex.join(args)}"), "seconds": round(time.perf_counter() - start, 1),
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "code": code, "machine": where, "recorded_by": results.portable_text(command)}
+            "code": code, "machine": where, "recorded_by": results.portable_text(command),
+            **({"needs": needs} if needs and name in NEEDS_RUN else {})}
         files.write_json(path, record)
     return 0
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True, help="a trained CIFAR-10 ResNet34 run, for the ablation sweep")
+    parser.add_argument("--workdir", required=True,
+                        help="a trained CIFAR-10 ResNet34 run, for the ablation sweep (e.g. runs/reproduce/"
+                             "cifar10-resnet34, made by `resnet-jax reproduce --preset cpu --only cifar-train "
+                             "--workdir runs/reproduce`)")
     parser.add_argument("--data-dir", required=True, help="its CIFAR-10 data (ImageFolder folders or zips)")
     parser.add_argument("--out", type=Path, default=HERE.parent / "docs" / "results" / "benchmarks")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks")
@@ -86,7 +112,8 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; valid: {list(every)}")
     chosen = {k: v for k, v in every.items() if not args.only or k in args.only}
-    return record(args.out.resolve(), chosen, command=f"python benchmarks/record.py {shlex.join(argv or sys.argv[1:])}")
+    return record(args.out.resolve(), chosen, command=f"python benchmarks/record.py {shlex.join(argv or sys.argv[1:])}",
+                  needs=trained_run(args.workdir))
 
 
 if __name__ == "__main__":

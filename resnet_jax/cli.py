@@ -172,6 +172,7 @@ def _reproduce(args) -> int:
     if args.results:  # refused now, not after hours of work
         from resnet_jax.reporting import results
 
+        results.check_clean(allow_dirty=args.allow_dirty)
         results.check_destination(workdir, args.results)
     reproduce.reproduce(args.preset, workdir, data_root=args.data_root, only=only,
                         force_new=args.force_new, seeds=args.seeds)
@@ -185,7 +186,8 @@ def _export(workdir: Path, out: str, args, **about) -> None:
 
     from resnet_jax.reporting import results
 
-    record = results.export(workdir, out, command=shlex.join(["resnet-jax", *args.argv]), **about)
+    record = results.export(workdir, out, command=shlex.join(["resnet-jax", *args.argv]),
+                            allow_dirty=args.allow_dirty, **about)
     print(f"wrote the results of {workdir} to {Path(out)} (provenance: {record})")
 
 
@@ -404,13 +406,21 @@ def _interop_and_study_parsers(sub) -> None:
                    help="training seeds per task (default 1); tables combine them with spreads and decision counts")
     p.add_argument("--results", help="also write the run's tables and a provenance record (command, commit, "
                                      "machine, data digests, stage times) to this folder, e.g. docs/results/NAME")
+    _add_allow_dirty(p)
     p.set_defaults(func=_reproduce)
     p = sub.add_parser("results", help="write a workdir's tables and a provenance record to a folder (what the "
                                        "README's results are rendered from)")
     p.add_argument("--workdir", required=True, help="a run, or a reproduce workdir")
     p.add_argument("--out", required=True, help="the results folder, e.g. docs/results/NAME: new, empty, or an "
                                                 "earlier export of the same run (replaced); anything else is refused")
+    _add_allow_dirty(p)
     p.set_defaults(func=_results)
+
+
+def _add_allow_dirty(p) -> None:
+    p.add_argument("--allow-dirty", action="store_true",
+                   help="export even from a checkout with uncommitted changes to tracked code (refused otherwise: "
+                        "the record could not name the code); the record and the README block then say so")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -205,21 +205,46 @@ def run(workdir: str | Path, stage: Stage, log: Callable[[str], None], *, label:
     return result
 
 
-@functools.cache
-def code_version() -> dict[str, Any]:
-    """resnet-jax's version and, in a git checkout, its commit and whether tracked files differ from it: what
-    produced a stage's outputs, recorded with them."""
+NOT_CODE = ("docs", "*.md")
+"""Tracked paths that compute nothing (the committed results, prose): changes there leave a checkout's code clean,
+so an export into ``docs/results`` does not make the next one refuse."""
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True,
+                          timeout=30).stdout
+
+
+def _checkout() -> Path:
     import resnet_jax
 
-    root = Path(resnet_jax.__file__).resolve().parents[1]
+    return Path(resnet_jax.__file__).resolve().parents[1]
+
+
+def code_changes(root: str | Path | None = None) -> list[str] | None:
+    """The tracked code files of the checkout (``root``, default resnet-jax's own) that differ from its commit
+    (untracked files and :data:`NOT_CODE` left aside); None where there is no git checkout (an installed wheel)."""
+    exclude = [f":(exclude){p}" for p in NOT_CODE]
+    try:
+        lines = _git(Path(root or _checkout()), "status", "--porcelain", "--untracked-files=no", "--", ".", *exclude)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [line[3:] for line in lines.splitlines() if line.strip()]
+
+
+@functools.cache
+def code_version() -> dict[str, Any]:
+    """resnet-jax's version and, in a git checkout, its commit and whether tracked code differs from it
+    (:func:`code_changes`): what produced a stage's outputs, recorded with them."""
+    import resnet_jax
+
     out: dict[str, Any] = {"version": resnet_jax.__version__, "commit": None, "dirty": None}
     try:
-        git = lambda *a: subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True,  # noqa: E731
-                                        check=True, timeout=30).stdout.strip()
-        out["commit"] = git("rev-parse", "HEAD")
-        out["dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
+        out["commit"] = _git(_checkout(), "rev-parse", "HEAD").strip()
     except (OSError, subprocess.SubprocessError):
-        pass  # not a checkout (an installed wheel) or no git: the version alone
+        return out  # not a checkout (an installed wheel) or no git: the version alone
+    changes = code_changes()
+    out["dirty"] = None if changes is None else bool(changes)
     return out
 
 
@@ -239,6 +264,21 @@ def finish(workdir: str | Path, stage: str, result: dict, *, seconds: float, **e
         entry.update(result=result, seconds=seconds, finished=time.strftime("%Y-%m-%d %H:%M:%S"),
                      code=code_version(), command=command_line(), **extra)
     update(workdir, change)
+
+
+def made_by(run: str | Path) -> dict[str, Any] | None:
+    """The finished stage of the enclosing workdir's ledger that declared ``run`` among its outputs (how a
+    reproduce job made one of its runs): ``{"workdir", "stage", "command"}``, the command None where an earlier
+    version recorded none; None when no ledger above ``run`` declares it (a run trained on its own)."""
+    run = Path(run).absolute()
+    for workdir in run.parents:
+        if not (workdir / FILE).is_file():
+            continue
+        name = str(run.relative_to(workdir))
+        for stage, entry in read(workdir)["stages"].items():
+            if entry.get("finished") and name in entry.get("outputs", ()):
+                return {"workdir": str(workdir), "stage": stage, "command": entry.get("command")}
+    return None
 
 
 def outputs(workdir: str | Path, *, stages: Sequence[str] | None = None) -> list[str]:

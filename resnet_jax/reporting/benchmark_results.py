@@ -34,9 +34,19 @@ def _load(folder: Path, name: str) -> tuple[dict, dict]:
 
 
 def measured(entry: dict) -> str:
-    """Where, when and by what code a benchmark ran, and its command."""
+    """Where, when and by what code a benchmark ran, and its command; for one that reads a trained run, the
+    command that made that run (or that its record does not name it)."""
+    needs = entry.get("needs")
+    if needs:
+        where = f" (its tables: `{needs['results']}`)" if needs.get("results") else ""
+        made = needs["made_by"]
+        run = (f" The trained run it reads, `{needs['run']}`, was made by "
+               + (f"`{made}`" if made.startswith("resnet-jax ") else made) + f"{where}.")
+    else:
+        run = (f" The command that made its trained run is {results.NOT_RECORDED}." if "--workdir" in entry["command"]
+               else "")
     return (f"Measured {entry['finished'][:10]} on {results.machine_text(entry['machine'])} by "
-            f"{results.code_text(entry['code'])}: `{entry['command']}`, {entry['seconds']:.0f} s.")
+            f"{results.code_text(entry['code'])}: `{entry['command']}`, {entry['seconds']:.0f} s.{run}")
 
 
 def conv_kernels(folder: Path, task: str | None = None) -> str:

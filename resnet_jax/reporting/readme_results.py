@@ -213,19 +213,47 @@ def _stage_serves(name: str, task: str | None) -> bool:
 
 
 def budget_line(folder: Path, task: str | None = None) -> str:
-    """Where and with what code the folder's results were computed, how long each stage took, and the commands
-    that ran them (the stages and training of ``task`` only, when given)."""
+    """Where and with what code the folder's results were computed (preset and seeds), how long each stage took,
+    the commit and command of each (or that its record lacks them), any code with uncommitted changes and any run
+    without a dataset digest (the stages and training of ``task`` only, when given)."""
     p = _json(folder / "provenance.json")
-    m, code = p["machine"], p["code"]
     shown = {name: s for name, s in p["stages"].items() if "seconds" in s and _stage_serves(name, task)}
-    stages = ", ".join(f"{name} {s['seconds'] / 60:.1f} min" for name, s in shown.items())
-    trained = [s for run, s in p.get("training_seconds", {}).items()  # a study's models live inside its run folder
-               if task is None or _task(folder / Path(run).parts[0]) == task]
-    ran = list(dict.fromkeys(s["command"] for s in shown.values() if s.get("command")))
-    return (f"Compute: {results.machine_text(m)}; training {sum(trained) / 3600:.2f} h in all; stages (last call "
-            f"each): {stages or 'none recorded'}. Exported {p['date'][:10]} by {results.code_text(code)}: "
-            f"`{p['command']}`" + (f"; the stages ran as {', '.join(f'`{c}`' for c in ran)}" if ran else "")
-            + ".\n")
+    serves = lambda run: task is None or _task(folder / Path(run).parts[0]) == task  # noqa: E731
+    trained = [s for run, s in p.get("training_seconds", {}).items() if serves(run)]  # Study B: models in its run
+    preset, seeds = results.run_identity(folder)
+    preset, seeds = p.get("preset") or preset, p.get("seeds") or seeds
+    made = f"preset `{preset}`" if preset else "no reproduce preset recorded"
+    made += f", {seeds} seed{'s' if seeds != 1 else ''}" if seeds else ""
+    dirty = (f" (`--allow-dirty`: uncommitted {', '.join(p['uncommitted'])})" if p.get("allow_dirty") else "")
+    undigested = [run for run, digests in _digests(folder, p).items() if digests == results.NO_DIGEST and serves(run)]
+    return (f"Compute: {results.machine_text(p['machine'])}; {made}; training {sum(trained) / 3600:.2f} h in all. "
+            f"Stages (last call each): {_stage_words(shown) or 'none recorded'}. Exported {p['date'][:10]} by "
+            f"{results.code_text(p['code'])}{dirty}: `{p['command']}`."
+            + (f" No dataset digest recorded for {', '.join(undigested)}." if undigested else "") + "\n")
+
+
+def _digests(folder: Path, p: dict) -> dict[str, dict | str]:
+    """The record's dataset digests per run, with :data:`results.NO_DIGEST` for each run folder it lacks (an
+    earlier export listed only the runs that had one)."""
+    runs = {str(c.parent.relative_to(folder)): results.NO_DIGEST for c in sorted(folder.rglob("config.json"))}
+    return {**runs, **p.get("datasets", {})}
+
+
+def _stage_words(shown: dict[str, dict]) -> str:
+    """The stages with their minutes, grouped by the commit and command that ran them; what a stage's record lacks
+    is said (an earlier version recorded no command), and code with uncommitted changes is named as such."""
+    groups: dict[tuple, list[str]] = {}
+    for name, s in shown.items():
+        code = s.get("code") or {}
+        gaps = tuple(s.get("gaps", results.stage_gaps(s)))
+        key = (code.get("commit"), bool(code.get("dirty")), s.get("command"), gaps)
+        groups.setdefault(key, []).append(f"{name} {s['seconds'] / 60:.1f} min")
+    parts = []
+    for (commit, dirty, command, gaps), names in groups.items():
+        said = ([f"commit {commit[:10]}" + (f" {results.DIRTY}" if dirty else "")] if commit else [])
+        said += [*gaps, *([f"run as `{command}`"] if command else [])]
+        parts.append(f"{', '.join(names)}: {', '.join(said)}")
+    return "; ".join(parts)
 
 
 def _skip_runs(folder: Path, task: str | None) -> list[tuple[Path, dict]]:

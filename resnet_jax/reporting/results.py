@@ -89,10 +89,39 @@ def machine_text(m: dict[str, Any]) -> str:
     return f"{m['cpu']}, {m['cores']} cores, backend {m['backend']} ({m['device_count']} {m['device_kind']} device(s))"
 
 
+DIRTY = "with uncommitted changes to tracked code"
+NOT_RECORDED = "not recorded (made by an earlier version)"
+NO_DIGEST = "no digest recorded (the run wrote no dataset.json)"
+
+
 def code_text(code: dict[str, Any]) -> str:
     """A :func:`resnet_jax.ledger.code_version` record in words."""
-    commit = (code.get("commit") or "unknown")[:10] + (" (with local changes)" if code.get("dirty") else "")
+    commit = (code.get("commit") or "unknown")[:10] + (f" ({DIRTY})" if code.get("dirty") else "")
     return f"resnet-jax {code['version']} at commit {commit}"
+
+
+def stage_gaps(entry: dict[str, Any]) -> list[str]:
+    """What a finished stage's record lacks of what reruns it (the command, the code's commit), in words: stages
+    finished by versions before the ledger recorded them say so instead of leaving it out silently."""
+    if not entry.get("finished"):
+        return []
+    gaps = [] if entry.get("command") else [f"command {NOT_RECORDED}"]
+    code = entry.get("code")
+    if not code:
+        gaps.append(f"code version and commit {NOT_RECORDED}")
+    elif not code.get("commit"):
+        gaps.append("commit not recorded (not run from a git checkout)")
+    return gaps
+
+
+def run_identity(workdir: str | Path) -> tuple[str | None, int | None]:
+    """The reproduce preset that made ``workdir`` (its ledger's identity) and the most training seeds any of its
+    stages ran with (their results); None for what the ledger does not hold (a run trained alone)."""
+    record = ledger.read(workdir)
+    run = record.get("run")
+    seeds = [e["result"]["seeds"] for e in record["stages"].values()
+             if e.get("finished") and isinstance(e.get("result"), dict) and isinstance(e["result"].get("seeds"), int)]
+    return (run.get("preset") if isinstance(run, dict) else None), max(seeds, default=None)
 
 
 def _kept(path: Path, root: Path) -> bool:
@@ -101,12 +130,14 @@ def _kept(path: Path, root: Path) -> bool:
             and not any(p in LEFT_OUT_DIRS for p in parts[:-1]))
 
 
-def _datasets(workdir: Path) -> dict[str, dict[str, str]]:
-    """Per run directory, each split's content digest (``dataset.json``, written by training)."""
-    out = {}
-    for path in sorted(workdir.rglob("dataset.json")):
-        splits = json.loads(path.read_text())
-        out[str(path.parent.relative_to(workdir)) or "."] = {
+def _datasets(workdir: Path) -> dict[str, dict[str, str] | str]:
+    """Per run directory (a folder with a ``config.json`` or a ``dataset.json``), each split's content digest
+    (``dataset.json``, written by training), or :data:`NO_DIGEST` where the run recorded none."""
+    out: dict[str, dict[str, str] | str] = {}
+    for run in sorted({p.parent for name in ("dataset.json", "config.json") for p in workdir.rglob(name)}):
+        path = run / "dataset.json"
+        splits = json.loads(path.read_text()) if path.is_file() else None
+        out[str(run.relative_to(workdir)) or "."] = NO_DIGEST if splits is None else {
             name: split.get("sha256") for name, split in splits.items() if isinstance(split, dict)}
     return out
 
@@ -123,8 +154,14 @@ def _training_seconds(workdir: Path) -> dict[str, float]:
 
 
 def _stages(workdir: Path) -> dict[str, dict[str, Any]]:
-    return {name: {k: entry[k] for k in ("seconds", "finished", "code", "command") if k in entry}
-            for name, entry in ledger.read(workdir)["stages"].items()}
+    """Each stage's wall time, finish, code and command; a finished stage's missing command or commit is written
+    as null with the reason in ``gaps`` (:func:`stage_gaps`)."""
+    out = {}
+    for name, entry in ledger.read(workdir)["stages"].items():
+        stage = {k: entry.get(k) for k in ("seconds", "finished", "code", "command")
+                 if k in entry or entry.get("finished")}  # a finished stage names even what it lacks
+        out[name] = {**stage, "gaps": gaps} if (gaps := stage_gaps(entry)) else stage
+    return out
 
 
 def _unfinished(workdir: Path) -> list[str]:
@@ -138,12 +175,17 @@ def _unfinished(workdir: Path) -> list[str]:
 
 
 def provenance(workdir: Path, *, command: str, preset: str | None, seeds: int | None,
-               left_out: Sequence[str], copied: Sequence[str] = ()) -> dict[str, Any]:
+               left_out: Sequence[str], copied: Sequence[str] = (), uncommitted: Sequence[str] = ()) -> dict[str, Any]:
+    """The record of an export: ``preset`` and ``seeds`` as the workdir's ledger holds them (the arguments where
+    it holds none); ``uncommitted``, the changed code files an ``--allow-dirty`` export ran with."""
     unfinished = _unfinished(workdir)
+    recorded_preset, recorded_seeds = run_identity(workdir)
     return {
         "command": command, "code": ledger.code_version(),
+        **({"allow_dirty": True, "uncommitted": list(uncommitted)} if uncommitted else {}),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(), "preset": preset, "seeds": seeds, "workdir": str(workdir),
+        "machine": machine(), "preset": recorded_preset or preset, "seeds": recorded_seeds or seeds,
+        "workdir": str(workdir),
         "datasets": _datasets(workdir), "stages": _stages(workdir), "training_seconds": _training_seconds(workdir),
         "left_out": list(left_out), "files": list(copied),
         **({"warning": f"exported from an interrupted run: {len(unfinished)} stage(s) started and not finished "
@@ -152,7 +194,20 @@ def provenance(workdir: Path, *, command: str, preset: str | None, seeds: int | 
 
 
 class ExportError(OSError):
-    """A results folder that cannot be written without harming what is there; nothing was touched."""
+    """A results folder that cannot be written without harming what is there, or from code no commit holds;
+    nothing was touched."""
+
+
+def check_clean(*, allow_dirty: bool = False) -> list[str]:
+    """Refuse an export from a checkout whose tracked code differs from its commit (the record could not name the
+    code that made it), unless ``allow_dirty``; return the changed files (which the record then lists)."""
+    changes = ledger.code_changes() or []
+    if changes and not allow_dirty:
+        raise ExportError(f"the checkout has uncommitted changes to tracked code ({', '.join(changes[:3])}"
+                          f"{' ...' if len(changes) > 3 else ''}); commit them so the results name the code that "
+                          f"made them, or pass --allow-dirty (the record and the README block then say so); "
+                          f"nothing was written")
+    return changes
 
 
 def check_destination(workdir: str | Path, out: str | Path) -> None:
@@ -192,15 +247,17 @@ def _listing(folder: Path) -> str:
 
 
 def export(workdir: str | Path, out: str | Path, *, command: str, preset: str | None = None,
-           seeds: int | None = None) -> Path:
+           seeds: int | None = None, allow_dirty: bool = False) -> Path:
     """Copy ``workdir``'s tables into ``out`` and write its provenance record; return the record's path.
 
     The folder is written aside and renamed into place, so an interrupted export leaves the earlier one whole.
-    ``out`` may be new, empty, or an earlier export of the same run (which it replaces); anything else is
-    refused before the disk is touched (:class:`ExportError`)."""
+    ``out`` may be new, empty, or an earlier export of the same run (which it replaces); anything else, or a
+    checkout with uncommitted code changes unless ``allow_dirty`` (:func:`check_clean`), is refused before the
+    disk is touched (:class:`ExportError`)."""
     workdir, out = Path(workdir), Path(out)
     if not (workdir / ledger.FILE).is_file() and not (workdir / "config.json").is_file():
         raise FileNotFoundError(f"{workdir} holds no run (no {ledger.FILE} or config.json): nothing to export")
+    uncommitted = check_clean(allow_dirty=allow_dirty)
     check_destination(workdir, out)
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -208,7 +265,8 @@ def export(workdir: str | Path, out: str | Path, *, command: str, preset: str | 
     moved = False
     try:
         left_out, copied = _copy_tables(workdir, fresh)
-        record = provenance(workdir, command=command, preset=preset, seeds=seeds, left_out=left_out, copied=copied)
+        record = provenance(workdir, command=command, preset=preset, seeds=seeds, left_out=left_out, copied=copied,
+                            uncommitted=uncommitted)
         files.write_json(fresh / PROVENANCE, record)
         make_portable(fresh)
         if out.exists():

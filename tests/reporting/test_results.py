@@ -57,6 +57,13 @@ def _planted_run(run: Path, *, seed: int, stage3: float, bn_batch: bool = False)
             tables_io.write_rows(table["rows"], run / "ablation", f"{protocol}{reading}", meta={"title": protocol})
 
 
+@pytest.fixture(autouse=True)
+def clean_checkout(monkeypatch):
+    """Exports here run as from a committed checkout (this one may hold uncommitted edits; test_provenance.py
+    tests the refusal)."""
+    monkeypatch.setattr(ledger, "code_changes", lambda root=None: [])
+
+
 @pytest.fixture
 def workdir(tmp_path):
     work = tmp_path / "work"
@@ -276,7 +283,7 @@ def test_a_task_suffix_narrows_a_block_to_that_tasks_runs_and_stages(workdir, tm
     assert "| acdc-pspnet34 | single |" in seg and "cifar10" not in seg
     budget = readme_results.budget_line(root / "planted", "segmentation")
     assert "acdc-train" in budget and "readings" in budget and "cifar-train" not in budget
-    assert f"the stages ran as `{ledger.command_line()}`" in budget
+    assert f"run as `{ledger.command_line()}`" in budget
     assert "training 0.04 h" in budget  # the planted segmentation run's 150 s alone, not the two cifar runs'
     two = readme_results.render("<!-- results: planted/decisions:segmentation -->\n<!-- /results -->\n"
                                 "<!-- results: planted/decisions:classification -->\n<!-- /results -->", root)

@@ -184,7 +184,8 @@ def test_smoke_preset_runs_every_stage_resumes_and_adds_a_seed(smoke_run):
     assert again.stdout.count("done earlier, skipped") == 10  # every stage but the report, which always runs
     # A rerun with more seeds adds the missing seed (here of the classification run only) and combines the tables.
     out = workdir.parent / f"{workdir.name}-results"
-    more = run_cli(*args, "--seeds", "2", "--only", "cifar-train,cifar-ablate,report", "--results", str(out))
+    more = run_cli(*args, "--seeds", "2", "--only", "cifar-train,cifar-ablate,report", "--results", str(out),
+                   "--allow-dirty")  # a checkout being edited; tests/reporting/test_provenance.py tests the refusal
     assert more.returncode == 0, more.stderr[-4000:]
     assert (workdir / "cifar10-resnet34-seed1" / "ablation" / "single.json").is_file()
     assert json.loads((workdir / "cifar10-resnet34-seed1" / "config.json").read_text())["train"]["seed"] == 1
