@@ -197,11 +197,19 @@ def _results(args) -> int:
 
 
 def _presets(args) -> int:
+    from resnet_jax.reporting import preset_times
+    from resnet_jax.studies.reproduce import RUN_DIRS
+
+    stage = {key: "skip-study" if key == "skip" else f"{key}-train" for key in RUN_DIRS}
+    trained_by = {name: {RUN_DIRS[key]: (preset[key], stage[key]) for key in RUN_DIRS}
+                  for name, preset in REPRODUCE_PRESETS.items()}
+    times = preset_times.measured(trained_by)
     rows = configs.listing()
     for task in configs.TASKS:
         print(f"{task}:")
         for r in (r for r in rows if r["task"] == task):
-            print(f"  {r['name']}  [{r['scale']}]\n      {r['about']}\n      $ {r['command']}")
+            print(f"  {r['name']}  [{r['scale']}]\n      {r['about']}\n"
+                  f"      training time measured: {preset_times.text(times.get(r['name']))}\n      $ {r['command']}")
     return 0
 
 

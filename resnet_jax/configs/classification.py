@@ -57,7 +57,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "label_smoothing": 0.1},
     },
     "cifar10-resnet34-cpu": {
-        "about": "Under an hour on a 2-core CPU: 6 epochs over 45k training images (5k held out to validate), 5k test images",
+        "about": "For a 2-core CPU: 6 epochs over 45k training images (5k held out to validate), 5k test images",
         "scale": "cpu",
         "train": {"epochs": 6, "batch_size": 128, "learning_rate": 0.1, "warmup_epochs": 0.5,
                   "label_smoothing": 0.1},
@@ -72,7 +72,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "weight_decay": 5e-4, "label_smoothing": 0.0},
     },
     "cifar10-resnet34-smoke": {
-        "about": "Seconds, for tests and CI: 128 train / 32 validation / 64 test images, one epoch",
+        "about": "For tests and CI: 128 train / 32 validation / 64 test images, one epoch",
         "scale": "smoke",
         "train": {"epochs": 1, "batch_size": 32, "eval_batch_size": 64, "warmup_epochs": 0.0,
                   "learning_rate": 0.02},

@@ -79,14 +79,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train": {"epochs": 200, "batch_size": 16, "learning_rate": 0.01},
     },
     "acdc-pspnet34-cpu": {
-        "about": "About 45-55 minutes on a 2-core CPU: 128 px crops, output stride 16, 28 epochs",
+        "about": "For a 2-core CPU: 128 px crops, output stride 16, 28 epochs",
         "scale": "cpu",
         "model": {"output_stride": 16, "head_features": 256},
         "data": {"image_size": 128},
         "train": {"epochs": 28, "batch_size": 16, "learning_rate": 0.02, "warmup_epochs": 1.0, "max_shift": 10},
     },
     "acdc-pspnet34-smoke": {
-        "about": "Seconds plus compilation, for tests and CI: 16 training slices, 48 px, one epoch",
+        "about": "For tests and CI: 16 training slices, 48 px, one epoch",
         "scale": "smoke",
         "model": {"output_stride": 16, "head_features": 64},
         "data": {"image_size": 48, "max_train_examples": 16, "max_val_examples": 4, "max_test_examples": 8},

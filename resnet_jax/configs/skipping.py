@@ -46,7 +46,7 @@ DEFAULTS: dict[str, Any] = {
 PRESETS: dict[str, dict[str, Any]] = {
     "mnist-skip": {
         "about": "The study's training (20 epochs, Keras batch 32) at widths 10/20/40 (the narrowest with the study's "
-                 "10 maps in every layer): about an hour on a 2-core CPU",
+                 "10 maps in every layer)",
         "scale": "full",
         "model": {"widths": [10, 20, 40]},
     },
@@ -60,7 +60,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": {"widths": [16, 16, 16]},
     },
     "mnist-skip-cpu": {
-        "about": "About 10 minutes on a 2-core CPU: widths 10/20/40, 3 epochs",
+        "about": "For a 2-core CPU: widths 10/20/40, 3 epochs",
         "scale": "cpu",
         "model": {"widths": [10, 20, 40]},
         "train": {"epochs": 3, "batch_size": 64},
@@ -70,7 +70,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "evaluation": {"timing_repeats": 3},
     },
     "mnist-skip-smoke": {
-        "about": "Seconds, for tests and CI (--set data.name=synthetic needs no data)",
+        "about": "For tests and CI (--set data.name=synthetic needs no data)",
         "scale": "smoke",
         "data": {"max_train_examples": 512, "max_test_examples": 256, "val_examples": 128,
                  "synthetic": {"train_examples": 512, "test_examples": 256}},
