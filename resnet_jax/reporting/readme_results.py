@@ -304,11 +304,11 @@ def skip_points(folder: Path, task: str | None = None) -> str:
     out = []
     for run, r in _skip_runs(folder, task):
         rows = [[b["label"], b["setting"] or "-", _ci(b), f"{b['mean_conv_layers']:.3f}", f"{b['mac_ratio_vs_cnn1']:.3f}",
-                 f"{b['wall_ratio_vs_cnn1']:.3f}" if "wall_ratio_vs_cnn1" in b else "-"] for b in skip_verdict.table_points(r["curves"])]
+                 skip_verdict.wall_ratio_text(b)] for b in skip_verdict.table_points(r["curves"])]
         out.append(f"`{run.name}` (test split, {r['split_sizes']['test']} images; operating point: the cheapest within "
                    f"{r['curves']['tolerance']} of CNN-1's validation accuracy):\n\n"
                    + results.grid(["method", "operating point", "test accuracy [95 % CI]", "mean conv layers", "MAC ratio",
-                            "wall ratio"], rows, right_from=3)
+                            "wall ratio [interval]"], rows, right_from=3)
                    + "\n" + "\n".join(f"- {line}" for line in _skip_verdict(r)) + "\n")
     return "\n".join(out)
 
@@ -316,7 +316,7 @@ def skip_points(folder: Path, task: str | None = None) -> str:
 def _skip_verdict(r: dict) -> list[str]:
     """The verdict written from the stored points by today's code (its words and the adjusted p beside each paired
     verdict follow the code, its numbers the results), after CNN-1's stored competence warning, as the study puts it."""
-    return ([f"WARNING: {r['warning']}"] if "warning" in r else []) + skip_verdict.verdict(r["curves"])
+    return skip_verdict.verdict_lines(r)
 
 
 def _slim_runs(folder: Path, task: str | None) -> list[Path]:

@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from resnet_jax.ablation import speed
 from resnet_jax.models import skip_cnn as nets
 from resnet_jax.reporting import skip_verdict
 
@@ -17,10 +18,11 @@ def _acc(a: Mapping) -> str:
 def _row(p: Mapping) -> str:
     return (f"| {p['label']} | {p['setting'] or '-'} | {p['accuracy']:.4f} [{p['ci_low']:.4f}, "
             f"{p['ci_high']:.4f}] | {p['mean_conv_layers']:.3f} | {p['mac_ratio_vs_cnn1']:.3f} | "
-            f"{p.get('wall_ratio_vs_cnn1', float('nan')):.3f} |")
+            f"{skip_verdict.wall_ratio_text(p)} |")
 
 
-TABLE_HEAD = ["| method | operating point | test accuracy [95 % CI] | mean conv layers | MAC ratio | wall ratio |",
+TABLE_HEAD = ["| method | operating point | test accuracy [95 % CI] | mean conv layers | MAC ratio "
+              "| wall ratio [interval] |",
               "|---|---|---|---:|---:|---:|"]
 
 
@@ -94,11 +96,22 @@ def _points_lines(res: Mapping, workdir: Path) -> list[str]:
         f"router {macs['router']:,}.", "",
         f"Wall time: each point's inference as it would run (routers and exit tests inside the timed call; "
         f"per-depth buckets {tm['bucket_sizes']}, batch {tm['batch_size']}) on the {tm['n_examples']} test images, "
-        f"median of {tm['repeats']} runs interleaved over all points after a warm-up, on {tm['devices']} "
+        f"{_rounds(tm)}, on {tm['devices']} "
         f"({tm['cpu_count']} CPUs; load average before/after {[round(x, 2) for x in tm['loadavg_before']]} / "
         f"{[round(x, 2) for x in tm['loadavg_after']]}: on a shared machine wall ratios are noisy). The timed "
         f"paths' predictions agree with the points' on at least "
         f"{min(v['prediction_agreement'] for v in tm['paths'].values()):.2%} of the images.", ""]
+
+
+def _rounds(tm: Mapping) -> str:
+    """How the wall ratios were measured, as the timing recorded it."""
+    if "method" not in tm:  # an earlier version: medians of a few runs, no interval
+        return (f"median of {tm['repeats']} runs interleaved over all points after a warm-up (no interval: wall "
+                f"time not compared)")
+    return (f"{tm['repeats']} rounds after a warm-up, each timing every point once in a shuffled order; a point's "
+            f"wall ratio is the median over rounds of its time over CNN-1's in the same round, in brackets the "
+            f"distribution-free interval of that median (order statistics; faster or slower only where it excludes 1, "
+            f"and {speed.MIN_REPEATS} rounds at least give one)")
 
 
 def _setup_lines(res: Mapping, workdir: Path) -> list[str]:

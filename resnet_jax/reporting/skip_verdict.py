@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from resnet_jax.ablation import statistics
+from resnet_jax.ablation import speed, statistics
 
 
 MATCHED = "random depth matched to the dense router (its histogram at the router's point: the control its verdict reads)"
@@ -33,7 +33,8 @@ def verdict(curves: Mapping) -> list[str]:
 
     "Equal accuracy" is the validation rule that chose the point (within the tolerance of CNN-1) *and* a test
     accuracy no lower than CNN-1's by more than the tolerance; "saves" needs at least 2 % fewer MACs. Wall
-    time is reported beside, and the dense router beside random depth of its own histogram.
+    time is reported beside (faster or slower only where its interval excludes 1: :func:`wall_time`), and the
+    dense router beside random depth of its own histogram.
     """
     best, tol = {p["method"]: p for p in curves["best"]}, curves["tolerance"]
     full, lines = best["full"], []
@@ -43,12 +44,11 @@ def verdict(curves: Mapping) -> list[str]:
         if not p:
             continue
         gap = p["accuracy"] - full["accuracy"]
-        wall = p.get("wall_ratio_vs_cnn1", float("nan"))
         paired = f"paired difference {statistics.comparison_text(p['vs_cnn1'])}" if "vs_cnn1" in p else f"{gap:+.4f}"
         text = (f"{p['label']}, at the point chosen on validation ({p['setting']}): test accuracy "
                 f"{p['accuracy']:.4f} [{p['ci_low']:.4f}, {p['ci_high']:.4f}] vs CNN-1 {full['accuracy']:.4f} "
                 f"[{full['ci_low']:.4f}, {full['ci_high']:.4f}] ({paired}), MAC ratio {p['mac_ratio_vs_cnn1']:.3f}, "
-                f"wall-time ratio {wall:.3f}")
+                f"wall-time ratio {wall_ratio_text(p)}")
         shuffled = random.get(f"as {p['setting']}") if method == "dense_router" else None
         if shuffled:
             added = (statistics.comparison_text(p["vs_random"]) if "vs_random" in p
@@ -64,10 +64,32 @@ def verdict(curves: Mapping) -> list[str]:
         elif p["mac_ratio_vs_cnn1"] > 0.98:
             lines.append(f"{text}. {_at_accuracy(p, gap, tol)} it saves no compute (under 2 % of the MACs).")
         else:
-            faster = "and is faster in wall time" if wall < 1 else "but is not faster in wall time here"
-            lines.append(f"{text}. {_at_accuracy(p, gap, tol)} it saves {1 - p['mac_ratio_vs_cnn1']:.1%} of the MACs "
-                         f"{faster}.")
+            lines.append(f"{text}. {_at_accuracy(p, gap, tol)} it saves {1 - p['mac_ratio_vs_cnn1']:.1%} of the MACs; "
+                         f"{wall_time(p)}.")
     return lines
+
+
+def wall_time(point: Mapping) -> str:
+    """The point's wall time against CNN-1's in words: faster or slower only where the interval of its wall ratio
+    excludes 1; a point timed by an earlier version (a median of a few runs, no interval) is not compared."""
+    return speed.sentence(point.get("wall_ratio_interval"), "wall time")
+
+
+def wall_ratio_text(point: Mapping) -> str:
+    """``'0.892 [0.851, 0.934]'``; a ratio with no interval says so; ``'-'`` where the point was not timed."""
+    if "wall_ratio_vs_cnn1" not in point:
+        return "-"
+    interval = point.get("wall_ratio_interval") or {}
+    return (speed.interval_text(interval) if interval.get("low") is not None
+            else f"{point['wall_ratio_vs_cnn1']:.3f} (no interval)")
+
+
+def verdict_lines(res: Mapping) -> list[str]:
+    """A stored run's verdict as today's code words it (its numbers are the run's), after CNN-1's stored competence
+    warning, as the study puts it; a run too old to hold its chosen points keeps its stored sentences."""
+    if "best" not in res.get("curves", {}):
+        return list(res.get("verdict", []))
+    return ([f"WARNING: {res['warning']}"] if "warning" in res else []) + verdict(res["curves"])
 
 
 def _at_accuracy(point: Mapping, gap: float, tol: float) -> str:

@@ -333,6 +333,17 @@ def test_router_quantile_depths_on_a_literal_example():
     assert analysis.quantile_depths(logits, 1.0).tolist() == [2, 2, 2]
 
 
+def test_timed_paths_run_in_rounds_and_hand_back_their_warm_up_outputs():
+    """Every path once per round after one warm-up call; what a path computes is checked on the warm-up's output,
+    so checking costs no extra pass over the test set."""
+    calls = []
+    paths = {name: (lambda name=name: calls.append(name) or np.full(3, len(name))) for name in ("full", "early", "x")}
+    seconds, outputs = analysis.time_paths(paths, repeats=6, seed=1)
+    assert calls[:3] == ["full", "early", "x"] and len(calls) == 3 + 6 * 3
+    assert {name: len(s) for name, s in seconds.items()} == dict.fromkeys(paths, 6)
+    assert {name: out.tolist() for name, out in outputs.items()} == {"full": [4] * 3, "early": [5] * 3, "x": [1] * 3}
+
+
 def test_best_points_choose_the_cheapest_within_tolerance_on_validation():
     def pt(method, acc, macs, setting=""):
         return {"method": method, "setting": setting, "accuracy": acc, "macs_per_image": macs}
@@ -401,6 +412,12 @@ def check_outputs(workdir, n_test):
     assert set(timed) == {skip_study.point_key(p) for p in points}
     assert all(v["prediction_agreement"] == 1.0 for v in timed.values())  # timed paths = the scored points
     assert all(p["wall_ratio_vs_cnn1"] > 0 for p in points)
+    repeats = res["config"]["evaluation"]["timing_repeats"]
+    for p in points:  # each wall ratio has its interval (repeats >= 6), the same as its timed path's
+        c = p["wall_ratio_interval"]
+        assert c == timed[skip_study.point_key(p)]["wall_ratio_interval"] and c["repeats"] == repeats
+        assert (c["low"] is None) == (repeats < 6) and (c["low"] is None or c["low"] <= c["ratio"] <= c["high"])
+    assert full["wall_ratio_interval"]["ratio"] == 1.0 and full["wall_ratio_interval"]["low"] in (1.0, None)
     dense = {p["setting"]: p["depth_counts"] for p in points if p["method"] == "dense_router"}
     shuffled = {p["setting"][3:]: p["depth_counts"] for p in points if p["method"] == "random"}
     assert shuffled == dense  # random depth has each dense operating point's histogram
@@ -416,7 +433,7 @@ CIFAR100_STAND_IN = [
     "data.name=synthetic", "data.synthetic.train_examples=256", "data.synthetic.test_examples=128",
     "data.val_examples=64", "model.widths=[4,6,8]", "model.router_channels=[4]", "train.epochs=1",
     "train.batch_size=64", "selection.images_per_map=3", "router.epochs=1", "literal.epochs=1",
-    "dense.epochs=1", "evaluation.batch_size=128", "evaluation.min_bucket=128", "evaluation.timing_repeats=1",
+    "dense.epochs=1", "evaluation.batch_size=128", "evaluation.min_bucket=128", "evaluation.timing_repeats=6",
     "evaluation.exit_thresholds=[0.5]", "evaluation.router_quantiles=[]"]
 """The CIFAR-100 preset (32x32x3, 100 classes) on the synthetic split of that shape, at a test's size."""
 

@@ -8,7 +8,6 @@ Selection (which training images are "strongest" for which layer) is :func:`acti
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resnet_jax.ablation import speed
 from resnet_jax.devices import pad_rows
 from resnet_jax.models.skip_cnn import CONVS, DEPTHS, SITES, EarlyExitCNN, SkipCNN, to_input
 
@@ -134,20 +134,13 @@ def quantile_depths(router_logits: np.ndarray, quantile: float) -> np.ndarray:
     return reached.argmax(-1)
 
 
-def time_paths(paths: Mapping[str, Callable[[], Any]], *, repeats: int) -> dict[str, dict[str, Any]]:
-    """Wall seconds of each path: one warm-up call (compiles), then ``repeats`` interleaved calls.
-
-    Interleaving spreads a busy machine's noise over all paths alike; the median is reported.
-    """
-    for fn in paths.values():
-        jax.block_until_ready(fn())
-    runs: dict[str, list[float]] = {name: [] for name in paths}
-    for _ in range(repeats):
-        for name, fn in paths.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn())
-            runs[name].append(time.perf_counter() - start)
-    return {name: {"median_s": float(np.median(r)), "runs_s": r} for name, r in runs.items()}
+def time_paths(paths: Mapping[str, Callable[[], Any]], *, repeats: int, seed: int = 0
+               ) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Wall seconds of each path in ``repeats`` rounds (each round calls every path once, in a freshly shuffled
+    order: :func:`resnet_jax.ablation.speed.interleaved_seconds`) after one warm-up call each (it compiles), and
+    the warm-up calls' outputs (so that checking what a path computes costs no extra call)."""
+    outputs = {name: jax.block_until_ready(fn()) for name, fn in paths.items()}
+    return speed.interleaved_seconds(paths, repeats=repeats, seed=seed), outputs
 
 
 # Selection -----------------------------------------------------------------------------------------

@@ -153,7 +153,7 @@ def _points_and_timing(s: _Study) -> None:
         config, s.workdir, points.Models(config, m, s.val.images), points.Models(config, m, s.test.images),
         s.val.labels, s.test.labels, s.res["macs"]))
     s.stage("timing", lambda: timing.timing(config, s.workdir, points.Models(config, m, s.test.images), curves["test"]),
-            inputs=[[timing.point_key(p), p["accuracy"]] for p in curves["test"]])
+            inputs=[[timing.point_key(p), p["accuracy"]] for p in curves["test"]] + [timing.TIMING])
     timing.attach_wall_ratios(s.res)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from resnet_jax.ablation import speed
 from resnet_jax.studies.skip import analysis
 from resnet_jax.studies.skip.points import Models
 from resnet_jax.training import skipping as skip_train
@@ -43,26 +44,38 @@ def point_key(point: Mapping) -> str:
     return f"{point['method']}: {point['setting']}" if point["setting"] else point["method"]
 
 
+TIMING = "paired rounds: every point once per round in a shuffled order, a ratio to CNN-1's per round"
+"""How the wall ratios are measured (part of the timing stage's inputs: a workdir timed otherwise is timed again)."""
+
+
 def timing(config, workdir: Path, m: Models, points: list[dict]) -> dict:
-    """Wall seconds of every test point's path, all interleaved in one run (CNN-1's first, the reference);
-    each timed path's predictions are compared with its point's, computed from every depth's or exit's outputs."""
+    """Wall seconds of every test point's path in interleaved rounds (CNN-1's path, the first point, is the
+    reference): each point's wall ratio is the median over rounds of its time over CNN-1's in the same round,
+    with a distribution-free interval (:func:`resnet_jax.ablation.speed.ratio_interval`); each timed path's
+    predictions are compared with its point's, computed from every depth's or exit's outputs."""
     with np.load(workdir / "operating_points.npz") as z:
         stored = [(z[f"depths_{i}"], z[f"predictions_{i}"]) for i in range(len(points))]
     paths = {point_key(p): _path_fn(m, p["path"], depths) for p, (depths, _) in zip(points, stored)}
-    load_before = os.getloadavg()
-    runs = analysis.time_paths(paths, repeats=config["evaluation"]["timing_repeats"])
-    base = runs[point_key(points[0])]["median_s"]
-    out = {key: {**runs[key], "wall_ratio_vs_cnn1": runs[key]["median_s"] / base,
-                 "prediction_agreement": float(np.mean(fn() == predictions))}
-           for (key, fn), (_, predictions) in zip(paths.items(), stored)}
-    return {"paths": out, "n_examples": len(m.images), "batch_size": m.b,
-            "bucket_sizes": list(analysis.bucket_sizes(m.b, m.mb)), "repeats": config["evaluation"]["timing_repeats"],
+    load_before, repeats = os.getloadavg(), config["evaluation"]["timing_repeats"]
+    runs, outputs = analysis.time_paths(paths, repeats=repeats, seed=config["train"]["seed"])
+    reference = runs[point_key(points[0])]
+    out = {}
+    for key, (_, predictions) in zip(paths, stored):
+        interval = speed.ratio_interval(runs[key], reference)
+        out[key] = {"median_s": float(np.median(runs[key])), "runs_s": runs[key],
+                    "wall_ratio_vs_cnn1": interval["ratio"], "wall_ratio_interval": interval,
+                    "prediction_agreement": float(np.mean(outputs[key] == predictions))}
+    return {"paths": out, "n_examples": len(m.images), "batch_size": m.b, "method": TIMING,
+            "bucket_sizes": list(analysis.bucket_sizes(m.b, m.mb)), "repeats": repeats,
             "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "cpu_count": os.cpu_count(),
             "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}"}
 
 
 def attach_wall_ratios(res: dict) -> None:
-    """Each test point (and best point) gets the wall ratio measured for it, matched by name."""
+    """Each test point (and best point) gets the wall ratio measured for it, matched by name, and its interval
+    where the timing made one."""
     timed = res["timing"]["paths"]
     for point in (*res["curves"]["test"], *res["curves"]["best"]):
         point["wall_ratio_vs_cnn1"] = timed[point_key(point)]["wall_ratio_vs_cnn1"]
+        if "wall_ratio_interval" in timed[point_key(point)]:
+            point["wall_ratio_interval"] = timed[point_key(point)]["wall_ratio_interval"]
