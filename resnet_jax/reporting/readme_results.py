@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from resnet_jax.ablation import statistics
+from resnet_jax.ablation import speed, statistics
 from resnet_jax.reporting import benchmark_results, published, results, skip_verdict
 
 BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.-]+)/(?P<table>[\w-]+)(?::(?P<task>\w+))? -->\n)(?P<body>.*?)"
@@ -378,11 +378,19 @@ def _comparison(slim: Path) -> str:
              f"{r['train_images_per_s']:,.0f}", " / ".join(f"{r['ratios_vs_full'][k]:.3f}" for k in
                                                           ("params", "conv_macs", "eval_images_per_s",
                                                            "train_images_per_s"))] for r in c["rows"]]
+    head = ["model", f"test {c['metric']}", "params", "conv MACs", "eval img/s", "train img/s",
+            "vs full: params / MACs / eval / train"]
+    timed = any("speed_vs_full" in r for r in c["rows"])
+    if timed:  # faster or slower only where the interval of a speed ratio excludes 1
+        head.append("speed vs full [interval]")
+        for row, r in zip(rows, c["rows"]):
+            row.append("reference" if r is c["rows"][0] else speed.speeds_text(r))
     paired = [f"- slim minus {name}: {statistics.comparison_text(d)}" for name, d in c.get("paired_vs_slim", {}).items()]
     return (f"\nOn test ({c['metric']}; speeds on {c['device']}, batch {c['batch']}, median of {c['repeats']} "
-            f"repeats):\n\n"
-            + results.grid(["model", f"test {c['metric']}", "params", "conv MACs", "eval img/s", "train img/s",
-                     "vs full: params / MACs / eval / train"], rows)
+            + (f"rounds, each timing every model in a shuffled order; a speed ratio is the median over rounds, "
+               f"its interval distribution-free):\n\n" if timed else
+               f"repeats; eval and train speed not compared: {speed.NO_INTERVAL}):\n\n")
+            + results.grid(head, rows)
             + ("\n" + "\n".join(paired) + "\n" if paired else ""))
 
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from resnet_jax.ablation import speed
 from resnet_jax.ablation.statistics import DECISIONS, P_TEST, bonferroni_p
 from resnet_jax.ablation.tables import breakdown_columns
 from resnet_jax.reporting import markdown, published, results, skip_verdict
@@ -333,15 +334,20 @@ def _elimination_section(slim: Path, label: str) -> list[tuple]:
     ]
     comparison = _json(slim / "elimination" / "comparison.json")
     if comparison:
+        timed = any("speed_vs_full" in r for r in comparison["rows"])
         blocks.append(("table", ["model", comparison["metric"], "params", "conv MMACs", "eval img/s", "train img/s",
-                                 "params / full", "eval speed / full"],
+                                 "params / full", "eval speed / full", *(["speed vs full [interval]"] if timed else [])],
                        [[r["name"] + (f" (range over draws: {r['low']:.4f} to {r['high']:.4f})" if "low" in r else ""),
                          f"{r['value']:.4f}", f"{round(r['params']):,}", f"{r['conv_macs'] / 1e6:.1f}",
                          f"{r['eval_images_per_s']:.1f}", f"{r['train_images_per_s']:.1f}",
-                         f"{r['ratios_vs_full']['params']:.3f}", f"{r['ratios_vs_full']['eval_images_per_s']:.3f}"]
-                        for r in comparison["rows"]]))
+                         f"{r['ratios_vs_full']['params']:.3f}", f"{r['ratios_vs_full']['eval_images_per_s']:.3f}",
+                         *([("reference" if i == 0 else speed.speeds_text(r))] if timed else [])]
+                        for i, r in enumerate(comparison["rows"])]))
+        said = ("faster or slower only where the interval of a speed ratio, round by round, excludes 1" if timed
+                else f"speeds not compared: {speed.NO_INTERVAL}")
         blocks.append(("p", f"Speeds measured side by side on {comparison['device']} (batch {comparison['batch']}, "
-                            f"median of {comparison['repeats']} repeats). One-shot choice (every unit harmless alone, "
+                            f"median of {comparison['repeats']} rounds; {said}). One-shot choice (every unit "
+                            f"harmless alone, "
                             f"{len(summary['one_shot']['choices'])} units): test {summary['one_shot']['test']:.4f}."))
         paired = comparison.get("paired_vs_slim") or {}
         if paired:

@@ -7,6 +7,7 @@ Used by the ``cifar-eliminate`` and ``acdc-eliminate`` stages of ``reproduce`` a
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 from resnet_jax import files
 from resnet_jax.ablation import catalogue as abl
 from resnet_jax.ablation import elimination as elim
-from resnet_jax.ablation import engine, statistics
+from resnet_jax.ablation import engine, speed, statistics
 from resnet_jax.studies.slim import score_run
 from resnet_jax.training import core, runs
 
@@ -44,25 +45,25 @@ def _programs(config, task, model, variables, mean, std, images, targets):
     return (lambda: forward(state).block_until_ready()), train_once
 
 
-def measure(programs: dict, *, batch: int, repeats: int, steps: int) -> dict[str, dict[str, float]]:
-    """Median eval and train images/s per model; every model is timed once per repeat, in turn, so that the ratios
-    hold on a noisy machine."""
-    import time
-
-    def rate(fn):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        return batch * steps / (time.perf_counter() - t0)
-
+def measure(programs: dict, *, batch: int, repeats: int, steps: int) -> dict[str, dict[str, Any]]:
+    """Eval and train images/s per model: the median over ``repeats`` rounds, and every round's (under
+    ``"rounds"``), from which :func:`_rows` takes each model's speed ratio to the full model's in the same round.
+    Each round times every model's ``steps`` eval calls and ``steps`` train steps once, in a shuffled order."""
     for evaluate, train in programs.values():  # compile and warm up
         evaluate(), train()
-    times = {name: {"eval": [], "train": []} for name in programs}
-    for _ in range(repeats):
-        for name, (evaluate, train) in programs.items():
-            times[name]["eval"].append(rate(evaluate))
-            times[name]["train"].append(rate(train))
-    return {name: {f"{k}_images_per_s": float(np.median(v)) for k, v in t.items()} for name, t in times.items()}
+    calls = {(name, kind): functools.partial(_repeat, fn, steps) for name, fns in programs.items()
+             for kind, fn in zip(("eval", "train"), fns)}
+    seconds = speed.interleaved_seconds(calls, repeats=repeats)
+    out = {}
+    for name in programs:
+        rounds = {kind: [batch * steps / s for s in seconds[name, kind]] for kind in ("eval", "train")}
+        out[name] = {**{f"{kind}_images_per_s": float(np.median(r)) for kind, r in rounds.items()}, "rounds": rounds}
+    return out
+
+
+def _repeat(fn, steps: int) -> None:
+    for _ in range(steps):
+        fn()
 
 
 TRAINED = {"resnet18": "resnet18, same recipe, {} epochs", "scratch": "slim architecture from scratch, {} epochs"}
@@ -70,7 +71,7 @@ TRAINED = {"resnet18": "resnet18, same recipe, {} epochs", "scratch": "slim arch
 
 
 def compare(full_dir, slim_dir, *, trained: Mapping[str, str | Path] | None = None, batch: int = 128,
-            repeats: int = 3, steps: int = 3, data_dir=None, log=print) -> dict[str, Any]:
+            repeats: int = speed.MIN_REPEATS, steps: int = 3, data_dir=None, log=print) -> dict[str, Any]:
     """Rows for the full model, the slim one (before and after fine-tuning), the k smallest single drops removed
     together, random sets of the same size (mean, range, sd) and the ``trained`` runs (keys of ``TRAINED``: ResNet18,
     the slim architecture from scratch): test metric, parameters, conv MACs and measured eval / train images/s."""
@@ -148,7 +149,7 @@ def _rows(config: dict, summary: dict, sizes: dict[str, dict], *, trained: dict[
         rows.append({"name": f"random {n} units{label} ({len(randoms)} draws, mean)", "value": float(np.mean(values)),
                      "low": float(min(values)), "high": float(max(values)),
                      "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                     **{k: float(np.mean([q[k] for q in per])) for k in per[0]}})
+                     **_mean_sizes(per)})
     if "k-smallest" in sizes:
         rows.append({"name": f"the {n} smallest single drops, removed together", "value": summary["k_smallest"]["test"],
                      **sizes["k-smallest"]})
@@ -157,7 +158,19 @@ def _rows(config: dict, summary: dict, sizes: dict[str, dict], *, trained: dict[
     for r in rows:
         r["ratios_vs_full"] = {k: r[k] / rows[0][k] for k in ("params", "conv_macs", "eval_images_per_s",
                                                                "train_images_per_s")}
+        if "rounds" in r:  # speed ratios round by round, with an interval (speed.ratio_interval)
+            r["speed_vs_full"] = {f"{k}_images_per_s": speed.ratio_interval(r["rounds"][k], rows[0]["rounds"][k])
+                                  for k in ("eval", "train")}
+            r["ratios_vs_full"].update({k: v["ratio"] for k, v in r["speed_vs_full"].items()})
     return rows
+
+
+def _mean_sizes(per: list[dict]) -> dict:
+    """Random draws as one row: every size and speed averaged over the draws, the speeds round by round too."""
+    out = {k: float(np.mean([q[k] for q in per])) for k in per[0] if k != "rounds"}
+    if "rounds" in per[0]:
+        out["rounds"] = {k: np.mean([q["rounds"][k] for q in per], axis=0).tolist() for k in per[0]["rounds"]}
+    return out
 
 
 def paired_against_slim(full: core.Run, entries: dict, norms: dict, *, batch_size: int,
@@ -193,6 +206,7 @@ def format_comparison(result: dict) -> str:
         lines.append(f"{r['name']:40s} {r['value']:14.4f} {round(r['params']):11,d} {r['conv_macs'] / 1e6:10.1f} "
                      f"{r['eval_images_per_s']:10.1f} {r['train_images_per_s']:11.1f}  {q['params']:.3f} "
                      f"{q['conv_macs']:.3f} {q['eval_images_per_s']:.3f} {q['train_images_per_s']:.3f}{spread}")
+    lines += [f"speed of {r['name']} vs full: {speed.speeds_text(r)}" for r in result["rows"][1:]]
     for name, c in result.get("paired_vs_slim", {}).items():
         lines.append(f"slim minus {name}: {statistics.comparison_text(c)}")
     return "\n".join(lines)

@@ -1,4 +1,7 @@
-"""The presets of ``resnet-jax reproduce``: which config each task trains and how large each stage's work is."""
+"""The presets of ``resnet-jax reproduce``: which config each task trains and how large each stage's work is.
+
+``timing_repeats``: rounds of the elimination's side-by-side timing; 6 is the fewest whose speed ratios get a 95 %
+interval (:mod:`resnet_jax.ablation.speed`), so with fewer (the smoke preset's 1) speeds are not compared."""
 
 from __future__ import annotations
 
@@ -10,11 +13,11 @@ PRESETS: dict[str, dict[str, Any]] = {
               "random_draws": 1, "timing_repeats": 1, "force_untrained": True},  # tiny models learn little
     "cpu": {"cifar": "cifar10-resnet34-cpu", "acdc": "acdc-pspnet34-cpu", "skip": "mnist-skip-cpu",
             "ablate_examples": None, "verify_examples": 1000, "pairs_seeds": 1, "finetune_epochs": 2,
-            "random_draws": 3, "timing_repeats": 3},  # each random set is fine-tuned too: 3 keep the stage CPU-sized
+            "random_draws": 3, "timing_repeats": 6},  # each random set is fine-tuned too: 3 keep the stage CPU-sized
     "paper-cpu": {"cifar": "cifar10-resnet34-paper-cpu", "acdc": "acdc-pspnet34-cpu", "skip": "mnist-skip-cpu",
                   "ablate_examples": None, "verify_examples": 1000, "pairs_seeds": 1, "finetune_epochs": 2,
-                  "random_draws": 3, "timing_repeats": 3},  # classification aiming at the study's accuracy, on a CPU
+                  "random_draws": 3, "timing_repeats": 6},  # classification aiming at the study's accuracy, on a CPU
     "full": {"cifar": "cifar10-resnet34", "acdc": "acdc-pspnet34", "skip": "mnist-skip",
              "ablate_examples": None, "verify_examples": None, "pairs_seeds": 1, "finetune_epochs": 10,
-             "random_draws": 5, "timing_repeats": 3},
+             "random_draws": 5, "timing_repeats": 6},
 }

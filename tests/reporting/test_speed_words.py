@@ -57,3 +57,41 @@ def test_the_committed_study_b_results_render_their_wall_time_as_not_compared():
                                                           .read_text()))
     study_b = [line for line in html_lines if line.startswith("Study B:")]
     assert study_b and not any("faster" in line for line in study_b)
+
+
+def _comparison(rows: list[dict]) -> dict:
+    return {"metric": "accuracy", "device": "cpu", "batch": 8, "repeats": 6, "rows": rows, "paired_vs_slim": {}}
+
+
+def _row(name: str, speeds: dict | None) -> dict:
+    row = {"name": name, "value": 0.7, "params": 1e6, "conv_macs": 5e7, "eval_images_per_s": 900.0,
+           "train_images_per_s": 200.0, "ratios_vs_full": {"params": 0.5, "conv_macs": 0.8, "eval_images_per_s": 1.2,
+                                                          "train_images_per_s": 1.01}}
+    if speeds:
+        row["speed_vs_full"] = {f"{kind}_images_per_s": {"ratio": (low + high) / 2, "low": low, "high": high,
+                                                         "coverage": 1 - 2 / 64, "repeats": 6}
+                                for kind, (low, high) in speeds.items()}
+    return row
+
+
+def test_the_eliminations_speeds_are_faster_only_where_the_interval_excludes_one(tmp_path):
+    slim = tmp_path / "cifar10-resnet34-slim"
+    (slim / "elimination").mkdir(parents=True)
+    (slim / "elimination" / "comparison.json").write_text(json.dumps(_comparison([
+        _row("full", {"eval": (1.0, 1.0), "train": (1.0, 1.0)}),
+        _row("slim", {"eval": (1.15, 1.25), "train": (0.96, 1.06)})])))
+    text = readme_results._comparison(slim)
+    assert "| reference |" in text
+    assert "| eval 1.200 [1.150, 1.250] faster; train 1.010 [0.960, 1.060] no measurable difference |" in text
+    (slim / "elimination" / "comparison.json").write_text(json.dumps(_comparison([_row("full", None),
+                                                                                  _row("slim", None)])))
+    old = readme_results._comparison(slim)
+    assert "eval and train speed not compared: no interval recorded by the version that made this run" in old
+    assert "faster" not in old
+
+
+def test_the_committed_eliminations_render_their_speeds_as_not_compared():
+    for folder, task in (("cpu-elimination", "classification"), ("cpu", "segmentation")):
+        text = readme_results.elimination(RESULTS / folder, task)
+        assert text.count("speed not compared: no interval recorded by the version that made this run") == 2
+        assert "faster" not in text and "slower" not in text
