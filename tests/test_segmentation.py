@@ -227,6 +227,9 @@ def test_training_smoke_run_logs_dice_per_class_and_resumes(tiny_run):
     assert lines[1]["train_loss"] < lines[0]["train_loss"]
     evaluation = json.loads((workdir / "evaluation.json").read_text())
     assert evaluation["n_examples"] == 48 and 0.0 <= evaluation["test_dice"] <= 1.0
+    # the tables lead with myocardium Dice (metric.lead), so myocardium Dice on validation chose the checkpoint
+    assert evaluation["chosen_by"] == "val_dice_myo"
+    assert evaluation["step"] == max(lines, key=lambda x: x["val_dice_myo"])["step"]
     with jax.default_prng_impl("rbg"):
         assert runs.train(config, workdir, log=lambda s: None)["status"] == "already complete"
 

@@ -69,6 +69,7 @@ DEFAULTS: dict[str, Any] = {
         "aggregate_by": "pooled",  # ablation tables: pooled Dice (bootstrap CI) or "image" (mean per image)
         "lead": "MYO",  # the class whose pooled Dice leads tables (the study's metric), or "mean" (foreground)
         "classes": None,  # foreground ids to average instead of lead (e.g. [1, 3]); None = use lead
+        "checkpoint": "lead",  # what ranks checkpoints on validation: the tables' lead Dice, or "mean" foreground
     },
 }
 
@@ -166,12 +167,14 @@ SCHEMA: dict[str, base.Checker] = {
     "metric.aggregate_by": base.one_of("pooled", "image"),
     "metric.classes": base.optional(base.list_of(base.POSITIVE, min_len=1)),
     "metric.lead": base.text,
+    "metric.checkpoint": base.one_of("lead", "mean"),
 }
 
 
 def upgrade(stored: dict) -> dict:
-    """A stored config of an older resnet-jax, read as it ran: its tables led with mean foreground Dice."""
-    return {**stored, "metric": {"lead": "mean", **stored.get("metric", {})}}
+    """A stored config of an older resnet-jax, read as it ran: its tables led with mean foreground Dice, and
+    mean foreground Dice ranked its checkpoints (whatever its tables led with)."""
+    return {**stored, "metric": {"lead": "mean", "checkpoint": "mean", **stored.get("metric", {})}}
 
 
 def check(config: dict) -> list[str]:

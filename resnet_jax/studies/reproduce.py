@@ -8,16 +8,15 @@ unfinished stage resumes from its own checkpoints or results:
   cifar-pairs                 every pair of convs of the classification run(s), with interactions
   cifar-eliminate             a slim ResNet34 (greedy elimination on validation, fine-tuned) against the k smallest
                               single drops, random sets, and ResNet18 and the slim architecture from scratch
-  readings                    the study's open readings on seed 0 of both tasks: BatchNorm on batch statistics,
-                              stage 1's adjacency as layer1.0.conv1 alone, identity-shortcut cuts
+  readings                    open readings: BatchNorm on batch statistics (every seed), layer1.0.conv1 alone, cuts
   acdc-train,  acdc-ablate    Study A, segmentation (PSPNet-ResNet34 on ACDC), scored by Dice
   acdc-eliminate              the slim PSPNet-ResNet34, scored by Dice (compared with random elimination)
   skip-study                  Study B on MNIST
   verify                      the classification ablations re-run in PyTorch (needs the torch extra)
   report                      report/report.md and report/index.html, with the seeds' combined tables
 
-With ``seeds=N`` every stage but readings, verify and report runs seeds 0..N-1 (seed k > 0 in ``<run>-seed<k>``,
-combined tables in ``<run>-seeds``; :mod:`resnet_jax.studies.seeds`); a rerun with more seeds adds the missing.
+With ``seeds=N`` every stage but verify and report runs seeds 0..N-1 (seed k > 0 in ``<run>-seed<k>``, combined
+tables in ``<run>-seeds``; :mod:`resnet_jax.studies.seeds`); a rerun with more seeds adds the missing.
 """
 
 from __future__ import annotations
@@ -98,21 +97,22 @@ def _ablate(job: Job, key: str, protocols: Sequence[str] | None = None) -> dict:
 
 
 def _readings(job: Job) -> dict:
+    """Batch statistics on every seed (the readings are compared over the same seeds); other variants on seed 0."""
     from resnet_jax.ablation.protocols import READINGS, STUDY_PROTOCOLS
-    from resnet_jax.studies import ablate
+    from resnet_jax.studies import ablate, seeds
 
-    present = [job.run_dir(k) for k in ("cifar", "acdc") if (job.run_dir(k) / "config.json").is_file()]
-    if not present:
+    trained = lambda run: (run / "config.json").is_file()  # noqa: E731
+    if not any(trained(job.run_dir(k)) for k in ("cifar", "acdc")):
         raise StageError("readings: neither task has a trained run yet; run cifar-train or acdc-train first")
-    written = []
+    written, n = [], job.preset["ablate_examples"]
+    batch = ablate.Request(protocols=STUDY_PROTOCOLS, n_examples=n, batchnorm="batch", whole_batches=True)
     for run in (job.run_dir("cifar"), job.run_dir("acdc")):
-        if run not in present:
+        if not trained(run):
             job.log(f"NOTICE: readings: {run.name} has no trained run (stage not run yet); its readings are skipped")
             continue
-        n = job.preset["ablate_examples"]
         written += ablate.ablate_workdir(run, ablate.Request(protocols=READINGS, n_examples=n), log=job.log)
-        written += ablate.ablate_workdir(run, ablate.Request(protocols=STUDY_PROTOCOLS, n_examples=n, batchnorm="batch",
-                                                             whole_batches=True), log=job.log)
+        for path in filter(trained, (p for p, _ in seeds.each_seed(run, job.n_seeds))):
+            written += ablate.ablate_workdir(path, batch, log=job.log)
     return {"tables": [str(p) for p in written]}
 
 

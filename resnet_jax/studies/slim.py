@@ -111,7 +111,7 @@ def build(run: core.Run, source: Path, out: Path, found: dict, *, finetune_epoch
     config = slim_config(run.config, earlier + elim.eliminated(slim_set, layers), source=str(source),
                          finetune_epochs=finetune_epochs, finetune_lr=finetune_lr)
     core.prepare_workdir(config, out, force_new=False)
-    ranking = core.ranking_metric(run.task, core.Splits(None, run.val, run.test))
+    ranking = core.ranking_metric(run.task, core.Splits(None, run.val, run.test), run.config)
     _save_start(out, config, smodel, svars, run, ranking=ranking, source=source, source_params=variables["params"])
     # Every test score below is the engine's (the metric the search used), on the slim run as restored from disk.
     before = _before_finetune(out, config, batch_size)

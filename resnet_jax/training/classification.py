@@ -123,6 +123,6 @@ TASK = core.Task(
     build_model=lambda config, splits: build_model(config, splits.train.num_classes),
     train_step=_train_step,
     evaluate=_evaluate,
-    best_metric="accuracy",
+    best_metric=lambda config: "accuracy",
     metric=lambda config: metrics.Accuracy(),
 )

@@ -64,8 +64,8 @@ class Task:
 
     ``arrays(split)`` gives the host arrays a step consumes (images first); ``train_step(config)``
     the pure step ``(state, *arrays, key) -> (state, metrics)``; ``evaluate(config, model)`` a
-    function ``(state, split, mesh, prefix) -> dict`` of summary metrics; ``best_metric`` the name (without
-    split prefix) of the metric that ranks checkpoints, on the validation split (see :func:`ranking_metric`);
+    function ``(state, split, mesh, prefix) -> dict`` of summary metrics; ``best_metric(config)`` the name
+    (without split prefix) of the summary metric that ranks checkpoints on validation (:func:`ranking_metric`);
     ``metric(config)`` the per-example metric plug-in (:mod:`resnet_jax.metrics`) that ablation sweeps score with.
     """
 
@@ -75,15 +75,15 @@ class Task:
     build_model: Callable[[Mapping, Splits], nn.Module]
     train_step: Callable[[Mapping], Callable]
     evaluate: Callable[[Mapping, nn.Module], Callable]
-    best_metric: str
+    best_metric: Callable[[Mapping], str]
     metric: Callable[[Mapping], Any]
     input_stats: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] = inputs.channel_stats
 
 
-def ranking_metric(task: Task, splits: Splits) -> str:
+def ranking_metric(task: Task, splits: Splits, config: Mapping) -> str:
     """The key that ranks checkpoints: ``val_<best_metric>``; ``test_<best_metric>`` only for runs without a
     validation split (runs of older resnet-jax, or a config that sets none), which reports mark as such."""
-    return ("val_" if splits.val is not None else "test_") + task.best_metric
+    return ("val_" if splits.val is not None else "test_") + task.best_metric(config)
 
 
 def model_dtype(config: Mapping):
@@ -223,7 +223,7 @@ def _train_and_evaluate(config: Mapping, workdir: Path, task: Task, *, force_new
     model = task.build_model(config, splits)
     prepare_workdir(config, workdir, force_new=force_new)
     files.write_json(workdir / "dataset.json", describe_splits(splits))
-    ranking = ranking_metric(task, splits)
+    ranking = ranking_metric(task, splits, config)
     mngr = checkpointing.manager(workdir, keep=t["keep_checkpoints"], best_metric=ranking)
     train_images = task.arrays(splits.train)[0]
     if mngr.latest_step() is not None:  # restoring needs only the state's structure: skip compiling init
@@ -246,15 +246,17 @@ def _train_and_evaluate(config: Mapping, workdir: Path, task: Task, *, force_new
         best = checkpointing.best_step(mngr, metric=ranking)
         best_state = checkpointing.restore(mngr, state, step=best) if best is not None else state
         write_evaluation(workdir, evaluate(best_state, splits.test, mesh, "test_"), step=int(best_state.step),
-                         which="best", n_examples=len(splits.test), log=log)
+                         which="best", n_examples=len(splits.test), log=log, chosen_by=ranking)
     return last or {"step": int(state.step), "status": "already complete"}
 
 
 def write_evaluation(workdir: Path, result: Mapping, *, step: int, which: str, n_examples: int,
                      log: Callable[[str], None] = print, name: str = "evaluation.json",
-                     show: Callable[[dict], None] | None = None) -> dict:
-    """Log (and ``show``) a test score, then keep it in ``name``: a read-only run still shows its score."""
-    result = {"checkpoint": which, "step": step, "n_examples": n_examples, **result}
+                     show: Callable[[dict], None] | None = None, chosen_by: str | None = None) -> dict:
+    """Log (and ``show``) a test score, then keep it in ``name``: a read-only run still shows its score;
+    ``chosen_by`` is the validation score that chose the checkpoint, where the checkpoint is the best one."""
+    result = {"checkpoint": which, "step": step, "n_examples": n_examples,
+              **({"chosen_by": chosen_by} if chosen_by else {}), **result}
     log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
     if show is not None:
         show(result)
@@ -415,7 +417,7 @@ def restore_run(workdir: str | Path, config: Mapping, task: Task, *, which: str 
     splits = task.load_splits(config)
     model = task.build_model(config, splits)
     target = jax.eval_shape(lambda: _fresh_state(config, model, task.arrays(splits.train)[0], task, stats=False))
-    ranking = ranking_metric(task, splits)
+    ranking = ranking_metric(task, splits, config)
     mngr = checkpointing.manager(workdir, keep=config["train"]["keep_checkpoints"], best_metric=ranking)
     step = (checkpointing.best_step(mngr, metric=ranking) if which == "best" else
             int(which) if which.isdigit() else None)
@@ -431,4 +433,5 @@ def evaluate_run(run: Run, workdir: str | Path, *, which: str, log: Callable[[st
     evaluate = run.task.evaluate(run.config, run.model)
     result = evaluate(devices.replicate(mesh, run.state), run.test, mesh, "test_")
     return write_evaluation(Path(workdir), result, step=int(run.state.step), which=which,
+                            chosen_by=run.chosen_by if which == "best" else None,
                             n_examples=len(run.test), log=log, name=f"evaluation-{which}.json", show=show)

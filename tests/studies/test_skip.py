@@ -426,6 +426,10 @@ def check_outputs(workdir, n_test):
         assert set(z["labels"].tolist()) <= {0, 1, 2}
     for figure in res["figures"].values():
         assert (workdir / figure).is_file()
+    digests = json.loads((workdir / "dataset.json").read_text())  # every split the study read, with its digest
+    assert {k: v["n"] for k, v in digests.items()} == {"train": res["split_sizes"]["fit"],
+                                                        "val": res["split_sizes"]["validation"], "test": n_test}
+    assert all(len(v["sha256"]) == 64 for v in digests.values())
     return res
 
 

@@ -75,6 +75,7 @@ def run_study(config: Mapping, workdir: str | Path, *, force_new: bool = False,
     core.prepare_workdir(config, workdir, force_new=force_new)
     _check_split(workdir, val_pos)
     s = _Study(config, workdir, train.select(fit_pos), train.select(val_pos), test, log)
+    files.write_json(workdir / "dataset.json", core.describe_splits(core.Splits(s.fit, s.val, test)))  # digests
     s.res.update({"config": dict(config), "macs": _macs(config, train), "environment": results.machine(),
                   "split_sizes": {"fit": len(s.fit), "validation": len(s.val), "test": len(test)}})
     # CNN-1 and the CNN-3s share one module object, hence compiled functions; the same seed gives them the same
