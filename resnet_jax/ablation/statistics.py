@@ -36,7 +36,9 @@ DEFAULT_ALPHA = 0.05
 DECISIONS = ("non-trivial", "trivial", "improves", "undecided")
 SENSITIVITY_MARGINS = (0.005, 0.01, 0.02)
 TAIL_DRAWS = 20
-"""Bootstrap resamples beyond each simultaneous bound: the smallest attainable adjusted p-value is alpha / 20."""
+"""Sizes a Dice family's bootstrap: the smallest attainable adjusted p-value is ``alpha / TAIL_DRAWS``, so each
+simultaneous bound is the ``TAIL_DRAWS - 1``-th most extreme resample and ``TAIL_DRAWS - 2`` (18) lie beyond it
+(more in families small enough for the 2,000-resample floor; see :func:`beyond_bound`)."""
 MAX_RESAMPLES = 2_000_000
 """Above this a Dice family is refused before any compute (memory: resamples x patients x 8 bytes)."""
 _CHUNK = 1 << 16
@@ -182,9 +184,18 @@ def patient_of(slice_id: str) -> str:
 
 
 def bootstrap_resamples(family_size: int, alpha: float = DEFAULT_ALPHA) -> int:
-    """Resamples for a family of ``family_size`` at ``alpha``: ``TAIL_DRAWS`` of them lie beyond each
-    simultaneous bound, so the +1 rule's smallest p-value, times ``2 m``, is ``alpha / TAIL_DRAWS``."""
-    return max(2000, math.ceil(TAIL_DRAWS / Decision(alpha=alpha).tail(family_size)) - 1)
+    """Resamples for a family of ``family_size`` at ``alpha`` (at least 2,000): ``N + 1 = TAIL_DRAWS / tail``,
+    so the +1 rule's smallest p-value, times ``2 m``, is ``alpha / TAIL_DRAWS``."""
+    # 20 / tail is an integer on paper (alpha 0.05: 800 m); rounded up past it, one more resample lies outside
+    return max(2000, math.ceil(TAIL_DRAWS / Decision(alpha=alpha).tail(family_size) - 1e-6) - 1)
+
+
+def beyond_bound(resamples: int, tail: float) -> int:
+    """How many of ``resamples`` lie strictly beyond a bound at ``tail``: the most tail hits ``k`` whose +1-rule
+    p-value ``(1 + k) / (N + 1)`` is still below ``tail``. With :func:`bootstrap_resamples` that is
+    ``TAIL_DRAWS - 2`` = 18 (``(1 + 18) / (N + 1) = 19/20 tail``), whatever the family; -1 means no bound."""
+    # a product that is an integer on paper (alpha 0.05: tail (N + 1) = 20) must not round up to the next one
+    return math.ceil(tail * (resamples + 1) - 1e-9) - 2
 
 
 def check_bootstrap(family_size: int, alpha: float = DEFAULT_ALPHA, *, n_patients: int = 1) -> int:
@@ -237,8 +248,8 @@ def bootstrap_summary(observed: float, drops: np.ndarray, *, rule: Decision, fam
     raw = np.asarray(drops, np.float64)
     drops = observed + small_sample_stretch(clusters, tail) * (raw - observed)
     share = lambda hits: (1 + int(np.sum(hits))) / (count + 1)  # noqa: E731
-    r = math.ceil(tail * (count + 1)) - 2  # the most tail hits a rejection allows
-    r95 = max(0, math.ceil(alpha / 2 * (count + 1)) - 2)  # the same rule for the unadjusted interval
+    r = beyond_bound(count, tail)  # the most tail hits a rejection allows
+    r95 = max(0, beyond_bound(count, alpha / 2))  # the same rule for the unadjusted interval
     ordered = np.partition(drops, sorted({max(r, 0), count - 1 - max(r, 0)}))
     low, high = (-math.inf, math.inf) if r < 0 else (float(ordered[r]), float(ordered[count - 1 - r]))
     unadjusted = observed + small_sample_stretch(clusters, alpha / 2) * (np.partition(raw, (r95, count - 1 - r95))
@@ -357,7 +368,8 @@ def method_text(metric) -> str:
     """How a metric's masks are tested, for table metadata and reports."""
     if getattr(metric, "name", "") == "accuracy":
         return "exact McNemar (any change); Tango's score interval of the paired drop"
-    return f"paired bootstrap over patients (resamples chosen per family: {TAIL_DRAWS} beyond each bound), seed 0"
+    return (f"paired bootstrap over patients (resamples chosen per family: {TAIL_DRAWS - 2} beyond each bound, "
+            f"more where the floor of 2,000 applies), seed 0")
 
 
 def annotate(rows: Sequence[dict], per_example: Sequence[Mapping | None], baseline: Mapping, test: FamilyTest, *,

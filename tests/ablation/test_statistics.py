@@ -296,6 +296,64 @@ def test_the_patient_bootstrap_with_the_small_sample_stretch_keeps_its_level():
     assert st.small_sample_stretch(None, 0.025) == 1.0
 
 
+@pytest.mark.parametrize("m", [36, 630])
+def test_the_small_sample_stretch_gives_students_t_bounds_at_the_tables_family_sizes(m):
+    """Normal per-patient drops of 20 patients, one slice each and equal sizes, so the pooled drop is their mean:
+    the stretched bootstrap's simultaneous bounds lie where Student's t puts them, mean -+ t_19(1 - alpha/(2m))
+    s / sqrt(20) (on average over samples; the plain percentile bootstrap would give about 0.8 of that width at
+    m = 36 and 0.7 at m = 630)."""
+    rng, patients, rule = np.random.default_rng(m), 20, st.Decision(0.01, 0.05)
+    tester = st.paired_tester(metrics.Dice(num_classes=2, classes=(1,)), groups=[f"p{i:02d}" for i in range(patients)])
+    size = np.full((patients, 1), 1000.0)
+    base = {"intersection": 0.85 * size, "pred_sum": size, "true_sum": size}
+    below, above = [], []
+    for _ in range(60 if m == 36 else 20):
+        x = rng.normal(0.01, 0.02, patients)
+        r = tester(base, [{**base, "intersection": (0.85 - x[:, None]) * size}], rule=rule, family_size=m)[0]
+        half = stats.t.isf(0.05 / (2 * m), patients - 1) * x.std(ddof=1) / np.sqrt(patients)
+        assert r["drop"] == pytest.approx(x.mean())
+        below.append((r["drop"] - r["drop_low"]) / half)
+        above.append((r["drop_high"] - r["drop"]) / half)
+    assert 0.93 <= np.mean(below) <= 1.07 and 0.93 <= np.mean(above) <= 1.07
+
+
+def test_each_bound_has_18_resamples_beyond_it_whatever_the_family():
+    """The +1 rule rejects with k tail hits when (1 + k) / (N + 1) < alpha / (2 m); with N + 1 = 20 * 2m / alpha
+    that is k <= 18. Counted beyond real bounds, then in exact arithmetic for every family from 3 masks (below, the
+    2,000-resample floor leaves more) to the most a family at alpha 0.1, 0.05 or 0.01 may hold."""
+    import math
+    from fractions import Fraction
+
+    rng = np.random.default_rng(0)
+    for m in (7, 36, 630):  # 7: where 20 / tail, an integer on paper, rounds up in floating point
+        drops = rng.normal(0, 1, st.bootstrap_resamples(m))
+        r = st.bootstrap_summary(0.0, drops, rule=st.Decision(0.01, 0.05), family_size=m)
+        assert np.sum(drops < r["drop_low"]) == np.sum(drops > r["drop_high"]) == 18, m
+    for alpha in ("0.05", "0.1", "0.01"):
+        for m in range(1, 2000):
+            n = st.bootstrap_resamples(m, float(alpha))
+            if n > st.MAX_RESAMPLES:
+                break
+            bound = Fraction(alpha) / (2 * m) * (n + 1)  # (1 + k) / (N + 1) < tail  <=>  k < bound - 1
+            exact = math.ceil(bound) - 2
+            assert st.beyond_bound(n, float(alpha) / (2 * m)) == exact, (alpha, m)
+            assert n == 2000 or exact == st.TAIL_DRAWS - 2, (alpha, m)
+
+
+def test_every_text_says_how_many_resamples_lie_beyond_each_bound_as_it_is():
+    """README, library, benchmarks and committed records: a number of resamples beyond each bound is 18."""
+    import re
+
+    from tests.conftest import REPO
+
+    said = re.compile(r"(\d+)(?: resamples)?(?: lie)? beyond each(?: simultaneous)? bound")
+    paths = [REPO / "README.md", *(REPO / "resnet_jax").rglob("*.py"), *(REPO / "benchmarks").rglob("*.py"),
+             *(REPO / "docs").rglob("*.md"), *(REPO / "docs").rglob("*.json")]
+    found = {(p.relative_to(REPO).as_posix(), n) for p in paths for n in said.findall(p.read_text())}
+    assert found and {n for _, n in found} == {"18"}, sorted(found)
+    assert "18 beyond each bound" in st.method_text(metrics.Dice(num_classes=2, classes=(1,)))
+
+
 def test_a_comparison_line_prints_the_bonferroni_adjusted_p_beside_its_verdict():
     """The slim model's line as committed before issue 41: unadjusted 0.016 < 0.05, adjusted 7 x 0.016 = 0.112."""
     row = {"difference": 0.0092, "low": -0.0009, "high": 0.0194, "p_value": 0.016, "p_test": st.P_TEST,
