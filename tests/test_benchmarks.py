@@ -136,15 +136,24 @@ def test_conv_and_decision_rule_blocks_group_identical_convs_and_show_every_sett
     (folder / "conv_kernels.json").write_text(json.dumps({
         "batch_size": 256, "layers": [conv("layer4.0.conv2", "dense", times), conv("layer4.1.conv1", "patches", times)],
         "totals_ms": {"xla": 249.0, "patches": 11.6, "dense": 6.4, "auto": 9.0}}))
-    row = {"metric": "accuracy", "m": 36, "true_drop": "margin", "families": 1800, "fwer": 0.041, "fwer_se": 0.005,
-           "share_non-trivial": 0.01, "share_trivial": 0.02, "share_improves": 0.0, "share_undecided": 0.97}
+    row = {"metric": "accuracy", "m": 36, "effects": "-", "true_drop": "margin", "families": 1800, "fwer": 0.041,
+           "fwer_se": 0.005, "misses": 0.041, "misses_se": 0.005, "share_non-trivial": 0.01, "share_trivial": 0.02,
+           "share_improves": 0.0, "share_undecided": 0.97}
+    skewed = {**row, "metric": "dice", "effects": "skewed", "families": 2000, "fwer": 0.9, "fwer_se": 0.0067}
+    zero = {**row, "metric": "dice", "effects": "normal", "true_drop": "0", "fwer": 0.0, "misses": 0.06,
+            "misses_se": 0.0053}
     (folder / "decision_rule.json").write_text(json.dumps({
-        "rows": [row, {**row, "m": 630, "families": 1, "fwer": 0.0, "fwer_se": float("nan")}], "fwer": 0.041,
-        "power": 0.992, "alpha": 0.05, "margin": 0.01, "dice_630_resamples": 503999, "dice_630_seconds": 31.0}))
+        "rows": [row, skewed, zero, {**row, "m": 630, "families": 1, "fwer": 0.0, "fwer_se": float("nan"),
+                                              "misses_se": float("nan")}],
+        "alpha": 0.05, "margin": 0.01, "dice_630_resamples": 503999, "dice_630_seconds": 31.0}))
     text = "<!-- results: benchmarks/conv-kernels -->\n<!-- /results -->\n<!-- results: benchmarks/decision-rule -->\n<!-- /results -->\n"
     out = readme_results.render(text, tmp_path)
     assert "| `layer4.0.conv2` and 1 more | 2x2 -> 2x2 | 3x3 / 1 | 256 -> 256 | 124.50 | 5.80 | 3.20 | dense | dense |" in out
     assert "`auto` / XLA = 0.036); `auto` runs the fastest form for 1 of 2 convs." in out  # 9.0 / 249.0
-    assert "| accuracy | 36 | margin | 1,800 | 0.041 +- 0.005 | 0.010 | 0.020 | 0.000 | 0.970 |" in out
-    assert "| accuracy | 630 | margin | 1 | 0.000 | " in out  # one family: no standard error
+    assert "| accuracy | 36 | - | margin | 1,800 | 0.041 +- 0.005 | 0.041 +- 0.005 | 0.010 | 0.020 | 0.000 | 0.970 |" in out
+    assert "| accuracy | 630 | - | margin | 1 | 0.000 | 0.041 | " in out  # one family: no standard error
+    assert ("margin (0.01), against alpha 0.05 (estimate +- standard error): accuracy, 36 masks 0.041 +- 0.005 (at or "
+            "below alpha); dice, 36 masks (skewed) 0.900 +- 0.007 (above alpha by more than 2 standard errors).") in out
+    assert ("false significant change (an interval without 0): dice, 36 masks (normal) 0.060 +- 0.005 (above alpha, "
+            "within 2 standard errors).") in out
     assert "503,999 resamples" in out

@@ -119,20 +119,48 @@ def sweep(folder: Path, task: str | None = None) -> str:
               f"shared prefixes leave are {data['ideal_mac_ratio']:.3f} of the loops'.\n\n" + measured(entry) + "\n")
 
 
+def _estimate(r: dict, key: str) -> str:
+    """A share of families with its standard error (one family: none)."""
+    se = r.get(f"{key}_se", float("nan"))
+    return f"{r[key]:.3f}" + (f" +- {se:.3f}" if se == se else "") if key in r else "-"
+
+
+def _setting(r: dict) -> str:
+    effects = r.get("effects", "-")
+    return f"{r['metric']}, {r['m']} masks" + ("" if effects == "-" else f" ({effects})")
+
+
+def _against(r: dict, key: str, alpha: float) -> str:
+    """An estimate ``+- se`` and where it lies from ``alpha``, in words."""
+    value, se = r[key], r[f"{key}_se"]
+    where = ("at or below alpha" if value <= alpha else
+             "above alpha by more than 2 standard errors" if value - 2 * se > alpha else
+             "above alpha, within 2 standard errors")
+    return f"{_setting(r)} {value:.3f} +- {se:.3f} ({where})"
+
+
 def decision_rule(folder: Path, task: str | None = None) -> str:
-    """The simulated decision rule: per metric, family size and true drop, the family-wise error and the share of
-    each decision."""
+    """The simulated decision rule: per metric, family size, per-patient effects and true drop, the share of
+    families with a wrong decision and with an interval that misses the true drop, and the share of each decision;
+    then the error where it is the claim (the margin; a false significant change at 0) against alpha."""
     data, entry = _load(folder, "decision_rule")
     decisions = ("non-trivial", "trivial", "improves", "undecided")
-    rows = [[r["metric"], str(r["m"]), r["true_drop"], f"{r['families']:,}",
-             f"{r['fwer']:.3f}" + (f" +- {r['fwer_se']:.3f}" if r["fwer_se"] == r["fwer_se"] else ""),
-             *(f"{r[f'share_{d}']:.3f}" for d in decisions)] for r in data["rows"]]
-    return (results.grid(["metric", "masks per family", "true drop", "families", "family-wise error",
-                   *(f"share {d}" for d in decisions)], rows, 3)
-            + f"\nLargest family-wise error where the true drop equals the margin ({data['margin']}): "
-              f"{data['fwer']:.3f} (alpha {data['alpha']}); smallest power (share non-trivial) at 5x the margin: "
-              f"{data['power']:.3f}. The 630-mask Dice family took {data['dice_630_resamples']:,} resamples, "
-              f"tested in {data['dice_630_seconds']:.1f} s.\n\n" + measured(entry) + "\n")
+    rows = [[r["metric"], str(r["m"]), r.get("effects", "-"), r["true_drop"], f"{r['families']:,}",
+             _estimate(r, "fwer"), _estimate(r, "misses"), *(f"{r[f'share_{d}']:.3f}" for d in decisions)]
+            for r in data["rows"]]
+    alpha, many = data["alpha"], [r for r in data["rows"] if r["families"] > 1]
+    at_margin = "; ".join(_against(r, "fwer", alpha) for r in many if r["true_drop"] == "margin")
+    at_zero = "; ".join(_against(r, "misses", alpha) for r in many if r["true_drop"] == "0" and "misses" in r)
+    power = "; ".join(f"{_setting(r)} {r['share_non-trivial']:.3f}" for r in data["rows"] if r["true_drop"] == "5x margin")
+    return (results.grid(["metric", "masks per family", "per-patient effects", "true drop", "families",
+                          "family-wise error", "an interval misses", *(f"share {d}" for d in decisions)], rows, 4)
+            + f"\nFamily-wise error where the true drop equals the margin ({data['margin']}), against alpha {alpha} "
+              f"(estimate +- standard error): {at_margin}."
+            + (f" With no true drop, families with a false significant change (an interval without 0): {at_zero}."
+               if at_zero else "")
+            + f" Power (share non-trivial at 5x the margin): {power}. The 630-mask Dice family took "
+              f"{data['dice_630_resamples']:,} resamples, tested in {data['dice_630_seconds']:.1f} s.\n\n"
+            + measured(entry) + "\n")
 
 
 TABLES = {"conv-kernels": conv_kernels, "throughput": throughput, "sweep": sweep, "decision-rule": decision_rule}

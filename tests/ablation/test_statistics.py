@@ -278,14 +278,7 @@ def test_paired_model_comparison_reads_its_verdict_off_its_interval():
 def test_the_patient_bootstrap_with_the_small_sample_stretch_keeps_its_level():
     """Simulation: one mask of 20 patients whose pooled-Dice drop is exactly the margin; a bound at alpha/2 on
     either side may miss it 5 % of the time in all. Without the stretch the percentile bootstrap misses more."""
-    import sys
-
-    from tests.conftest import REPO
-
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import decision_rule as dr
-
-    rng = np.random.default_rng(0)
+    dr, rng = _benchmark(), np.random.default_rng(0)
     groups = dr.dice_family(rng, [0.0])[2]
     tester = st.paired_tester(metrics.Dice(num_classes=2, classes=(1,)), groups=groups)
     rule, trials = st.Decision(0.01, 0.05), 800
@@ -294,6 +287,17 @@ def test_the_patient_bootstrap_with_the_small_sample_stretch_keeps_its_level():
     assert wrong / trials <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / trials)
     assert st.small_sample_stretch(20, 0.05 / 1260) > st.small_sample_stretch(20, 0.025) > 1.0
     assert st.small_sample_stretch(None, 0.025) == 1.0
+
+
+def _benchmark():
+    import sys
+
+    from tests.conftest import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import decision_rule
+
+    return decision_rule
 
 
 @pytest.mark.parametrize("m", [36, 630])
@@ -315,6 +319,30 @@ def test_the_small_sample_stretch_gives_students_t_bounds_at_the_tables_family_s
         below.append((r["drop"] - r["drop_low"]) / half)
         above.append((r["drop_high"] - r["drop"]) / half)
     assert 0.93 <= np.mean(below) <= 1.07 and 0.93 <= np.mean(above) <= 1.07
+
+
+def test_a_36_mask_dice_family_errs_at_about_its_level():
+    """CI-sized twin of the benchmark's normal Dice setting at the margin (its full size: 2,000 families): 36
+    masks whose true pooled-Dice drop is the margin, so any decision but undecided is wrong; the share of
+    families with one is alpha or less, within 3 standard errors."""
+    dr, rng, rule, families = _benchmark(), np.random.default_rng(5), st.Decision(0.01, 0.05), 150
+    tester = st.paired_tester(metrics.Dice(num_classes=2, classes=(1,)), groups=dr.dice_family(rng, [0.0])[2])
+    wrong = sum(any(r["decision"] != "undecided" for r in st.decisions(
+        tester(*dr.dice_family(rng, [0.01] * 36)[:2], rule=rule), rule=rule)) for _ in range(families))
+    assert wrong / families <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / families)
+
+
+@pytest.mark.parametrize("effects", ["normal", "skewed"])
+def test_the_simulated_masks_true_pooled_dice_drop_is_the_drop_they_are_given(effects):
+    """The benchmark's truth, checked on a large population: 40,000 patients of one slice; pooled Dice written out
+    (2 * intersection / (prediction + truth), summed over slices). A skewed mask breaks about 1 patient in 10."""
+    dr, rng = _benchmark(), np.random.default_rng(0)
+    base, (masked,), _ = dr.dice_family(rng, [0.01], effects=effects, patients=40_000, slices=1)
+    pooled = lambda c: 2 * c["intersection"].sum() / (c["pred_sum"].sum() + c["true_sum"].sum())  # noqa: E731
+    assert pooled(base) - pooled(masked) == pytest.approx(0.01, abs=0.001)
+    changes = (base["intersection"] - masked["intersection"]) / base["true_sum"]
+    broken = np.mean(changes > 0.07)  # a broken patient's slices lose 0.1 (sd 0.02), a normal one's 0.01 (0.028)
+    assert (0.08 < broken < 0.12) if effects == "skewed" else broken < 0.03
 
 
 def test_each_bound_has_18_resamples_beyond_it_whatever_the_family():
