@@ -69,3 +69,19 @@ def test_the_readme_presets_table_names_every_preset_and_no_other():
     named = {name for row in table.splitlines()[2:] for name in re.findall(r"`([^`]+)`", row.split("|")[1])}
     assert named == set(configs.PRESETS), (f"README lacks {sorted(set(configs.PRESETS) - named)}; "
                                            f"names presets that do not exist: {sorted(named - set(configs.PRESETS))}")
+
+
+def test_the_readme_examples_for_a_users_own_models_run(capsys):
+    """The linen VGG and the NNX CNN of "Ablate your own model", exactly as written there."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("#### Ablate your own model"):text.index("### Presets")]
+    linen, nnx_block = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(linen.splitlines()) <= 20 and len(nnx_block.splitlines()) <= 20
+    scope: dict = {}
+    exec(compile(linen, "README.md (linen)", "exec"), scope)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["baseline", "Conv_0", "Conv_1", "Dense_0"]
+    assert all(0.0 <= float(line.split()[1]) <= 1.0 for line in lines)
+    exec(compile(nnx_block, "README.md (nnx)", "exec"), scope)  # it reads the linen block's images and labels
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["baseline", "conv+head"]

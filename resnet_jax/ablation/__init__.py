@@ -13,12 +13,13 @@ from resnet_jax.ablation.catalogue import (KINDS, ROLES, Ablation, AblationSpec,
                                            load_specs, make_mask, parse_spec, resolve_all)
 from resnet_jax.ablation.catalogue import catalogue as layer_catalogue  # the module keeps the name `catalogue`
 from resnet_jax.ablation.engine import Result, evaluate
-from resnet_jax.ablation.protocols import BASELINE, PROTOCOLS, STUDY_PROTOCOLS, protocol_specs, run_protocol
+from resnet_jax.ablation.networks import ModelError
+from resnet_jax.ablation.protocols import BASELINE, PROTOCOLS, STUDY_PROTOCOLS, ablate, protocol_specs, run_protocol
 from resnet_jax.ablation.statistics import DECISIONS, Decision, annotate, compare_models, paired_tester
 from resnet_jax.ablation.store import ResultStore
 from resnet_jax.ablation.subjects import Subject, restore_subject
 
 __all__ = ["BASELINE", "DECISIONS", "KINDS", "PROTOCOLS", "ROLES", "STUDY_PROTOCOLS", "Ablation", "AblationSpec",
-           "Decision", "Layer", "Result", "ResultStore", "Selector", "SpecError", "Subject", "annotate", "apply",
-           "compare_models", "evaluate", "layer_catalogue", "load_specs", "make_mask", "paired_tester", "parse_spec",
+           "Decision", "Layer", "ModelError", "Result", "ResultStore", "Selector", "SpecError", "Subject", "ablate",
+           "annotate", "apply", "compare_models", "evaluate", "layer_catalogue", "load_specs", "make_mask", "paired_tester", "parse_spec",
            "protocol_specs", "resolve_all", "restore_subject", "run_protocol"]

@@ -9,7 +9,10 @@ BatchNorm, so the branch still emits the BN constant ``beta - gamma * mean / sqr
 ``lesion`` removes a whole residual branch (identity-shortcut units only); ``reinit`` puts the
 kernel back to the run's initial values; ``rerandomize`` draws it afresh from the initialiser;
 ``cut-identity`` removes the identity shortcut of a unit, which then outputs ``relu(branch(x))`` (a gate
-only: no weight expresses it).
+only: no weight expresses it); ``zero-output`` sets a module's whole output to 0, bias included (every parameter
+the module owns directly is zeroed). ``zero-kernel``, ``zero-output``, ``reinit`` and ``rerandomize`` work on any
+model; ``zero-branch`` needs the normalisation consuming the layer's output (found by tracing); ``lesion`` and
+``cut-identity`` need a model that declares its residual units.
 """
 
 from __future__ import annotations
@@ -24,17 +27,23 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
+from resnet_jax.ablation import networks
 from resnet_jax.models import resnet
 
-KINDS = ("zero-kernel", "zero-branch", "lesion", "reinit", "rerandomize", "cut-identity")
+KINDS = ("zero-kernel", "zero-branch", "lesion", "reinit", "rerandomize", "cut-identity", "zero-output")
 UNIT_KINDS = ("lesion", "cut-identity")
 """Kinds that act on a whole residual unit with an identity shortcut (a spec names the unit's convs)."""
 GATE_ONLY_KINDS = ("cut-identity",)
 """Kinds that no change of weights expresses: the engine runs them with gates only."""
 ROLES = ("stem", "decomposition", "shortcut", "adjacent", "residual")
-GATE_KINDS = {"zero-kernel": "kernel", "zero-branch": "output", "lesion": "unit", "cut-identity": "identity"}
-"""Kinds the gate formulation can express, and the gate site each one uses."""
+GATE_KINDS = {"zero-kernel": "kernel", "zero-branch": "output", "lesion": "unit", "cut-identity": "identity",
+              "zero-output": "kernel"}
+"""Kinds the gate formulation can express, and the gate site each one uses in a model that takes gates (our
+convs have no bias, so a zeroed output is a zeroed kernel there)."""
+STRUCTURE_KINDS = ("lesion", "cut-identity")
+"""Kinds that need a model declaring its residual units."""
 
 
 class SpecError(ValueError):
@@ -45,7 +54,13 @@ class SpecError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Layer:
-    """One conv kernel of a model, with where it sits and what it does."""
+    """One module that owns a ``kernel``, with where it sits and what it does.
+
+    ``path`` is its module path in the variables; ``name`` the same path with dots, or the name a model that
+    declares its structure gives it (torchvision's ``layer3.0.downsample`` for our ResNets). ``norm`` names the
+    normalisation that directly consumes its output ("" when none does), found by tracing the forward.
+    ``stage``, ``unit`` and ``roles`` are empty for models that declare no structure.
+    """
 
     name: str
     path: tuple[str, ...]
@@ -59,68 +74,142 @@ class Layer:
     output_hw: tuple[int, int]
     macs: int
     roles: tuple[str, ...]
+    type: str = "Conv"
+    input_shape: tuple[int, ...] = ()  # per example, batch axis dropped
+    output_shape: tuple[int, ...] = ()
+    norm_path: tuple[str, ...] | None = None
 
 
-_STAGE = re.compile(r"layer(\d+)$")
+@dataclasses.dataclass
+class _Call:
+    """One traced call of a module that owns a kernel."""
+
+    path: tuple[str, ...]
+    module: Any
+    x_shape: tuple[int, ...] = ()
+    y_shape: tuple[int, ...] = ()
+    norm_path: tuple[str, ...] | None = None
 
 
-def _record_convs(model: nn.Module, variables, input_shape) -> list[tuple[tuple[str, ...], tuple, tuple]]:
-    """``(path, input shape, output shape)`` of every :class:`resnet.Conv` call, in call order."""
-    calls = []
+_NORMS = tuple(getattr(m, n) for m in (nn, nnx) for n in ("BatchNorm", "LayerNorm", "GroupNorm", "RMSNorm",
+                                                          "InstanceNorm") if hasattr(m, n))
 
-    def interceptor(next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
-        if isinstance(context.module, resnet.Conv) and context.method_name == "__call__":
-            calls.append((tuple(context.module.path), args[0].shape, out.shape))
+
+def _trace_kernel_calls(network: networks.Network, variables, x) -> list[_Call]:
+    """Every module that owns a ``kernel``, at its first call, in call order, with its input and output shapes and
+    the normalisation whose call takes its output object as input (the output's first consumer)."""
+    calls: list[_Call] = []
+    produced: dict[int, _Call] = {}
+    keep = []  # outputs stay alive so their ids stay theirs
+
+    def hook(path, module, args, call):
+        source = produced.pop(id(args[0]), None) if args else None
+        if source is not None and isinstance(module, _NORMS):
+            source.norm_path = path
+        owned = networks.module_params(variables, path)
+        record = None
+        if owned is not None and "kernel" in owned and all(c.path != path for c in calls):
+            record = _Call(path, module, tuple(getattr(args[0], "shape", ())) if args else ())
+            calls.append(record)
+        out = call()
+        if record is not None:
+            record.y_shape = tuple(getattr(out, "shape", ()))
+            produced[id(out)] = record
+            keep.append(out)
         return out
 
-    with nn.intercept_methods(interceptor):
-        jax.eval_shape(lambda v: model.apply(v, jnp.zeros(input_shape)), variables)
+    jax.eval_shape(lambda v, x: network.apply(v, x, hook=hook, mutable=True), variables, x)
     return calls
 
 
-def catalogue(model: nn.Module, variables: Mapping[str, Any], *,
-              input_shape: Sequence[int] = (1, 32, 32, 3)) -> list[Layer]:
-    """Every conv kernel in network order with stage, unit, shapes, stride, MACs and roles.
+def natural_key(name: str) -> tuple:
+    """Sort key that reads numbers as numbers: ``Block_2`` before ``Block_10``, ``layer1.9`` before ``layer1.10``."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name))
 
-    Roles come from structure, not from a list: ``stem`` is a conv outside every stage;
-    ``shortcut`` a projection (``downsample``); ``decomposition`` any conv that changes the
-    channel count; ``adjacent`` the other convs of a stage's first unit (they follow a
-    decomposition conv, or the stem for stage 1); ``residual`` everything else.
+
+def _macs(module, kernel_shape: tuple[int, ...], x_shape, y_shape) -> int:
+    """Multiply-adds per example: each output position computes a kernel's worth (a transposed conv: each input
+    position scatters one)."""
+    size = int(np.prod(kernel_shape))
+    if type(module).__name__ == "ConvTranspose":
+        return int(np.prod(x_shape[1:-1], dtype=np.int64)) * size
+    features = kernel_shape[-1]
+    if type(module).__name__ == "DenseGeneral":
+        features = int(np.prod(np.atleast_1d(module.features)))
+    elif type(module).__name__ == "Einsum" and getattr(module, "einsum_str", None):
+        ins, out = module.einsum_str.replace(" ", "").split("->")
+        spec = ins.split(",")[1]
+        features = int(np.prod([d for c, d in zip(spec, kernel_shape) if c in out]))
+    return int(np.prod(y_shape[1:], dtype=np.int64)) * size // max(features, 1)
+
+
+def _layer(call: _Call, kernel_shape: tuple[int, ...], place) -> Layer:
+    """A catalogue entry from a traced call and, for a model that declares its structure, the layer's place."""
+    x, y = call.x_shape, call.y_shape
+    spatial = len(y) == 4
+    in_channels = kernel_shape[-2] if place is not None else (x[-1] if x else 0)
+    roles = () if place is None else _roles(place, kernel_shape[-2], kernel_shape[-1], call.path)
+    name = place.name if place is not None else ".".join(call.path)
+    norm = "" if call.norm_path is None else (resnet.canonical_name(call.norm_path) if place is not None
+                                              else ".".join(call.norm_path))
+    return Layer(
+        name=name, path=call.path, norm=norm, stage=None if place is None else place.stage,
+        unit=None if place is None else place.unit, kernel_shape=kernel_shape, in_channels=int(in_channels),
+        out_channels=int(y[-1]) if y else 0, stride=x[1] // y[1] if spatial and len(x) == 4 and y[1] else 1,
+        output_hw=(y[1], y[2]) if spatial else (1, 1), macs=_macs(call.module, kernel_shape, x, y), roles=roles,
+        type=type(call.module).__name__, input_shape=tuple(x[1:]), output_shape=tuple(y[1:]),
+        norm_path=call.norm_path)
+
+
+def _roles(place, cin: int, cout: int, path: tuple[str, ...]) -> tuple[str, ...]:
+    """Roles from structure, not from a list (see :func:`catalogue`)."""
+    roles = []
+    if place.stage is None:
+        roles.append("stem")
+    if place.shortcut:
+        roles.append("shortcut")
+    if cin != cout:
+        roles.append("decomposition")
+    if place.stage is not None and not place.shortcut and cin == cout and place.unit.rpartition(".")[2] == "0":
+        roles.append("adjacent")
+    return tuple(roles) or ("residual",)
+
+
+def catalogue(model: Any, variables: Any = None, example_input: Any = None, *,
+              input_shape: Sequence[int] = (1, 32, 32, 3), apply_kwargs: Mapping[str, Any] | None = None) -> list[Layer]:
+    """Every module that owns a ``kernel`` (Conv, ConvTranspose, Dense, DenseGeneral, Einsum, ours), in call
+    order, with its type, shapes, MACs and the normalisation that consumes its output.
+
+    Works for any ``flax.linen.Module`` (with its variables) and any ``flax.nnx.Module`` (``variables`` None, or
+    the state from ``nnx.split``); a linen model whose default call updates batch statistics is traced as it is
+    (its updates dropped). Layers are named by module path with dots (``features.Conv_3``). A model that declares
+    its structure (``ablation_place``, see :class:`resnet_jax.models.batching.LayerPlace`), as our ResNet and PSPNet
+    do, names its layers itself, keeps other modules out, and gets stages, units and roles: ``stem`` is a conv
+    outside every stage; ``shortcut`` a projection (``downsample``); ``decomposition`` any conv that changes the
+    channel count; ``adjacent`` the other convs of a stage's first unit; ``residual`` everything else.
+
+    Example::
+
+        layers = catalogue(model, variables, jnp.zeros((1, 16, 16, 3)))
+        [(l.name, l.type, l.kernel_shape) for l in layers]   # [('features.Conv_0', 'Conv', (3, 3, 3, 8)), ...]
     """
+    network, variables = networks.as_network(model, variables, apply_kwargs=apply_kwargs)
+    x = jnp.zeros(tuple(input_shape)) if example_input is None else example_input
+    x = jax.ShapeDtypeStruct((1, *np.shape(x)[1:]), getattr(x, "dtype", jnp.float32))
+    place_of = getattr(network.model, "ablation_place", None) if network.framework == "linen" else None
     layers = []
-    for path, x_shape, y_shape in _record_convs(model, variables, input_shape):
-        name = resnet.canonical_name(path)
-        kernel_shape = tuple(_lookup(variables["params"], path)["kernel"].shape)
-        kh, kw, cin, cout = kernel_shape
-        stage_idx = next((i for i, p in enumerate(path) if _STAGE.match(p)), None)
-        stage = int(_STAGE.match(path[stage_idx]).group(1)) if stage_idx is not None else None
-        unit = resnet.canonical_name(path[:stage_idx + 2]) if stage_idx is not None else None
-        shortcut = "downsample" in path
-        roles = []
-        if stage is None:
-            roles.append("stem")
-        if shortcut:
-            roles.append("shortcut")
-        if cin != cout:
-            roles.append("decomposition")
-        if stage is not None and not shortcut and cin == cout and path[stage_idx + 1] == "0":
-            roles.append("adjacent")
-        if not roles:
-            roles.append("residual")
-        layers.append(Layer(
-            name=name, path=path, norm=resnet.norm_of(name), stage=stage, unit=unit,
-            kernel_shape=kernel_shape, in_channels=cin, out_channels=cout,
-            stride=x_shape[1] // y_shape[1], output_hw=(y_shape[1], y_shape[2]),
-            macs=y_shape[1] * y_shape[2] * kh * kw * cin * cout, roles=tuple(roles),
-        ))
+    for call in _trace_kernel_calls(network, variables, x):
+        place = None if place_of is None else place_of(call.path, call.module)
+        if place_of is not None and place is None:
+            continue
+        kernel_shape = tuple(networks.module_params(variables, call.path)["kernel"].shape)
+        layers.append(_layer(call, kernel_shape, place))
     return layers
 
 
-def _lookup(tree, path):
-    for p in path:
-        tree = tree[p]
-    return tree
+def declares_structure(layers: Sequence[Layer]) -> bool:
+    """Whether the catalogued model declared stages, units and roles (our ResNet and PSPNet do)."""
+    return any(l.roles for l in layers)
 
 
 def unit_has_identity_shortcut(layers: Sequence[Layer], unit: str) -> bool:
@@ -146,7 +235,7 @@ def format_catalogue(layers: Sequence[Layer]) -> str:
 
 # Specs -----------------------------------------------------------------------------------------
 
-_SELECTOR_KEYS = ("names", "patterns", "regex", "roles", "stages")
+_SELECTOR_KEYS = ("names", "patterns", "regex", "roles", "stages", "types", "paths")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +243,9 @@ class Selector:
     """Layers matching ALL given fields; each field matches ANY of its entries.
 
     ``names`` are canonical names, ``patterns`` shell globs (``layer3.*.conv2``), ``regex``
-    full-match regular expressions, ``roles`` from :data:`ROLES`, ``stages`` stage numbers.
+    full-match regular expressions, ``roles`` from :data:`ROLES`, ``stages`` stage numbers (these two only for a
+    model that declares its structure), ``types`` module type names (``Conv``, ``Dense``), ``paths`` shell globs
+    over the module path with dots (``features.Conv_*``; the same as the name unless the model names its layers).
     """
 
     names: tuple[str, ...] = ()
@@ -162,6 +253,8 @@ class Selector:
     regex: tuple[str, ...] = ()
     roles: tuple[str, ...] = ()
     stages: tuple[int, ...] = ()
+    types: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
 
     def matches(self, layer: Layer) -> bool:
         tests = [
@@ -170,6 +263,8 @@ class Selector:
             (self.regex, lambda r: re.fullmatch(r, layer.name) is not None),
             (self.roles, lambda r: r in layer.roles),
             (self.stages, lambda s: layer.stage == s),
+            (self.types, lambda t: layer.type == t),
+            (self.paths, lambda p: fnmatch.fnmatchcase(".".join(layer.path), p)),
         ]
         return all(any(map(test, values)) for values, test in tests if values)
 
@@ -234,7 +329,7 @@ def parse_spec(obj: Mapping[str, Any]) -> AblationSpec:
     select = tuple(parse_selector(s, where=f"spec {name!r} select")
                    for s in _as_tuple(obj.get("select")))
     if not select:
-        raise SpecError(f"spec {name!r} selects nothing: give 'select' (names, patterns, regex, roles, stages)")
+        raise SpecError(f"spec {name!r} selects nothing: give 'select' ({', '.join(_SELECTOR_KEYS)})")
     exclude = tuple(parse_selector(s, where=f"spec {name!r} exclude") for s in _as_tuple(obj.get("exclude")))
     return AblationSpec(name=name, kind=kind, select=select, exclude=exclude, seed=int(obj.get("seed", 1)))
 
@@ -269,30 +364,53 @@ def _roles_by_stage(layers: Sequence[Layer]) -> str:
                      for s in stages)
 
 
-def resolve(spec: AblationSpec, layers: Sequence[Layer]) -> tuple[str, ...]:
-    """The layer names a spec selects, in network order; errors name what did not match."""
+def _offers(layers: Sequence[Layer]) -> str:
+    """What a model without declared structure can be selected by."""
+    types = list(dict.fromkeys(l.type for l in layers))
+    return (f"select by names, patterns, paths, regex or types; its types: {types}; its names: "
+            f"{[l.name for l in layers]}")
+
+
+def _check_selector(spec: AblationSpec, sel: Selector, layers: Sequence[Layer]) -> None:
+    """A selector's names, stages, types and globs must each exist in the catalogue."""
     valid_names = [l.name for l in layers]
     valid_stages = sorted({l.stage for l in layers if l.stage is not None})
-    for sel in (*spec.select, *spec.exclude):
-        missing = [n for n in sel.names if n not in valid_names]
-        if missing:
-            raise SpecError(f"spec {spec.name!r}: unknown layer name(s) {missing}; valid: {valid_names}")
-        bad_stages = [s for s in sel.stages if s not in valid_stages]
-        if bad_stages:
-            raise SpecError(f"spec {spec.name!r}: unknown stage(s) {bad_stages}; valid: {valid_stages}")
-        for p in sel.patterns:
-            if not any(fnmatch.fnmatchcase(n, p) for n in valid_names):
-                raise SpecError(f"spec {spec.name!r}: pattern {p!r} matches no layer; valid names: {valid_names}")
-    selected = [l for l in layers if any(s.matches(l) for s in spec.select)]
-    if not selected:
-        raise SpecError(f"spec {spec.name!r} ({spec.kind}) selects no layer: no layer has every field of one of its "
-                        f"selectors; roles by stage: {_roles_by_stage(layers)}")
-    chosen = tuple(l.name for l in selected if not any(s.matches(l) for s in spec.exclude))
-    if not chosen:
-        raise SpecError(f"spec {spec.name!r} ({spec.kind}) matches no layer (its exclusions remove every selected "
-                        f"one); valid names: {valid_names}; stages: {valid_stages}; roles: {list(ROLES)}")
+    if (sel.roles or sel.stages) and not declares_structure(layers):
+        raise SpecError(f"spec {spec.name!r}: this model declares no structure (stages, units, roles), so "
+                        f"{'roles' if sel.roles else 'stages'} select nothing; {_offers(layers)}")
+    missing = [n for n in sel.names if n not in valid_names]
+    if missing:
+        raise SpecError(f"spec {spec.name!r}: unknown layer name(s) {missing}; valid: {valid_names}")
+    bad_stages = [s for s in sel.stages if s not in valid_stages]
+    if bad_stages:
+        raise SpecError(f"spec {spec.name!r}: unknown stage(s) {bad_stages}; valid: {valid_stages}")
+    valid_types = list(dict.fromkeys(l.type for l in layers))
+    bad_types = [t for t in sel.types if t not in valid_types]
+    if bad_types:
+        raise SpecError(f"spec {spec.name!r}: no layer of type(s) {bad_types}; valid: {valid_types}")
+    for p in sel.patterns:
+        if not any(fnmatch.fnmatchcase(n, p) for n in valid_names):
+            raise SpecError(f"spec {spec.name!r}: pattern {p!r} matches no layer; valid names: {valid_names}")
+    paths = [".".join(l.path) for l in layers]
+    for p in sel.paths:
+        if not any(fnmatch.fnmatchcase(n, p) for n in paths):
+            raise SpecError(f"spec {spec.name!r}: path glob {p!r} matches no layer; module paths: {paths}")
+
+
+def _check_kind(spec: AblationSpec, chosen: tuple[str, ...], layers: Sequence[Layer]) -> None:
+    """Kinds that need more than a kernel: a consuming normalisation, or residual units."""
+    by_name = {l.name: l for l in layers}
+    if spec.kind == "zero-branch":
+        for name in chosen:
+            if by_name[name].norm_path is None:
+                raise SpecError(f"spec {spec.name!r}: zero-branch silences the normalisation that consumes "
+                                f"{name!r}'s output, and tracing found none (no BatchNorm or other norm takes it "
+                                f"directly); use zero-output to set {name!r}'s own output to 0")
+    if spec.kind in UNIT_KINDS and not declares_structure(layers):
+        raise SpecError(f"spec {spec.name!r}: {spec.kind} acts on residual units, and this model declares none "
+                        f"(models declare them with ablation_place, as resnet_jax's ResNet does); kinds for it: "
+                        f"{[k for k in KINDS if k not in STRUCTURE_KINDS]}")
     if spec.kind in UNIT_KINDS:
-        by_name = {l.name: l for l in layers}
         for name in chosen:
             unit = by_name[name].unit
             if unit is None or not unit_has_identity_shortcut(layers, unit):
@@ -300,6 +418,24 @@ def resolve(spec: AblationSpec, layers: Sequence[Layer]) -> tuple[str, ...]:
                     f"spec {spec.name!r}: {spec.kind} acts on a unit's identity shortcut and needs identity-shortcut units; "
                     f"{name!r} is in {unit or 'the stem'}, which has none. Valid units: "
                     f"{sorted({l.unit for l in layers if l.unit and unit_has_identity_shortcut(layers, l.unit)})}")
+
+
+def resolve(spec: AblationSpec, layers: Sequence[Layer]) -> tuple[str, ...]:
+    """The layer names a spec selects, in network order; errors name what did not match."""
+    valid_names = [l.name for l in layers]
+    valid_stages = sorted({l.stage for l in layers if l.stage is not None})
+    for sel in (*spec.select, *spec.exclude):
+        _check_selector(spec, sel, layers)
+    selected = [l for l in layers if any(s.matches(l) for s in spec.select)]
+    if not selected:
+        offers = f"roles by stage: {_roles_by_stage(layers)}" if declares_structure(layers) else _offers(layers)
+        raise SpecError(f"spec {spec.name!r} ({spec.kind}) selects no layer: no layer has every field of one of its "
+                        f"selectors; {offers}")
+    chosen = tuple(l.name for l in selected if not any(s.matches(l) for s in spec.exclude))
+    if not chosen:
+        raise SpecError(f"spec {spec.name!r} ({spec.kind}) matches no layer (its exclusions remove every selected "
+                        f"one); valid names: {valid_names}; stages: {valid_stages}; roles: {list(ROLES)}")
+    _check_kind(spec, chosen, layers)
     return chosen
 
 
@@ -325,7 +461,14 @@ def resolve_all(specs: Sequence[AblationSpec], layers: Sequence[Layer]) -> list[
     return out
 
 
-def _leaf_targets(ablation: Ablation, layers: Sequence[Layer]) -> set[tuple[str, ...]]:
+def _norm_leaves(layer: Layer) -> set[tuple[str, ...]]:
+    if layer.norm_path is None:
+        raise SpecError(f"{layer.name}: no normalisation consumes its output (tracing found none); zero-branch and "
+                        f"lesion need one")
+    return {(*layer.norm_path, "scale"), (*layer.norm_path, "bias")}
+
+
+def leaf_targets(ablation: Ablation, layers: Sequence[Layer], params: Mapping[str, Any]) -> set[tuple[str, ...]]:
     """Parameter leaf paths an ablation replaces."""
     by_name = {l.name: l for l in layers}
     targets = set()
@@ -333,31 +476,43 @@ def _leaf_targets(ablation: Ablation, layers: Sequence[Layer]) -> set[tuple[str,
         layer = by_name[name]
         if ablation.kind == "lesion":
             last = [l for l in layers if l.unit == layer.unit and "shortcut" not in l.roles][-1]
-            norm_path = resnet.layer_path_of_norm(last.path)
-            targets |= {(*norm_path, "scale"), (*norm_path, "bias")}
+            targets |= _norm_leaves(last)
+            continue
+        if ablation.kind == "zero-output":  # every parameter the module owns directly: kernel, bias, ...
+            owned = networks.module_params({"params": params}, layer.path) or {}
+            targets |= {(*layer.path, k) for k, v in owned.items() if not isinstance(v, Mapping)}
             continue
         targets.add((*layer.path, "kernel"))
         if ablation.kind == "zero-branch":
-            norm_path = resnet.layer_path_of_norm(layer.path)
-            targets |= {(*norm_path, "scale"), (*norm_path, "bias")}
-    return targets
+            targets |= _norm_leaves(layer)
+    return {tuple(str(p) for p in t) for t in targets}
 
 
 def make_mask(params: Mapping[str, Any], ablation: Ablation, layers: Sequence[Layer]) -> Any:
     """A keep-mask shaped like ``params``: a scalar bool per leaf (True keeps the leaf).
 
-    Scalars broadcast against their leaves, so a stack of K masks costs K bools per leaf.
+    Scalars broadcast against their leaves, so a stack of K masks costs K bools per leaf. A target the
+    parameters lack (a norm without scale or bias is skipped) is an error naming the layer: the variables are not
+    the catalogued model's.
     """
-    targets = _leaf_targets(ablation, layers)
+    targets = leaf_targets(ablation, layers, params)
+    leaves = {tuple(str(getattr(k, "key", k)) for k in kp)
+              for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+    targets -= {t for t in targets - leaves if t[-1] == "bias"}  # a norm without bias: its zero scale silences it
+    missing = sorted(targets - leaves)
+    if missing:
+        raise ValueError(f"{ablation.name}: {ablation.kind} of {list(ablation.layers)} replaces "
+                         f"params/{'/'.join(missing[0])}, which the variables lack (a normalisation without a scale "
+                         f"cannot be silenced; otherwise the variables are not the catalogued model's)")
     return jax.tree_util.tree_map_with_path(
-        lambda kp, _: np.bool_(tuple(str(k.key) for k in kp) not in targets), params)
+        lambda kp, _: np.bool_(tuple(str(getattr(k, "key", k)) for k in kp) not in targets), params)
 
 
 def stack(masks: Sequence[Any]) -> Any:
     return jax.tree.map(lambda *leaves: np.stack(leaves), *masks)
 
 
-def replacement_for(kind: str, *, model: nn.Module, input_shape: Sequence[int], initial_params: Any = None):
+def replacement_for(kind: str, *, model: Any, input_shape: Sequence[int], initial_params: Any = None):
     """``seed -> params`` that a kind puts in place of masked kernels (None: zeros). ``reinit`` restores the
     run's initial parameters; ``rerandomize`` draws fresh ones from the initialiser with the spec's seed."""
     if kind == "reinit":
@@ -365,8 +520,11 @@ def replacement_for(kind: str, *, model: nn.Module, input_shape: Sequence[int], 
             raise ValueError("reinit needs the run's initial parameters (initial_params)")
         return lambda seed: initial_params
     if kind == "rerandomize":
+        network = model if isinstance(model, networks.Network) else networks.Network(model, "linen")
+        if network.framework == "nnx":
+            network.init_params(0, None)  # refuses, saying why and what to use instead
         sample = jnp.zeros((1, *input_shape[1:]), jnp.float32)
-        return lambda seed: model.init(jax.random.key(seed), sample)["params"]
+        return lambda seed: network.init_params(seed, sample)
     return None
 
 
@@ -396,3 +554,36 @@ def make_gates(ablations: Sequence[Ablation], layers: Sequence[Layer]) -> dict[s
             vec = sites.setdefault(site_kind, {}).setdefault(site, np.ones(len(ablations), np.float32))
             vec[k] = 0.0
     return sites
+
+
+HOOK_SITES = {"zero-kernel": "kernel", "zero-output": "output", "zero-branch": "output", "lesion": "output"}
+"""Kinds that gating module outputs expresses in any model, and the site: ``kernel`` keeps only the bias
+(``y * g + bias * (1 - g)``, exactly the output with a zero kernel), ``output`` scales the whole output. A
+``zero-branch`` gates its layer's kernel and the output of the normalisation consuming it; a ``lesion`` the
+output of its unit's last normalisation."""
+
+
+def make_hook_gates(ablations: Sequence[Ablation], layers: Sequence[Layer]) -> dict[str, dict[str, np.ndarray]]:
+    """Per-module gate vectors of length K, ``{site: {module path with dots: vector}}``, for models gated by
+    intercepting their modules' calls (:data:`HOOK_SITES`)."""
+    by_name = {l.name: l for l in layers}
+    sites: dict[str, dict[str, np.ndarray]] = {}
+
+    def close(site, path, k):
+        sites.setdefault(site, {}).setdefault(".".join(path), np.ones(len(ablations), np.float32))[k] = 0.0
+
+    for k, ablation in enumerate(ablations):
+        for name in ablation.layers:
+            layer = by_name[name]
+            if ablation.kind == "lesion":
+                last = [l for l in layers if l.unit == layer.unit and "shortcut" not in l.roles][-1]
+                close("output", _norm_path(last), k)
+                continue
+            close("output" if ablation.kind == "zero-output" else "kernel", layer.path, k)
+            if ablation.kind == "zero-branch":
+                close("output", _norm_path(layer), k)
+    return sites
+
+
+def _norm_path(layer: Layer) -> tuple[str, ...]:
+    return min(_norm_leaves(layer))[:-1]

@@ -31,16 +31,17 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-import flax.linen as nn
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax import devices
 from resnet_jax import metrics as metrics_lib
 from resnet_jax.ablation import catalogue as abl
+from resnet_jax.ablation import networks
 from resnet_jax.data.inputs import normalize
-from resnet_jax.models import batching, pspnet, resnet
+from resnet_jax.models import batching
 
 METHODS = ("auto", "gates", "weights")
 BATCHNORM = ("running", "batch")
@@ -81,7 +82,7 @@ class Inputs:
     """Everything a sweep scores against, fixed for the whole sweep: the model and its catalogue, the data,
     its normalisation, the metric and the batch size (a multiple of the device count)."""
 
-    model: nn.Module
+    model: Any  # a flax.linen or flax.nnx module, or a networks.Network
     variables: Mapping[str, Any]
     layers: Sequence[abl.Layer]
     images: np.ndarray
@@ -136,15 +137,21 @@ def chunk_size(n_ablations: int, *, batch_size: int, layers: Sequence[abl.Layer]
     return int(max(1, min(n_ablations, memory_budget_mb * 2**20 // max(per_mask, 1))))
 
 
-def method_for(kind: str, method: str) -> str:
+def method_for(kind: str, method: str, *, takes_gates: bool = True) -> str:
+    """How a kind is scored: ``gates`` where the kind allows (for a model that takes no gates, the kinds that
+    gating module outputs expresses, :data:`catalogue.HOOK_SITES`), else ``weights``."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {METHODS}")
-    if method == "gates" and kind not in abl.GATE_KINDS:
+    gate_kinds = abl.GATE_KINDS if takes_gates else abl.HOOK_SITES
+    if kind in abl.GATE_ONLY_KINDS and not takes_gates:
+        raise ValueError(f"kind {kind!r} needs a model that takes the engine's gates (declares ablation_gates, as "
+                         f"resnet_jax's ResNet does); no change of weights or module outputs expresses it")
+    if method == "gates" and kind not in gate_kinds:
         raise ValueError(f"kind {kind!r} cannot be expressed by gates; use method 'weights' or 'auto'")
     if method == "weights" and kind in abl.GATE_ONLY_KINDS:
         raise ValueError(f"kind {kind!r} cannot be expressed by weights; use method 'gates' or 'auto'")
     if method == "auto":
-        return "gates" if kind in abl.GATE_KINDS else "weights"
+        return "gates" if kind in gate_kinds else "weights"
     return method
 
 
@@ -195,16 +202,26 @@ def placement(ablation: abl.Ablation, layers: Sequence[abl.Layer]) -> tuple[str,
     return point, next(iter(parts)) if parts <= {"residual", "shortcut"} else "full"
 
 
-def _supports_branches(model: nn.Module) -> bool:
-    return isinstance(model, (resnet.ResNet, pspnet.PSPNet))
+def _takes_gates(model) -> bool:
+    """Whether a model's call takes ``gates=`` (and ``branches=``) of :mod:`resnet_jax.models.batching`: it says
+    so with ``ablation_gates = True``; other models are gated by intercepting their modules' calls."""
+    network = model if isinstance(model, networks.Network) else networks.Network(model, "linen")
+    return network.framework == "linen" and bool(getattr(network.model, "ablation_gates", False))
 
 
-def _gates_forward(model: nn.Module, metric, branches: tuple[tuple[str, batching.Copies], ...], copies: int,
-                   constants: int, clean: bool) -> Callable:
+def _supports_branches(model) -> bool:
+    return _takes_gates(model)
+
+
+def _gates_forward(model: networks.Network, metric, branches: tuple[tuple[str, batching.Copies], ...], copies: int,
+                   constants: int, clean: bool, consumed: set | None = None) -> Callable:
     """One jitted forward for a chunk. Gates hold one value per model: the clean one, ``copies``
     that join the clean forward at ``branches``, then ``constants`` input-independent ones. Output
-    rows: the clean model's (if ``clean``: a baseline or any copy needs it), the copies', the constants'."""
+    rows: the clean model's (if ``clean``: a baseline or any copy needs it), the copies', the constants'.
+    A model that takes no gates is gated by intercepting its modules' calls (full copies only); ``consumed``
+    collects the sites that were gated while tracing."""
     inside = _supports_branches(model)
+    gated = _takes_gates(model)
 
     def one_batch(variables, gates, images, targets, mean, std):
         b = images.shape[0]
@@ -213,18 +230,45 @@ def _gates_forward(model: nn.Module, metric, branches: tuple[tuple[str, batching
         if clean:
             per_row = jax.tree.map(lambda g: jnp.repeat(g[:1 + copies], b), gates)
             if inside:  # each copy joins at its first ablated unit; earlier work is shared
-                out, _ = model.apply(variables, x, gates=per_row, branches=dict(branches))
+                out = model.apply(variables, x, gates=per_row, branches=dict(branches))
+            elif gated:
+                out = model.apply(variables, batching.tile_clean(x, copies, b), gates=per_row)
             else:
-                out, _ = model.apply(variables, batching.tile_clean(x, copies, b), gates=per_row)
+                hook = _output_gates(variables, per_row, consumed)
+                out = model.apply(variables, batching.tile_clean(x, copies, b), hook=hook)
             logits.append(out.reshape(1 + copies, b, *out.shape[1:]))
         if constants:  # every image gives the same output: one row per model, any image
             one_row = jax.tree.map(lambda g: g[1 + copies:], gates)
-            out, _ = model.apply(variables, jnp.broadcast_to(x[:1], (constants, *x.shape[1:])), gates=one_row)
+            out = model.apply(variables, jnp.broadcast_to(x[:1], (constants, *x.shape[1:])), gates=one_row)
             logits.append(jnp.broadcast_to(out[:, None], (constants, b, *out.shape[1:])))
         logits = jnp.concatenate(logits)
         return metric.per_example(logits, jnp.broadcast_to(targets[None], (len(logits), *targets.shape)))
 
     return _over_batches(one_batch)
+
+
+def _output_gates(variables, gates: Mapping[str, Mapping[str, jax.Array]], consumed: set | None) -> networks.Hook:
+    """A hook that multiplies each gated module's output by its per-row gate (:data:`catalogue.HOOK_SITES`); a
+    ``kernel`` gate keeps the module's bias, so the result equals the module with its kernel zeroed."""
+    def hook(path, module, args, call):
+        y = call()
+        name = ".".join(path)
+        sites = {site: per_row[name] for site, per_row in gates.items() if name in per_row}
+        if not sites:
+            return y
+        if not hasattr(y, "shape") or y.shape[:1] != next(iter(sites.values())).shape:
+            raise networks.ModelError(
+                f"{name}: its output {getattr(y, 'shape', type(y).__name__)} is not batch-first with the "
+                f"{next(iter(sites.values())).shape[0]} rows the gates hold; use method='weights'")
+        if consumed is not None:
+            consumed.update((site, name) for site in sites)
+        for site, g in sites.items():
+            g = g.astype(y.dtype).reshape((-1,) + (1,) * (y.ndim - 1))
+            bias = (networks.module_params(variables, path) or {}).get("bias") if site == "kernel" else None
+            y = y * g if bias is None else y * g + bias.astype(y.dtype) * (1 - g)
+        return y
+
+    return hook
 
 
 def _over_batches(one_batch: Callable) -> Callable:
@@ -239,7 +283,8 @@ def _over_batches(one_batch: Callable) -> Callable:
     return forward
 
 
-def _weights_forward(model: nn.Module, metric, replacement_fn: Callable | None, *, batch_stats: bool = False) -> Callable:
+def _weights_forward(model: networks.Network, metric, replacement_fn: Callable | None, *,
+                     batch_stats: bool = False) -> Callable:
     """One jitted forward for a chunk of weight masks; with ``batch_stats`` BatchNorm normalises by the statistics
     of each masked model's own batch (as in training, dropout off; the updated statistics are dropped)."""
     def one_batch(variables, masks, seeds, images, targets, mean, std):
@@ -249,10 +294,7 @@ def _weights_forward(model: nn.Module, metric, replacement_fn: Callable | None, 
             mask, seed = args
             replacement = None if replacement_fn is None else replacement_fn(seed)
             masked = abl.apply(variables, mask, replacement=replacement)
-            if batch_stats:
-                (logits, _), _ = model.apply(masked, x, batch_stats=True, mutable=["batch_stats"])
-            else:
-                logits, _ = model.apply(masked, x)
+            logits = model.apply(masked, x, batch_stats=True, mutable=True) if batch_stats else model.apply(masked, x)
             return metric.per_example(logits, targets)
 
         return jax.lax.map(one, (masks, seeds))
@@ -272,7 +314,7 @@ def check_batch_statistics(n: int, batch_size: int, ablations: Sequence[abl.Abla
 
 
 def evaluate(
-    model: nn.Module,
+    model: Any,
     variables: Mapping[str, Any],
     ablations: Sequence[abl.Ablation],
     layers: Sequence[abl.Layer],
@@ -290,6 +332,7 @@ def evaluate(
     on_chunk: Callable[[list[Result]], None] | None = None,
     progress: bool = True,
     batchnorm: str = "running",
+    apply_kwargs: Mapping[str, Any] | None = None,
 ) -> list[Result]:
     """Score every ablation on ``(images, targets)``; ``on_chunk`` sees results as chunks finish.
 
@@ -300,16 +343,25 @@ def evaluate(
       memory_budget_mb: bound on a chunk's activation memory; sets the chunk size unless ``chunk``. By
         default half the memory the device reports (:func:`resnet_jax.devices.memory_budget_mb`; 2 GiB on CPUs).
         On the gate path a compiled chunk whose scratch memory (XLA's plan) exceeds it is halved.
-      initial_params: the run's initial parameters, needed by ``reinit``.
+      initial_params: the run's initial parameters, needed by ``reinit`` (for an NNX model, the plain dict of a
+        fresh model's ``nnx.state(model, nnx.Param)``).
       batchnorm: ``'running'`` (evaluation mode, the trained statistics) or ``'batch'``: every masked model
         normalises by its own batch's statistics (the study's ``BN(0) = beta`` algebra). Batch statistics depend
         on the batches: they are drawn in a fixed random order (:func:`batch_order`), ``batch_size`` must divide
         the examples (no padded batch), and the weights path runs. Per-example results keep the input order.
+      apply_kwargs: keywords for every call of the model, e.g. ``{"train": False}`` for a model that trains by
+        default (as the flax examples' ResNet does).
+
+    ``model`` is any ``flax.linen.Module`` (with ``variables``) or ``flax.nnx.Module`` (``variables`` None or its
+    ``nnx.split`` state) returning logits or ``(logits, ...)`` (:mod:`resnet_jax.ablation.networks`). A model that
+    takes gates (our ResNet and PSPNet) shares the clean prefix of each copy; any other model's masks are gates on
+    its modules' outputs (intercepted calls), and every gate sent must reach a traced call, or this refuses.
     """
     from tqdm import tqdm
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive number of images, got {batch_size}")
+    model, variables = networks.as_network(model, variables, apply_kwargs=apply_kwargs)
     mesh = devices.data_mesh()
     memory_budget_mb = memory_budget_mb or devices.memory_budget_mb()
     # A batch no larger than the examples (the padding would be computed and discarded); batch statistics keep
@@ -321,14 +373,21 @@ def evaluate(
         raise ValueError(f"unknown batchnorm mode {batchnorm!r}; valid: {list(BATCHNORM)}")
     if batchnorm == "batch":
         check_batch_statistics(len(images), inputs.batch_size, ablations, method)
+        if not _takes_gates(model):
+            raise ValueError("batchnorm 'batch' needs a model that takes batch_stats=True (resnet_jax's models); "
+                             "score another model in the mode its apply_kwargs select")
         method = "weights"
     batches = Batches.place(inputs, mesh, batch_order(len(images)) if batchnorm == "batch" else None)
     results: list[Result] = []
     groups: dict[tuple[str, str], list[abl.Ablation]] = {}
     # A mask listed twice (e.g. a shortcut conv by both `single` and `shortcut`) is scored once.
     unique = list({(a.name, a.kind, a.layers): a for a in ablations}.values())
-    for a in unique:
-        groups.setdefault((a.kind, method_for(a.kind, method)), []).append(a)
+    if not _takes_gates(model):  # our models read every catalogued kernel; check any other model's forward does
+        check_masks_are_read(model, variables, [a for a in unique if a.layers], layers, images[:1])
+    for a in unique:  # a baseline (no layers) runs on whichever path the method names
+        how = (method if method != "auto" else "gates") if not a.layers else \
+            method_for(a.kind, method, takes_gates=_takes_gates(model))
+        groups.setdefault((a.kind, how), []).append(a)
     bar = tqdm(total=len(unique), desc="ablations", unit="mask", disable=not progress or None, leave=False)
     for (kind, how), group in sorted(groups.items()):
         size = chunk or chunk_size(len(group), batch_size=inputs.batch_size, layers=layers,
@@ -397,7 +456,7 @@ def _gate_runner(inputs: Inputs, group, batches: Batches, *, size: int, budget_b
     n_base = sum(not a.layers for a in ordered)
     # One gate vector per site over all masked ablations of the group; a chunk takes its slice, so
     # every chunk has one pytree structure and chunks of one structure share a program.
-    sites = abl.make_gates(ordered[n_base:], layers)
+    sites = (abl.make_gates if _takes_gates(model) else abl.make_hook_gates)(ordered[n_base:], layers)
     example = (batches.images, batches.targets)
     compiled = {}
     queue = [(lo, min(lo + size, len(ordered))) for lo in range(0, len(ordered), size)]
@@ -414,7 +473,7 @@ def _gate_runner(inputs: Inputs, group, batches: Batches, *, size: int, budget_b
                          for p in dict.fromkeys(p for p, _ in joining))
         key = (branches, len(joining), constants, clean)
         if key not in compiled:
-            program = _gates_forward(model, inputs.metric, *key).lower(variables, gates, *example, mean, std).compile()
+            program = _lowered(model, inputs.metric, key, (variables, gates, *example, mean, std)).compile()
             compiled[key] = program, _temp_bytes(program)
         forward, temp = compiled[key]
         if temp > budget_bytes and len(chunk) > 1:  # XLA's buffer plan says the estimate was too low
@@ -431,10 +490,63 @@ def _gate_runner(inputs: Inputs, group, batches: Batches, *, size: int, budget_b
         yield _results(collected, time.perf_counter() - t0, temp)
 
 
+def _lowered(model: networks.Network, metric, key, args):
+    """The chunk's program, lowered; refuses a gate no traced call consumed (it would leave its masks scoring the
+    unablated model) and a model that updates state in the call the engine makes."""
+    gates = args[1]
+    consumed: set = set()
+    try:
+        with batching.recording_gates() as recorded:
+            lowered = _gates_forward(model, metric, *key, consumed=consumed).lower(*args)
+    except Exception as err:
+        if networks.is_train_mode_error(err):
+            raise networks.ModelError(networks.train_mode_message(model)) from None
+        raise
+    sent = {(site, name) for site, named in gates.items() for name in named}
+    unused = sorted(sent - consumed - recorded)
+    if unused:
+        site, name = unused[0]
+        raise networks.ModelError(
+            f"the {site} gate for {name!r} reached no call of the traced forward ({len(unused)} unused in all): its "
+            f"masks would score the unablated model; the model does not call that layer as catalogued, or ignores "
+            f"gates= (a model declaring ablation_gates must apply them)")
+    return lowered
+
+
 def _temp_bytes(program) -> int:
     """Scratch memory of a compiled program as XLA planned it (0 where a backend does not say)."""
     analysis = program.memory_analysis()
     return int(getattr(analysis, "temp_size_in_bytes", 0) or 0)
+
+
+def unread_leaves(model: networks.Network, variables: Mapping[str, Any], example: np.ndarray) -> set[tuple[str, ...]]:
+    """Parameter leaves the forward on ``example`` never reads, from its jaxpr (a leaf counts as read when an
+    equation that leads to the output takes it)."""
+    x = jnp.asarray(normalize(example, 0.0, 1.0))
+    try:
+        closed = jax.make_jaxpr(lambda p: model.apply({**variables, "params": p}, x))(variables["params"])
+    except Exception as err:
+        if networks.is_train_mode_error(err):
+            raise networks.ModelError(networks.train_mode_message(model)) from None
+        raise
+    live = {v for v in closed.jaxpr.outvars if isinstance(v, jax.extend.core.Var)}
+    for eqn in reversed(closed.jaxpr.eqns):
+        if any(o in live for o in eqn.outvars):
+            live |= {v for v in eqn.invars if isinstance(v, jax.extend.core.Var)}
+    flat = jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+    return {tuple(str(getattr(k, "key", k)) for k in kp) for (kp, _), var in zip(flat, closed.jaxpr.invars)
+            if var not in live}
+
+
+def check_masks_are_read(model: networks.Network, variables, ablations, layers, example) -> None:
+    """Refuse an ablation whose replaced parameter the forward never reads (its score would be the unablated
+    model's, whatever path scores it)."""
+    unread = unread_leaves(model, variables, example)
+    for ablation in ablations:
+        for path in sorted(abl.leaf_targets(ablation, layers, variables["params"]) & unread):
+            raise networks.ModelError(f"{ablation.name}: {ablation.kind} replaces params/{'/'.join(path)}, which the "
+                                      f"forward never reads (the layer's output is unused); the mask would change "
+                                      f"nothing")
 
 
 def _weight_runner(inputs: Inputs, group, batches: Batches, *, size: int, kind: str, initial_params: Any):

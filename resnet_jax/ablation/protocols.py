@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
 
 from resnet_jax.ablation import catalogue as abl
 from resnet_jax.ablation import engine
@@ -28,10 +31,19 @@ each identity shortcut (run with ``--kind`` ignored: ``cut-identity``)."""
 PROTOCOLS = (*STUDY_PROTOCOLS, *READINGS, "pairs")
 """``pairs``: every pair of convs (ResNet34: 36 convs, 630 masks), with their interaction; run on request."""
 BASELINE = abl.Ablation("baseline", "none", ())
+STRUCTURE_PROTOCOLS = ("stage-except-decomposition", "shortcut", "stage-except-decomposition-first-conv",
+                       "identity-shortcut")
+"""Protocols that read stages, units and roles, so need a model that declares them."""
 
 
 def protocol_specs(protocol: str, layers: Sequence[abl.Layer], *, kind: str = "zero-kernel") -> list[abl.AblationSpec]:
-    """The specs of a named protocol for a model's catalogue."""
+    """The specs of a named protocol for a model's catalogue. ``single`` and ``pairs`` work for any model; the
+    others, and the unit kinds, need a model that declares its stages and units."""
+    if (protocol in STRUCTURE_PROTOCOLS or kind in abl.STRUCTURE_KINDS) and not abl.declares_structure(layers):
+        raise abl.SpecError(f"protocol {protocol!r} with kind {kind!r} needs a model that declares its stages and "
+                            f"units (ablation_place, as resnet_jax's ResNet does); for this model: protocols "
+                            f"single and pairs, kinds {[k for k in abl.KINDS if k not in abl.STRUCTURE_KINDS]}, or a "
+                            f"spec file")
     stages = sorted({l.stage for l in layers if l.stage is not None})
     prefix = _encoder_prefix(layers)
     if protocol == "single":
@@ -87,6 +99,33 @@ def _encoder_prefix(layers: Sequence[abl.Layer]) -> str:
     return f"{head}." if head else ""
 
 
+
+
+# One call -------------------------------------------------------------------------------------
+
+def ablate(model: Any, variables: Any, images: np.ndarray, targets: np.ndarray, *, protocol: str = "single",
+           kind: str = "zero-kernel", specs: Sequence[abl.AblationSpec] | None = None,
+           apply_kwargs: Mapping[str, Any] | None = None, **options) -> list[engine.Result]:
+    """Catalogue any Flax model, build a protocol's masks (or resolve ``specs``) and score them with the unablated
+    model first, in one call.
+
+    ``model`` is a ``flax.linen.Module`` with its ``variables``, or a ``flax.nnx.Module`` (``variables`` None);
+    ``images`` are uint8 or floats in [0, 1], normalised by ``image_mean`` and ``image_std`` (default 0 and 1) as
+    the engine does; ``options`` go to :func:`engine.evaluate` (``metric``, ``batch_size``, ``method``, ...).
+
+    Example::
+
+        results = ablate(model, variables, images, labels, protocol="single", kind="zero-output")
+        baseline, masked = results[0], results[1:]
+    """
+    layers = abl.catalogue(model, variables, images[:1], apply_kwargs=apply_kwargs)
+    if not layers:
+        raise abl.SpecError(f"{type(model).__name__} has no module that owns a kernel (Conv, Dense, ...) in its "
+                            f"forward: nothing to ablate")
+    specs = protocol_specs(protocol, layers, kind=kind) if specs is None else specs
+    options = {"image_mean": 0.0, "image_std": 1.0, "progress": False, **options}
+    return engine.evaluate(model, variables, [BASELINE, *abl.resolve_all(specs, layers)], layers, images, targets,
+                           apply_kwargs=apply_kwargs, **options)
 
 
 # Running ---------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ in their forward; :mod:`resnet_jax.ablation.engine` builds the gates and branch 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
 import jax
@@ -31,6 +32,8 @@ def gate(x: Array, gates: Gates | None, kind: str, name: str) -> Array:
     g = gates.get(kind, {}).get(name)
     if g is None:
         return x
+    if _CONSUMED:
+        _CONSUMED[-1].add((kind, name))
     # With branches, the rows present here are a prefix of the final rows (copies are appended).
     g = jnp.asarray(g, x.dtype)[: x.shape[0]]
     return x * g.reshape((-1,) + (1,) * (x.ndim - 1))
@@ -51,6 +54,35 @@ class Copies(NamedTuple):
     full: int = 0
     residual: int = 0
     shortcut: int = 0
+
+
+class LayerPlace(NamedTuple):
+    """Where a kernel module sits in a model that declares its residual structure: the protocol by which a model
+    tells the ablation catalogue a layer's name, stage and unit, and whether it is a projection shortcut.
+
+    A model declares it with a method ``ablation_place(path, module) -> LayerPlace | None`` (None keeps a module
+    out of the catalogue) and, if its ``__call__`` takes ``gates=`` and ``branches=`` (this module's layout), a
+    class attribute ``ablation_gates = True``. Models without it are catalogued by module path."""
+
+    name: str
+    stage: int | None
+    unit: str | None
+    shortcut: bool
+
+
+_CONSUMED: list[set[tuple[str, str]]] = []
+
+
+@contextlib.contextmanager
+def recording_gates() -> Iterator[set[tuple[str, str]]]:
+    """The ``(kind, name)`` gate sites that :func:`gate` applies while the context is open (at trace time), so
+    the engine can refuse a gate no call consumed."""
+    seen: set[tuple[str, str]] = set()
+    _CONSUMED.append(seen)
+    try:
+        yield seen
+    finally:
+        _CONSUMED.pop()
 
 
 def as_copies(value: int | Copies) -> Copies:

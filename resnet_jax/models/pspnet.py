@@ -120,6 +120,9 @@ class PSPNet(nn.Module):
     dtype: Any = jnp.float32
     eliminated: Sequence[tuple[str, str]] = ()
 
+    ablation_gates = True  # gates and branches go to the encoder; only its convs are catalogued
+    ablation_place = staticmethod(resnet.ablation_place)
+
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, gates: batching.Gates | None = None,
                  branches: Mapping[str, int | batching.Copies] | None = None, batch_stats: bool = False):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax.configs.base import ELIMINATED_FORMS
-from resnet_jax.models.batching import Copies, Gates, as_copies, copy_gates, gate, tile_clean
+from resnet_jax.models.batching import Copies, Gates, LayerPlace, as_copies, copy_gates, gate, tile_clean
 
 Array = jax.Array
 
@@ -323,6 +324,9 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     eliminated: Sequence[tuple[str, str]] = ()
 
+    ablation_gates = True  # the ablation catalogue's structure protocol (batching.LayerPlace)
+    ablation_place = staticmethod(lambda path, module: ablation_place(path, module))
+
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, gates: Gates | None = None,
                  branches: Mapping[str, int | Copies] | None = None, batch_stats: bool = False):
@@ -463,6 +467,22 @@ def layer_path_of_norm(conv_path: Sequence[str]) -> tuple[str, ...]:
     """Module path of the BatchNorm that follows the conv at ``conv_path``."""
     *head, last = conv_path
     return (*head, "bn" + last[len("conv"):])
+
+
+_STAGE = re.compile(r"layer(\d+)$")
+
+
+def ablation_place(path: Sequence[str], module: nn.Module) -> LayerPlace | None:
+    """Where a conv sits (the ablation catalogue's structure protocol, :class:`LayerPlace`): its torchvision name,
+    stage, unit and whether it projects a shortcut; None for any other module (the ``fc`` head stays out)."""
+    if not isinstance(module, Conv):
+        return None
+    path = tuple(path)
+    at = next((i for i, p in enumerate(path) if _STAGE.match(p)), None)
+    if at is None:
+        return LayerPlace(canonical_name(path), None, None, False)
+    return LayerPlace(canonical_name(path), int(_STAGE.match(path[at]).group(1)), canonical_name(path[:at + 2]),
+                      "downsample" in path)
 
 
 def norm_of(conv_name: str) -> str:
