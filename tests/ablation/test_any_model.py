@@ -369,3 +369,18 @@ def test_our_models_keep_torchvision_names_and_their_traced_norms_are_torchvisio
     prefix = "encoder." if layers[0].name.startswith("encoder.") else ""
     assert [l.norm for l in layers] == [prefix + resnet.norm_of(l.name.removeprefix(prefix)) for l in layers]
     assert all(l.type == "Conv" and l.roles for l in layers) and abl.declares_structure(layers)
+
+
+def test_reinit_and_rerandomize_on_a_users_model_equal_the_hand_replaced_kernel():
+    model, variables = _linen(VGG)
+    images, labels = _data(8)
+    layers = abl.catalogue(model, variables, images[:1])
+    initial = model.init(jax.random.key(5), jnp.zeros((1, SIZE, SIZE, 3)))["params"]
+    ablations = [abl.Ablation("r", "reinit", ("Conv_2",)), abl.Ablation("d", "rerandomize", ("Dense_0",), seed=3)]
+    got = _engine_predictions(model, variables, ablations, layers, images, labels, initial_params=initial)
+    fresh = model.init(jax.random.key(3), jnp.zeros((1, SIZE, SIZE, 3)))["params"]
+    for a, source, path in ((ablations[0], initial, ("Conv_2",)), (ablations[1], fresh, ("Dense_0",))):
+        params = jax.tree.map(lambda v: v, variables["params"])
+        params[path[0]] = {**params[path[0]], "kernel": source[path[0]]["kernel"]}
+        forward = functools.partial(jax.jit(model.apply), {**variables, "params": params})
+        np.testing.assert_array_equal(got[a.name], _loop_predictions(forward, images), err_msg=a.name)
