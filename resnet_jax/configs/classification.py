@@ -10,7 +10,8 @@ from typing import Any
 from resnet_jax.configs import base
 
 TASK = "classification"
-MODELS = ("resnet18", "resnet34", "resnet50", "resnet_tiny")
+MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2",
+          "resnext50_32x4d", "resnext101_32x8d", "resnet_tiny")
 DATASETS = ("cifar10", "cifar100", "mnist", "fashion_mnist", "synthetic")
 
 DEFAULTS: dict[str, Any] = {

@@ -45,18 +45,19 @@ def _canonical(path: Sequence[str]) -> str:
     return ".".join(path)
 
 
-def _formulation(impl: str, in_hw: tuple[int, int], out_hw: tuple[int, int], taps: int) -> str:
+def _formulation(impl: str, in_hw: tuple[int, int], out_hw: tuple[int, int], taps: int, *, groups: int = 1) -> str:
     """Which formulation a conv runs as: ``'xla'``, ``'patches'`` or ``'dense'``.
 
     ``auto`` follows per-layer timings on CPU (``benchmarks/conv_kernels.py``): XLA's CPU
     convolution is fine down to 4x4 outputs but 20-40x slower than a matmul on 2x2 and 1x1 maps,
     and once the input has fewer pixels than the kernel has taps (a 3x3 conv on a 2x2 or 1x1
     map) most taps read padding, so the conv as one dense matrix does less work than im2col.
-    Other backends keep XLA's convolution.
+    Other backends, and grouped convs (as matmuls they would multiply a block-diagonal kernel, ``groups`` times the
+    work), keep XLA's convolution.
     """
     if impl != "auto":
         return impl
-    if jax.default_backend() != "cpu":
+    if jax.default_backend() != "cpu" or groups > 1:
         return "xla"
     if taps > 1 and in_hw[0] * in_hw[1] < taps:
         return "dense"
@@ -68,7 +69,8 @@ class Conv(nn.Module):
 
     ``impl='xla'`` uses ``lax.conv_general_dilated``; ``'patches'`` extracts patches and does one
     matmul (numerically the same contraction); ``'auto'`` picks per layer (:func:`_formulation`),
-    on CPU also the dense-operator form (:func:`conv_dense`) for 2x2 and 1x1 maps.
+    on CPU also the dense-operator form (:func:`conv_dense`) for 2x2 and 1x1 maps. ``groups > 1``
+    is torch's grouped conv (ResNeXt): the kernel is ``(kh, kw, in / groups, features)``.
     """
 
     features: int
@@ -77,26 +79,38 @@ class Conv(nn.Module):
     dilation: int = 1
     impl: str = "auto"
     dtype: Any = jnp.float32
+    groups: int = 1
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         kh, kw = self.kernel_size
-        kernel = self.param("kernel", conv_init, (kh, kw, x.shape[-1], self.features), jnp.float32)
+        shape = (kh, kw, x.shape[-1] // self.groups, self.features)
+        kernel = self.param("kernel", conv_init, shape, jnp.float32)
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         pad = ((self.dilation * (kh // 2),) * 2, (self.dilation * (kw // 2),) * 2)
         out_hw = tuple(
             (x.shape[1 + i] + 2 * pad[i][0] - self.dilation * (k - 1) - 1) // self.strides + 1
             for i, k in enumerate((kh, kw))
         )
-        how = _formulation(self.impl, x.shape[1:3], out_hw, kh * kw)
+        how = _formulation(self.impl, x.shape[1:3], out_hw, kh * kw, groups=self.groups)
+        if how != "xla" and self.groups > 1:
+            kernel = block_diagonal(kernel, self.groups)
         if how == "patches":
             return conv_patches(x, kernel, strides=self.strides, padding=pad, dilation=self.dilation)
         if how == "dense":
             return conv_dense(x, kernel, strides=self.strides, padding=pad, dilation=self.dilation)
         return jax.lax.conv_general_dilated(
             x, kernel, (self.strides,) * 2, pad, rhs_dilation=(self.dilation,) * 2,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups,
         )
+
+
+def block_diagonal(kernel: Array, groups: int) -> Array:
+    """A grouped kernel ``(kh, kw, in / groups, out)`` as the ungrouped one it equals: zeros off the groups."""
+    kh, kw, cin, cout = kernel.shape
+    per_group = kernel.reshape(kh, kw, cin, groups, cout // groups)
+    full = jnp.einsum("hwigo,Gg->hwGigo", per_group, jnp.eye(groups, dtype=kernel.dtype))
+    return full.reshape(kh, kw, groups * cin, cout)
 
 
 def conv_patches(x: Array, kernel: Array, *, strides: int, padding, dilation: int = 1) -> Array:
@@ -196,13 +210,19 @@ class _Unit(nn.Module):
         bias = self.param("branch_bias", nn.initializers.zeros, shape, jnp.float32)
         return lambda x, gates: jnp.broadcast_to(bias.astype(x.dtype), x.shape)
 
-    def conv_bn(self, index: int, kernel_size, strides=1, dilation=1) -> Callable[[Array, Gates | None], Array]:
+    @property
+    def width(self) -> int:
+        """Channels inside the residual branch (before a Bottleneck's expanding conv)."""
+        return self.features
+
+    def conv_bn(self, index: int, kernel_size, strides=1, dilation=1,
+                groups=1) -> Callable[[Array, Gates | None], Array]:
         """Conv ``index`` and its BatchNorm with their gates, as a function of ``(x, gates)`` so the
         unit can run them on more than one set of rows."""
         name = f"{_canonical(self.path)}.conv{index}"
-        width = self.features * (self.expansion if kernel_size == "last" else 1)
+        width = self.features * self.expansion if kernel_size == "last" else self.width
         size = (1, 1) if kernel_size in ((1, 1), "last") else kernel_size
-        conv = self.conv(width, size, strides=strides, dilation=dilation, name=f"conv{index}")
+        conv = self.conv(width, size, strides=strides, dilation=dilation, groups=groups, name=f"conv{index}")
         norm = self.norm(name=f"bn{index}")
         return lambda x, gates: gate(norm(gate(conv(x), gates, "kernel", name)), gates, "output", name)
 
@@ -253,16 +273,26 @@ class BasicBlock(_Unit):
 
 
 class Bottleneck(_Unit):
-    """1x1 -> 3x3 (strided, torchvision v1.5) -> 1x1 expanding by 4."""
+    """1x1 -> 3x3 (strided, torchvision v1.5) -> 1x1 expanding by 4.
+
+    As torchvision's, the branch is ``int(features * width_per_group / 64) * groups`` wide and its 3x3 conv has
+    ``groups`` groups: ResNeXt-50 32x4d is ``groups=32, width_per_group=4``, Wide ResNet-50-2 ``width_per_group=128``.
+    """
 
     expansion = 4
+    groups: int = 1
+    width_per_group: int = 64
+
+    @property
+    def width(self) -> int:
+        return int(self.features * (self.width_per_group / 64.0)) * self.groups
 
     @nn.compact
     def __call__(self, x: Array, gates: Gates | None = None, copies: Copies = Copies(), clean: int = 0) -> Array:
         if self.replaced:
             return self.merge(x, self.constant_branch(x), gates, copies, clean)
         conv_bn1 = self.conv_bn(1, (1, 1))
-        conv_bn2 = self.conv_bn(2, (3, 3), strides=self.strides, dilation=self.dilation)
+        conv_bn2 = self.conv_bn(2, (3, 3), strides=self.strides, dilation=self.dilation, groups=self.groups)
         conv_bn3 = self.conv_bn(3, "last")
 
         def residual(x, g):
@@ -312,6 +342,8 @@ class ResNet(nn.Module):
       dtype: compute dtype (``jnp.bfloat16`` for mixed precision); parameters stay float32.
       eliminated: ``((unit, form), ...)``: identity-shortcut units replaced by ``relu(x + b)`` (a slim model;
         forms in :data:`ELIMINATED_FORMS`; unit names as canonical names, e.g. ``layer3.1``).
+      groups, width_per_group: a Bottleneck's 3x3 conv groups and channels per group at ``num_filters=64``,
+        as torchvision's ResNet takes them (ResNeXt-50 32x4d: 32 and 4; Wide ResNet-50-2: 1 and 128).
     """
 
     stage_sizes: Sequence[int]
@@ -323,6 +355,8 @@ class ResNet(nn.Module):
     conv_impl: str = "auto"
     dtype: Any = jnp.float32
     eliminated: Sequence[tuple[str, str]] = ()
+    groups: int = 1
+    width_per_group: int = 64
 
     ablation_gates = True  # the ablation catalogue's structure protocol (batching.LayerPlace)
     ablation_place = staticmethod(lambda path, module: ablation_place(path, module))
@@ -344,6 +378,7 @@ class ResNet(nn.Module):
         if self.conv_impl not in CONV_IMPLS:
             raise ValueError(f"unknown conv_impl {self.conv_impl!r}; valid: {CONV_IMPLS}")
         conv = functools.partial(Conv, impl=self.conv_impl, dtype=self.dtype)
+        block_cls = self._block()
         # torch momentum 0.1 == flax momentum 0.9; exact variance as torch computes it.
         norm = functools.partial(
             nn.BatchNorm, use_running_average=not (train or batch_stats), momentum=0.9, epsilon=1e-5,
@@ -371,7 +406,7 @@ class ResNet(nn.Module):
             if i > 0 and self.dilate_stages[i - 1]:
                 dilation, strides = dilation * 2, 1
             x = Stage(
-                n_units, self.num_filters * 2**i, strides, self.block_cls, conv, norm,
+                n_units, self.num_filters * 2**i, strides, block_cls, conv, norm,
                 dilation=dilation, eliminated=eliminated, name=f"layer{i + 1}",
             )(x, gates, branches, clean)
             intermediates[f"layer{i + 1}"] = x
@@ -381,6 +416,15 @@ class ResNet(nn.Module):
         intermediates["pre_logits"] = x
         x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
         return x.astype(jnp.float32), intermediates
+
+    def _block(self) -> Callable[..., nn.Module]:
+        """The unit class with this network's groups and width (only Bottlenecks have them, as in torchvision)."""
+        if (self.groups, self.width_per_group) == (1, 64):
+            return self.block_cls
+        if not (isinstance(self.block_cls, type) and issubclass(self.block_cls, Bottleneck)):
+            raise ValueError(f"groups={self.groups}, width_per_group={self.width_per_group} need Bottleneck units; "
+                             f"{getattr(self.block_cls, '__name__', self.block_cls)} has groups=1, width_per_group=64")
+        return functools.partial(self.block_cls, groups=self.groups, width_per_group=self.width_per_group)
 
 
 def _checked_points(prefix: str, stage_sizes: Sequence[int], branches: Mapping[str, int | Copies] | None,
@@ -409,10 +453,20 @@ def _checked_points(prefix: str, stage_sizes: Sequence[int], branches: Mapping[s
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
 ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock)
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck)
+ResNet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck)
+ResNet152 = functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block_cls=Bottleneck)
+WideResNet50_2 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck, width_per_group=128)
+WideResNet101_2 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck, width_per_group=128)
+ResNeXt50_32x4d = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck, groups=32,
+                                    width_per_group=4)
+ResNeXt101_32x8d = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck, groups=32,
+                                     width_per_group=8)
 # Every structural feature of ResNet34 (stem, projections, identity units) at a tiny cost; tests only.
 ResNetTiny = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock, num_filters=4)
 
-MODELS = {"resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50, "resnet_tiny": ResNetTiny}
+MODELS = {"resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50, "resnet101": ResNet101,
+          "resnet152": ResNet152, "wide_resnet50_2": WideResNet50_2, "wide_resnet101_2": WideResNet101_2,
+          "resnext50_32x4d": ResNeXt50_32x4d, "resnext101_32x8d": ResNeXt101_32x8d, "resnet_tiny": ResNetTiny}
 
 
 def create_model(name: str, **kwargs) -> ResNet:

@@ -19,6 +19,12 @@ def _n_params(model, size=32):
     ("resnet34", 10, 21_289_802),
     ("resnet18", 1000, 11_689_512),
     ("resnet50", 1000, 25_557_032),
+    ("resnet101", 1000, 44_549_160),
+    ("resnet152", 1000, 60_192_808),
+    ("wide_resnet50_2", 1000, 68_883_240),
+    ("wide_resnet101_2", 1000, 126_886_696),
+    ("resnext50_32x4d", 1000, 25_028_904),
+    ("resnext101_32x8d", 1000, 88_791_336),
 ])
 def test_parameter_counts_match_torchvision(name, classes, expected):
     assert _n_params(models.create_model(name, num_classes=classes)) == expected
@@ -119,6 +125,29 @@ def test_conv_impls_give_the_same_network_output_and_gradients(impl):
     ga, gb = jax.grad(loss(a))(variables["params"]), jax.grad(loss(b))(variables["params"])
     for u, v in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
         np.testing.assert_allclose(u, v, rtol=1e-3, atol=1e-4)
+
+
+def test_grouped_conv_is_independent_convs_side_by_side_in_both_formulations(monkeypatch):
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+    conv = models.Conv(6, (3, 3), impl="xla", groups=2)
+    variables = conv.init(jax.random.key(1), x)
+    kernel = variables["params"]["kernel"]
+    assert kernel.shape == (3, 3, 4, 6)  # torch's (6, 4, 3, 3): in / groups
+    halves = [jax.lax.conv_general_dilated(x[..., 4 * g:4 * g + 4], kernel[..., 3 * g:3 * g + 3], (1, 1),
+                                           ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+              for g in range(2)]
+    want = np.concatenate(halves, -1)
+    np.testing.assert_allclose(conv.apply(variables, x), want, rtol=1e-5, atol=1e-5)
+    patches = models.Conv(6, (3, 3), impl="patches", groups=2).apply(variables, x)  # on a block-diagonal kernel
+    np.testing.assert_allclose(patches, want, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert models._formulation("auto", (1, 1), (1, 1), 9, groups=2) == "xla"  # not groups times the work
+
+
+def test_groups_and_width_need_bottleneck_units():
+    model = models.ResNet(stage_sizes=(1, 1, 1, 1), groups=32, width_per_group=4, num_classes=10)
+    with pytest.raises(ValueError, match="groups=32, width_per_group=4 need Bottleneck units; BasicBlock has"):
+        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
 
 
 def test_unknown_names_list_the_valid_ones():
