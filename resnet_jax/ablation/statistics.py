@@ -17,9 +17,11 @@ the decision reads off them, row by row, at the margin ``delta``:
 * ``undecided`` otherwise.
 
 For Dice the bootstrap's deviations are stretched to Student's t width for the number of patients (see
-``small_sample_stretch``). A decision is wrong only if an interval misses its true drop, so the chance of any wrong decision in the
-family, in either direction, is at most ``alpha`` (``benchmarks/decision_rule.py`` measures it). The bounds
-do not depend on the margin, so decisions at another margin follow from a table without recomputing.
+``small_sample_stretch``). A decision is wrong only if an interval misses its true drop, so the chance of any
+wrong decision in the family, in either direction, is at most ``alpha`` where every interval holds its level; the
+Dice bootstrap over a few patients only approaches it, and misses masks that break patients the split lacks
+(``benchmarks/decision_rule.py`` measures both). The bounds do not depend on the margin, so decisions at another
+margin follow from a table without recomputing.
 """
 
 from __future__ import annotations
