@@ -378,7 +378,8 @@ def _interop_and_study_parsers(sub) -> None:
                                             "for evaluate/ablate/verify")
     p.add_argument("file", help="a .pt/.pth state_dict (or a dict holding one under 'state_dict' or 'model')")
     p.add_argument("--workdir", required=True, help="a new (or empty) run directory")
-    p.add_argument("--arch", required=True, choices=TORCHVISION_ARCHS, help="the torchvision architecture of the file")
+    p.add_argument("--arch", required=True, metavar="ARCH",  # checked by import-torch: one line, exit 2
+                   help=f"the torchvision architecture of the file: {', '.join(TORCHVISION_ARCHS)}")
     p.add_argument("--stem", choices=("torchvision", "cifar"), help="default: read from conv1 (3x3 = cifar)")
     p.add_argument("--num-classes", type=_positive_int, help="default: read from fc")
     p.add_argument("--data-name", default="cifar10", help="the dataset it is evaluated on (TFDS name, synthetic)")

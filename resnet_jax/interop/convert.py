@@ -37,7 +37,8 @@ import numpy as np
 from resnet_jax.models import resnet as models
 
 STEMS = ("torchvision", "cifar")
-TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50")
+TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2",
+                     "wide_resnet101_2", "resnext50_32x4d", "resnext101_32x8d")
 _INSTALL_HINT = (
     "pip install 'resnet-jax[torch]'  (or: pip install torch==2.14.1 torchvision==0.29.1)"
 )
@@ -184,7 +185,7 @@ def _fmt(shape) -> str:
     return str(tuple(int(s) for s in shape))
 
 
-def _check(shapes: Mapping[str, tuple[int, ...]], expected: tuple[_Entry, ...], what: str) -> None:
+def _check(shapes: Mapping[str, tuple[int, ...]], expected: tuple[_Entry, ...], what: str, arch: str) -> None:
     """Raise ValueError at the first key (in torchvision order) where ``shapes`` and ``expected`` differ."""
     want = {e.key: e.shape for e in expected}
     for key in sorted(set(want) | set(shapes), key=_order_key):
@@ -198,20 +199,88 @@ def _check(shapes: Mapping[str, tuple[int, ...]], expected: tuple[_Entry, ...], 
             continue
         raise ValueError(
             f"{problem}; {what} expects {len(expected)} tensors besides num_batches_tracked: "
-            f"{_listing(expected, key)}{_guess(shapes)}"
+            f"{_listing(expected, key)}{_guess(shapes, arch)}"
         )
 
 
-def _guess(shapes: Mapping[str, tuple[int, ...]]) -> str:
-    """Name the architecture the tensors do fit, if any: the usual cause of a mismatch."""
-    for arch in sorted(models.MODELS):
-        try:
-            expected = _expected_for(arch, shapes)
-        except ValueError:
-            continue
-        if {e.key: e.shape for e in expected} == {k: tuple(v) for k, v in shapes.items()}:
-            return f". The given tensors match {_describe(arch, shapes)}"
-    return ""
+def _guess(shapes: Mapping[str, tuple[int, ...]], arch: str) -> str:
+    """Name the architecture the tensors do fit or look like (read from their units and widths), if any: the usual
+    cause of a mismatch."""
+    structure = read_structure(shapes)
+    found = identify(structure) if structure else None
+    if found is None:
+        return ""
+    if {e.key: e.shape for e in _expected_for(found, shapes)} == {k: tuple(v) for k, v in shapes.items()}:
+        return f". The given tensors match {_describe(found, shapes)}: {structure}"
+    return f". The given tensors look like {found} ({structure})" if found != arch else ""
+
+
+@dataclass(frozen=True)
+class Structure:
+    """What tells the ResNets apart: the unit type, units per stage, stem width and a Bottleneck's groups and
+    channels per group (torchvision's ``width_per_group``)."""
+
+    block: str  # 'BasicBlock' | 'Bottleneck'
+    stage_sizes: tuple[int, ...]
+    num_filters: int = 64
+    groups: int = 1
+    width_per_group: int = 64
+
+    def __str__(self) -> str:
+        text = f"{self.block} units {'-'.join(map(str, self.stage_sizes))}"
+        if self.block == "Bottleneck":
+            text += f", groups={self.groups}, width_per_group={self.width_per_group}"
+        return text + (f", {self.num_filters} stem channels" if self.num_filters != 64 else "")
+
+
+@functools.lru_cache(maxsize=None)
+def structure_of(arch: str) -> Structure:
+    """The structure of ``models.create_model(arch)``, from its attributes (nothing is traced)."""
+    model = models.create_model(arch)
+    block = "Bottleneck" if issubclass(model.block_cls, models.Bottleneck) else "BasicBlock"
+    return Structure(block, tuple(model.stage_sizes), model.num_filters, model.groups, model.width_per_group)
+
+
+def read_structure(shapes: Mapping[str, tuple[int, ...]]) -> Structure | None:
+    """The structure torch-layout ``shapes`` have, or None where they are not a torchvision ResNet's.
+
+    A unit counts when all its convs are present, so one stray or missing tensor leaves the rest recognisable.
+    """
+    first, middle = shapes.get("layer1.0.conv1.weight"), shapes.get("layer1.0.conv2.weight")
+    if first is None or middle is None or len(first) != 4 or len(middle) != 4 or 0 in (*first, *middle):
+        return None
+    bottleneck = "layer1.0.conv3.weight" in shapes
+    convs = ("conv1", "conv2", "conv3") if bottleneck else ("conv1", "conv2")
+    sizes = []
+    while f"layer{len(sizes) + 1}.0.conv1.weight" in shapes:
+        stage, n = len(sizes) + 1, 0
+        while all(f"layer{stage}.{n}.{c}.weight" in shapes for c in convs):
+            n += 1
+        sizes.append(n)
+    num_filters = int(first[1])
+    if not bottleneck:
+        return Structure("BasicBlock", tuple(sizes), num_filters)
+    width, per_group = int(middle[0]), int(middle[1])  # the grouped 3x3 conv: (width, width / groups, 3, 3)
+    return Structure("Bottleneck", tuple(sizes), num_filters, width // per_group, per_group * 64 // num_filters)
+
+
+def identify(structure: Structure) -> str | None:
+    """The architecture (a ``models.MODELS`` name) with this structure, or None."""
+    return next((a for a in models.MODELS if structure_of(a) == structure), None)
+
+
+def _refuse_unsupported(shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """One line naming the supported architectures when the tensors are no ResNet that we build."""
+    structure = read_structure(shapes)
+    if structure is not None and identify(structure) is not None:
+        return
+    if structure is None:
+        keys = list(shapes)
+        what = (f"not a torchvision ResNet's (no 'layer1.0.conv1.weight' and 'layer1.0.conv2.weight' conv kernels; "
+                f"keys: {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}; {len(keys)} tensors)")
+    else:
+        what = f"a ResNet with {structure} (units and widths that no supported architecture has)"
+    raise ValueError(f"unsupported architecture: the tensors are {what}; supported: {', '.join(TORCHVISION_ARCHS)}")
 
 
 def _listing(expected: tuple[_Entry, ...], near: str, context: int = 3) -> str:
@@ -234,7 +303,7 @@ def to_torch_state_dict(
     Args:
       variables: ``{'params', 'batch_stats'}`` of a ``create_model(arch, ...)`` model; the stem
         and the number of classes are read from the kernels' shapes and then checked.
-      arch: ``'resnet18'``, ``'resnet34'``, ``'resnet50'`` (or any name in ``models.MODELS``).
+      arch: a name in :data:`TORCHVISION_ARCHS` (or any name in ``models.MODELS``).
       num_batches_tracked: the count every BatchNorm reports (torch only uses it when its
         momentum is None).
 
@@ -249,7 +318,7 @@ def to_torch_state_dict(
     entries = _entries(variables["params"], variables.get("batch_stats", {}))
     shapes = {e.key: e.shape for e in entries}
     expected = _expected_for(arch, shapes)
-    _check(shapes, expected, _describe(arch, shapes))
+    _check(shapes, expected, _describe(arch, shapes), arch)
     out = {}
     for e in expected:
         node = variables[e.collection]
@@ -277,14 +346,17 @@ def from_torch_state_dict(
       stem: ``'torchvision'`` or ``'cifar'``; ``None`` reads it from ``conv1.weight`` (3x3 = cifar).
 
     Raises:
-      ValueError: missing, unexpected or mis-shaped keys; names the first one and what was expected.
+      ValueError: tensors of no supported architecture ('unsupported architecture', naming those that are);
+        missing, unexpected or mis-shaped keys (names the first one, what was expected and, where the tensors fit
+        or look like another architecture, which).
     """
     arrays = {
         k: _numpy(v) for k, v in state_dict.items() if not k.endswith(".num_batches_tracked")
     }
     shapes = {k: tuple(v.shape) for k, v in arrays.items()}
     expected = _expected_for(arch, shapes, num_classes=num_classes, stem=stem)
-    _check(shapes, expected, _describe(arch, shapes, num_classes=num_classes, stem=stem))
+    _refuse_unsupported(shapes)
+    _check(shapes, expected, _describe(arch, shapes, num_classes=num_classes, stem=stem), arch)
     variables: dict[str, dict[str, Any]] = {"params": {}, "batch_stats": {}}
     for e in expected:
         node = variables[e.collection]

@@ -53,7 +53,7 @@ def import_torch_run(path: str | os.PathLike, workdir: str | os.PathLike, *, arc
     """
     path, workdir = Path(path), Path(workdir)
     if arch not in convert.TORCHVISION_ARCHS:
-        raise configs.ConfigError(f"unknown arch {arch!r}; valid: {list(convert.TORCHVISION_ARCHS)}")
+        raise configs.ConfigError(f"unsupported architecture {arch!r}; valid: {', '.join(convert.TORCHVISION_ARCHS)}")
     if workdir.exists() and any(p.name != ledger.HOLDER for p in workdir.iterdir()):
         raise configs.ConfigError(f"{workdir} is not empty; import-torch writes a new run: give a new --workdir")
     if normalization not in NORMALIZATIONS:

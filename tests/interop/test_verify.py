@@ -36,15 +36,6 @@ N_EXAMPLES = 32
 KINDS = ("zero-kernel", "zero-branch", "lesion")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """torch's OpenMP workers spin when the cores are shared: one thread is ~10x faster here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """``resnet-jax train --config synthetic-tiny`` as ResNet18 for one epoch (the torchvision stem
