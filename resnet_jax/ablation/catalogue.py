@@ -147,8 +147,9 @@ def _layer(call: _Call, kernel_shape: tuple[int, ...], place) -> Layer:
     """A catalogue entry from a traced call and, for a model that declares its structure, the layer's place."""
     x, y = call.x_shape, call.y_shape
     spatial = len(y) == 4
-    in_channels = kernel_shape[-2] if place is not None else (x[-1] if x else 0)
-    roles = () if place is None else _roles(place, kernel_shape[-2], kernel_shape[-1], call.path)
+    # The input's channels, not the kernel's: a grouped conv's kernel holds in / groups (ResNeXt's 3x3 convs).
+    in_channels = x[-1] if x else (kernel_shape[-2] if place is not None else 0)
+    roles = () if place is None else _roles(place, in_channels, kernel_shape[-1], call.path)
     name = place.name if place is not None else ".".join(call.path)
     norm = "" if call.norm_path is None else (resnet.canonical_name(call.norm_path) if place is not None
                                               else ".".join(call.norm_path))

@@ -141,3 +141,21 @@ def test_cli_import_torch_names_the_architecture_of_wrong_arch_weights(tmp_path,
     assert err.endswith("The given tensors match resnet101 (stem='torchvision', num_classes=10): Bottleneck units "
                         "3-4-23-3, groups=1, width_per_group=64\n"), err
 
+
+def test_a_grouped_conv_reads_as_its_whole_input_in_the_catalogue():
+    """ResNeXt's 3x3 conv keeps its 128 channels (its kernel holds 128 / 32 = 4 inputs): like ResNet50's, it is
+    no decomposition, so the stage protocols keep it in their masks."""
+    import jax
+    import jax.numpy as jnp
+
+    from resnet_jax.ablation import catalogue, protocols
+
+    model = models.create_model("resnext50_32x4d", num_classes=10, stem="cifar")
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    layers = {l.name: l for l in catalogue.catalogue(model, variables, input_shape=(1, 32, 32, 3))}
+    grouped = layers["layer1.0.conv2"]
+    assert (grouped.kernel_shape, grouped.in_channels, grouped.out_channels) == ((3, 3, 4, 128), 128, 128)
+    assert grouped.roles == ("adjacent",) and layers["layer1.1.conv2"].roles == ("residual",)
+    assert grouped.macs == 32 * 32 * 128 * 9 * 4  # each output reads its group's 4 channels
+    specs = protocols.protocol_specs("stage-except-decomposition", list(layers.values()), kind="zero-kernel")
+    assert [s.name for s in specs] == ["layer1", "layer2", "layer3", "layer4"]
