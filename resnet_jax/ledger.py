@@ -179,6 +179,23 @@ def declare(workdir: str | Path, stage: str, outputs: Sequence[str]) -> None:
         update(workdir, change)
 
 
+def start(workdir: str | Path, stage: str, outputs: Sequence[str]) -> None:
+    """Record that ``stage`` starts now: its outputs (:func:`declare`) and a start time, its earlier finish
+    dropped, so a stage that never finishes reads as interrupted (a merely declared one does not)."""
+    def change(record):
+        entry = record["stages"].setdefault(stage, {})
+        entry["outputs"] = sorted({*entry.get("outputs", ()), *outputs})
+        entry["started"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        entry.pop("finished", None)
+    update(workdir, change)
+
+
+def interrupted(workdir: str | Path) -> list[str]:
+    """The stages of ``workdir``'s ledger that started and never finished."""
+    return [name for name, entry in read(workdir)["stages"].items()
+            if entry.get("started") and not entry.get("finished")]
+
+
 def done(workdir: str | Path, stage: str) -> dict | None:
     """The finished record of ``stage``, or None."""
     entry = read(workdir)["stages"].get(stage)
@@ -196,10 +213,10 @@ def run(workdir: str | Path, stage: Stage, log: Callable[[str], None], *, label:
         log(f"{name}: done earlier, skipped")
         return stored.get("result", {})
     log(f"{name}: {'made from other inputs, running again' if stored and not stage.always else 'running'}")
-    declare(workdir, stage.name, stage.outputs)
-    start = time.perf_counter()
+    start(workdir, stage.name, stage.outputs)
+    began = time.perf_counter()
     result = stage.run() or {}
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - began
     finish(workdir, stage.name, result, seconds=seconds, inputs_digest=key)
     log(f"{name}: finished in {seconds:.0f}s")
     return result

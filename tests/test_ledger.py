@@ -110,3 +110,16 @@ def test_force_new_on_a_workdir_whose_ledger_is_broken_clears_it_as_one_made_bef
 def test_the_recorded_command_is_what_a_user_would_type(monkeypatch, argv, typed):
     monkeypatch.setattr(sys, "argv", argv)
     assert ledger.command_line() == typed
+
+
+def test_a_stage_that_raises_reads_as_interrupted_and_a_declared_or_finished_one_does_not(tmp_path):
+    def fails():
+        raise KeyboardInterrupt
+
+    ledger.declare(tmp_path, "train", ["metrics.jsonl"])  # a run's outputs, declared for --force-new
+    ledger.run(tmp_path, ledger.Stage("ablate", lambda: {"n": 1}, ("ablation",)), log=lambda _: None)
+    with pytest.raises(KeyboardInterrupt):
+        ledger.run(tmp_path, ledger.Stage("eliminate", fails, ("slim",)), log=lambda _: None)
+    assert ledger.interrupted(tmp_path) == ["eliminate"]
+    ledger.run(tmp_path, ledger.Stage("eliminate", lambda: {}, ("slim",)), log=lambda _: None)  # resumed: finished
+    assert ledger.interrupted(tmp_path) == []

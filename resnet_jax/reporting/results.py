@@ -165,12 +165,12 @@ def _stages(workdir: Path) -> dict[str, dict[str, Any]]:
 
 
 def _unfinished(workdir: Path) -> list[str]:
-    """Stages that some ledger under ``workdir`` records as started and not finished (an interrupted run)."""
+    """Stages that some ledger under ``workdir`` records as started and not finished (an interrupted run);
+    stages that only declared their outputs (a run's ``train`` and ``ablate``) are not among them."""
     out = []
     for path in sorted(workdir.rglob(ledger.FILE)):
         run = path.parent.relative_to(workdir)
-        out += [f"{run}/{name}" if run.parts else name for name, entry in ledger.read(path.parent)["stages"].items()
-                if not entry.get("finished")]
+        out += [f"{run}/{name}" if run.parts else name for name in ledger.interrupted(path.parent)]
     return out
 
 

@@ -172,7 +172,9 @@ def test_an_interrupted_run_is_exported_with_a_warning_in_provenance_and_every_b
     root, block = tmp_path / "results", "<!-- results: planted/decisions -->\n<!-- /results -->\n"
     assert "warning" not in json.loads(results.export(workdir, root / "planted", command="c").read_text())
     assert "Warning" not in readme_results.render(block, root)
-    ledger.declare(workdir / "cifar10-resnet34", "ablate", ["ablation"])  # started in a run's ledger, never finished
+    ledger.declare(workdir / "cifar10-resnet34", "ablate", ["ablation"])  # a run's declared outputs: not a stage
+    assert "warning" not in json.loads(results.export(workdir, root / "planted", command="c").read_text())
+    ledger.start(workdir / "cifar10-resnet34", "ablate", ["ablation"])  # started in a run's ledger, never finished
     record = json.loads(results.export(workdir, root / "planted", command="c").read_text())
     assert "interrupted" in record["warning"] and "cifar10-resnet34/ablate" in record["warning"]
     text = readme_results.render(block, root)
