@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import __version__, configs
+from resnet_jax import __version__, configs, ledger
 from resnet_jax.ablation import catalogue as abl
 from resnet_jax.ablation import engine
 from resnet_jax.ablation.store import ResultStore, ablation_key, context
@@ -225,7 +225,8 @@ def test_a_verify_stage_that_finds_a_mismatch_is_not_marked_done(tmp_path, monke
     monkeypatch.setattr(verify, "verify_workdir", lambda *a, **k: {"ok": False, "csv": "verify.csv", "rows": []})
     with pytest.raises(reproduce.StageError, match="disagree"):
         reproduce.reproduce("smoke", tmp_path, only=["verify"], log=lambda s: None)
-    assert json.loads((tmp_path / "stages.json").read_text())["stages"] == {}
+    record = json.loads((tmp_path / "stages.json").read_text())["stages"]
+    assert "finished" not in record.get("verify", {}) and ledger.interrupted(tmp_path) == ["verify"]
 
 
 # Reports --------------------------------------------------------------------------------------
