@@ -172,19 +172,22 @@ def update(workdir: str | Path, change: Callable[[dict], None]) -> None:
 def declare(workdir: str | Path, stage: str, outputs: Sequence[str]) -> None:
     """Record that ``stage`` writes ``outputs`` in ``workdir`` (before writing them, so an interrupted stage's
     partial outputs are still cleared by ``--force-new``)."""
-    def change(record):
-        entry = record["stages"].setdefault(stage, {})
-        entry["outputs"] = sorted({*entry.get("outputs", ()), *outputs})
     if outputs:
-        update(workdir, change)
+        update(workdir, lambda record: _add_outputs(record, stage, outputs))
+
+
+def _add_outputs(record: dict, stage: str, outputs: Sequence[str]) -> dict:
+    """``stage``'s entry in ``record``, with ``outputs`` added to those it declared before."""
+    entry = record["stages"].setdefault(stage, {})
+    entry["outputs"] = sorted({*entry.get("outputs", ()), *outputs})
+    return entry
 
 
 def start(workdir: str | Path, stage: str, outputs: Sequence[str]) -> None:
     """Record that ``stage`` starts now: its outputs (:func:`declare`) and a start time, its earlier finish
     dropped, so a stage that never finishes reads as interrupted (a merely declared one does not)."""
     def change(record):
-        entry = record["stages"].setdefault(stage, {})
-        entry["outputs"] = sorted({*entry.get("outputs", ()), *outputs})
+        entry = _add_outputs(record, stage, outputs)
         entry["started"] = time.strftime("%Y-%m-%d %H:%M:%S")
         entry.pop("finished", None)
     update(workdir, change)

@@ -145,7 +145,8 @@ def agreement(folder: Path, task: str | None = None) -> str:
     for task, group in _groups(folder, task).items():
         paper, present = published.PUBLISHED[task], 0
         for label, reading in READINGS:
-            values = published.stage_values(task, _reading_tables(group, reading))
+            tables = _reading_tables(group, reading)
+            values = published.stage_values(task, tables)
             if not values[("baseline", None)]:
                 continue
             present += 1
@@ -157,7 +158,7 @@ def agreement(folder: Path, task: str | None = None) -> str:
             lines.append(f"- {task}, {label[6:]} ({_seeds_label(_reading_seeds(group, reading))}): baseline "
                          f"{means[('baseline', None)]:.3f} against the paper's {paper['baseline']:.2f}; over the "
                          f"{len(rows)} stage and shortcut rows ours lies "
-                         f"{_distance(task, _reading_tables(group, reading)):.3f} from the paper on average; within "
+                         f"{_distance(task, tables):.3f} from the paper on average; within "
                          f"{NEAR} (agrees): {', '.join(near) or 'none'}; more than {FAR} away (contradicts): "
                          f"{', '.join(far) or 'none'}.")
         if present == len(READINGS):
