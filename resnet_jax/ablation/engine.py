@@ -15,6 +15,11 @@ Two formulations behind one interface, chosen per ablation kind:
   work starts at the next unit. An ablation that cuts every path from the input (the stem, or
   both parts of a unit) gives every image the same output, so it runs on one row. Evaluation
   mode only: in train mode the gated copies would share, and change, one set of batch statistics.
+  A model that takes no gates of its own (any Flax model) is gated at its modules' outputs by intercepting
+  their calls (:mod:`resnet_jax.ablation.networks`), and the forward is vmapped over the gates alone: what
+  precedes the first module a chunk gates carries no mask axis, so it is computed once per chunk, and a conv
+  past it meets a batched input with a shared kernel (a plain conv over a larger batch). Masks are ordered by
+  the first module they touch, so a chunk's models share as much of the forward as they can.
 * ``weights``: the reference semantics and the only option for reinit/rerandomize: ``lax.map``
   over the chunk's masks, each applied to the variables with :func:`ablation.apply`.
 
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import re
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -209,10 +215,6 @@ def _takes_gates(model) -> bool:
     return network.framework == "linen" and bool(getattr(network.model, "ablation_gates", False))
 
 
-def _supports_branches(model) -> bool:
-    return _takes_gates(model)
-
-
 def _gates_forward(model: networks.Network, metric, branches: tuple[tuple[str, batching.Copies], ...], copies: int,
                    constants: int, clean: bool, consumed: set | None = None) -> Callable:
     """One jitted forward for a chunk. Gates hold one value per model: the clean one, ``copies``
@@ -220,23 +222,20 @@ def _gates_forward(model: networks.Network, metric, branches: tuple[tuple[str, b
     rows: the clean model's (if ``clean``: a baseline or any copy needs it), the copies', the constants'.
     A model that takes no gates is gated by intercepting its modules' calls (full copies only); ``consumed``
     collects the sites that were gated while tracing."""
-    inside = _supports_branches(model)
-    gated = _takes_gates(model)
+    inside = _takes_gates(model)
 
     def one_batch(variables, gates, images, targets, mean, std):
         b = images.shape[0]
         x = normalize(images, mean, std)
         logits = []
         if clean:
-            per_row = jax.tree.map(lambda g: jnp.repeat(g[:1 + copies], b), gates)
             if inside:  # each copy joins at its first ablated unit; earlier work is shared
+                per_row = jax.tree.map(lambda g: jnp.repeat(g[:1 + copies], b), gates)
                 out = model.apply(variables, x, gates=per_row, branches=dict(branches))
-            elif gated:
-                out = model.apply(variables, batching.tile_clean(x, copies, b), gates=per_row)
+                out = out.reshape(1 + copies, b, *out.shape[1:])
             else:
-                hook = _output_gates(variables, per_row, consumed)
-                out = model.apply(variables, batching.tile_clean(x, copies, b), hook=hook)
-            logits.append(out.reshape(1 + copies, b, *out.shape[1:]))
+                out = _each_model(model, variables, x, jax.tree.map(lambda g: g[:1 + copies], gates), consumed)
+            logits.append(out)
         if constants:  # every image gives the same output: one row per model, any image
             one_row = jax.tree.map(lambda g: g[1 + copies:], gates)
             out = model.apply(variables, jnp.broadcast_to(x[:1], (constants, *x.shape[1:])), gates=one_row)
@@ -247,23 +246,35 @@ def _gates_forward(model: networks.Network, metric, branches: tuple[tuple[str, b
     return _over_batches(one_batch)
 
 
+def _each_model(model: networks.Network, variables, x, gates: Mapping[str, Mapping[str, jax.Array]],
+                consumed: set | None) -> jax.Array:
+    """``(models, batch, ...)``: the model on ``x`` once per row of the gates, vmapped over the gates alone.
+
+    The image and the weights carry no mask axis, so JAX's batching leaves everything before the first gated
+    module unbatched (computed once, shared by every model of the chunk), and past it a conv meets a batched
+    input with a shared kernel: one plain conv over a larger batch, never a grouped one."""
+    if not jax.tree.leaves(gates):  # the clean model alone
+        return model.apply(variables, x)[None]
+    return jax.vmap(lambda g: model.apply(variables, x, hook=_output_gates(variables, g, consumed)))(gates)
+
+
 def _output_gates(variables, gates: Mapping[str, Mapping[str, jax.Array]], consumed: set | None) -> networks.Hook:
-    """A hook that multiplies each gated module's output by its per-row gate (:data:`catalogue.HOOK_SITES`); a
-    ``kernel`` gate keeps the module's bias, so the result equals the module with its kernel zeroed."""
+    """A hook that multiplies each gated module's output by its gate, one number per model
+    (:data:`catalogue.HOOK_SITES`); a ``kernel`` gate keeps the module's bias, so the result equals the module
+    with its kernel zeroed."""
     def hook(path, module, args, call):
         y = call()
         name = ".".join(path)
-        sites = {site: per_row[name] for site, per_row in gates.items() if name in per_row}
+        sites = {site: named[name] for site, named in gates.items() if name in named}
         if not sites:
             return y
-        if not hasattr(y, "shape") or y.shape[:1] != next(iter(sites.values())).shape:
-            raise networks.ModelError(
-                f"{name}: its output {getattr(y, 'shape', type(y).__name__)} is not batch-first with the "
-                f"{next(iter(sites.values())).shape[0]} rows the gates hold; use method='weights'")
+        if not hasattr(y, "dtype"):
+            raise networks.ModelError(f"{name}: its output is a {type(y).__name__}, not an array, so no gate can "
+                                      f"scale it; use method='weights'")
         if consumed is not None:
             consumed.update((site, name) for site in sites)
         for site, g in sites.items():
-            g = g.astype(y.dtype).reshape((-1,) + (1,) * (y.ndim - 1))
+            g = g.astype(y.dtype)
             bias = (networks.module_params(variables, path) or {}).get("bias") if site == "kernel" else None
             y = y * g if bias is None else y * g + bias.astype(y.dtype) * (1 - g)
         return y
@@ -333,6 +344,7 @@ def evaluate(
     progress: bool = True,
     batchnorm: str = "running",
     apply_kwargs: Mapping[str, Any] | None = None,
+    on_program: Callable[[jax.stages.Lowered, jax.stages.Compiled, int], None] | None = None,
 ) -> list[Result]:
     """Score every ablation on ``(images, targets)``; ``on_chunk`` sees results as chunks finish.
 
@@ -351,6 +363,8 @@ def evaluate(
         the examples (no padded batch), and the weights path runs. Per-example results keep the input order.
       apply_kwargs: keywords for every call of the model, e.g. ``{"train": False}`` for a model that trains by
         default (as the flax examples' ResNet does).
+      on_program: called with each chunk program the sweep compiles, lowered and compiled, and the masks it
+        scores (for cost analysis: :func:`convolution_groups`, ``compiled.cost_analysis()``).
 
     ``model`` is any ``flax.linen.Module`` (with ``variables``) or ``flax.nnx.Module`` (``variables`` None or its
     ``nnx.split`` state) returning logits or ``(logits, ...)`` (:mod:`resnet_jax.ablation.networks`). A model that
@@ -392,9 +406,11 @@ def evaluate(
     for (kind, how), group in sorted(groups.items()):
         size = chunk or chunk_size(len(group), batch_size=inputs.batch_size, layers=layers,
                                    memory_budget_mb=memory_budget_mb, peak=how == "gates")
-        runs = (_gate_runner(inputs, group, batches, size=size, budget_bytes=memory_budget_mb * 2**20)
+        runs = (_gate_runner(inputs, group, batches, size=size, budget_bytes=memory_budget_mb * 2**20,
+                             on_program=on_program)
                 if how == "gates" else
-                _weight_runner(inputs, group, batches, size=size, kind=kind, initial_params=initial_params))
+                _weight_runner(inputs, group, batches, size=size, kind=kind, initial_params=initial_params,
+                               on_program=on_program))
         for chunk_results in runs:
             results += chunk_results
             bar.update(len(chunk_results))
@@ -434,15 +450,17 @@ def _results(collected, seconds: float, temp_bytes: int = 0) -> list[Result]:
             for a, value, low, high, loss, pe, breakdown in collected]
 
 
-def _gate_runner(inputs: Inputs, group, batches: Batches, *, size: int, budget_bytes: float):
+def _gate_runner(inputs: Inputs, group, batches: Batches, *, size: int, budget_bytes: float, on_program=None):
     # Baselines first (they read the clean rows), then copies in network order of their branch
     # points and in the batching.Copies field order there, so the rows present at any layer are a
-    # prefix of the final rows; input-independent ablations last (one row each).
+    # prefix of the final rows; input-independent ablations last (one row each). A model without gates of its
+    # own orders its masks by the first module they touch: a chunk then shares the forward up to its first one.
     model, variables, layers = inputs.model, inputs.variables, inputs.layers
     mean, std = inputs.image_mean, inputs.image_std
-    inside = _supports_branches(model)
-    place = {id(a): placement(a, layers) if inside or not a.layers else ("", "full") for a in group}
+    inside = _takes_gates(model)
+    place = {id(a): placement(a, layers) if inside else ("", "full") if a.layers else None for a in group}
     rank = {p: i for i, p in enumerate({l.unit or l.name: None for l in layers})}
+    index = {l.name: i for i, l in enumerate(layers)}
 
     def order(a):
         where = place[id(a)]
@@ -450,6 +468,8 @@ def _gate_runner(inputs: Inputs, group, batches: Batches, *, size: int, budget_b
             return (-1,)
         if where == "constant":
             return (len(rank),)
+        if not inside:
+            return (min(index[n] for n in a.layers),)
         return rank.get(where[0], 0), batching.Copies._fields.index(where[1])
 
     ordered = sorted(group, key=order)
@@ -465,6 +485,9 @@ def _gate_runner(inputs: Inputs, group, batches: Batches, *, size: int, budget_b
         chunk = ordered[lo:hi]
         first, last = max(lo - n_base, 0), max(hi - n_base, 0)  # the chunk's masked ablations in `sites`
         gates = jax.tree.map(lambda g: np.concatenate([np.ones(1, np.float32), g[first:last]]), sites)
+        if not inside:  # only the modules this chunk gates: the rest, and all before them, stay shared
+            gates = {site: kept for site, named in gates.items()
+                     if (kept := {name: g for name, g in named.items() if not g.all()})}
         joining = [place[id(a)] for a in chunk if a.layers and place[id(a)] != "constant"]
         constants = last - first - len(joining)
         clean = bool(joining) or any(not a.layers for a in chunk)
@@ -472,10 +495,13 @@ def _gate_runner(inputs: Inputs, group, batches: Batches, *, size: int, budget_b
         branches = tuple((p, batching.Copies(**{f: counts[(p, f)] for f in batching.Copies._fields}))
                          for p in dict.fromkeys(p for p, _ in joining))
         key = (branches, len(joining), constants, clean)
-        if key not in compiled:
-            program = _lowered(model, inputs.metric, key, (variables, gates, *example, mean, std)).compile()
-            compiled[key] = program, _temp_bytes(program)
-        forward, temp = compiled[key]
+        if (key, jax.tree.structure(gates)) not in compiled:
+            lowered = _lowered(model, inputs.metric, key, (variables, gates, *example, mean, std))
+            program = lowered.compile()
+            compiled[key, jax.tree.structure(gates)] = program, _temp_bytes(program)
+            if on_program is not None:
+                on_program(lowered, program, len(chunk))
+        forward, temp = compiled[key, jax.tree.structure(gates)]
         if temp > budget_bytes and len(chunk) > 1:  # XLA's buffer plan says the estimate was too low
             queue[:0] = [(lo, (lo + hi) // 2), ((lo + hi) // 2, hi)]
             continue
@@ -511,6 +537,13 @@ def _lowered(model: networks.Network, metric, key, args):
             f"masks would score the unablated model; the model does not call that layer as catalogued, or ignores "
             f"gates= (a model declaring ablation_gates must apply them)")
     return lowered
+
+
+def convolution_groups(lowered) -> collections.Counter:
+    """How many convolutions of a lowered program have each ``feature_group_count``. A sweep that vmapped
+    kernels alongside inputs shows counts multiplied by its masks: grouped convolutions, slow on GPUs (and missing
+    tensor cores in half precision); the engine's programs keep the model's own counts."""
+    return collections.Counter(int(n) for n in re.findall(r"feature_group_count = (\d+)", lowered.as_text()))
 
 
 def _temp_bytes(program) -> int:
@@ -549,7 +582,8 @@ def check_masks_are_read(model: networks.Network, variables, ablations, layers, 
                                       f"nothing")
 
 
-def _weight_runner(inputs: Inputs, group, batches: Batches, *, size: int, kind: str, initial_params: Any):
+def _weight_runner(inputs: Inputs, group, batches: Batches, *, size: int, kind: str, initial_params: Any,
+                   on_program=None):
     model, variables, layers = inputs.model, inputs.variables, inputs.layers
     replacement_fn = abl.replacement_for(kind, model=model, input_shape=inputs.images.shape,
                                          initial_params=initial_params)
@@ -561,6 +595,10 @@ def _weight_runner(inputs: Inputs, group, batches: Batches, *, size: int, kind: 
         pad = size - len(chunk)
         chunk_masks = abl.stack(masks[start:start + size] + [masks[0]] * pad)
         chunk_seeds = devices.pad_rows(seeds[start:start + size], size)
+        if on_program is not None and start == 0:  # every chunk has the first one's shapes: one program
+            lowered = forward.lower(variables, chunk_masks, chunk_seeds, batches.images, batches.targets,
+                                    inputs.image_mean, inputs.image_std)
+            on_program(lowered, lowered.compile(), size)
         t0 = time.perf_counter()
         collected = _collect(
             lambda x, y: forward(variables, chunk_masks, chunk_seeds, x, y, inputs.image_mean, inputs.image_std),

@@ -374,10 +374,10 @@ def test_ablations_that_cut_every_path_from_the_input_run_on_one_row_and_match_t
             assert len(set(expected)) == 1
 
 
-def test_models_without_branch_points_run_full_copies(tiny, monkeypatch):
-    # The fallback for models the engine cannot branch inside: every copy runs the whole model.
+def test_our_resnet_scored_as_any_model_is_gated_by_its_module_outputs_alike(tiny, monkeypatch):
+    # The path of a model that takes no gates: its modules' outputs are gated, the forward vmapped over the gates.
     model, variables, layers, split = tiny
-    monkeypatch.setattr(engine, "_supports_branches", lambda model: False)
+    monkeypatch.setattr(engine, "_takes_gates", lambda model: False)
     ablations = [abl.Ablation(n, "zero-kernel", (n,)) for n in ("conv1", "layer2.0.downsample", "layer3.1.conv1")]
     ablations.append(abl.Ablation("baseline", "zero-kernel", ()))
     results = engine.evaluate(model, variables, ablations, layers, split.images, split.labels,

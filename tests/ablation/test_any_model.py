@@ -256,8 +256,10 @@ def test_pairs_equal_the_loop(name):
     model, variables = _linen(model_cls, seed=1)
     images, labels = _data(16, seed=1)
     layers = abl.catalogue(model, variables, images[:1])[:5]
-    ablations = abl.resolve_all(protocols.protocol_specs("pairs", layers), layers)
-    got = _engine_predictions(model, variables, ablations, layers, images, labels, apply_kwargs=kwargs)
+    # Given last layer first and in chunks of 3: the engine reorders by first touched module, and each chunk's
+    # program batches the models only from the first module that chunk gates.
+    ablations = abl.resolve_all(protocols.protocol_specs("pairs", layers), layers)[::-1]
+    got = _engine_predictions(model, variables, ablations, layers, images, labels, apply_kwargs=kwargs, chunk=3)
     forward = jax.jit(lambda v, x: model.apply(v, x, **kwargs))
     for a in ablations:
         first, second = (next(l for l in layers if l.name == n) for n in a.layers)
@@ -299,10 +301,55 @@ def test_the_gate_form_equals_the_weight_form_exactly_on_every_module_type(kind)
                 continue
             ablation = abl.Ablation(layer.name, kind, (layer.name,))
             weights = network.apply(abl.apply(variables, abl.make_mask(variables["params"], ablation, layers)), x)
-            gates = jax.tree.map(lambda g: jnp.repeat(jnp.asarray(g), len(x)), abl.make_hook_gates([ablation], layers))
-            gated = network.apply(variables, x, hook=engine._output_gates(variables, gates, None))
+            gates = jax.tree.map(jnp.asarray, abl.make_hook_gates([ablation], layers))  # one model: (1,) each
+            gated = engine._each_model(network, variables, x, gates, None)[0]
             np.testing.assert_array_equal(np.asarray(gated), np.asarray(weights), err_msg=f"{kind} {layer.name}")
             assert not np.array_equal(np.asarray(gated), np.asarray(network.apply(variables, x))), layer.name
+
+
+# One compiled call without grouped convolutions ---------------------------------------------------
+
+def _sweep_groups(model, variables, images, labels, kind="zero-kernel", **kwargs):
+    """The feature_group_count of every convolution in every program a single-mask sweep compiles."""
+    layers = abl.catalogue(model, variables, images[:1], apply_kwargs=kwargs.get("apply_kwargs"))
+    ablations = [abl.Ablation(l.name, kind, (l.name,)) for l in layers]
+    counts = []
+    engine.evaluate(model, variables, ablations, layers, images, labels, image_mean=0.0, image_std=1.0, batch_size=4,
+                    progress=False, chunk=4, on_program=lambda lowered, *_: counts.append(
+                        engine.convolution_groups(lowered)), **kwargs)
+    return counts
+
+
+@pytest.mark.parametrize("name", ["vgg", "flax-examples-resnet18", "our-resnet18"])
+def test_a_zero_kernel_sweep_compiles_no_convolution_grouped_beyond_the_models_own(name):
+    images, labels = _data(8)
+    if name == "our-resnet18":
+        model = resnet.create_model("resnet18", num_classes=10, stem="cifar", conv_impl="xla")
+        variables, kwargs = model.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3))), {}
+    else:
+        model_cls, kwargs = LINEN[name]
+        model, variables = _linen(model_cls)
+    own = engine.convolution_groups(jax.jit(lambda v, x: model.apply(v, x, **kwargs)).lower(variables, images))
+    sweeps = _sweep_groups(model, variables, images, labels, apply_kwargs=kwargs)
+    assert own and len(sweeps) >= 2  # several chunk programs, each read
+    for counts in sweeps:
+        assert counts and set(counts) <= set(own), (counts, own)
+
+
+def test_the_grouped_convolution_check_sees_kernels_vmapped_alongside_inputs():
+    """The check can fail: masked kernels vmapped with their inputs (what the engine avoids) lower to convolutions
+    grouped by the number of masks."""
+    model, variables = _linen(VGG)
+    images, _ = _data(4)
+    kernels = jnp.stack([variables["params"]["Conv_0"]["kernel"]] * 6)
+
+    def masked(kernel, x):
+        params = {**variables["params"], "Conv_0": {**variables["params"]["Conv_0"], "kernel": kernel}}
+        return model.apply({**variables, "params": params}, x)
+
+    xs = jnp.broadcast_to(jnp.asarray(images, jnp.float32), (6, *images.shape))
+    counts = engine.convolution_groups(jax.jit(jax.vmap(masked)).lower(kernels, xs))
+    assert 6 in counts
 
 
 # No silent wrong path ------------------------------------------------------------------------------
