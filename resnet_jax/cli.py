@@ -107,8 +107,39 @@ def _ablate(args) -> int:
     chosen = {"all": list(STUDY_PROTOCOLS), "readings": list(READINGS), "": []}.get(protocol, [protocol])
     request = ablate.Request(protocols=chosen, kind=args.kind, spec_file=args.spec, n_examples=args.n_examples,
                              method=args.method, batch_size=args.batch_size, memory_budget_mb=args.memory_budget_mb,
-                             checkpoint=args.checkpoint, margin=args.margin, alpha=args.alpha, batchnorm=args.batchnorm)
+                             checkpoint=args.checkpoint or "best", margin=args.margin, alpha=args.alpha,
+                             batchnorm=args.batchnorm, only_supported=protocol == "all")
+    if args.model:
+        return _ablate_model(args, request)
+    given = _model_flags_given(args)
+    if given:
+        raise catalogue.SpecError(f"{', '.join(given)} describe(s) a user's model: give --model PACKAGE.MODULE:FUNCTION "
+                                  f"with them, or leave them out to ablate the trained run in --workdir")
     ablate.ablate_workdir(_workdir(args.workdir), request, data_dir=configs.existing_data_dir(args.data_dir))
+    return 0
+
+
+def _model_flags_given(args) -> list[str]:
+    """The flags given that only ``--model`` reads."""
+    flags = {"--model-arg": args.model_arg, "--data": args.data, "--split": args.split, "--metric": args.metric,
+             "--num-classes": args.num_classes, "--image-size": args.image_size, "--image-mean": args.image_mean,
+             "--image-std": args.image_std}
+    return [flag for flag, value in flags.items() if value is not None]
+
+
+def _ablate_model(args, request) -> int:
+    from resnet_jax.studies import user_model
+
+    if args.checkpoint is not None:
+        raise catalogue.SpecError(f"--checkpoint {args.checkpoint} picks a trained run's checkpoint; with --model "
+                                  f"your function loads the weights: pass their file as --model-arg, e.g. "
+                                  f"--model-arg checkpoint=PATH")
+    user = user_model.UserModel(args.model, user_model.parse_model_args(args.model_arg or []))
+    data = user_model.UserData(data_dir=configs.existing_data_dir(args.data_dir), tfds=args.data,
+                               split=args.split or "test", metric=args.metric or "accuracy",
+                               num_classes=args.num_classes, image_size=args.image_size or 224,
+                               image_mean=tuple(args.image_mean or (0.0,)), image_std=tuple(args.image_std or (1.0,)))
+    user_model.ablate_model(_workdir(args.workdir), request, user, data)
     return 0
 
 
@@ -293,8 +324,24 @@ def _ablation_parsers(sub) -> None:
 
 
 def _ablate_parser(sub) -> None:
-    p = sub.add_parser("ablate", help="run ablation protocols on a trained run (resumes unfinished sweeps)")
-    _run_flags(p, checkpoint_default="best")
+    p = sub.add_parser("ablate", help="run ablation protocols on a trained run, or on your own Flax model with "
+                                      "--model (resumes unfinished sweeps)",
+                       description="Ablate a trained run (--workdir RUN), or any Flax model (--model "
+                                   "PACKAGE.MODULE:FUNCTION --workdir OUT --data-dir DIR). FUNCTION, called with the "
+                                   "--model-arg keywords (strings), returns (model, variables) for a linen module, "
+                                   "(nnx_module, None) or the NNX module alone, optionally with a third element: the "
+                                   "call's keywords, e.g. {'train': False}. The model takes a batch of images "
+                                   "normalised as (x/255 - mean)/std and returns logits (or (logits, ...)); loading "
+                                   "its weights is FUNCTION's business.")
+    p.add_argument("--workdir", required=True, help="a trained run's directory (config.json, checkpoints/); with "
+                                                    "--model, the folder that receives ablation/ (store, tables, "
+                                                    "figures), model.json and dataset.json")
+    p.add_argument("--data-dir", help="where the run's dataset is now, if not where it was trained from; with "
+                                      "--model, the examples: an ImageFolder tree or per-split zips (image and mask "
+                                      "folders with --metric dice)")
+    _checkpoint_flag(p, "best")
+    p.set_defaults(checkpoint=None)  # None: not given (refused with --model), 'best' for a trained run
+    _user_model_flags(p)
     p.add_argument("--protocol", choices=(*PROTOCOLS, "all", "readings"),
                    help="'all' (the default without --spec) runs the study's four; 'readings' the open readings of "
                         "the study (stage 1's adjacency, identity cuts); 'pairs' (every pair of convs) runs only when "
@@ -324,6 +371,27 @@ def _ablate_parser(sub) -> None:
                    help="'batch': every masked model normalised by its own batch's statistics (the study's "
                         "BN(0) = beta reading; --batch-size must divide the images); tables get '.bn-batch'")
     p.set_defaults(func=_ablate)
+
+
+def _user_model_flags(p) -> None:
+    """``ablate --model``'s own flags: a user's model, its arguments, data, metric and input normalisation."""
+    m = p.add_argument_group("a user's own Flax model (see the description above)")
+    m.add_argument("--model", metavar="PACKAGE.MODULE:FUNCTION",
+                   help="a function returning your model (imported with the current directory on sys.path), or "
+                        "path/to/file.py:FUNCTION; e.g. examples.flax_resnet18:load")
+    m.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
+                   help="a keyword for FUNCTION, as a string (repeatable), e.g. checkpoint=params.msgpack")
+    m.add_argument("--data", metavar="TFDS_NAME", help="score on a TFDS dataset instead of --data-dir")
+    m.add_argument("--split", help="the split scored (default test)")
+    m.add_argument("--metric", help="accuracy (default; labels from class folders) or dice (masks)")
+    m.add_argument("--num-classes", type=_positive_int, help="with --metric dice: the masks' classes, background "
+                                                               "included")
+    m.add_argument("--image-size", type=_positive_int, help="with --metric dice: slices are centre-cropped or "
+                                                              "padded to this side (default 224)")
+    m.add_argument("--image-mean", type=float, nargs="+", metavar="V",
+                   help="the input mean in [0, 1] units, one value or one per channel (default 0)")
+    m.add_argument("--image-std", type=float, nargs="+", metavar="V",
+                   help="the input std in [0, 1] units, one value or one per channel (default 1)")
 
 
 def _eliminate_parser(sub) -> None:
@@ -546,6 +614,7 @@ def _written(args) -> list[Path]:
 
 
 def _run(args) -> int:
+    from resnet_jax.ablation.networks import ModelError
     from resnet_jax.checkpointing import CheckpointError
     from resnet_jax.data.images import DataError
     from resnet_jax.studies.reproduce import StageError
@@ -567,7 +636,7 @@ def _run(args) -> int:
                   f"are complete", file=sys.stderr)
             return 143
         return rc
-    except (configs.ConfigError, DataError, catalogue.SpecError, OSError, StageError) as err:
+    except (configs.ConfigError, DataError, catalogue.SpecError, ModelError, OSError, StageError) as err:
         print(f"resnet-jax {args.command}: error: {err}", file=sys.stderr, flush=True)
         if isinstance(err, CheckpointError):
             _silence_stderr()  # reads the failed restore left in flight fail again as the process ends

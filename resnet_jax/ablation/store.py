@@ -57,9 +57,10 @@ def tree_hash(tree: Any) -> str:
 
 
 def context(variables: Mapping[str, Any], images: np.ndarray, targets: np.ndarray, metric: Any, *,
-            evaluation: Mapping[str, Any] | None = None) -> dict[str, Any]:
+            evaluation: Mapping[str, Any] | None = None, origin: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The identity of an evaluation: checkpoint, examples, metric, and any evaluation setting that changes results
-    (``evaluation``, e.g. BatchNorm on batch statistics and the batch size). Stored with every row and table."""
+    (``evaluation``, e.g. BatchNorm on batch statistics and the batch size); ``origin``, what produced a user's
+    model (its reference, arguments, call keywords, normalisation, data source). Stored with every row and table."""
     metric_config = dataclasses.asdict(metric) if dataclasses.is_dataclass(metric) else {"name": metric.name}
     info = {
         "checkpoint_sha": tree_hash(variables),
@@ -70,6 +71,8 @@ def context(variables: Mapping[str, Any], images: np.ndarray, targets: np.ndarra
     }
     if evaluation:
         info["evaluation"] = dict(evaluation)
+    if origin:
+        info["origin"] = dict(origin)
     info["id"] = _sha(json.dumps(info, sort_keys=True, default=str).encode())
     return info
 

@@ -1,4 +1,5 @@
-"""What a sweep scores: a trained run of any task as model, weights, test data, metric and normalisation."""
+"""What a sweep scores: a trained run of any task (or a user's own model) as model, weights, test data, metric and
+normalisation."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from resnet_jax.training import runs
 
 @dataclasses.dataclass(frozen=True)
 class Subject:
-    """A trained run as the engine sees it.
+    """A trained run (or a user's model) as the engine sees it.
 
     ``images`` are normalised by the engine with :func:`resnet_jax.data.inputs.normalize`, as in
-    training; ``test`` is the evaluated split itself (for task-specific figures).
+    training; ``test`` is the evaluated split itself (for task-specific figures). ``origin`` is None for a run
+    trained here; for a user's model it says what produced the results beside the weights and examples (model
+    reference and arguments, call keywords, normalisation, data source), and the result store is keyed by it.
     """
 
     model: Any
@@ -30,6 +33,7 @@ class Subject:
     image_mean: np.ndarray
     image_std: np.ndarray
     choice: str = ""  # which checkpoint and why (validation-chosen, or test-chosen for older runs)
+    origin: Any = None
 
 
 def restore_subject(workdir, *, checkpoint: str = "best", data_dir=None, n_examples: int | None = None) -> Subject:

@@ -3,7 +3,8 @@
 ``export`` copies the tables a workdir's stages wrote (CSV, JSON, the training logs; never checkpoints,
 per-example stores or figures) into ``<out>/`` with the same relative paths, and writes ``provenance.json``:
 the command, the code (resnet-jax version and git commit), date, machine, preset, seeds, the datasets'
-digests and the wall time of each stage. The README's results are rendered from such folders
+digests and the wall time of each stage (and, for a user's model ablated with ``ablate --model``, its reference,
+arguments and parameter digest). The README's results are rendered from such folders
 (:mod:`resnet_jax.reporting.readme_results`), so every number there traces back to one of them.
 """
 
@@ -142,6 +143,13 @@ def _datasets(workdir: Path) -> dict[str, dict[str, str] | str]:
     return out
 
 
+def _user_model(workdir: Path) -> dict[str, Any]:
+    """``{"model": ...}`` for a user's model ablated with ``ablate --model`` (its ``model.json``: the reference,
+    arguments, call keywords, normalisation, data and parameter digests); nothing for a run trained here."""
+    path = workdir / "model.json"
+    return {"model": json.loads(path.read_text())} if path.is_file() else {}
+
+
 def _training_seconds(workdir: Path) -> dict[str, float]:
     """Per run directory, the training's wall time (the last epoch's ``elapsed_s``, which training carries over
     resumes; work lost to an interruption after the last checkpoint is not counted)."""
@@ -185,7 +193,7 @@ def provenance(workdir: Path, *, command: str, preset: str | None, seeds: int | 
         **({"allow_dirty": True, "uncommitted": list(uncommitted)} if uncommitted else {}),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(), "preset": recorded_preset or preset, "seeds": recorded_seeds or seeds,
-        "workdir": str(workdir),
+        "workdir": str(workdir), **_user_model(workdir),
         "datasets": _datasets(workdir), "stages": _stages(workdir), "training_seconds": _training_seconds(workdir),
         "left_out": list(left_out), "files": list(copied),
         **({"warning": f"exported from an interrupted run: {len(unfinished)} stage(s) started and not finished "

@@ -21,8 +21,8 @@ from resnet_jax import checkpointing, devices, ledger, metrics
 from resnet_jax.ablation import catalogue as abl
 from resnet_jax.ablation import engine, statistics, store, tables
 from resnet_jax.ablation.protocols import (BASELINE, DESCRIPTIONS, PROTOCOLS, STUDY_PROTOCOLS, interactions,
-                                           protocol_specs, run_protocol)
-from resnet_jax.ablation.subjects import restore_subject
+                                           STRUCTURE_PROTOCOLS, protocol_specs, run_protocol)
+from resnet_jax.ablation.subjects import Subject, restore_subject
 from resnet_jax.reporting import figures
 from resnet_jax.studies import qualitative
 
@@ -52,6 +52,7 @@ class Request:
     alpha: float = statistics.DEFAULT_ALPHA
     batchnorm: str = "running"
     whole_batches: bool = False
+    only_supported: bool = False  # 'all': a model without declared structure runs what it supports, and says so
 
     def chosen_protocols(self) -> list[str]:
         return list(self.protocols if self.protocols is not None else () if self.spec_file else STUDY_PROTOCOLS)
@@ -98,17 +99,30 @@ def ablate_workdir(workdir, request: Request = Request(), *, data_dir=None, log=
     baseline and a decision per mask at the request's margin) and figures under ``ablation/``."""
     workdir, rule = Path(workdir), request.check()
     subject = restore_subject(workdir, checkpoint=request.checkpoint, data_dir=data_dir, n_examples=request.n_examples)
+    return ablate_subject(workdir, request, subject, rule=rule, log=log,
+                          initial=lambda params: checkpointing.load_initial(workdir, params))
+
+
+def ablate_subject(workdir: Path, request: Request, subject: Subject, *, rule: statistics.Decision,
+                   initial=None, log=print) -> list[Path]:
+    """``ablate`` on any :class:`Subject` (a trained run, or a user's model): tables and figures in
+    ``<workdir>/ablation/``. ``initial(params)`` gives the initial parameters ``reinit`` needs (None: no masks of
+    that kind); a subject with an ``origin`` (a user's model) keys its store by it beside the weights and data."""
     layers = abl.catalogue(subject.model, subject.variables, input_shape=(1, *subject.images.shape[1:]))
+    if not layers:
+        raise abl.SpecError("the model has no module that owns a kernel (Conv, Dense, ...) in its forward: nothing "
+                            "to ablate")
+    request = _supported(request, layers, log)
     jobs = _jobs(request, layers)
     resolved = {a.name: a for *_, ablations in jobs for a in ablations}
-    needs_initial = any(a.kind == "reinit" for a in resolved.values())  # every mask, spec file's and protocols'
-    initial = checkpointing.load_initial(workdir, subject.variables["params"]) if needs_initial else None
+    initial_params = _initial_params(resolved.values(), subject, initial)
     batch_size = _batch_size(request, len(subject.images))
     setting = ({"batchnorm": "batch", "batch_size": batch_size, "batch_order_seed": engine.BATCH_ORDER_SEED}
                if request.batchnorm == "batch" else None)
     provenance = {**store.context(subject.variables, subject.images, subject.targets, subject.metric,
-                                  evaluation=setting),
-                  "checkpoint": request.checkpoint, "checkpoint_step": subject.step, "checkpoint_choice": subject.choice}
+                                  evaluation=setting, origin=subject.origin),
+                  **({"checkpoint": request.checkpoint, "checkpoint_step": subject.step} if subject.origin is None
+                     else {}), "checkpoint_choice": subject.choice}
     groups = [statistics.patient_of(i) for i in subject.test.ids] if subject.task == "segmentation" else None
     if groups is not None:  # refuse a Dice family the bootstrap cannot decide before any mask is computed
         try:
@@ -124,17 +138,41 @@ def ablate_workdir(workdir, request: Request = Request(), *, data_dir=None, log=
         return engine.evaluate(subject.model, subject.variables, ablations, layers, subject.images, subject.targets,
                                image_mean=subject.image_mean, image_std=subject.image_std, metric=subject.metric,
                                batch_size=batch_size, method=request.method,
-                               memory_budget_mb=request.memory_budget_mb, initial_params=initial,
+                               memory_budget_mb=request.memory_budget_mb, initial_params=initial_params,
                                on_chunk=on_chunk, batchnorm=request.batchnorm)
 
     run = _Sweep(workdir, request, subject, layers, results, evaluate, log)
     with results.lock(log=log):
         written, all_rows = run.tables(jobs, statistics.paired_tester(subject.metric, groups=groups), rule, provenance)
-    if subject.task == "segmentation" and devices.is_writer():
+    # the qualitative figure reads our models' (logits, intermediates); a user's model returns its own outputs
+    if subject.task == "segmentation" and subject.origin is None and devices.is_writer():
         written += qualitative.qualitative_figure(workdir / "ablation", all_rows, resolved, subject=subject,
-                                                 initial_params=initial)
+                                                 initial_params=initial_params)
     devices.barrier(f"ablate {workdir}: tables written")
     return written
+
+
+def _supported(request: Request, layers, log) -> Request:
+    """``request`` less the structure protocols when it asked for a family (``--protocol all``) and the model does
+    not declare its stages and units; one line says which were skipped and why."""
+    if not request.only_supported or abl.declares_structure(layers):
+        return request
+    skipped = [p for p in request.chosen_protocols() if p in STRUCTURE_PROTOCOLS]
+    kept = [p for p in request.chosen_protocols() if p not in skipped]
+    if skipped:
+        log(f"skipped {', '.join(skipped)}: they read stages, units and roles, which this model does not declare "
+            f"(ablation_place, as resnet_jax's ResNet does); running {', '.join(kept)}")
+    return dataclasses.replace(request, protocols=kept)
+
+
+def _initial_params(ablations, subject: Subject, initial):
+    """The initial parameters when some mask (spec file's or protocols') is ``reinit``, else None."""
+    if not any(a.kind == "reinit" for a in ablations):
+        return None
+    if initial is None:
+        raise abl.SpecError("kind reinit needs the model's initial parameters, which only a run trained here keeps; "
+                            f"valid kinds for this model: {[k for k in abl.KINDS if k != 'reinit']}")
+    return initial(subject.variables["params"])
 
 
 def _jobs(request: Request, layers) -> list[tuple[str, str, list | None, list[abl.Ablation]]]:
