@@ -97,3 +97,19 @@ def wrong_size():
 
 
 NOT_A_FUNCTION = 3
+
+
+class Segmenter(nn.Module):
+    """Per-pixel logits of ``classes`` classes from two convs (a segmentation model's output shape)."""
+
+    classes: int = 4
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(4, (3, 3))(x))
+        return nn.Conv(self.classes, (1, 1))(x)
+
+
+def segmenter(classes: str = "4"):
+    model = Segmenter(int(classes))
+    return model, model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)))

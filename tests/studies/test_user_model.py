@@ -13,7 +13,7 @@ from PIL import Image
 
 from resnet_jax.studies import user_model
 from tests import user_models
-from tests.conftest import run_cli
+from tests.conftest import run_cli, shared_dataset
 
 N_PER_CLASS = 6
 
@@ -149,6 +149,24 @@ def test_all_on_a_model_that_declares_structure_runs_the_studys_four(tmp_path, d
     assert "skipped" not in done.stdout
     tables = sorted(p.stem for p in (tmp_path / "out" / "ablation").glob("*.csv"))
     assert tables == ["baseline", "shortcut", "single", "stage-except-decomposition"]
+
+
+def test_dice_on_segmentation_folders_equals_pooled_dice_computed_by_hand(tmp_path):
+    from resnet_jax.data.segmentation import load_segmentation_split
+
+    acdc = shared_dataset("acdc_lv_myo")
+    done = run_cli("ablate", "--model", "tests.user_models:segmenter", "--data-dir", str(acdc), "--metric", "dice",
+                   "--num-classes", "4", "--image-size", "64", "--n-examples", "40", "--protocol", "single",
+                   "--workdir", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    rows = _rows(tmp_path / "out" / "ablation" / "single.csv")
+    assert [r["layers"] for r in rows] == ["Conv_0", "Conv_1"] and rows[0]["metric"] == "dice"
+    split = load_segmentation_split(acdc, "test", image_size=64).take(40, seed=0)
+    model, variables = user_models.segmenter()
+    predicted = np.argmax(np.asarray(model.apply(variables, split.images)), -1)
+    dice = [2 * np.sum((predicted == c) & (split.masks == c)) / (np.sum(predicted == c) + np.sum(split.masks == c))
+            for c in (1, 2, 3)]
+    assert float(rows[0]["baseline"]) == pytest.approx(np.mean(dice), abs=1e-5)
 
 
 def test_new_weights_are_scored_again_and_the_same_weights_are_not(tmp_path, data_dir):
