@@ -246,6 +246,9 @@ def ablate_model(workdir, request: ablate_study.Request, user: UserModel, data: 
     if request.batchnorm == "batch":
         raise ModelError("--batchnorm batch is for models that take batch_stats=True (resnet_jax's own); a user's "
                          "model is scored in the mode its call keywords select: leave --batchnorm out")
+    if (workdir / "config.json").is_file():
+        raise ModelError(f"--workdir {workdir} holds a run trained here (config.json), whose tables --model would "
+                         f"replace; give your model a folder of its own")
     subject = user_subject(user, data, n_examples=request.n_examples)
     ledger.start(workdir, "ablate", ["ablation", "model.json", "dataset.json"])
     files.write_json(workdir / "model.json", {**subject.origin, "parameters_sha": store.tree_hash(subject.variables)})

@@ -219,6 +219,14 @@ def test_a_bad_input_is_one_line_naming_it(tmp_path, data_dir, args, expected):
     assert not (tmp_path / "out" / "ablation").exists()
 
 
+def test_a_trained_runs_folder_is_not_written_over(tmp_path, data_dir):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    done = _ablate(tmp_path / "run", data_dir, "--model", f"{TINY}:vgg")
+    assert done.returncode == 2 and "holds a run trained here" in done.stderr
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["config.json"]
+
+
 def test_a_file_path_reference_loads_like_a_module(tmp_path):
     network, variables = user_model.load_model(user_model.UserModel("tests/user_models.py:vgg", {"seed": "2"}))
     assert network.framework == "linen" and dict(network.apply_kwargs) == {"train": False}
