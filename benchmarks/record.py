@@ -6,7 +6,7 @@ git commit), the date and the machine. A benchmark that fails leaves no JSON and
 exit status; the ones finished before it stay, and ``--only`` reruns a subset into the same folder.
 
     python benchmarks/record.py --workdir runs/reproduce/cifar10-resnet34 --data-dir ../shared/data/cifar10 \\
-        [--out docs/results/benchmarks] [--only conv_kernels throughput ablation_sweep decision_rule]
+        [--out docs/results/benchmarks] [--only conv_kernels throughput ablation_sweep decision_rule prefix_sharing]
 
 The ablation sweep reads a trained CIFAR-10 ResNet34 run (``--workdir``); ``resnet-jax reproduce --preset cpu
 --only cifar-train --workdir runs/reproduce --data-root ../shared/data`` makes ``runs/reproduce/cifar10-resnet34``,
@@ -41,6 +41,7 @@ def commands(workdir: str, data_dir: str) -> dict[str, list[str]]:
         "ablation_sweep": ["benchmarks/ablation_sweep.py", "--workdir", workdir, "--data-dir", data_dir,
                            "--n-examples", "1024"],
         "decision_rule": ["benchmarks/decision_rule.py"],
+        "prefix_sharing": ["benchmarks/prefix_sharing.py", "--data-dir", data_dir, "--n-examples", "512"],
     }
 
 
@@ -99,21 +100,24 @@ def record(out: Path, chosen: dict[str, list[str]], *, command: str, needs: dict
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True,
-                        help="a trained CIFAR-10 ResNet34 run, for the ablation sweep (e.g. runs/reproduce/"
+    parser.add_argument("--workdir",
+                        help="a trained CIFAR-10 ResNet34 run, needed by the ablation sweep (e.g. runs/reproduce/"
                              "cifar10-resnet34, made by `resnet-jax reproduce --preset cpu --only cifar-train "
                              "--workdir runs/reproduce`)")
     parser.add_argument("--data-dir", required=True, help="its CIFAR-10 data (ImageFolder folders or zips)")
     parser.add_argument("--out", type=Path, default=HERE.parent / "docs" / "results" / "benchmarks")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks")
     args = parser.parse_args(argv)
-    every = commands(str(Path(args.workdir).resolve()), str(Path(args.data_dir).resolve()))
+    every = commands(str(Path(args.workdir or ".").resolve()), str(Path(args.data_dir).resolve()))
     unknown = sorted(set(args.only or ()) - set(every))
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; valid: {list(every)}")
     chosen = {k: v for k, v in every.items() if not args.only or k in args.only}
+    if not args.workdir and set(chosen) & set(NEEDS_RUN):
+        parser.error(f"{sorted(set(chosen) & set(NEEDS_RUN))} read a trained run: give --workdir, or leave them out "
+                     f"with --only")
     return record(args.out.resolve(), chosen, command=f"python benchmarks/record.py {shlex.join(argv or sys.argv[1:])}",
-                  needs=trained_run(args.workdir))
+                  needs=trained_run(args.workdir) if args.workdir else None)
 
 
 if __name__ == "__main__":

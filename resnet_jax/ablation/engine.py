@@ -70,6 +70,7 @@ class Result:
     seconds: float
     breakdown: dict[str, float] = dataclasses.field(default_factory=dict)  # e.g. Dice per class
     temp_bytes: int = 0  # XLA's scratch memory for the program that scored it (gates; 0: not measured)
+    flops: float = 0.0  # XLA's count of the program's floating-point work over every batch, this mask's share
 
 
 class Metric(Protocol):
@@ -220,22 +221,21 @@ def _gates_forward(model: networks.Network, metric, branches: tuple[tuple[str, b
     """One jitted forward for a chunk. Gates hold one value per model: the clean one, ``copies``
     that join the clean forward at ``branches``, then ``constants`` input-independent ones. Output
     rows: the clean model's (if ``clean``: a baseline or any copy needs it), the copies', the constants'.
-    A model that takes no gates is gated by intercepting its modules' calls (full copies only); ``consumed``
-    collects the sites that were gated while tracing."""
+    A model that takes no gates is gated by intercepting its modules' calls, one output row per row of its gates
+    (the clean model's first when ``clean``), vmapped (:func:`_each_model`); ``consumed`` collects the sites that
+    were gated while tracing."""
     inside = _takes_gates(model)
 
     def one_batch(variables, gates, images, targets, mean, std):
         b = images.shape[0]
         x = normalize(images, mean, std)
         logits = []
-        if clean:
-            if inside:  # each copy joins at its first ablated unit; earlier work is shared
-                per_row = jax.tree.map(lambda g: jnp.repeat(g[:1 + copies], b), gates)
-                out = model.apply(variables, x, gates=per_row, branches=dict(branches))
-                out = out.reshape(1 + copies, b, *out.shape[1:])
-            else:
-                out = _each_model(model, variables, x, jax.tree.map(lambda g: g[:1 + copies], gates), consumed)
-            logits.append(out)
+        if not inside:  # one row per model of the chunk, the clean one first if it is among them
+            logits.append(_each_model(model, variables, x, gates, consumed))
+        elif clean:  # each copy joins at its first ablated unit; earlier work is shared
+            per_row = jax.tree.map(lambda g: jnp.repeat(g[:1 + copies], b), gates)
+            out = model.apply(variables, x, gates=per_row, branches=dict(branches))
+            logits.append(out.reshape(1 + copies, b, *out.shape[1:]))
         if constants:  # every image gives the same output: one row per model, any image
             one_row = jax.tree.map(lambda g: g[1 + copies:], gates)
             out = model.apply(variables, jnp.broadcast_to(x[:1], (constants, *x.shape[1:])), gates=one_row)
@@ -444,9 +444,9 @@ def _collect(forward_chunk: Callable, group, inputs: Inputs, batches: Batches, r
     return out
 
 
-def _results(collected, seconds: float, temp_bytes: int = 0) -> list[Result]:
+def _results(collected, seconds: float, temp_bytes: int = 0, flops: float = 0.0) -> list[Result]:
     return [Result(a.name, a.kind, a.layers, value, low, high, loss, len(next(iter(pe.values()))), pe,
-                   seconds / len(collected), breakdown, temp_bytes)
+                   seconds / len(collected), breakdown, temp_bytes, flops / len(collected))
             for a, value, low, high, loss, pe, breakdown in collected]
 
 
@@ -479,18 +479,25 @@ def _gate_runner(inputs: Inputs, group, batches: Batches, *, size: int, budget_b
     sites = (abl.make_gates if _takes_gates(model) else abl.make_hook_gates)(ordered[n_base:], layers)
     example = (batches.images, batches.targets)
     compiled = {}
-    queue = [(lo, min(lo + size, len(ordered))) for lo in range(0, len(ordered), size)]
+    if inside:
+        queue = [(lo, min(lo + size, len(ordered))) for lo in range(0, len(ordered), size)]
+    else:  # chunks that share the most work; the baselines join the first
+        firsts = [min(index[n] for n in a.layers) for a in ordered[n_base:]]
+        queue = [(lo + n_base if lo else 0, hi + n_base)
+                 for lo, hi in plan_chunks(firsts, suffix_macs(layers), at_most=size)] or [(0, n_base)]
     while queue:
         lo, hi = queue.pop(0)
         chunk = ordered[lo:hi]
         first, last = max(lo - n_base, 0), max(hi - n_base, 0)  # the chunk's masked ablations in `sites`
-        gates = jax.tree.map(lambda g: np.concatenate([np.ones(1, np.float32), g[first:last]]), sites)
+        joining = [place[id(a)] for a in chunk if a.layers and place[id(a)] != "constant"]
+        constants = last - first - len(joining)
+        # The clean row: for a baseline, and for our models' copies to join; any other model's copies need none
+        clean = any(not a.layers for a in chunk) or (inside and bool(joining))
+        gates = jax.tree.map(lambda g: np.concatenate([np.ones(int(clean or inside), np.float32), g[first:last]]),
+                             sites)
         if not inside:  # only the modules this chunk gates: the rest, and all before them, stay shared
             gates = {site: kept for site, named in gates.items()
                      if (kept := {name: g for name, g in named.items() if not g.all()})}
-        joining = [place[id(a)] for a in chunk if a.layers and place[id(a)] != "constant"]
-        constants = last - first - len(joining)
-        clean = bool(joining) or any(not a.layers for a in chunk)
         counts = collections.Counter(joining)
         branches = tuple((p, batching.Copies(**{f: counts[(p, f)] for f in batching.Copies._fields}))
                          for p in dict.fromkeys(p for p, _ in joining))
@@ -498,10 +505,10 @@ def _gate_runner(inputs: Inputs, group, batches: Batches, *, size: int, budget_b
         if (key, jax.tree.structure(gates)) not in compiled:
             lowered = _lowered(model, inputs.metric, key, (variables, gates, *example, mean, std))
             program = lowered.compile()
-            compiled[key, jax.tree.structure(gates)] = program, _temp_bytes(program)
+            compiled[key, jax.tree.structure(gates)] = program, _temp_bytes(program), _flops(program, batches)
             if on_program is not None:
                 on_program(lowered, program, len(chunk))
-        forward, temp = compiled[key, jax.tree.structure(gates)]
+        forward, temp, flops = compiled[key, jax.tree.structure(gates)]
         if temp > budget_bytes and len(chunk) > 1:  # XLA's buffer plan says the estimate was too low
             queue[:0] = [(lo, (lo + hi) // 2), ((lo + hi) // 2, hi)]
             continue
@@ -513,7 +520,35 @@ def _gate_runner(inputs: Inputs, group, batches: Batches, *, size: int, budget_b
         rows = [i - n_base - first + clean if a.layers else 0 for i, a in enumerate(chunk, start=lo)]
         t0 = time.perf_counter()
         collected = _collect(lambda x, y: forward(variables, gates, x, y, mean, std), chunk, inputs, batches, rows)
-        yield _results(collected, time.perf_counter() - t0, temp)
+        yield _results(collected, time.perf_counter() - t0, temp, flops)
+
+
+def suffix_macs(layers: Sequence[abl.Layer]) -> np.ndarray:
+    """Per catalogued module, the MACs of one forward from it to the output (kernel modules, in call order)."""
+    return np.cumsum([l.macs for l in layers][::-1])[::-1]
+
+
+def plan_chunks(firsts: Sequence[int], suffix: Sequence[float], *, at_most: int) -> list[tuple[int, int]]:
+    """Chunks ``[lo, hi)`` of masks sorted by the first module they touch (``firsts[i]``, an index into ``suffix``,
+    the work from a module to the output) that minimise the sweep's work, at most ``at_most`` masks each.
+
+    A chunk computes the forward up to its first mask's module once and, for each of its masks, the rest from
+    there (the vmapped forward batches everything past the first gate); each chunk also costs one forward more,
+    for a program of its own to compile and run. One chunk of every mask is the loop's work; one chunk per mask,
+    twice it."""
+    n, total = len(firsts), float(suffix[0]) if len(suffix) else 0.0
+    best, start = [0.0] + [np.inf] * n, [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(max(0, j - at_most), j):
+            rest = float(suffix[firsts[i]])
+            cost = best[i] + 2 * total - rest + (j - i) * rest
+            if cost < best[j]:
+                best[j], start[j] = cost, i
+    chunks, j = [], n
+    while j:
+        chunks.append((start[j], j))
+        j = start[j]
+    return chunks[::-1]
 
 
 def _lowered(model: networks.Network, metric, key, args):
@@ -544,6 +579,19 @@ def convolution_groups(lowered) -> collections.Counter:
     kernels alongside inputs shows counts multiplied by its masks: grouped convolutions, slow on GPUs (and missing
     tensor cores in half precision); the engine's programs keep the model's own counts."""
     return collections.Counter(int(n) for n in re.findall(r"feature_group_count = (\d+)", lowered.as_text()))
+
+
+def program_flops(program: jax.stages.Compiled) -> float:
+    """XLA's count of a compiled program's floating-point work (a loop inside it counted once, as its cost
+    analysis does); 0 where a backend does not say."""
+    analysis = program.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    return float((analysis or {}).get("flops", 0.0))
+
+
+def _flops(program, batches: Batches) -> float:
+    """A chunk program's work over every batch: the loop over batches runs its body once per batch."""
+    return program_flops(program) * batches.images.shape[0]
 
 
 def _temp_bytes(program) -> int:
@@ -595,12 +643,15 @@ def _weight_runner(inputs: Inputs, group, batches: Batches, *, size: int, kind: 
         pad = size - len(chunk)
         chunk_masks = abl.stack(masks[start:start + size] + [masks[0]] * pad)
         chunk_seeds = devices.pad_rows(seeds[start:start + size], size)
-        if on_program is not None and start == 0:  # every chunk has the first one's shapes: one program
+        if start == 0:  # every chunk has the first one's shapes: one program
             lowered = forward.lower(variables, chunk_masks, chunk_seeds, batches.images, batches.targets,
                                     inputs.image_mean, inputs.image_std)
-            on_program(lowered, lowered.compile(), size)
+            program = lowered.compile()
+            flops = _flops(program, batches)  # a chunk's work, padded masks included
+            if on_program is not None:
+                on_program(lowered, program, size)
         t0 = time.perf_counter()
         collected = _collect(
-            lambda x, y: forward(variables, chunk_masks, chunk_seeds, x, y, inputs.image_mean, inputs.image_std),
+            lambda x, y: program(variables, chunk_masks, chunk_seeds, x, y, inputs.image_mean, inputs.image_std),
             chunk, inputs, batches)
-        yield _results(collected, time.perf_counter() - t0)
+        yield _results(collected, time.perf_counter() - t0, flops=flops)

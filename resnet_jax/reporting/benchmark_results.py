@@ -163,4 +163,26 @@ def decision_rule(folder: Path, task: str | None = None) -> str:
             + measured(entry) + "\n")
 
 
-TABLES = {"conv-kernels": conv_kernels, "throughput": throughput, "sweep": sweep, "decision-rule": decision_rule}
+SHARING_MODELS = {"resnet34": "ResNet34 (declares its units: copies join at a unit)",
+                  "resnet34-hooked": "ResNet34 scored as any model (module outputs gated, vmapped)",
+                  "vgg11-bn": "VGG-11-BN, a user's model (no declared structure)"}
+
+
+def prefix_sharing(folder: Path, task: str | None = None) -> str:
+    """Per model, XLA's FLOPs of the engine's sweep and of a loop of masked forwards against the minimum a sweep
+    needs, and the time of both."""
+    data, entry = _load(folder, "prefix_sharing")
+    rows = [[SHARING_MODELS.get(r["model"], r["model"]), r["masks"], f"{r['sweep_gflops']:,.1f}",
+             f"{r['minimum_gflops']:,.1f}", f"{r['loop_gflops']:,.1f}", f"{r['sweep_over_minimum']:.2f}",
+             f"{r['loop_over_minimum']:.2f}", f"{r['sweep_seconds']:.1f}", f"{r['loop_seconds']:.1f}",
+             f"{r['loop_over_sweep_time']:.2f}"] for r in data["rows"]]
+    first = data["rows"][0]
+    return (f"Every single-conv zero-kernel mask and the unablated model, {first['images']:,} {data['data']}, batch "
+            f"{first['batch_size']}, {data['backend']}:\n\n"
+            + results.grid(["model", "masks", "sweep GFLOP", "minimum GFLOP", "loop GFLOP", "sweep / minimum",
+                            "loop / minimum", "sweep s", "loop s", "loop / sweep time"], rows, 1)
+            + "\n" + measured(entry) + "\n")
+
+
+TABLES = {"conv-kernels": conv_kernels, "throughput": throughput, "sweep": sweep, "decision-rule": decision_rule,
+          "prefix-sharing": prefix_sharing}

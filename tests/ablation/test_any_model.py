@@ -431,3 +431,46 @@ def test_reinit_and_rerandomize_on_a_users_model_equal_the_hand_replaced_kernel(
         params[path[0]] = {**params[path[0]], "kernel": source[path[0]]["kernel"]}
         forward = functools.partial(jax.jit(model.apply), {**variables, "params": params})
         np.testing.assert_array_equal(got[a.name], _loop_predictions(forward, images), err_msg=a.name)
+
+
+# Sharing the forward before each chunk's first module ----------------------------------------------
+
+def _compositions(n):
+    """Every split of range(n) into consecutive chunks."""
+    if n == 0:
+        yield []
+        return
+    for k in range(1, n + 1):
+        for rest in _compositions(n - k):
+            yield [(0, k)] + [(lo + k, hi + k) for lo, hi in rest]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_chunk_plan_is_the_cheapest_split_found_by_trying_every_one(seed):
+    rng = np.random.default_rng(seed)
+    macs = rng.integers(1, 100, 6)
+    suffix = np.cumsum(macs[::-1])[::-1]  # work from module i to the output
+    firsts = np.sort(rng.integers(0, 6, 7))
+    at_most = int(rng.integers(2, 5))
+
+    def work(chunks):  # per chunk: the forward to its first module once, the rest once per mask, one forward more
+        return sum(2 * suffix[0] - suffix[firsts[lo]] + (hi - lo) * suffix[firsts[lo]] for lo, hi in chunks)
+
+    allowed = [c for c in _compositions(len(firsts)) if all(hi - lo <= at_most for lo, hi in c)]
+    plan = engine.plan_chunks(list(firsts), suffix, at_most=at_most)
+    assert plan in allowed
+    assert work(plan) == min(work(c) for c in allowed)
+
+
+def test_a_sweep_of_any_model_costs_less_than_the_loop_of_masked_forwards():
+    """XLA's FLOPs of the sweep's programs against a plain forward's times the masks: masks on late modules reuse
+    the forward before them."""
+    model, variables = _linen(VGG)
+    images, labels = _data(16)
+    layers = abl.catalogue(model, variables, images[:1])
+    ablations = [protocols.BASELINE] + [abl.Ablation(l.name, "zero-kernel", (l.name,)) for l in layers]
+    results = engine.evaluate(model, variables, ablations, layers, images, labels, image_mean=0.0, image_std=1.0,
+                              batch_size=8, progress=False)
+    one = engine.program_flops(jax.jit(lambda v, x: model.apply(v, x)).lower(variables, images[:8]).compile())
+    loop = one * 2 * len(ablations)  # two batches per model
+    assert 0 < sum(r.flops for r in results) < 0.9 * loop
