@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Regenerate the README's results blocks from docs/results/ (``--check``: exit 1 when the README differs).
+"""Regenerate the results blocks of README.md and the docs pages from docs/results/ (``--check``: exit 1 when one differs).
 
-    python scripts/render_results.py           # rewrite README.md's <!-- results: ... --> blocks
-    python scripts/render_results.py --check   # what CI runs: the README must match the committed results,
+    python scripts/render_results.py           # rewrite every <!-- results: ... --> block of README.md and docs/**/*.md
+    python scripts/render_results.py --check   # what CI runs: every page must match the committed results,
                                                # and every committed CSV the JSON written beside it
+    python scripts/render_results.py PAGE...   # only these files
 """
 
 import argparse
@@ -18,28 +19,32 @@ from resnet_jax.reporting import readme_results, results  # noqa: E402
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pages", nargs="*", type=Path,
+                        help="files whose blocks to render (default: README.md and every docs page that has blocks)")
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 when a block differs")
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--readme", type=Path, help="one file only (the same as naming it as the only page)")
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "results")
     args = parser.parse_args(argv)
-    text = args.readme.read_text()
+    pages = args.pages + ([args.readme] if args.readme else []) or readme_results.pages(ROOT)
     try:
         if args.check:
-            stale = readme_results.differing_blocks(text, args.results)
-            for block in stale:
-                print(f"{args.readme}: block {block} differs from {args.results}; run scripts/render_results.py",
+            stale = [(page, block) for page in pages
+                     for block in readme_results.differing_blocks(page.read_text(), args.results)]
+            for page, block in stale:
+                print(f"{page}: block {block} differs from {args.results}; run scripts/render_results.py",
                       file=sys.stderr)
             mismatched = results.form_mismatches(args.results)
             for line in mismatched:
                 print(line, file=sys.stderr)
             return 1 if stale or mismatched else 0
-        fresh = readme_results.render(text, args.results)
+        fresh = {page: readme_results.render(page.read_text(), args.results) for page in pages}
     except readme_results.ResultsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if fresh != text:
-        args.readme.write_text(fresh)
-    print(f"{args.readme}: {len(readme_results.BLOCK.findall(fresh))} results blocks rendered from {args.results}")
+    for page, text in fresh.items():
+        if text != page.read_text():
+            page.write_text(text)
+        print(f"{page}: {len(readme_results.BLOCK.findall(text))} results blocks rendered from {args.results}")
     return 0
 
 

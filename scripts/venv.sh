@@ -4,12 +4,12 @@
 # The environment lives outside the checkout, keyed on the dependency spec (pyproject.toml,
 # the extras and the Python version), so a second clone or a CI rerun reuses it in seconds.
 # Usage: scripts/venv.sh COMMAND [ARGS...]     e.g. scripts/venv.sh python -m pytest -q
-# Env:   RESNET_JAX_EXTRAS (default "test,torch"), RESNET_JAX_VENV (override the location),
+# Env:   RESNET_JAX_EXTRAS (default "test,torch,docs"), RESNET_JAX_VENV (override the location),
 #        PYTHON (interpreter to build the venv from, default python3).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 python=${PYTHON:-python3}
-extras=${RESNET_JAX_EXTRAS:-test,torch}
+extras=${RESNET_JAX_EXTRAS:-test,torch,docs}
 key=$( { cat "$repo/pyproject.toml"; echo "$extras"; "$python" --version; } | sha256sum | cut -c1-16)
 venv=${RESNET_JAX_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/resnet-jax/venv-$key}
 

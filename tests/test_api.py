@@ -1,4 +1,4 @@
-"""The public Python API: what each subpackage exports, and README's example run as written."""
+"""The public Python API: what each subpackage exports, and the examples of the README and the docs run as written."""
 
 import re
 
@@ -46,7 +46,7 @@ def _decisions_allowed(low: float, high: float, *, margin: float) -> set[str]:
 
 def test_the_readme_example_runs(tmp_path, monkeypatch, capsys):
     text = (REPO / "README.md").read_text()
-    section = text[text.index("### Use it from Python"):]
+    section = text[text.index("## Use it from Python"):]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
@@ -60,28 +60,28 @@ def test_the_readme_example_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "runs" / "api-example" / "checkpoints").is_dir()
 
 
-def test_the_readme_presets_table_names_every_preset_and_no_other():
+def test_the_presets_page_table_names_every_preset_and_no_other():
     from resnet_jax import configs
 
-    text = (REPO / "README.md").read_text()
-    start = text.index("| preset |", text.index("### Presets"))
+    text = (REPO / "docs" / "how-to" / "presets-and-configs.md").read_text()
+    start = text.index("| preset |")
     table = text[start:text.index("\n\n", start)]
     named = {name for row in table.splitlines()[2:] for name in re.findall(r"`([^`]+)`", row.split("|")[1])}
     assert named == set(configs.PRESETS), (f"README lacks {sorted(set(configs.PRESETS) - named)}; "
                                            f"names presets that do not exist: {sorted(named - set(configs.PRESETS))}")
 
 
-def test_the_readme_examples_for_a_users_own_models_run(capsys):
-    """The linen VGG and the NNX CNN of "Ablate your own model", exactly as written there."""
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("#### Ablate your own model"):text.index("### Presets")]
+def test_the_docs_examples_for_a_users_own_models_run(capsys):
+    """The linen VGG and the NNX CNN of the own-model how-to's "Ablate any Flax model from Python", as written."""
+    text = (REPO / "docs" / "how-to" / "own-model.md").read_text()
+    section = text[text.index("## Ablate any Flax model from Python"):]
     linen, nnx_block = re.findall(r"```python\n(.*?)```", section, re.S)
     assert len(linen.splitlines()) <= 20 and len(nnx_block.splitlines()) <= 20
     scope: dict = {}
-    exec(compile(linen, "README.md (linen)", "exec"), scope)
+    exec(compile(linen, "own-model.md (linen)", "exec"), scope)
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == ["baseline", "Conv_0", "Conv_1", "Dense_0"]
     assert all(0.0 <= float(line.split()[1]) <= 1.0 for line in lines)
-    exec(compile(nnx_block, "README.md (nnx)", "exec"), scope)  # it reads the linen block's images and labels
+    exec(compile(nnx_block, "own-model.md (nnx)", "exec"), scope)  # it reads the linen block's images and labels
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == ["baseline", "conv+head"]

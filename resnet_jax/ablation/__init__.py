@@ -1,5 +1,5 @@
 """Ablations as data: a layer catalogue, specs that select layers, masks, the batched engine that scores many
-masked models in one compiled call, the study's protocols, the content-keyed store and the paired decisions.
+masked models in one compiled call, the study's protocols, the content-keyed store and the paired decisions::
 
     from resnet_jax.ablation import AblationSpec, Selector, evaluate, layer_catalogue, resolve_all, restore_subject
     run = restore_subject("runs/cifar10-resnet34-cpu")          # a trained run: model, weights, test data

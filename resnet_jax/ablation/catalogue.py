@@ -33,11 +33,13 @@ from resnet_jax.ablation import networks
 from resnet_jax.models import resnet
 
 KINDS = ("zero-kernel", "zero-branch", "lesion", "reinit", "rerandomize", "cut-identity", "zero-output")
+"""What an ablation does to the layers it selects (a spec's ``kind``); see the ablation specs how-to."""
 UNIT_KINDS = ("lesion", "cut-identity")
 """Kinds that act on a whole residual unit with an identity shortcut (a spec names the unit's convs)."""
 GATE_ONLY_KINDS = ("cut-identity",)
 """Kinds that no change of weights expresses: the engine runs them with gates only."""
 ROLES = ("stem", "decomposition", "shortcut", "adjacent", "residual")
+"""The roles a conv of a ResNet plays in the study, for selectors such as ``Selector(roles=("residual",))``."""
 GATE_KINDS = {"zero-kernel": "kernel", "zero-branch": "output", "lesion": "unit", "cut-identity": "identity",
               "zero-output": "kernel"}
 """Kinds the gate formulation can express, and the gate site each one uses in a model that takes gates (our

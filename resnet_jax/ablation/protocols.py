@@ -31,6 +31,7 @@ each identity shortcut (run with ``--kind`` ignored: ``cut-identity``)."""
 PROTOCOLS = (*STUDY_PROTOCOLS, *READINGS, "pairs")
 """``pairs``: every pair of convs (ResNet34: 36 convs, 630 masks), with their interaction; run on request."""
 BASELINE = abl.Ablation("baseline", "none", ())
+"""The unablated model: put it first in ``evaluate``'s list to score the clean model with the masks."""
 STRUCTURE_PROTOCOLS = ("stage-except-decomposition", "shortcut", "stage-except-decomposition-first-conv",
                        "identity-shortcut")
 """Protocols that read stages, units and roles, so need a model that declares them."""

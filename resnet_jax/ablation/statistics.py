@@ -36,6 +36,7 @@ from scipy import stats
 DEFAULT_MARGIN = 0.01
 DEFAULT_ALPHA = 0.05
 DECISIONS = ("non-trivial", "trivial", "improves", "undecided")
+"""The decision rule's four outcomes for a mask, read off its simultaneous bounds at the margin."""
 SENSITIVITY_MARGINS = (0.005, 0.01, 0.02)
 TAIL_DRAWS = 20
 """Sizes a Dice family's bootstrap: the smallest attainable adjusted p-value is ``alpha / TAIL_DRAWS``, so each

@@ -20,14 +20,18 @@ __all__ = ["ConfigError", "FAMILIES", "PRESETS", "TASKS", "complete", "defaults"
            "listing", "load_config", "to_json", "validate"]
 
 FAMILIES: dict[str, ModuleType] = {m.TASK: m for m in (classification, segmentation, skipping)}
+"""The config module of each task: ``classification``, ``segmentation`` and Study B's ``skip``."""
 TASKS = tuple(FAMILIES)
+"""The tasks a config can name with ``task:``."""
 PRESETS: dict[str, dict[str, Any]] = {name: preset for m in FAMILIES.values() for name, preset in m.PRESETS.items()}
+"""Every preset of every family by name (``resnet-jax presets`` lists them), e.g. ``PRESETS["synthetic-tiny"]``."""
 DESCRIPTIVE = ("about", "scale")
 """Keys that describe a run without changing it; a workdir is not refused because they differ."""
 SHARED_DATA = {"cifar10": "cifar10", "mnist": "mnist", "acdc": "acdc_lv_myo", "sunnybrook": "sunnybrook_lv_myo"}
 
 
 def family(task: str) -> ModuleType:
+    """The config module of ``task`` (its ``DEFAULTS``, ``PRESETS`` and ``SCHEMA``), e.g. ``family("skip")``."""
     if task not in FAMILIES:
         raise ConfigError(f"unknown task {task!r}; valid: {list(TASKS)}")
     return FAMILIES[task]

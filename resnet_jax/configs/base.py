@@ -114,6 +114,7 @@ def diff(a: Mapping, b: Mapping) -> list[str]:
 
 
 def to_json(config: Mapping) -> str:
+    """``config`` as indented JSON with sorted keys, the form of a run's ``config.json``."""
     return json.dumps(config, indent=2, sort_keys=True)
 
 

@@ -451,8 +451,11 @@ def _checked_points(prefix: str, stage_sizes: Sequence[int], branches: Mapping[s
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
+"""torchvision's ``resnet18``: ``ResNet18(num_classes=10)``."""
 ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock)
+"""torchvision's ``resnet34``, the study's network: ``ResNet34(num_classes=10, stem="cifar")``."""
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck)
+"""torchvision's ``resnet50`` (bottleneck units): ``ResNet50(num_classes=1000)``."""
 ResNet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck)
 ResNet152 = functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block_cls=Bottleneck)
 WideResNet50_2 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck, width_per_group=128)
@@ -467,6 +470,7 @@ ResNetTiny = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=Basic
 MODELS = {"resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50, "resnet101": ResNet101,
           "resnet152": ResNet152, "wide_resnet50_2": WideResNet50_2, "wide_resnet101_2": WideResNet101_2,
           "resnext50_32x4d": ResNeXt50_32x4d, "resnext101_32x8d": ResNeXt101_32x8d, "resnet_tiny": ResNetTiny}
+"""Every ResNet by the name a config's ``model.name`` gives it, e.g. ``MODELS["resnet34"](num_classes=10)``."""
 
 
 def create_model(name: str, **kwargs) -> ResNet:

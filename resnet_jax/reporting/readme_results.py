@@ -535,6 +535,19 @@ def render(text: str, results_root: Path) -> str:
     return BLOCK.sub(body, text)
 
 
+SKIPPED_DOCS = ("_build", "results")
+"""Folders of ``docs/`` that hold no page with blocks: the site's build output and the results data itself."""
+
+
+def pages(root: Path) -> list[Path]:
+    """The files whose results blocks ``scripts/render_results.py`` renders: ``README.md`` and every Markdown page
+    under ``docs/`` that holds a block (not ``docs/_build/`` or the data folders of ``docs/results/``)."""
+    docs = root / "docs"
+    found = [p for p in sorted(docs.rglob("*.md")) if p.relative_to(docs).parts[0] not in SKIPPED_DOCS
+             and BLOCK.search(p.read_text())]
+    return [root / "README.md", *found]
+
+
 def differing_blocks(text: str, results_root: Path) -> list[str]:
     """The blocks whose body differs from what ``render`` writes."""
     key = lambda m: f"{m['name']}/{m['table']}" + (f":{m['task']}" if m["task"] else "")  # noqa: E731

@@ -2,7 +2,7 @@
 
 Stages, each in its own sub-workdir of ``<workdir>`` and recorded in the workdir's ledger
 (``<workdir>/stages.json``, :mod:`resnet_jax.ledger`) with what it wrote; a rerun skips finished stages, an
-unfinished stage resumes from its own checkpoints or results:
+unfinished stage resumes from its own checkpoints or results::
 
   cifar-train, cifar-ablate   Study A, classification (ResNet34 on CIFAR-10)
   cifar-pairs                 every pair of convs of the classification run(s), with interactions

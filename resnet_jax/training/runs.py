@@ -38,6 +38,10 @@ def task_for(config: Mapping, *, command: str) -> core.Task:
 
 def train(config: Mapping, workdir: str | Path, *, force_new: bool = False,
           log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train ``config`` (any preset's task) into ``workdir``, resuming what is there, and return the test scores.
+
+    Example: ``train(configs.load_config("synthetic-tiny"), "runs/tiny")``.
+    """
     return core.train_and_evaluate(config, workdir, task_for(config, command="train"), force_new=force_new, log=log)
 
 

@@ -292,16 +292,16 @@ def test_import_torch_says_what_a_file_is_and_how_to_save_a_state_dict(tmp_path,
                                        f"save a model's weights with torch.save(model.state_dict(), path)\n")
 
 
-def test_export_torch_writes_the_dict_that_readme_and_help_describe(run, tmp_path, capsys):
+def test_export_torch_writes_the_dict_that_the_docs_and_help_describe(run, tmp_path, capsys):
     torchvision = pytest.importorskip("torchvision")
     assert cli.main(["export-torch", "--workdir", str(run), "--out", str(tmp_path)]) == 0
     saved = torch.load(tmp_path / "model.pt", map_location="cpu")  # plain torch, as a user without resnet-jax
     torchvision.models.resnet18(num_classes=10).load_state_dict(saved["state_dict"])  # a full torchvision-stem run
     keys = ["architecture", "normalisation", "source", "state_dict", "step"]
     assert sorted(saved) == keys
-    readme = (REPO / "README.md").read_text()
-    start = readme.index("`export-torch` writes `model.pt`")
-    paragraph = " ".join(readme[start:readme.index("\n\n", start)].split())
+    page = (REPO / "docs" / "how-to" / "slim-and-export.md").read_text()
+    start = page.index("`export-torch` writes `model.pt`")
+    paragraph = " ".join((page + "\n\n")[start:(page + "\n\n").index("\n\n", start)].split())
     assert all(f"`{k}`" in paragraph for k in keys), paragraph
     assert 'torch.load("model.pt")["state_dict"]' in paragraph and "load_exported" in paragraph
     with pytest.raises(SystemExit):

@@ -514,7 +514,7 @@ def test_recorded_paths_read_from_the_repository_root(tmp_path):
     assert results.portable_text(text, root) == "--workdir ../runs/cpu --data-root ../shared/data --out docs/results/x /opt/x"
     assert results.recorded_path("../runs/cpu", root) == (tmp_path / "runs" / "cpu").resolve()
     absolute = re.compile(r"(?<![\w.])/(?:work|root|home|tmp|Users)/")
-    found = [str(p.relative_to(ROOT)) for p in [ROOT / "README.md", *sorted((ROOT / "docs" / "results").rglob("*"))]
+    found = [str(p.relative_to(ROOT)) for p in [*readme_results.pages(ROOT), *sorted((ROOT / "docs" / "results").rglob("*"))]
              if p.is_file() and p.suffix in results.SUFFIXES and absolute.search(p.read_text())]
     assert found == []
 

@@ -12,11 +12,13 @@ The training split is cut once (seeded) into a *fit* part, on which every model 
 chosen; the test split is scored once per operating point.
 
 Readings of CNN-3 (PROTOCOLS.md, Study B):
+
   * literal: CNN-3 with a 3-way head learns the layer labels of the selected images; each image's
     depth is its label in training; on held-out images it is reported with depth = true label
     (the study; note the depth itself reveals the label), depth = router prediction, and full depth.
   * useful: CNN-3 classifies the dataset's classes, every image (fit and test) at the depth a router
     predicts for it; one CNN-3 per labelling (the study's 10 x 10 selection, dense labelling).
+
 Baselines on the same data and CNN-1 architecture: early exit (:class:`EarlyExitCNN`, a threshold
 sweep), random depth with the dense router's histogram, the oracle depth (the shallowest depth at
 which the network is right: a bound that needs the label), fixed depths and the full network.

@@ -1,0 +1,112 @@
+"""The documentation site builds offline with warnings as errors (a broken cross-reference, a missing page, a public
+name without a docstring, a tutorial cell that raises all fail), its reference pages are generated from the code,
+and the results blocks of its pages are checked like the README's."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from resnet_jax import cli, configs
+from resnet_jax.reporting import readme_results
+from tests.conftest import REPO, in_ci
+
+DOCS = REPO / "docs"
+
+
+def _sphinx() -> None:
+    """Skip without the ``docs`` extra on a workstation; CI installs it, so there its absence fails."""
+    try:
+        importlib.import_module("myst_nb")
+        importlib.import_module("sphinxarg")
+    except ImportError as err:
+        if in_ci():
+            pytest.fail(f"the docs extra is missing ({err}); scripts/venv.sh installs it", pytrace=False)
+        pytest.skip(f"the docs extra is not installed ({err})")
+
+
+def build(source, out):
+    """``python -m sphinx -W --keep-going -b html SOURCE OUT``, as the README gives it."""
+    return subprocess.run([sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", "-d",
+                           str(out / ".doctrees"), str(source), str(out / "html")],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    _sphinx()
+    out = tmp_path_factory.mktemp("docs")
+    done = build(DOCS, out)
+    assert done.returncode == 0, done.stderr[-6000:]
+    return out / "html"
+
+
+def test_the_site_builds_with_warnings_as_errors(site):
+    for page in ("index", "getting-started", "results", "benchmarks", "reference/cli", "reference/api",
+                 "reference/config", "tutorials/own_model", "how-to/statistics", "how-to/scaling-out"):
+        assert (site / f"{page}.html").is_file(), page
+
+
+def test_the_command_line_reference_names_every_command_and_option(site):
+    text = (site / "reference" / "cli.html").read_text()
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if a.choices and a.dest == "command").choices
+    for name, sub in commands.items():
+        assert name in text, name
+        for action in sub._actions:
+            for flag in () if isinstance(action, argparse._HelpAction) else action.option_strings:
+                assert flag in text, (name, flag)
+
+
+def test_the_config_reference_lists_every_schema_key(site):
+    text = (site / "reference" / "config.html").read_text()
+    for task in configs.TASKS:
+        for key in configs.family(task).SCHEMA:
+            assert f">{key}<" in text, (task, key)
+
+
+def test_the_api_reference_documents_every_public_name(site):
+    text = (site / "reference" / "api.html").read_text()
+    for package in ("ablation", "configs", "data", "interop", "models", "reporting", "studies", "training"):
+        module = importlib.import_module(f"resnet_jax.{package}")
+        for name in module.__all__:
+            anchor = f'id="resnet_jax.{package}.{name}"'
+            assert anchor in text or f'id="module-resnet_jax.{package}.{name}"' in text, (package, name)
+
+
+def test_a_broken_cross_reference_fails_the_build(tmp_path):
+    """The site's own configuration and extensions over one page that links to a page that does not exist."""
+    _sphinx()
+    source = tmp_path / "docs"
+    shutil.copytree(DOCS / "_ext", source / "_ext")
+    shutil.copy(DOCS / "conf.py", source / "conf.py")
+    (source / "index.md").write_text("# Index\n\nSee [the getting started page](getting-started.md).\n")
+    done = build(source, tmp_path / "out")
+    assert done.returncode != 0
+    assert "getting-started" in done.stderr
+
+
+def test_render_results_covers_the_readme_and_every_docs_page_with_blocks():
+    pages = readme_results.pages(REPO)
+    assert pages[0] == REPO / "README.md"
+    assert DOCS / "results.md" in pages and DOCS / "how-to" / "statistics.md" in pages
+    assert not any("_build" in p.parts or p.is_relative_to(DOCS / "results") for p in pages)
+
+
+def test_the_check_fails_when_a_block_of_a_docs_page_is_edited_by_hand(tmp_path):
+    page = tmp_path / "results.md"
+    text = (DOCS / "results.md").read_text()
+    page.write_text(text)
+    check = [sys.executable, str(REPO / "scripts" / "render_results.py"), "--check", str(page)]
+    assert subprocess.run(check, capture_output=True, text=True, timeout=300).returncode == 0
+    edited = text.replace("| stage-except-decomposition | 1 | 0.51 | 0.662 |", "| stage-except-decomposition | 1 | 0.51 | 0.700 |")
+    assert edited != text
+    page.write_text(edited)
+    failed = subprocess.run(check, capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 1
+    assert f"{page}: block cifar10-paper-cpu/paper differs from" in failed.stderr
