@@ -125,7 +125,7 @@ LONGEST_FIRST = ("studies/test_reproduce.py", "test_distributed.py", "test_integ
                  "training/test_train.py",
                  "test_devices.py", "ablation/test_ablation.py", "ablation/test_elimination.py", "models/test_models.py",
                  "test_join.py", "interop/test_convert.py", "interop/test_verify.py", "interop/test_torchvision_family.py",
-                 "ablation/test_statistics.py",
+                 "ablation/test_statistics.py", "test_docs.py",
                  "test_segmentation.py", "studies/test_skip.py")
 """The test files by their measured time on 2 cores, longest first (the rest take seconds): pytest-xdist gives
 each worker whole files in collection order (``--dist loadfile --no-loadscope-reorder``), so the two longest run
