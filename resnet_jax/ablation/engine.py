@@ -402,6 +402,10 @@ def evaluate(
         how = (method if method != "auto" else "gates") if not a.layers else \
             method_for(a.kind, method, takes_gates=_takes_gates(model))
         groups.setdefault((a.kind, how), []).append(a)
+    shared = sorted(k for k, g in groups.items() if k[1] == "gates" and any(a.layers for a in g))
+    if shared:  # baselines read the clean rows of the first gate group's chunk, not a forward of their own
+        for key in [k for k, g in groups.items() if k[1] == "gates" and not any(a.layers for a in g)]:
+            groups[shared[0]] = groups.pop(key) + groups[shared[0]]
     bar = tqdm(total=len(unique), desc="ablations", unit="mask", disable=not progress or None, leave=False)
     for (kind, how), group in sorted(groups.items()):
         size = chunk or chunk_size(len(group), batch_size=inputs.batch_size, layers=layers,
