@@ -5,6 +5,9 @@
     python scripts/render_results.py --check   # what CI runs: every page must match the committed results,
                                                # and every committed CSV the JSON written beside it
     python scripts/render_results.py PAGE...   # only these files
+
+It also draws the documentation's figures from the same results into docs/figures/ (SVG, byte for byte the same
+from the same results); ``--check`` draws them again and compares.
 """
 
 import argparse
@@ -14,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from resnet_jax.reporting import readme_results, results  # noqa: E402
+from resnet_jax.reporting import readme_results, results, results_figures  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -24,6 +27,8 @@ def main(argv=None) -> int:
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 when a block differs")
     parser.add_argument("--readme", type=Path, help="one file only (the same as naming it as the only page)")
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "results")
+    parser.add_argument("--figures", type=Path, default=ROOT / results_figures.FIGURE_DIR,
+                        help="where the figures drawn from the results go (SVG; --check compares their bytes)")
     args = parser.parse_args(argv)
     pages = args.pages + ([args.readme] if args.readme else []) or readme_results.pages(ROOT)
     try:
@@ -36,7 +41,11 @@ def main(argv=None) -> int:
             mismatched = results.form_mismatches(args.results)
             for line in mismatched:
                 print(line, file=sys.stderr)
-            return 1 if stale or mismatched else 0
+            drawn = results_figures.differing(args.results, args.figures)
+            for name in drawn:
+                print(f"{args.figures / name}.svg differs from what {args.results} draws (edited by hand, or the "
+                      f"results changed); run scripts/render_results.py", file=sys.stderr)
+            return 1 if stale or mismatched or drawn else 0
         fresh = {page: readme_results.render(page.read_text(), args.results) for page in pages}
     except readme_results.ResultsError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -45,6 +54,8 @@ def main(argv=None) -> int:
         if text != page.read_text():
             page.write_text(text)
         print(f"{page}: {len(readme_results.BLOCK.findall(text))} results blocks rendered from {args.results}")
+    figures = results_figures.write(args.results, args.figures)
+    print(f"{args.figures}: {len(figures)} figures drawn from {args.results}")
     return 0
 
 

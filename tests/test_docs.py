@@ -110,3 +110,24 @@ def test_the_check_fails_when_a_block_of_a_docs_page_is_edited_by_hand(tmp_path)
     failed = subprocess.run(check, capture_output=True, text=True, timeout=300)
     assert failed.returncode == 1
     assert f"{page}: block cifar10-paper-cpu/paper differs from" in failed.stderr
+
+
+def test_the_check_fails_when_a_figure_is_edited_by_hand(tmp_path):
+    """The committed figures are what the committed results draw, byte for byte; an edited one fails the check."""
+    figures = tmp_path / "figures"
+    shutil.copytree(REPO / "docs" / "figures", figures)
+    check = [sys.executable, str(REPO / "scripts" / "render_results.py"), "--check", "--figures", str(figures),
+             str(REPO / "README.md")]
+    assert subprocess.run(check, capture_output=True, text=True, timeout=300).returncode == 0
+    headline = figures / "headline.svg"
+    headline.write_text(headline.read_text().replace("</svg>", "<!-- touched up -->\n</svg>"))
+    failed = subprocess.run(check, capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 1
+    assert f"{headline} differs from what" in failed.stderr
+    assert not subprocess.run(check, capture_output=True, text=True, timeout=300).returncode == 0  # not repaired
+
+
+def test_every_figure_is_shown_on_a_page():
+    shown = " ".join(p.read_text() for p in [REPO / "README.md", *DOCS.rglob("*.md")] if "_build" not in p.parts)
+    for svg in (REPO / "docs" / "figures").glob("*.svg"):
+        assert f"figures/{svg.name}" in shown, svg.name

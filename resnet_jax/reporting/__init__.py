@@ -5,4 +5,4 @@ folders under ``docs/results/`` and the blocks that the README and the documenta
 """
 
 __all__ = ["benchmark_results", "figures", "markdown", "preset_times", "published", "readme_results", "results",
-           "skip_report", "skip_verdict", "study_report"]
+           "results_figures", "skip_report", "skip_verdict", "study_report"]

@@ -138,6 +138,15 @@ def plot_selection(images: np.ndarray, chosen: np.ndarray, *, labels: dict[int, 
 
 def plot_skip_curves(points: Sequence[dict], names: Mapping[str, str], path: Path) -> Path:
     """Test accuracy against MAC ratio and against measured wall-time ratio (both vs CNN-1), one curve per method."""
+    fig = skip_curves_figure(points, names)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return path
+
+
+def skip_curves_figure(points: Sequence[dict], names: Mapping[str, str]):
+    """The figure of :func:`plot_skip_curves`, unsaved."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
     for method, label in names.items():
@@ -158,15 +167,20 @@ def plot_skip_curves(points: Sequence[dict], names: Mapping[str, str], path: Pat
     fig.legend(fontsize=7, loc="lower center", ncol=3)
     fig.suptitle("Study B: per-image depth, accuracy against compute")
     fig.tight_layout(rect=(0, 0.14, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def plot_interactions(rows: Sequence[dict], names: Sequence[str], path: Path, *, title: str) -> Path:
     """Heat map of pairwise interactions (rows with ``layers`` 'A B' and ``interaction``), convs in network order;
     red: the pair costs more than its parts, blue: less."""
+    fig = interactions_figure(rows, names, title=title)
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+    return path
+
+
+def interactions_figure(rows: Sequence[dict], names: Sequence[str], *, title: str):
+    """The figure of :func:`plot_interactions`, unsaved."""
     plt = pyplot()
     index = {n: i for i, n in enumerate(names)}
     grid = np.full((len(names), len(names)), np.nan)
@@ -181,14 +195,20 @@ def plot_interactions(rows: Sequence[dict], names: Sequence[str], path: Path, *,
     fig.colorbar(image, ax=ax, shrink=0.8, label=f"interaction ({rows[0]['metric'] if rows else 'metric'} drop)")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def plot_seed_spread(rows: Sequence[dict], path: Path, *, title: str) -> Path:
     """Per mask in network order: every seed's value (dots), their mean (line) and range (bar), and each seed's
     baseline mean as a dashed line."""
+    fig = seed_spread_figure(rows, title=title)
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+    return path
+
+
+def seed_spread_figure(rows: Sequence[dict], *, title: str):
+    """The figure of :func:`plot_seed_spread`, unsaved."""
     plt = pyplot()
     x = np.arange(len(rows))
     values = np.array([r["values"] for r in rows])  # (masks, seeds)
@@ -206,9 +226,7 @@ def plot_seed_spread(rows: Sequence[dict], path: Path, *, title: str) -> Path:
     ax.set_title(title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def plot_elimination_path(summary: dict, path: Path) -> Path:
