@@ -177,7 +177,7 @@ def prefix_sharing(folder: Path, task: str | None = None) -> str:
              f"{r['loop_over_minimum']:.2f}", f"{r['sweep_seconds']:.1f}", f"{r['loop_seconds']:.1f}",
              f"{r['loop_over_sweep_time']:.2f}"] for r in data["rows"]]
     first = data["rows"][0]
-    return (f"Every single-conv zero-kernel mask and the unablated model, {first['images']:,} {data['data']}, batch "
+    return (f"Every single-conv zero-kernel mask and the unablated model, {first['images']:,} images ({data['data']}), batch "
             f"{first['batch_size']}, {data['backend']}:\n\n"
             + results.grid(["model", "masks", "sweep GFLOP", "minimum GFLOP", "loop GFLOP", "sweep / minimum",
                             "loop / minimum", "sweep s", "loop s", "loop / sweep time"], rows, 1)
