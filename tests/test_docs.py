@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 from resnet_jax import cli, configs
 from resnet_jax.reporting import readme_results
+from tests import browser
 from tests.conftest import REPO, in_ci
 
 DOCS = REPO / "docs"
@@ -131,3 +133,19 @@ def test_every_figure_is_shown_on_a_page():
     shown = " ".join(p.read_text() for p in [REPO / "README.md", *DOCS.rglob("*.md")] if "_build" not in p.parts)
     for svg in (REPO / "docs" / "figures").glob("*.svg"):
         assert f"figures/{svg.name}" in shown, svg.name
+
+
+@pytest.mark.skipif(browser.CHROMIUM is None and not in_ci(), reason="Chromium is not installed")
+@pytest.mark.parametrize("page", ["index.html", "results.html", "benchmarks.html"])
+def test_the_built_pages_show_their_figures_and_fit_a_desktop_and_a_phone_in_chromium(site, page, tmp_path):
+    assert browser.CHROMIUM, ".ci/run installs Chromium for this test"
+    path = site / page
+    n_images = len(re.findall(r"<img\b", path.read_text()))
+    wide = browser.probe_file(path, tmp_path)
+    assert len(wide["figures"]) == n_images and (page == "benchmarks.html" or n_images >= 1)
+    assert all(re.fullmatch(r"true:[1-9]\d*x[1-9]\d*", s) for s in wide["figures"]), wide  # every image loads
+    assert wide["scroll_width"] <= 1280, f"{page} is {wide['scroll_width']} px wide in a 1,280-px window"
+    phone = browser.probe_file(path, tmp_path, width=390)
+    assert phone["scroll_width"] <= 392, f"{page} is {phone['scroll_width']} px wide on a 390-px screen"
+    if page == "index.html":
+        assert "headline.svg" in path.read_text()

@@ -3,13 +3,12 @@
 import base64
 import json
 import re
-import shutil
-import subprocess
 
 import pytest
 
 from resnet_jax.ablation.statistics import P_TEST
 from resnet_jax.reporting import figures, published, readme_results, study_report
+from tests.browser import CHROMIUM, probe_page
 from tests.conftest import SHARED_DATA, run_cli, shared_dataset
 from tests.studies.test_skip import check_outputs
 
@@ -199,43 +198,6 @@ def test_smoke_preset_runs_every_stage_resumes_and_adds_a_seed(smoke_run):
     assert (out / table).read_bytes() == (workdir / table).read_bytes() and not list(out.rglob("checkpoints"))
     paper = readme_results.paper_table(out)
     assert "CIFAR-10, test accuracy" in paper and "myocardium Dice" in paper and "batch statistics" in paper
-
-
-# Run in a page that frames the report at a given width, once the frame has loaded: the frame document's
-# scrollWidth, the smallest computed font size of its body text, the width of the widest table, and one line per
-# figure with the size the browser decoded it to. The element's id is assembled at run time, so the script's own
-# text never matches it.
-_PROBE = """<script>document.getElementById("framed").addEventListener("load", () => {
-  const doc = document.getElementById("framed").contentDocument;
-  const sizes = [...doc.images].map(i => `${i.complete}:${i.naturalWidth}x${i.naturalHeight}`);
-  const widest = Math.max(0, ...[...doc.querySelectorAll("table")].map(t => t.getBoundingClientRect().width));
-  const text = [doc.body, ...doc.querySelectorAll("p, li, td, th")];
-  const font = Math.min(...text.map(e => parseFloat(doc.defaultView.getComputedStyle(e).fontSize)));
-  const out = document.createElement("pre");
-  out.id = ["probe", "result"].join("-");
-  out.textContent = `${doc.documentElement.scrollWidth} ${font} ${Math.ceil(widest)} ${sizes.join(" ")}`;
-  document.body.appendChild(out);
-});</script>"""
-
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-def probe_page(page: str, tmp_path, *, width: int = 1280) -> dict:
-    """The page as Chromium lays it out in a ``width``-px frame (headless windows are at least 500 px wide, so a
-    phone's width is a frame's): its scrollWidth, smallest body-text font size, widest table and figure sizes."""
-    import html
-
-    probed = tmp_path / f"probe-{width}.html"
-    probed.write_text(f'<!doctype html><html><body style="margin:0"><iframe id="framed" width="{width}" height="900" '
-                      f'style="border:0" srcdoc="{html.escape(page)}"></iframe>{_PROBE}</body></html>')
-    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={width + 100},1000",
-                          "--virtual-time-budget=10000", "--dump-dom", probed.as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
-    found = re.search(r'<pre id="probe-result">([^<]*)</pre>', dom)
-    assert found, f"the frame's load handler did not run; Chromium printed: {dom[-2000:]}"
-    scroll, font, widest, *sizes = found.group(1).split()
-    return {"scroll_width": int(scroll), "font_px": float(font), "widest_table": int(widest), "figures": sizes}
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
