@@ -32,6 +32,7 @@ nb_execution_mode = "cache"
 nb_execution_cache_path = str(DOCS / "_build" / ".jupyter_cache")
 nb_execution_timeout = 120
 nb_execution_raise_on_error = True  # a cell that raises fails the build
+nb_execution_show_tb = True  # and says which cell and why (a tutorial's hidden checks name the claim that failed)
 
 autosummary_generate = True
 autodoc_typehints = "description"

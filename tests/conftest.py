@@ -122,7 +122,7 @@ def pytest_configure(config):
 
 
 LONGEST_FIRST = ("studies/test_reproduce.py", "test_distributed.py", "test_integrity.py", "test_checkpoint_layouts.py",
-                 "training/test_train.py",
+                 "training/test_train.py", "test_tutorials.py",
                  "test_devices.py", "ablation/test_ablation.py", "ablation/test_elimination.py", "models/test_models.py",
                  "test_join.py", "interop/test_convert.py", "interop/test_verify.py", "interop/test_torchvision_family.py",
                  "ablation/test_statistics.py", "test_docs.py",
