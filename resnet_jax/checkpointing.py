@@ -9,6 +9,8 @@ and the files are written in the background while training goes on; :func:`finis
 from __future__ import annotations
 
 import errno
+import logging
+import os
 import re
 import shutil
 from collections.abc import Sequence
@@ -20,6 +22,18 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from resnet_jax import devices, files
+
+
+class _ReportedByUs(logging.Filter):
+    """Drops orbax's logs of a failed background save with its traceback: the failure is raised again when the
+    save is awaited and reported in one line (:class:`CheckpointError`), so a user sees it once, without a stack
+    of orbax's internals printed first by whichever thread failed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+logging.getLogger("absl").addFilter(_ReportedByUs())
 
 
 class CheckpointError(OSError):

@@ -27,9 +27,12 @@ def main(argv=None) -> int:
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 when a block differs")
     parser.add_argument("--readme", type=Path, help="one file only (the same as naming it as the only page)")
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "results")
-    parser.add_argument("--figures", type=Path, default=ROOT / results_figures.FIGURE_DIR,
-                        help="where the figures drawn from the results go (SVG; --check compares their bytes)")
+    parser.add_argument("--figures", type=Path,
+                        help="where the figures drawn from the results go (SVG; --check compares their bytes); "
+                             "default docs/figures, drawn only from the default --results")
     args = parser.parse_args(argv)
+    if args.figures is None and args.results.resolve() == (ROOT / "docs" / "results").resolve():
+        args.figures = ROOT / results_figures.FIGURE_DIR  # other results folders carry no figures of their own
     pages = args.pages + ([args.readme] if args.readme else []) or readme_results.pages(ROOT)
     try:
         if args.check:
@@ -41,7 +44,7 @@ def main(argv=None) -> int:
             mismatched = results.form_mismatches(args.results)
             for line in mismatched:
                 print(line, file=sys.stderr)
-            drawn = results_figures.differing(args.results, args.figures)
+            drawn = results_figures.differing(args.results, args.figures) if args.figures else []
             for name in drawn:
                 print(f"{args.figures / name}.svg differs from what {args.results} draws (edited by hand, or the "
                       f"results changed); run scripts/render_results.py", file=sys.stderr)
@@ -54,8 +57,9 @@ def main(argv=None) -> int:
         if text != page.read_text():
             page.write_text(text)
         print(f"{page}: {len(readme_results.BLOCK.findall(text))} results blocks rendered from {args.results}")
-    figures = results_figures.write(args.results, args.figures)
-    print(f"{args.figures}: {len(figures)} figures drawn from {args.results}")
+    if args.figures:
+        figures = results_figures.write(args.results, args.figures)
+        print(f"{args.figures}: {len(figures)} figures drawn from {args.results}")
     return 0
 
 

@@ -164,3 +164,22 @@ def test_room_running_out_while_writing_is_one_line_and_the_unfinished_folder_go
         checkpointing._raise_if_full(deep, mngr, None)
     assert not unfinished.parent.exists()
     checkpointing._raise_if_full(ValueError("another failure"), mngr, None)  # not ours to rename: left to the caller
+
+
+def test_orbax_logs_of_a_failure_we_report_ourselves_are_dropped_and_others_kept(caplog):
+    """A failed background save is raised again when awaited and reported in one line; orbax's own log of it, with
+    the traceback of its thread, would print first (seen on a full disk). Other absl logs still show."""
+    from absl import logging as absl_logging
+
+    import resnet_jax.checkpointing  # noqa: F401  (installs the filter)
+
+    def log_from(filename: str) -> None:
+        code = compile("try:\n    raise OSError('disk full')\nexcept OSError:\n    log.exception('save failed')\n",
+                       filename, "exec")
+        exec(code, {"log": absl_logging})
+
+    with caplog.at_level("ERROR"):
+        log_from("/site-packages/orbax/checkpoint/_src/futures/future.py")
+        assert not [r for r in caplog.records if "save failed" in r.getMessage()]
+        log_from("/site-packages/other/module.py")
+        assert [r for r in caplog.records if "save failed" in r.getMessage()]
