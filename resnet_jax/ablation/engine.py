@@ -480,7 +480,7 @@ def _gate_runner(inputs: Inputs, group, batches: Batches, *, size: int, budget_b
     n_base = sum(not a.layers for a in ordered)
     # One gate vector per site over all masked ablations of the group; a chunk takes its slice, so
     # every chunk has one pytree structure and chunks of one structure share a program.
-    sites = (abl.make_gates if _takes_gates(model) else abl.make_hook_gates)(ordered[n_base:], layers)
+    sites = (abl.make_gates if inside else abl.make_hook_gates)(ordered[n_base:], layers)
     example = (batches.images, batches.targets)
     compiled = {}
     if inside:
@@ -506,13 +506,14 @@ def _gate_runner(inputs: Inputs, group, batches: Batches, *, size: int, budget_b
         branches = tuple((p, batching.Copies(**{f: counts[(p, f)] for f in batching.Copies._fields}))
                          for p in dict.fromkeys(p for p, _ in joining))
         key = (branches, len(joining), constants, clean)
-        if (key, jax.tree.structure(gates)) not in compiled:
+        shape = (key, jax.tree.structure(gates))  # any model's chunks gate different modules: other programs
+        if shape not in compiled:
             lowered = _lowered(model, inputs.metric, key, (variables, gates, *example, mean, std))
             program = lowered.compile()
-            compiled[key, jax.tree.structure(gates)] = program, _temp_bytes(program), _flops(program, batches)
+            compiled[shape] = program, _temp_bytes(program), _flops(program, batches)
             if on_program is not None:
                 on_program(lowered, program, len(chunk))
-        forward, temp, flops = compiled[key, jax.tree.structure(gates)]
+        forward, temp, flops = compiled[shape]
         if temp > budget_bytes and len(chunk) > 1:  # XLA's buffer plan says the estimate was too low
             queue[:0] = [(lo, (lo + hi) // 2), ((lo + hi) // 2, hi)]
             continue

@@ -31,7 +31,8 @@ class ResultsError(ValueError):
     """A README block that names a missing folder or an unknown table."""
 
 
-def _json(path: Path):
+def read_json(path: Path):
+    """A committed JSON file."""
     return json.loads(path.read_text())
 
 
@@ -49,12 +50,13 @@ def runs(folder: Path, task: str | None = None) -> list[Path]:
 
 def _task(run: Path) -> str | None:
     """The task ``run`` was trained for; None for a folder that is not a trained run."""
-    return _json(run / "config.json")["task"] if (run / "config.json").is_file() else None
+    return read_json(run / "config.json")["task"] if (run / "config.json").is_file() else None
 
 
-def _table(run: Path, protocol: str, reading: str = "") -> list[dict] | None:
+def run_table(run: Path, protocol: str, reading: str = "") -> list[dict] | None:
+    """A run's rows of one protocol's table (``reading``: the suffix of a BatchNorm reading); None without it."""
     path = run / "ablation" / f"{protocol}{reading}.json"
-    return _json(path)["rows"] if path.is_file() else None
+    return read_json(path)["rows"] if path.is_file() else None
 
 
 READINGS = (("ours, running statistics", ""), ("ours, batch statistics", ".bn-batch"))
@@ -62,23 +64,25 @@ READINGS = (("ours, running statistics", ""), ("ours, batch statistics", ".bn-ba
 TASKS = ("classification", "segmentation", "skip")
 
 
-def _reading_tables(group: Sequence[Path], reading: str) -> dict[str, list[list[dict]]]:
+def reading_tables(group: Sequence[Path], reading: str) -> dict[str, list[list[dict]]]:
     """Per protocol the seeds' rows for one reading (only the seeds that have that reading)."""
-    return {p: [t for r in group if (t := _table(r, p, reading))]
+    return {p: [t for r in group if (t := run_table(r, p, reading))]
             for p in ("baseline", "stage-except-decomposition", "shortcut")}
 
 
-def _seed(run: Path) -> int:
+def seed_of(run: Path) -> int:
+    """A run's seed, from its folder name (``<run>-seed<N>``; none: seed 0)."""
     return int(m.group(1)) if (m := re.search(r"-seed(\d+)$", run.name)) else 0
 
 
-def _seeds_label(seeds: Sequence[int]) -> str:
+def seeds_label(seeds: Sequence[int]) -> str:
+    """``seed 0`` or ``seeds 0, 1``."""
     return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
 
 
-def _reading_seeds(group: Sequence[Path], reading: str) -> list[int]:
+def reading_seeds(group: Sequence[Path], reading: str) -> list[int]:
     """The seeds of ``group`` that have ``reading`` (their baseline table read that way)."""
-    return [_seed(r) for r in group if _table(r, "baseline", reading)]
+    return [seed_of(r) for r in group if run_table(r, "baseline", reading)]
 
 
 def _groups(folder: Path, only: str | None = None) -> dict[str, list[Path]]:
@@ -92,11 +96,11 @@ def paper_table(folder: Path, task: str | None = None) -> str:
     for task, group in _groups(folder, task).items():
         columns, body = ["experiment", "stage", "paper"], None
         for label, reading in READINGS:
-            tables = _reading_tables(group, reading)
+            tables = reading_tables(group, reading)
             if not tables["baseline"]:
                 continue
             rows = published.beside_ours(task, tables)
-            columns.append(f"{label} ({_seeds_label(_reading_seeds(group, reading))})")
+            columns.append(f"{label} ({seeds_label(reading_seeds(group, reading))})")
             body = rows if body is None else [b + [r[3]] for b, r in zip(body, rows)]
         out.append(f"{published.PUBLISHED[task]['what']}:\n\n" + results.grid(columns, body, right_from=2))
     return "\n".join(out)
@@ -117,14 +121,14 @@ def _distance(task: str, tables: dict) -> float:
 def _closer_reading(task: str, group: Sequence[Path]) -> str:
     """Which reading lies closer to the paper, over only the seeds both readings have; "within seed variation"
     when the gap is no larger than the spread of one reading's distance between seeds."""
-    seeds = {label: _reading_seeds(group, reading) for label, reading in READINGS}
+    seeds = {label: reading_seeds(group, reading) for label, reading in READINGS}
     common = sorted(set.intersection(*map(set, seeds.values())))
-    per_seed = {label: {r_seed: _distance(task, _reading_tables([r], reading)) for r in group
-                        if (r_seed := _seed(r)) in seeds[label]} for label, reading in READINGS}
+    per_seed = {label: {r_seed: _distance(task, reading_tables([r], reading)) for r in group
+                        if (r_seed := seed_of(r)) in seeds[label]} for label, reading in READINGS}
     mean = {label: sum(d[s] for s in common) / len(common) for label, d in per_seed.items()}
     (a, da), (b, db) = sorted(mean.items(), key=lambda kv: kv[1])
     spreads = [max(d.values()) - min(d.values()) for d in per_seed.values() if len(d) > 1]
-    head = (f"- {task}, over {_seeds_label(common)} (the seeds both readings have; per row, {a[6:]} {da:.3f} "
+    head = (f"- {task}, over {seeds_label(common)} (the seeds both readings have; per row, {a[6:]} {da:.3f} "
             f"against {b[6:]} {db:.3f} from the paper): ")
     if not spreads:
         return head + (f"the {a[6:]} reading lies closer by {db - da:.3f}, on one seed: the spread between seeds is "
@@ -145,7 +149,7 @@ def agreement(folder: Path, task: str | None = None) -> str:
     for task, group in _groups(folder, task).items():
         paper, present = published.PUBLISHED[task], 0
         for label, reading in READINGS:
-            tables = _reading_tables(group, reading)
+            tables = reading_tables(group, reading)
             values = published.stage_values(task, tables)
             if not values[("baseline", None)]:
                 continue
@@ -155,7 +159,7 @@ def agreement(folder: Path, task: str | None = None) -> str:
             name = lambda p, s: f"{p} {s}"  # noqa: E731
             near = [name(p, s) for (p, s), (m, q) in rows.items() if abs(m - q) <= NEAR]
             far = [f"{name(p, s)} ({m:.2f} against {q:.2f})" for (p, s), (m, q) in rows.items() if abs(m - q) > FAR]
-            lines.append(f"- {task}, {label[6:]} ({_seeds_label(_reading_seeds(group, reading))}): baseline "
+            lines.append(f"- {task}, {label[6:]} ({seeds_label(reading_seeds(group, reading))}): baseline "
                          f"{means[('baseline', None)]:.3f} against the paper's {paper['baseline']:.2f}; over the "
                          f"{len(rows)} stage and shortcut rows ours lies "
                          f"{_distance(task, tables):.3f} from the paper on average; within "
@@ -171,7 +175,7 @@ def decisions_table(folder: Path, task: str | None = None) -> str:
     rows = []
     for run in runs(folder, task):
         for protocol in PROTOCOLS:
-            table = _table(run, protocol)
+            table = run_table(run, protocol)
             if not table:
                 continue
             counts = [sum(r.get("decision") == d for r in table) for d in DECISIONS]
@@ -185,7 +189,7 @@ def layers(folder: Path, task: str | None = None) -> str:
     seed, or split between seeds (with each seed's decision)."""
     lines = []
     for task, group in _groups(folder, task).items():
-        seeds = [t for r in group if (t := _table(r, "single"))]
+        seeds = [t for r in group if (t := run_table(r, "single"))]
         if not seeds:
             continue
         by_mask: dict[str, list[str]] = {}
@@ -208,9 +212,9 @@ def readings(folder: Path, task: str | None = None) -> str:
     batch-statistics reading changes."""
     lines = []
     for run in runs(folder, task):
-        standard, first = _table(run, "stage-except-decomposition"), _table(run, "stage-except-decomposition-first-conv")
-        cuts, batch, single = _table(run, "identity-shortcut", ".cut-identity"), _table(run, "single", ".bn-batch"), \
-            _table(run, "single")
+        standard, first = run_table(run, "stage-except-decomposition"), run_table(run, "stage-except-decomposition-first-conv")
+        cuts, batch, single = run_table(run, "identity-shortcut", ".cut-identity"), run_table(run, "single", ".bn-batch"), \
+            run_table(run, "single")
         if not (first or cuts or batch):
             continue
         lines.append(f"- `{run.name}`:")
@@ -246,10 +250,10 @@ def training_table(folder: Path, task: str | None = None) -> str:
     rows = []
     for run in runs(folder, task):
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        evaluation = _json(run / "evaluation.json")
+        evaluation = read_json(run / "evaluation.json")
         score = next(k for k in ("test_accuracy", "test_dice_myo", "test_dice") if k in evaluation)
         chosen = next((m for m in metrics if m["step"] == evaluation["step"]), {})
-        val, criterion = chosen.get("val_" + score[5:]), checkpoint_criterion(evaluation, _json(run / "config.json"))
+        val, criterion = chosen.get("val_" + score[5:]), checkpoint_criterion(evaluation, read_json(run / "config.json"))
         rows.append([run.name, metrics[-1]["epoch"], chosen.get("epoch", "-"),
                      f"{criterion[4:]} {chosen[criterion]:.4f}" if criterion in chosen else criterion,
                      f"{val:.4f}" if val is not None else "-", score[5:], f"**{evaluation[score]:.4f}**",
@@ -271,7 +275,7 @@ def budget_line(folder: Path, task: str | None = None) -> str:
     """Where and with what code the folder's results were computed (preset and seeds), how long each stage took,
     the commit and command of each (or that its record lacks them), any code with uncommitted changes and any run
     without a dataset digest (the stages and training of ``task`` only, when given)."""
-    p = _json(folder / "provenance.json")
+    p = read_json(folder / "provenance.json")
     shown = {name: s for name, s in p["stages"].items() if "seconds" in s and _stage_serves(name, task)}
     serves = lambda run: task is None or _task(folder / Path(run).parts[0]) == task  # noqa: E731
     trained = [s for run, s in p.get("training_seconds", {}).items() if serves(run)]  # Study B: models in its run
@@ -317,7 +321,7 @@ def _skip_runs(folder: Path, task: str | None) -> list[tuple[Path, dict]]:
     if task not in (None, "skip"):
         raise ResultsError(f"Study B's tables serve the task 'skip' only, not {task!r}")
     found = _by_seed([p.parent for p in folder.glob("*/skip_results.json")])
-    return [(run, _json(run / "skip_results.json")) for run in found]
+    return [(run, read_json(run / "skip_results.json")) for run in found]
 
 
 def _ci(a: dict) -> str:
@@ -384,7 +388,7 @@ def elimination(folder: Path, task: str | None = None) -> str:
     comparison on test (speeds measured side by side) and the slim model's paired differences from each."""
     out = []
     for slim in _slim_runs(folder, task):
-        s = _json(slim / "elimination" / "summary.json")
+        s = read_json(slim / "elimination" / "summary.json")
         split, metric = s["metric_split"], s["metric"]
         path = [[p["step"], f"`{p['added']}`" + ("" if p["accepted"] else " (rejected)"), p["units_removed"],
                  f"{p['value']:.4f}", f"{p['drop']:+.4f}", f"{p['params']:,}", f"{p['conv_macs'] / 1e6:.1f} M"]
@@ -426,7 +430,7 @@ def _comparison(slim: Path) -> str:
     path = slim / "elimination" / "comparison.json"
     if not path.is_file():
         return ""
-    c = _json(path)
+    c = read_json(path)
     spread = lambda r: f" (range over draws: {r['low']:.4f} to {r['high']:.4f})" if "low" in r else ""  # noqa: E731
     rows = [[r["name"], f"{r['value']:.4f}" + spread(r),
              f"{r['params'] / 1e6:.2f} M", f"{r['conv_macs'] / 1e6:.1f} M", f"{r['eval_images_per_s']:,.0f}",
@@ -460,7 +464,7 @@ def pairs(folder: Path, task: str | None = None) -> str:
     alone)."""
     out = []
     for run in runs(folder, task):
-        table, single = _table(run, "pairs"), _table(run, "single")
+        table, single = run_table(run, "pairs"), run_table(run, "single")
         if not table or not single:
             continue
         drop = {r["mask"]: r["baseline"] - r["value"] for r in single}
@@ -470,7 +474,7 @@ def pairs(folder: Path, task: str | None = None) -> str:
         counts = ", ".join(f"{sum(r.get('decision') == d for r in rows)} {d}" for d in DECISIONS)
         units = [r for r in rows if r["a"].endswith(".conv1") and r["b"] == r["a"][:-1] + "2"]
         exact = sum(r["value"] == value[r["b"]] for r in units)
-        meta = _json(run / "ablation" / "pairs.json")
+        meta = read_json(run / "ablation" / "pairs.json")
         grid = lambda chosen: results.grid(  # noqa: E731
             ["pair", "drop together", "drop A", "drop B", "interaction", "decision"],
             [[f"`{r['a']} + {r['b']}`", f"{r['baseline'] - r['value']:+.4f}", f"{drop[r['a']]:+.4f}",
@@ -526,7 +530,7 @@ def render(text: str, results_root: Path) -> str:
         if not (folder / "provenance.json").is_file():
             raise ResultsError(f"README block {match['name']}/{table}: {folder} is not a results folder "
                                f"(no provenance.json); folders there: {sorted(p.name for p in results_root.glob('*/'))}")
-        warning = _json(folder / "provenance.json").get("warning")
+        warning = read_json(folder / "provenance.json").get("warning")
         try:
             return (match.group(1) + (f"**Warning: {warning}.**\n\n" if warning else "")
                     + TABLES[table](folder, task) + match["body_end"])

@@ -40,13 +40,13 @@ def headline(root: Path):
         ax.plot(x, [paper["baseline"] if s is None else paper[p][s] for p, s in STAGE_ROWS], "k_", ms=18, mew=2.5,
                 label="published")
         for i, (label, reading) in enumerate(readme_results.READINGS):
-            values = published.stage_values(task, readme_results._reading_tables(group, reading))
+            values = published.stage_values(task, readme_results.reading_tables(group, reading))
             rows = [values.get(key, []) for key in STAGE_ROWS]
             shift = -0.15 + 0.3 * i
             have = [j for j, v in enumerate(rows) if v]
             if not have:
                 continue
-            seeds = readme_results._seeds_label(readme_results._reading_seeds(group, reading))
+            seeds = readme_results.seeds_label(readme_results.reading_seeds(group, reading))
             ax.vlines(x[have] + shift, [min(rows[j]) for j in have], [max(rows[j]) for j in have], color=f"C{i}",
                       lw=3, alpha=0.5)
             ax.plot(x[have] + shift, [np.mean(rows[j]) for j in have], "o", color=f"C{i}", label=f"{label} ({seeds})")
@@ -63,31 +63,31 @@ def headline(root: Path):
 def seed_spread(root: Path):
     """Every single-conv mask of the CPU preset's ResNet34, each seed's test accuracy and their range."""
     group = readme_results.runs(root / "cpu", "classification")
-    tables = [readme_results._table(run, "single") for run in group]
-    baselines = [readme_results._table(run, "baseline")[0]["value"] for run in group]
+    tables = [readme_results.run_table(run, "single") for run in group]
+    baselines = [readme_results.run_table(run, "baseline")[0]["value"] for run in group]
     rows = [{"mask": r["mask"], "values": [t[i]["value"] for t in tables], "metric": r["metric"],
              "baseline_mean": float(np.mean(baselines))} for i, r in enumerate(tables[0])]
     return figures.seed_spread_figure(rows, title=f"ResNet34, CIFAR-10, CPU preset: each conv zeroed alone "
-                                                  f"({readme_results._seeds_label([readme_results._seed(g) for g in group])})")
+                                                  f"({readme_results.seeds_label([readme_results.seed_of(g) for g in group])})")
 
 
 def pairs(root: Path):
     """The interaction of every pair of convs of the elimination run's ResNet34 (seed 0)."""
     run = readme_results.runs(root / "cpu-elimination", "classification")[0]
-    names = [r["mask"] for r in readme_results._table(run, "single")]
-    return figures.interactions_figure(readme_results._table(run, "pairs"), names,
+    names = [r["mask"] for r in readme_results.run_table(run, "single")]
+    return figures.interactions_figure(readme_results.run_table(run, "pairs"), names,
                                        title="ResNet34, CIFAR-10: interaction of each pair of zeroed convs")
 
 
 def elimination(root: Path):
     """The greedy elimination path of the CPU preset's ResNet34 and the slim model against its controls."""
-    summary = readme_results._json(root / "cpu-elimination" / "cifar10-resnet34-slim" / "elimination" / "summary.json")
+    summary = readme_results.read_json(root / "cpu-elimination" / "cifar10-resnet34-slim" / "elimination" / "summary.json")
     return figures.elimination_path_figure(summary)
 
 
 def skip(root: Path):
     """Study B: accuracy against MACs and against measured wall time, per method (MNIST, CPU preset, seed 0)."""
-    points = readme_results._json(root / "cpu" / "mnist-skip" / "skip_results.json")["curves"]["test"]
+    points = readme_results.read_json(root / "cpu" / "mnist-skip" / "skip_results.json")["curves"]["test"]
     return figures.skip_curves_figure(points, {p["method"]: p["label"] for p in points})
 
 
