@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,14 @@ class _ReportedByUs(logging.Filter):
     of orbax's internals printed first by whichever thread failed."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
+        if not record.exc_info or record.exc_info[2] is None:
+            return True
+        frames = [frame.filename for frame in traceback.extract_tb(record.exc_info[2])] + [record.pathname]
+        return not any(f"{os.sep}orbax{os.sep}" in name for name in frames)
 
 
-logging.getLogger("absl").addFilter(_ReportedByUs())
+for _name in ("absl", "asyncio"):  # orbax logs through absl; its event loops' failed callbacks through asyncio
+    logging.getLogger(_name).addFilter(_ReportedByUs())
 
 
 class CheckpointError(OSError):
