@@ -49,7 +49,16 @@ STRUCTURE_KINDS = ("lesion", "cut-identity")
 
 
 class SpecError(ValueError):
-    """An ablation spec that cannot be resolved; the message lists the valid choices."""
+    """An ablation spec that cannot be resolved; the message lists the valid choices.
+
+    Example:
+        >>> from resnet_jax.ablation import SpecError, parse_spec
+        >>> try:
+        ...     parse_spec({"name": "x", "kind": "zero", "select": "layer1.*"})
+        ... except SpecError as err:
+        ...     print(err)
+        spec 'x': unknown kind 'zero'; valid: ['zero-kernel', 'zero-branch', 'lesion', ...]
+    """
 
 
 # Catalogue -------------------------------------------------------------------------------------
@@ -62,6 +71,18 @@ class Layer:
     declares its structure gives it (torchvision's ``layer3.0.downsample`` for our ResNets). ``norm`` names the
     normalisation that directly consumes its output ("" when none does), found by tracing the forward.
     ``stage``, ``unit`` and ``roles`` are empty for models that declare no structure.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from resnet_jax.ablation import layer_catalogue
+        >>> from resnet_jax.models import create_model
+        >>> model = create_model("resnet_tiny", num_classes=2, stem="cifar")
+        >>> variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))  # shapes suffice
+        >>> layer = layer_catalogue(model, variables, input_shape=(1, 8, 8, 3))[7]
+        >>> layer.name, layer.stage, layer.unit, layer.roles, layer.norm
+        ('layer2.0.downsample', 2, 'layer2.0', ('shortcut', 'decomposition'), 'layer2.0.downsample.bn')
+        >>> layer.kernel_shape, layer.stride, layer.output_hw, layer.macs
+        ((1, 1, 4, 8), 2, (4, 4), 512)
     """
 
     name: str
@@ -191,10 +212,14 @@ def catalogue(model: Any, variables: Any = None, example_input: Any = None, *,
     outside every stage; ``shortcut`` a projection (``downsample``); ``decomposition`` any conv that changes the
     channel count; ``adjacent`` the other convs of a stage's first unit; ``residual`` everything else.
 
-    Example::
-
-        layers = catalogue(model, variables, jnp.zeros((1, 16, 16, 3)))
-        [(l.name, l.type, l.kernel_shape) for l in layers]   # [('features.Conv_0', 'Conv', (3, 3, 3, 8)), ...]
+    Example:
+        >>> import flax.linen as nn, jax, jax.numpy as jnp
+        >>> from resnet_jax.ablation import layer_catalogue
+        >>> model = nn.Sequential([nn.Conv(4, (3, 3)), nn.relu, lambda x: x.mean((1, 2)), nn.Dense(2)])
+        >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+        >>> layers = layer_catalogue(model, variables, input_shape=(1, 8, 8, 3))
+        >>> [(l.name, l.type, l.kernel_shape, l.macs) for l in layers]
+        [('layers_0', 'Conv', (3, 3, 3, 4), 6912), ('layers_3', 'Dense', (4, 2), 8)]
     """
     network, variables = networks.as_network(model, variables, apply_kwargs=apply_kwargs)
     x = jnp.zeros(tuple(input_shape)) if example_input is None else example_input
@@ -249,6 +274,16 @@ class Selector:
     full-match regular expressions, ``roles`` from :data:`ROLES`, ``stages`` stage numbers (these two only for a
     model that declares its structure), ``types`` module type names (``Conv``, ``Dense``), ``paths`` shell globs
     over the module path with dots (``features.Conv_*``; the same as the name unless the model names its layers).
+
+    Example:
+        >>> from resnet_jax.ablation import AblationSpec, Selector
+        >>> third = Selector(stages=(3,), roles=("residual",))     # stage 3 AND a residual conv
+        >>> spec = AblationSpec("stage3-residual", select=(third,))
+        >>> spec.select[0].stages, spec.select[0].roles
+        ((3,), ('residual',))
+        >>> Selector(patterns=("layer3.*.conv2", "layer4.*.conv2"))  # either glob
+        Selector(names=(), patterns=('layer3.*.conv2', 'layer4.*.conv2'), regex=(), roles=(), stages=(), types=(),
+                 paths=())
     """
 
     names: tuple[str, ...] = ()
@@ -274,7 +309,18 @@ class Selector:
 
 @dataclasses.dataclass(frozen=True)
 class AblationSpec:
-    """A named ablation: the union of ``select`` minus the union of ``exclude``, and a kind."""
+    """A named ablation: the union of ``select`` minus the union of ``exclude``, and a kind.
+
+    Example:
+        >>> from resnet_jax.ablation import AblationSpec, Selector, parse_spec
+        >>> spec = AblationSpec("stage4-but-shortcut", "zero-branch", select=(Selector(stages=(4,)),),
+        ...                     exclude=(Selector(roles=("shortcut",)),))
+        >>> spec.to_dict()["exclude"]
+        ({'names': (), 'patterns': (), 'regex': (), 'roles': ('shortcut',), 'stages': (), 'types': (), 'paths': ()},)
+        >>> parse_spec({"name": "stage4-but-shortcut", "kind": "zero-branch", "select": {"stages": 4},
+        ...             "exclude": {"roles": "shortcut"}}) == spec
+        True
+    """
 
     name: str
     kind: str = "zero-kernel"
@@ -316,7 +362,16 @@ def parse_selector(obj: Mapping[str, Any] | str, *, where: str) -> Selector:
 
 
 def parse_spec(obj: Mapping[str, Any]) -> AblationSpec:
-    """Validate and type a spec given as plain data (from JSON/YAML or the command line)."""
+    """Validate and type a spec given as plain data (from JSON/YAML or the command line).
+
+    A bare string selects by glob; single values stand for one-element lists.
+
+    Example:
+        >>> from resnet_jax.ablation import parse_spec
+        >>> spec = parse_spec({"name": "late-conv2", "select": ["layer3.*.conv2", {"stages": 4, "roles": "residual"}]})
+        >>> spec.kind, [s.patterns or s.stages for s in spec.select]
+        ('zero-kernel', [('layer3.*.conv2',), (4,)])
+    """
     if not isinstance(obj, Mapping):
         raise SpecError(f"an ablation spec must be a mapping, got {obj!r}")
     valid = ("name", "kind", "select", "exclude", "seed")
@@ -339,7 +394,16 @@ def parse_spec(obj: Mapping[str, Any]) -> AblationSpec:
 
 def load_specs(path) -> list[AblationSpec]:
     """Specs from a JSON or YAML file holding one spec or a list of them; a malformed file is a
-    :class:`SpecError` that names the file and line."""
+    :class:`SpecError` that names the file and line.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> from resnet_jax.ablation import load_specs
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "specs.yaml"
+        >>> _ = path.write_text("[{name: stem, select: conv1}, {name: stage4, kind: lesion, select: {stages: 4}}]")
+        >>> [(s.name, s.kind) for s in load_specs(path)]
+        [('stem', 'zero-kernel'), ('stage4', 'lesion')]
+    """
     import yaml
     from pathlib import Path
 
@@ -446,7 +510,13 @@ def resolve(spec: AblationSpec, layers: Sequence[Layer]) -> tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class Ablation:
-    """A resolved spec: what a mask is built from."""
+    """A resolved spec: what a mask is built from.
+
+    Example:
+        >>> from resnet_jax.ablation import Ablation
+        >>> Ablation("two-convs", "zero-kernel", ("layer1.0.conv1", "layer1.0.conv2"))
+        Ablation(name='two-convs', kind='zero-kernel', layers=('layer1.0.conv1', 'layer1.0.conv2'), seed=1)
+    """
 
     name: str
     kind: str
@@ -455,7 +525,21 @@ class Ablation:
 
 
 def resolve_all(specs: Sequence[AblationSpec], layers: Sequence[Layer]) -> list[Ablation]:
-    """Resolve every spec first, so a bad one fails before any compute."""
+    """Resolve every spec first, so a bad one fails before any compute.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from resnet_jax.ablation import AblationSpec, Selector, layer_catalogue, resolve_all
+        >>> from resnet_jax.models import create_model
+        >>> model = create_model("resnet_tiny", num_classes=2, stem="cifar")
+        >>> variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+        >>> layers = layer_catalogue(model, variables, input_shape=(1, 8, 8, 3))
+        >>> specs = [AblationSpec("stage3-residual", select=(Selector(stages=(3,), roles=("residual",)),)),
+        ...          AblationSpec("shortcuts", "zero-branch", (Selector(roles=("shortcut",)),))]
+        >>> [(a.name, a.layers) for a in resolve_all(specs, layers)]
+        [('stage3-residual', ('layer3.1.conv1', 'layer3.1.conv2')),
+         ('shortcuts', ('layer2.0.downsample', 'layer3.0.downsample', 'layer4.0.downsample'))]
+    """
     out = [Ablation(s.name, s.kind, resolve(s, layers), s.seed) for s in specs]
     names = [a.name for a in out]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -497,6 +581,16 @@ def make_mask(params: Mapping[str, Any], ablation: Ablation, layers: Sequence[La
     Scalars broadcast against their leaves, so a stack of K masks costs K bools per leaf. A target the
     parameters lack (a norm without scale or bias is skipped) is an error naming the layer: the variables are not
     the catalogued model's.
+
+    Example:
+        >>> import flax.linen as nn, jax, jax.numpy as jnp
+        >>> from resnet_jax.ablation import Ablation, layer_catalogue, make_mask
+        >>> model = nn.Sequential([nn.Conv(4, (3, 3)), nn.relu, lambda x: x.mean((1, 2)), nn.Dense(2)])
+        >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+        >>> layers = layer_catalogue(model, variables, input_shape=(1, 8, 8, 3))
+        >>> mask = make_mask(variables["params"], Ablation("out", "zero-output", ("layers_3",)), layers)
+        >>> jax.tree.map(bool, mask)
+        {'layers_0': {'bias': True, 'kernel': True}, 'layers_3': {'bias': False, 'kernel': False}}
     """
     targets = leaf_targets(ablation, layers, params)
     leaves = {tuple(str(getattr(k, "key", k)) for k in kp)
@@ -534,10 +628,19 @@ def replacement_for(kind: str, *, model: Any, input_shape: Sequence[int], initia
 def apply(variables: Mapping[str, Any], mask: Any, *, replacement: Any = None) -> dict[str, Any]:
     """Pure: the variables with every masked-out parameter leaf replaced (by 0 by default).
 
-    Example::
-
-        mask = make_mask(variables["params"], Ablation("x", "zero-kernel", ("layer1.0.conv2",)), layers)
-        ablated = apply(variables, mask)          # jit- and vmap-able; variables are not modified
+    Example:
+        >>> import flax.linen as nn, jax, jax.numpy as jnp
+        >>> from resnet_jax.ablation import Ablation, apply, layer_catalogue, make_mask
+        >>> model = nn.Sequential([nn.Conv(4, (3, 3)), nn.relu, lambda x: x.mean((1, 2)), nn.Dense(2)])
+        >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+        >>> layers = layer_catalogue(model, variables, input_shape=(1, 8, 8, 3))
+        >>> mask = make_mask(variables["params"], Ablation("no-conv", "zero-kernel", ("layers_0",)), layers)
+        >>> ablated = apply(variables, mask)          # jit- and vmap-able; variables are not modified
+        >>> kernel, before = ablated["params"]["layers_0"]["kernel"], variables["params"]["layers_0"]["kernel"]
+        >>> float(jnp.abs(kernel).sum()), bool(jnp.all(before != 0))
+        (0.0, True)
+        >>> model.apply(ablated, jnp.ones((1, 8, 8, 3))).tolist()   # no conv: only the biases (zero at init) remain
+        [[0.0, 0.0]]
     """
     if replacement is None:
         params = jax.tree.map(lambda v, m: jnp.where(m, v, jnp.zeros_like(v)), variables["params"], mask)

@@ -34,7 +34,17 @@ with its positional arguments; ``call()`` runs the module and returns its output
 
 
 class ModelError(ValueError):
-    """A model the ablation tools cannot use as given; the message says why and what to pass instead."""
+    """A model the ablation tools cannot use as given; the message says why and what to pass instead.
+
+    Example:
+        >>> import flax.linen as nn
+        >>> from resnet_jax.ablation import ModelError, layer_catalogue
+        >>> try:
+        ...     layer_catalogue(nn.Dense(2))        # a linen model without its variables
+        ... except ModelError as err:
+        ...     print(err)
+        a linen model needs its variables, a mapping with 'params' (from model.init); got NoneType
+    """
 
 
 @dataclasses.dataclass(frozen=True)

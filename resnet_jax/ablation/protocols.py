@@ -39,7 +39,20 @@ STRUCTURE_PROTOCOLS = ("stage-except-decomposition", "shortcut", "stage-except-d
 
 def protocol_specs(protocol: str, layers: Sequence[abl.Layer], *, kind: str = "zero-kernel") -> list[abl.AblationSpec]:
     """The specs of a named protocol for a model's catalogue. ``single`` and ``pairs`` work for any model; the
-    others, and the unit kinds, need a model that declares its stages and units."""
+    others, and the unit kinds, need a model that declares its stages and units.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from resnet_jax.ablation import layer_catalogue, protocol_specs, resolve_all
+        >>> from resnet_jax.models import create_model
+        >>> model = create_model("resnet_tiny", num_classes=2, stem="cifar")
+        >>> variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+        >>> layers = layer_catalogue(model, variables, input_shape=(1, 8, 8, 3))
+        >>> len(protocol_specs("single", layers)), [s.name for s in protocol_specs("shortcut", layers)]
+        (20, ['layer2.0.downsample', 'layer3.0.downsample', 'layer4.0.downsample'])
+        >>> [(a.name, a.layers) for a in resolve_all(protocol_specs("stage-except-decomposition", layers), layers)][:2]
+        [('layer1', ('layer1.1.conv1', 'layer1.1.conv2')), ('layer2', ('layer2.1.conv1', 'layer2.1.conv2'))]
+    """
     if (protocol in STRUCTURE_PROTOCOLS or kind in abl.STRUCTURE_KINDS) and not abl.declares_structure(layers):
         raise abl.SpecError(f"protocol {protocol!r} with kind {kind!r} needs a model that declares its stages and "
                             f"units (ablation_place, as resnet_jax's ResNet does); for this model: protocols "
@@ -114,10 +127,17 @@ def ablate(model: Any, variables: Any, images: np.ndarray, targets: np.ndarray, 
     ``images`` are uint8 or floats in [0, 1], normalised by ``image_mean`` and ``image_std`` (default 0 and 1) as
     the engine does; ``options`` go to :func:`engine.evaluate` (``metric``, ``batch_size``, ``method``, ...).
 
-    Example::
-
-        results = ablate(model, variables, images, labels, protocol="single", kind="zero-output")
-        baseline, masked = results[0], results[1:]
+    Example:
+        >>> import flax.linen as nn, jax, jax.numpy as jnp, numpy as np
+        >>> model = nn.Sequential([nn.Conv(4, (3, 3)), nn.relu, lambda x: x.mean((1, 2)), nn.Dense(2)])
+        >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+        >>> images = np.random.default_rng(0).random((16, 8, 8, 3), np.float32)
+        >>> labels = np.asarray(model.apply(variables, images).argmax(-1))  # the model's own answers: accuracy 1
+        >>> from resnet_jax.ablation import ablate
+        >>> results = ablate(model, variables, images, labels, protocol="single", kind="zero-output")
+        >>> baseline, masked = results[0], results[1:]
+        >>> baseline.value, [(r.name, r.kind, r.value == float(np.mean(labels == 0))) for r in masked]
+        (1.0, [('layers_0', 'zero-output', True), ('layers_3', 'zero-output', True)])
     """
     layers = abl.catalogue(model, variables, images[:1], apply_kwargs=apply_kwargs)
     if not layers:
@@ -142,6 +162,27 @@ def run_protocol(protocol: str, *, store: ResultStore, evaluate: Evaluate, layer
 
     The baseline is evaluated once per store context and shared by every protocol; a mask whose
     content (kind, layers, seed) was scored before in the same context is read, not recomputed.
+
+    Example:
+        >>> import flax.linen as nn, jax, jax.numpy as jnp, numpy as np
+        >>> model = nn.Sequential([nn.Conv(4, (3, 3)), nn.relu, lambda x: x.mean((1, 2)), nn.Dense(2)])
+        >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+        >>> images = np.random.default_rng(0).random((16, 8, 8, 3), np.float32)
+        >>> labels = np.asarray(model.apply(variables, images).argmax(-1))  # the model's own answers: accuracy 1
+        >>> import tempfile
+        >>> from resnet_jax.ablation import ResultStore, evaluate, layer_catalogue, run_protocol
+        >>> layers = layer_catalogue(model, variables, images[:1])
+        >>> def score(ablations, on_chunk):     # the engine on this model and these images
+        ...     return evaluate(model, variables, ablations, layers, images, labels, image_mean=0.0, image_std=1.0,
+        ...                     on_chunk=on_chunk, progress=False)
+        >>> store = ResultStore(tempfile.mkdtemp(), {"id": "tiny-model-16-images"})
+        >>> rows = run_protocol("single", store=store, evaluate=score, layers=layers)
+        single (zero-kernel): 0 of 2 masks already done; evaluating 2
+        single (zero-kernel): 2 masks in ...s
+        >>> [(r["mask"], r["baseline"], r["delta"] == float(np.mean(labels == 0)) - 1) for r in rows]
+        [('layers_0', 1.0, True), ('layers_3', 1.0, True)]
+        >>> rows == run_protocol("single", store=store, evaluate=None, layers=layers)   # read, not recomputed
+        True
     """
     if protocol != "baseline" and specs is None:
         specs = protocol_specs(protocol, layers, kind=kind)

@@ -50,7 +50,14 @@ _CHUNK = 1 << 16
 @dataclasses.dataclass(frozen=True)
 class Decision:
     """The rule's two numbers: the margin ``delta`` that separates trivial from non-trivial drops, and the
-    family-wise error ``alpha`` of a protocol's decisions."""
+    family-wise error ``alpha`` of a protocol's decisions.
+
+    Example:
+        >>> from resnet_jax.ablation import Decision
+        >>> rule = Decision(margin=0.02)
+        >>> rule.alpha, rule.tail(10)       # each one-sided bound of a family of 10 masks spends alpha / 20
+        (0.05, 0.0025)
+    """
 
     margin: float = DEFAULT_MARGIN
     alpha: float = DEFAULT_ALPHA
@@ -347,7 +354,19 @@ one family (``family_size``, default: the masks given)."""
 def paired_tester(metric, *, groups: Sequence[str] | None = None, seed: int = 0) -> FamilyTest:
     """The paired test of the metric a sweep scored with, for a whole family of masks at once: the McNemar /
     score tests for accuracy (per-image ``correct``), the patient bootstrap for pooled Dice (per-image counts;
-    the resamples are drawn once per resample count, so every mask of a family sees the same ones)."""
+    the resamples are drawn once per resample count, so every mask of a family sees the same ones).
+
+    Example:
+        >>> import numpy as np
+        >>> from resnet_jax.ablation import Decision, paired_tester
+        >>> from resnet_jax.metrics import Accuracy
+        >>> test = paired_tester(Accuracy())
+        >>> base = {"correct": np.arange(1000) < 900}      # the baseline gets 900 of 1,000 images right
+        >>> masked = {"correct": np.arange(1000) < 600}    # the mask loses 300 of them
+        >>> [row] = test(base, [masked], rule=Decision())
+        >>> row["drop"], row["discordant_lost"], round(row["drop_low"], 3), round(row["drop_high"], 3)
+        (0.3, 300, 0.272, 0.329)
+    """
     if getattr(metric, "name", "") == "accuracy":
         def accuracy(base, masked, *, rule: Decision, family_size: int | None = None):
             counts = np.array([discordant(base["correct"], m["correct"]) for m in masked]).reshape(-1, 3)
@@ -378,7 +397,18 @@ def method_text(metric) -> str:
 def annotate(rows: Sequence[dict], per_example: Sequence[Mapping | None], baseline: Mapping, test: FamilyTest, *,
              rule: Decision = Decision()) -> list[dict]:
     """Table rows with their paired tests and a decision each; the family is the rows that are masks
-    (``per_example`` None: the baseline row, left without a test)."""
+    (``per_example`` None: the baseline row, left without a test).
+
+    Example:
+        >>> import numpy as np
+        >>> from resnet_jax.ablation import annotate, paired_tester
+        >>> from resnet_jax.metrics import Accuracy
+        >>> base = {"correct": np.arange(1000) < 900}
+        >>> rows = [{"mask": "baseline"}, {"mask": "conv1"}, {"mask": "fc"}]
+        >>> per_example = [None, {"correct": np.arange(1000) < 600}, base]  # conv1 costs 30 points, fc none
+        >>> [(r["mask"], r.get("decision")) for r in annotate(rows, per_example, base, paired_tester(Accuracy()))]
+        [('baseline', None), ('conv1', 'non-trivial'), ('fc', 'trivial')]
+    """
     masks = [i for i, pe in enumerate(per_example) if pe is not None]
     tested = decisions(test(baseline, [per_example[i] for i in masks], rule=rule) if masks else [], rule=rule)
     out = [dict(r) for r in rows]
@@ -394,7 +424,17 @@ def compare_models(test: FamilyTest, pairs: Sequence[tuple[Mapping, Mapping]], *
     all hold at once with probability ``1 - alpha``), ``better`` / ``worse`` / ``no significant difference``
     read off the interval, and the two-sided p-value of the test that interval inverts (McNemar's score test for
     accuracy, the patient bootstrap for Dice), so that :func:`bonferroni_p` ``< alpha`` exactly when the verdict
-    is not "no significant difference"."""
+    is not "no significant difference".
+
+    Example:
+        >>> import numpy as np
+        >>> from resnet_jax.ablation import compare_models, paired_tester
+        >>> from resnet_jax.metrics import Accuracy
+        >>> full, slim = {"correct": np.arange(1000) < 900}, {"correct": np.arange(1000) < 880}
+        >>> [c] = compare_models(paired_tester(Accuracy()), [(full, slim)])
+        >>> round(c["difference"], 3), c["verdict"], c["p_value"] < 0.05
+        (-0.02, 'worse', True)
+    """
     out = []
     for reference, candidate in pairs:
         t = test(reference, [candidate], rule=Decision(0.0, alpha), family_size=len(pairs))[0]

@@ -101,7 +101,24 @@ def per_example(row: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 class ResultStore:
-    """Append-only JSONL of finished ablations, looked up by ``(context id, ablation key)``."""
+    """Append-only JSONL of finished ablations, looked up by ``(context id, ablation key)``.
+
+    ``context`` is the evaluation's identity (``{"id": ...}`` at least; sweeps build it from the checkpoint, the
+    examples and the metric); :func:`run_protocol` appends to the store and reads from it.
+
+    Example:
+        >>> import numpy as np, tempfile
+        >>> from resnet_jax.ablation import Ablation, Result, ResultStore
+        >>> store = ResultStore(tempfile.mkdtemp(), {"id": "run-a"})
+        >>> conv = Ablation("conv1", "zero-kernel", ("conv1",))
+        >>> scored = Result("conv1", "zero-kernel", ("conv1",), value=0.5, ci_low=0.2, ci_high=0.8, loss=0.7,
+        ...                 n_examples=4, per_example={"correct": np.array([True, False, True, False])}, seconds=0.1)
+        >>> store.append("single", [scored], {("conv1", "zero-kernel", ("conv1",)): conv}, metric="accuracy")
+        >>> [(row["mask"], row["value"]) for row in store.load().values()]
+        [('conv1', 0.5)]
+        >>> ResultStore(store.path.parent, {"id": "run-b"}).load()  # another checkpoint or data: nothing reused
+        {}
+    """
 
     KEEP = ("correct", "loss", "score", "intersection", "pred_sum", "true_sum")  # what paired statistics need
 

@@ -20,6 +20,18 @@ class Subject:
     training; ``test`` is the evaluated split itself (for task-specific figures). ``origin`` is None for a run
     trained here; for a user's model it says what produced the results beside the weights and examples (model
     reference and arguments, call keywords, normalisation, data source), and the result store is keyed by it.
+
+    ``runs/tiny`` is a run trained by ``resnet-jax train --config synthetic-tiny --workdir runs/tiny``.
+
+    Example:
+        >>> from resnet_jax.ablation import evaluate, layer_catalogue, protocol_specs, resolve_all, restore_subject
+        >>> run = restore_subject("runs/tiny", n_examples=64)  # doctest: +SKIP
+        >>> run.task, run.images.shape, run.metric.name  # doctest: +SKIP
+        ('classification', (64, 32, 32, 3), 'accuracy')
+        >>> layers = layer_catalogue(run.model, run.variables, run.images[:1])  # doctest: +SKIP
+        >>> ablations = resolve_all(protocol_specs("shortcut", layers), layers)  # doctest: +SKIP
+        >>> results = evaluate(run.model, run.variables, ablations, layers, run.images, run.targets,
+        ...                    image_mean=run.image_mean, image_std=run.image_std, metric=run.metric)  # doctest: +SKIP
     """
 
     model: Any
@@ -38,7 +50,16 @@ class Subject:
 
 def restore_subject(workdir, *, checkpoint: str = "best", data_dir=None, n_examples: int | None = None) -> Subject:
     """The run in ``workdir`` (classification, scored by accuracy, or segmentation, by Dice) on a fixed
-    random subset of ``n_examples`` of its test split (all of it by default)."""
+    random subset of ``n_examples`` of its test split (all of it by default).
+
+    ``runs/tiny`` is a run trained by ``resnet-jax train --config synthetic-tiny --workdir runs/tiny``.
+
+    Example:
+        >>> from resnet_jax.ablation import restore_subject
+        >>> run = restore_subject("runs/tiny", n_examples=64)  # doctest: +SKIP
+        >>> run.task, run.step, run.images.shape, run.targets.shape, run.metric.name  # doctest: +SKIP
+        ('classification', ..., (64, 32, 32, 3), (64,), 'accuracy')
+    """
     run = runs.restore(workdir, which=checkpoint, data_dir=data_dir, command="ablate")
     test = run.test.take(n_examples, seed=0)
     images, targets = run.task.arrays(test)
