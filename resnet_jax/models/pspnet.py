@@ -106,6 +106,16 @@ class PSPNet(nn.Module):
 
     Any input size works (also non-multiples of the output stride); ``gates`` and ``branches`` go to
     the encoder, so the ablation engine's gate formulation and shared prefixes work unchanged.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from resnet_jax.models import PSPNet
+      >>> model = PSPNet(num_classes=4, encoder="resnet_tiny", pool_features=4, head_features=8)
+      >>> x = jnp.zeros((1, 20, 20, 1))                    # not a multiple of the output stride
+      >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
+      >>> logits, intermediates = jax.eval_shape(model.apply, variables, x)
+      >>> logits.shape, logits.dtype, sorted(intermediates)
+      ((1, 20, 20, 4), dtype('float32'), ['head', 'layer1', 'layer2', 'layer3', 'layer4', 'pyramid', 'stem'])
     """
 
     num_classes: int = 4

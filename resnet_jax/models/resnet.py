@@ -344,6 +344,17 @@ class ResNet(nn.Module):
         forms in :data:`ELIMINATED_FORMS`; unit names as canonical names, e.g. ``layer3.1``).
       groups, width_per_group: a Bottleneck's 3x3 conv groups and channels per group at ``num_filters=64``,
         as torchvision's ResNet takes them (ResNeXt-50 32x4d: 32 and 4; Wide ResNet-50-2: 1 and 128).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from resnet_jax.models import ResNet
+      >>> model = ResNet(stage_sizes=(1, 1, 1, 1), num_classes=3, num_filters=4, stem="cifar")
+      >>> x = jnp.zeros((2, 8, 8, 3))
+      >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)   # shapes only: nothing is computed
+      >>> logits, intermediates = jax.eval_shape(model.apply, variables, x)
+      >>> logits.shape, {name: a.shape for name, a in intermediates.items()}
+      ((2, 3), {'layer1': (2, 8, 8, 4), 'layer2': (2, 4, 4, 8), 'layer3': (2, 2, 2, 16), 'layer4': (2, 1, 1, 32),
+                'pre_logits': (2, 32), 'stem': (2, 8, 8, 4)})
     """
 
     stage_sizes: Sequence[int]
@@ -451,11 +462,32 @@ def _checked_points(prefix: str, stage_sizes: Sequence[int], branches: Mapping[s
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
-"""torchvision's ``resnet18``: ``ResNet18(num_classes=10)``."""
+"""torchvision's ``resnet18``: ``ResNet18(num_classes=10)``.
+
+>>> import jax, jax.numpy as jnp
+>>> from resnet_jax.models import ResNet18
+>>> variables = jax.eval_shape(ResNet18(num_classes=10).init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+>>> sum(p.size for p in jax.tree.leaves(variables["params"]))   # torchvision's resnet18(num_classes=10)
+11181642
+"""
 ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock)
-"""torchvision's ``resnet34``, the study's network: ``ResNet34(num_classes=10, stem="cifar")``."""
+"""torchvision's ``resnet34``, the study's network: ``ResNet34(num_classes=10, stem="cifar")``.
+
+>>> import jax, jax.numpy as jnp
+>>> from resnet_jax.models import ResNet34
+>>> variables = jax.eval_shape(ResNet34(num_classes=1000).init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+>>> sum(p.size for p in jax.tree.leaves(variables["params"]))   # torchvision's resnet34()
+21797672
+"""
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck)
-"""torchvision's ``resnet50`` (bottleneck units): ``ResNet50(num_classes=1000)``."""
+"""torchvision's ``resnet50`` (bottleneck units): ``ResNet50(num_classes=1000)``.
+
+>>> import jax, jax.numpy as jnp
+>>> from resnet_jax.models import ResNet50
+>>> variables = jax.eval_shape(ResNet50(num_classes=1000).init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+>>> sum(p.size for p in jax.tree.leaves(variables["params"]))   # torchvision's resnet50()
+25557032
+"""
 ResNet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck)
 ResNet152 = functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block_cls=Bottleneck)
 WideResNet50_2 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck, width_per_group=128)
@@ -474,7 +506,17 @@ MODELS = {"resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50, "res
 
 
 def create_model(name: str, **kwargs) -> ResNet:
-    """Build a model by registry name; unknown names list the valid ones."""
+    """Build a model by registry name; unknown names list the valid ones.
+
+    Example:
+        >>> from resnet_jax.models import create_model
+        >>> model = create_model("resnet34", num_classes=10, stem="cifar")
+        >>> model.stage_sizes, model.num_classes, model.stem
+        ((3, 4, 6, 3), 10, 'cifar')
+        >>> create_model("resnet19")
+        Traceback (most recent call last):
+        ValueError: unknown model 'resnet19'; valid: ['resnet101', 'resnet152', 'resnet18', 'resnet34', ...]
+    """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid: {sorted(MODELS)}")
     return MODELS[name](**kwargs)
@@ -486,6 +528,15 @@ def layer_paths(variables: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
     Convs, BatchNorms and the head get torchvision's names: ``conv1``, ``bn1``,
     ``layer2.0.conv1``, ``layer2.0.downsample`` (its conv), ``layer2.0.downsample.bn``, ``fc``.
     Works for any model that embeds these modules (e.g. ``encoder.layer3.0.conv1``).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from resnet_jax.models import create_model, layer_paths
+        >>> model = create_model("resnet_tiny", num_classes=2, stem="cifar")
+        >>> variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+        >>> paths = layer_paths(variables)
+        >>> paths["layer2.0.downsample"], paths["layer2.0.downsample.bn"], paths["fc"]
+        (('layer2', '0', 'downsample', 'conv'), ('layer2', '0', 'downsample', 'bn'), ('fc',))
     """
     names = {}
     flat = jax.tree_util.tree_flatten_with_path(variables["params"])[0]
@@ -501,7 +552,13 @@ def _natural_key(path: Sequence[str]) -> tuple:
 
 
 def canonical_name(path: Sequence[str]) -> str:
-    """Module path -> canonical name; a projection's conv takes its ``downsample`` parent's name."""
+    """Module path -> canonical name; a projection's conv takes its ``downsample`` parent's name.
+
+    Example:
+        >>> from resnet_jax.models import canonical_name
+        >>> canonical_name(("layer2", "0", "conv1")), canonical_name(("layer2", "0", "downsample", "conv"))
+        ('layer2.0.conv1', 'layer2.0.downsample')
+    """
     path = tuple(path)
     if len(path) > 1 and path[-2:] == ("downsample", "conv"):
         path = path[:-1]
@@ -509,7 +566,16 @@ def canonical_name(path: Sequence[str]) -> str:
 
 
 def conv_names(variables: Mapping[str, Any]) -> list[str]:
-    """Canonical names of every conv kernel (4-D ``kernel`` leaf), in network order."""
+    """Canonical names of every conv kernel (4-D ``kernel`` leaf), in network order.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from resnet_jax.models import conv_names, create_model
+        >>> model = create_model("resnet_tiny", num_classes=2, stem="cifar")
+        >>> names = conv_names(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3))))
+        >>> len(names), names[:3], names[7]
+        (20, ['conv1', 'layer1.0.conv1', 'layer1.0.conv2'], 'layer2.0.downsample')
+    """
     params = variables["params"]
     out = []
     for name, path in layer_paths(variables).items():

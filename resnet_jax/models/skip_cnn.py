@@ -61,6 +61,17 @@ class SkipCNN(nn.Module):
     ``__call__`` returns ``(logits, activations)``; ``activations[name]`` is conv ``name``'s
     output after ReLU and ``activations[name + '_pre']`` before, computed for the whole batch (for
     an example that skips the layer: on the input it would have had, then discarded).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from resnet_jax.models import SkipCNN
+        >>> model = SkipCNN(num_classes=10, widths=(4, 8, 16))
+        >>> x = jnp.zeros((2, 28, 28, 1))
+        >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
+        >>> depth = jnp.array([0, 2])            # CNN-3: the first image runs conv1 only, the second all three
+        >>> logits, activations = jax.eval_shape(model.apply, variables, x, depth)
+        >>> logits.shape, activations["conv3"].shape, sorted(activations)
+        ((2, 10), (2, 28, 28, 16), ['conv1', 'conv1_pre', 'conv2', 'conv2_pre', 'conv3', 'conv3_pre'])
     """
 
     num_classes: int
@@ -107,6 +118,16 @@ class EarlyExitCNN(SkipCNN):
     ``__call__(x)`` returns ``(logits of every exit, stacked: (3, batch, classes), activations)``;
     the last exit is CNN-1's head. :meth:`stage` runs one conv and its exit, for inference that
     stops an example at the first exit confident enough (``studies.skip.analysis.predict_early_exit``).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from resnet_jax.models import EarlyExitCNN
+        >>> model = EarlyExitCNN(num_classes=10, widths=(4, 8, 16))
+        >>> x = jnp.zeros((2, 28, 28, 1))
+        >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
+        >>> exits, _ = jax.eval_shape(model.apply, variables, x)
+        >>> exits.shape                          # (exit, batch, classes): after conv1, conv2 and conv3
+        (3, 2, 10)
     """
 
     def setup(self):
@@ -137,6 +158,16 @@ class Router(nn.Module):
 
     The study does not describe CNN-2; this one is deliberately small so that routing costs well
     under 1 % of CNN-1 (see :func:`router_macs`).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from resnet_jax.models import Router
+        >>> model = Router(channels=(8, 16))
+        >>> x = jnp.zeros((2, 28, 28, 1))
+        >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
+        >>> logits, _ = jax.eval_shape(model.apply, variables, x)
+        >>> logits.shape, variables["params"]["conv2"]["kernel"].shape   # one logit per layer label 0, 1, 2
+        ((2, 3), (3, 3, 8, 16))
     """
 
     channels: tuple[int, ...] = (8, 16)
