@@ -31,7 +31,14 @@ SHARED_DATA = {"cifar10": "cifar10", "mnist": "mnist", "acdc": "acdc_lv_myo", "s
 
 
 def family(task: str) -> ModuleType:
-    """The config module of ``task`` (its ``DEFAULTS``, ``PRESETS`` and ``SCHEMA``), e.g. ``family("skip")``."""
+    """The config module of ``task`` (its ``DEFAULTS``, ``PRESETS`` and ``SCHEMA``), e.g. ``family("skip")``.
+
+    Example:
+        >>> from resnet_jax import configs
+        >>> skip = configs.family("skip")
+        >>> skip.__name__, sorted(skip.PRESETS)[:2], skip.DEFAULTS["train"]["epochs"]
+        ('resnet_jax.configs.skipping', ['cifar100-skip', 'mnist-skip'], 20)
+    """
     if task not in FAMILIES:
         raise ConfigError(f"unknown task {task!r}; valid: {list(TASKS)}")
     return FAMILIES[task]
@@ -48,6 +55,15 @@ def load_config(name_or_file: str, overrides: Iterable[str] = (), *, task: str |
     A file names its family with ``task:`` (default: ``task`` here, else classification). ``data_dir``
     (an existing folder) sets ``data.data_dir`` to its resolved path. The result is validated; errors
     name the key, the value and what is valid.
+
+    Example:
+        >>> from resnet_jax import configs
+        >>> config = configs.load_config("synthetic-tiny", ["train.epochs=3", "train.learning_rate=1e-2"])
+        >>> config["task"], config["model"]["name"], config["train"]["epochs"], config["train"]["learning_rate"]
+        ('classification', 'resnet_tiny', 3, 0.01)
+        >>> configs.load_config("synthetic-tiny", ["train.epochs=0"])
+        Traceback (most recent call last):
+        resnet_jax.configs.base.ConfigError: invalid classification config: train.epochs=0 (valid: an integer >= 1)
     """
     if name_or_file in PRESETS:
         chosen = _task_of_preset(name_or_file)
@@ -71,7 +87,19 @@ def load_config(name_or_file: str, overrides: Iterable[str] = (), *, task: str |
 
 def existing_data_dir(path: str | Path | None) -> Path | None:
     """The resolved path of a ``--data-dir`` that exists (None stays None: read from TFDS): one spelling per
-    folder, so ``../data`` and its absolute path name the same run's data."""
+    folder, so ``../data`` and its absolute path name the same run's data.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> from resnet_jax import configs
+        >>> folder = pathlib.Path(tempfile.mkdtemp()) / "cifar10"
+        >>> folder.mkdir()
+        >>> configs.existing_data_dir(folder / ".." / "cifar10") == folder.resolve(), configs.existing_data_dir(None)
+        (True, None)
+        >>> configs.existing_data_dir(folder / "missing")
+        Traceback (most recent call last):
+        resnet_jax.configs.base.ConfigError: --data-dir ... does not exist; give a folder with ...
+    """
     if path is None:
         return None
     if not Path(path).exists():
@@ -81,14 +109,31 @@ def existing_data_dir(path: str | Path | None) -> Path | None:
 
 
 def defaults(task: str, overrides: Iterable[str] = ()) -> dict[str, Any]:
-    """A family's defaults with overrides, validated (a run that starts from no preset)."""
+    """A family's defaults with overrides, validated (a run that starts from no preset).
+
+    Example:
+        >>> from resnet_jax import configs
+        >>> config = configs.defaults("skip", ["data.name=synthetic", "train.epochs=1"])
+        >>> config["task"], config["data"]["name"], config["train"]["epochs"], config["model"]["widths"]
+        ('skip', 'synthetic', 1, [32, 64, 128])
+    """
     config = apply_overrides(merge(family(task).DEFAULTS, {}), overrides)
     validate(config)
     return config
 
 
 def validate(config: Mapping) -> None:
-    """Check every value of a config against its family's schema (and the family's cross-key checks)."""
+    """Check every value of a config against its family's schema (and the family's cross-key checks).
+
+    Example:
+        >>> from resnet_jax import configs
+        >>> config = configs.load_config("synthetic-tiny")
+        >>> configs.validate(config)                          # valid: returns None
+        >>> config["model"]["stem"] = "resnet"
+        >>> configs.validate(config)
+        Traceback (most recent call last):
+        resnet_jax.configs.base.ConfigError: ... model.stem='resnet' ...
+    """
     from resnet_jax.configs.base import validate as check_schema
 
     fam = family(config.get("task", classification.TASK))
@@ -103,6 +148,13 @@ def complete(stored: Mapping) -> dict[str, Any]:
 
     A stored config without ``task`` comes from an older resnet-jax: Study B configs are recognised by
     their ``selection`` section, segmentation ones by ``metric``; the rest are classification runs.
+
+    Example:
+        >>> from resnet_jax import configs
+        >>> stored = {"model": {"name": "resnet18"}, "train": {"epochs": 5}}   # an older run's config.json
+        >>> config = configs.complete(stored)
+        >>> config["task"], config["model"]["name"], config["train"]["epochs"], config["train"]["batch_size"]
+        ('classification', 'resnet18', 5, 128)
     """
     task = stored.get("task") or ("skip" if "selection" in stored else "segmentation" if "metric" in stored
                                   else classification.TASK)
@@ -113,7 +165,15 @@ def complete(stored: Mapping) -> dict[str, Any]:
 
 def diff(a: Mapping, b: Mapping) -> list[str]:
     """Dotted keys whose values differ between two configs, descriptive keys aside; data folders are compared
-    resolved (against the current directory: older runs stored ``--data-dir`` as typed)."""
+    resolved (against the current directory: older runs stored ``--data-dir`` as typed).
+
+    Example:
+        >>> from resnet_jax import configs
+        >>> a = configs.load_config("synthetic-tiny")
+        >>> b = configs.load_config("synthetic-tiny", ["train.epochs=4", "about=a longer run"])
+        >>> configs.diff(a, b)                               # 'about' describes, it changes nothing
+        ['train.epochs']
+    """
     from resnet_jax.configs.base import diff as raw_diff
 
     return [k for k in raw_diff(_resolved_data_dir(complete(a)), _resolved_data_dir(complete(b)))
@@ -136,6 +196,13 @@ def command(name: str) -> str:
 
 
 def listing() -> list[dict[str, str]]:
-    """Every preset with its task, scale, description and command."""
+    """Every preset with its task, scale, description and command.
+
+    Example:
+        >>> from resnet_jax import configs
+        >>> tiny = next(p for p in configs.listing() if p["name"] == "synthetic-tiny")
+        >>> tiny["task"], tiny["scale"], tiny["command"]
+        ('classification', 'smoke', 'resnet-jax train --config synthetic-tiny --workdir runs/synthetic-tiny')
+    """
     return [{"name": name, "task": _task_of_preset(name), "scale": preset.get("scale", ""),
              "about": preset.get("about", ""), "command": command(name)} for name, preset in PRESETS.items()]

@@ -18,7 +18,16 @@ import yaml
 
 
 class ConfigError(ValueError):
-    """An unknown preset or key, a malformed file, or a value of the wrong type or range."""
+    """An unknown preset or key, a malformed file, or a value of the wrong type or range.
+
+    Example:
+        >>> from resnet_jax import configs
+        >>> try:
+        ...     configs.load_config("synthetic-tiny", ["train.epoch=3"])
+        ... except configs.ConfigError as err:
+        ...     print(err)
+        unknown config key 'train.epoch'; valid keys: ['train.augment', 'train.batch_size', 'train.epochs', ...]
+    """
 
 
 RENAMED = {"data.validation_examples": "data.val_examples"}
@@ -48,7 +57,13 @@ def merge(base: Mapping, update: Mapping, *, where: str = "", opaque: tuple[str,
 
 
 def flat_keys(config: Mapping, prefix: str = "") -> list[str]:
-    """Every dotted leaf key of a config."""
+    """Every dotted leaf key of a config.
+
+    Example:
+        >>> from resnet_jax.configs import flat_keys
+        >>> flat_keys({"task": "skip", "train": {"epochs": 2, "seed": 0}})
+        ['task', 'train.epochs', 'train.seed']
+    """
     keys = []
     for k, v in config.items():
         keys += flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
@@ -114,7 +129,19 @@ def diff(a: Mapping, b: Mapping) -> list[str]:
 
 
 def to_json(config: Mapping) -> str:
-    """``config`` as indented JSON with sorted keys, the form of a run's ``config.json``."""
+    """``config`` as indented JSON with sorted keys, the form of a run's ``config.json``.
+
+    Example:
+        >>> from resnet_jax.configs import to_json
+        >>> print(to_json({"train": {"seed": 0, "epochs": 2}, "task": "skip"}))
+        {
+          "task": "skip",
+          "train": {
+            "epochs": 2,
+            "seed": 0
+          }
+        }
+    """
     return json.dumps(config, indent=2, sort_keys=True)
 
 

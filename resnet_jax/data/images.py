@@ -35,12 +35,31 @@ _CACHE_VERSION = "1"
 
 
 class DataError(ValueError):
-    """Bad or missing input data; the message says what was wrong and what would be valid."""
+    """Bad or missing input data; the message says what was wrong and what would be valid.
+
+    Example:
+        >>> from resnet_jax.data import DataError, load_split
+        >>> try:
+        ...     load_split("imagenet", "test")          # neither a TFDS name we read nor a folder
+        ... except DataError as err:
+        ...     print(err)
+        unknown dataset 'imagenet'; valid TFDS names: ['cifar10', 'cifar100', 'mnist', 'fashion_mnist'], or ...
+    """
 
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    """One split of a labelled image dataset, held in memory."""
+    """One split of a labelled image dataset, held in memory.
+
+    Example:
+        >>> from resnet_jax.data import load_split
+        >>> split = load_split("synthetic", "test")
+        >>> len(split), split.images.dtype, split.labels.dtype, split.num_classes
+        (256, dtype('uint8'), dtype('int32'), 10)
+        >>> small = split.take(32, seed=0)      # a fixed random subset: the same for the same seed
+        >>> small.images.shape, small.class_names[:2]
+        ((32, 32, 32, 3), ('class0', 'class1'))
+    """
 
     images: np.ndarray  # (N, H, W, C) uint8
     labels: np.ndarray  # (N,) int32
@@ -112,6 +131,15 @@ def load_split(
         (``<data_dir>/<split>.zip``).
       cache_dir: where decoded arrays are kept (default ``~/.cache/resnet_jax/datasets``).
       max_examples: keep a fixed random subset of this size.
+
+    Example:
+        >>> from resnet_jax.data import load_split
+        >>> split = load_split("synthetic", "train", max_examples=64)   # generated: no download, no folder
+        >>> split.images.shape, split.num_classes
+        ((64, 32, 32, 3), 10)
+        >>> test = load_split("cifar10", "test", data_dir="../shared/data/cifar10")  # doctest: +SKIP
+        >>> test.images.shape, test.class_names[:3]  # doctest: +SKIP
+        ((10000, 32, 32, 3), ('airplane', 'automobile', 'bird'))
     """
     if name == "synthetic":
         data = synthetic_split(split, seed=seed)
@@ -151,7 +179,14 @@ def check_known(name: str, data: Split, *, where: str) -> None:
 
 def load_train_test(name: str, *, data_dir=None, cache_dir=None, seed: int = 0,
                     max_train_examples: int | None = None, max_test_examples: int | None = None):
-    """Both splits, checked to share their classes."""
+    """Both splits, checked to share their classes.
+
+    Example:
+        >>> from resnet_jax.data import load_train_test
+        >>> train, test = load_train_test("synthetic", max_train_examples=128)
+        >>> len(train), len(test), train.class_names == test.class_names
+        (128, 256, True)
+    """
     train = load_split(name, "train", data_dir=data_dir, cache_dir=cache_dir, seed=seed,
                        max_examples=max_train_examples)
     test = load_split(name, "test", data_dir=data_dir, cache_dir=cache_dir, seed=seed,
@@ -267,7 +302,20 @@ def readable_zip(path: Path):
 
 
 def load_imagefolder(data_dir, split: str, *, cache_dir=None) -> Split:
-    """Read an ImageFolder split (folder or zip); class order is the sorted folder names."""
+    """Read an ImageFolder split (folder or zip); class order is the sorted folder names.
+
+    Example:
+        >>> import numpy as np, pathlib, tempfile
+        >>> from PIL import Image
+        >>> from resnet_jax.data import load_imagefolder
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> for name, value in [("dog", 200), ("cat", 50)]:
+        ...     (root / "train" / name).mkdir(parents=True)
+        ...     Image.fromarray(np.full((4, 4, 3), value, np.uint8)).save(root / "train" / name / "0.png")
+        >>> split = load_imagefolder(root, "train", cache_dir=root / "cache")
+        >>> split.class_names, split.labels.tolist(), split.images.shape
+        (('cat', 'dog'), [0, 1], (2, 4, 4, 3))
+    """
     data_dir = Path(data_dir).expanduser()
     kind, path = _folder_source(data_dir, split)
     cache = Path(cache_dir or default_cache_dir()) / f"imagefolder-{_content_key(kind, path, split)}.npz"

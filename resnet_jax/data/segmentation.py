@@ -43,7 +43,18 @@ _PARTS = ("images", "masks")
 
 @dataclasses.dataclass(frozen=True)
 class SegSplit:
-    """One split of a segmentation dataset, held in memory."""
+    """One split of a segmentation dataset, held in memory.
+
+    Example:
+        >>> import numpy as np
+        >>> from resnet_jax.data import SegSplit
+        >>> split = SegSplit(np.zeros((4, 8, 8, 1), np.float32), np.zeros((4, 8, 8), np.uint8),
+        ...                  ids=("p01_0", "p01_1", "p02_0", "p02_1"), class_names=("background", "LV"))
+        >>> len(split), split.num_classes, split.labels.shape      # masks are the targets
+        (4, 2, (4, 8, 8))
+        >>> split.take(2, seed=0).ids
+        ('p01_0', 'p02_0')
+    """
 
     images: np.ndarray  # (N, H, W, C) float32 in [0, 1]; C = 1 for MRI, 3 for photos
     masks: np.ndarray  # (N, H, W) uint8 class ids
@@ -233,6 +244,20 @@ def load_segmentation_split(
       class_names: background first; mask values must be below ``len(class_names)``.
       percentiles: the per-image intensity range mapped to [0, 1].
       id_prefixes: keep only ids starting with one of these (how a flat folder is split by patient).
+
+    Example:
+        >>> import numpy as np, pathlib, tempfile
+        >>> from PIL import Image
+        >>> from resnet_jax.data import load_segmentation_split
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> for part in ("images", "masks"):
+        ...     (root / "test" / part).mkdir(parents=True)
+        >>> Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(root / "test/images/patient001_0.png")
+        >>> Image.fromarray(np.eye(8, dtype=np.uint8) * 2).save(root / "test/masks/patient001_0.png")
+        >>> split = load_segmentation_split(root, "test", image_size=12, cache_dir=root / "cache")   # zero padded
+        >>> split.images.shape, split.masks.shape, split.ids, float(split.images.max())
+        ((1, 12, 12, 1), (1, 12, 12), ('patient001_0',), 1.0)
+        >>> acdc = load_segmentation_split("../shared/data/acdc_lv_myo", "test", image_size=224)  # doctest: +SKIP
     """
     data_dir = Path(data_dir).expanduser()
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)

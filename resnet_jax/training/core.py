@@ -38,7 +38,18 @@ TRAINING_OUTPUTS = ("checkpoints", "metrics.jsonl", "evaluation.json", "evaluati
 
 
 class TrainState(train_state.TrainState):
-    """Optimizer state plus BatchNorm statistics and the input normalisation of the run."""
+    """Optimizer state plus BatchNorm statistics and the input normalisation of the run.
+
+    Example:
+        >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
+        >>> from resnet_jax.training import TrainState
+        >>> model = nn.Dense(2)
+        >>> params = model.init(jax.random.key(0), jnp.zeros((1, 3)))["params"]
+        >>> state = TrainState.create(apply_fn=model.apply, params=params, tx=optax.sgd(0.1), batch_stats={},
+        ...                           image_mean=jnp.zeros(3), image_std=jnp.ones(3))
+        >>> int(state.step), sorted(state.variables)     # ``variables`` is what ``model.apply`` takes
+        (0, ['batch_stats', 'params'])
+    """
 
     batch_stats: Any
     image_mean: Array
@@ -67,6 +78,13 @@ class Task:
     function ``(state, split, mesh, prefix) -> dict`` of summary metrics; ``best_metric(config)`` the name
     (without split prefix) of the summary metric that ranks checkpoints on validation (:func:`ranking_metric`);
     ``metric(config)`` the per-example metric plug-in (:mod:`resnet_jax.metrics`) that ablation sweeps score with.
+
+    Example:
+        >>> from resnet_jax import configs
+        >>> from resnet_jax.training.classification import TASK
+        >>> config = configs.load_config("synthetic-tiny")
+        >>> TASK.name, TASK.best_metric(config), TASK.metric(config)
+        ('classification', 'accuracy', Accuracy(name='accuracy'))
     """
 
     name: str
@@ -384,7 +402,17 @@ def _last_elapsed(path: Path) -> float:
 @dataclasses.dataclass(frozen=True)
 class Run:
     """A trained run restored from its workdir: config, model, state, its splits, and the metric that chose
-    the checkpoint (``val_...``, or ``test_...`` for a run without a validation split)."""
+    the checkpoint (``val_...``, or ``test_...`` for a run without a validation split).
+
+    ``runs/tiny`` is a run trained by ``resnet-jax train --config synthetic-tiny --workdir runs/tiny``.
+
+    Example:
+        >>> from resnet_jax.training import restore
+        >>> run = restore("runs/tiny")  # doctest: +SKIP
+        >>> run.config["model"]["name"], run.task.name, len(run.val), len(run.test), run.chosen_by  # doctest: +SKIP
+        ('resnet_tiny', 'classification', 128, 256, 'val_accuracy')
+        >>> logits, _ = run.model.apply(run.state.variables, run.test.images[:4] / 255.0)  # doctest: +SKIP
+    """
 
     config: dict
     model: nn.Module

@@ -15,7 +15,17 @@ TASKS: dict[str, core.Task] = {t.name: t for t in (classification.TASK, segmenta
 
 
 def read_config(workdir: str | Path) -> dict[str, Any]:
-    """A run's stored config, completed with its family's current defaults."""
+    """A run's stored config, completed with its family's current defaults.
+
+    Example:
+        >>> import json, pathlib, tempfile
+        >>> from resnet_jax.training import read_config
+        >>> workdir = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (workdir / "config.json").write_text(json.dumps({"model": {"name": "resnet18"}}))  # an older run's
+        >>> config = read_config(workdir)
+        >>> config["task"], config["model"]["name"], config["train"]["epochs"]
+        ('classification', 'resnet18', 30)
+    """
     path = Path(workdir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{workdir} holds no run (no config.json); train one with "
@@ -40,14 +50,28 @@ def train(config: Mapping, workdir: str | Path, *, force_new: bool = False,
           log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``config`` (any preset's task) into ``workdir``, resuming what is there, and return the test scores.
 
-    Example: ``train(configs.load_config("synthetic-tiny"), "runs/tiny")``.
+    Example:
+        >>> from resnet_jax import configs
+        >>> from resnet_jax.training import train
+        >>> scores = train(configs.load_config("synthetic-tiny"), "runs/tiny")  # doctest: +SKIP
+        >>> sorted(scores)  # doctest: +SKIP
+        ['test_accuracy', 'test_loss']
     """
     return core.train_and_evaluate(config, workdir, task_for(config, command="train"), force_new=force_new, log=log)
 
 
 def restore(workdir: str | Path, *, which: str = "best", data_dir: str | None = None,
             command: str = "evaluate") -> core.Run:
-    """A trained run; ``data_dir`` overrides where its data is read from."""
+    """A trained run; ``data_dir`` overrides where its data is read from.
+
+    ``runs/tiny`` is a run trained by ``resnet-jax train --config synthetic-tiny --workdir runs/tiny``.
+
+    Example:
+        >>> from resnet_jax.training import restore
+        >>> run = restore("runs/tiny", which="latest")  # doctest: +SKIP
+        >>> run.choice, run.state.image_mean.shape  # doctest: +SKIP
+        ('latest checkpoint (step 12)', (3,))
+    """
     config = read_config(workdir)
     if data_dir is not None:
         config["data"]["data_dir"] = str(data_dir)
