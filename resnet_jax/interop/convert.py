@@ -311,6 +311,17 @@ def to_torch_state_dict(
       A dict in torchvision's key order, loadable with ``load_state_dict(strict=True)``
       into ``torchvision_model(arch, num_classes, stem)``.
 
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> import torchvision  # doctest: +SKIP
+      >>> from resnet_jax.interop import to_torch_state_dict
+      >>> from resnet_jax.models import create_model
+      >>> model = create_model("resnet18", num_classes=10)
+      >>> variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))  # doctest: +SKIP
+      >>> state_dict = to_torch_state_dict(variables, arch="resnet18")  # doctest: +SKIP
+      >>> torchvision.models.resnet18(num_classes=10).load_state_dict(state_dict, strict=True)  # doctest: +SKIP
+      <All keys matched successfully>
+
     Raises:
       ValueError: the variables are not laid out like ``arch``; names the first differing key.
     """
@@ -344,6 +355,14 @@ def from_torch_state_dict(
       arch: the architecture to expect.
       num_classes: size of ``fc``; ``None`` reads it from ``fc.weight``.
       stem: ``'torchvision'`` or ``'cifar'``; ``None`` reads it from ``conv1.weight`` (3x3 = cifar).
+
+    Example:
+      >>> import torchvision  # doctest: +SKIP
+      >>> from resnet_jax.interop import from_torch_state_dict
+      >>> state_dict = torchvision.models.resnet18(num_classes=10).state_dict()  # doctest: +SKIP
+      >>> variables = from_torch_state_dict(state_dict, arch="resnet18")  # doctest: +SKIP
+      >>> variables["params"]["conv1"]["kernel"].shape, variables["params"]["fc"]["kernel"].shape  # doctest: +SKIP
+      ((7, 7, 3, 64), (512, 10))
 
     Raises:
       ValueError: tensors of no supported architecture ('unsupported architecture', naming those that are);
@@ -395,6 +414,12 @@ def load_torch_checkpoint(
     ``module.`` prefix on every key (``DataParallel``) is dropped. Loads with
     ``weights_only=True``, so no pickled code runs; a file it cannot read (a whole module saved with
     ``torch.save(model)``, or no PyTorch file at all) is a ValueError that says which.
+
+    Example:
+        >>> from resnet_jax.interop import load_torch_checkpoint
+        >>> variables = load_torch_checkpoint("resnet34-cifar10.pth", arch="resnet34")  # doctest: +SKIP
+        >>> variables["params"]["fc"]["kernel"].shape, sorted(variables)  # doctest: +SKIP
+        ((512, 10), ['batch_stats', 'params'])
     """
     torch = import_torch()
     try:

@@ -99,7 +99,17 @@ def build(arch: Mapping[str, Any]):
 def export_run(workdir, out, *, checkpoint: str = "best", log=print) -> dict[str, Path]:
     """Write ``<out>/model.pt`` (a dict: ``state_dict``, ``architecture``, input ``normalisation``, ``source`` and
     ``step``; :func:`load_exported` reads it), ``<out>/model.torchscript.pt``
-    and ``<out>/architecture.json`` for the run in ``workdir`` (a slim run or a full ResNet run)."""
+    and ``<out>/architecture.json`` for the run in ``workdir`` (a slim run or a full ResNet run).
+
+    ``runs/r18`` below is a classification run of a torchvision architecture (e.g. ``model.name=resnet18``).
+
+    Example:
+        >>> from resnet_jax.interop import export_run
+        >>> paths = export_run("runs/r18", "exported")  # doctest: +SKIP
+        wrote exported/model.pt and exported/model.torchscript.pt
+        >>> sorted(paths)  # doctest: +SKIP
+        ['state_dict', 'torchscript']
+    """
     from resnet_jax import files
     from resnet_jax.training import runs
 
@@ -129,7 +139,18 @@ def export_run(workdir, out, *, checkpoint: str = "best", log=print) -> dict[str
 
 
 def load_exported(path):
-    """The torch module of :func:`export_run`'s ``model.pt``, in evaluation mode."""
+    """The torch module of :func:`export_run`'s ``model.pt``, in evaluation mode.
+
+    ``exported/model.pt`` below is what ``export_run("runs/r18", "exported")`` wrote for a ResNet18 run on 32x32
+    images of 10 classes.
+
+    Example:
+        >>> import torch  # doctest: +SKIP
+        >>> from resnet_jax.interop import load_exported
+        >>> net = load_exported("exported/model.pt")  # doctest: +SKIP
+        >>> net(torch.zeros(1, 3, 32, 32)).shape, net.training  # doctest: +SKIP
+        (torch.Size([1, 10]), False)
+    """
     torch = convert.import_torch()
     saved = torch.load(path, map_location="cpu", weights_only=False)
     net = build(saved["architecture"])

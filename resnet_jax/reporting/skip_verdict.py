@@ -1,6 +1,9 @@
 """Study B's answer in plain sentences: does activation-chosen depth save compute at equal accuracy, beside early
 exit and random depth. Written from the stored operating points alone, so a study and the README's results blocks
-say it in the same words."""
+say it in the same words.
+
+Usage: ``skip_verdict.verdict(results["curves"])`` (also public as :func:`resnet_jax.studies.skip.verdict`).
+"""
 
 from __future__ import annotations
 
@@ -35,6 +38,20 @@ def verdict(curves: Mapping) -> list[str]:
     accuracy no lower than CNN-1's by more than the tolerance; "saves" needs at least 2 % fewer MACs. Wall
     time is reported beside (faster or slower only where its interval excludes 1: :func:`wall_time`), and the
     dense router beside random depth of its own histogram.
+
+    Example:
+        >>> from resnet_jax.studies.skip import verdict
+        >>> def point(method, label, accuracy, mac_ratio, setting=""):
+        ...     return {"method": method, "label": label, "setting": setting, "accuracy": accuracy,
+        ...             "ci_low": accuracy - 0.01, "ci_high": accuracy + 0.01, "mac_ratio_vs_cnn1": mac_ratio,
+        ...             "meets_validation_target": True}
+        >>> curves = {"tolerance": 0.005, "test": [], "best": [
+        ...     point("full", "CNN-1", 0.98, 1.0), point("early_exit", "early exit", 0.978, 0.6, "threshold 0.9")]}
+        >>> print(verdict(curves)[0])
+        early exit, at the point chosen on validation (threshold 0.9): test accuracy 0.9780 [0.9680, 0.9880] vs
+        CNN-1 0.9800 [0.9700, 0.9900] (-0.0020), MAC ratio 0.600, wall-time ratio -. At a test accuracy within 0.005
+        of CNN-1's it saves 40.0% of the MACs; wall time not compared (no interval recorded by the version that made
+        this run).
     """
     best, tol = {p["method"]: p for p in curves["best"]}, curves["tolerance"]
     full, lines = best["full"], []

@@ -25,6 +25,7 @@ METHODS = {
     "oracle_cnn3": "oracle depth, CNN-3 (dense): shallowest correct (needs the label)",
     "oracle_early_exit": "oracle exit, early-exit network: shallowest correct (needs the label)",
 }
+"""Every method whose operating points Study B scores, with the label its tables and figures give it."""
 
 
 class Models:
@@ -98,7 +99,17 @@ def operating_points(config: Mapping, m: Models, labels: np.ndarray, macs: Mappi
 
 def best_points(validation: list[dict], test: list[dict], *, tolerance: float) -> list[dict]:
     """Per method, the test point of the operating point chosen on validation: the cheapest (MACs) whose
-    validation accuracy is within ``tolerance`` of CNN-1's, else the most accurate one."""
+    validation accuracy is within ``tolerance`` of CNN-1's, else the most accurate one.
+
+    Example:
+        >>> from resnet_jax.studies.skip import best_points
+        >>> validation = [{"method": "full", "setting": "", "accuracy": 0.98, "macs_per_image": 100},
+        ...               {"method": "early_exit", "setting": "threshold 0.5", "accuracy": 0.95, "macs_per_image": 40},
+        ...               {"method": "early_exit", "setting": "threshold 0.9", "accuracy": 0.978, "macs_per_image": 60}]
+        >>> test = [{**p, "accuracy": a} for p, a in zip(validation, (0.97, 0.94, 0.969))]
+        >>> [(p["method"], p["setting"], p["accuracy"]) for p in best_points(validation, test, tolerance=0.005)]
+        [('full', '', 0.97), ('early_exit', 'threshold 0.9', 0.969)]
+    """
     target = next(p["accuracy"] for p in validation if p["method"] == "full") - tolerance
     best = []
     for method in dict.fromkeys(p["method"] for p in validation):

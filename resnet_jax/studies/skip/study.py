@@ -67,7 +67,18 @@ class _Study:
 
 def run_study(config: Mapping, workdir: str | Path, *, force_new: bool = False,
               log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) Study B in ``workdir``; write ``skip_results.json`` and ``skip_report.md``."""
+    """Run (or resume) Study B in ``workdir``; write ``skip_results.json`` and ``skip_report.md``.
+
+    The example trains every network of the study: minutes on a CPU.
+
+    Example:
+        >>> from resnet_jax import configs
+        >>> from resnet_jax.studies.skip import run_study
+        >>> config = configs.load_config("mnist-skip-smoke", data_dir="../shared/data/mnist")  # doctest: +SKIP
+        >>> results = run_study(config, "runs/skip-smoke", log=lambda line: None)  # doctest: +SKIP
+        >>> sorted(results["split_sizes"]), len(results["verdict"]) >= 3  # doctest: +SKIP
+        (['fit', 'test', 'validation'], True)
+    """
     workdir = Path(workdir)
     train, test = split.load_data(config)  # before touching the workdir: bad data leaves nothing behind
     fit_pos, val_pos = data.stratified_holdout(train.labels, config["data"]["val_examples"],

@@ -41,6 +41,15 @@ def _path_fn(m: Models, path: Mapping, depths: np.ndarray) -> Callable[[], np.nd
 
 
 def point_key(point: Mapping) -> str:
+    """The name an operating point is timed and matched by: its method, and its setting where it has one.
+
+    Example:
+        >>> from resnet_jax.studies.skip import point_key
+        >>> point_key({"method": "early_exit", "setting": "threshold 0.9"})
+        'early_exit: threshold 0.9'
+        >>> point_key({"method": "full", "setting": ""})
+        'full'
+    """
     return f"{point['method']}: {point['setting']}" if point["setting"] else point["method"]
 
 
