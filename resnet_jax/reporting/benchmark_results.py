@@ -3,6 +3,9 @@
 The folder holds each benchmark's own JSON (``conv_kernels.json``, ``throughput.json``, ``ablation_sweep.json``,
 ``decision_rule.json``) and ``provenance.json`` with every benchmark's command, wall time, code and date and the
 machine; every block ends with that line, so each number names the run it comes from.
+
+Usage: ``benchmark_results.throughput(Path("docs/results/benchmarks"))`` is one README block's Markdown;
+``scripts/render_results.py`` renders them all.
 """
 
 from __future__ import annotations

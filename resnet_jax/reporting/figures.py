@@ -1,7 +1,10 @@
 """Every figure of the project: ablation plots, the segmentation qualitative figure, Study B's plots.
 
 Functions take plain rows and arrays and write a PNG; none of them computes a result. Matplotlib is
-set up in one place (:func:`pyplot`, headless)."""
+set up in one place (:func:`pyplot`, headless).
+
+Usage: ``figures.plot_bars(rows, Path("bars.png"), title="stage ablations")`` writes and returns the PNG.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The Markdown report of one run: training summary, every ablation table with its provenance and figure."""
+"""The Markdown report of one run: training summary, every ablation table with its provenance and figure.
+
+Usage: ``markdown.write_report("runs/smoke")`` writes ``runs/smoke/report.md`` (``resnet-jax report``).
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,9 @@
 
 Study A's table captions are swapped in the paper relative to its text; these are the rows as the text
 describes them (stage 1 has no projection shortcut, so the table with four stages is the first experiment).
+
+Usage: ``published.beside_ours("classification", tables)`` gives the rows that print the paper's numbers beside
+ours.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ the command, the code (resnet-jax version and git commit), date, machine, preset
 digests and the wall time of each stage (and, for a user's model ablated with ``ablate --model``, its reference,
 arguments and parameter digest). The README's results are rendered from such folders
 (:mod:`resnet_jax.reporting.readme_results`), so every number there traces back to one of them.
+
+Usage: ``results.export("runs/cpu", "docs/results/cpu", command="...")`` (``resnet-jax results``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Study B's Markdown report (``skip_report.md``) from its results (``skip_results.json``)."""
+"""Study B's Markdown report (``skip_report.md``) from its results (``skip_results.json``).
+
+Usage: ``skip_report.write_report(json.loads(Path("runs/skip/skip_results.json").read_text()), "runs/skip")``.
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 Both are rendered from one list of blocks, so they never disagree. Findings are derived from the
 tables with stated thresholds, not written by hand.
+
+Usage: ``study_report.write_study_report("runs/reproduce")`` (the ``report`` stage of ``resnet-jax reproduce``).
 """
 
 from __future__ import annotations

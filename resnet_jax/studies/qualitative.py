@@ -1,5 +1,9 @@
 """A segmentation sweep's qualitative figure: test slices with the ground truth and the predictions of the
-baseline, the most harmful and the most harmless mask of the sweep."""
+baseline, the most harmful and the most harmless mask of the sweep.
+
+Usage: ``qualitative_figure(workdir / "ablation", rows, ablations, subject=subject)``, as ``resnet-jax ablate``
+calls it for a segmentation run.
+"""
 
 from __future__ import annotations
 

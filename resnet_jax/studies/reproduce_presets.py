@@ -1,7 +1,10 @@
 """The presets of ``resnet-jax reproduce``: which config each task trains and how large each stage's work is.
 
 ``timing_repeats``: rounds of the elimination's side-by-side timing; 6 is the fewest whose speed ratios get a 95 %
-interval (:mod:`resnet_jax.ablation.speed`), so with fewer (the smoke preset's 1) speeds are not compared."""
+interval (:mod:`resnet_jax.ablation.speed`), so with fewer (the smoke preset's 1) speeds are not compared.
+
+Usage: ``PRESETS["smoke"]``, the preset ``resnet-jax reproduce --preset smoke`` runs.
+"""
 
 from __future__ import annotations
 

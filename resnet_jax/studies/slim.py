@@ -2,6 +2,9 @@
 chosen units removed, checked exact against the masked model), and the optional fine-tuning that follows.
 
 The slim run is a normal run directory, so ``evaluate``, ``ablate``, ``export-torch`` and ``report`` work on it.
+
+Usage: ``score_run("runs/slim")`` scores a slim (or any) run's checkpoint with the ablation engine;
+``resnet-jax eliminate`` builds the run.
 """
 
 from __future__ import annotations
