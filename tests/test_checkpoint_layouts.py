@@ -109,15 +109,16 @@ def test_a_model_for_other_data_is_named_as_such_not_called_damaged(tmp_path):
 FULL_DISK = r"""
 set -u
 mount -t tmpfs -o size=64M tmpfs "$DISK" || exit 77
-run() { "$PYTHON" -m resnet_jax.cli train --config synthetic-tiny --set train.epochs=$1 --workdir "$DISK/$2"; }
-run 1 measure >/dev/null 2>&1 || exit 3
-used=$(df -k --output=used "$DISK" | tail -1)      # what one epoch's run writes
-rm -rf "$DISK/measure"
-avail=$(df -k --output=avail "$DISK" | tail -1)
-fallocate -l $(( (avail - used - 300) * 1024 )) "$DISK/filler"   # room for that and 300 KB more
-run 3 run >"$OUT/train.out" 2>"$OUT/train.err"; echo $? >"$OUT/train.rc"
+# The disk fills once the first epoch's checkpoint is in place, leaving 100 KB: far less than a checkpoint
+# (about 0.5 MB), whose size varies by a few hundred KB from run to run, so sizing the room beforehand is a race.
+( until [ -d "$DISK/run/checkpoints/6" ]; do sleep 0.02; done
+  fallocate -l $(( ($(df -k --output=avail "$DISK" | tail -1) - 100) * 1024 )) "$DISK/filler" ) &
+filler=$!
+"$PYTHON" -m resnet_jax.cli train --config synthetic-tiny --set train.epochs=3 --workdir "$DISK/run" \
+  >"$OUT/train.out" 2>"$OUT/train.err"; echo $? >"$OUT/train.rc"
+kill "$filler" 2>/dev/null; wait "$filler" 2>/dev/null
 ls "$DISK/run/checkpoints" >"$OUT/kept"
-rm "$DISK/filler"
+rm -f "$DISK/filler"
 "$PYTHON" -m resnet_jax.cli evaluate --workdir "$DISK/run" >"$OUT/eval.out" 2>&1; echo $? >"$OUT/eval.rc"
 """
 
