@@ -528,6 +528,18 @@ def _silence_stderr() -> None:
     os.close(devnull)
 
 
+def _settle() -> None:
+    """Wait for the programs still running on the devices: an interrupt leaves them in flight (dispatch is
+    asynchronous), and a process that ends under a running XLA program can crash as it exits (SIGSEGV)."""
+    import jax
+
+    for array in jax.live_arrays():
+        try:
+            array.block_until_ready()
+        except Exception:  # noqa: BLE001 - a failed or deleted buffer has nothing left to wait for
+            pass
+
+
 class _Termination:
     """SIGTERM as an interrupt that cannot be lost: a KeyboardInterrupt raised while Python runs a garbage-collector
     callback or a `__del__` is printed and dropped, so until `_run` has caught one it is raised again each second."""
@@ -643,6 +655,7 @@ def _run(args) -> int:
         return 2
     except KeyboardInterrupt as stop:
         _terminated.handled()  # in case the interrupt came again while the first was being caught
+        _settle()
         hint = RESUME_HINTS.get(args.command, "nothing was lost that a rerun cannot redo")
         print(f"resnet-jax {args.command}: interrupted; {hint}", file=sys.stderr)
         return 143 if str(stop) == f"signal {signal.SIGTERM}" else 130
