@@ -32,6 +32,8 @@ class Subject:
         >>> ablations = resolve_all(protocol_specs("shortcut", layers), layers)  # doctest: +SKIP
         >>> results = evaluate(run.model, run.variables, ablations, layers, run.images, run.targets,
         ...                    image_mean=run.image_mean, image_std=run.image_std, metric=run.metric)  # doctest: +SKIP
+        >>> [(r.name, r.n_examples) for r in results]  # doctest: +SKIP
+        [('layer2.0.downsample', 64), ('layer3.0.downsample', 64), ('layer4.0.downsample', 64)]
     """
 
     model: Any
@@ -58,7 +60,9 @@ def restore_subject(workdir, *, checkpoint: str = "best", data_dir=None, n_examp
         >>> from resnet_jax.ablation import restore_subject
         >>> run = restore_subject("runs/tiny", n_examples=64)  # doctest: +SKIP
         >>> run.task, run.step, run.images.shape, run.targets.shape, run.metric.name  # doctest: +SKIP
-        ('classification', ..., (64, 32, 32, 3), (64,), 'accuracy')
+        ('classification', 12, (64, 32, 32, 3), (64,), 'accuracy')
+        >>> run.choice  # doctest: +SKIP
+        'best checkpoint by validation accuracy (step 12)'
     """
     run = runs.restore(workdir, which=checkpoint, data_dir=data_dir, command="ablate")
     test = run.test.take(n_examples, seed=0)

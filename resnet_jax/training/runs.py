@@ -48,14 +48,18 @@ def task_for(config: Mapping, *, command: str) -> core.Task:
 
 def train(config: Mapping, workdir: str | Path, *, force_new: bool = False,
           log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train ``config`` (any preset's task) into ``workdir``, resuming what is there, and return the test scores.
+    """Train ``config`` (any preset's task) into ``workdir``, resuming what is there, and return the last epoch's
+    metrics; the test score of the checkpoint chosen on validation is logged and kept in ``evaluation.json``.
 
     Example:
         >>> from resnet_jax import configs
         >>> from resnet_jax.training import train
-        >>> scores = train(configs.load_config("synthetic-tiny"), "runs/tiny")  # doctest: +SKIP
-        >>> sorted(scores)  # doctest: +SKIP
-        ['test_accuracy', 'test_loss']
+        >>> last = train(configs.load_config("synthetic-tiny"), "runs/tiny")  # doctest: +SKIP
+        epoch=1 step=6 train_accuracy=... val_accuracy=... images_per_second=... elapsed_s=... resumed_mid_epoch=False
+        epoch=2 step=12 train_accuracy=... val_accuracy=... images_per_second=... elapsed_s=... resumed_mid_epoch=False
+        checkpoint=best step=... n_examples=256 chosen_by=val_accuracy test_loss=... test_accuracy=...
+        >>> last["epoch"], last["step"]  # doctest: +SKIP
+        (2, 12)
     """
     return core.train_and_evaluate(config, workdir, task_for(config, command="train"), force_new=force_new, log=log)
 
