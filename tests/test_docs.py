@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -82,6 +83,37 @@ def test_the_api_reference_documents_every_public_name(site):
         for name in module.__all__:
             anchor = f'id="resnet_jax.{package}.{name}"'
             assert anchor in text or f'id="module-resnet_jax.{package}.{name}"' in text, (package, name)
+
+
+def test_the_api_check_names_the_public_functions_and_classes_without_an_example(monkeypatch):
+    """What fails the build: a function or class of ``__all__`` whose docstring has no ``>>>`` line; a submodule, a
+    constant and a documented example pass."""
+    _sphinx()
+    monkeypatch.syspath_prepend(str(DOCS / "_ext"))
+    public_api = importlib.import_module("public_api")
+
+    def shown():
+        """Adds.
+
+        >>> 1 + 1
+        2
+        """
+
+    def unshown():
+        """Adds, and shows no example."""
+
+    class Unshown:
+        """A class without an example."""
+
+    package = types.ModuleType("fake_api", "A package.")
+    package.__path__ = []
+    package.sub = types.ModuleType("fake_api.sub", "A submodule: no example needed.")
+    package.CONSTANT, package.shown, package.unshown, package.Unshown = 3, shown, unshown, Unshown
+    package.__all__ = ["CONSTANT", "sub", "shown", "unshown", "Unshown"]
+    monkeypatch.setitem(sys.modules, "fake_api", package)
+    assert public_api.unexampled("fake_api") == ["unshown", "Unshown"]
+    for short in public_api.PACKAGES:
+        assert public_api.unexampled(f"resnet_jax.{short}") == [], short
 
 
 def test_a_broken_cross_reference_fails_the_build(tmp_path):

@@ -1,7 +1,8 @@
 """The Python API reference and its check: ``{public-api} PACKAGE`` documents every name of ``PACKAGE.__all__``
 (classes, functions, constants, the modules a package lists), and the build warns (an error under ``-W``) for a
-public name without a docstring. Constants count as documented by a string literal after their assignment, the
-form autodoc reads."""
+public name without a docstring, and for a public function or class whose docstring shows no example (a ``>>>``
+line; ``tests/test_doctests.py`` runs them). Constants count as documented by a string literal after their
+assignment, the form autodoc reads; so do partials such as ``ResNet18``, whose example lives in that string."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from sphinx.util.docutils import SphinxDirective
 from sphinx.util.nodes import nested_parse_with_titles
 
 LOG = logging.getLogger(__name__)
-PACKAGES = ("ablation", "configs", "data", "interop", "models", "reporting", "studies", "training")
+PACKAGES = ("ablation", "configs", "data", "interop", "models", "reporting", "studies", "studies.skip", "training")
 
 
 def _attribute_docs(package: ModuleType) -> dict[str, list[str]]:
@@ -54,6 +55,18 @@ def undocumented(package_name: str) -> list[str]:
             if not (_has_own_doc(obj) if inspect.ismodule(obj) or inspect.isclass(obj) or callable(obj)
                     else name in attribute_docs)
             and not (isinstance(obj, functools.partial) and name in attribute_docs)]
+
+
+def unexampled(package_name: str) -> list[str]:
+    """The functions and classes of ``package_name.__all__`` (partials included) whose docstring has no ``>>>``
+    example; submodules and constants need none."""
+    attribute_docs = _attribute_docs(importlib.import_module(package_name))
+
+    def doc(name, obj):
+        return "\n".join(attribute_docs.get(name, [])) if isinstance(obj, functools.partial) else obj.__doc__ or ""
+
+    return [name for name, obj in public(package_name)
+            if not inspect.ismodule(obj) and callable(obj) and ">>>" not in doc(name, obj)]
 
 
 def _entry(package_name: str, name: str, obj, attribute_docs: dict[str, list[str]]) -> list[str]:
@@ -103,6 +116,12 @@ def check(app) -> None:
             continue
         for name in undocumented(package):
             LOG.warning(f"{package}.{name} is public (in __all__) but has no docstring")
+        missing = unexampled(package)
+        if missing:
+            LOG.warning(f"{package}: public functions and classes without an example: {', '.join(missing)}. Give each "
+                        f"docstring an 'Example:' section of doctest lines ('>>> call(...)', then its true output), "
+                        f"cheap enough to run (tiny arrays, configs, jax.eval_shape), with '# doctest: +SKIP' on lines "
+                        f"that need a trained run, data on disk or torch; tests/test_doctests.py runs them")
 
 
 def setup(app):
