@@ -17,10 +17,7 @@ unfinished stage resumes from its own checkpoints or results::
 
 With ``seeds=N`` every stage but verify and report runs seeds 0..N-1 (seed k > 0 in ``<run>-seed<k>``, combined
 tables in ``<run>-seeds``; :mod:`resnet_jax.studies.seeds`); a rerun with more seeds adds the missing.
-
-Usage: ``reproduce("smoke", "runs/smoke", data_root="../shared/data")`` is ``resnet-jax reproduce --preset smoke
---workdir runs/smoke --data-root ../shared/data``.
-"""
+Usage: ``reproduce("smoke", "runs/smoke", data_root="../shared/data")``, as ``resnet-jax reproduce`` calls it."""
 
 from __future__ import annotations
 
