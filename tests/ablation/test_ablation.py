@@ -407,15 +407,22 @@ def test_results_come_back_in_input_order_when_a_mask_repeats(tiny):
         np.testing.assert_array_equal(r.per_example["prediction"], _slow_reference(model, variables, a, layers, split))
 
 
-def test_results_do_not_depend_on_chunk_size_and_compile_once_per_chunk_structure(tiny):
-    model, variables, layers, split = tiny
-    ablations = [abl.Ablation(l.name, "zero-kernel", (l.name,)) for l in layers[:7]]
+def resnet_traces():
+    """``(traces, interceptor)``: under ``nn.intercept_methods(interceptor)`` each trace of a ResNet adds one."""
     traces = []
 
     def count(next_fun, args, kwargs, context):
         if isinstance(context.module, models.ResNet) and context.method_name == "__call__":
             traces.append(1)
         return next_fun(*args, **kwargs)
+
+    return traces, count
+
+
+def test_results_do_not_depend_on_chunk_size_and_compile_once_per_chunk_structure(tiny):
+    model, variables, layers, split = tiny
+    ablations = [abl.Ablation(l.name, "zero-kernel", (l.name,)) for l in layers[:7]]
+    traces, count = resnet_traces()
 
     outs = {}
     for chunk in (1, 3, 7):
@@ -434,6 +441,33 @@ def test_results_do_not_depend_on_chunk_size_and_compile_once_per_chunk_structur
         for a, b in zip(outs[1], outs[chunk]):
             np.testing.assert_array_equal(a.per_example["prediction"], b.per_example["prediction"])
             np.testing.assert_array_equal(a.per_example["correct"], b.per_example["correct"])
+
+
+def test_the_weights_path_reuses_its_program_across_calls_with_the_same_model_and_metric(tiny):
+    """A search calls the engine once per step with the same model and metric: the second call traces nothing and
+    scores as the first; a call with another metric object traces again (the reuse is keyed by both)."""
+    from resnet_jax import metrics as metrics_lib
+
+    model, variables, layers, split = tiny
+    ablations = [abl.Ablation(l.name, "zero-kernel", (l.name,)) for l in layers[:3]]
+    traces, count = resnet_traces()
+
+    def run(metric):
+        traces.clear()
+        with nn.intercept_methods(count):
+            results = engine.evaluate(model, variables, ablations, layers, split.images, split.labels,
+                                      image_mean=0.5, image_std=0.25, batch_size=16, method="weights", chunk=3,
+                                      metric=metric, progress=False)
+        return len(traces), [r.per_example["correct"] for r in results]
+
+    metric = metrics_lib.Accuracy()
+    (first, scores), (second, again) = run(metric), run(metric)
+    assert first >= 1 and second == 0
+    third, fresh = run(metrics_lib.Accuracy())
+    assert third == first
+    for a, b, c in zip(scores, again, fresh):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
 
 
 def test_chunk_size_follows_the_memory_budget(tiny):
