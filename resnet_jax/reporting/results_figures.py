@@ -80,9 +80,17 @@ def pairs(root: Path):
 
 
 def elimination(root: Path):
-    """The greedy elimination path of the CPU preset's ResNet34 and the slim model against its controls."""
+    """The greedy elimination path of the CPU preset's ResNet34, with the slim model, one-shot and random sets."""
     summary = readme_results.read_json(root / "cpu-elimination" / "cifar10-resnet34-slim" / "elimination" / "summary.json")
     return figures.elimination_path_figure(summary)
+
+
+def slim_controls(root: Path):
+    """The slim ResNet34 against its controls (the full network, random sets, the k smallest drops, ResNet18 and
+    the slim architecture from scratch): test accuracy against measured eval speed and against parameters."""
+    comparison = readme_results.read_json(root / "cpu-elimination" / "cifar10-resnet34-slim" / "elimination" /
+                                          "comparison.json")
+    return figures.pareto_figure(comparison["rows"], metric=comparison["metric"])
 
 
 def skip(root: Path):
@@ -92,7 +100,8 @@ def skip(root: Path):
 
 
 FIGURES: dict[str, Callable[[Path], object]] = {"headline": headline, "seed-spread": seed_spread, "pairs": pairs,
-                                                "elimination": elimination, "study-b": skip}
+                                                "elimination": elimination, "slim-controls": slim_controls,
+                                                "study-b": skip}
 """Every figure of the documentation, by file stem under ``docs/figures/``."""
 
 
