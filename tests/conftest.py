@@ -107,25 +107,9 @@ def _clear_when_larger(directory: Path, max_bytes: int) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-ONE_THREAD_XLA = ("--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1")
-"""XLA's CPU flags for a pytest-xdist worker when there are as many workers as cores: each worker (and the processes
-it starts) computes on one thread, since workers whose thread pools each span every core contend for them. A
-warm run of three model-heavy test files on 2 cores took 93 s without and 60 s with; a cold one, where compiling
-dominates, 177 s and 183 s."""
-
-
-def _one_thread_per_worker(config) -> None:
-    worker = getattr(config, "workerinput", None)
-    if worker is not None and worker.get("workercount", 1) >= (os.cpu_count() or 1):
-        flags = os.environ.get("XLA_FLAGS", "").split()
-        os.environ["XLA_FLAGS"] = " ".join(flags + [f for f in ONE_THREAD_XLA if f.split("=")[0] not in
-                                                    {g.split("=")[0] for g in flags}])
-
-
 def pytest_configure(config):
     """Every CLI run of the suite, and the suite's own process, reuse programs compiled by an earlier test or
     test run instead of compiling them again (most of a tiny model's run is compilation)."""
-    _one_thread_per_worker(config)
     os.environ.setdefault("RESNET_JAX_CACHE", str(TEST_CACHE))
     os.environ.setdefault("RESNET_JAX_COMPILE_CACHE", str(TEST_CACHE / "compiled"))
     from resnet_jax import devices
