@@ -454,7 +454,9 @@ def test_sigterm_stops_ablate_with_the_resume_hint_and_a_rerun_finishes(tmp_path
     import time
 
     assert run_cli("train", "--config", "synthetic-tiny", "--workdir", str(tmp_path)).returncode == 0
-    args = ["ablate", "--workdir", str(tmp_path), "--protocol", "pairs", "--n-examples", "32", "--batch-size", "8"]
+    # 190 pairs on 128 images: a sweep of many seconds, so an interrupt dropped in a garbage-collector callback and
+    # raised again a second later still lands mid-sweep (on 32 images a warm sweep finished within that second)
+    args = ["ablate", "--workdir", str(tmp_path), "--protocol", "pairs", "--n-examples", "128", "--batch-size", "8"]
     proc = subprocess.Popen([sys.executable, "-m", "resnet_jax.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     store = tmp_path / "ablation" / "results.jsonl"
