@@ -666,32 +666,31 @@ def check_masks_are_read(model: networks.Network, variables, ablations, layers, 
 
 
 _WEIGHT_PROGRAMS: collections.OrderedDict = collections.OrderedDict()
-"""Compiled weight-mask programs by what they were traced from: the ids of the user's module and the metric object
-(the entry holds them, so no other object takes their ids), how the model is applied, the BatchNorm reading, and
-the arguments' shapes, dtypes and placements. A search calls the engine once per step with the same model and inputs; tracing and lowering a ResNet
-again costs seconds a call, more in a multi-process job."""
+"""Compiled weight-mask programs by what they were traced from: the ids of the objects traced (the entry holds
+them, so no other object takes their ids), the settings, and the arguments' shapes, dtypes and placements. A
+search calls the engine once per step with the same model and inputs; tracing and lowering a ResNet again costs
+seconds a call, more in a multi-process job."""
 WEIGHT_PROGRAMS_KEPT = 8
 
 
-def _weight_program(forward: Callable, held: tuple | None, args: tuple):
-    """``(lowered, program)`` for ``forward`` on ``args``, reused when ``forward`` was traced from the same ``held``
-    objects (None: never reused) and compiled for arguments of the same kind before."""
-    key = None if held is None else tuple(id(x) for x in held[:-1]) + held[-1:]
+def _weight_program(forward: Callable, args: tuple, *, traced: tuple | None, settings: tuple = ()):
+    """``(lowered, program)`` for ``forward`` on ``args``, reused when ``forward`` was traced from the same
+    ``traced`` objects with the same ``settings`` and compiled for arguments of the same kind (None: never)."""
+    if traced is None:
+        lowered = forward.lower(*args)
+        return lowered, lowered.compile()
 
     def abstract(x):
-        return (getattr(x, "shape", None), str(getattr(x, "dtype", type(x))), getattr(x, "sharding", None))
+        return getattr(x, "shape", None), str(getattr(x, "dtype", type(x))), getattr(x, "sharding", None)
 
-    full_key = None if key is None else (*key, jax.tree.structure(args), tuple(map(abstract, jax.tree.leaves(args))))
-    if full_key is not None and full_key in _WEIGHT_PROGRAMS:
-        _WEIGHT_PROGRAMS.move_to_end(full_key)
-        return _WEIGHT_PROGRAMS[full_key][1:]
-    lowered = forward.lower(*args)
-    program = lowered.compile()
-    if full_key is not None:
-        _WEIGHT_PROGRAMS[full_key] = (held, lowered, program)
+    key = (tuple(map(id, traced)), settings, jax.tree.structure(args), tuple(map(abstract, jax.tree.leaves(args))))
+    if key not in _WEIGHT_PROGRAMS:
+        lowered = forward.lower(*args)
+        _WEIGHT_PROGRAMS[key] = (traced, lowered, lowered.compile())
         while len(_WEIGHT_PROGRAMS) > WEIGHT_PROGRAMS_KEPT:
             _WEIGHT_PROGRAMS.popitem(last=False)
-    return lowered, program
+    _WEIGHT_PROGRAMS.move_to_end(key)
+    return _WEIGHT_PROGRAMS[key][1:]
 
 
 def _weight_runner(inputs: Inputs, group, batches: Batches, *, size: int, kind: str, initial_params: Any,
@@ -701,8 +700,8 @@ def _weight_runner(inputs: Inputs, group, batches: Batches, *, size: int, kind: 
                                          initial_params=initial_params)
     forward = _weights_forward(model, inputs.metric, replacement_fn, batch_stats=inputs.batchnorm == "batch")
     # a replacement closes over its own arrays: only programs without one are reused
-    held = None if replacement_fn is not None else (
-        model.model, model.nnx_state, inputs.metric, (model.framework, repr(model.apply_kwargs), inputs.batchnorm))
+    traced = None if replacement_fn is not None else (model.model, model.nnx_state, inputs.metric)
+    settings = (model.framework, repr(model.apply_kwargs), inputs.batchnorm)
     masks = [abl.make_mask(variables["params"], a, layers) for a in group]
     seeds = np.asarray([a.seed for a in group], np.uint32)
     for start in range(0, len(group), size):
@@ -711,8 +710,9 @@ def _weight_runner(inputs: Inputs, group, batches: Batches, *, size: int, kind: 
         chunk_masks = abl.stack(masks[start:start + size] + [masks[0]] * pad)
         chunk_seeds = devices.pad_rows(seeds[start:start + size], size)
         if start == 0:  # every chunk has the first one's shapes: one program
-            lowered, program = _weight_program(forward, held, (variables, chunk_masks, chunk_seeds, batches.images,
-                                                              batches.targets, inputs.image_mean, inputs.image_std))
+            lowered, program = _weight_program(
+                forward, (variables, chunk_masks, chunk_seeds, batches.images, batches.targets, inputs.image_mean,
+                          inputs.image_std), traced=traced, settings=settings)
             flops = _flops(program, batches)  # a chunk's work, padded masks included
             if on_program is not None:
                 on_program(lowered, program, size)

@@ -79,17 +79,20 @@ def pairs(root: Path):
                                        title="ResNet34, CIFAR-10: interaction of each pair of zeroed convs")
 
 
+SLIM_ELIMINATION = Path("cpu-elimination") / "cifar10-resnet34-slim" / "elimination"
+"""The CPU preset's elimination of ResNet34 (seed 0), under the results folder."""
+
+
 def elimination(root: Path):
     """The greedy elimination path of the CPU preset's ResNet34, with the slim model, one-shot and random sets."""
-    summary = readme_results.read_json(root / "cpu-elimination" / "cifar10-resnet34-slim" / "elimination" / "summary.json")
+    summary = readme_results.read_json(root / SLIM_ELIMINATION / "summary.json")
     return figures.elimination_path_figure(summary)
 
 
 def slim_controls(root: Path):
     """The slim ResNet34 against its controls (the full network, random sets, the k smallest drops, ResNet18 and
     the slim architecture from scratch): test accuracy against measured eval speed and against parameters."""
-    comparison = readme_results.read_json(root / "cpu-elimination" / "cifar10-resnet34-slim" / "elimination" /
-                                          "comparison.json")
+    comparison = readme_results.read_json(root / SLIM_ELIMINATION / "comparison.json")
     return figures.pareto_figure(comparison["rows"], metric=comparison["metric"])
 
 
