@@ -234,6 +234,20 @@ def test_training_smoke_run_logs_dice_per_class_and_resumes(tiny_run):
         assert runs.train(config, workdir, log=lambda s: None)["status"] == "already complete"
 
 
+def test_a_selection_run_leaves_the_test_split_unseen_until_rerun_with_score_test(tiny_run, tmp_path):
+    """Choosing a recipe on validation: ``train.score_test=false`` trains and validates but writes no test score;
+    rerunning the same run with it true resumes (the key changes nothing trained) and scores the best checkpoint
+    once, as the run trained with it true did."""
+    workdir, config, _ = tiny_run
+    selection = configs.load_config("synthetic-seg-tiny", ["train.epochs=2", "train.score_test=false"])
+    with jax.default_prng_impl("rbg"):
+        runs.train(selection, tmp_path, log=lambda s: None)
+        assert not (tmp_path / "evaluation.json").exists()
+        assert runs.train(config, tmp_path, log=lambda s: None)["status"] == "already complete"
+    scored = json.loads((tmp_path / "evaluation.json").read_text())
+    assert scored == json.loads((workdir / "evaluation.json").read_text())
+
+
 def test_ablate_scores_a_segmentation_run_by_dice_with_a_qualitative_figure(tiny_run):
     workdir, _, _ = tiny_run
     ablate.ablate_workdir(workdir, ablate.Request(protocols=("baseline", "shortcut"), n_examples=12), log=lambda s: None)

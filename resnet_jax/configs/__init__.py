@@ -25,8 +25,9 @@ TASKS = tuple(FAMILIES)
 """The tasks a config can name with ``task:``."""
 PRESETS: dict[str, dict[str, Any]] = {name: preset for m in FAMILIES.values() for name, preset in m.PRESETS.items()}
 """Every preset of every family by name (``resnet-jax presets`` lists them), e.g. ``PRESETS["synthetic-tiny"]``."""
-DESCRIPTIVE = ("about", "scale")
-"""Keys that describe a run without changing it; a workdir is not refused because they differ."""
+DESCRIPTIVE = ("about", "scale", "train.score_test")
+"""Keys that describe a run without changing it; a workdir is not refused because they differ (a selection run
+trained with ``train.score_test=false`` is scored on its test split by rerunning it with ``true``)."""
 SHARED_DATA = {"cifar10": "cifar10", "mnist": "mnist", "acdc": "acdc_lv_myo", "sunnybrook": "sunnybrook_lv_myo"}
 
 

@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
         "augment": True,  # random crop (4-pixel zero padding) + horizontal flip, on device
         "seed": 0,
         "keep_checkpoints": 2,
+        "score_test": True,  # false while choosing a recipe on validation: the test split stays unseen
     },
 }
 
@@ -116,6 +117,7 @@ SCHEMA: dict[str, base.Checker] = {
     "train.augment": base.boolean,
     "train.seed": base.integer(low=0),
     "train.keep_checkpoints": base.POSITIVE,
+    "train.score_test": base.boolean,
 }
 
 

@@ -64,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
         "max_scale": 0.1,  # zoom in [1 - s, 1 + s]
         "seed": 0,
         "keep_checkpoints": 2,
+        "score_test": True,  # false while choosing a recipe on validation: the test split stays unseen
     },
     "metric": {
         "aggregate_by": "pooled",  # ablation tables: pooled Dice (bootstrap CI) or "image" (mean per image)
@@ -164,6 +165,7 @@ SCHEMA: dict[str, base.Checker] = {
     "train.max_scale": base.number(low=0, high=0.9),
     "train.seed": base.integer(low=0),
     "train.keep_checkpoints": base.POSITIVE,
+    "train.score_test": base.boolean,
     "metric.aggregate_by": base.one_of("pooled", "image"),
     "metric.classes": base.optional(base.list_of(base.POSITIVE, min_len=1)),
     "metric.lead": base.text,

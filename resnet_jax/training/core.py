@@ -224,8 +224,9 @@ def train_and_evaluate(config: Mapping, workdir: str | Path, task: Task, *, forc
     """Train ``config`` in ``workdir``, resuming from its latest checkpoint; return the last metrics.
 
     Each epoch is scored on the validation split (the test split where the task has none); with a
-    validation split, the checkpoint best on it is finally scored on the test split
-    (``evaluation.json``). The workdir is held meanwhile (:func:`resnet_jax.ledger.hold`): a second training of
+    validation split, the checkpoint best on it is finally scored on the test split (``evaluation.json``), unless
+    ``train.score_test`` is false: a run that chooses a recipe on validation leaves the test split unseen until
+    the chosen run is rerun with it true. The workdir is held meanwhile (:func:`resnet_jax.ledger.hold`): a second training of
     it, from another command or a study that trains runs inside its own workdir, waits for this one.
     """
     with ledger.hold(workdir, log=log):
@@ -260,7 +261,7 @@ def _train_and_evaluate(config: Mapping, workdir: Path, task: Task, *, force_new
                              epochs=t["epochs"], batch_size=t["batch_size"], seed=t["seed"],
                              evaluate=lambda s: evaluate(s, monitor, mesh, prefix), best_metric=ranking,
                              metrics_path=workdir / "metrics.jsonl", log=log)
-    if splits.val is not None and not (workdir / "evaluation.json").is_file():
+    if splits.val is not None and t["score_test"] and not (workdir / "evaluation.json").is_file():
         best = checkpointing.best_step(mngr, metric=ranking)
         best_state = checkpointing.restore(mngr, state, step=best) if best is not None else state
         write_evaluation(workdir, evaluate(best_state, splits.test, mesh, "test_"), step=int(best_state.step),
