@@ -205,6 +205,25 @@ def test_shift_and_flip_move_image_and_mask_as_one_window():
     assert 4 < count_shifted_crops(images, out_i, pad=2) < 28
 
 
+def test_intensity_augmentation_is_a_per_image_gamma_then_an_affine_map_within_its_bounds():
+    rng = np.random.default_rng(1)
+    images = jnp.asarray(rng.uniform(0.2, 0.8, (64, 6, 6, 1)).astype(np.float32))
+    key = jax.random.key(5)
+    np.testing.assert_array_equal(np.asarray(seg_train.augment_intensity(images, key)), np.asarray(images))
+    x = np.asarray(images, np.float64)
+    gamma = np.log(np.asarray(seg_train.augment_intensity(images, key, max_gamma=0.5), np.float64)) / np.log(x)
+    per_image = gamma.reshape(64, -1)
+    np.testing.assert_allclose(per_image, np.broadcast_to(per_image[:, :1], per_image.shape), rtol=1e-4)  # one per image
+    assert 1 / 1.5 - 1e-4 <= per_image.min() < 0.85 and 1.15 < per_image.max() <= 1.5 + 1e-4
+    out = np.asarray(seg_train.augment_intensity(images, key, max_contrast=0.2, max_brightness=0.1), np.float64)
+    for xi, yi in zip(x.reshape(64, -1), out.reshape(64, -1)):
+        inside = (yi > 0) & (yi < 1)  # unclipped pixels: y = c x + b exactly
+        c, b = np.polyfit(xi[inside], yi[inside], 1)
+        np.testing.assert_allclose(c * xi[inside] + b, yi[inside], atol=1e-5)
+        assert 0.8 - 1e-4 <= c <= 1.2 + 1e-4 and -0.1 - 1e-4 <= b <= 0.1 + 1e-4
+        assert np.all(yi[~inside] == np.clip(c * xi[~inside] + b, 0, 1).round())
+
+
 # Training and ablation on a run -----------------------------------------------------------------
 
 @pytest.fixture(scope="module")

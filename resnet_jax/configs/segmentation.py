@@ -62,6 +62,9 @@ DEFAULTS: dict[str, Any] = {
         "max_shift": 16,  # pixels
         "max_rotate": 15.0,  # degrees
         "max_scale": 0.1,  # zoom in [1 - s, 1 + s]
+        "max_gamma": 0.0,  # intensity (images in [0, 1]): x ** g, g in [1 / (1 + m), 1 + m]
+        "max_contrast": 0.0,  # then times c in [1 - m, 1 + m]
+        "max_brightness": 0.0,  # then plus b in [-m, m], clipped to [0, 1]
         "seed": 0,
         "keep_checkpoints": 2,
         "score_test": True,  # false while choosing a recipe on validation: the test split stays unseen
@@ -163,6 +166,9 @@ SCHEMA: dict[str, base.Checker] = {
     "train.max_shift": base.number(low=0),
     "train.max_rotate": base.number(low=0, high=180),
     "train.max_scale": base.number(low=0, high=0.9),
+    "train.max_gamma": base.number(low=0, high=4),
+    "train.max_contrast": base.number(low=0, high=0.9),
+    "train.max_brightness": base.number(low=0, high=0.5),
     "train.seed": base.integer(low=0),
     "train.keep_checkpoints": base.POSITIVE,
     "train.score_test": base.boolean,

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from resnet_jax.ablation import speed, statistics
-from resnet_jax.reporting import benchmark_results, published, results, skip_verdict
+from resnet_jax.reporting import benchmark_results, published, recipe_results, results, skip_verdict
 
 BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.-]+)/(?P<table>[\w-]+)(?::(?P<task>\w+))? -->\n)(?P<body>.*?)"
                    r"(?P<body_end><!-- /results -->)", re.S)
@@ -516,7 +516,13 @@ TABLES: dict[str, Callable[..., str]] = {
     "paper": paper_table, "agreement": agreement, "decisions": decisions_table, "layers": layers,
     "readings": readings, "training": training_table, "budget": budget_line, "skip": skip_study,
     "skip-points": skip_points, "elimination": elimination, "verify": verify, "pairs": pairs,
-    **benchmark_results.TABLES}
+    "recipe": recipe_results.recipe, **benchmark_results.TABLES}
+
+
+def provenance_records(folder: Path) -> list[Path]:
+    """A results folder's provenance: its own record, or (a study grown one exported run at a time) each run's."""
+    own = folder / "provenance.json"
+    return [own] if own.is_file() else sorted(folder.glob("*/provenance.json"))
 
 
 def render(text: str, results_root: Path) -> str:
@@ -527,10 +533,13 @@ def render(text: str, results_root: Path) -> str:
             raise ResultsError(f"README block {match['name']}/{table}:{task}: unknown task {task!r}; known: {list(TASKS)}")
         if table not in TABLES:
             raise ResultsError(f"README block {match['name']}/{table}: unknown table {table!r}; known: {sorted(TABLES)}")
-        if not (folder / "provenance.json").is_file():
+        records = provenance_records(folder)
+        if not records:
             raise ResultsError(f"README block {match['name']}/{table}: {folder} is not a results folder "
-                               f"(no provenance.json); folders there: {sorted(p.name for p in results_root.glob('*/'))}")
-        warning = read_json(folder / "provenance.json").get("warning")
+                               f"(no provenance.json, nor a folder of exported runs that each have one); folders "
+                               f"there: {sorted(p.name for p in results_root.glob('*/'))}")
+        warnings = sorted({w for r in records if (w := read_json(r).get("warning"))})
+        warning = "; ".join(warnings)
         try:
             return (match.group(1) + (f"**Warning: {warning}.**\n\n" if warning else "")
                     + TABLES[table](folder, task) + match["body_end"])

@@ -136,15 +136,40 @@ def augment_pair(images: Array, masks: Array, key: Array, *, flip: bool = True, 
     return jax.vmap(one)(images, masks, angle, scale, shift, flips)
 
 
+def augment_intensity(images: Array, key: Array, *, max_gamma: float = 0.0, max_contrast: float = 0.0,
+                      max_brightness: float = 0.0) -> Array:
+    """Per example, ``clip(c * x ** g + b, 0, 1)`` on images in [0, 1]: gamma ``g = (1 + max_gamma) ** u``,
+    contrast ``c`` in ``[1 - max_contrast, 1 + max_contrast]`` and brightness ``b`` in ``[-max_brightness,
+    max_brightness]``, ``u`` and the others uniform. MRI intensities have no absolute scale; zeros leave every
+    pixel as it was."""
+    n = images.shape[0]
+    k_gamma, k_contrast, k_bright = jax.random.split(key, 3)
+    uniform = lambda k, m: m * jax.random.uniform(k, (n, 1, 1, 1), minval=-1.0, maxval=1.0)  # noqa: E731
+    gamma = (1.0 + max_gamma) ** uniform(k_gamma, 1.0)
+    x = jnp.clip(images, 0.0, 1.0) ** gamma
+    return jnp.clip((1.0 + uniform(k_contrast, max_contrast)) * x + uniform(k_bright, max_brightness), 0.0, 1.0
+                    ).astype(images.dtype)
+
+
+INTENSITY = ("max_gamma", "max_contrast", "max_brightness")
+"""The intensity keys of ``train``: applied after the geometric map, with a key of their own, and only when one is
+above 0, so that runs without them draw exactly the transforms they drew before these keys existed."""
+
+
 # Steps ------------------------------------------------------------------------------------------
 
 def train_step(state: core.TrainState, images: Array, masks: Array, key: Array, *,
                augment: Mapping[str, Any] | None, dice_weight: float) -> tuple[core.TrainState, dict]:
-    """One SGD step; augmentation (``augment``: kwargs of :func:`augment_pair`, or None) runs here."""
+    """One SGD step; augmentation (``augment``: kwargs of :func:`augment_pair` and of :func:`augment_intensity`,
+    or None) runs here."""
     key = jax.random.fold_in(key, state.step)
     k_aug, k_drop = jax.random.split(key)
     if augment is not None:
-        images, masks = augment_pair(images, masks, k_aug, **augment)
+        geometric = {k: v for k, v in augment.items() if k not in INTENSITY}
+        images, masks = augment_pair(images, masks, k_aug, **geometric)
+        if any(augment.get(k, 0) for k in INTENSITY):
+            images = augment_intensity(images, jax.random.fold_in(k_aug, 1),
+                                       **{k: augment.get(k, 0.0) for k in INTENSITY})
     x = normalize(images, state.image_mean, state.image_std)
 
     def loss_fn(params):
@@ -202,7 +227,7 @@ def _augment_kwargs(t: Mapping) -> dict | None:
     if not t["augment"]:
         return None
     return {"flip": t["flip"], "max_shift": t["max_shift"], "max_rotate": t["max_rotate"],
-            "max_scale": t["max_scale"]}
+            "max_scale": t["max_scale"], **{k: t[k] for k in INTENSITY}}
 
 
 def _train_step(config: Mapping) -> Callable:

@@ -1,0 +1,99 @@
+"""The segmentation recipe search, rendered: runs that differ in how they were trained, side by side on validation.
+
+A recipe is chosen on the validation patients only; a run trained with ``train.score_test=false`` has no test score
+until the chosen one is rerun with it true, and the table says "not scored" rather than leave a gap. Each run is
+its own results folder (``resnet-jax results --workdir RUN --out docs/results/<study>/<run>``), so the search grows
+one run at a time and a README block names the study's folder::
+
+    <!-- results: acdc-recipe/recipe -->
+    <!-- /results -->
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from resnet_jax import configs
+from resnet_jax.reporting import results
+
+
+def training_runs(folder: Path) -> list[Path]:
+    """Segmentation runs in ``folder`` or one level below it (a folder with ``config.json`` and ``metrics.jsonl``),
+    sorted by name."""
+    found = [p.parent for pattern in ("config.json", "*/config.json") for p in folder.glob(pattern)]
+    return sorted((r for r in found if (r / "metrics.jsonl").is_file()
+                   and json.loads((r / "config.json").read_text()).get("task") == "segmentation"),
+                  key=lambda r: r.relative_to(folder).as_posix())
+
+
+def loss_words(train: Mapping) -> str:
+    """``cross-entropy`` or ``cross-entropy + w x Dice``."""
+    return "cross-entropy" + (f" + {train['dice_weight']:g} x Dice" if train["dice_weight"] else "")
+
+
+def augmentation_words(train: Mapping) -> str:
+    """The training transform in a few words, or ``none``."""
+    if not train["augment"]:
+        return "none"
+    named = (("shift", "max_shift", " px"), ("rotate", "max_rotate", " deg"), ("scale", "max_scale", ""),
+             ("gamma", "max_gamma", ""), ("contrast", "max_contrast", ""), ("brightness", "max_brightness", ""))
+    parts = (["flip"] if train["flip"] else []) + [
+        f"{name} {value:g}{unit}" for name, key, unit in named if (value := train.get(key, 0))]
+    return ", ".join(parts) or "none"
+
+
+def recipe_cells(config: Mapping) -> list:
+    """What a recipe is made of: output stride, crop, stem, classes, loss, augmentation, epochs and peak rate."""
+    m, d, t = config["model"], config["data"], config["train"]
+    return [m["output_stride"], d["image_size"], m["stem"], len(d["class_names"]) - 1, loss_words(t),
+            augmentation_words(t), t["epochs"], f"{t['learning_rate']:g}"]
+
+
+RECIPE_HEADER = ("run", "output stride", "crop (px)", "stem", "foreground classes", "loss", "augmentation",
+                 "epochs", "peak lr")
+
+
+def _criterion(config: Mapping) -> str:
+    lead = config["metric"]["lead"]
+    return "val_dice" if config["metric"]["checkpoint"] == "mean" or lead == "mean" else f"val_dice_{lead.lower()}"
+
+
+def selection_row(folder: Path, run: Path) -> list:
+    """One run: its recipe, its best validation score (and epoch), minutes trained, and its test score if scored."""
+    config = configs.complete(json.loads((run / "config.json").read_text()))
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    if not lines:
+        raise FileNotFoundError(f"{run / 'metrics.jsonl'} holds no finished epoch")
+    criterion = _criterion(config)
+    best = max(lines, key=lambda x: x[criterion])
+    done = lines[-1]["epoch"]
+    epochs = config["train"]["epochs"]
+    evaluation = run / "evaluation.json"
+    test = json.loads(evaluation.read_text()) if evaluation.is_file() else None
+    test_key = "test_" + criterion[4:]
+    return [run.relative_to(folder).as_posix(), *recipe_cells(config)[:-2],
+            f"{done}" if done == epochs else f"{done} of {epochs} (unfinished)", recipe_cells(config)[-1],
+            f"**{best[criterion]:.4f}** (epoch {best['epoch']})", f"{best['val_dice']:.4f}",
+            f"{lines[-1]['elapsed_s'] / 60:.1f}",
+            f"{test[test_key]:.4f}" if test and test_key in test else "not scored"]
+
+
+def recipe(folder: Path, task: str | None = None) -> str:
+    """Every run of a recipe search: the recipe, validation Dice of the lead class at its best epoch, mean foreground
+    Dice there, minutes of training, and the test score where the run was chosen and scored."""
+    rows = [selection_row(folder, run) for run in training_runs(folder)]
+    if not rows:
+        raise FileNotFoundError(f"{folder} holds no segmentation run (a folder with config.json and metrics.jsonl)")
+    lead = _criterion(configs.complete(json.loads((training_runs(folder)[0] / "config.json").read_text())))[4:]
+    table = results.grid([*RECIPE_HEADER, f"best validation {lead}", "validation mean Dice there",
+                          "training minutes", f"test {lead}"], rows, right_from=1)
+    return table + "\n" + _leader(rows, lead)
+
+
+def _leader(rows: Sequence[list], lead: str) -> str:
+    value = lambda row: float(row[-4].split("**")[1])  # noqa: E731
+    top = max(rows, key=value)
+    return (f"Best on validation so far: `{top[0]}` ({lead} {value(top):.4f}, {top[-2]} minutes of training"
+            f"{'' if top[-1] == 'not scored' else f'; test {top[-1]}'}).\n")

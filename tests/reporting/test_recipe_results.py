@@ -1,0 +1,52 @@
+"""The recipe-search table: planted runs, whose best epochs and test scores are known, rendered through a README block."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from resnet_jax import configs
+from resnet_jax.reporting import readme_results
+
+
+def _planted(run: Path, overrides, val_myo, *, test=None, elapsed=600.0):
+    """A trained-run export: config, one metrics line per epoch (validation myocardium Dice as given), provenance."""
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(configs.to_json(configs.load_config("acdc-pspnet34-cpu", overrides)))
+    lines = [{"epoch": e + 1, "step": 41 * (e + 1), "val_dice_myo": v, "val_dice": v + 0.1,
+              "elapsed_s": elapsed * (e + 1) / len(val_myo)} for e, v in enumerate(val_myo)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    if test is not None:
+        (run / "evaluation.json").write_text(json.dumps({"checkpoint": "best", "test_dice_myo": test}))
+    (run / "provenance.json").write_text(json.dumps({"command": "planted"}))
+
+
+def _cells(table: str, run: str) -> list[str]:
+    line = next(x for x in table.splitlines() if x.startswith(f"| {run} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_each_run_shows_its_recipe_its_best_validation_epoch_and_a_test_score_only_where_scored(tmp_path):
+    folder = tmp_path / "acdc-recipe"
+    _planted(folder / "os8", ["model.output_stride=8", "train.epochs=3", "train.score_test=false"],
+             [0.50, 0.81, 0.79], elapsed=3000.0)
+    _planted(folder / "os16-mean", ["train.epochs=4", "train.dice_weight=0", "train.augment=false"],
+             [0.40, 0.60, 0.70], test=0.6543)  # 3 of 4 epochs: unfinished
+    table = readme_results.TABLES["recipe"](folder)
+    os8 = _cells(table, "os8")
+    assert os8[1:3] == ["8", "128"] and os8[5] == "cross-entropy + 1 x Dice"
+    assert os8[6] == "flip, shift 10 px, rotate 15 deg, scale 0.1" and os8[7] == "3"
+    assert os8[-4:] == ["**0.8100** (epoch 2)", "0.9100", "50.0", "not scored"]
+    os16 = _cells(table, "os16-mean")
+    assert os16[1] == "16" and os16[5] == "cross-entropy" and os16[6] == "none"
+    assert os16[7] == "3 of 4 (unfinished)" and os16[-4] == "**0.7000** (epoch 3)" and os16[-1] == "0.6543"
+    assert "Best on validation so far: `os8` (dice_myo 0.8100, 50.0 minutes of training)." in table
+
+
+def test_a_block_renders_a_folder_of_exported_runs_and_refuses_one_without_provenance(tmp_path):
+    _planted(tmp_path / "acdc-recipe" / "a", ["train.epochs=1"], [0.3])
+    page = "<!-- results: acdc-recipe/recipe -->\n<!-- /results -->\n"
+    assert "| a | 16 | 128 |" in readme_results.render(page, tmp_path)
+    (tmp_path / "acdc-recipe" / "a" / "provenance.json").unlink()
+    with pytest.raises(readme_results.ResultsError, match="no provenance.json"):
+        readme_results.render(page, tmp_path)
