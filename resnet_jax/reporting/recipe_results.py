@@ -60,7 +60,23 @@ def _criterion(config: Mapping) -> str:
     return "val_dice" if config["metric"]["checkpoint"] == "mean" or lead == "mean" else f"val_dice_{lead.lower()}"
 
 
-def selection_row(folder: Path, run: Path) -> list:
+COMPARE_WITH = "compare-with.json"
+"""Optional, in a recipe folder: ``{"runs": [paths relative to the results root]}``, committed runs of other folders
+(the preset in use, say) shown as rows beside the search's own, under their paths."""
+
+
+def compared_runs(folder: Path) -> list[tuple[str, Path]]:
+    """The folder's own runs (labelled by their path inside it), then the runs its ``compare-with.json`` names."""
+    own = [(run.relative_to(folder).as_posix(), run) for run in training_runs(folder)]
+    listed = json.loads((folder / COMPARE_WITH).read_text())["runs"] if (folder / COMPARE_WITH).is_file() else []
+    missing = [p for p in listed if not (folder.parent / p / "metrics.jsonl").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder / COMPARE_WITH} names {missing}, which hold no trained run under "
+                                f"{folder.parent}")
+    return own + [(p, folder.parent / p) for p in listed]
+
+
+def selection_row(label: str, run: Path) -> list:
     """One run: its recipe, its best validation score (and epoch), minutes trained, and its test score if scored."""
     config = configs.complete(json.loads((run / "config.json").read_text()))
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
@@ -73,7 +89,7 @@ def selection_row(folder: Path, run: Path) -> list:
     evaluation = run / "evaluation.json"
     test = json.loads(evaluation.read_text()) if evaluation.is_file() else None
     test_key = "test_" + criterion[4:]
-    return [run.relative_to(folder).as_posix(), *recipe_cells(config)[:-2],
+    return [label, *recipe_cells(config)[:-2],
             f"{done}" if done == epochs else f"{done} of {epochs} (unfinished)", recipe_cells(config)[-1],
             f"**{best[criterion]:.4f}** (epoch {best['epoch']})", f"{best['val_dice']:.4f}",
             f"{lines[-1]['elapsed_s'] / 60:.1f}",
@@ -83,10 +99,11 @@ def selection_row(folder: Path, run: Path) -> list:
 def recipe(folder: Path, task: str | None = None) -> str:
     """Every run of a recipe search: the recipe, validation Dice of the lead class at its best epoch, mean foreground
     Dice there, minutes of training, and the test score where the run was chosen and scored."""
-    rows = [selection_row(folder, run) for run in training_runs(folder)]
-    if not rows:
+    found = compared_runs(folder)
+    if not found:
         raise FileNotFoundError(f"{folder} holds no segmentation run (a folder with config.json and metrics.jsonl)")
-    lead = _criterion(configs.complete(json.loads((training_runs(folder)[0] / "config.json").read_text())))[4:]
+    rows = [selection_row(label, run) for label, run in found]
+    lead = _criterion(configs.complete(json.loads((found[0][1] / "config.json").read_text())))[4:]
     table = results.grid([*RECIPE_HEADER, f"best validation {lead}", "validation mean Dice there",
                           "training minutes", f"test {lead}"], rows, right_from=1)
     return table + "\n" + _leader(rows, lead)

@@ -41,6 +41,14 @@ def test_each_run_shows_its_recipe_its_best_validation_epoch_and_a_test_score_on
     assert os16[1] == "16" and os16[5] == "cross-entropy" and os16[6] == "none"
     assert os16[7] == "3 of 4 (unfinished)" and os16[-4] == "**0.7000** (epoch 3)" and os16[-1] == "0.6543"
     assert "Best on validation so far: `os8` (dice_myo 0.8100, 50.0 minutes of training)." in table
+    _planted(tmp_path / "elsewhere" / "preset", ["train.epochs=2"], [0.70, 0.85], test=0.8)  # another folder's run
+    (folder / "compare-with.json").write_text(json.dumps({"runs": ["elsewhere/preset"]}))
+    table = readme_results.TABLES["recipe"](folder)
+    assert _cells(table, "elsewhere/preset")[-4:] == ["**0.8500** (epoch 2)", "0.9500", "10.0", "0.8000"]
+    assert "Best on validation so far: `elsewhere/preset` (dice_myo 0.8500, 10.0 minutes of training; test 0.8000)" in table
+    (folder / "compare-with.json").write_text(json.dumps({"runs": ["elsewhere/gone"]}))
+    with pytest.raises(FileNotFoundError, match="elsewhere/gone"):
+        readme_results.TABLES["recipe"](folder)
 
 
 def test_a_block_renders_a_folder_of_exported_runs_and_refuses_one_without_provenance(tmp_path):
