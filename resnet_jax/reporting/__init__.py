@@ -4,5 +4,5 @@ folders under ``docs/results/`` and the blocks that the README and the documenta
     python scripts/render_results.py --check     # every results block of README.md and docs/ matches docs/results/
 """
 
-__all__ = ["benchmark_results", "figures", "markdown", "preset_times", "published", "readme_results", "recipe_results",
+__all__ = ["benchmark_results", "factor_results", "figures", "markdown", "preset_times", "published", "readme_results", "recipe_results",
            "results", "results_figures", "skip_report", "skip_verdict", "study_report"]

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from resnet_jax.ablation import speed, statistics
-from resnet_jax.reporting import benchmark_results, published, recipe_results, results, skip_verdict
+from resnet_jax.reporting import benchmark_results, factor_results, published, recipe_results, results, skip_verdict
 
 BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.-]+)/(?P<table>[\w-]+)(?::(?P<task>\w+))? -->\n)(?P<body>.*?)"
                    r"(?P<body_end><!-- /results -->)", re.S)
@@ -516,7 +516,7 @@ TABLES: dict[str, Callable[..., str]] = {
     "paper": paper_table, "agreement": agreement, "decisions": decisions_table, "layers": layers,
     "readings": readings, "training": training_table, "budget": budget_line, "skip": skip_study,
     "skip-points": skip_points, "elimination": elimination, "verify": verify, "pairs": pairs,
-    "recipe": recipe_results.recipe, **benchmark_results.TABLES}
+    "recipe": recipe_results.recipe, "factors": factor_results.factors, **benchmark_results.TABLES}
 
 
 def provenance_records(folder: Path) -> list[Path]:

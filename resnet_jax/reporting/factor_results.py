@@ -1,0 +1,140 @@
+"""Which training choice moves the segmentation rows toward the study's pattern: one factor changed at a time.
+
+In the study's segmentation rows (PROTOCOLS.md) removing stage 1, 2 or 3 except its decomposition keeps most of
+the baseline, while stage 4 and every projection shortcut take it to 0. A factor run changes one thing in the
+chosen recipe (output stride, training length, the classes trained, the stem) and reruns the stage and shortcut
+protocols. Rows are compared as *retention*, value over baseline, since the baselines differ; a group of rows (the
+stage rows, the shortcut rows) lies at the mean absolute difference of its retentions from the study's. A factor
+moves a group toward or away from the study only by more than that distance varies between the chosen recipe's
+seeds.
+
+A factors folder holds the factor runs, each exported on its own (``resnet-jax results --workdir RUN --out
+docs/results/<folder>/<run>``), and ``factors.json`` naming the chosen recipe's runs, relative to the results root::
+
+    {"reference": ["acdc-recipe/chosen", "acdc-recipe/chosen-seed1"]}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from resnet_jax import configs
+from resnet_jax.reporting import published, results
+
+TASK = "segmentation"
+GROUPS = {"stage": "stage-except-decomposition", "shortcut": "shortcut"}
+"""The two groups of rows whose movement is reported, and the protocol each comes from."""
+IGNORED = ("train.seed", "train.score_test", "data.data_dir")
+"""Config keys that do not make a run a different factor: seeds are compared as seeds."""
+SPEC = "factors.json"
+
+
+def retention(tables: Mapping[str, Sequence[dict]]) -> dict[tuple[str, int], float]:
+    """Per published row ``(protocol, stage)`` that the run has, its value over its own baseline."""
+    values = published.stage_values(TASK, tables)
+    base = values[("baseline", None)][0]
+    return {key: v[0] / base for key, v in values.items() if key[1] is not None and v}
+
+
+def paper_retention() -> dict[tuple[str, int], float]:
+    """The study's rows over the study's baseline."""
+    paper = published.PUBLISHED[TASK]
+    return {(p, s): paper[p][s] / paper["baseline"] for p in GROUPS.values() for s in paper[p]}
+
+
+def distance(kept: Mapping[tuple[str, int], float], protocol: str) -> float:
+    """Mean absolute difference between a run's retentions and the study's, over one protocol's rows."""
+    paper = paper_retention()
+    gaps = [abs(v - paper[key]) for key, v in kept.items() if key[0] == protocol]
+    if not gaps:
+        raise FileNotFoundError(f"no {protocol} rows to compare with the study's")
+    return sum(gaps) / len(gaps)
+
+
+def _tables(run: Path) -> dict[str, list[dict]]:
+    found = {p: run / "ablation" / f"{p}.json" for p in ("baseline", *GROUPS.values())}
+    missing = [str(path) for path in found.values() if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{run} lacks {missing}: run the baseline, stage and shortcut protocols on it")
+    return {p: json.loads(path.read_text())["rows"] for p, path in found.items()}
+
+
+def _config(run: Path) -> dict:
+    return configs.complete(json.loads((run / "config.json").read_text()))
+
+
+def changes(reference: Mapping, config: Mapping) -> str:
+    """What a factor run changed against the reference recipe, as ``key old -> new``; seeds aside."""
+    keys = [k for k in configs.diff(reference, config) if k not in IGNORED]
+    return "; ".join(f"{k} {_get(reference, k)} -> {_get(config, k)}" for k in keys) or "nothing (the reference)"
+
+
+def _get(config: Mapping, dotted: str):
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
+def _runs(folder: Path) -> tuple[list[Path], list[Path]]:
+    spec = folder / SPEC
+    if not spec.is_file():
+        raise FileNotFoundError(f"{spec} is missing: it names the chosen recipe's runs, e.g. "
+                                f'{{"reference": ["acdc-recipe/chosen"]}}')
+    reference = [folder.parent / p for p in json.loads(spec.read_text())["reference"]]
+    own = sorted(p.parent for p in folder.glob("*/config.json"))
+    return reference, own
+
+
+def _row(label: str, run: Path, changed: str) -> tuple[list, dict[str, float]]:
+    tables = _tables(run)
+    kept = retention(tables)
+    values = published.stage_values(TASK, tables)
+    dist = {group: distance(kept, protocol) for group, protocol in GROUPS.items()}
+    cells = [label, changed, _config(run)["train"]["seed"], f"{values[('baseline', None)][0]:.3f}"]
+    cells += [f"{v[0]:.3f}" if v else "-" for key, v in values.items() if key[1] is not None]
+    return cells + [f"{dist['stage']:.3f}", f"{dist['shortcut']:.3f}"], dist
+
+
+def factors(folder: Path, task: str | None = None) -> str:
+    """The chosen recipe's seeds and every factor run: the stage and shortcut values, each group's distance from
+    the study's pattern, then one sentence per factor on how each group moved."""
+    reference, own = _runs(folder)
+    base = _config(reference[0])
+    header = ["run", "changed", "seed", "baseline", *(f"{'stage' if p == GROUPS['stage'] else 'shortcut'} {s}"
+                                                     for p, s in paper_retention()), "stage distance",
+              "shortcut distance"]
+    study = ["the study", "-", "-", f"{published.PUBLISHED[TASK]['baseline']:.2f}",
+             *(f"{published.PUBLISHED[TASK][p][s]:.2f}" for p, s in paper_retention()), "0", "0"]
+    rows, ref_dist, by_factor = [study], [], {}
+    for run in reference:
+        cells, dist = _row(f"reference: {run.parent.name}/{run.name}", run, "-")
+        rows.append(cells)
+        ref_dist.append(dist)
+    for run in own:
+        changed = changes(base, _config(run))
+        cells, dist = _row(run.name, run, changed)
+        rows.append(cells)
+        by_factor.setdefault(changed, []).append(dist)
+    table = results.grid(header, rows, right_from=2)
+    return table + "\n" + "\n".join(_sentence(f, d, ref_dist) for f, d in by_factor.items()) + "\n"
+
+
+def _sentence(factor: str, runs: Sequence[dict[str, float]], reference: Sequence[dict[str, float]]) -> str:
+    parts = []
+    for group in GROUPS:
+        ref = [d[group] for d in reference]
+        mean_ref, mean = sum(ref) / len(ref), sum(d[group] for d in runs) / len(runs)
+        spread = max(ref) - min(ref)
+        moved = f"{mean_ref:.3f} -> {mean:.3f}"
+        if len(ref) < 2:
+            parts.append(f"{group} rows {moved}, {'toward' if mean < mean_ref else 'away from'} the study's pattern "
+                         f"on one reference seed (the seed-to-seed spread is not measured)")
+        elif abs(mean - mean_ref) <= spread:
+            parts.append(f"{group} rows {moved}: within the reference seeds' spread of {spread:.3f}, no measured move")
+        else:
+            parts.append(f"{group} rows {moved}: {'toward' if mean < mean_ref else 'away from'} the study's pattern, "
+                         f"beyond the reference seeds' spread of {spread:.3f}")
+    seeds = f"{len(runs)} seed{'s' if len(runs) > 1 else ''}"
+    return f"- `{factor}` ({seeds}; distance from the study, reference -> factor): " + "; ".join(parts) + "."

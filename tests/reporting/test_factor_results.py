@@ -1,0 +1,67 @@
+"""The factor table: planted reference and factor runs whose distances from the study's pattern are worked out here
+by hand from PROTOCOLS.md's segmentation rows (0.87 baseline; stages 0.82, 0.86, 0.82, 0.00; shortcuts 0.00)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from resnet_jax import configs
+from resnet_jax.reporting import readme_results
+
+PAPER_STAGE = [0.82 / 0.87, 0.86 / 0.87, 0.82 / 0.87, 0.0]
+
+
+def _planted(run: Path, overrides, *, stages, shortcuts, baseline=0.8):
+    (run / "ablation").mkdir(parents=True)
+    (run / "config.json").write_text(configs.to_json(configs.load_config("acdc-pspnet34-cpu", overrides)))
+    (run / "provenance.json").write_text("{}")
+    row = lambda mask, v: {"mask": mask, "value": v, "dice_myo": v}  # noqa: E731
+    tables = {"baseline": [row("baseline", baseline)],
+              "stage-except-decomposition": [row(f"encoder.layer{s}.except-decomposition", v)
+                                             for s, v in zip((1, 2, 3, 4), stages)],
+              "shortcut": [row(f"encoder.layer{s}.0.downsample", v) for s, v in zip((2, 3, 4), shortcuts)]}
+    for name, rows in tables.items():
+        (run / "ablation" / f"{name}.json").write_text(json.dumps({"rows": rows}))
+
+
+def _stage_distance(stages, baseline=0.8):
+    return sum(abs(v / baseline - p) for v, p in zip(stages, PAPER_STAGE)) / 4
+
+
+@pytest.fixture
+def root(tmp_path):
+    recipe, factors = tmp_path / "acdc-recipe", tmp_path / "acdc-factors"
+    _planted(recipe / "chosen", ["model.output_stride=8"], stages=[0, 0, 0, 0.4], shortcuts=[0.08] * 3)
+    _planted(recipe / "chosen-seed1", ["model.output_stride=8", "train.seed=1"], stages=[0.08, 0, 0, 0.4],
+             shortcuts=[0.16] * 3)
+    _planted(factors / "os16", ["model.output_stride=16"], stages=[0.6, 0.6, 0.6, 0.0], shortcuts=[0.12] * 3)
+    _planted(factors / "half", ["model.output_stride=8", "train.epochs=14"], stages=[0, 0, 0, 0.48],
+             shortcuts=[0.4] * 3)
+    (factors / "factors.json").write_text(json.dumps({"reference": ["acdc-recipe/chosen", "acdc-recipe/chosen-seed1"]}))
+    return tmp_path
+
+
+def test_each_factor_moves_a_group_of_rows_only_beyond_the_reference_seeds_spread(root):
+    text = readme_results.render("<!-- results: acdc-factors/factors -->\n<!-- /results -->\n", root)
+    ref = [_stage_distance([0, 0, 0, 0.4]), _stage_distance([0.08, 0, 0, 0.4])]  # shortcut distances: 0.1, 0.2
+    mean, spread = sum(ref) / 2, ref[0] - ref[1]
+    os16 = next(x for x in text.splitlines() if x.startswith("- `model.output_stride 8 -> 16`"))
+    assert f"stage rows {mean:.3f} -> {_stage_distance([0.6, 0.6, 0.6, 0]):.3f}: toward the study's pattern, " \
+           f"beyond the reference seeds' spread of {spread:.3f}" in os16
+    assert "shortcut rows 0.150 -> 0.150: within the reference seeds' spread of 0.100, no measured move" in os16
+    half = next(x for x in text.splitlines() if x.startswith("- `train.epochs 28 -> 14`"))
+    assert f"stage rows {mean:.3f} -> {_stage_distance([0, 0, 0, 0.48]):.3f}: away from" in half
+    assert "shortcut rows 0.150 -> 0.500: away from the study's pattern" in half
+    row = next(x for x in text.splitlines() if x.startswith("| os16 |"))
+    assert "| 0.800 | 0.600 | 0.600 | 0.600 | 0.000 | 0.120 | 0.120 | 0.120 |" in row
+    assert "| the study | - | - | 0.87 | 0.82 | 0.86 | 0.82 | 0.00 | 0.00 | 0.00 | 0.00 |" in text
+
+
+def test_one_reference_seed_says_the_spread_is_unmeasured_and_a_missing_table_is_named(root):
+    (root / "acdc-factors" / "factors.json").write_text(json.dumps({"reference": ["acdc-recipe/chosen"]}))
+    text = readme_results.TABLES["factors"](root / "acdc-factors")
+    assert "on one reference seed (the seed-to-seed spread is not measured)" in text
+    (root / "acdc-factors" / "half" / "ablation" / "shortcut.json").unlink()
+    with pytest.raises(FileNotFoundError, match="half.*shortcut.json"):
+        readme_results.TABLES["factors"](root / "acdc-factors")
