@@ -14,12 +14,18 @@ key=$( { cat "$repo/pyproject.toml"; echo "$extras"; "$python" --version; } | sh
 venv=${RESNET_JAX_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/resnet-jax/venv-$key}
 
 if [ ! -f "$venv/.complete" ]; then
-  echo "setting up $venv (extras: $extras); this happens once per dependency spec" >&2
+  echo "setting up $venv: resnet-jax with its dependencies (jax, flax, optax, orbax-checkpoint, tensorflow-datasets," \
+       "numpy, chex, matplotlib) and the extras [$extras]; this happens once per dependency spec" >&2
+  started=$SECONDS
   rm -rf "$venv"
   "$python" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip >&2
   "$venv/bin/python" -m pip install -q -e "$repo[$extras]" >&2
   touch "$venv/.complete"
+  versions=$("$venv/bin/python" -m pip list --format=freeze 2>/dev/null |
+             grep -iE '^(jax|jaxlib|flax|optax|orbax-checkpoint|torch|torchvision|pytest|sphinx)==' | tr '\n' ' ')
+  echo "virtualenv ready in $((SECONDS - started)) s: $("$venv/bin/python" -m pip list --format=freeze 2>/dev/null |
+       wc -l) packages, among them ${versions% }" >&2
 fi
 # The cached venv may point at another clone: re-point the editable install at this one.
 here=$(cd / && "$venv/bin/python" -c 'import pathlib, resnet_jax; print(pathlib.Path(resnet_jax.__file__).resolve().parents[1])' 2>/dev/null || true)
