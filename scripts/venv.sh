@@ -23,7 +23,7 @@ if [ ! -f "$venv/.complete" ]; then
   "$venv/bin/python" -m pip install -q -e "$repo[$extras]" >&2
   touch "$venv/.complete"
   versions=$("$venv/bin/python" -m pip list --format=freeze 2>/dev/null |
-             grep -iE '^(jax|jaxlib|flax|optax|orbax-checkpoint|torch|torchvision|pytest|sphinx)==' | tr '\n' ' ')
+             grep -iE '^(jax|jaxlib|flax|optax|orbax-checkpoint|torch|torchvision|pytest|sphinx)==' | tr '\n' ' ' || true)
   echo "virtualenv ready in $((SECONDS - started)) s: $("$venv/bin/python" -m pip list --format=freeze 2>/dev/null |
        wc -l) packages, among them ${versions% }" >&2
 fi
