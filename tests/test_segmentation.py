@@ -224,6 +224,24 @@ def test_intensity_augmentation_is_a_per_image_gamma_then_an_affine_map_within_i
         assert np.all(yi[~inside] == np.clip(c * xi[~inside] + b, 0, 1).round())
 
 
+def test_keep_classes_relabels_every_other_class_as_background_and_the_model_and_metric_follow():
+    config = configs.load_config("synthetic-seg-tiny", ["data.keep_classes=[RV, MYO]"])
+    full = seg_train.load_split(configs.load_config("synthetic-seg-tiny"), "train")
+    kept = seg_train.load_split(config, "train")
+    assert kept.class_names == ("background", "RV", "MYO")
+    expected = np.zeros_like(full.masks)  # a slow reference: pixel by pixel
+    for index, old in np.ndenumerate(full.masks):
+        expected[index] = {3: 1, 2: 2}.get(int(old), 0)
+    np.testing.assert_array_equal(kept.masks, expected)
+    assert set(np.unique(full.masks)) == {0, 1, 2, 3}  # every class was there to relabel
+    assert seg_train.build_model(config).num_classes == 3
+    assert seg_train.build_metric(config).class_names == ("background", "RV", "MYO")
+    with pytest.raises(configs.ConfigError, match=r"keep_classes names \['PA'\].*valid: \['LV', 'MYO', 'RV'\]"):
+        configs.load_config("synthetic-seg-tiny", ["data.keep_classes=[PA]"])
+    with pytest.raises(configs.ConfigError, match=r"metric.lead='MYO' is not a foreground class.*\['LV'\]"):
+        configs.load_config("synthetic-seg-tiny", ["data.keep_classes=[LV]"])
+
+
 # Training and ablation on a run -----------------------------------------------------------------
 
 @pytest.fixture(scope="module")

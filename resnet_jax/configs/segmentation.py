@@ -40,7 +40,8 @@ DEFAULTS: dict[str, Any] = {
         "val_split": "val",  # selects the best checkpoint; None = use the test split
         "test_split": "test",
         "id_prefixes": None,  # {split: [id prefixes]} to split a flat folder by patient
-        "class_names": list(ACDC_CLASSES),  # background first
+        "class_names": list(ACDC_CLASSES),  # background first: the dataset's mask ids
+        "keep_classes": None,  # train on these foreground classes only (e.g. [MYO]); the others become background
         "image_size": 224,  # centre crop / zero pad (native resolution, no resampling)
         "percentiles": [0.5, 99.5],  # per-image intensity range mapped to [0, 1]
         "max_train_examples": None,
@@ -147,6 +148,7 @@ SCHEMA: dict[str, base.Checker] = {
     "data.test_split": base.text,
     "data.id_prefixes": base.optional(base.split_prefixes),
     "data.class_names": base.list_of(base.text, min_len=2),
+    "data.keep_classes": base.optional(base.list_of(base.text, min_len=1)),
     "data.image_size": base.integer(low=8),
     "data.percentiles": base.list_of(base.number(low=0, high=100), length=2),
     "data.max_train_examples": base.COUNT_OR_ALL,
@@ -179,6 +181,13 @@ SCHEMA: dict[str, base.Checker] = {
 }
 
 
+def trained_classes(config: dict) -> list[str]:
+    """The classes a model is trained on and scored by: ``data.class_names``, or background and
+    ``data.keep_classes`` where given."""
+    d = config["data"]
+    return ["background", *d["keep_classes"]] if d.get("keep_classes") else list(d["class_names"])
+
+
 def upgrade(stored: dict) -> dict:
     """A stored config of an older resnet-jax, read as it ran: its tables led with mean foreground Dice, and
     mean foreground Dice ranked its checkpoints (whatever its tables led with)."""
@@ -189,12 +198,16 @@ def check(config: dict) -> list[str]:
     """Checks across keys: Dice classes are foreground ids of ``data.class_names``; id prefixes, where given,
     name every split in use (a split without prefixes would read the whole folder: train and test would overlap)."""
     d = config["data"]
-    n = len(d["class_names"])
-    problems = [f"metric.classes={bad} are not foreground ids (valid: 1..{n - 1})"
-                for bad in [[c for c in config["metric"]["classes"] or () if not 0 < c < n]] if bad]
-    lead, names = config["metric"]["lead"], [c.lower() for c in d["class_names"][1:]]
+    unknown = [c for c in d["keep_classes"] or () if c.lower() not in [n.lower() for n in d["class_names"][1:]]]
+    problems = [f"data.keep_classes names {unknown}, which are not foreground classes of data.class_names; valid: "
+                f"{d['class_names'][1:]}"] if unknown else []
+    trained = trained_classes(config)
+    n = len(trained)
+    problems += [f"metric.classes={bad} are not foreground ids (valid: 1..{n - 1})"
+                 for bad in [[c for c in config["metric"]["classes"] or () if not 0 < c < n]] if bad]
+    lead, names = config["metric"]["lead"], [c.lower() for c in trained[1:]]
     if lead != "mean" and lead.lower() not in names:
-        problems.append(f"metric.lead={lead!r} is not a foreground class; valid: 'mean' or one of {d['class_names'][1:]}")
+        problems.append(f"metric.lead={lead!r} is not a foreground class; valid: 'mean' or one of {trained[1:]}")
     if d["id_prefixes"]:
         used = [d[f"{w}_split"] for w in ("train", "val", "test") if d[f"{w}_split"] is not None]
         missing = [s for s in used if s not in d["id_prefixes"]]

@@ -80,6 +80,32 @@ class SegSplit:
             return self
         return SegSplit(self.images[idx], self.masks[idx], tuple(self.ids[i] for i in idx), self.class_names)
 
+    def keep_classes(self, names: Sequence[str] | None) -> SegSplit:
+        """The same images labelled with only the foreground classes ``names`` (in that order, after background);
+        every other class becomes background. A dataset that labels only the myocardium is this, with ``['MYO']``.
+
+        Example:
+            >>> import numpy as np
+            >>> from resnet_jax.data import SegSplit
+            >>> split = SegSplit(np.zeros((1, 1, 4, 1), np.float32), np.array([[[0, 1, 2, 3]]], np.uint8),
+            ...                  ids=("p01_0",), class_names=("background", "LV", "MYO", "RV"))
+            >>> only = split.keep_classes(["MYO"])
+            >>> only.class_names, only.masks.tolist()
+            (('background', 'MYO'), [[[0, 0, 1, 0]]])
+        """
+        if names is None:
+            return self
+        lower = [c.lower() for c in self.class_names]
+        unknown = [n for n in names if n.lower() not in lower[1:]]
+        if unknown or not names:
+            raise DataError(f"data.keep_classes={list(names)}: {unknown or 'none given'}; valid: a non-empty list of "
+                            f"{list(self.class_names[1:])}")
+        lookup = np.zeros(len(self.class_names), np.uint8)
+        for new_id, n in enumerate(names, start=1):
+            lookup[lower.index(n.lower())] = new_id
+        kept = tuple(self.class_names[lower.index(n.lower())] for n in names)
+        return SegSplit(self.images, lookup[self.masks], self.ids, ("background", *kept))
+
 
 # TFDS, for users with network access ----------------------------------------------------------
 

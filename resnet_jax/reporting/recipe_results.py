@@ -47,11 +47,12 @@ def augmentation_words(train: Mapping) -> str:
 def recipe_cells(config: Mapping) -> list:
     """What a recipe is made of: output stride, crop, stem, classes, loss, augmentation, epochs and peak rate."""
     m, d, t = config["model"], config["data"], config["train"]
-    return [m["output_stride"], d["image_size"], m["stem"], len(d["class_names"]) - 1, loss_words(t),
+    kept = d.get("keep_classes")
+    return [m["output_stride"], d["image_size"], m["stem"], ", ".join(kept or d["class_names"][1:]), loss_words(t),
             augmentation_words(t), t["epochs"], f"{t['learning_rate']:g}"]
 
 
-RECIPE_HEADER = ("run", "output stride", "crop (px)", "stem", "foreground classes", "loss", "augmentation",
+RECIPE_HEADER = ("run", "output stride", "crop (px)", "stem", "classes trained", "loss", "augmentation",
                  "epochs", "peak lr")
 
 

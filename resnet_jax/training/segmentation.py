@@ -18,6 +18,7 @@ import numpy as np
 from jax.scipy import ndimage
 
 from resnet_jax import configs, devices, metrics
+from resnet_jax.configs import segmentation as seg_config
 from resnet_jax.data import segmentation as seg_data
 from resnet_jax.data.inputs import image_stats, normalize
 from resnet_jax.models import pspnet
@@ -49,12 +50,12 @@ def load_split(config: Mapping, which: str) -> seg_data.SegSplit | None:
         split = seg_data.load_segmentation_split(d["data_dir"], name, image_size=d["image_size"],
                                                  class_names=d["class_names"], percentiles=d["percentiles"],
                                                  id_prefixes=prefixes)
-    return split.take(d[f"max_{which}_examples"], seed=config["train"]["seed"])
+    return split.take(d[f"max_{which}_examples"], seed=config["train"]["seed"]).keep_classes(d["keep_classes"])
 
 
 def build_model(config: Mapping) -> pspnet.PSPNet:
     m = config["model"]
-    return pspnet.PSPNet(num_classes=len(config["data"]["class_names"]), encoder=m["encoder"],
+    return pspnet.PSPNet(num_classes=len(seg_config.trained_classes(config)), encoder=m["encoder"],
                       output_stride=m["output_stride"], bins=tuple(m["bins"]), pool_features=m["pool_features"],
                       head_features=m["head_features"], dropout=m["dropout"], stem=m["stem"],
                       conv_impl=m["conv_impl"], dtype=core.model_dtype(config),
@@ -64,7 +65,7 @@ def build_model(config: Mapping) -> pspnet.PSPNet:
 def build_metric(config: Mapping) -> metrics.Dice:
     """The tables' Dice: pooled Dice of ``metric.lead`` (myocardium by default, the study's metric), of the
     explicit ``metric.classes``, or mean foreground Dice (``lead: mean``); the other classes are columns beside it."""
-    m, names = config["metric"], list(config["data"]["class_names"])
+    m, names = config["metric"], seg_config.trained_classes(config)
     if m["classes"]:
         classes, name = tuple(m["classes"]), "dice_" + "_".join(names[c].lower() for c in m["classes"])
     elif m["lead"] == "mean":

@@ -1,0 +1,106 @@
+"""Segmentation: choose a CPU recipe for PSPNet-ResNet34 on ACDC on validation, then test the contradiction with
+the study one factor at a time. Every run is listed here as data (overrides of ``acdc-pspnet34-cpu``) and, once
+finished, exported to its own results folder, so the study grows one run at a time:
+
+    python experiments/acdc_recipe.py list
+    python experiments/acdc_recipe.py select os8-e20 --runs ../runs/acdc-recipe --data-dir ../shared/data/acdc_lv_myo
+    python experiments/acdc_recipe.py chosen os8-e20 --seed 1 --runs ... --data-dir ...  # test once, protocols, readings
+    python experiments/acdc_recipe.py factor os8-e20 stride16 --runs ... --data-dir ...
+
+``select`` trains a candidate with ``train.score_test=false`` (the test split stays unseen) into
+``docs/results/acdc-recipe/<candidate>``. ``chosen`` scores the chosen candidate's test split once (seed 0: the
+selection run itself, rerun with the key true; other seeds trained for it), runs the study's four protocols under
+both BatchNorm readings and exports to ``docs/results/acdc-recipe/<candidate>[-seed<k>]``. ``factor`` changes one
+factor of the chosen recipe, runs the baseline, stage and shortcut protocols and exports to
+``docs/results/acdc-factors/<candidate>-<factor>``. Every step resumes: rerun the same command after an interruption.
+"""
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from resnet_jax import configs
+from resnet_jax.ablation.protocols import STUDY_PROTOCOLS
+from resnet_jax.reporting import results
+from resnet_jax.studies import ablate
+from resnet_jax.training import runs
+
+BASE = "acdc-pspnet34-cpu"
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+CANDIDATES = {
+    "os8-e20": ["model.output_stride=8", "train.epochs=20"],
+    "os8-e20-intensity": ["model.output_stride=8", "train.epochs=20", "train.max_gamma=0.3",
+                          "train.max_contrast=0.1", "train.max_brightness=0.05"],
+}
+"""Candidate recipes: each fits about 60 minutes of training on a 2-core CPU (output stride 8: about 3 minutes an
+epoch at 128 px)."""
+FACTORS = {
+    "stride16": ["model.output_stride=16"],
+    "half-length": "half",  # the candidate's epochs, halved
+    "myo-only": ["data.keep_classes=[MYO]"],  # the study's set labels the myocardium alone
+    "cifar-stem": ["model.stem=cifar"],
+}
+"""One factor changed at a time against the chosen recipe ("half" halves its epochs)."""
+FACTOR_PROTOCOLS = ("baseline", "stage-except-decomposition", "shortcut")
+
+
+def candidate_overrides(name: str) -> list[str]:
+    if name not in CANDIDATES:
+        raise SystemExit(f"unknown candidate {name!r}; valid: {sorted(CANDIDATES)}")
+    return list(CANDIDATES[name])
+
+
+def factor_overrides(candidate: str, factor: str, data_dir: str) -> list[str]:
+    if factor not in FACTORS:
+        raise SystemExit(f"unknown factor {factor!r}; valid: {sorted(FACTORS)}")
+    base = candidate_overrides(candidate)
+    if FACTORS[factor] == "half":
+        epochs = configs.load_config(BASE, base, data_dir=data_dir)["train"]["epochs"]
+        return [*base, f"train.epochs={max(1, epochs // 2)}"]
+    return [*base, *FACTORS[factor]]
+
+
+def export(workdir: Path, out: Path) -> None:
+    record = results.export(workdir, out, command=shlex.join(["python", "experiments/acdc_recipe.py", *sys.argv[1:]]))
+    print(f"exported {workdir} to {out} ({record})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("list", "select", "chosen", "factor"))
+    parser.add_argument("names", nargs="*", help="candidate (select, chosen), or candidate and factor (factor)")
+    parser.add_argument("--runs", type=Path, help="where the runs train (checkpoints; not committed)")
+    parser.add_argument("--data-dir", help="../shared/data/acdc_lv_myo")
+    parser.add_argument("--seed", type=int, default=0, help="chosen: the training seed")
+    args = parser.parse_args()
+    if args.action == "list":
+        print(json.dumps({"base": BASE, "candidates": CANDIDATES, "factors": FACTORS}, indent=2))
+        return
+    if args.runs is None or args.data_dir is None or len(args.names) != (2 if args.action == "factor" else 1):
+        parser.error(f"{args.action} needs --runs, --data-dir and {'a candidate and a factor' if args.action == 'factor' else 'a candidate'}")
+    name = args.names[0]
+    if args.action == "select":
+        config = configs.load_config(BASE, [*candidate_overrides(name), "train.score_test=false"], data_dir=args.data_dir)
+        runs.train(config, args.runs / name)
+        export(args.runs / name, RESULTS / "acdc-recipe" / name)
+    elif args.action == "chosen":
+        run = args.runs / (name if args.seed == 0 else f"{name}-seed{args.seed}")
+        overrides = [*candidate_overrides(name), "train.score_test=true", f"train.seed={args.seed}"]
+        runs.train(configs.load_config(BASE, overrides, data_dir=args.data_dir), run)
+        for reading in ("running", "batch"):
+            ablate.ablate_workdir(run, ablate.Request(protocols=STUDY_PROTOCOLS, batchnorm=reading,
+                                                      whole_batches=reading == "batch", batch_size=96))
+        export(run, RESULTS / "acdc-recipe" / run.name)
+    else:
+        factor = args.names[1]
+        run = args.runs / f"{name}-{factor}"
+        config = configs.load_config(BASE, factor_overrides(name, factor, args.data_dir), data_dir=args.data_dir)
+        runs.train(config, run)
+        ablate.ablate_workdir(run, ablate.Request(protocols=FACTOR_PROTOCOLS, batch_size=96))
+        export(run, RESULTS / "acdc-factors" / run.name)
+
+
+if __name__ == "__main__":
+    main()
