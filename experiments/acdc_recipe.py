@@ -31,6 +31,7 @@ BASE = "acdc-pspnet34-cpu"
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 CANDIDATES = {
     "os8-e20": ["model.output_stride=8", "train.epochs=20"],
+    "os8-e20-light": ["model.output_stride=8", "train.epochs=20", "train.max_rotate=0", "train.max_scale=0"],
     "os8-e20-intensity": ["model.output_stride=8", "train.epochs=20", "train.max_gamma=0.3",
                           "train.max_contrast=0.1", "train.max_brightness=0.05"],
 }
@@ -62,8 +63,9 @@ def factor_overrides(candidate: str, factor: str, data_dir: str) -> list[str]:
     return [*base, *FACTORS[factor]]
 
 
-def export(workdir: Path, out: Path) -> None:
-    record = results.export(workdir, out, command=shlex.join(["python", "experiments/acdc_recipe.py", *sys.argv[1:]]))
+def export(workdir: Path, out: Path, *, allow_dirty: bool) -> None:
+    record = results.export(workdir, out, command=shlex.join(["python", "experiments/acdc_recipe.py", *sys.argv[1:]]),
+                            allow_dirty=allow_dirty)
     print(f"exported {workdir} to {out} ({record})")
 
 
@@ -74,6 +76,8 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, help="where the runs train (checkpoints; not committed)")
     parser.add_argument("--data-dir", help="../shared/data/acdc_lv_myo")
     parser.add_argument("--seed", type=int, default=0, help="chosen: the training seed")
+    parser.add_argument("--allow-dirty", action="store_true", help="export from a checkout with uncommitted code "
+                        "changes (refused otherwise; rerun the same command once committed: training resumes done)")
     args = parser.parse_args()
     if args.action == "list":
         print(json.dumps({"base": BASE, "candidates": CANDIDATES, "factors": FACTORS}, indent=2))
@@ -84,7 +88,7 @@ def main() -> None:
     if args.action == "select":
         config = configs.load_config(BASE, [*candidate_overrides(name), "train.score_test=false"], data_dir=args.data_dir)
         runs.train(config, args.runs / name)
-        export(args.runs / name, RESULTS / "acdc-recipe" / name)
+        export(args.runs / name, RESULTS / "acdc-recipe" / name, allow_dirty=args.allow_dirty)
     elif args.action == "chosen":
         run = args.runs / (name if args.seed == 0 else f"{name}-seed{args.seed}")
         overrides = [*candidate_overrides(name), "train.score_test=true", f"train.seed={args.seed}"]
@@ -92,14 +96,14 @@ def main() -> None:
         for reading in ("running", "batch"):
             ablate.ablate_workdir(run, ablate.Request(protocols=STUDY_PROTOCOLS, batchnorm=reading,
                                                       whole_batches=reading == "batch", batch_size=96))
-        export(run, RESULTS / "acdc-recipe" / run.name)
+        export(run, RESULTS / "acdc-recipe" / run.name, allow_dirty=args.allow_dirty)
     else:
         factor = args.names[1]
         run = args.runs / f"{name}-{factor}"
         config = configs.load_config(BASE, factor_overrides(name, factor, args.data_dir), data_dir=args.data_dir)
         runs.train(config, run)
         ablate.ablate_workdir(run, ablate.Request(protocols=FACTOR_PROTOCOLS, batch_size=96))
-        export(run, RESULTS / "acdc-factors" / run.name)
+        export(run, RESULTS / "acdc-factors" / run.name, allow_dirty=args.allow_dirty)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,38 @@
+"""experiments/acdc_recipe.py: every listed run is a valid config, and each factor changes one thing only."""
+
+import importlib.util
+
+import pytest
+
+from resnet_jax import configs
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    spec = importlib.util.spec_from_file_location("acdc_recipe", REPO / "experiments" / "acdc_recipe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_factor_changes_exactly_its_own_keys_against_every_candidate(recipe, tmp_path):
+    expected = {"stride16": ["model.output_stride"], "half-length": ["train.epochs"], "myo-only": ["data.keep_classes"],
+                "cifar-stem": ["model.stem"]}
+    assert set(expected) == set(recipe.FACTORS)
+    data = str(tmp_path)  # any existing folder: nothing is read
+    for candidate in recipe.CANDIDATES:
+        base = configs.load_config(recipe.BASE, recipe.candidate_overrides(candidate), data_dir=data)
+        for factor, keys in expected.items():
+            changed = configs.load_config(recipe.BASE, recipe.factor_overrides(candidate, factor, data),
+                                          data_dir=data)
+            assert configs.diff(base, changed) == keys, (candidate, factor)
+        half = configs.load_config(recipe.BASE, recipe.factor_overrides(candidate, "half-length", data))
+        assert half["train"]["epochs"] == base["train"]["epochs"] // 2
+
+
+def test_an_unknown_candidate_or_factor_names_the_valid_ones(recipe):
+    with pytest.raises(SystemExit, match="unknown candidate 'os4'; valid: .*'os8-e20'"):
+        recipe.candidate_overrides("os4")
+    with pytest.raises(SystemExit, match="unknown factor 'bigger'; valid: .*'stride16'"):
+        recipe.factor_overrides("os8-e20", "bigger", "data")
