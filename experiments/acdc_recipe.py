@@ -4,7 +4,8 @@ finished, exported to its own results folder, so the study grows one run at a ti
 
     python experiments/acdc_recipe.py list
     python experiments/acdc_recipe.py select os8-e20 --runs ../runs/acdc-recipe --data-dir ../shared/data/acdc_lv_myo
-    python experiments/acdc_recipe.py chosen os8-e20 --seed 1 --runs ... --data-dir ...  # test once, protocols, readings
+    python experiments/acdc_recipe.py chosen os8-e20 --workdir ../runs/acdc-recipe/os8-e20 --data-dir ...  # its test, once
+    python experiments/acdc_recipe.py chosen os8-e20 --seed 1 --runs ... --data-dir ...  # a second seed, tested too
     python experiments/acdc_recipe.py factor os8-e20 stride16 --runs ... --data-dir ...
 
 ``select`` trains a candidate with ``train.score_test=false`` (the test split stays unseen) into
@@ -69,41 +70,48 @@ def export(workdir: Path, out: Path, *, allow_dirty: bool) -> None:
     print(f"exported {workdir} to {out} ({record})")
 
 
+def plan(args) -> tuple[list[str], Path, Path, dict | None]:
+    """The run's overrides, its directory, its results folder and its ablation (None: train only)."""
+    name = args.names[0]
+    if args.action == "select":
+        run, overrides, folder, ablation = name, [*candidate_overrides(name), "train.score_test=false"], "acdc-recipe", None
+    elif args.action == "chosen":
+        run = name if args.seed == 0 else f"{name}-seed{args.seed}"
+        overrides = [*candidate_overrides(name), "train.score_test=true", f"train.seed={args.seed}"]
+        folder, ablation = "acdc-recipe", {"protocols": STUDY_PROTOCOLS, "readings": ("running", "batch")}
+    else:
+        run, overrides = f"{name}-{args.names[1]}", factor_overrides(name, args.names[1], args.data_dir)
+        folder, ablation = "acdc-factors", {"protocols": FACTOR_PROTOCOLS, "readings": ("running",)}
+    return overrides, args.workdir or args.runs / run, RESULTS / folder / run, ablation
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("list", "select", "chosen", "factor"))
     parser.add_argument("names", nargs="*", help="candidate (select, chosen), or candidate and factor (factor)")
     parser.add_argument("--runs", type=Path, help="where the runs train (checkpoints; not committed)")
+    parser.add_argument("--workdir", type=Path, help="this run's directory, if not <runs>/<run name> (e.g. the "
+                        "selection run of the chosen candidate, to score it: its test split once)")
     parser.add_argument("--data-dir", help="../shared/data/acdc_lv_myo")
     parser.add_argument("--seed", type=int, default=0, help="chosen: the training seed")
     parser.add_argument("--allow-dirty", action="store_true", help="export from a checkout with uncommitted code "
-                        "changes (refused otherwise; rerun the same command once committed: training resumes done)")
+                        "changes (refused otherwise, before any training)")
     args = parser.parse_args()
     if args.action == "list":
         print(json.dumps({"base": BASE, "candidates": CANDIDATES, "factors": FACTORS}, indent=2))
         return
-    if args.runs is None or args.data_dir is None or len(args.names) != (2 if args.action == "factor" else 1):
-        parser.error(f"{args.action} needs --runs, --data-dir and {'a candidate and a factor' if args.action == 'factor' else 'a candidate'}")
-    name = args.names[0]
-    if args.action == "select":
-        config = configs.load_config(BASE, [*candidate_overrides(name), "train.score_test=false"], data_dir=args.data_dir)
-        runs.train(config, args.runs / name)
-        export(args.runs / name, RESULTS / "acdc-recipe" / name, allow_dirty=args.allow_dirty)
-    elif args.action == "chosen":
-        run = args.runs / (name if args.seed == 0 else f"{name}-seed{args.seed}")
-        overrides = [*candidate_overrides(name), "train.score_test=true", f"train.seed={args.seed}"]
-        runs.train(configs.load_config(BASE, overrides, data_dir=args.data_dir), run)
-        for reading in ("running", "batch"):
-            ablate.ablate_workdir(run, ablate.Request(protocols=STUDY_PROTOCOLS, batchnorm=reading,
+    if (args.runs is None and args.workdir is None) or args.data_dir is None or \
+            len(args.names) != (2 if args.action == "factor" else 1):
+        parser.error(f"{args.action} needs --runs (or --workdir), --data-dir and "
+                     f"{'a candidate and a factor' if args.action == 'factor' else 'a candidate'}")
+    overrides, workdir, out, ablation = plan(args)
+    results.check_clean(allow_dirty=args.allow_dirty)  # refused now, not after an hour of training
+    results.check_destination(workdir, out)
+    runs.train(configs.load_config(BASE, overrides, data_dir=args.data_dir), workdir)
+    for reading in (ablation or {}).get("readings", ()):
+        ablate.ablate_workdir(workdir, ablate.Request(protocols=ablation["protocols"], batchnorm=reading,
                                                       whole_batches=reading == "batch", batch_size=96))
-        export(run, RESULTS / "acdc-recipe" / run.name, allow_dirty=args.allow_dirty)
-    else:
-        factor = args.names[1]
-        run = args.runs / f"{name}-{factor}"
-        config = configs.load_config(BASE, factor_overrides(name, factor, args.data_dir), data_dir=args.data_dir)
-        runs.train(config, run)
-        ablate.ablate_workdir(run, ablate.Request(protocols=FACTOR_PROTOCOLS, batch_size=96))
-        export(run, RESULTS / "acdc-factors" / run.name, allow_dirty=args.allow_dirty)
+    export(workdir, out, allow_dirty=args.allow_dirty)
 
 
 if __name__ == "__main__":

@@ -240,6 +240,15 @@ def test_keep_classes_relabels_every_other_class_as_background_and_the_model_and
         configs.load_config("synthetic-seg-tiny", ["data.keep_classes=[PA]"])
     with pytest.raises(configs.ConfigError, match=r"metric.lead='MYO' is not a foreground class.*\['LV'\]"):
         configs.load_config("synthetic-seg-tiny", ["data.keep_classes=[LV]"])
+    with pytest.raises(configs.ConfigError, match=r"names a class twice"):
+        configs.load_config("synthetic-seg-tiny", ["data.keep_classes=[MYO, myo]"])
+    spelled = configs.load_config("synthetic-seg-tiny", ["data.keep_classes=[myo]"])  # the dataset's spelling wins
+    assert seg_train.build_metric(spelled).class_names == seg_train.load_split(spelled, "val").class_names
+
+
+def test_a_run_that_leaves_the_test_split_unseen_needs_a_validation_split():
+    with pytest.raises(configs.ConfigError, match=r"score_test=false needs a validation split"):
+        configs.load_config("synthetic-seg-tiny", ["train.score_test=false", "data.val_split=null"])
 
 
 # Training and ablation on a run -----------------------------------------------------------------

@@ -185,7 +185,10 @@ def trained_classes(config: dict) -> list[str]:
     """The classes a model is trained on and scored by: ``data.class_names``, or background and
     ``data.keep_classes`` where given."""
     d = config["data"]
-    return ["background", *d["keep_classes"]] if d.get("keep_classes") else list(d["class_names"])
+    if not d.get("keep_classes"):
+        return list(d["class_names"])
+    spelled = {c.lower(): c for c in d["class_names"]}  # the dataset's own spelling, whatever the override's
+    return [d["class_names"][0], *(spelled.get(c.lower(), c) for c in d["keep_classes"])]
 
 
 def upgrade(stored: dict) -> dict:
@@ -195,12 +198,19 @@ def upgrade(stored: dict) -> dict:
 
 
 def check(config: dict) -> list[str]:
-    """Checks across keys: Dice classes are foreground ids of ``data.class_names``; id prefixes, where given,
-    name every split in use (a split without prefixes would read the whole folder: train and test would overlap)."""
-    d = config["data"]
+    """Checks across keys: Dice classes are foreground ids of the classes trained (:func:`trained_classes`);
+    ``keep_classes`` names foreground classes, once each; a run that leaves the test split unseen has a validation
+    split; id prefixes, where given, name every split in use (a split without prefixes would read the whole folder:
+    train and test would overlap)."""
+    d, kept = config["data"], [c.lower() for c in config["data"]["keep_classes"] or ()]
     unknown = [c for c in d["keep_classes"] or () if c.lower() not in [n.lower() for n in d["class_names"][1:]]]
     problems = [f"data.keep_classes names {unknown}, which are not foreground classes of data.class_names; valid: "
                 f"{d['class_names'][1:]}"] if unknown else []
+    if len(set(kept)) < len(kept):
+        problems.append(f"data.keep_classes={d['keep_classes']} names a class twice; name each class once")
+    if not config["train"]["score_test"] and d["val_split"] is None:
+        problems.append("train.score_test=false needs a validation split (data.val_split): without one the test split "
+                        "ranks the checkpoints every epoch, so it would not stay unseen")
     trained = trained_classes(config)
     n = len(trained)
     problems += [f"metric.classes={bad} are not foreground ids (valid: 1..{n - 1})"

@@ -104,7 +104,7 @@ class SegSplit:
         for new_id, n in enumerate(names, start=1):
             lookup[lower.index(n.lower())] = new_id
         kept = tuple(self.class_names[lower.index(n.lower())] for n in names)
-        return SegSplit(self.images, lookup[self.masks], self.ids, ("background", *kept))
+        return SegSplit(self.images, lookup[self.masks], self.ids, (self.class_names[0], *kept))
 
 
 # TFDS, for users with network access ----------------------------------------------------------

@@ -34,7 +34,9 @@ SPEC = "factors.json"
 def retention(tables: Mapping[str, Sequence[dict]]) -> dict[tuple[str, int], float]:
     """Per published row ``(protocol, stage)`` that the run has, its value over its own baseline."""
     values = published.stage_values(TASK, tables)
-    base = values[("baseline", None)][0]
+    base = (values[("baseline", None)] or [0.0])[0]
+    if base <= 0:
+        raise FileNotFoundError(f"a baseline of {base} leaves no retention to compare (value over baseline)")
     return {key: v[0] / base for key, v in values.items() if key[1] is not None and v}
 
 
@@ -82,7 +84,10 @@ def _runs(folder: Path) -> tuple[list[Path], list[Path]]:
     if not spec.is_file():
         raise FileNotFoundError(f"{spec} is missing: it names the chosen recipe's runs, e.g. "
                                 f'{{"reference": ["acdc-recipe/chosen"]}}')
-    reference = [folder.parent / p for p in json.loads(spec.read_text())["reference"]]
+    reference = [folder.parent / p for p in json.loads(spec.read_text()).get("reference", [])]
+    if not reference:
+        raise FileNotFoundError(f"{spec} names no reference run; it names the chosen recipe's runs, e.g. "
+                                f'{{"reference": ["acdc-recipe/chosen"]}}')
     own = sorted(p.parent for p in folder.glob("*/config.json"))
     return reference, own
 
@@ -129,12 +134,13 @@ def _sentence(factor: str, runs: Sequence[dict[str, float]], reference: Sequence
         spread = max(ref) - min(ref)
         moved = f"{mean_ref:.3f} -> {mean:.3f}"
         if len(ref) < 2:
-            parts.append(f"{group} rows {moved}, {'toward' if mean < mean_ref else 'away from'} the study's pattern "
-                         f"on one reference seed (the seed-to-seed spread is not measured)")
+            way = "toward" if mean < mean_ref else "away from" if mean > mean_ref else "no nearer to and no farther from"
+            parts.append(f"{group} rows {moved}, {way} the study's pattern on one reference seed (the seed-to-seed "
+                         f"spread is not measured)")
         elif abs(mean - mean_ref) <= spread:
-            parts.append(f"{group} rows {moved}: within the reference seeds' spread of {spread:.3f}, no measured move")
+            parts.append(f"{group} rows {moved}: within the range between the reference seeds, {spread:.3f}, no measured move")
         else:
             parts.append(f"{group} rows {moved}: {'toward' if mean < mean_ref else 'away from'} the study's pattern, "
-                         f"beyond the reference seeds' spread of {spread:.3f}")
+                         f"beyond the range between the reference seeds, {spread:.3f}")
     seeds = f"{len(runs)} seed{'s' if len(runs) > 1 else ''}"
     return f"- `{factor}` ({seeds}; distance from the study, reference -> factor): " + "; ".join(parts) + "."

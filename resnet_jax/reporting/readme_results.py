@@ -536,7 +536,7 @@ def render(text: str, results_root: Path) -> str:
         records = provenance_records(folder)
         if not records:
             raise ResultsError(f"README block {match['name']}/{table}: {folder} is not a results folder "
-                               f"(no provenance.json, nor a folder of exported runs that each have one); folders "
+                               f"(no provenance.json of its own, nor in any run folder inside it); folders "
                                f"there: {sorted(p.name for p in results_root.glob('*/'))}")
         warnings = sorted({w for r in records if (w := read_json(r).get("warning"))})
         warning = "; ".join(warnings)

@@ -24,7 +24,7 @@ def training_runs(folder: Path) -> list[Path]:
     sorted by name."""
     found = [p.parent for pattern in ("config.json", "*/config.json") for p in folder.glob(pattern)]
     return sorted((r for r in found if (r / "metrics.jsonl").is_file()
-                   and json.loads((r / "config.json").read_text()).get("task") == "segmentation"),
+                   and configs.complete(json.loads((r / "config.json").read_text()))["task"] == "segmentation"),
                   key=lambda r: r.relative_to(folder).as_posix())
 
 
@@ -57,8 +57,10 @@ RECIPE_HEADER = ("run", "output stride", "crop (px)", "stem", "classes trained",
 
 
 def _criterion(config: Mapping) -> str:
-    lead = config["metric"]["lead"]
-    return "val_dice" if config["metric"]["checkpoint"] == "mean" or lead == "mean" else f"val_dice_{lead.lower()}"
+    """The validation score that ranked the run's checkpoints, as training named it."""
+    from resnet_jax.training.segmentation import checkpoint_metric
+
+    return "val_" + checkpoint_metric(config)
 
 
 COMPARE_WITH = "compare-with.json"
@@ -84,6 +86,9 @@ def selection_row(label: str, run: Path) -> list:
     if not lines:
         raise FileNotFoundError(f"{run / 'metrics.jsonl'} holds no finished epoch")
     criterion = _criterion(config)
+    if criterion not in lines[0]:
+        raise FileNotFoundError(f"{run / 'metrics.jsonl'} has no {criterion} per epoch (trained without a validation "
+                                f"split?): a recipe is chosen on validation")
     best = max(lines, key=lambda x: x[criterion])
     done = lines[-1]["epoch"]
     epochs = config["train"]["epochs"]
@@ -103,8 +108,12 @@ def recipe(folder: Path, task: str | None = None) -> str:
     found = compared_runs(folder)
     if not found:
         raise FileNotFoundError(f"{folder} holds no segmentation run (a folder with config.json and metrics.jsonl)")
+    ranked = {label: _criterion(configs.complete(json.loads((run / "config.json").read_text()))) for label, run in found}
+    if len(set(ranked.values())) > 1:
+        raise FileNotFoundError(f"the runs of {folder} were ranked by different validation scores ({ranked}); one "
+                                f"table compares runs ranked by the same score")
     rows = [selection_row(label, run) for label, run in found]
-    lead = _criterion(configs.complete(json.loads((found[0][1] / "config.json").read_text())))[4:]
+    lead = next(iter(ranked.values()))[4:]
     table = results.grid([*RECIPE_HEADER, f"best validation {lead}", "validation mean Dice there",
                           "training minutes", f"test {lead}"], rows, right_from=1)
     return table + "\n" + _leader(rows, lead)

@@ -48,8 +48,8 @@ def test_each_factor_moves_a_group_of_rows_only_beyond_the_reference_seeds_sprea
     mean, spread = sum(ref) / 2, ref[0] - ref[1]
     os16 = next(x for x in text.splitlines() if x.startswith("- `model.output_stride 8 -> 16`"))
     assert f"stage rows {mean:.3f} -> {_stage_distance([0.6, 0.6, 0.6, 0]):.3f}: toward the study's pattern, " \
-           f"beyond the reference seeds' spread of {spread:.3f}" in os16
-    assert "shortcut rows 0.150 -> 0.150: within the reference seeds' spread of 0.100, no measured move" in os16
+           f"beyond the range between the reference seeds, {spread:.3f}" in os16
+    assert "shortcut rows 0.150 -> 0.150: within the range between the reference seeds, 0.100, no measured move" in os16
     half = next(x for x in text.splitlines() if x.startswith("- `train.epochs 28 -> 14`"))
     assert f"stage rows {mean:.3f} -> {_stage_distance([0, 0, 0, 0.48]):.3f}: away from" in half
     assert "shortcut rows 0.150 -> 0.500: away from the study's pattern" in half

@@ -58,3 +58,11 @@ def test_a_block_renders_a_folder_of_exported_runs_and_refuses_one_without_prove
     (tmp_path / "acdc-recipe" / "a" / "provenance.json").unlink()
     with pytest.raises(readme_results.ResultsError, match="no provenance.json"):
         readme_results.render(page, tmp_path)
+
+
+def test_runs_ranked_by_different_validation_scores_do_not_share_a_table(tmp_path):
+    folder = tmp_path / "acdc-recipe"
+    _planted(folder / "myo", ["train.epochs=1"], [0.3])
+    _planted(folder / "mean", ["train.epochs=1", "metric.checkpoint=mean"], [0.3])
+    with pytest.raises(FileNotFoundError, match=r"ranked by different validation scores.*'mean': 'val_dice', 'myo': 'val_dice_myo'"):
+        readme_results.TABLES["recipe"](folder)
