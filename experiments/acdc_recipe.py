@@ -11,7 +11,9 @@ finished, exported to its own results folder, so the study grows one run at a ti
 ``select`` trains a candidate with ``train.score_test=false`` (the test split stays unseen) into
 ``docs/results/acdc-recipe/<candidate>``. ``chosen`` scores the chosen candidate's test split once (seed 0: the
 selection run itself, rerun with the key true; other seeds trained for it), runs the study's four protocols under
-both BatchNorm readings and exports to ``docs/results/acdc-recipe/<candidate>[-seed<k>]``. ``factor`` changes one
+both BatchNorm readings and exports to ``docs/results/acdc-recipe/<candidate>[-seed<k>]``; then eliminates as
+``resnet-jax reproduce --preset cpu`` does (search, fine-tuning, random controls, the side-by-side comparison) and
+exports the slim network to the same name with ``-slim``. ``factor`` changes one
 factor of the chosen recipe, runs the baseline, stage and shortcut protocols and exports to
 ``docs/results/acdc-factors/<candidate>-<factor>``. Every step resumes: rerun the same command after an interruption.
 """
@@ -25,7 +27,8 @@ from pathlib import Path
 from resnet_jax import configs
 from resnet_jax.ablation.protocols import STUDY_PROTOCOLS
 from resnet_jax.reporting import results
-from resnet_jax.studies import ablate
+from resnet_jax.studies import ablate, comparison, eliminate
+from resnet_jax.studies.reproduce_presets import PRESETS
 from resnet_jax.training import runs
 
 BASE = "acdc-pspnet34-cpu"
@@ -70,6 +73,17 @@ def export(workdir: Path, out: Path, *, allow_dirty: bool) -> None:
     print(f"exported {workdir} to {out} ({record})")
 
 
+def eliminate_run(workdir: Path, slim: Path, data_dir: str) -> None:
+    """The elimination stage of ``reproduce --preset cpu`` on one run: the slim network in ``slim``, its
+    comparison (``elimination/comparison.json`` and the Pareto figure) beside it."""
+    preset = PRESETS["cpu"]
+    settings = eliminate.Settings(finetune_epochs=preset["finetune_epochs"], random_draws=preset["random_draws"])
+    print(eliminate.format_summary(eliminate.eliminate_workdir(workdir, slim, settings, data_dir=data_dir)))
+    result = comparison.compare(workdir, slim, repeats=preset["timing_repeats"], data_dir=data_dir)
+    print(comparison.format_comparison(result))
+    comparison.write_comparison(slim, result)
+
+
 def plan(args) -> tuple[list[str], Path, Path, dict | None]:
     """The run's overrides, its directory, its results folder and its ablation (None: train only)."""
     name = args.names[0]
@@ -106,12 +120,18 @@ def main() -> None:
                      f"{'a candidate and a factor' if args.action == 'factor' else 'a candidate'}")
     overrides, workdir, out, ablation = plan(args)
     results.check_clean(allow_dirty=args.allow_dirty)  # refused now, not after an hour of training
+    slim = workdir.with_name(f"{workdir.name}-slim") if args.action == "chosen" else None
     results.check_destination(workdir, out)
+    if slim:
+        results.check_destination(slim, out.with_name(f"{out.name}-slim"))
     runs.train(configs.load_config(BASE, overrides, data_dir=args.data_dir), workdir)
     for reading in (ablation or {}).get("readings", ()):
         ablate.ablate_workdir(workdir, ablate.Request(protocols=ablation["protocols"], batchnorm=reading,
                                                       whole_batches=reading == "batch", batch_size=96))
     export(workdir, out, allow_dirty=args.allow_dirty)
+    if slim:
+        eliminate_run(workdir, slim, args.data_dir)
+        export(slim, out.with_name(f"{out.name}-slim"), allow_dirty=args.allow_dirty)
 
 
 if __name__ == "__main__":
