@@ -32,6 +32,14 @@ MIN_REPEATS = 6
 (of 5, only 0.9375)."""
 
 NO_INTERVAL = "no interval recorded by the version that made this run"
+NOT_TIMED = "not timed"
+"""What a report prints for a speed that was never measured (a comparison asked for 0 rounds of timing)."""
+
+
+def images_per_s(row: Mapping, key: str, spec: str = ".1f") -> str:
+    """``row[key]`` (a measured images/s or a ratio of two) formatted with ``spec``; :data:`NOT_TIMED` where the
+    row holds none."""
+    return format(row[key], spec) if key in row else NOT_TIMED
 
 
 def median_ranks(n: int, confidence: float = CONFIDENCE) -> tuple[int, int, float] | None:
@@ -121,8 +129,11 @@ def sentence(interval: Mapping | None, what: str, *, lower_is_faster: bool = Tru
 def speeds_text(row: Mapping) -> str:
     """An elimination comparison row's eval and train speed against the full model's (``row["speed_vs_full"]``,
     ratios of images/s: above 1 is faster) in words: ``'eval 1.182 [1.150, 1.210] faster; train 0.992 [0.950,
-    1.030] no measurable difference'``; a row of an earlier version, with no interval, is not compared."""
+    1.030] no measurable difference'``; a row of an earlier version, with no interval, is not compared, and a row
+    never timed says so."""
     found = row.get("speed_vs_full")
+    if not found and "eval_images_per_s" not in row:
+        return NOT_TIMED
     if not found:
         return f"not compared ({NO_INTERVAL})"
     parts = []

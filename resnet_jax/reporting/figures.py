@@ -293,18 +293,23 @@ PARETO_MARKERS = ("o", "s", "D", "^", "v", "P", "X", "<", ">", "h")
 def pareto_figure(rows: Sequence[dict], *, metric: str):
     """The figure of :func:`plot_pareto`, unsaved. Models can share a point (the slim model and its fine-tuned
     self have the same parameters and measured speed): each gets its own outlined marker, each smaller than the
-    ones before it and drawn above them, so a point under another still shows around it."""
+    ones before it and drawn above them, so a point under another still shows around it. Rows never timed (no
+    ``eval_images_per_s``) get the parameters panel only."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    timed = all("eval_images_per_s" in r for r in rows)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5)) if timed else plt.subplots(1, 1, figsize=(6.5, 4.5))
+    axes = list(axes) if timed else [None, axes]
     for i, r in enumerate(rows):
         yerr = [[r["value"] - r["low"]], [r["high"] - r["value"]]] if "low" in r else None
         style = {"marker": PARETO_MARKERS[i % len(PARETO_MARKERS)], "ms": 14 - 8 * i / max(len(rows) - 1, 1),
                  "mfc": "none", "mew": 1.5, "ls": "none", "capsize": 3, "zorder": 2 + i, "color": f"C{i % 10}"}
-        for ax, x in zip(axes, (r["eval_images_per_s"], r["params"] / 1e6)):
-            ax.errorbar([x], [r["value"]], yerr=yerr, label=r["name"], **style)
-    axes[0].set_xlabel("measured eval images/s")
+        for ax, x in zip(axes, (r.get("eval_images_per_s"), r["params"] / 1e6)):
+            if ax is not None:
+                ax.errorbar([x], [r["value"]], yerr=yerr, label=r["name"], **style)
+    if timed:
+        axes[0].set_xlabel("measured eval images/s")
     axes[1].set_xlabel("parameters (M)")
-    for ax in axes:
+    for ax in filter(None, axes):
         ax.set_ylabel(metric)
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()

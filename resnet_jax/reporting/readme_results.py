@@ -433,10 +433,11 @@ def _comparison(slim: Path) -> str:
     c = read_json(path)
     spread = lambda r: f" (range over draws: {r['low']:.4f} to {r['high']:.4f})" if "low" in r else ""  # noqa: E731
     rows = [[r["name"], f"{r['value']:.4f}" + spread(r),
-             f"{r['params'] / 1e6:.2f} M", f"{r['conv_macs'] / 1e6:.1f} M", f"{r['eval_images_per_s']:,.0f}",
-             f"{r['train_images_per_s']:,.0f}", " / ".join(f"{r['ratios_vs_full'][k]:.3f}" for k in
-                                                          ("params", "conv_macs", "eval_images_per_s",
-                                                           "train_images_per_s"))] for r in c["rows"]]
+             f"{r['params'] / 1e6:.2f} M", f"{r['conv_macs'] / 1e6:.1f} M",
+             speed.images_per_s(r, "eval_images_per_s", ",.0f"),
+             speed.images_per_s(r, "train_images_per_s", ",.0f"),
+             " / ".join(speed.images_per_s(r["ratios_vs_full"], k, ".3f") for k in
+                        ("params", "conv_macs", "eval_images_per_s", "train_images_per_s"))] for r in c["rows"]]
     head = ["model", f"test {c['metric']}", "params", "conv MACs", "eval img/s", "train img/s",
             "vs full: params / MACs / eval / train"]
     timed = any("speed_vs_full" in r for r in c["rows"])

@@ -341,15 +341,18 @@ def _elimination_section(slim: Path, label: str) -> list[tuple]:
                                  "params / full", "eval speed / full", *(["speed vs full [interval]"] if timed else [])],
                        [[r["name"] + (f" (range over draws: {r['low']:.4f} to {r['high']:.4f})" if "low" in r else ""),
                          f"{r['value']:.4f}", f"{round(r['params']):,}", f"{r['conv_macs'] / 1e6:.1f}",
-                         f"{r['eval_images_per_s']:.1f}", f"{r['train_images_per_s']:.1f}",
-                         f"{r['ratios_vs_full']['params']:.3f}", f"{r['ratios_vs_full']['eval_images_per_s']:.3f}",
+                         speed.images_per_s(r, "eval_images_per_s"), speed.images_per_s(r, "train_images_per_s"),
+                         f"{r['ratios_vs_full']['params']:.3f}",
+                         speed.images_per_s(r["ratios_vs_full"], "eval_images_per_s", ".3f"),
                          *([("reference" if i == 0 else speed.speeds_text(r))] if timed else [])]
                         for i, r in enumerate(comparison["rows"])]))
         said = ("faster or slower only where the interval of a speed ratio, round by round, excludes 1" if timed
-                else f"speeds not compared: {speed.NO_INTERVAL}")
-        blocks.append(("p", f"Speeds measured side by side on {comparison['device']} (batch {comparison['batch']}, "
-                            f"median of {comparison['repeats']} rounds; {said}). One-shot choice (every unit "
-                            f"harmless alone, "
+                else "speeds not compared: " + (speed.why_not_compared({"repeats": comparison["repeats"]})
+                                           if comparison["repeats"] < speed.MIN_REPEATS else speed.NO_INTERVAL))
+        measured = (f"Speeds measured side by side on {comparison['device']} (batch {comparison['batch']}, median of "
+                    f"{comparison['repeats']} rounds; {said})" if comparison["repeats"] else
+                    "Speeds not timed (the run asked for 0 rounds of timing)")
+        blocks.append(("p", f"{measured}. One-shot choice (every unit harmless alone, "
                             f"{len(summary['one_shot']['choices'])} units): test {summary['one_shot']['test']:.4f}."))
         paired = comparison.get("paired_vs_slim") or {}
         if paired:

@@ -74,7 +74,11 @@ def compare(full_dir, slim_dir, *, trained: Mapping[str, str | Path] | None = No
             repeats: int = speed.MIN_REPEATS, steps: int = 3, data_dir=None, log=print) -> dict[str, Any]:
     """Rows for the full model, the slim one (before and after fine-tuning), the k smallest single drops removed
     together, random sets of the same size (mean, range, sd) and the ``trained`` runs (keys of ``TRAINED``: ResNet18,
-    the slim architecture from scratch): test metric, parameters, conv MACs and measured eval / train images/s."""
+    the slim architecture from scratch): test metric, parameters, conv MACs and measured eval / train images/s.
+    ``repeats=0`` times nothing (no program is compiled for it): the rows then hold no speeds, and reports say
+    "not timed"."""
+    if repeats < 0:
+        raise ValueError(f"repeats must be >= 0 (0: no timing), got {repeats}")
     full_dir, slim_dir = Path(full_dir).absolute(), Path(slim_dir).absolute()
     summary = json.loads((slim_dir / "elimination" / "summary.json").read_text())
     full = runs.restore(full_dir, data_dir=data_dir, command="eliminate")
@@ -88,10 +92,13 @@ def compare(full_dir, slim_dir, *, trained: Mapping[str, str | Path] | None = No
     entries, norms = _entries(full, summary, slim_dir, trained)
     log(f"paired tests of the slim model against {len(entries) - 1} others on the {len(images_all)} test examples")
     paired = paired_against_slim(full, entries, norms, batch_size=batch)
-    log(f"timing {len(entries)} models side by side (batch {batch}, {repeats} repeats of {steps} calls)")
     mean, std = np.asarray(full.state.image_mean), np.asarray(full.state.image_std)
-    speeds = measure({name: _programs(full.config, full.task, m, v, mean, std, images_all[take], targets_all[take])
-                      for name, (m, v) in entries.items()}, batch=batch, repeats=repeats, steps=steps)
+    speeds = {name: {} for name in entries}
+    if repeats:
+        log(f"timing {len(entries)} models side by side (batch {batch}, {repeats} repeats of {steps} calls)")
+        speeds = measure({name: _programs(full.config, full.task, m, v, mean, std, images_all[take],
+                                          targets_all[take]) for name, (m, v) in entries.items()},
+                         batch=batch, repeats=repeats, steps=steps)
     shape = (1, *images_all.shape[1:])
     sizes = {name: {"params": elim.count_params(v), "conv_macs": elim.conv_macs(abl.catalogue(m, v, input_shape=shape)),
                     **speeds[name]} for name, (m, v) in entries.items()}
@@ -157,7 +164,7 @@ def _rows(config: dict, summary: dict, sizes: dict[str, dict], *, trained: dict[
         rows.append({"name": TRAINED[name].format(epochs), "value": value, **sizes[name]})
     for r in rows:
         r["ratios_vs_full"] = {k: r[k] / rows[0][k] for k in ("params", "conv_macs", "eval_images_per_s",
-                                                               "train_images_per_s")}
+                                                               "train_images_per_s") if k in r}
         if "rounds" in r:  # speed ratios round by round, with an interval (speed.ratio_interval)
             r["speed_vs_full"] = {f"{k}_images_per_s": speed.ratio_interval(r["rounds"][k], rows[0]["rounds"][k])
                                   for k in ("eval", "train")}
@@ -204,8 +211,10 @@ def format_comparison(result: dict) -> str:
         q = r["ratios_vs_full"]
         spread = f"  (range over draws: {r['low']:.4f} to {r['high']:.4f})" if "low" in r else ""
         lines.append(f"{r['name']:40s} {r['value']:14.4f} {round(r['params']):11,d} {r['conv_macs'] / 1e6:10.1f} "
-                     f"{r['eval_images_per_s']:10.1f} {r['train_images_per_s']:11.1f}  {q['params']:.3f} "
-                     f"{q['conv_macs']:.3f} {q['eval_images_per_s']:.3f} {q['train_images_per_s']:.3f}{spread}")
+                     f"{speed.images_per_s(r, 'eval_images_per_s'):>10s} "
+                     f"{speed.images_per_s(r, 'train_images_per_s'):>11s}  {q['params']:.3f} {q['conv_macs']:.3f} "
+                     f"{speed.images_per_s(q, 'eval_images_per_s', '.3f')} "
+                     f"{speed.images_per_s(q, 'train_images_per_s', '.3f')}{spread}")
     lines += [f"speed of {r['name']} vs full: {speed.speeds_text(r)}" for r in result["rows"][1:]]
     for name, c in result.get("paired_vs_slim", {}).items():
         lines.append(f"slim minus {name}: {statistics.comparison_text(c)}")

@@ -95,3 +95,12 @@ def test_the_committed_eliminations_render_their_speeds_as_not_compared():
         text = readme_results.elimination(RESULTS / folder, task)
         assert text.count("speed not compared: no interval recorded by the version that made this run") == 2
         assert "faster" not in text and "slower" not in text
+
+
+def test_a_row_never_timed_says_not_timed_and_a_timed_row_without_interval_is_not_compared():
+    from resnet_jax.ablation import speed
+
+    assert speed.images_per_s({"params": 3}, "eval_images_per_s") == "not timed"
+    assert speed.images_per_s({"eval_images_per_s": 1234.5}, "eval_images_per_s", ",.0f") == "1,234"
+    assert speed.speeds_text({"params": 3}) == "not timed"
+    assert speed.speeds_text({"eval_images_per_s": 9.0}).startswith("not compared (no interval recorded")

@@ -8,6 +8,7 @@ import pytest
 
 from resnet_jax.ablation.statistics import P_TEST
 from resnet_jax.reporting import figures, published, readme_results, study_report
+from resnet_jax.studies import comparison
 from tests.browser import CHROMIUM, probe_page
 from tests.conftest import SHARED_DATA, run_cli, shared_dataset
 from tests.studies.test_skip import check_outputs
@@ -177,7 +178,9 @@ def test_smoke_preset_runs_every_stage_resumes_and_adds_a_seed(smoke_run):
     for slim in ("cifar10-resnet34-slim", "acdc-pspnet34-slim"):
         summary = json.loads((workdir / slim / "elimination" / "summary.json").read_text())
         assert summary["slim"]["test"] == summary["slim"]["test_masked"]  # exact, on every task
-        assert (workdir / slim / "elimination" / "comparison.json").is_file()
+        compared = json.loads((workdir / slim / "elimination" / "comparison.json").read_text())
+        assert compared["repeats"] == 0 and not any("eval_images_per_s" in r for r in compared["rows"])  # not timed
+    assert "Speeds not timed (the run asked for 0 rounds of timing)" in md
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr[-4000:]
     assert again.stdout.count("done earlier, skipped") == 10  # every stage but the report, which always runs
@@ -331,6 +334,22 @@ def test_the_pareto_plot_shows_a_model_that_shares_another_ones_point():
         assert all(line.get_markerfacecolor() == "none" for line in points)
         assert [line.get_zorder() for line in points] == sorted({line.get_zorder() for line in points})
     figures.pyplot().close(fig)
+
+
+def test_a_comparison_never_timed_plots_parameters_only_and_its_report_says_not_timed():
+    """A comparison asked for 0 rounds of timing (the smoke preset) holds no speeds: no speed panel, and every
+    speed cell and ratio says "not timed" instead of failing on a missing key."""
+    rows = [{"name": "resnet34 (full)", "value": 0.70, "params": 21e6, "conv_macs": 1e9,
+             "ratios_vs_full": {"params": 1.0, "conv_macs": 1.0}},
+            {"name": "slim, 3 units removed", "value": 0.71, "params": 10e6, "conv_macs": 5e8,
+             "ratios_vs_full": {"params": 10 / 21, "conv_macs": 0.5}}]
+    fig = figures.pareto_figure(rows, metric="accuracy")
+    assert len(fig.axes) == 1 and fig.axes[0].get_xlabel() == "parameters (M)"
+    assert [tuple(c.lines[0].get_xydata()[0]) for c in fig.axes[0].containers] == [(21.0, 0.70), (10.0, 0.71)]
+    figures.pyplot().close(fig)
+    text = comparison.format_comparison({"metric": "accuracy", "rows": rows})
+    assert text.count("not timed") == 2 * 2 + 2 * 2 + 1  # images/s and ratios per row; the slim row's words
+    assert "0.476" in text and "0.500" in text  # the size ratios are still there
 
 
 def _study_b(verdict: str, difference: float) -> dict:
