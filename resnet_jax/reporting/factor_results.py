@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from resnet_jax import configs
+from resnet_jax.configs.base import flatten
 from resnet_jax.reporting import published, results
 
 TASK = "segmentation"
@@ -36,7 +37,7 @@ def retention(tables: Mapping[str, Sequence[dict]]) -> dict[tuple[str, int], flo
     values = published.stage_values(TASK, tables)
     base = (values[("baseline", None)] or [0.0])[0]
     if base <= 0:
-        raise FileNotFoundError(f"a baseline of {base} leaves no retention to compare (value over baseline)")
+        raise results.TableError(f"a baseline of {base} leaves no retention to compare (value over baseline)")
     return {key: v[0] / base for key, v in values.items() if key[1] is not None and v}
 
 
@@ -51,16 +52,16 @@ def distance(kept: Mapping[tuple[str, int], float], protocol: str) -> float:
     paper = paper_retention()
     gaps = [abs(v - paper[key]) for key, v in kept.items() if key[0] == protocol]
     if not gaps:
-        raise FileNotFoundError(f"no {protocol} rows to compare with the study's")
+        raise results.TableError(f"no {protocol} rows to compare with the study's")
     return sum(gaps) / len(gaps)
 
 
 def _tables(run: Path) -> dict[str, list[dict]]:
-    found = {p: run / "ablation" / f"{p}.json" for p in ("baseline", *GROUPS.values())}
-    missing = [str(path) for path in found.values() if not path.is_file()]
+    found = {p: results.ablation_table(run, p) for p in ("baseline", *GROUPS.values())}
+    missing = [f"ablation/{p}.json" for p, rows in found.items() if rows is None]
     if missing:
         raise FileNotFoundError(f"{run} lacks {missing}: run the baseline, stage and shortcut protocols on it")
-    return {p: json.loads(path.read_text())["rows"] for p, path in found.items()}
+    return found
 
 
 def _config(run: Path) -> dict:
@@ -70,13 +71,8 @@ def _config(run: Path) -> dict:
 def changes(reference: Mapping, config: Mapping) -> str:
     """What a factor run changed against the reference recipe, as ``key old -> new``; seeds aside."""
     keys = [k for k in configs.diff(reference, config) if k not in IGNORED]
-    return "; ".join(f"{k} {_get(reference, k)} -> {_get(config, k)}" for k in keys) or "nothing (the reference)"
-
-
-def _get(config: Mapping, dotted: str):
-    for part in dotted.split("."):
-        config = config[part]
-    return config
+    old, new = flatten(reference), flatten(config)
+    return "; ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in keys) or "nothing (the reference)"
 
 
 def _runs(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -86,7 +82,7 @@ def _runs(folder: Path) -> tuple[list[Path], list[Path]]:
                                 f'{{"reference": ["acdc-recipe/chosen"]}}')
     reference = [folder.parent / p for p in json.loads(spec.read_text()).get("reference", [])]
     if not reference:
-        raise FileNotFoundError(f"{spec} names no reference run; it names the chosen recipe's runs, e.g. "
+        raise results.TableError(f"{spec} names no reference run; it names the chosen recipe's runs, e.g. "
                                 f'{{"reference": ["acdc-recipe/chosen"]}}')
     own = sorted(p.parent for p in folder.glob("*/config.json"))
     return reference, own

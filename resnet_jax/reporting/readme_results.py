@@ -53,10 +53,7 @@ def _task(run: Path) -> str | None:
     return read_json(run / "config.json")["task"] if (run / "config.json").is_file() else None
 
 
-def run_table(run: Path, protocol: str, reading: str = "") -> list[dict] | None:
-    """A run's rows of one protocol's table (``reading``: the suffix of a BatchNorm reading); None without it."""
-    path = run / "ablation" / f"{protocol}{reading}.json"
-    return read_json(path)["rows"] if path.is_file() else None
+run_table = results.ablation_table
 
 
 READINGS = (("ours, running statistics", ""), ("ours, batch statistics", ".bn-batch"))
@@ -544,7 +541,7 @@ def render(text: str, results_root: Path) -> str:
         try:
             return (match.group(1) + (f"**Warning: {warning}.**\n\n" if warning else "")
                     + TABLES[table](folder, task) + match["body_end"])
-        except FileNotFoundError as err:
+        except (FileNotFoundError, results.TableError) as err:
             raise ResultsError(f"README block {match['name']}/{table}: {err}") from None
     return BLOCK.sub(body, text)
 

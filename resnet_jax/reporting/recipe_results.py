@@ -19,13 +19,17 @@ from resnet_jax import configs
 from resnet_jax.reporting import results
 
 
+def read_config(run: Path) -> dict:
+    """A committed run's config, completed with the defaults of the version reading it."""
+    return configs.complete(json.loads((run / "config.json").read_text()))
+
+
 def training_runs(folder: Path) -> list[Path]:
     """Segmentation runs in ``folder`` or one level below it (a folder with ``config.json`` and ``metrics.jsonl``),
-    sorted by name."""
+    sorted by name; slim networks made from a run (``model.eliminated``) are that run's elimination, not a recipe."""
     found = [p.parent for pattern in ("config.json", "*/config.json") for p in folder.glob(pattern)]
-    return sorted((r for r in found if (r / "metrics.jsonl").is_file()
-                   and configs.complete(json.loads((r / "config.json").read_text()))["task"] == "segmentation"),
-                  key=lambda r: r.relative_to(folder).as_posix())
+    return sorted((r for r in found if (r / "metrics.jsonl").is_file() and (c := read_config(r))["task"] ==
+                   "segmentation" and not c["model"].get("eliminated")), key=lambda r: r.relative_to(folder).as_posix())
 
 
 def loss_words(train: Mapping) -> str:
@@ -79,24 +83,23 @@ def compared_runs(folder: Path) -> list[tuple[str, Path]]:
     return own + [(p, folder.parent / p) for p in listed]
 
 
-def selection_row(label: str, run: Path) -> list:
+def selection_row(label: str, run: Path, config: Mapping) -> list:
     """One run: its recipe, its best validation score (and epoch), minutes trained, and its test score if scored."""
-    config = configs.complete(json.loads((run / "config.json").read_text()))
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     if not lines:
-        raise FileNotFoundError(f"{run / 'metrics.jsonl'} holds no finished epoch")
+        raise results.TableError(f"{run / 'metrics.jsonl'} holds no finished epoch")
     criterion = _criterion(config)
     if criterion not in lines[0]:
-        raise FileNotFoundError(f"{run / 'metrics.jsonl'} has no {criterion} per epoch (trained without a validation "
-                                f"split?): a recipe is chosen on validation")
+        raise results.TableError(f"{run / 'metrics.jsonl'} has no {criterion} per epoch (trained without a "
+                                 f"validation split?): a recipe is chosen on validation")
     best = max(lines, key=lambda x: x[criterion])
     done = lines[-1]["epoch"]
     epochs = config["train"]["epochs"]
     evaluation = run / "evaluation.json"
     test = json.loads(evaluation.read_text()) if evaluation.is_file() else None
     test_key = "test_" + criterion[4:]
-    return [label, *recipe_cells(config)[:-2],
-            f"{done}" if done == epochs else f"{done} of {epochs} (unfinished)", recipe_cells(config)[-1],
+    *recipe, _, peak_lr = recipe_cells(config)
+    return [label, *recipe, f"{done}" if done == epochs else f"{done} of {epochs} (unfinished)", peak_lr,
             f"**{best[criterion]:.4f}** (epoch {best['epoch']})", f"{best['val_dice']:.4f}",
             f"{lines[-1]['elapsed_s'] / 60:.1f}",
             f"{test[test_key]:.4f}" if test and test_key in test else "not scored"]
@@ -108,11 +111,12 @@ def recipe(folder: Path, task: str | None = None) -> str:
     found = compared_runs(folder)
     if not found:
         raise FileNotFoundError(f"{folder} holds no segmentation run (a folder with config.json and metrics.jsonl)")
-    ranked = {label: _criterion(configs.complete(json.loads((run / "config.json").read_text()))) for label, run in found}
+    config = {label: read_config(run) for label, run in found}
+    ranked = {label: _criterion(c) for label, c in config.items()}
     if len(set(ranked.values())) > 1:
-        raise FileNotFoundError(f"the runs of {folder} were ranked by different validation scores ({ranked}); one "
-                                f"table compares runs ranked by the same score")
-    rows = [selection_row(label, run) for label, run in found]
+        raise results.TableError(f"the runs of {folder} were ranked by different validation scores ({ranked}); one "
+                                 f"table compares runs ranked by the same score")
+    rows = [selection_row(label, run, config[label]) for label, run in found]
     lead = next(iter(ranked.values()))[4:]
     table = results.grid([*RECIPE_HEADER, f"best validation {lead}", "validation mean Dice there",
                           "training minutes", f"test {lead}"], rows, right_from=1)

@@ -203,6 +203,17 @@ def provenance(workdir: Path, *, command: str, preset: str | None, seeds: int | 
     }
 
 
+class TableError(ValueError):
+    """Committed results that cannot make a table: runs that disagree on what they measured, or a value a table
+    cannot be computed from. A README block that meets one fails with its message (``readme_results.render``)."""
+
+
+def ablation_table(run: Path, protocol: str, reading: str = "") -> list[dict] | None:
+    """A run's rows of one protocol's table (``reading``: the suffix of a BatchNorm reading); None without it."""
+    path = Path(run) / "ablation" / f"{protocol}{reading}.json"
+    return json.loads(path.read_text())["rows"] if path.is_file() else None
+
+
 class ExportError(OSError):
     """A results folder that cannot be written without harming what is there, or from code no commit holds;
     nothing was touched."""

@@ -65,3 +65,15 @@ def test_one_reference_seed_says_the_spread_is_unmeasured_and_a_missing_table_is
     (root / "acdc-factors" / "half" / "ablation" / "shortcut.json").unlink()
     with pytest.raises(FileNotFoundError, match="half.*shortcut.json"):
         readme_results.TABLES["factors"](root / "acdc-factors")
+
+
+def test_an_empty_reference_and_a_zero_baseline_fail_the_block_with_their_reason(root):
+    page = "<!-- results: acdc-factors/factors -->\n<!-- /results -->\n"
+    (root / "acdc-factors" / "factors.json").write_text(json.dumps({"reference": []}))
+    with pytest.raises(readme_results.ResultsError, match="acdc-factors/factors: .*names no reference run"):
+        readme_results.render(page, root)
+    (root / "acdc-factors" / "factors.json").write_text(json.dumps({"reference": ["acdc-recipe/chosen"]}))
+    _planted(root / "acdc-factors" / "dead", ["model.output_stride=8", "train.epochs=1"], stages=[0] * 4,
+             shortcuts=[0] * 3, baseline=0.0)
+    with pytest.raises(readme_results.ResultsError, match="a baseline of 0.0 leaves no retention"):
+        readme_results.render(page, root)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from resnet_jax import configs
-from resnet_jax.reporting import readme_results
+from resnet_jax.reporting import readme_results, results
 
 
 def _planted(run: Path, overrides, val_myo, *, test=None, elapsed=600.0):
@@ -64,5 +64,14 @@ def test_runs_ranked_by_different_validation_scores_do_not_share_a_table(tmp_pat
     folder = tmp_path / "acdc-recipe"
     _planted(folder / "myo", ["train.epochs=1"], [0.3])
     _planted(folder / "mean", ["train.epochs=1", "metric.checkpoint=mean"], [0.3])
-    with pytest.raises(FileNotFoundError, match=r"ranked by different validation scores.*'mean': 'val_dice', 'myo': 'val_dice_myo'"):
+    with pytest.raises(results.TableError, match=r"ranked by different validation scores.*'mean': 'val_dice', 'myo': 'val_dice_myo'"):
         readme_results.TABLES["recipe"](folder)
+
+
+def test_a_slim_network_made_from_a_run_is_not_a_recipe_row(tmp_path):
+    folder = tmp_path / "acdc-recipe"
+    _planted(folder / "os8", ["model.output_stride=8", "train.epochs=1"], [0.5])
+    _planted(folder / "os8-slim", ["model.output_stride=8", "train.epochs=1",
+                                   'model.eliminated=[["encoder.layer1.1", "channel"]]'], [0.9])
+    table = readme_results.TABLES["recipe"](folder)
+    assert "| os8 |" in table and "os8-slim" not in table and "`os8` (dice_myo 0.5000" in table
