@@ -118,6 +118,29 @@ def test_dice_matches_a_slow_loop_per_image_and_pooled():
         2 * ((pred == 2) & (true == 2)).sum() / ((pred == 2).sum() + (true == 2).sum()))
 
 
+def test_the_patient_interval_resamples_whole_patients_as_a_slow_loop_does():
+    """Reference: each resample's slices (every slice of each drawn patient, repeats kept) pooled by hand, on the same
+    draws; with one patient per image it is exactly the image bootstrap of ``aggregate``."""
+    rng = np.random.default_rng(1)
+    true = rng.integers(0, 4, (12, 8, 8))
+    pred = np.where(rng.random(true.shape) < 0.6, true, rng.integers(0, 4, true.shape))
+    metric = metrics.Dice(num_classes=4, classes=(2,), n_bootstrap=200)
+    out = jax.tree.map(np.asarray, metric.per_example(_logits(pred), jnp.asarray(true)))
+    groups = [f"p{n % 5}" for n in range(12)]  # 5 patients of 2 or 3 slices, interleaved
+    patients = sorted(set(groups))
+    draws = np.random.default_rng(0).integers(0, 5, (200, 5))
+    boot = []
+    for row in draws:
+        slices = [n for p in row for n in range(12) if groups[n] == patients[p]]
+        pd, td = pred[slices] == 2, true[slices] == 2
+        boot.append(2 * (pd & td).sum() / (pd.sum() + td.sum()))
+    assert metric.patient_interval(out, groups) == pytest.approx(tuple(np.percentile(boot, [2.5, 97.5])))
+    alone = [f"p{n:02d}" for n in range(12)]
+    assert metric.patient_interval(out, alone) == pytest.approx(metric.aggregate(out)[1:])
+    with pytest.raises(ValueError, match="11 groups for 12 images"):
+        metric.patient_interval(out, groups[:11])
+
+
 def test_dice_perfect_disjoint_and_the_empty_convention():
     true = np.zeros((4, 4, 4), np.int64)
     true[0, :2] = 1  # image 0: LV only
@@ -273,6 +296,7 @@ def test_training_smoke_run_logs_dice_per_class_and_resumes(tiny_run):
     assert lines[1]["train_loss"] < lines[0]["train_loss"]
     evaluation = json.loads((workdir / "evaluation.json").read_text())
     assert evaluation["n_examples"] == 48 and 0.0 <= evaluation["test_dice"] <= 1.0
+    assert evaluation["test_dice_myo_patients_low"] <= evaluation["test_dice_myo_patients_high"]  # 12 patients
     # the tables lead with myocardium Dice (metric.lead), so myocardium Dice on validation chose the checkpoint
     assert evaluation["chosen_by"] == "val_dice_myo"
     assert evaluation["step"] == max(lines, key=lambda x: x["val_dice_myo"])["step"]

@@ -33,6 +33,8 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from resnet_jax.data import segmentation as seg_data
+
 DEFAULT_MARGIN = 0.01
 DEFAULT_ALPHA = 0.05
 DECISIONS = ("non-trivial", "trivial", "improves", "undecided")
@@ -188,9 +190,7 @@ def accuracy_test(baseline_correct, masked_correct, *, margin: float = DEFAULT_M
 
 # Dice: paired bootstrap by patient ------------------------------------------------------------------
 
-def patient_of(slice_id: str) -> str:
-    """The patient a slice belongs to: the id's first ``_``- or ``/``-separated part (``patient012_...``)."""
-    return slice_id.replace("/", "_").split("_", 1)[0]
+patient_of = seg_data.patient_of
 
 
 def bootstrap_resamples(family_size: int, alpha: float = DEFAULT_ALPHA) -> int:

@@ -253,7 +253,8 @@ def training_table(folder: Path, task: str | None = None) -> str:
         val, criterion = chosen.get("val_" + score[5:]), checkpoint_criterion(evaluation, read_json(run / "config.json"))
         rows.append([run.name, metrics[-1]["epoch"], chosen.get("epoch", "-"),
                      f"{criterion[4:]} {chosen[criterion]:.4f}" if criterion in chosen else criterion,
-                     f"{val:.4f}" if val is not None else "-", score[5:], f"**{evaluation[score]:.4f}**",
+                     f"{val:.4f}" if val is not None else "-", score[5:],
+                     f"**{evaluation[score]:.4f}**" + results.patient_interval_text(evaluation, score),
                      evaluation["n_examples"], f"{metrics[-1]['elapsed_s'] / 60:.1f}"])
     return results.grid(["run", "epochs", "chosen epoch", "chosen by (validation)", "validation", "metric", "test",
                          "test examples", "training minutes"], rows)

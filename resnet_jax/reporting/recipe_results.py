@@ -102,7 +102,8 @@ def selection_row(label: str, run: Path, config: Mapping) -> list:
     return [label, *recipe, f"{done}" if done == epochs else f"{done} of {epochs} (unfinished)", peak_lr,
             f"**{best[criterion]:.4f}** (epoch {best['epoch']})", f"{best['val_dice']:.4f}",
             f"{lines[-1]['elapsed_s'] / 60:.1f}",
-            f"{test[test_key]:.4f}" if test and test_key in test else "not scored"]
+            f"{test[test_key]:.4f}" + results.patient_interval_text(test, test_key) if test and test_key in test
+            else "not scored"]
 
 
 def recipe(folder: Path, task: str | None = None) -> str:

@@ -19,7 +19,7 @@ import math
 import os
 import platform
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +201,13 @@ def provenance(workdir: Path, *, command: str, preset: str | None, seeds: int | 
         **({"warning": f"exported from an interrupted run: {len(unfinished)} stage(s) started and not finished "
                        f"({', '.join(unfinished)}); their tables may be partial or missing"} if unfinished else {}),
     }
+
+
+def patient_interval_text(evaluation: Mapping, score: str) -> str:
+    """`` (patients' 95 % interval: low to high)`` where ``evaluation`` holds the score's interval over patients
+    (a segmentation test score, ``metrics.Dice.patient_interval``); empty otherwise."""
+    low, high = evaluation.get(f"{score}_patients_low"), evaluation.get(f"{score}_patients_high")
+    return "" if low is None or high is None else f" (patients' 95 % interval: {low:.4f} to {high:.4f})"
 
 
 class TableError(ValueError):

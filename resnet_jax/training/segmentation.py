@@ -238,14 +238,23 @@ def _train_step(config: Mapping) -> Callable:
 
 
 def _evaluate(config: Mapping, model) -> Callable:
+    """Scores of a split; on the test split also the lead score's interval over patients
+    (``test_<lead>_patients_low`` / ``_high``, :meth:`metrics.Dice.patient_interval`)."""
     metric = build_metric(config)
     eval_fn = make_eval_fn(model, metric)
 
     def evaluate(state, split, mesh, prefix):
-        scores = evaluate_split(state, split, batch_size=config["train"]["eval_batch_size"], mesh=mesh,
-                                step_fn=eval_fn, prefix=prefix)
+        per_example = per_example_over(state, split, batch_size=config["train"]["eval_batch_size"], mesh=mesh,
+                                       step_fn=eval_fn)
+        scores = {f"{prefix}loss": float(np.mean(per_example["loss"])),
+                  **metrics.dice_summary(per_example, split.class_names, prefix=prefix)}
         lead = [scores[f"{prefix}dice_{split.class_names[c].lower()}"] for c in metric.classes or ()]
-        return {f"{prefix}{metric.name}": float(np.mean(lead)), **scores} if lead else scores  # explicit classes
+        if lead:  # explicit classes
+            scores = {f"{prefix}{metric.name}": float(np.mean(lead)), **scores}
+        if prefix == "test_":
+            low, high = metric.patient_interval(per_example, [seg_data.patient_of(i) for i in split.ids])
+            scores.update({f"{prefix}{metric.name}_patients_low": low, f"{prefix}{metric.name}_patients_high": high})
+        return scores
     return evaluate
 
 

@@ -46,6 +46,11 @@ def test_each_run_shows_its_recipe_its_best_validation_epoch_and_a_test_score_on
     table = readme_results.TABLES["recipe"](folder)
     assert _cells(table, "elsewhere/preset")[-4:] == ["**0.8500** (epoch 2)", "0.9500", "10.0", "0.8000"]
     assert "Best on validation so far: `elsewhere/preset` (dice_myo 0.8500, 10.0 minutes of training; test 0.8000)" in table
+    scored = {"checkpoint": "best", "test_dice_myo": 0.8, "test_dice_myo_patients_low": 0.75,
+              "test_dice_myo_patients_high": 0.84}
+    (tmp_path / "elsewhere" / "preset" / "evaluation.json").write_text(json.dumps(scored))
+    assert _cells(readme_results.TABLES["recipe"](folder), "elsewhere/preset")[-1] == \
+        "0.8000 (patients' 95 % interval: 0.7500 to 0.8400)"
     (folder / "compare-with.json").write_text(json.dumps({"runs": ["elsewhere/gone"]}))
     with pytest.raises(FileNotFoundError, match="elsewhere/gone"):
         readme_results.TABLES["recipe"](folder)
