@@ -129,3 +129,31 @@ def _leader(rows: Sequence[list], lead: str) -> str:
     top = max(rows, key=value)
     return (f"Best on validation so far: `{top[0]}` ({lead} {value(top):.4f}, {top[-2]} minutes of training"
             f"{'' if top[-1] == 'not scored' else f'; test {top[-1]}'}).\n")
+
+
+TARGET = {"dice_myo": 0.82}
+"""What the recipe search aims at on test: a myocardium Dice 2D networks on ACDC exceed (about 0.86-0.90), below
+the study's 0.87 on its own data."""
+
+
+def chosen(folder: Path, task: str | None = None) -> str:
+    """The chosen recipe on test, one sentence per seed: the runs of the folder scored on test
+    (``evaluation.json``), with the interval over patients and where each stands against :data:`TARGET`."""
+    scored = [run for run in training_runs(folder) if (run / "evaluation.json").is_file()]
+    if not scored:
+        raise results.TableError(f"no run of {folder} is scored on test yet: the chosen recipe is scored once, by "
+                                 f"rerunning it with train.score_test=true")
+    lines = []
+    for run in scored:
+        config, test = read_config(run), json.loads((run / "evaluation.json").read_text())
+        key = "test_" + _criterion(config)[4:]
+        value, low, high = test[key], test.get(f"{key}_patients_low"), test.get(f"{key}_patients_high")
+        target = TARGET.get(key[5:])
+        said = ("" if target is None else f"; the target, at least {target:g}, is " + (
+            "reached" if value >= target else "not reached" + (
+                f" (the interval's upper end, {high:.4f}, is below it too)" if high is not None and high < target
+                else " (the interval reaches it)" if high is not None else "")))
+        lines.append(f"- `{run.name}` (seed {config['train']['seed']}): test {key[5:]} **{value:.4f}**"
+                     f"{results.patient_interval_text(test, key)}, pooled over the {test['n_examples']} test "
+                     f"slices, checkpoint chosen on validation{said}.")
+    return "\n".join(lines) + "\n"

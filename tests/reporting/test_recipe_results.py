@@ -80,3 +80,21 @@ def test_a_slim_network_made_from_a_run_is_not_a_recipe_row(tmp_path):
                                    'model.eliminated=[["encoder.layer1.1", "channel"]]'], [0.9])
     table = readme_results.TABLES["recipe"](folder)
     assert "| os8 |" in table and "os8-slim" not in table and "`os8` (dice_myo 0.5000" in table
+
+
+def test_the_chosen_recipe_states_its_test_score_its_interval_and_the_target(tmp_path):
+    folder = tmp_path / "acdc-recipe"
+    _planted(folder / "unscored", ["train.epochs=1"], [0.5])
+    with pytest.raises(results.TableError, match="no run of .* is scored on test yet"):
+        readme_results.TABLES["recipe-chosen"](folder)
+    for name, seed, test, high in (("chosen", 0, 0.75, 0.79), ("chosen-seed1", 1, 0.80, 0.83)):
+        _planted(folder / name, ["train.epochs=1", f"train.seed={seed}"], [0.8])
+        (folder / name / "evaluation.json").write_text(json.dumps({
+            "test_dice_myo": test, "test_dice_myo_patients_low": test - 0.04, "test_dice_myo_patients_high": high,
+            "n_examples": 190}))
+    text = readme_results.TABLES["recipe-chosen"](folder)
+    assert "- `chosen` (seed 0): test dice_myo **0.7500** (patients' 95 % interval: 0.7100 to 0.7900), pooled " \
+           "over the 190 test slices, checkpoint chosen on validation; the target, at least 0.82, is not reached " \
+           "(the interval's upper end, 0.7900, is below it too)." in text
+    assert "`chosen-seed1` (seed 1)" in text and "is not reached (the interval reaches it)." in text
+    assert "unscored" not in text
