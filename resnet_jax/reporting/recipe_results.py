@@ -26,10 +26,12 @@ def read_config(run: Path) -> dict:
 
 def training_runs(folder: Path) -> list[Path]:
     """Segmentation runs in ``folder`` or one level below it (a folder with ``config.json`` and ``metrics.jsonl``),
-    sorted by name; slim networks made from a run (``model.eliminated``) are that run's elimination, not a recipe."""
+    sorted by name; slim networks made from a run (``elimination/``, ``model.eliminated``) are that run's elimination,
+    not a recipe, even where no unit was removed."""
     found = [p.parent for pattern in ("config.json", "*/config.json") for p in folder.glob(pattern)]
-    return sorted((r for r in found if (r / "metrics.jsonl").is_file() and (c := read_config(r))["task"] ==
-                   "segmentation" and not c["model"].get("eliminated")), key=lambda r: r.relative_to(folder).as_posix())
+    return sorted((r for r in found if (r / "metrics.jsonl").is_file() and not (r / "elimination").is_dir()
+                   and (c := read_config(r))["task"] == "segmentation" and not c["model"].get("eliminated")),
+                  key=lambda r: r.relative_to(folder).as_posix())
 
 
 def loss_words(train: Mapping) -> str:

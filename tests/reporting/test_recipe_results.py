@@ -78,6 +78,8 @@ def test_a_slim_network_made_from_a_run_is_not_a_recipe_row(tmp_path):
     _planted(folder / "os8", ["model.output_stride=8", "train.epochs=1"], [0.5])
     _planted(folder / "os8-slim", ["model.output_stride=8", "train.epochs=1",
                                    'model.eliminated=[["encoder.layer1.1", "channel"]]'], [0.9])
+    _planted(folder / "os8-slim-none", ["model.output_stride=8", "train.epochs=1"], [0.9])  # no unit removed
+    (folder / "os8-slim-none" / "elimination").mkdir()
     table = readme_results.TABLES["recipe"](folder)
     assert "| os8 |" in table and "os8-slim" not in table and "`os8` (dice_myo 0.5000" in table
 
