@@ -98,14 +98,11 @@ def _row(label: str, run: Path, changed: str) -> tuple[list, dict[str, float]]:
     return cells + [f"{dist['stage']:.3f}", f"{dist['shortcut']:.3f}"], dist
 
 
-def factors(folder: Path, task: str | None = None) -> str:
-    """The chosen recipe's seeds and every factor run: the stage and shortcut values, each group's distance from
-    the study's pattern, then one sentence per factor on how each group moved."""
+def _measured(folder: Path) -> tuple[list[list], list[dict[str, float]], dict[str, list[dict[str, float]]]]:
+    """The table's rows (the study, the reference seeds, each factor run), the reference seeds' distances and
+    each factor's runs' distances."""
     reference, own = _runs(folder)
     base = _config(reference[0])
-    header = ["run", "changed", "seed", "baseline", *(f"{'stage' if p == GROUPS['stage'] else 'shortcut'} {s}"
-                                                     for p, s in paper_retention()), "stage distance",
-              "shortcut distance"]
     study = ["the study", "-", "-", f"{published.PUBLISHED[TASK]['baseline']:.2f}",
              *(f"{published.PUBLISHED[TASK][p][s]:.2f}" for p, s in paper_retention()), "0", "0"]
     rows, ref_dist, by_factor = [study], [], {}
@@ -118,8 +115,29 @@ def factors(folder: Path, task: str | None = None) -> str:
         cells, dist = _row(run.name, run, changed)
         rows.append(cells)
         by_factor.setdefault(changed, []).append(dist)
-    table = results.grid(header, rows, right_from=2)
-    return table + "\n" + "\n".join(_sentence(f, d, ref_dist) for f, d in by_factor.items()) + "\n"
+    return rows, ref_dist, by_factor
+
+
+def factors(folder: Path, task: str | None = None) -> str:
+    """The chosen recipe's seeds and every factor run: the stage and shortcut values, each group's distance from
+    the study's pattern, then one sentence per factor on how each group moved."""
+    rows, ref_dist, by_factor = _measured(folder)
+    header = ["run", "changed", "seed", "baseline", *(f"{'stage' if p == GROUPS['stage'] else 'shortcut'} {s}"
+                                                     for p, s in paper_retention()), "stage distance",
+              "shortcut distance"]
+    return results.grid(header, rows, right_from=2) + "\n" + effects_text(ref_dist, by_factor)
+
+
+def effects(folder: Path, task: str | None = None) -> str:
+    """The sentences of :func:`factors` alone (one per factor), for a page that links to the table."""
+    _, ref_dist, by_factor = _measured(folder)
+    return effects_text(ref_dist, by_factor)
+
+
+def effects_text(reference: Sequence[dict[str, float]], by_factor: Mapping[str, Sequence[dict[str, float]]]) -> str:
+    if not by_factor:
+        return "No factor run yet: only the reference seeds are measured.\n"
+    return "\n".join(_sentence(f, d, reference) for f, d in by_factor.items()) + "\n"
 
 
 def _sentence(factor: str, runs: Sequence[dict[str, float]], reference: Sequence[dict[str, float]]) -> str:

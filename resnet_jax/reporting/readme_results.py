@@ -515,7 +515,7 @@ TABLES: dict[str, Callable[..., str]] = {
     "paper": paper_table, "agreement": agreement, "decisions": decisions_table, "layers": layers,
     "readings": readings, "training": training_table, "budget": budget_line, "skip": skip_study,
     "skip-points": skip_points, "elimination": elimination, "verify": verify, "pairs": pairs,
-    "recipe": recipe_results.recipe, "recipe-chosen": recipe_results.chosen, "factors": factor_results.factors, **benchmark_results.TABLES}
+    "recipe": recipe_results.recipe, "recipe-chosen": recipe_results.chosen, "factors": factor_results.factors, "factor-effects": factor_results.effects, **benchmark_results.TABLES}
 
 
 def provenance_records(folder: Path) -> list[Path]:

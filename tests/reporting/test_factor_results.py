@@ -2,6 +2,7 @@
 by hand from PROTOCOLS.md's segmentation rows (0.87 baseline; stages 0.82, 0.86, 0.82, 0.00; shortcuts 0.00)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,13 @@ def test_an_empty_reference_and_a_zero_baseline_fail_the_block_with_their_reason
              shortcuts=[0] * 3, baseline=0.0)
     with pytest.raises(readme_results.ResultsError, match="a baseline of 0.0 leaves no retention"):
         readme_results.render(page, root)
+
+
+def test_the_effects_block_is_the_tables_sentences_alone_and_says_when_no_factor_ran(root):
+    table = readme_results.TABLES["factors"](root / "acdc-factors")
+    effects = readme_results.TABLES["factor-effects"](root / "acdc-factors")
+    assert effects.count("\n- `") == 1 and effects.startswith("- `") and effects in table and "|" not in effects
+    for run in ("os16", "half"):
+        shutil.rmtree(root / "acdc-factors" / run)
+    assert readme_results.TABLES["factor-effects"](root / "acdc-factors") == \
+        "No factor run yet: only the reference seeds are measured.\n"
