@@ -79,6 +79,8 @@ def eliminate_run(workdir: Path, slim: Path, data_dir: str) -> None:
     preset = PRESETS["cpu"]
     settings = eliminate.Settings(finetune_epochs=preset["finetune_epochs"], random_draws=preset["random_draws"])
     print(eliminate.format_summary(eliminate.eliminate_workdir(workdir, slim, settings, data_dir=data_dir)))
+    if (slim / "elimination" / "comparison.json").is_file():  # a rerun keeps the speeds measured once
+        return
     result = comparison.compare(workdir, slim, repeats=preset["timing_repeats"], data_dir=data_dir)
     print(comparison.format_comparison(result))
     comparison.write_comparison(slim, result)

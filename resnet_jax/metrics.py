@@ -166,7 +166,6 @@ class Dice:
         low, high = np.percentile(boot, [2.5, 97.5])
         return float(low), float(high)
 
-
     def breakdown(self, per_example: Mapping[str, np.ndarray]) -> dict[str, float]:
         """Pooled Dice of each foreground class (``dice_<name>``), for the tables' per-class columns."""
         names = self.class_names or tuple(f"class{i}" for i in range(self.num_classes))

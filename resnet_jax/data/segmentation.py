@@ -41,11 +41,11 @@ _CACHE_VERSION = "1"
 _PARTS = ("images", "masks")
 
 
-
 def patient_of(slice_id: str) -> str:
     """The patient a slice belongs to: the id's first ``_``- or ``/``-separated part (``patient012_...``), the unit
     a test set of slices is resampled by."""
     return slice_id.replace("/", "_").split("_", 1)[0]
+
 
 @dataclasses.dataclass(frozen=True)
 class SegSplit:

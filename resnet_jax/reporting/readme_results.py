@@ -444,10 +444,14 @@ def _comparison(slim: Path) -> str:
         for row, r in zip(rows, c["rows"]):
             row.append("reference" if r is c["rows"][0] else speed.speeds_text(r))
     paired = [f"- slim minus {name}: {statistics.comparison_text(d)}" for name, d in c.get("paired_vs_slim", {}).items()]
-    return (f"\nOn test ({c['metric']}; speeds on {c['device']}, batch {c['batch']}, median of {c['repeats']} "
-            + (f"rounds, each timing every model in a shuffled order; a speed ratio is the median over rounds, "
-               f"its interval distribution-free):\n\n" if timed else
-               f"repeats; eval and train speed not compared: {speed.NO_INTERVAL}):\n\n")
+    why = speed.why_not_compared({"repeats": c["repeats"]}) if c["repeats"] < speed.MIN_REPEATS else speed.NO_INTERVAL
+    return (f"\nOn test ({c['metric']}; "
+            + ("speeds not timed: 0 rounds of timing):\n\n" if not c["repeats"] else
+               f"speeds on {c['device']}, batch {c['batch']}, median of {c['repeats']} rounds, each timing every "
+               f"model in a shuffled order; a speed ratio is the median over rounds, its interval "
+               f"distribution-free):\n\n" if timed else
+               f"speeds on {c['device']}, batch {c['batch']}, median of {c['repeats']} rounds; eval and train speed "
+               f"not compared: {why}):\n\n")
             + results.grid(head, rows)
             + ("\n" + "\n".join(paired) + "\n" if paired else ""))
 

@@ -138,6 +138,18 @@ TARGET = {"dice_myo": 0.82}
 the study's 0.87 on its own data."""
 
 
+def _against(target: float | None, value: float, low: float | None, high: float | None) -> str:
+    """Where a test score stands against the target, its interval over patients included."""
+    if target is None:
+        return ""
+    said = f"; the target, at least {target:g}, is "
+    if value < target:
+        return said + "not reached" + ("" if high is None else f" (the interval's upper end, {high:.4f}, is below it "
+                                                               f"too)" if high < target else " (the interval reaches it)")
+    return said + "reached" + ("" if low is None or low >= target else
+                               f" by the point estimate; the interval's lower end, {low:.4f}, is below it")
+
+
 def chosen(folder: Path, task: str | None = None) -> str:
     """The chosen recipe on test, one sentence per seed: the runs of the folder scored on test
     (``evaluation.json``), with the interval over patients and where each stands against :data:`TARGET`."""
@@ -149,13 +161,12 @@ def chosen(folder: Path, task: str | None = None) -> str:
     for run in scored:
         config, test = read_config(run), json.loads((run / "evaluation.json").read_text())
         key = "test_" + _criterion(config)[4:]
+        if key not in test:
+            raise results.TableError(f"{run / 'evaluation.json'} has no {key}, the score that ranked its checkpoints")
         value, low, high = test[key], test.get(f"{key}_patients_low"), test.get(f"{key}_patients_high")
-        target = TARGET.get(key[5:])
-        said = ("" if target is None else f"; the target, at least {target:g}, is " + (
-            "reached" if value >= target else "not reached" + (
-                f" (the interval's upper end, {high:.4f}, is below it too)" if high is not None and high < target
-                else " (the interval reaches it)" if high is not None else "")))
+        chosen_on = "TEST (no validation split)" if str(test.get("chosen_by", "val_")).startswith("test_") \
+            else "validation"
         lines.append(f"- `{run.name}` (seed {config['train']['seed']}): test {key[5:]} **{value:.4f}**"
                      f"{results.patient_interval_text(test, key)}, pooled over the {test['n_examples']} test "
-                     f"slices, checkpoint chosen on validation{said}.")
+                     f"slices, checkpoint chosen on {chosen_on}{_against(TARGET.get(key[5:]), value, low, high)}.")
     return "\n".join(lines) + "\n"

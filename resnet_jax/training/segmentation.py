@@ -237,9 +237,14 @@ def _train_step(config: Mapping) -> Callable:
     return lambda s, x, y, k: train_step(s, x, y, k, augment=augment, dice_weight=t["dice_weight"])
 
 
+MIN_PATIENTS = 5
+"""The fewest patients (ids' first parts, :func:`seg_data.patient_of`) a test split needs for an interval over
+patients: a resample of one or two patients says nothing about other hearts."""
+
+
 def _evaluate(config: Mapping, model) -> Callable:
-    """Scores of a split; on the test split also the lead score's interval over patients
-    (``test_<lead>_patients_low`` / ``_high``, :meth:`metrics.Dice.patient_interval`)."""
+    """Scores of a split; on a test split of at least :data:`MIN_PATIENTS` patients also the lead score's interval
+    over patients (``test_<lead>_patients_low`` / ``_high``, :meth:`metrics.Dice.patient_interval`)."""
     metric = build_metric(config)
     eval_fn = make_eval_fn(model, metric)
 
@@ -251,8 +256,9 @@ def _evaluate(config: Mapping, model) -> Callable:
         lead = [scores[f"{prefix}dice_{split.class_names[c].lower()}"] for c in metric.classes or ()]
         if lead:  # explicit classes
             scores = {f"{prefix}{metric.name}": float(np.mean(lead)), **scores}
-        if prefix == "test_":
-            low, high = metric.patient_interval(per_example, [seg_data.patient_of(i) for i in split.ids])
+        patients = [seg_data.patient_of(i) for i in split.ids]
+        if prefix == "test_" and len(set(patients)) >= MIN_PATIENTS:
+            low, high = metric.patient_interval(per_example, patients)
             scores.update({f"{prefix}{metric.name}_patients_low": low, f"{prefix}{metric.name}_patients_high": high})
         return scores
     return evaluate

@@ -100,3 +100,12 @@ def test_the_chosen_recipe_states_its_test_score_its_interval_and_the_target(tmp
            "(the interval's upper end, 0.7900, is below it too)." in text
     assert "`chosen-seed1` (seed 1)" in text and "is not reached (the interval reaches it)." in text
     assert "unscored" not in text
+    (folder / "chosen-seed1" / "evaluation.json").write_text(json.dumps({
+        "test_dice_myo": 0.83, "test_dice_myo_patients_low": 0.79, "test_dice_myo_patients_high": 0.86,
+        "n_examples": 190, "chosen_by": "test_dice_myo"}))
+    text = readme_results.TABLES["recipe-chosen"](folder)
+    assert "checkpoint chosen on TEST (no validation split); the target, at least 0.82, is reached by the point " \
+           "estimate; the interval's lower end, 0.7900, is below it." in text
+    (folder / "chosen-seed1" / "evaluation.json").write_text(json.dumps({"test_dice": 0.9, "n_examples": 190}))
+    with pytest.raises(results.TableError, match="has no test_dice_myo, the score that ranked its checkpoints"):
+        readme_results.TABLES["recipe-chosen"](folder)

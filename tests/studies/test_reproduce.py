@@ -336,7 +336,7 @@ def test_the_pareto_plot_shows_a_model_that_shares_another_ones_point():
     figures.pyplot().close(fig)
 
 
-def test_a_comparison_never_timed_plots_parameters_only_and_its_report_says_not_timed():
+def test_a_comparison_never_timed_plots_parameters_only_and_its_report_says_not_timed(tmp_path):
     """A comparison asked for 0 rounds of timing (the smoke preset) holds no speeds: no speed panel, and every
     speed cell and ratio says "not timed" instead of failing on a missing key."""
     rows = [{"name": "resnet34 (full)", "value": 0.70, "params": 21e6, "conv_macs": 1e9,
@@ -347,6 +347,12 @@ def test_a_comparison_never_timed_plots_parameters_only_and_its_report_says_not_
     assert len(fig.axes) == 1 and fig.axes[0].get_xlabel() == "parameters (M)"
     assert [tuple(c.lines[0].get_xydata()[0]) for c in fig.axes[0].containers] == [(21.0, 0.70), (10.0, 0.71)]
     figures.pyplot().close(fig)
+    slim = tmp_path / "slim"
+    (slim / "elimination").mkdir(parents=True)
+    (slim / "elimination" / "comparison.json").write_text(json.dumps(
+        {"metric": "accuracy", "device": "cpu", "batch": 16, "repeats": 0, "rows": rows}))
+    block = readme_results._comparison(slim)
+    assert "(accuracy; speeds not timed: 0 rounds of timing)" in block and block.count("not timed") == 1 + 2 * 4
     text = comparison.format_comparison({"metric": "accuracy", "rows": rows})
     assert text.count("not timed") == 2 * 2 + 2 * 2 + 1  # images/s and ratios per row; the slim row's words
     assert "0.476" in text and "0.500" in text  # the size ratios are still there
