@@ -147,10 +147,9 @@ def _sentence(factor: str, runs: Sequence[dict[str, float]], reference: Sequence
         mean_ref, mean = sum(ref) / len(ref), sum(d[group] for d in runs) / len(runs)
         spread = max(ref) - min(ref)
         moved = f"{mean_ref:.3f} -> {mean:.3f}"
-        if len(ref) < 2:
-            way = "toward" if mean < mean_ref else "away from" if mean > mean_ref else "no nearer to and no farther from"
-            parts.append(f"{group} rows {moved}, {way} the study's pattern on one reference seed (the seed-to-seed "
-                         f"spread is not measured)")
+        if len(ref) < 2:  # a difference, not yet a move: nothing to weigh it against
+            parts.append(f"{group} rows {moved} ({mean - mean_ref:+.3f}): not called a move toward or away from the "
+                         f"study's pattern, since one reference seed leaves the seed-to-seed spread unmeasured")
         elif abs(mean - mean_ref) <= spread:
             parts.append(f"{group} rows {moved}: within the range between the reference seeds, {spread:.3f}, no measured move")
         else:
