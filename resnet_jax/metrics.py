@@ -151,7 +151,8 @@ class Dice:
         """A 95 % percentile bootstrap interval of the pooled score that draws whole patients (``groups``: the
         patient of each image) with replacement, ``n_bootstrap`` times with a fixed seed. Slices of one patient
         are not independent, so this is the interval a test set of a few patients supports; the image bootstrap
-        of :meth:`aggregate` is narrower than it should be."""
+        of :meth:`aggregate` is narrower than it should be. A plain percentile interval: unlike the decisions'
+        bootstrap (``statistics.small_sample_stretch``) it is not widened for few patients."""
         names, index = np.unique(np.asarray(groups), return_inverse=True)
         if len(index) != len(per_example["intersection"]):
             raise ValueError(f"{len(index)} groups for {len(per_example['intersection'])} images; give the patient "
