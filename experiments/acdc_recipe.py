@@ -123,9 +123,10 @@ def main() -> None:
     overrides, workdir, out, ablation = plan(args)
     results.check_clean(allow_dirty=args.allow_dirty)  # refused now, not after an hour of training
     slim = workdir.with_name(f"{workdir.name}-slim") if args.action == "chosen" else None
+    slim_out = out.with_name(f"{out.name}-slim")
     results.check_destination(workdir, out)
     if slim:
-        results.check_destination(slim, out.with_name(f"{out.name}-slim"))
+        results.check_destination(slim, slim_out)
     runs.train(configs.load_config(BASE, overrides, data_dir=args.data_dir), workdir)
     for reading in (ablation or {}).get("readings", ()):
         ablate.ablate_workdir(workdir, ablate.Request(protocols=ablation["protocols"], batchnorm=reading,
@@ -133,7 +134,7 @@ def main() -> None:
     export(workdir, out, allow_dirty=args.allow_dirty)
     if slim:
         eliminate_run(workdir, slim, args.data_dir)
-        export(slim, out.with_name(f"{out.name}-slim"), allow_dirty=args.allow_dirty)
+        export(slim, slim_out, allow_dirty=args.allow_dirty)
 
 
 if __name__ == "__main__":

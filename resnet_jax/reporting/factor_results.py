@@ -23,6 +23,7 @@ from pathlib import Path
 from resnet_jax import configs
 from resnet_jax.configs.base import flatten
 from resnet_jax.reporting import published, results
+from resnet_jax.reporting.recipe_results import read_config
 
 TASK = "segmentation"
 GROUPS = {"stage": "stage-except-decomposition", "shortcut": "shortcut"}
@@ -64,10 +65,6 @@ def _tables(run: Path) -> dict[str, list[dict]]:
     return found
 
 
-def _config(run: Path) -> dict:
-    return configs.complete(json.loads((run / "config.json").read_text()))
-
-
 def changes(reference: Mapping, config: Mapping) -> str:
     """What a factor run changed against the reference recipe, as ``key old -> new``; seeds aside."""
     keys = [k for k in configs.diff(reference, config) if k not in IGNORED]
@@ -88,12 +85,12 @@ def _runs(folder: Path) -> tuple[list[Path], list[Path]]:
     return reference, own
 
 
-def _row(label: str, run: Path, changed: str) -> tuple[list, dict[str, float]]:
+def _row(label: str, run: Path, changed: str, seed: int) -> tuple[list, dict[str, float]]:
     tables = _tables(run)
     kept = retention(tables)
     values = published.stage_values(TASK, tables)
     dist = {group: distance(kept, protocol) for group, protocol in GROUPS.items()}
-    cells = [label, changed, _config(run)["train"]["seed"], f"{values[('baseline', None)][0]:.3f}"]
+    cells = [label, changed, seed, f"{values[('baseline', None)][0]:.3f}"]
     cells += [f"{v[0]:.3f}" if v else "-" for key, v in values.items() if key[1] is not None]
     return cells + [f"{dist['stage']:.3f}", f"{dist['shortcut']:.3f}"], dist
 
@@ -102,17 +99,18 @@ def _measured(folder: Path) -> tuple[list[list], list[dict[str, float]], dict[st
     """The table's rows (the study, the reference seeds, each factor run), the reference seeds' distances and
     each factor's runs' distances."""
     reference, own = _runs(folder)
-    base = _config(reference[0])
+    base = read_config(reference[0])
     study = ["the study", "-", "-", f"{published.PUBLISHED[TASK]['baseline']:.2f}",
              *(f"{published.PUBLISHED[TASK][p][s]:.2f}" for p, s in paper_retention()), "0", "0"]
     rows, ref_dist, by_factor = [study], [], {}
     for run in reference:
-        cells, dist = _row(f"reference: {run.parent.name}/{run.name}", run, "-")
+        cells, dist = _row(f"reference: {run.parent.name}/{run.name}", run, "-", read_config(run)["train"]["seed"])
         rows.append(cells)
         ref_dist.append(dist)
     for run in own:
-        changed = changes(base, _config(run))
-        cells, dist = _row(run.name, run, changed)
+        config = read_config(run)
+        changed = changes(base, config)
+        cells, dist = _row(run.name, run, changed, config["train"]["seed"])
         rows.append(cells)
         by_factor.setdefault(changed, []).append(dist)
     return rows, ref_dist, by_factor

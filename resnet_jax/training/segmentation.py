@@ -210,11 +210,10 @@ def per_example_over(state: core.TrainState, split: seg_data.SegSplit, *, batch_
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def evaluate_split(state, split, *, batch_size: int, mesh, step_fn: Callable, prefix: str) -> dict[str, float]:
-    """Loss and Dice (pooled per class, pooled mean, mean per image) over a split."""
-    per_example = per_example_over(state, split, batch_size=batch_size, mesh=mesh, step_fn=step_fn)
+def split_scores(per_example: Mapping[str, np.ndarray], class_names, *, prefix: str) -> dict[str, float]:
+    """Loss and Dice (pooled per class, pooled mean, mean per image) from a split's per-example values."""
     return {f"{prefix}loss": float(np.mean(per_example["loss"])),
-            **metrics.dice_summary(per_example, split.class_names, prefix=prefix)}
+            **metrics.dice_summary(per_example, class_names, prefix=prefix)}
 
 
 
@@ -251,8 +250,7 @@ def _evaluate(config: Mapping, model) -> Callable:
     def evaluate(state, split, mesh, prefix):
         per_example = per_example_over(state, split, batch_size=config["train"]["eval_batch_size"], mesh=mesh,
                                        step_fn=eval_fn)
-        scores = {f"{prefix}loss": float(np.mean(per_example["loss"])),
-                  **metrics.dice_summary(per_example, split.class_names, prefix=prefix)}
+        scores = split_scores(per_example, split.class_names, prefix=prefix)
         lead = [scores[f"{prefix}dice_{split.class_names[c].lower()}"] for c in metric.classes or ()]
         if lead:  # explicit classes
             scores = {f"{prefix}{metric.name}": float(np.mean(lead)), **scores}
