@@ -7,6 +7,7 @@ finished, exported to its own results folder, so the study grows one run at a ti
     python experiments/acdc_recipe.py chosen os8-e20 --workdir ../runs/acdc-recipe/os8-e20 --data-dir ...  # its test, once
     python experiments/acdc_recipe.py chosen os8-e20 --seed 1 --runs ... --data-dir ...  # a second seed, tested too
     python experiments/acdc_recipe.py factor os8-e20 stride16 --runs ... --data-dir ...
+    python experiments/acdc_recipe.py costs os8-e20 --data-dir ...  # each factor's conv MACs, counted on shapes
 
 ``select`` trains a candidate with ``train.score_test=false`` (the test split stays unseen) into
 ``docs/results/acdc-recipe/<candidate>``. ``chosen`` scores the chosen candidate's test split once (seed 0: the
@@ -15,7 +16,9 @@ both BatchNorm readings and exports to ``docs/results/acdc-recipe/<candidate>[-s
 ``resnet-jax reproduce --preset cpu`` does (search, fine-tuning, random controls, the side-by-side comparison) and
 exports the slim network to the same name with ``-slim``. ``factor`` changes one
 factor of the chosen recipe, runs the baseline, stage and shortcut protocols and exports to
-``docs/results/acdc-factors/<candidate>-<factor>``. Every step resumes: rerun the same command after an interruption.
+``docs/results/acdc-factors/<candidate>-<factor>``; ``costs`` writes each factor's conv MACs per slice beside the
+candidate's to ``docs/results/acdc-factors/costs.json`` (a factor too costly to train here is reported as not run,
+with its size). Every step resumes: rerun the same command after an interruption.
 """
 
 import argparse
@@ -24,12 +27,17 @@ import shlex
 import sys
 from pathlib import Path
 
-from resnet_jax import configs
+import jax
+import jax.numpy as jnp
+
+from resnet_jax import configs, ledger
+from resnet_jax.ablation import elimination
+from resnet_jax.ablation.catalogue import catalogue
 from resnet_jax.ablation.protocols import STUDY_PROTOCOLS
 from resnet_jax.reporting import results
 from resnet_jax.studies import ablate, comparison, eliminate
 from resnet_jax.studies.reproduce_presets import PRESETS
-from resnet_jax.training import runs
+from resnet_jax.training import runs, segmentation
 
 BASE = "acdc-pspnet34-cpu"
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
@@ -65,6 +73,25 @@ def factor_overrides(candidate: str, factor: str, data_dir: str) -> list[str]:
         epochs = configs.load_config(BASE, base, data_dir=data_dir)["train"]["epochs"]
         return [*base, f"train.epochs={max(1, epochs // 2)}"]
     return [*base, *FACTORS[factor]]
+
+
+def training_size(overrides: list[str], data_dir: str) -> dict:
+    """Conv MACs per slice of one recipe, counted on the shapes alone (nothing trained or run), its epochs and the
+    slice shape: what its training costs beside another recipe's."""
+    config = configs.load_config(BASE, overrides, data_dir=data_dir)
+    model, shape = segmentation.build_model(config), (1, *segmentation.load_split(config, "val").images.shape[1:])
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape), train=False))
+    return {"overrides": overrides, "conv_macs": elimination.conv_macs(catalogue(model, variables, input_shape=shape)),
+            "epochs": config["train"]["epochs"], "input_shape": list(shape)}
+
+
+def factor_costs(candidate: str, data_dir: str) -> dict:
+    """Each factor's training size beside the candidate's: what decides whether a factor fits the hour of training
+    per seed, so that a factor too costly to train here is stated with its size, not left out silently."""
+    return {"candidate": candidate, "reference": training_size(candidate_overrides(candidate), data_dir),
+            "factors": {name: training_size(factor_overrides(candidate, name, data_dir), data_dir) for name in FACTORS},
+            "command": shlex.join(["python", "experiments/acdc_recipe.py", *sys.argv[1:]]),
+            "code": ledger.code_version()}
 
 
 def export(workdir: Path, out: Path, *, allow_dirty: bool) -> None:
@@ -103,7 +130,7 @@ def plan(args) -> tuple[list[str], Path, Path, dict | None]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("list", "select", "chosen", "factor"))
+    parser.add_argument("action", choices=("list", "select", "chosen", "factor", "costs"))
     parser.add_argument("names", nargs="*", help="candidate (select, chosen), or candidate and factor (factor)")
     parser.add_argument("--runs", type=Path, help="where the runs train (checkpoints; not committed)")
     parser.add_argument("--workdir", type=Path, help="this run's directory, if not <runs>/<run name> (e.g. the "
@@ -115,6 +142,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.action == "list":
         print(json.dumps({"base": BASE, "candidates": CANDIDATES, "factors": FACTORS}, indent=2))
+        return
+    if args.action == "costs":  # counted, not trained: seconds
+        if len(args.names) != 1 or args.data_dir is None:
+            parser.error("costs needs a candidate and --data-dir")
+        results.check_clean(allow_dirty=args.allow_dirty)
+        out = RESULTS / "acdc-factors" / "costs.json"
+        out.write_text(json.dumps(factor_costs(args.names[0], args.data_dir), indent=2) + "\n")
+        print(f"wrote {out}")
         return
     if (args.runs is None and args.workdir is None) or args.data_dir is None or \
             len(args.names) != (2 if args.action == "factor" else 1):

@@ -12,6 +12,10 @@ A factors folder holds the factor runs, each exported on its own (``resnet-jax r
 docs/results/<folder>/<run>``), and ``factors.json`` naming the chosen recipe's runs, relative to the results root::
 
     {"reference": ["acdc-recipe/chosen", "acdc-recipe/chosen-seed1"]}
+
+and, optionally, ``costs.json`` (``experiments/acdc_recipe.py costs``): each factor's conv MACs per slice and
+epochs beside the reference's, so that a factor with no run is stated as untested, with what training it would
+cost, instead of missing silently.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ GROUPS = {"stage": "stage-except-decomposition", "shortcut": "shortcut"}
 IGNORED = ("train.seed", "train.score_test", "data.data_dir")
 """Config keys that do not make a run a different factor: seeds are compared as seeds."""
 SPEC = "factors.json"
+COSTS = "costs.json"
 
 
 def retention(tables: Mapping[str, Sequence[dict]]) -> dict[tuple[str, int], float]:
@@ -123,13 +128,13 @@ def factors(folder: Path, task: str | None = None) -> str:
     header = ["run", "changed", "seed", "baseline", *(f"{'stage' if p == GROUPS['stage'] else 'shortcut'} {s}"
                                                      for p, s in paper_retention()), "stage distance",
               "shortcut distance"]
-    return results.grid(header, rows, right_from=2) + "\n" + effects_text(ref_dist, by_factor)
+    return results.grid(header, rows, right_from=2) + "\n" + effects_text(ref_dist, by_factor) + untested(folder)
 
 
 def effects(folder: Path, task: str | None = None) -> str:
     """The sentences of :func:`factors` alone (one per factor), for a page that links to the table."""
     _, ref_dist, by_factor = _measured(folder)
-    return effects_text(ref_dist, by_factor)
+    return effects_text(ref_dist, by_factor) + untested(folder)
 
 
 def effects_text(reference: Sequence[dict[str, float]], by_factor: Mapping[str, Sequence[dict[str, float]]]) -> str:
@@ -155,3 +160,42 @@ def _sentence(factor: str, runs: Sequence[dict[str, float]], reference: Sequence
                          f"beyond the range between the reference seeds, {spread:.3f}")
     seeds = f"{len(runs)} seed{'s' if len(runs) > 1 else ''}"
     return f"- `{factor}` ({seeds}; distance from the study, reference -> factor): " + "; ".join(parts) + "."
+
+
+def _training_minutes(run: Path) -> float | None:
+    path = run / "provenance.json"
+    seconds = json.loads(path.read_text()).get("training_seconds", {}) if path.is_file() else {}
+    return sum(seconds.values()) / 60 if seconds else None
+
+
+def untested(folder: Path) -> str:
+    """One sentence per factor that ``costs.json`` names and no run measures: untested, with its conv MACs and
+    epochs beside the reference's and the training minutes they imply if time grows with both (an estimate from
+    the reference's measured minutes, not a measurement)."""
+    path = folder / COSTS
+    if not path.is_file():
+        return ""
+    costs = json.loads(path.read_text())
+    reference, own = _runs(folder)
+    if costs["candidate"] != reference[0].name:
+        raise results.TableError(f"{path} counts candidate {costs['candidate']!r} but {folder / SPEC} names "
+                                 f"{reference[0].name!r} as the reference: rerun experiments/acdc_recipe.py costs")
+    ran, ref = {run.name for run in own}, costs["reference"]
+    minutes = [m for m in map(_training_minutes, reference) if m is not None]
+    lines = []
+    for name, cost in costs["factors"].items():
+        if f"{costs['candidate']}-{name}" in ran:
+            continue
+        ratio = cost["conv_macs"] / ref["conv_macs"]
+        changed = ", ".join(o for o in cost["overrides"] if o not in ref["overrides"]) or name
+        text = (f"- `{changed}` (`{name}`): not run, so its effect on the study's pattern is untested. Its conv MACs "
+                f"per {' x '.join(map(str, cost['input_shape'][1:]))} slice are {cost['conv_macs'] / 1e6:,.0f} M, "
+                f"{ratio:.1f}x the reference's {ref['conv_macs'] / 1e6:,.0f} M, over {cost['epochs']} epochs "
+                f"against {ref['epochs']}")
+        if minutes:
+            mean = sum(minutes) / len(minutes)
+            estimate = mean * ratio * cost["epochs"] / ref["epochs"]
+            text += (f"; if training time grew with both, the reference's {mean:.1f} training minutes would become "
+                     f"about {estimate:,.0f} (an estimate, not a measurement)")
+        lines.append(text + ".")
+    return "".join(line + "\n" for line in lines)

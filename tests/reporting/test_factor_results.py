@@ -90,3 +90,26 @@ def test_the_effects_block_is_the_tables_sentences_alone_and_says_when_no_factor
         shutil.rmtree(root / "acdc-factors" / run)
     assert readme_results.TABLES["factor-effects"](root / "acdc-factors") == \
         "No factor run yet: only the reference seeds are measured.\n"
+
+
+def test_a_factor_without_a_run_is_stated_untested_with_its_counted_cost(root):
+    factors = root / "acdc-factors"
+    for run, seconds in (("chosen", 3600.0), ("chosen-seed1", 4800.0)):  # 60 and 80 minutes: 70 on average
+        (root / "acdc-recipe" / run / "provenance.json").write_text(json.dumps({"training_seconds": {".": seconds}}))
+    shutil.copytree(factors / "half", factors / "chosen-short")  # the run of the factor named "short"
+    size = lambda overrides, macs, epochs: {"overrides": overrides, "conv_macs": macs, "epochs": epochs,  # noqa: E731
+                                            "input_shape": [1, 128, 128, 1]}
+    costs = {"candidate": "chosen", "reference": size(["a=1"], 5_000_000_000, 20),
+             "factors": {"cifar-stem": size(["a=1", "model.stem=cifar"], 80_000_000_000, 20),
+                         "short": size(["a=1", "train.epochs=10"], 5_000_000_000, 10)}}
+    (factors / "costs.json").write_text(json.dumps(costs))
+    effects = readme_results.TABLES["factor-effects"](factors)
+    untested = [x for x in effects.splitlines() if "not run" in x]
+    assert untested == ["- `model.stem=cifar` (`cifar-stem`): not run, so its effect on the study's pattern is "
+                        "untested. Its conv MACs per 128 x 128 x 1 slice are 80,000 M, 16.0x the reference's 5,000 M, "
+                        "over 20 epochs against 20; if training time grew with both, the reference's 70.0 training "
+                        "minutes would become about 1,120 (an estimate, not a measurement)."]  # 70 x 16
+    assert untested[0] in readme_results.TABLES["factors"](factors)
+    (factors / "costs.json").write_text(json.dumps({**costs, "candidate": "os8-e20"}))
+    with pytest.raises(readme_results.ResultsError, match="counts candidate 'os8-e20' but .* names 'chosen'"):
+        readme_results.render("<!-- results: acdc-factors/factor-effects -->\n<!-- /results -->\n", root)
