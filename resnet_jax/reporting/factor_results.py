@@ -196,6 +196,7 @@ def untested(folder: Path) -> str:
             mean = sum(minutes) / len(minutes)
             estimate = mean * ratio * cost["epochs"] / ref["epochs"]
             text += (f"; if training time grew with both, the reference's {mean:.1f} training minutes would become "
-                     f"about {estimate:,.0f} (an estimate, not a measurement)")
+                     f"about {estimate:,.0f} ({f'{estimate / 60:.1f} hours; ' if estimate >= 120 else ''}an "
+                     f"estimate, not a measurement)")
         lines.append(text + ".")
     return "".join(line + "\n" for line in lines)

@@ -108,7 +108,7 @@ def test_a_factor_without_a_run_is_stated_untested_with_its_counted_cost(root):
     assert untested == ["- `model.stem=cifar` (`cifar-stem`): not run, so its effect on the study's pattern is "
                         "untested. Its conv MACs per 128 x 128 x 1 slice are 80,000 M, 16.0x the reference's 5,000 M, "
                         "over 20 epochs against 20; if training time grew with both, the reference's 70.0 training "
-                        "minutes would become about 1,120 (an estimate, not a measurement)."]  # 70 x 16
+                        "minutes would become about 1,120 (18.7 hours; an estimate, not a measurement)."]  # 70 x 16
     assert untested[0] in readme_results.TABLES["factors"](factors)
     (factors / "costs.json").write_text(json.dumps({**costs, "candidate": "os8-e20"}))
     with pytest.raises(readme_results.ResultsError, match="counts candidate 'os8-e20' but .* names 'chosen'"):
