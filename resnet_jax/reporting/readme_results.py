@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from resnet_jax.ablation import speed, statistics
@@ -242,13 +242,21 @@ def checkpoint_criterion(evaluation: dict, config: dict) -> str:
     return "val_dice" if config.get("task") == "segmentation" or "metric" in config else "val_accuracy"
 
 
+def lead_test_score(evaluation: Mapping) -> str:
+    """The key of a run's lead test score: the one its patients' interval was computed for (a segmentation run
+    leading with mean Dice stores ``test_dice_patients_*`` beside ``test_dice_myo``), else the first of accuracy,
+    myocardium Dice and mean Dice that the run has."""
+    interval = next((k.removesuffix("_patients_low") for k in evaluation if k.endswith("_patients_low")), None)
+    return interval or next(k for k in ("test_accuracy", "test_dice_myo", "test_dice") if k in evaluation)
+
+
 def training_table(folder: Path, task: str | None = None) -> str:
     """Per run: epochs, what chose the checkpoint and its validation score, the test score, the wall time."""
     rows = []
     for run in runs(folder, task):
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
         evaluation = read_json(run / "evaluation.json")
-        score = next(k for k in ("test_accuracy", "test_dice_myo", "test_dice") if k in evaluation)
+        score = lead_test_score(evaluation)
         chosen = next((m for m in metrics if m["step"] == evaluation["step"]), {})
         val, criterion = chosen.get("val_" + score[5:]), checkpoint_criterion(evaluation, read_json(run / "config.json"))
         rows.append([run.name, metrics[-1]["epoch"], chosen.get("epoch", "-"),

@@ -109,3 +109,18 @@ def test_the_chosen_recipe_states_its_test_score_its_interval_and_the_target(tmp
     (folder / "chosen-seed1" / "evaluation.json").write_text(json.dumps({"test_dice": 0.9, "n_examples": 190}))
     with pytest.raises(results.TableError, match="has no test_dice_myo, the score that ranked its checkpoints"):
         readme_results.TABLES["recipe-chosen"](folder)
+
+
+def test_the_training_table_shows_the_score_the_patients_interval_was_computed_for(tmp_path):
+    """A run leading with mean Dice stores its interval under test_dice; the table shows that score, not the
+    myocardium column beside it, so the interval sits beside the number it belongs to."""
+    run = tmp_path / "runs" / "mean-led"
+    _planted(run, ["train.epochs=2", "metric.lead=mean"], [0.70, 0.80])
+    (run / "ablation").mkdir()
+    (run / "ablation" / "baseline.json").write_text(json.dumps({"rows": []}))
+    (run / "evaluation.json").write_text(json.dumps({
+        "step": 82, "n_examples": 30, "chosen_by": "val_dice", "test_dice_myo": 0.7, "test_dice": 0.85,
+        "test_dice_patients_low": 0.81, "test_dice_patients_high": 0.88}))
+    cells = _cells(readme_results.TABLES["training"](tmp_path / "runs"), "mean-led")
+    assert cells[5:7] == ["dice", "**0.8500** (patients' 95 % interval: 0.8100 to 0.8800)"]
+    assert cells[3:5] == ["dice 0.9000", "0.9000"]  # chosen on validation mean Dice (0.80 + 0.1 planted)
