@@ -35,7 +35,7 @@ from resnet_jax.ablation import elimination
 from resnet_jax.ablation.catalogue import catalogue
 from resnet_jax.ablation.protocols import STUDY_PROTOCOLS
 from resnet_jax.reporting import results
-from resnet_jax.studies import ablate, comparison, eliminate
+from resnet_jax.studies import ablate, comparison
 from resnet_jax.studies.reproduce_presets import PRESETS
 from resnet_jax.training import runs, segmentation
 
@@ -102,15 +102,9 @@ def export(workdir: Path, out: Path, *, allow_dirty: bool) -> None:
 
 def eliminate_run(workdir: Path, slim: Path, data_dir: str) -> None:
     """The elimination stage of ``reproduce --preset cpu`` on one run: the slim network in ``slim``, its
-    comparison (``elimination/comparison.json`` and the Pareto figure) beside it."""
-    preset = PRESETS["cpu"]
-    settings = eliminate.Settings(finetune_epochs=preset["finetune_epochs"], random_draws=preset["random_draws"])
-    print(eliminate.format_summary(eliminate.eliminate_workdir(workdir, slim, settings, data_dir=data_dir)))
-    if (slim / "elimination" / "comparison.json").is_file():  # a rerun keeps the speeds measured once
-        return
-    result = comparison.compare(workdir, slim, repeats=preset["timing_repeats"], data_dir=data_dir)
-    print(comparison.format_comparison(result))
-    comparison.write_comparison(slim, result)
+    comparison (``elimination/comparison.json`` and the Pareto figure) beside it; a rerun keeps the speeds
+    measured once."""
+    comparison.eliminate_and_compare(workdir, slim, PRESETS["cpu"], data_dir=data_dir, keep_comparison=True)
 
 
 def plan(args) -> tuple[list[str], Path, Path, dict | None]:

@@ -228,3 +228,26 @@ def write_comparison(slim_dir, result: dict) -> Path:
     directory = Path(slim_dir) / "elimination"
     files.write_json(directory / "comparison.json", result)
     return figures.plot_pareto(result["rows"], directory / "pareto.png", metric=result["metric"])
+
+
+def eliminate_and_compare(run, slim, preset: Mapping[str, Any], *, controls=None, data_dir=None,
+                          keep_comparison: bool = False, log=print) -> dict[str, Any]:
+    """The elimination stage of a ``reproduce`` preset on one trained run: the slim network in ``slim``
+    (:func:`eliminate.eliminate_workdir` with the preset's fine-tuning epochs and random draws), then its side-by-side
+    comparison with the preset's timing rounds, written beside it. ``controls(summary)`` trains the separately
+    trained models to compare (keys of :data:`TRAINED`); ``keep_comparison`` keeps a comparison already written,
+    so that a rerun does not time again what was measured once. Returns the elimination summary."""
+    from resnet_jax.studies import eliminate
+
+    settings = eliminate.Settings(finetune_epochs=preset["finetune_epochs"], random_draws=preset["random_draws"])
+    summary = eliminate.eliminate_workdir(run, slim, settings, data_dir=data_dir, log=log,
+                                          force_untrained=preset.get("force_untrained", False))
+    log(eliminate.format_summary(summary))
+    if keep_comparison and (Path(slim) / "elimination" / "comparison.json").is_file():
+        return summary
+    result = compare(run, slim, trained=controls(summary) if controls else None, repeats=preset["timing_repeats"],
+                     data_dir=data_dir, log=log)
+    log(format_comparison(result))
+    write_comparison(slim, result)
+    return summary
+

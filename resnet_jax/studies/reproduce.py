@@ -21,6 +21,7 @@ Usage: ``reproduce("smoke", "runs/smoke", data_root="../shared/data")``, as ``re
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 from collections.abc import Callable, Sequence
@@ -118,29 +119,21 @@ def _readings(job: Job) -> dict:
 
 def _eliminate(job: Job, key: str) -> dict:
     """Per seed: the slim network from that seed's run, its controls (classification), and the comparison."""
-    from resnet_jax.studies import comparison, eliminate, seeds
+    from resnet_jax.studies import comparison, seeds
 
     units, n = [], job.n_seeds
-    settings = eliminate.Settings(finetune_epochs=job.preset["finetune_epochs"], random_draws=job.preset["random_draws"])
     for seed, (run, overrides) in enumerate(seeds.each_seed(job.run_dir(key), n)):
         slim = seeds.seed_dir(job.workdir / SLIM_DIRS[key], seed)
         if not (run / "config.json").is_file():
             raise StageError(f"{key}-eliminate: {run.name} has no trained run; run {key}-train first")
         job.log(f"  {key} seed {seed}: {run} -> {slim}")
-        summary = eliminate.eliminate_workdir(run, slim, settings, log=job.log,
-                                              force_untrained=job.preset.get("force_untrained", False))
-        job.log(eliminate.format_summary(summary))
-        trained = (_controls(job, key, slim, seed, overrides, has_units=bool(summary["units"]))
-                   if key == "cifar" else {})
-        result = comparison.compare(run, slim, trained=trained, repeats=job.preset["timing_repeats"], log=job.log)
-        job.log(comparison.format_comparison(result))
-        comparison.write_comparison(slim, result)
+        controls = functools.partial(_controls, job, key, slim, seed, overrides) if key == "cifar" else None
+        summary = comparison.eliminate_and_compare(run, slim, job.preset, controls=controls, log=job.log)
         units.append(summary["units"])
     return {"units_per_seed": units}
 
 
-def _controls(job: Job, key: str, slim: Path, seed: int, overrides: Sequence[str], *,
-              has_units: bool) -> dict[str, Path]:
+def _controls(job: Job, key: str, slim: Path, seed: int, overrides: Sequence[str], summary: dict) -> dict[str, Path]:
     """Seed ``seed``'s separately trained controls, each with that seed for the slim model's whole budget (the run's
     epochs plus fine-tuning): ResNet18 and, when units were removed, the slim architecture from scratch (Liu et
     al. 2019's control for structured pruning)."""
@@ -150,7 +143,7 @@ def _controls(job: Job, key: str, slim: Path, seed: int, overrides: Sequence[str
     budget = [f"train.epochs={job.config(key)['train']['epochs'] + job.preset['finetune_epochs']}", *overrides]
     out = {"resnet18": seeds.seed_dir(job.workdir / RESNET18_DIR, seed)}
     runs.train(job.config(key, ["model.name=resnet18", *budget]), out["resnet18"], log=job.log)
-    if has_units:
+    if summary["units"]:
         eliminated = json.dumps(runs.read_config(slim)["model"]["eliminated"])
         out["scratch"] = seeds.seed_dir(job.workdir / SCRATCH_DIR, seed)
         runs.train(job.config(key, [f"model.eliminated={eliminated}", *budget]), out["scratch"], log=job.log)

@@ -68,7 +68,7 @@ def test_every_seed_gets_its_own_run_slim_network_controls_and_study_b(tmp_path,
         trained[path.name] = config
         files.write_json(path / "config.json", config)
 
-    def eliminate_workdir(run, slim, settings, log, force_untrained):
+    def eliminate_workdir(run, slim, settings, data_dir, log, force_untrained):
         eliminated.append((run.name, slim.name))
         units = [[f"layer4.{len(eliminated)}", "channel"]]  # each seed's own choice
         config = json.loads((run / "config.json").read_text())
@@ -78,7 +78,7 @@ def test_every_seed_gets_its_own_run_slim_network_controls_and_study_b(tmp_path,
     monkeypatch.setattr(runs, "train", train)
     monkeypatch.setattr(eliminate, "eliminate_workdir", eliminate_workdir)
     monkeypatch.setattr(eliminate, "format_summary", lambda summary: "")
-    monkeypatch.setattr(comparison, "compare", lambda run, slim, trained, repeats, log: compared.append(
+    monkeypatch.setattr(comparison, "compare", lambda run, slim, trained, repeats, data_dir, log: compared.append(
         (run.name, slim.name, {k: v.name for k, v in trained.items()})) or {})
     monkeypatch.setattr(comparison, "format_comparison", lambda result: "")
     monkeypatch.setattr(comparison, "write_comparison", lambda slim, result: None)
