@@ -7,6 +7,7 @@ finished, exported to its own results folder, so the study grows one run at a ti
     python experiments/acdc_recipe.py chosen os8-e20 --workdir ../runs/acdc-recipe/os8-e20 --data-dir ...  # its test, once
     python experiments/acdc_recipe.py chosen os8-e20 --seed 1 --runs ... --data-dir ...  # a second seed, tested too
     python experiments/acdc_recipe.py factor os8-e20 stride16 --runs ... --data-dir ...
+    python experiments/acdc_recipe.py factor os8-e20 stride16 --seed 1 --runs ... --data-dir ...  # its second seed
     python experiments/acdc_recipe.py costs os8-e20 --data-dir ...  # each factor's conv MACs, counted on shapes
 
 ``select`` trains a candidate with ``train.score_test=false`` (the test split stays unseen) into
@@ -117,7 +118,8 @@ def plan(args) -> tuple[list[str], Path, Path, dict | None]:
         overrides = [*candidate_overrides(name), "train.score_test=true", f"train.seed={args.seed}"]
         folder, ablation = "acdc-recipe", {"protocols": STUDY_PROTOCOLS, "readings": ("running", "batch")}
     else:
-        run, overrides = f"{name}-{args.names[1]}", factor_overrides(name, args.names[1], args.data_dir)
+        run = f"{name}-{args.names[1]}" + (f"-seed{args.seed}" if args.seed else "")
+        overrides = [*factor_overrides(name, args.names[1], args.data_dir), f"train.seed={args.seed}"]
         folder, ablation = "acdc-factors", {"protocols": FACTOR_PROTOCOLS, "readings": ("running",)}
     return overrides, args.workdir or args.runs / run, RESULTS / folder / run, ablation
 
@@ -130,7 +132,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="this run's directory, if not <runs>/<run name> (e.g. the "
                         "selection run of the chosen candidate, to score it: its test split once)")
     parser.add_argument("--data-dir", help="../shared/data/acdc_lv_myo")
-    parser.add_argument("--seed", type=int, default=0, help="chosen: the training seed")
+    parser.add_argument("--seed", type=int, default=0, help="chosen, factor: the training seed (k > 0: the run "
+                        "is named <run>-seed<k>)")
     parser.add_argument("--allow-dirty", action="store_true", help="export from a checkout with uncommitted code "
                         "changes (refused otherwise, before any training)")
     args = parser.parse_args()

@@ -36,3 +36,17 @@ def test_an_unknown_candidate_or_factor_names_the_valid_ones(recipe):
         recipe.candidate_overrides("os4")
     with pytest.raises(SystemExit, match="unknown factor 'bigger'; valid: .*'stride16'"):
         recipe.factor_overrides("os8-e20", "bigger", "data")
+
+
+def test_a_factors_second_seed_is_its_own_run_differing_from_the_first_in_the_seed_alone(recipe, tmp_path):
+    import argparse
+
+    data = str(tmp_path)
+    ask = lambda seed: argparse.Namespace(action="factor", names=["os8-e20", "stride16"], seed=seed,  # noqa: E731
+                                          data_dir=data, runs=tmp_path / "runs", workdir=None)
+    (first, work0, out0, _), (second, work1, out1, ablation) = recipe.plan(ask(0)), recipe.plan(ask(1))
+    assert (work0.name, out0.name) == ("os8-e20-stride16", "os8-e20-stride16")
+    assert (work1.name, out1.name, out1.parent.name) == ("os8-e20-stride16-seed1",) * 2 + ("acdc-factors",)
+    configs_ = [configs.load_config(recipe.BASE, o, data_dir=data) for o in (first, second)]
+    assert configs.diff(*configs_) == ["train.seed"] and configs_[1]["train"]["seed"] == 1
+    assert ablation["readings"] == ("running",)
