@@ -36,9 +36,13 @@ def read_json(path: Path):
     return json.loads(path.read_text())
 
 
+SEED_IN_NAME = re.compile(r"-seed(\d+)(?=-|$)")
+"""A seed in a run's folder name: ``<run>-seed<N>``, or inside it (``<run>-seed<N>-slim``)."""
+
+
 def _by_seed(found: Sequence[Path]) -> list[Path]:
-    seed = lambda p: int(m.group(1)) if (m := re.search(r"-seed(\d+)$", p.name)) else 0  # noqa: E731
-    return sorted(found, key=lambda p: (re.sub(r"-seed\d+$", "", p.name), seed(p)))
+    """Runs sorted by name without its seed, then by seed: each run's seeds together, seed 0 first."""
+    return sorted(found, key=lambda p: (SEED_IN_NAME.sub("", p.name), seed_of(p)))
 
 
 def runs(folder: Path, task: str | None = None) -> list[Path]:
@@ -68,8 +72,10 @@ def reading_tables(group: Sequence[Path], reading: str) -> dict[str, list[list[d
 
 
 def seed_of(run: Path) -> int:
-    """A run's seed, from its folder name (``<run>-seed<N>``; none: seed 0)."""
-    return int(m.group(1)) if (m := re.search(r"-seed(\d+)$", run.name)) else 0
+    """A run's seed: its config's ``train.seed``; for a folder without one, from its name (``<run>-seed<N>``,
+    anywhere in the name; none: seed 0)."""
+    seed = (read_json(run / "config.json").get("train") or {}).get("seed") if (run / "config.json").is_file() else None
+    return seed if isinstance(seed, int) else int(m.group(1)) if (m := SEED_IN_NAME.search(run.name)) else 0
 
 
 def seeds_label(seeds: Sequence[int]) -> str:

@@ -124,3 +124,15 @@ def test_the_training_table_shows_the_score_the_patients_interval_was_computed_f
     cells = _cells(readme_results.TABLES["training"](tmp_path / "runs"), "mean-led")
     assert cells[5:7] == ["dice", "**0.8500** (patients' 95 % interval: 0.8100 to 0.8800)"]
     assert cells[3:5] == ["dice 0.9000", "0.9000"]  # chosen on validation mean Dice (0.80 + 0.1 planted)
+
+
+def test_a_runs_seed_is_its_configs_and_each_runs_seeds_sort_together_wherever_the_name_holds_the_seed(tmp_path):
+    """A slim network of seed 1 named ``<run>-seed1-slim`` (experiments/acdc_recipe.py's naming) sorts after seed
+    0's ``<run>-slim``, not before it, and reports seed 1 from its config, whatever its name says."""
+    for name, seed in (("chosen-seed1-slim", 1), ("chosen-slim", 0), ("other", 3)):
+        _planted(tmp_path / name, ["train.epochs=1", f"train.seed={seed}"], [0.5])
+    (tmp_path / "unconfigured-seed2").mkdir()
+    found = [tmp_path / n for n in ("other", "chosen-seed1-slim", "unconfigured-seed2", "chosen-slim")]
+    assert [p.name for p in readme_results._by_seed(found)] == \
+        ["chosen-slim", "chosen-seed1-slim", "other", "unconfigured-seed2"]
+    assert [readme_results.seed_of(p) for p in found] == [3, 1, 2, 0]
