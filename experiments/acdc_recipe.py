@@ -35,7 +35,7 @@ from resnet_jax import configs, ledger
 from resnet_jax.ablation import elimination
 from resnet_jax.ablation.catalogue import catalogue
 from resnet_jax.ablation.protocols import STUDY_PROTOCOLS
-from resnet_jax.reporting import results
+from resnet_jax.reporting import factor_results, results
 from resnet_jax.studies import ablate, comparison
 from resnet_jax.studies.reproduce_presets import PRESETS
 from resnet_jax.training import runs, segmentation
@@ -76,21 +76,24 @@ def factor_overrides(candidate: str, factor: str, data_dir: str) -> list[str]:
     return [*base, *FACTORS[factor]]
 
 
-def training_size(overrides: list[str], data_dir: str) -> dict:
-    """Conv MACs per slice of one recipe, counted on the shapes alone (nothing trained or run), its epochs and the
-    slice shape: what its training costs beside another recipe's."""
+def training_size(overrides: list[str], data_dir: str, reference: dict | None = None) -> dict:
+    """Conv MACs per slice of one recipe, counted on the shapes alone (nothing trained or run), its epochs, the
+    slice shape and, against a ``reference`` config, what it changes (as the factor table labels it)."""
     config = configs.load_config(BASE, overrides, data_dir=data_dir)
     model, shape = segmentation.build_model(config), (1, *segmentation.load_split(config, "val").images.shape[1:])
     variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape), train=False))
     return {"overrides": overrides, "conv_macs": elimination.conv_macs(catalogue(model, variables, input_shape=shape)),
-            "epochs": config["train"]["epochs"], "input_shape": list(shape)}
+            "epochs": config["train"]["epochs"], "input_shape": list(shape),
+            **({"changed": factor_results.changes(reference, config)} if reference is not None else {})}
 
 
 def factor_costs(candidate: str, data_dir: str) -> dict:
     """Each factor's training size beside the candidate's: what decides whether a factor fits the hour of training
     per seed, so that a factor too costly to train here is stated with its size, not left out silently."""
+    reference = configs.load_config(BASE, candidate_overrides(candidate), data_dir=data_dir)
     return {"candidate": candidate, "reference": training_size(candidate_overrides(candidate), data_dir),
-            "factors": {name: training_size(factor_overrides(candidate, name, data_dir), data_dir) for name in FACTORS},
+            "factors": {name: training_size(factor_overrides(candidate, name, data_dir), data_dir, reference)
+                        for name in FACTORS},
             "command": shlex.join(["python", "experiments/acdc_recipe.py", *sys.argv[1:]]),
             "code": ledger.code_version()}
 
@@ -124,6 +127,12 @@ def plan(args) -> tuple[list[str], Path, Path, dict | None]:
     return overrides, args.workdir or args.runs / run, RESULTS / folder / run, ablation
 
 
+def seed_number(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"a seed is a whole number >= 0, got {text!r}")
+    return int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("list", "select", "chosen", "factor", "costs"))
@@ -132,7 +141,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="this run's directory, if not <runs>/<run name> (e.g. the "
                         "selection run of the chosen candidate, to score it: its test split once)")
     parser.add_argument("--data-dir", help="../shared/data/acdc_lv_myo")
-    parser.add_argument("--seed", type=int, default=0, help="chosen, factor: the training seed (k > 0: the run "
+    parser.add_argument("--seed", type=seed_number, default=0, help="chosen, factor: the training seed (k > 0: the run "
                         "is named <run>-seed<k>)")
     parser.add_argument("--allow-dirty", action="store_true", help="export from a checkout with uncommitted code "
                         "changes (refused otherwise, before any training)")
@@ -142,7 +151,7 @@ def main() -> None:
         return
     if args.action == "costs":  # counted, not trained: seconds
         if len(args.names) != 1 or args.data_dir is None:
-            parser.error("costs needs a candidate and --data-dir")
+            parser.error(f"costs needs one candidate and --data-dir (given: {args.names}, --data-dir {args.data_dir})")
         results.check_clean(allow_dirty=args.allow_dirty)
         out = RESULTS / "acdc-factors" / "costs.json"
         out.write_text(json.dumps(factor_costs(args.names[0], args.data_dir), indent=2) + "\n")

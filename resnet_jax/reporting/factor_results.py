@@ -128,13 +128,14 @@ def factors(folder: Path, task: str | None = None) -> str:
     header = ["run", "changed", "seed", "baseline", *(f"{'stage' if p == GROUPS['stage'] else 'shortcut'} {s}"
                                                      for p, s in paper_retention()), "stage distance",
               "shortcut distance"]
-    return results.grid(header, rows, right_from=2) + "\n" + effects_text(ref_dist, by_factor) + untested(folder)
+    return results.grid(header, rows, right_from=2) + "\n" + effects_text(ref_dist, by_factor) + \
+        untested(folder, set(by_factor))
 
 
 def effects(folder: Path, task: str | None = None) -> str:
     """The sentences of :func:`factors` alone (one per factor), for a page that links to the table."""
     _, ref_dist, by_factor = _measured(folder)
-    return effects_text(ref_dist, by_factor) + untested(folder)
+    return effects_text(ref_dist, by_factor) + untested(folder, set(by_factor))
 
 
 def effects_text(reference: Sequence[dict[str, float]], by_factor: Mapping[str, Sequence[dict[str, float]]]) -> str:
@@ -168,30 +169,47 @@ def _training_minutes(run: Path) -> float | None:
     return sum(seconds.values()) / 60 if seconds else None
 
 
-def untested(folder: Path) -> str:
-    """One sentence per factor that ``costs.json`` names and no run measures: untested, with its conv MACs and
-    epochs beside the reference's and the training minutes they imply if time grows with both (an estimate from
-    the reference's measured minutes, not a measurement)."""
+COST_KEYS = ("overrides", "conv_macs", "epochs", "input_shape")
+
+
+def _costs(path: Path, reference: Sequence[Path]) -> dict:
+    """``costs.json``, refused with its reason where it counts another candidate or lacks what a sentence needs."""
+    costs = json.loads(path.read_text())
+    missing = [k for k in ("candidate", "reference", "factors") if k not in costs]
+    missing += [f"{name}.{k}" for name, c in {"reference": costs.get("reference", {}), **costs.get("factors", {})}.items()
+                for k in (*COST_KEYS, *(("changed",) if name != "reference" else ())) if k not in c]
+    if missing:
+        raise results.TableError(f"{path} lacks {missing}: rerun experiments/acdc_recipe.py costs")
+    if costs["candidate"] != reference[0].name:
+        raise results.TableError(f"{path} counts candidate {costs['candidate']!r} but {path.parent / SPEC} names "
+                                 f"{reference[0].name!r} as the reference: rerun experiments/acdc_recipe.py costs")
+    if costs["reference"]["conv_macs"] <= 0:
+        raise results.TableError(f"{path}: the reference's conv_macs is {costs['reference']['conv_macs']}, no size to "
+                                 f"compare a factor's with")
+    return costs
+
+
+def untested(folder: Path, measured: set[str]) -> str:
+    """One sentence per factor that ``costs.json`` names and no run measures (its change, as the table labels it,
+    is not among ``measured``): untested, with its conv MACs and epochs beside the reference's and the training
+    minutes they imply if time grows with both (an estimate from the reference's measured minutes, not a
+    measurement)."""
     path = folder / COSTS
     if not path.is_file():
         return ""
-    costs = json.loads(path.read_text())
-    reference, own = _runs(folder)
-    if costs["candidate"] != reference[0].name:
-        raise results.TableError(f"{path} counts candidate {costs['candidate']!r} but {folder / SPEC} names "
-                                 f"{reference[0].name!r} as the reference: rerun experiments/acdc_recipe.py costs")
-    ran, ref = {run.name for run in own}, costs["reference"]
+    reference, _ = _runs(folder)
+    costs = _costs(path, reference)
+    ref = costs["reference"]
     minutes = [m for m in map(_training_minutes, reference) if m is not None]
     lines = []
     for name, cost in costs["factors"].items():
-        if f"{costs['candidate']}-{name}" in ran:
+        if cost["changed"] in measured:
             continue
         ratio = cost["conv_macs"] / ref["conv_macs"]
-        changed = ", ".join(o for o in cost["overrides"] if o not in ref["overrides"]) or name
-        text = (f"- `{changed}` (`{name}`): not run, so its effect on the study's pattern is untested. Its conv MACs "
-                f"per {' x '.join(map(str, cost['input_shape'][1:]))} slice are {cost['conv_macs'] / 1e6:,.0f} M, "
-                f"{ratio:.1f}x the reference's {ref['conv_macs'] / 1e6:,.0f} M, over {cost['epochs']} epochs "
-                f"against {ref['epochs']}")
+        text = (f"- `{cost['changed']}` (`{name}`): not run, so its effect on the study's pattern is untested. Its "
+                f"conv MACs per {' x '.join(map(str, cost['input_shape'][1:]))} slice are "
+                f"{cost['conv_macs'] / 1e6:,.0f} M, {ratio:.1f}x the reference's {ref['conv_macs'] / 1e6:,.0f} M, over "
+                f"{cost['epochs']} epochs against {ref['epochs']}")
         if minutes:
             mean = sum(minutes) / len(minutes)
             estimate = mean * ratio * cost["epochs"] / ref["epochs"]

@@ -248,12 +248,19 @@ def checkpoint_criterion(evaluation: dict, config: dict) -> str:
     return "val_dice" if config.get("task") == "segmentation" or "metric" in config else "val_accuracy"
 
 
-def lead_test_score(evaluation: Mapping) -> str:
+LEAD_SCORES = ("test_accuracy", "test_dice_myo", "test_dice")
+
+
+def lead_test_score(evaluation: Mapping, where: Path | str = "evaluation.json") -> str:
     """The key of a run's lead test score: the one its patients' interval was computed for (a segmentation run
     leading with mean Dice stores ``test_dice_patients_*`` beside ``test_dice_myo``), else the first of accuracy,
-    myocardium Dice and mean Dice that the run has."""
+    myocardium Dice and mean Dice that the run has (``where`` names the file in the error when it has none)."""
     interval = next((k.removesuffix("_patients_low") for k in evaluation if k.endswith("_patients_low")), None)
-    return interval or next(k for k in ("test_accuracy", "test_dice_myo", "test_dice") if k in evaluation)
+    found = interval or next((k for k in LEAD_SCORES if k in evaluation), None)
+    if found is None:
+        raise results.TableError(f"{where} holds no test score: none of {list(LEAD_SCORES)} (it holds "
+                                 f"{sorted(evaluation)})")
+    return found
 
 
 def training_table(folder: Path, task: str | None = None) -> str:
@@ -262,7 +269,7 @@ def training_table(folder: Path, task: str | None = None) -> str:
     for run in runs(folder, task):
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
         evaluation = read_json(run / "evaluation.json")
-        score = lead_test_score(evaluation)
+        score = lead_test_score(evaluation, run / "evaluation.json")
         chosen = next((m for m in metrics if m["step"] == evaluation["step"]), {})
         val, criterion = chosen.get("val_" + score[5:]), checkpoint_criterion(evaluation, read_json(run / "config.json"))
         rows.append([run.name, metrics[-1]["epoch"], chosen.get("epoch", "-"),

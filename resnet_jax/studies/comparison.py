@@ -250,4 +250,3 @@ def eliminate_and_compare(run, slim, preset: Mapping[str, Any], *, controls=None
     log(format_comparison(result))
     write_comparison(slim, result)
     return summary
-

@@ -96,20 +96,30 @@ def test_a_factor_without_a_run_is_stated_untested_with_its_counted_cost(root):
     factors = root / "acdc-factors"
     for run, seconds in (("chosen", 3600.0), ("chosen-seed1", 4800.0)):  # 60 and 80 minutes: 70 on average
         (root / "acdc-recipe" / run / "provenance.json").write_text(json.dumps({"training_seconds": {".": seconds}}))
-    shutil.copytree(factors / "half", factors / "chosen-short")  # the run of the factor named "short"
-    size = lambda overrides, macs, epochs: {"overrides": overrides, "conv_macs": macs, "epochs": epochs,  # noqa: E731
-                                            "input_shape": [1, 128, 128, 1]}
+    shutil.move(factors / "half", factors / "chosen-short-seed1")  # measured by a second seed alone, named anyhow
+    size = lambda overrides, macs, epochs, **changed: {"overrides": overrides, "conv_macs": macs,  # noqa: E731
+                                                       "epochs": epochs, "input_shape": [1, 128, 128, 1], **changed}
     costs = {"candidate": "chosen", "reference": size(["a=1"], 5_000_000_000, 20),
-             "factors": {"cifar-stem": size(["a=1", "model.stem=cifar"], 80_000_000_000, 20),
-                         "short": size(["a=1", "train.epochs=10"], 5_000_000_000, 10)}}
+             "factors": {"cifar-stem": size(["a=1", "model.stem=cifar"], 80_000_000_000, 20,
+                                            changed="model.stem torchvision -> cifar"),
+                         "short": size(["a=1", "train.epochs=14"], 5_000_000_000, 14, changed="train.epochs 28 -> 14")}}
     (factors / "costs.json").write_text(json.dumps(costs))
     effects = readme_results.TABLES["factor-effects"](factors)
     untested = [x for x in effects.splitlines() if "not run" in x]
-    assert untested == ["- `model.stem=cifar` (`cifar-stem`): not run, so its effect on the study's pattern is "
-                        "untested. Its conv MACs per 128 x 128 x 1 slice are 80,000 M, 16.0x the reference's 5,000 M, "
-                        "over 20 epochs against 20; if training time grew with both, the reference's 70.0 training "
-                        "minutes would become about 1,120 (18.7 hours; an estimate, not a measurement)."]  # 70 x 16
+    assert untested == ["- `model.stem torchvision -> cifar` (`cifar-stem`): not run, so its effect on the study's "
+                        "pattern is untested. Its conv MACs per 128 x 128 x 1 slice are 80,000 M, 16.0x the "
+                        "reference's 5,000 M, over 20 epochs against 20; if training time grew with both, the "
+                        "reference's 70.0 training minutes would become about 1,120 (18.7 hours; an estimate, not a "
+                        "measurement)."]  # 70 x 16
     assert untested[0] in readme_results.TABLES["factors"](factors)
+    shutil.rmtree(factors / "chosen-short-seed1")  # now unmeasured: 70 x 14 / 20 = 49 minutes, no hours
+    assert "- `train.epochs 28 -> 14` (`short`): not run" in readme_results.TABLES["factor-effects"](factors)
+    assert "would become about 49 (an estimate, not a measurement)." in readme_results.TABLES["factor-effects"](factors)
+    page = "<!-- results: acdc-factors/factor-effects -->\n<!-- /results -->\n"
     (factors / "costs.json").write_text(json.dumps({**costs, "candidate": "os8-e20"}))
     with pytest.raises(readme_results.ResultsError, match="counts candidate 'os8-e20' but .* names 'chosen'"):
-        readme_results.render("<!-- results: acdc-factors/factor-effects -->\n<!-- /results -->\n", root)
+        readme_results.render(page, root)
+    del costs["factors"]["short"]["epochs"]
+    (factors / "costs.json").write_text(json.dumps(costs))
+    with pytest.raises(readme_results.ResultsError, match=r"costs.json lacks \['short.epochs'\]"):
+        readme_results.render(page, root)

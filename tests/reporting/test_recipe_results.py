@@ -129,10 +129,16 @@ def test_the_training_table_shows_the_score_the_patients_interval_was_computed_f
 def test_a_runs_seed_is_its_configs_and_each_runs_seeds_sort_together_wherever_the_name_holds_the_seed(tmp_path):
     """A slim network of seed 1 named ``<run>-seed1-slim`` (experiments/acdc_recipe.py's naming) sorts after seed
     0's ``<run>-slim``, not before it, and reports seed 1 from its config, whatever its name says."""
-    for name, seed in (("chosen-seed1-slim", 1), ("chosen-slim", 0), ("other", 3)):
+    for name, seed in (("chosen-seed1-slim", 1), ("chosen-slim", 0), ("other", 3), ("renamed-seed1", 2)):
         _planted(tmp_path / name, ["train.epochs=1", f"train.seed={seed}"], [0.5])
     (tmp_path / "unconfigured-seed2").mkdir()
-    found = [tmp_path / n for n in ("other", "chosen-seed1-slim", "unconfigured-seed2", "chosen-slim")]
+    found = [tmp_path / n for n in ("other", "chosen-seed1-slim", "unconfigured-seed2", "chosen-slim", "renamed-seed1")]
     assert [p.name for p in readme_results._by_seed(found)] == \
-        ["chosen-slim", "chosen-seed1-slim", "other", "unconfigured-seed2"]
-    assert [readme_results.seed_of(p) for p in found] == [3, 1, 2, 0]
+        ["chosen-slim", "chosen-seed1-slim", "other", "renamed-seed1", "unconfigured-seed2"]
+    assert [readme_results.seed_of(p) for p in found] == [3, 1, 2, 0, 2]  # renamed-seed1: its config says 2
+
+
+def test_a_run_without_a_test_score_names_its_file_and_what_it_holds(tmp_path):
+    with pytest.raises(results.TableError, match=r"runs/x/evaluation.json holds no test score: none of .*'test_dice'"
+                                                 r"\] \(it holds \['step', 'test_loss'\]\)"):
+        readme_results.lead_test_score({"step": 1, "test_loss": 0.3}, "runs/x/evaluation.json")

@@ -50,3 +50,12 @@ def test_a_factors_second_seed_is_its_own_run_differing_from_the_first_in_the_se
     configs_ = [configs.load_config(recipe.BASE, o, data_dir=data) for o in (first, second)]
     assert configs.diff(*configs_) == ["train.seed"] and configs_[1]["train"]["seed"] == 1
     assert ablation["readings"] == ("running",)
+
+
+def test_a_negative_or_non_numeric_seed_is_refused_with_the_value(recipe):
+    import argparse
+
+    assert recipe.seed_number("2") == 2
+    for bad in ("-1", "one"):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"whole number >= 0, got '{bad}'"):
+            recipe.seed_number(bad)

@@ -44,3 +44,31 @@ def test_speed_ratios_are_taken_round_by_round_with_an_interval():
                                       "difference"
     text = comparison.format_comparison({"metric": "accuracy", "rows": rows})
     assert "speed of slim, 1 units removed vs full: eval 1.200 [1.200, 1.200] faster" in text
+
+
+def test_the_elimination_stage_on_a_run_keeps_a_written_comparison_only_when_asked(tmp_path, monkeypatch):
+    """eliminate_and_compare with the work replaced by recorders: the preset's search settings reach the search,
+    its timing rounds the comparison; controls see the elimination summary; keep_comparison skips a second timing
+    of a slim network whose comparison.json exists, and without it the comparison runs again."""
+    from resnet_jax.studies import eliminate
+
+    searched, compared, written = [], [], []
+    monkeypatch.setattr(eliminate, "eliminate_workdir", lambda run, slim, settings, **kw: searched.append(
+        (settings.finetune_epochs, settings.random_draws, kw["data_dir"], kw["force_untrained"])) or {"units": ["u"]})
+    monkeypatch.setattr(eliminate, "format_summary", lambda summary: "")
+    monkeypatch.setattr(comparison, "compare", lambda run, slim, **kw: compared.append(
+        (kw["trained"], kw["repeats"], kw["data_dir"])) or {"rows": []})
+    monkeypatch.setattr(comparison, "format_comparison", lambda result: "")
+    monkeypatch.setattr(comparison, "write_comparison", lambda slim, result: written.append(slim) or
+                        (slim / "elimination").mkdir(parents=True, exist_ok=True) or (slim / "elimination" / "comparison.json").touch())
+    preset = {"finetune_epochs": 2, "random_draws": 3, "timing_repeats": 6}
+    slim = tmp_path / "slim"
+    summary = comparison.eliminate_and_compare(tmp_path / "run", slim, preset, data_dir="d", keep_comparison=True,
+                                               log=lambda s: None)
+    assert summary == {"units": ["u"]} and searched == [(2, 3, "d", False)] and compared == [(None, 6, "d")]
+    comparison.eliminate_and_compare(tmp_path / "run", slim, preset, data_dir="d", keep_comparison=True,
+                                     log=lambda s: None)
+    assert len(searched) == 2 and len(compared) == 1 and written == [slim]  # resumed search; the speeds kept
+    comparison.eliminate_and_compare(tmp_path / "run", slim, {**preset, "force_untrained": True},
+                                     controls=lambda s: {"resnet18": s["units"]}, log=lambda s: None)
+    assert searched[-1][3] is True and compared[-1] == ({"resnet18": ["u"]}, 6, None) and len(written) == 2
