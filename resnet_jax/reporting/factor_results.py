@@ -189,32 +189,42 @@ def _costs(path: Path, reference: Sequence[Path]) -> dict:
     return costs
 
 
+def _estimate(minutes: float, reference: Mapping, cost: Mapping) -> float:
+    """Training minutes if time grew with conv MACs and epochs from the reference's measured ``minutes``."""
+    return minutes * cost["conv_macs"] / reference["conv_macs"] * cost["epochs"] / reference["epochs"]
+
+
 def untested(folder: Path, measured: set[str]) -> str:
     """One sentence per factor that ``costs.json`` names and no run measures (its change, as the table labels it,
     is not among ``measured``): untested, with its conv MACs and epochs beside the reference's and the training
     minutes they imply if time grows with both (an estimate from the reference's measured minutes, not a
-    measurement)."""
+    measurement); then the same estimate beside the measured minutes of each factor run, to show how far it holds."""
     path = folder / COSTS
     if not path.is_file():
         return ""
-    reference, _ = _runs(folder)
+    reference, own = _runs(folder)
     costs = _costs(path, reference)
     ref = costs["reference"]
     minutes = [m for m in map(_training_minutes, reference) if m is not None]
+    mean = sum(minutes) / len(minutes) if minutes else None
     lines = []
     for name, cost in costs["factors"].items():
         if cost["changed"] in measured:
             continue
-        ratio = cost["conv_macs"] / ref["conv_macs"]
         text = (f"- `{cost['changed']}` (`{name}`): not run, so its effect on the study's pattern is untested. Its "
                 f"conv MACs per {' x '.join(map(str, cost['input_shape'][1:]))} slice are "
-                f"{cost['conv_macs'] / 1e6:,.0f} M, {ratio:.1f}x the reference's {ref['conv_macs'] / 1e6:,.0f} M, over "
-                f"{cost['epochs']} epochs against {ref['epochs']}")
-        if minutes:
-            mean = sum(minutes) / len(minutes)
-            estimate = mean * ratio * cost["epochs"] / ref["epochs"]
+                f"{cost['conv_macs'] / 1e6:,.0f} M, {cost['conv_macs'] / ref['conv_macs']:.1f}x the reference's "
+                f"{ref['conv_macs'] / 1e6:,.0f} M, over {cost['epochs']} epochs against {ref['epochs']}")
+        if mean is not None:
+            estimate = _estimate(mean, ref, cost)
             text += (f"; if training time grew with both, the reference's {mean:.1f} training minutes would become "
                      f"about {estimate:,.0f} ({f'{estimate / 60:.1f} hours; ' if estimate >= 120 else ''}an "
                      f"estimate, not a measurement)")
         lines.append(text + ".")
+    by_change, base = {c["changed"]: c for c in costs["factors"].values()}, read_config(reference[0])
+    checks = [f"{_estimate(mean, ref, by_change[change]):.1f} minutes estimated against {m:.1f} measured "
+              f"(`{run.name}`)" for run in own if lines and mean is not None
+              and (change := changes(base, read_config(run))) in by_change and (m := _training_minutes(run)) is not None]
+    if checks:
+        lines.append("- The same estimate for the factor runs that were trained: " + "; ".join(checks) + ".")
     return "".join(line + "\n" for line in lines)

@@ -102,8 +102,11 @@ def test_a_factor_without_a_run_is_stated_untested_with_its_counted_cost(root):
     costs = {"candidate": "chosen", "reference": size(["a=1"], 5_000_000_000, 20),
              "factors": {"cifar-stem": size(["a=1", "model.stem=cifar"], 80_000_000_000, 20,
                                             changed="model.stem torchvision -> cifar"),
-                         "short": size(["a=1", "train.epochs=14"], 5_000_000_000, 14, changed="train.epochs 28 -> 14")}}
+                         "short": size(["a=1", "train.epochs=14"], 5_000_000_000, 14, changed="train.epochs 28 -> 14"),
+                         "os16": size(["model.output_stride=16"], 1_250_000_000, 20,
+                                      changed="model.output_stride 8 -> 16")}}
     (factors / "costs.json").write_text(json.dumps(costs))
+    (factors / "os16" / "provenance.json").write_text(json.dumps({"training_seconds": {".": 1800.0}}))
     effects = readme_results.TABLES["factor-effects"](factors)
     untested = [x for x in effects.splitlines() if "not run" in x]
     assert untested == ["- `model.stem torchvision -> cifar` (`cifar-stem`): not run, so its effect on the study's "
@@ -111,6 +114,8 @@ def test_a_factor_without_a_run_is_stated_untested_with_its_counted_cost(root):
                         "reference's 5,000 M, over 20 epochs against 20; if training time grew with both, the "
                         "reference's 70.0 training minutes would become about 1,120 (18.7 hours; an estimate, not a "
                         "measurement)."]  # 70 x 16
+    assert effects.splitlines()[-1] == "- The same estimate for the factor runs that were trained: 17.5 minutes " \
+        "estimated against 30.0 measured (`os16`)."  # 70 x 0.25; the other runs record no training time
     assert untested[0] in readme_results.TABLES["factors"](factors)
     shutil.rmtree(factors / "chosen-short-seed1")  # now unmeasured: 70 x 14 / 20 = 49 minutes, no hours
     assert "- `train.epochs 28 -> 14` (`short`): not run" in readme_results.TABLES["factor-effects"](factors)
