@@ -150,9 +150,9 @@ def _sentence(factor: str, runs: Sequence[dict[str, float]], reference: Sequence
         ref = [d[group] for d in reference]
         mean_ref, mean = sum(ref) / len(ref), sum(d[group] for d in runs) / len(runs)
         spread = max(ref) - min(ref)
-        moved = f"{mean_ref:.3f} -> {mean:.3f}"
+        moved = f"{mean_ref:.3f} -> {mean:.3f} ({mean - mean_ref:+.3f})"
         if len(ref) < 2:  # a difference, not yet a move: nothing to weigh it against
-            parts.append(f"{group} rows {moved} ({mean - mean_ref:+.3f}): not called a move toward or away from the "
+            parts.append(f"{group} rows {moved}: not called a move toward or away from the "
                          f"study's pattern, since one reference seed leaves the seed-to-seed spread unmeasured")
         elif abs(mean - mean_ref) <= spread:
             parts.append(f"{group} rows {moved}: within the range between the reference seeds, {spread:.3f}, no measured move")

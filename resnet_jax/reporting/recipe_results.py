@@ -75,8 +75,10 @@ COMPARE_WITH = "compare-with.json"
 
 
 def compared_runs(folder: Path) -> list[tuple[str, Path]]:
-    """The folder's own runs (labelled by their path inside it), then the runs its ``compare-with.json`` names."""
-    own = [(run.relative_to(folder).as_posix(), run) for run in training_runs(folder)]
+    """The folder's own search runs (labelled by their path inside it; seed 0: a further seed of the chosen recipe
+    is reported with it, :func:`chosen`, not as a candidate), then the runs its ``compare-with.json`` names."""
+    own = [(run.relative_to(folder).as_posix(), run) for run in training_runs(folder)
+           if read_config(run)["train"]["seed"] == 0]
     listed = json.loads((folder / COMPARE_WITH).read_text())["runs"] if (folder / COMPARE_WITH).is_file() else []
     missing = [p for p in listed if not (folder.parent / p / "metrics.jsonl").is_file()]
     if missing:

@@ -48,12 +48,15 @@ def test_each_factor_moves_a_group_of_rows_only_beyond_the_reference_seeds_sprea
     ref = [_stage_distance([0, 0, 0, 0.4]), _stage_distance([0.08, 0, 0, 0.4])]  # shortcut distances: 0.1, 0.2
     mean, spread = sum(ref) / 2, ref[0] - ref[1]
     os16 = next(x for x in text.splitlines() if x.startswith("- `model.output_stride 8 -> 16`"))
-    assert f"stage rows {mean:.3f} -> {_stage_distance([0.6, 0.6, 0.6, 0]):.3f}: toward the study's pattern, " \
+    os16_stage = _stage_distance([0.6, 0.6, 0.6, 0])
+    assert f"stage rows {mean:.3f} -> {os16_stage:.3f} ({os16_stage - mean:+.3f}): toward the study's pattern, " \
            f"beyond the range between the reference seeds, {spread:.3f}" in os16
-    assert "shortcut rows 0.150 -> 0.150: within the range between the reference seeds, 0.100, no measured move" in os16
+    assert "shortcut rows 0.150 -> 0.150 (+0.000): within the range between the reference seeds, 0.100, no measured " \
+           "move" in os16
     half = next(x for x in text.splitlines() if x.startswith("- `train.epochs 28 -> 14`"))
-    assert f"stage rows {mean:.3f} -> {_stage_distance([0, 0, 0, 0.48]):.3f}: away from" in half
-    assert "shortcut rows 0.150 -> 0.500: away from the study's pattern" in half
+    half_stage = _stage_distance([0, 0, 0, 0.48])
+    assert f"stage rows {mean:.3f} -> {half_stage:.3f} ({half_stage - mean:+.3f}): away from" in half
+    assert "shortcut rows 0.150 -> 0.500 (+0.350): away from the study's pattern" in half
     row = next(x for x in text.splitlines() if x.startswith("| os16 |"))
     assert "| 0.800 | 0.600 | 0.600 | 0.600 | 0.000 | 0.120 | 0.120 | 0.120 |" in row
     assert "| the study | - | - | 0.87 | 0.82 | 0.86 | 0.82 | 0.00 | 0.00 | 0.00 | 0.00 |" in text

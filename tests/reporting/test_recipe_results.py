@@ -41,6 +41,9 @@ def test_each_run_shows_its_recipe_its_best_validation_epoch_and_a_test_score_on
     assert os16[1] == "16" and os16[5] == "cross-entropy" and os16[6] == "none"
     assert os16[7] == "3 of 4 (unfinished)" and os16[-4] == "**0.7000** (epoch 3)" and os16[-1] == "0.6543"
     assert "Best on validation so far: `os8` (dice_myo 0.8100, 50.0 minutes of training)." in table
+    _planted(folder / "os8-seed1", ["model.output_stride=8", "train.epochs=3", "train.seed=1"], [0.5, 0.9, 0.9],
+             test=0.8)  # a further seed of the chosen recipe: not a candidate, reported with the chosen recipe
+    assert table == readme_results.TABLES["recipe"](folder) and "os8-seed1" not in table
     _planted(tmp_path / "elsewhere" / "preset", ["train.epochs=2"], [0.70, 0.85], test=0.8)  # another folder's run
     (folder / "compare-with.json").write_text(json.dumps({"runs": ["elsewhere/preset"]}))
     table = readme_results.TABLES["recipe"](folder)
