@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -541,8 +542,9 @@ def _settle() -> None:
 
 
 class _Termination:
-    """SIGTERM as an interrupt that cannot be lost: a KeyboardInterrupt raised while Python runs a garbage-collector
-    callback or a `__del__` is printed and dropped, so until `_run` has caught one it is raised again each second."""
+    """SIGTERM as an interrupt that cannot be lost and cannot crash the process: it is not raised where Python
+    would drop it or where JAX cannot be left half-way (`_unsafe_to_raise`), and until `_run` has caught one the
+    signal is delivered again each second."""
 
     def __init__(self):
         self.pending = False
@@ -551,6 +553,8 @@ class _Termination:
         if not self.pending:
             self.pending = True
             threading.Thread(target=self._again, args=(signum,), daemon=True).start()
+        if _unsafe_to_raise(frame):  # the next delivery, a second later, raises it
+            return
         raise KeyboardInterrupt(f"signal {signum}")
 
     def _again(self, signum: int) -> None:
@@ -567,6 +571,24 @@ class _Termination:
         """Mark the interrupt caught; whether one had come."""
         came, self.pending = self.pending, False
         return came
+
+
+JAX_COMPILER = os.path.join("jax", "_src", "compiler.py")
+
+
+def _unsafe_to_raise(frame) -> bool:
+    """Whether ``frame`` runs where an interrupt must wait: inside a garbage-collector callback or a ``__del__``
+    (Python prints the exception and drops it; JAX's ``_xla_gc_callback`` runs at every collection), or inside
+    JAX's compiler (an executable dropped as it is made crashes the process as it exits, SIGSEGV)."""
+    import gc
+
+    callbacks = {getattr(callback, "__code__", None) for callback in gc.callbacks}
+    while frame is not None:
+        code = frame.f_code
+        if code in callbacks or code.co_name == "__del__" or code.co_filename.endswith(JAX_COMPILER):
+            return True
+        frame = frame.f_back
+    return False
 
 
 _terminated = _Termination()

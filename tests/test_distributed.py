@@ -84,7 +84,9 @@ def test_two_processes_eliminate_from_a_one_process_run_exactly_as_one_process(t
     """The job restores a checkpoint written by one process (another device layout), searches, saves the slim
     run collectively and fine-tunes it; every table equals the one-process elimination's."""
     job, ref = tmp_path / "job", tmp_path / "reference"
-    eliminate = ("eliminate", "--workdir", str(one_process_run), "--max-drop", "0.2", "--finetune-epochs", "1",
+    # a drop of 0.9 is more than this three-epoch model's whole accuracy, so units are removed whatever it learned
+    # (with 0.2, a model trained on another CPU lost 0.29 at the first unit, and nothing was fine-tuned)
+    eliminate = ("eliminate", "--workdir", str(one_process_run), "--max-drop", "0.9", "--finetune-epochs", "1",
                  "--random-draws", "1", "--force-untrained")
     done = launch(2, *eliminate, "--out", str(job))
     assert done.returncode == 0, done.stderr[-3000:]
