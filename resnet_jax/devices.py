@@ -445,8 +445,10 @@ def compilation_cache_dir() -> Path | None:
 
 def enable_compilation_cache(directory: str | os.PathLike | None) -> Path | None:
     """Persist every compiled program in ``directory`` (JAX's own persistent cache), so a second process
-    running the same programs on the same devices loads them instead of compiling; None leaves it off."""
+    running the same programs on the same devices loads them instead of compiling; None turns it off, also where
+    JAX's own ``JAX_COMPILATION_CACHE_DIR`` turned it on."""
     if directory is None:
+        jax.config.update("jax_compilation_cache_dir", None)
         return None
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from tests.conftest import REPO
+from tests.conftest import REPO, xla_flags
 
 SCRIPT = r"""
 import json, sys
@@ -37,7 +37,7 @@ print(json.dumps({"predictions": [r.per_example["prediction"].tolist() for r in 
 
 def _run(n_devices, workdir):
     env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={n_devices}"}
+           "XLA_FLAGS": xla_flags(f"--xla_force_host_platform_device_count={n_devices}")}
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(n_devices), str(workdir)], env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -81,7 +81,7 @@ def test_a_second_process_loads_its_programs_from_the_compilation_cache(tmp_path
     assert misses >= 1 and hits == 0  # compiled, and stored
     assert run(cache) == (0, misses)  # loaded: nothing compiled
     assert any((tmp_path / "compiled").iterdir())
-    assert run("off") == (0, 0)  # no cache: it compiles without asking one
+    assert run("off") == (0, 0)  # no cache: it compiles without asking one (the suite sets JAX_COMPILATION_CACHE_DIR)
 
 
 def test_the_cli_keeps_its_compiled_programs_where_the_user_says(tmp_path):

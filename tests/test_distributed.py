@@ -15,7 +15,7 @@ import time
 import pytest
 
 from resnet_jax import devices
-from tests.conftest import REPO
+from tests.conftest import REPO, xla_flags
 
 LAUNCH = REPO / "scripts" / "launch_local.sh"
 CLI = [sys.executable, "-m", "resnet_jax.cli"]
@@ -29,12 +29,12 @@ def _env(**extra):
 def launch(n, *args, timeout=900):
     """``scripts/launch_local.sh n resnet-jax ARGS``: n processes, one CPU device each."""
     return subprocess.run(["bash", str(LAUNCH), str(n), *CLI, *args], capture_output=True, text=True,
-                          timeout=timeout, env=_env(XLA_FLAGS=""))
+                          timeout=timeout, env=_env(XLA_FLAGS=xla_flags()))
 
 
 def one_process(devices_count, *args, timeout=900):
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                          env=_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_count}"))
+                          env=_env(XLA_FLAGS=xla_flags(f"--xla_force_host_platform_device_count={devices_count}")))
 
 
 @pytest.mark.parametrize("layout", [[0, 1], [0, 0, 1, 1], [0, 1, 2, 3], [0, 0, 0, 1, 1, 1]])
@@ -112,7 +112,7 @@ def test_a_lost_process_stops_the_job_and_a_relaunch_resumes_to_the_same_end(tmp
     port = subprocess.run([sys.executable, "-c", "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); "
                            "print(s.getsockname()[1])"], capture_output=True, text=True).stdout.strip()
     procs = [subprocess.Popen([*CLI, *train, "--workdir", str(job)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=_env(XLA_FLAGS="", RESNET_JAX_COORDINATOR=f"127.0.0.1:{port}",
+                              text=True, env=_env(XLA_FLAGS=xla_flags(), RESNET_JAX_COORDINATOR=f"127.0.0.1:{port}",
                                                   RESNET_JAX_NUM_PROCESSES="2", RESNET_JAX_PROCESS_ID=str(i),
                                                   RESNET_JAX_HEARTBEAT="10"))
              for i in range(2)]
