@@ -81,7 +81,7 @@ def test_a_second_process_loads_its_programs_from_the_compilation_cache(tmp_path
     assert misses >= 1 and hits == 0  # compiled, and stored
     assert run(cache) == (0, misses)  # loaded: nothing compiled
     assert any((tmp_path / "compiled").iterdir())
-    assert run("off") == (0, 0)  # no cache: it compiles without asking one (the suite sets JAX_COMPILATION_CACHE_DIR)
+    assert run("off") == (0, 0)  # no cache, although the suite sets JAX_COMPILATION_CACHE_DIR: nothing asked
 
 
 def test_the_cli_keeps_its_compiled_programs_where_the_user_says(tmp_path):
