@@ -542,16 +542,16 @@ def _settle() -> None:
 
 
 class _Termination:
-    """SIGTERM as an interrupt that cannot be lost and cannot crash the process: it is not raised where Python
-    would drop it or where JAX cannot be left half-way (`_unsafe_to_raise`), and until `_run` has caught one the
-    signal is delivered again each second."""
+    """SIGTERM and Ctrl-C (SIGINT) as an interrupt that cannot be lost and cannot crash the process: it is not
+    raised where Python would drop it or where JAX cannot be left half-way (`_unsafe_to_raise`), and until `_run`
+    has caught one the signal is delivered again each second."""
 
     def __init__(self):
-        self.pending = False
+        self.pending = 0  # the signal that came and is not yet caught; 0: none
 
     def __call__(self, signum, frame):
         if not self.pending:
-            self.pending = True
+            self.pending = signum
             threading.Thread(target=self._again, args=(signum,), daemon=True).start()
         if _unsafe_to_raise(frame):  # the next delivery, a second later, raises it
             return
@@ -567,10 +567,16 @@ class _Termination:
                 return
             signal.pthread_kill(main, signum)  # delivered as the first was: this handler runs again
 
-    def handled(self) -> bool:
-        """Mark the interrupt caught; whether one had come."""
-        came, self.pending = self.pending, False
+    def handled(self) -> int:
+        """Mark the interrupt caught; the signal that had come (0: none)."""
+        came, self.pending = self.pending, 0
         return came
+
+
+def _interrupts() -> list[int]:
+    """The signals `_Termination` takes: SIGTERM, and SIGINT unless the process was started with it ignored (a
+    job in the background of a shell, or under nohup)."""
+    return [signal.SIGTERM] + [signal.SIGINT] * (signal.getsignal(signal.SIGINT) is signal.default_int_handler)
 
 
 JAX_COMPILER = os.path.join("jax", "_src", "compiler.py")
@@ -624,11 +630,12 @@ def main(argv: list[str] | None = None) -> int:
     except (devices.DistributedError, ValueError) as err:
         print(f"resnet-jax {args.command}: error: {err}", file=sys.stderr)
         return 2
-    previous = signal.signal(signal.SIGTERM, _terminated)  # like Ctrl-C: stores stay whole, the hint prints
+    previous = {signum: signal.signal(signum, _terminated) for signum in _interrupts()}  # stores stay whole
     try:
         rc = _run(args)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if joined and rc == 0:  # every process leaves together, after process 0 has written everything
         import jax
 
@@ -664,11 +671,11 @@ def _run(args) -> int:
                     held.enter_context(ledger.hold(workdir, log=lambda line: print(line, file=sys.stderr, flush=True)))
                 rc = args.func(args)
         finally:
-            dropped = _terminated.handled()  # a SIGTERM that came and was dropped, or is being raised now
+            dropped = _terminated.handled()  # an interrupt that came and was dropped, or is being raised now
         if dropped:  # dropped where Python ignores exceptions, and the work finished first
-            print(f"resnet-jax {args.command}: terminated (signal {signal.SIGTERM}) as it finished; its results "
+            print(f"resnet-jax {args.command}: terminated (signal {dropped}) as it finished; its results "
                   f"are complete", file=sys.stderr)
-            return 143
+            return 128 + dropped
         return rc
     except (configs.ConfigError, DataError, catalogue.SpecError, ModelError, OSError, StageError) as err:
         print(f"resnet-jax {args.command}: error: {err}", file=sys.stderr, flush=True)

@@ -636,26 +636,63 @@ def test_reinit_masks_load_the_runs_initial_parameters_from_protocols_and_spec_f
         assert rows and all(r["kind"] == "reinit" and 0 <= r["value"] <= 1 for r in rows), table
 
 
+class _InterruptsWhileCollected:
+    """Sends ``signum`` to this process from ``__del__``, where Python prints and drops an exception, as it does
+    in a garbage-collector callback."""
+
+    def __init__(self, signum):
+        self.signum = signum
+
+    def __del__(self):
+        os.kill(os.getpid(), self.signum)
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the first, dropped interrupt
-def test_a_sigterm_dropped_where_python_ignores_exceptions_comes_again():
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_an_interrupt_dropped_where_python_ignores_exceptions_comes_again(name):
     import signal
     import time
 
     from resnet_jax.cli import _Termination
 
-    class StopsWhileCollected:
-        def __del__(self):  # the handler's KeyboardInterrupt is printed and dropped here, as in a gc callback
-            os.kill(os.getpid(), signal.SIGTERM)
-
+    signum = getattr(signal, name)
     terminate = _Termination()
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = signal.signal(signum, terminate)
     try:
         start = time.monotonic()
-        with pytest.raises(KeyboardInterrupt, match=f"signal {signal.SIGTERM}"):
-            StopsWhileCollected()
+        with pytest.raises(KeyboardInterrupt, match=f"signal {signum}"):
+            _InterruptsWhileCollected(signum)
             time.sleep(60)
         assert time.monotonic() - start < 50
     finally:
-        assert terminate.handled()
-        signal.signal(signal.SIGTERM, previous)
+        assert terminate.handled() == signum
+        signal.signal(signum, previous)
     assert not terminate.handled()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the first, dropped interrupt
+def test_ctrl_c_is_held_and_delivered_again_as_sigterm_is_and_ends_with_130(monkeypatch, capsys, tmp_path):
+    """With Python's own SIGINT handler a Ctrl-C that lands in a ``__del__`` is dropped and the command runs on
+    (here: a minute's sleep, then exit 0); the command line holds it and raises it a second later."""
+    import signal
+    import time
+
+    from resnet_jax import cli
+
+    def interrupted(args):
+        _InterruptsWhileCollected(signal.SIGINT)
+        time.sleep(60)
+        return 0
+
+    namespace = cli.build_parser().parse_args(["ablate", "--workdir", str(tmp_path)])
+    namespace.func = interrupted
+    monkeypatch.setattr(cli, "build_parser", lambda: type("P", (), {"parse_args": lambda self, argv: namespace})())
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as an interactive shell starts it
+    try:
+        start = time.monotonic()
+        assert cli.main([]) == 130
+        assert time.monotonic() - start < 50
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back as it was
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "resnet-jax ablate: interrupted; " in capsys.readouterr().err
