@@ -138,15 +138,16 @@ def pytest_configure(config):
     devices.enable_compilation_cache(cache)
 
 
-LONGEST_FIRST = ("studies/test_reproduce.py", "test_distributed.py", "test_integrity.py", "test_checkpoint_layouts.py",
-                 "training/test_train.py", "test_tutorials.py",
-                 "test_devices.py", "ablation/test_ablation.py", "ablation/test_elimination.py", "models/test_models.py",
-                 "test_join.py", "interop/test_convert.py", "interop/test_verify.py", "interop/test_torchvision_family.py",
-                 "ablation/test_statistics.py", "test_docs.py",
-                 "test_segmentation.py", "studies/test_skip.py")
-"""The test files by their measured time on 2 cores, longest first (the rest take seconds): pytest-xdist gives
-each worker whole files in collection order (``--dist loadfile --no-loadscope-reorder``), so the two longest run
-beside each other and shorter and shorter files fill in, and no long file starts when the other worker is done."""
+LONGEST_FIRST = ("studies/test_reproduce.py", "test_distributed.py", "test_tutorials.py", "test_integrity.py",
+                 "training/test_train.py", "ablation/test_ablation.py", "models/test_models.py",
+                 "test_checkpoint_layouts.py", "ablation/test_any_model.py", "ablation/test_elimination.py",
+                 "test_segmentation.py", "interop/test_verify.py", "test_devices.py",
+                 "interop/test_torchvision_family.py", "test_docs.py", "interop/test_convert.py", "test_join.py",
+                 "studies/test_skip.py", "ablation/test_statistics.py")
+"""The test files by their measured time on 2 cores with empty caches, longest first (the rest take seconds):
+pytest-xdist gives each worker whole files in collection order (``--dist loadfile --no-loadscope-reorder``), so the
+two longest run beside each other and shorter and shorter files fill in, and no long file starts when the other
+worker is done."""
 
 
 def pytest_collection_modifyitems(config, items):
