@@ -22,14 +22,16 @@ CLI = [sys.executable, "-m", "resnet_jax.cli"]
 
 
 def _env(**extra):
+    """The suite's environment for a job's process: no job of the caller's, and the suite's XLA flags alone (one CPU
+    device) unless ``extra`` sets ``XLA_FLAGS``."""
     env = {k: v for k, v in os.environ.items() if k not in devices.ENV.values()}  # no job of the caller's leaks in
-    return {**env, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", **extra}
+    return {**env, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags(), **extra}
 
 
 def launch(n, *args, timeout=900):
     """``scripts/launch_local.sh n resnet-jax ARGS``: n processes, one CPU device each."""
     return subprocess.run(["bash", str(LAUNCH), str(n), *CLI, *args], capture_output=True, text=True,
-                          timeout=timeout, env=_env(XLA_FLAGS=xla_flags()))
+                          timeout=timeout, env=_env())
 
 
 def one_process(devices_count, *args, timeout=900):
@@ -112,7 +114,7 @@ def test_a_lost_process_stops_the_job_and_a_relaunch_resumes_to_the_same_end(tmp
     port = subprocess.run([sys.executable, "-c", "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); "
                            "print(s.getsockname()[1])"], capture_output=True, text=True).stdout.strip()
     procs = [subprocess.Popen([*CLI, *train, "--workdir", str(job)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=_env(XLA_FLAGS=xla_flags(), RESNET_JAX_COORDINATOR=f"127.0.0.1:{port}",
+                              text=True, env=_env(RESNET_JAX_COORDINATOR=f"127.0.0.1:{port}",
                                                   RESNET_JAX_NUM_PROCESSES="2", RESNET_JAX_PROCESS_ID=str(i),
                                                   RESNET_JAX_HEARTBEAT="10"))
              for i in range(2)]

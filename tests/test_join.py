@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from resnet_jax import devices
-from tests.conftest import run_cli, xla_flags
+from tests.conftest import run_cli
 from tests.test_distributed import CLI, LAUNCH, _env
 
 FAST = {"RESNET_JAX_JOIN_TIMEOUT": "3", "RESNET_JAX_HEARTBEAT": "3", "RESNET_JAX_COMPILE_CACHE": "off"}
@@ -28,7 +28,7 @@ def free_port() -> int:
 
 def start(*args: str, env: dict = FAST) -> subprocess.Popen:
     return subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(XLA_FLAGS=xla_flags(), **env))
+                            env=_env(**env))
 
 
 def finish(*procs: subprocess.Popen) -> list[subprocess.CompletedProcess]:
@@ -70,7 +70,7 @@ def test_a_coordinator_that_counts_more_processes_than_come_is_refused_in_second
 
 def test_a_count_given_beside_a_launchers_count_must_agree_with_it():
     done = subprocess.run(["bash", str(LAUNCH), "2", *CLI, "--num-processes", "3", "presets"], capture_output=True,
-                          text=True, timeout=120, env=_env(XLA_FLAGS=xla_flags(), **FAST))
+                          text=True, timeout=120, env=_env(**FAST))
     assert done.returncode == 2, done.stderr[-2000:]
     said = [line for line in done.stderr.splitlines() if line.startswith("[p")]
     assert said and all(line.split(" ", 1)[1].startswith("resnet-jax presets: error: --num-processes 3 contradicts "
