@@ -544,17 +544,23 @@ def _settle() -> None:
 class _Termination:
     """SIGTERM and Ctrl-C (SIGINT) as an interrupt that cannot be lost and cannot crash the process: it is not
     raised where Python would drop it or where JAX cannot be left half-way (`_unsafe_to_raise`), and until `_run`
-    has caught one the signal is delivered again each second."""
+    has caught one the signal is delivered again: every 50 ms while it is held (a compile-bound command spends
+    most of its time where it must wait), each second once raised (a raise that Python dropped comes again,
+    and a cleanup that is under way is seldom interrupted twice)."""
+
+    HELD_RETRY_S, RAISED_RETRY_S = 0.05, 1.0
 
     def __init__(self):
         self.pending = 0  # the signal that came and is not yet caught; 0: none
+        self.raised = False  # whether it has been raised since it came
 
     def __call__(self, signum, frame):
         if not self.pending:
-            self.pending = signum
+            self.pending, self.raised = signum, False
             threading.Thread(target=self._again, args=(signum,), daemon=True).start()
-        if _unsafe_to_raise(frame):  # the next delivery, a second later, raises it
+        if _unsafe_to_raise(frame):  # the next delivery raises it
             return
+        self.raised = True
         raise KeyboardInterrupt(f"signal {signum}")
 
     def _again(self, signum: int) -> None:
@@ -562,14 +568,14 @@ class _Termination:
 
         main = threading.main_thread().ident
         while True:
-            time.sleep(1.0)
+            time.sleep(self.RAISED_RETRY_S if self.raised else self.HELD_RETRY_S)
             if not self.pending:
                 return
             signal.pthread_kill(main, signum)  # delivered as the first was: this handler runs again
 
     def handled(self) -> int:
         """Mark the interrupt caught; the signal that had come (0: none)."""
-        came, self.pending = self.pending, 0
+        came, self.pending, self.raised = self.pending, 0, False
         return came
 
 
@@ -633,6 +639,10 @@ def main(argv: list[str] | None = None) -> int:
     previous = {signum: signal.signal(signum, _terminated) for signum in _interrupts()}  # stores stay whole
     try:
         rc = _run(args)
+    except Exception as err:
+        if joined and _is_runtime_error(err):
+            _job_stopped(args.command, err)
+        raise
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -641,6 +651,29 @@ def main(argv: list[str] | None = None) -> int:
 
         jax.distributed.shutdown()
     return rc
+
+
+COLLECTIVE_FAILURES = ("Gloo", "NCCL", "Connection closed by peer", "Connection reset by peer", "heartbeat")
+"""What a failed collective's error says where JAX raises it as another type (a ``ValueError`` from a program
+that an Orbax barrier ran)."""
+
+
+def _is_runtime_error(err: Exception) -> bool:
+    import jax
+
+    return isinstance(err, getattr(jax.errors, "JaxRuntimeError", ())) or \
+        any(words in str(err) for words in COLLECTIVE_FAILURES)
+
+
+def _job_stopped(command: str, err: Exception) -> None:
+    """End this process of a job whose collectives failed (most often: another process stopped) with a line that
+    says so, in place of a traceback and the C++ abort that JAX's runtime adds as the process exits."""
+    cause = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+    hint = RESUME_HINTS.get(command, "nothing was lost that a rerun cannot redo")
+    print(f"resnet-jax {command}: error: the job stopped: JAX's runtime failed ({cause}); in a job this most "
+          f"often means another of its processes stopped (see its log); on every process, {hint}",
+          file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 WRITES_WORKDIR = ("train", "train-seg", "skip-study", "evaluate", "ablate", "eliminate", "verify", "import-torch",

@@ -670,6 +670,37 @@ def test_an_interrupt_dropped_where_python_ignores_exceptions_comes_again(name):
     assert not terminate.handled()
 
 
+def test_a_held_interrupt_is_raised_in_one_of_the_short_gaps_between_long_waits():
+    """A command that compiles programs one after another spends most of its time where an interrupt must wait
+    (here 120 to 240 ms in, 20 ms out). Delivered again once a second, it missed every gap of these ten seconds
+    (as it missed a sweep's, which then ended 143 without "interrupted"); every 50 ms, within the first few."""
+    import signal
+    import time
+
+    from resnet_jax.cli import _Termination
+
+    random = __import__("random").Random(0)
+
+    def waiting(first, seconds):  # as JAX's compiler: the interrupt is held in here
+        if first:
+            os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(seconds)
+
+    waiting.__code__ = waiting.__code__.replace(co_name="__del__")
+    terminate = _Termination()
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        with pytest.raises(KeyboardInterrupt, match=f"signal {signal.SIGTERM}"):  # not: fifty gaps missed
+            for gaps in range(1, 51):  # ten seconds
+                waiting(gaps == 1, seconds=random.uniform(0.12, 0.24))  # programs of varied sizes
+                end = time.monotonic() + 0.02
+                while time.monotonic() < end:  # the gap: Python code, where it may be raised
+                    pass
+    finally:
+        terminate.handled()
+        signal.signal(signal.SIGTERM, previous)
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the first, dropped interrupt
 def test_ctrl_c_is_held_and_delivered_again_as_sigterm_is_and_ends_with_130(monkeypatch, capsys, tmp_path):
     """With Python's own SIGINT handler a Ctrl-C that lands in a ``__del__`` is dropped and the command runs on
