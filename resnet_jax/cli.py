@@ -553,6 +553,7 @@ class _Termination:
     def __init__(self):
         self.pending = 0  # the signal that came and is not yet caught; 0: none
         self.raised = False  # whether it has been raised since it came
+        self.delivering = threading.Lock()  # no delivery again once `handled` has returned
 
     def __call__(self, signum, frame):
         if not self.pending:
@@ -569,13 +570,15 @@ class _Termination:
         main = threading.main_thread().ident
         while True:
             time.sleep(self.RAISED_RETRY_S if self.raised else self.HELD_RETRY_S)
-            if not self.pending:
-                return
-            signal.pthread_kill(main, signum)  # delivered as the first was: this handler runs again
+            with self.delivering:  # else a caller that restored the default handler could be killed by it
+                if not self.pending:
+                    return
+                signal.pthread_kill(main, signum)  # delivered as the first was: this handler runs again
 
     def handled(self) -> int:
         """Mark the interrupt caught; the signal that had come (0: none)."""
-        came, self.pending, self.raised = self.pending, 0, False
+        with self.delivering:
+            came, self.pending, self.raised = self.pending, 0, False
         return came
 
 
