@@ -141,7 +141,20 @@ def effects(folder: Path, task: str | None = None) -> str:
 def effects_text(reference: Sequence[dict[str, float]], by_factor: Mapping[str, Sequence[dict[str, float]]]) -> str:
     if not by_factor:
         return "No factor run yet: only the reference seeds are measured.\n"
-    return "\n".join(_sentence(f, d, reference) for f, d in by_factor.items()) + "\n"
+    lines = [_sentence(f, d, reference) for f, d in by_factor.items()]
+    return "\n".join(lines + _in_all(reference, by_factor)) + "\n"
+
+
+def _move(group: str, runs: Sequence[dict[str, float]], reference: Sequence[dict[str, float]]) -> str | None:
+    """'toward' or 'away from' the study's pattern where the factor's mean distance differs from the reference
+    seeds' by more than their range; None within it; 'unmeasured' with one reference seed (no range)."""
+    ref = [d[group] for d in reference]
+    mean_ref, mean = sum(ref) / len(ref), sum(d[group] for d in runs) / len(runs)
+    if len(ref) < 2:
+        return "unmeasured"
+    if abs(mean - mean_ref) <= max(ref) - min(ref):
+        return None
+    return "toward" if mean < mean_ref else "away from"
 
 
 def _sentence(factor: str, runs: Sequence[dict[str, float]], reference: Sequence[dict[str, float]]) -> str:
@@ -151,16 +164,31 @@ def _sentence(factor: str, runs: Sequence[dict[str, float]], reference: Sequence
         mean_ref, mean = sum(ref) / len(ref), sum(d[group] for d in runs) / len(runs)
         spread = max(ref) - min(ref)
         moved = f"{mean_ref:.3f} -> {mean:.3f} ({mean - mean_ref:+.3f})"
-        if len(ref) < 2:  # a difference, not yet a move: nothing to weigh it against
+        move = _move(group, runs, reference)
+        if move == "unmeasured":  # a difference, not yet a move: nothing to weigh it against
             parts.append(f"{group} rows {moved}: not called a move toward or away from the "
                          f"study's pattern, since one reference seed leaves the seed-to-seed spread unmeasured")
-        elif abs(mean - mean_ref) <= spread:
+        elif move is None:
             parts.append(f"{group} rows {moved}: within the range between the reference seeds, {spread:.3f}, no measured move")
         else:
-            parts.append(f"{group} rows {moved}: {'toward' if mean < mean_ref else 'away from'} the study's pattern, "
+            parts.append(f"{group} rows {moved}: {move} the study's pattern, "
                          f"beyond the range between the reference seeds, {spread:.3f}")
     seeds = f"{len(runs)} seed{'s' if len(runs) > 1 else ''}"
     return f"- `{factor}` ({seeds}; distance from the study, reference -> factor): " + "; ".join(parts) + "."
+
+
+def _in_all(reference: Sequence[dict[str, float]], by_factor: Mapping[str, Sequence[dict[str, float]]]) -> list[str]:
+    """One closing sentence over every factor run: which moved a group beyond the reference seeds' range, and
+    which way; nothing where the range is unmeasured (one reference seed)."""
+    if len(reference) < 2:
+        return []
+    moves = [f"`{f}` {move} the study's pattern ({group} rows)" for f, runs in by_factor.items() for group in GROUPS
+             if (move := _move(group, runs, reference)) is not None]
+    run = f"In all ({len(by_factor)} factor{'s' if len(by_factor) != 1 else ''} run)"
+    if moves:
+        return [f"- {run}, beyond the range between the reference seeds: " + "; ".join(moves) + "."]
+    return [f"- {run}: no factor moved the stage or shortcut rows beyond the range between the reference seeds, "
+            f"toward or away from the study's pattern; none is measured to explain the contradiction."]
 
 
 def _training_minutes(run: Path) -> float | None:

@@ -57,6 +57,9 @@ def test_each_factor_moves_a_group_of_rows_only_beyond_the_reference_seeds_sprea
     half_stage = _stage_distance([0, 0, 0, 0.48])
     assert f"stage rows {mean:.3f} -> {half_stage:.3f} ({half_stage - mean:+.3f}): away from" in half
     assert "shortcut rows 0.150 -> 0.500 (+0.350): away from the study's pattern" in half
+    assert "- In all (2 factors run), beyond the range between the reference seeds: `train.epochs 28 -> 14` away " \
+           "from the study's pattern (stage rows); `train.epochs 28 -> 14` away from the study's pattern (shortcut " \
+           "rows); `model.output_stride 8 -> 16` toward the study's pattern (stage rows)." in text
     row = next(x for x in text.splitlines() if x.startswith("| os16 |"))
     assert "| 0.800 | 0.600 | 0.600 | 0.600 | 0.000 | 0.120 | 0.120 | 0.120 |" in row
     assert "| the study | - | - | 0.87 | 0.82 | 0.86 | 0.82 | 0.00 | 0.00 | 0.00 | 0.00 |" in text
@@ -68,9 +71,24 @@ def test_one_reference_seed_says_the_spread_is_unmeasured_and_a_missing_table_is
     assert "shortcut rows 0.100 -> 0.500 (+0.400): not called a move toward or away from the study's pattern, " \
            "since one reference seed leaves the seed-to-seed spread unmeasured" in text and "toward" not in \
         text.replace("toward or away", "")
+    assert "In all" not in text  # no range, no verdict over the factors either
     (root / "acdc-factors" / "half" / "ablation" / "shortcut.json").unlink()
     with pytest.raises(FileNotFoundError, match="half.*shortcut.json"):
         readme_results.TABLES["factors"](root / "acdc-factors")
+
+
+def test_factors_within_the_reference_seeds_range_are_summed_up_as_no_measured_move(root):
+    for run in ("os16", "half"):
+        shutil.rmtree(root / "acdc-factors" / run)
+    # seed 0's rows exactly, and midway between the seeds: both groups inside the seeds' range
+    _planted(root / "acdc-factors" / "same", ["model.output_stride=8", "train.epochs=14"], stages=[0, 0, 0, 0.4],
+             shortcuts=[0.08] * 3)
+    _planted(root / "acdc-factors" / "mid", ["model.output_stride=16"], stages=[0.04, 0, 0, 0.4], shortcuts=[0.12] * 3)
+    text = readme_results.TABLES["factor-effects"](root / "acdc-factors")
+    assert text.count("no measured move") == 4
+    assert text.endswith("- In all (2 factors run): no factor moved the stage or shortcut rows beyond the range "
+                         "between the reference seeds, toward or away from the study's pattern; none is measured "
+                         "to explain the contradiction.\n")
 
 
 def test_an_empty_reference_and_a_zero_baseline_fail_the_block_with_their_reason(root):
