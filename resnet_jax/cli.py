@@ -33,6 +33,10 @@ RESUME_HINTS = {
 }
 
 
+def _resume_hint(command: str) -> str:
+    return RESUME_HINTS.get(command, "nothing was lost that a rerun cannot redo")
+
+
 def _workdir(path: str) -> Path:
     """A run directory, resolved once so a relative and an absolute spelling name the same run."""
     return Path(path).absolute()
@@ -643,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = _run(args)
     except Exception as err:
-        if joined and _is_runtime_error(err):
+        if joined and _is_collective_failure(err):
             _job_stopped(args.command, err)
         raise
     finally:
@@ -661,7 +665,8 @@ COLLECTIVE_FAILURES = ("Gloo", "NCCL", "Connection closed by peer", "Connection 
 that an Orbax barrier ran)."""
 
 
-def _is_runtime_error(err: Exception) -> bool:
+def _is_collective_failure(err: Exception) -> bool:
+    """Whether ``err`` is JAX's runtime failing, or names a failed collective where JAX raised another type."""
     import jax
 
     return isinstance(err, getattr(jax.errors, "JaxRuntimeError", ())) or \
@@ -672,9 +677,8 @@ def _job_stopped(command: str, err: Exception) -> None:
     """End this process of a job whose collectives failed (most often: another process stopped) with a line that
     says so, in place of a traceback and the C++ abort that JAX's runtime adds as the process exits."""
     cause = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-    hint = RESUME_HINTS.get(command, "nothing was lost that a rerun cannot redo")
     print(f"resnet-jax {command}: error: the job stopped: JAX's runtime failed ({cause}); in a job this most "
-          f"often means another of its processes stopped (see its log); on every process, {hint}",
+          f"often means another of its processes stopped (see its log); on every process, {_resume_hint(command)}",
           file=sys.stderr, flush=True)
     os._exit(1)
 
@@ -721,8 +725,7 @@ def _run(args) -> int:
     except KeyboardInterrupt as stop:
         _terminated.handled()  # in case the interrupt came again while the first was being caught
         _settle()
-        hint = RESUME_HINTS.get(args.command, "nothing was lost that a rerun cannot redo")
-        print(f"resnet-jax {args.command}: interrupted; {hint}", file=sys.stderr)
+        print(f"resnet-jax {args.command}: interrupted; {_resume_hint(args.command)}", file=sys.stderr)
         return 143 if str(stop) == f"signal {signal.SIGTERM}" else 130
 
 

@@ -674,12 +674,13 @@ def test_a_held_interrupt_is_raised_in_one_of_the_short_gaps_between_long_waits(
     """A command that compiles programs one after another spends most of its time where an interrupt must wait
     (here 120 to 240 ms in, 20 ms out). Delivered again once a second, it missed every gap of these ten seconds
     (as it missed a sweep's, which then ended 143 without "interrupted"); every 50 ms, within the first few."""
+    import random
     import signal
     import time
 
     from resnet_jax.cli import _Termination
 
-    random = __import__("random").Random(0)
+    sizes = random.Random(0)
 
     def waiting(first, seconds):  # as JAX's compiler: the interrupt is held in here
         if first:
@@ -692,7 +693,7 @@ def test_a_held_interrupt_is_raised_in_one_of_the_short_gaps_between_long_waits(
     try:
         with pytest.raises(KeyboardInterrupt, match=f"signal {signal.SIGTERM}"):  # not: fifty gaps missed
             for gaps in range(1, 51):  # ten seconds
-                waiting(gaps == 1, seconds=random.uniform(0.12, 0.24))  # programs of varied sizes
+                waiting(gaps == 1, seconds=sizes.uniform(0.12, 0.24))  # programs of varied sizes
                 end = time.monotonic() + 0.02
                 while time.monotonic() < end:  # the gap: Python code, where it may be raised
                     pass

@@ -145,26 +145,27 @@ def effects_text(reference: Sequence[dict[str, float]], by_factor: Mapping[str, 
     return "\n".join(lines + _in_all(reference, by_factor)) + "\n"
 
 
-def _move(group: str, runs: Sequence[dict[str, float]], reference: Sequence[dict[str, float]]) -> str | None:
-    """'toward' or 'away from' the study's pattern where the factor's mean distance differs from the reference
-    seeds' by more than their range; None within it; 'unmeasured' with one reference seed (no range)."""
+def _compare(group: str, runs: Sequence[dict[str, float]], reference: Sequence[dict[str, float]]
+             ) -> tuple[float, float, float, str | None]:
+    """The reference seeds' mean distance, the factor's, the seeds' range, and the move: 'toward' or 'away from'
+    the study's pattern where the means differ by more than the range; None within it; 'unmeasured' with one
+    reference seed (no range)."""
     ref = [d[group] for d in reference]
-    mean_ref, mean = sum(ref) / len(ref), sum(d[group] for d in runs) / len(runs)
+    mean_ref, mean, spread = sum(ref) / len(ref), sum(d[group] for d in runs) / len(runs), max(ref) - min(ref)
     if len(ref) < 2:
-        return "unmeasured"
-    if abs(mean - mean_ref) <= max(ref) - min(ref):
-        return None
-    return "toward" if mean < mean_ref else "away from"
+        move = "unmeasured"
+    elif abs(mean - mean_ref) <= spread:
+        move = None
+    else:
+        move = "toward" if mean < mean_ref else "away from"
+    return mean_ref, mean, spread, move
 
 
 def _sentence(factor: str, runs: Sequence[dict[str, float]], reference: Sequence[dict[str, float]]) -> str:
     parts = []
     for group in GROUPS:
-        ref = [d[group] for d in reference]
-        mean_ref, mean = sum(ref) / len(ref), sum(d[group] for d in runs) / len(runs)
-        spread = max(ref) - min(ref)
+        mean_ref, mean, spread, move = _compare(group, runs, reference)
         moved = f"{mean_ref:.3f} -> {mean:.3f} ({mean - mean_ref:+.3f})"
-        move = _move(group, runs, reference)
         if move == "unmeasured":  # a difference, not yet a move: nothing to weigh it against
             parts.append(f"{group} rows {moved}: not called a move toward or away from the "
                          f"study's pattern, since one reference seed leaves the seed-to-seed spread unmeasured")
@@ -183,7 +184,7 @@ def _in_all(reference: Sequence[dict[str, float]], by_factor: Mapping[str, Seque
     if len(reference) < 2:
         return []
     moves = [f"`{f}` {move} the study's pattern ({group} rows)" for f, runs in by_factor.items() for group in GROUPS
-             if (move := _move(group, runs, reference)) is not None]
+             if (move := _compare(group, runs, reference)[3]) is not None]
     run = f"In all ({len(by_factor)} factor{'s' if len(by_factor) != 1 else ''} run)"
     if moves:
         return [f"- {run}, beyond the range between the reference seeds: " + "; ".join(moves) + "."]
