@@ -31,13 +31,20 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-from scipy import stats
 
 from resnet_jax.data import segmentation as seg_data
 
 DEFAULT_MARGIN = 0.01
 DEFAULT_ALPHA = 0.05
 DECISIONS = ("non-trivial", "trivial", "improves", "undecided")
+
+
+def _stats():
+    """``scipy.stats``, imported when a test first needs it: half a second that every command paid at start, most
+    of them (train, evaluate, a job's joining) for nothing."""
+    from scipy import stats
+
+    return stats
 """The decision rule's four outcomes for a mask, read off its simultaneous bounds at the margin."""
 SENSITIVITY_MARGINS = (0.005, 0.01, 0.02)
 TAIL_DRAWS = 20
@@ -104,7 +111,7 @@ def discordant(baseline_correct: np.ndarray, masked_correct: np.ndarray) -> tupl
 
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value: ``b`` of the ``b + c`` discordant pairs under Binomial(b + c, 1/2)."""
-    return 1.0 if b + c == 0 else float(stats.binomtest(b, b + c, 0.5).pvalue)
+    return 1.0 if b + c == 0 else float(_stats().binomtest(b, b + c, 0.5).pvalue)
 
 
 def _restricted_p21(b, c, n, delta):
@@ -131,7 +138,7 @@ def tango_bounds(b, c, n, *, tail: float) -> tuple[np.ndarray, np.ndarray]:
     """The drop's score bounds, each missing with probability ``tail``: ``low`` is where ``tango_z`` falls to
     ``z_(1-tail)``, ``high`` where it falls to ``-z_(1-tail)`` (bisection, vectorised over arrays)."""
     b, c, n = (np.asarray(x, np.float64) for x in (b, c, n))
-    z = stats.norm.isf(tail)
+    z = _stats().norm.isf(tail)
     observed = (b - c) / n
 
     def solve(lo, hi, target):  # z(d) is decreasing: keep z(lo) > target >= z(hi)
@@ -157,7 +164,7 @@ def tango_interval(b: int, c: int, n: int, *, alpha: float = DEFAULT_ALPHA) -> t
 def mcnemar_exact_many(b, c) -> np.ndarray:
     """:func:`mcnemar_exact` over arrays (the symmetric binomial's two-sided p-value is twice the smaller tail)."""
     b, c = np.asarray(b), np.asarray(c)
-    tails = np.minimum(stats.binom.cdf(b, b + c, 0.5), stats.binom.sf(b - 1, b + c, 0.5))
+    tails = np.minimum(_stats().binom.cdf(b, b + c, 0.5), _stats().binom.sf(b - 1, b + c, 0.5))
     return np.where(b + c == 0, 1.0, np.minimum(1.0, 2 * tails))
 
 
@@ -171,8 +178,8 @@ def accuracy_tests(b, c, n, *, rule: Decision = Decision(), family_size: int = 1
     z_up, z_down = np.asarray(tango_z(b, c, n, rule.margin)), np.asarray(tango_z(b, c, n, -rule.margin))
     return {"drop": (b - c) / n, "drop_low": low, "drop_high": high, "drop_low_unadjusted": low95,
             "drop_high_unadjusted": high95, "p_value": mcnemar_exact_many(b, c),
-            "p_nontrivial": stats.norm.sf(z_up), "p_trivial": stats.norm.cdf(z_up),
-            "p_improves": stats.norm.cdf(z_down), "discordant_lost": b, "discordant_gained": c}
+            "p_nontrivial": _stats().norm.sf(z_up), "p_trivial": _stats().norm.cdf(z_up),
+            "p_improves": _stats().norm.cdf(z_down), "discordant_lost": b, "discordant_gained": c}
 
 
 def _rows(columns: Mapping[str, np.ndarray]) -> list[dict]:
@@ -244,7 +251,7 @@ def small_sample_stretch(clusters: int | None, tail: float) -> float:
     variance, too narrow for 20 patients far in the tail (at ``alpha / 1260`` it would miss about 10x too often)."""
     if not clusters or clusters < 3:
         return 1.0
-    return math.sqrt(clusters / (clusters - 1)) * stats.t.isf(tail, clusters - 1) / stats.norm.isf(tail)
+    return math.sqrt(clusters / (clusters - 1)) * _stats().t.isf(tail, clusters - 1) / _stats().norm.isf(tail)
 
 
 def bootstrap_summary(observed: float, drops: np.ndarray, *, rule: Decision, family_size: int,

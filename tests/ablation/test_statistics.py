@@ -81,7 +81,7 @@ def test_simultaneous_bounds_widen_with_the_family_and_hold_the_tail():
     # Tango's bound at tail a solves z(low) = z_(1-a): check with the score statistic itself
     t36 = st.accuracy_test(*_pairs(120, 40, 5000), family_size=36)
     z = st.tango_z(120, 40, 5000, t36["drop_low"])
-    assert z == pytest.approx(st.stats.norm.isf(0.05 / 72), abs=1e-6)
+    assert z == pytest.approx(stats.norm.isf(0.05 / 72), abs=1e-6)
     assert t36["drop_low"] < t36["drop_low_unadjusted"] and t36["drop_high"] > t36["drop_high_unadjusted"]
 
 
