@@ -319,9 +319,11 @@ def load_imagefolder(data_dir, split: str, *, cache_dir=None) -> Split:
     data_dir = Path(data_dir).expanduser()
     kind, path = _folder_source(data_dir, split)
     cache = Path(cache_dir or default_cache_dir()) / f"imagefolder-{_content_key(kind, path, split)}.npz"
+    if cache in _DECODED:
+        return _DECODED[cache]
     if cache.is_file():  # decoded before from these very bytes (only a split with images is ever stored)
         with np.load(cache) as z:
-            return Split(z["images"], z["labels"], tuple(json.loads(str(z["class_names"]))))
+            return _remember(cache, Split(z["images"], z["labels"], tuple(json.loads(str(z["class_names"])))))
     with readable_zip(path):
         members = _members(kind, path, split)
     if not members:
@@ -330,7 +332,24 @@ def load_imagefolder(data_dir, split: str, *, cache_dir=None) -> Split:
         split_data = _decode_members(kind, path, members)
     files.savez(cache, images=split_data.images, labels=split_data.labels,
                 class_names=json.dumps(list(split_data.class_names)))
-    return split_data
+    return _remember(cache, split_data)
+
+
+_DECODED: dict[Path, Split] = {}
+"""Splits this process has read, by their cache file (named by the source's bytes, so an entry never goes stale):
+the stages of one ``reproduce``, or the commands of one session, read a dataset once, not once per run."""
+_DECODED_MAX = 4
+
+
+def _remember(cache: Path, split: Split) -> Split:
+    """Keep ``split`` (read-only, so no caller can change what the next one reads) among the latest few."""
+    for array in (split.images, split.labels):
+        array.flags.writeable = False
+    _DECODED.pop(cache, None)
+    _DECODED[cache] = split
+    while len(_DECODED) > _DECODED_MAX:
+        _DECODED.pop(next(iter(_DECODED)))
+    return split
 
 
 def _decode_members(kind: str, path: Path, members: list[tuple[str, str]]) -> Split:

@@ -61,9 +61,26 @@ def test_second_load_comes_from_the_cache_without_decoding(tmp_path, monkeypatch
     _write_zip(tmp_path, "train", _tree(np.random.default_rng(2)))
     first = data.load_imagefolder(tmp_path, "train", cache_dir=tmp_path / "c")
     monkeypatch.setattr(data, "decode_image", lambda *a, **k: pytest.fail("decoded again"))
+    monkeypatch.setattr(data, "_DECODED", {})  # another process: only the file on disk is shared
     second = data.load_imagefolder(tmp_path, "train", cache_dir=tmp_path / "c")
     np.testing.assert_array_equal(first.images, second.images)
     np.testing.assert_array_equal(first.labels, second.labels)
+
+
+@pytest.mark.parametrize("writer", [_write_dir, _write_zip])
+def test_a_split_read_again_in_one_process_is_the_same_and_no_caller_can_change_it(tmp_path, writer):
+    tree = _tree(np.random.default_rng(4))
+    writer(tmp_path, "train", tree)
+    first = data.load_imagefolder(tmp_path, "train", cache_dir=tmp_path / "c")
+    with pytest.raises(ValueError, match="read-only"):
+        first.images[0, 0, 0, 0] = 255 - first.images[0, 0, 0, 0]
+    with pytest.raises(ValueError, match="read-only"):
+        first.labels[0] = 1 - first.labels[0]
+    for path in (tmp_path / "c").iterdir():  # the decoded file gone: what comes back must still be the images
+        path.unlink()
+    second = data.load_imagefolder(tmp_path, "train", cache_dir=tmp_path / "c")
+    assert sorted(i.tobytes() for i in second.images) == sorted(p.tobytes() for p in tree.values())
+    assert sorted(second.labels.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
 
 
 def test_changed_content_is_not_served_from_a_stale_cache(tmp_path):
