@@ -85,3 +85,14 @@ def test_the_docs_examples_for_a_users_own_models_run(capsys):
     exec(compile(nnx_block, "own-model.md (nnx)", "exec"), scope)  # it reads the linen block's images and labels
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == ["baseline", "conv+head"]
+
+
+def test_the_command_line_starts_without_the_libraries_only_some_commands_need():
+    """scipy.stats (paired tests) and flax.nnx (NNX models) cost about 0.75 s of every process's start, which every
+    train, evaluate and job process paid; they are imported where they are used."""
+    import subprocess
+    import sys
+
+    probe = "import sys, resnet_jax.cli; print(sorted(m for m in ('scipy.stats', 'flax.nnx') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:] or out.stdout

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,7 +28,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from resnet_jax.ablation import networks
 from resnet_jax.models import resnet
@@ -114,8 +114,13 @@ class _Call:
     norm_path: tuple[str, ...] | None = None
 
 
-_NORMS = tuple(getattr(m, n) for m in (nn, nnx) for n in ("BatchNorm", "LayerNorm", "GroupNorm", "RMSNorm",
-                                                          "InstanceNorm") if hasattr(m, n))
+_NORM_NAMES = ("BatchNorm", "LayerNorm", "GroupNorm", "RMSNorm", "InstanceNorm")
+
+
+def _norms() -> tuple[type, ...]:
+    """Flax's normalisation classes: linen's, and NNX's where an NNX model has imported ``flax.nnx``."""
+    modules = (nn, sys.modules["flax.nnx"]) if "flax.nnx" in sys.modules else (nn,)
+    return tuple(getattr(m, n) for m in modules for n in _NORM_NAMES if hasattr(m, n))
 
 
 def _trace_kernel_calls(network: networks.Network, variables, x) -> list[_Call]:
@@ -123,11 +128,12 @@ def _trace_kernel_calls(network: networks.Network, variables, x) -> list[_Call]:
     the normalisation whose call takes its output object as input (the output's first consumer)."""
     calls: list[_Call] = []
     produced: dict[int, _Call] = {}
+    norms = _norms()
     keep = []  # outputs stay alive so their ids stay theirs
 
     def hook(path, module, args, call):
         source = produced.pop(id(args[0]), None) if args else None
-        if source is not None and isinstance(module, _NORMS):
+        if source is not None and isinstance(module, norms):
             source.norm_path = path
         owned = networks.module_params(variables, path)
         record = None

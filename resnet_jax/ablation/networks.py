@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax
 import flax.linen as nn
 import jax
-from flax import nnx
+
+if TYPE_CHECKING:
+    from flax import nnx
 
 Path = tuple[str, ...]
 Hook = Callable[[Path, Any, tuple, Callable[[], Any]], Any]
@@ -76,6 +79,8 @@ class Network:
 
     def merged(self, variables: Mapping[str, Any]) -> nnx.Module:
         """The NNX module holding ``variables`` (a fresh object: the caller's model is never changed)."""
+        from flax import nnx
+
         params, rest = (jax.tree.map(lambda a: a, s) for s in self.nnx_state)
         nnx.replace_by_pure_dict(params, variables["params"])
         if variables.get("rest"):
@@ -95,6 +100,13 @@ def logits_of(out: Any) -> Any:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def is_nnx(model: Any) -> bool:
+    """Whether ``model`` is a ``flax.nnx.Module``. ``flax.nnx`` is imported only when a model needs it (a quarter
+    of a second of every command's start): a model that is one has imported it already."""
+    nnx = sys.modules.get("flax.nnx")
+    return nnx is not None and isinstance(model, nnx.Module)
+
+
 def as_network(model: Any, variables: Any = None, *,
                apply_kwargs: Mapping[str, Any] | None = None) -> tuple[Network, dict[str, Any]]:
     """``(network, variables)`` for a linen module and its variables, or an NNX module (``variables`` None, or the
@@ -102,7 +114,9 @@ def as_network(model: Any, variables: Any = None, *,
     kwargs = tuple(sorted((apply_kwargs or {}).items()))
     if isinstance(model, Network):
         return model, variables
-    if isinstance(model, nnx.Module):
+    if is_nnx(model):
+        from flax import nnx
+
         graphdef, state = nnx.split(model)
         if variables is not None:
             state = variables
@@ -150,12 +164,16 @@ def _linen_interceptor(hook: Hook):
 
 def nnx_paths(module: nnx.Module) -> dict[int, Path]:
     """``id(submodule) -> path`` (the model itself excluded); list indices become strings."""
+    from flax import nnx
+
     return {id(m): tuple(str(p) for p in path) for path, m in nnx.iter_modules(module) if path}
 
 
 @contextlib.contextmanager
 def _nnx_hooked(module: nnx.Module, hook: Hook) -> Iterator[None]:
     """Every submodule's ``__call__`` through ``hook`` while the context is open (the classes are restored)."""
+    from flax import nnx
+
     paths = nnx_paths(module)
     classes = {type(m) for _, m in nnx.iter_modules(module)} - {type(module)}
     saved = {cls: cls.__dict__.get("__call__") for cls in classes}
