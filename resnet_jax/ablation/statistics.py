@@ -37,14 +37,6 @@ from resnet_jax.data import segmentation as seg_data
 DEFAULT_MARGIN = 0.01
 DEFAULT_ALPHA = 0.05
 DECISIONS = ("non-trivial", "trivial", "improves", "undecided")
-
-
-def _stats():
-    """``scipy.stats``, imported when a test first needs it: half a second that every command paid at start, most
-    of them (train, evaluate, a job's joining) for nothing."""
-    from scipy import stats
-
-    return stats
 """The decision rule's four outcomes for a mask, read off its simultaneous bounds at the margin."""
 SENSITIVITY_MARGINS = (0.005, 0.01, 0.02)
 TAIL_DRAWS = 20
@@ -54,6 +46,14 @@ simultaneous bound is the ``TAIL_DRAWS - 1``-th most extreme resample and ``TAIL
 MAX_RESAMPLES = 2_000_000
 """Above this a Dice family is refused before any compute (memory: resamples x patients x 8 bytes)."""
 _CHUNK = 1 << 16
+
+
+def _stats():
+    """``scipy.stats``, imported when a test first needs it: half a second that every command paid at start, most
+    of them (train, evaluate, a job's joining) for nothing."""
+    from scipy import stats
+
+    return stats
 
 
 @dataclasses.dataclass(frozen=True)
