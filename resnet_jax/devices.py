@@ -127,6 +127,7 @@ def _check_port_free(address: str, port: int) -> None:
 
     if os.environ.get("JAX_COORDINATOR_BIND_ADDRESS"):
         return  # JAX serves elsewhere
+    _claim_port(address, port)
     try:
         probe, any_host = socket.socket(socket.AF_INET6, socket.SOCK_STREAM), "::"
         probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # both families, as JAX's [::]:port
@@ -140,6 +141,31 @@ def _check_port_free(address: str, port: int) -> None:
             raise DistributedError(f"--coordinator {address}: process 0 cannot serve the job on port {port} "
                                    f"({err.strerror or err}); another program holds it, or another process "
                                    f"started as --process-id 0: choose a free port, and one process 0") from None
+
+
+_PORT_CLAIMS: dict[int, int] = {}
+"""Port -> the open file whose lock says "process 0 of a job serves this port here"; held until the process exits."""
+
+
+def _claim_port(address: str, port: int) -> None:
+    """Claim ``port`` on this machine for this process's whole life. The bind probe alone leaves a gap: two
+    processes started as process 0 at once can both probe before either serves, and JAX's server shares a port
+    (SO_REUSEPORT), so both would serve it and each wait for a job that never forms."""
+    import fcntl
+    import tempfile
+
+    if port in _PORT_CLAIMS:
+        return
+    path = Path(tempfile.gettempdir()) / f"resnet-jax-coordinator-port-{port}.lock"
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise DistributedError(f"--coordinator {address}: process 0 cannot serve the job on port {port}: another "
+                               f"resnet-jax process on this machine serves it (started as --process-id 0 too): "
+                               f"choose a free port, and one process 0") from None
+    _PORT_CLAIMS[port] = fd
 
 
 def _wait_for(address: str, timeout_s: float) -> None:

@@ -7,6 +7,7 @@ Real processes on CPU, as a user starts them; the joins that time out do so in s
 
 import socket
 import subprocess
+import sys
 
 import pytest
 
@@ -57,7 +58,7 @@ def test_two_processes_with_one_id_are_refused():
     lines = [refused(d, "presets") for d in finish(job(port, 2, 0, "presets"), job(port, 2, 0, "presets"))]
     # whichever came second: its port was taken, or the runtime saw process 0 twice; the first waited in vain
     assert all("--process-id" in line for line in lines), lines
-    assert any("process 0 cannot serve" in line or "another process joined as process 0" in line for line in lines)
+    assert any("process 0 cannot serve" in line or "another process joined as process 0" in line for line in lines), lines
 
 
 def test_a_coordinator_that_counts_more_processes_than_come_is_refused_in_seconds():
@@ -110,3 +111,19 @@ def test_process_0_refuses_a_coordinator_port_that_is_taken():
         port = taken.getsockname()[1]
         line = refused(finish(job(port, 2, 0, "presets"))[0], "presets")
     assert f"process 0 cannot serve the job on port {port}" in line and "choose a free port" in line
+
+
+def test_a_port_that_a_process_0_here_claimed_is_refused_to_another_before_either_serves():
+    """The gap the bind probe leaves: nothing serves the port yet (the probe passes), but another process 0 on this
+    machine has claimed it; JAX's server shares ports (SO_REUSEPORT), so both would serve and neither job form."""
+    port = free_port()
+    holder = subprocess.Popen([sys.executable, "-c", f"from resnet_jax import devices; devices._claim_port('x', {port}); "
+                               "print('claimed', flush=True); import time; time.sleep(120)"],
+                              stdout=subprocess.PIPE, text=True, env=_env(**FAST))
+    try:
+        assert holder.stdout.readline().strip() == "claimed"
+        with pytest.raises(devices.DistributedError, match=f"cannot serve the job on port {port}: another resnet-jax"):
+            devices._check_port_free(f"127.0.0.1:{port}", port)
+    finally:
+        holder.kill()
+        holder.communicate()
