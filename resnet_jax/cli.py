@@ -560,6 +560,8 @@ class _Termination:
         self.delivering = threading.Lock()  # no delivery again once `handled` has returned
 
     def __call__(self, signum, frame):
+        if isinstance(sys.exc_info()[1], KeyboardInterrupt):  # one is being caught: this delivery (perhaps sent
+            return  # before it was) would escape the code that catches it, as Python's own exit on SIGINT (-2)
         if not self.pending:
             self.pending, self.raised = signum, False
             threading.Thread(target=self._again, args=(signum,), daemon=True).start()
