@@ -599,8 +599,10 @@ JAX_COMPILER = os.path.join("jax", "_src", "compiler.py")
 
 def _unsafe_to_raise(frame) -> bool:
     """Whether ``frame`` runs where an interrupt must wait: inside a garbage-collector callback or a ``__del__``
-    (Python prints the exception and drops it; JAX's ``_xla_gc_callback`` runs at every collection), or inside
-    JAX's compiler (an executable dropped as it is made crashes the process as it exits, SIGSEGV)."""
+    (Python prints the exception and drops it; JAX's ``_xla_gc_callback`` runs at every collection), inside
+    JAX's compiler (an executable dropped as it is made crashes the process as it exits, SIGSEGV), or inside code
+    that ``eval`` or ``exec`` runs from a string (dataclasses and annotations use them): an interrupt out of one
+    marks the interpreter to end as killed by SIGINT even when the command catches it (exit -2, not 143)."""
     import gc
 
     callbacks = {getattr(callback, "__code__", None) for callback in gc.callbacks}
@@ -608,6 +610,8 @@ def _unsafe_to_raise(frame) -> bool:
         code = frame.f_code
         if code in callbacks or code.co_name == "__del__" or code.co_filename.endswith(JAX_COMPILER):
             return True
+        if code.co_filename == "<string>" and code.co_name == "<module>" and frame.f_back is not None:
+            return True  # eval() or exec() of a string: an interrupt out of one ends the process as killed by SIGINT
         frame = frame.f_back
     return False
 
