@@ -606,12 +606,14 @@ def _unsafe_to_raise(frame) -> bool:
     import gc
 
     callbacks = {getattr(callback, "__code__", None) for callback in gc.callbacks}
+    from_string = False  # eval() or exec() of a string runs between here and the command's catch (`_run`)
     while frame is not None:
         code = frame.f_code
         if code in callbacks or code.co_name == "__del__" or code.co_filename.endswith(JAX_COMPILER):
             return True
-        if code.co_filename == "<string>" and code.co_name == "<module>" and frame.f_back is not None:
-            return True  # eval() or exec() of a string: an interrupt out of one ends the process as killed by SIGINT
+        if code is _run.__code__ and from_string:
+            return True
+        from_string |= code.co_filename == "<string>" and code.co_name == "<module>"
         frame = frame.f_back
     return False
 
