@@ -157,7 +157,10 @@ def _claim_port(address: str, port: int) -> None:
     if port in _PORT_CLAIMS:
         return
     path = Path(tempfile.gettempdir()) / f"resnet-jax-coordinator-port-{port}.lock"
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError:  # no writable temporary folder: the bind probe alone guards the port, as before
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
