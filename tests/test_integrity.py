@@ -764,7 +764,7 @@ def test_an_interrupt_delivered_again_while_the_first_is_caught_does_not_escape_
 def test_an_interrupt_is_not_raised_inside_code_run_from_a_string_and_the_command_ends_143(tmp_path):
     """Raised inside ``exec`` or ``eval`` of a string (dataclasses and annotations run them), an interrupt marks
     the interpreter to end as killed by SIGINT even when the command catches it: the SIGTERM test's exit -2, not
-    143, in 4 of 24 runs under load. Held there and raised just after, it ends the command as it says."""
+    143, in 5 of 24 runs under load. Held there and raised just after, it ends the command as it says."""
     program = "\n".join([
         "import sys, time",
         "from resnet_jax import cli",
