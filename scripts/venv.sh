@@ -19,12 +19,26 @@ if [ ! -f "$venv/.complete" ]; then
   started=$SECONDS
   rm -rf "$venv"
   "$python" -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --upgrade pip >&2
-  "$venv/bin/python" -m pip install -q -e "$repo[$extras]" >&2
+  # uv installs the same resolution as pip about four times faster (CUDA-built torch alone unpacks to gigabytes);
+  # it does not read pip's configuration, so pip's indexes, find-links and constraints are passed to it. Where uv
+  # cannot be had or fails, pip does it all.
+  mapfile -t sources < <("$venv/bin/python" "$repo/scripts/pip_config_for_uv.py")
+  if "$venv/bin/python" -m pip install -q uv >/dev/null 2>&1 &&
+     "$venv/bin/uv" pip install -q --python "$venv/bin/python" --index-strategy unsafe-best-match \
+       ${sources[@]+"${sources[@]}"} -e "$repo[$extras]" >&2; then
+    installer=uv
+  else
+    echo "uv could not install the environment; pip installs it" >&2
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --upgrade pip >&2
+    "$venv/bin/python" -m pip install -q -e "$repo[$extras]" >&2
+    installer=pip
+  fi
   touch "$venv/.complete"
   versions=$("$venv/bin/python" -m pip list --format=freeze 2>/dev/null |
              grep -iE '^(jax|jaxlib|flax|optax|orbax-checkpoint|torch|torchvision|pytest|sphinx)==' | tr '\n' ' ' || true)
-  echo "virtualenv ready in $((SECONDS - started)) s: $("$venv/bin/python" -m pip list --format=freeze 2>/dev/null |
+  echo "virtualenv ready in $((SECONDS - started)) s (installed by $installer): $("$venv/bin/python" -m pip list --format=freeze 2>/dev/null |
        wc -l) packages, among them ${versions% }" >&2
 fi
 # The cached venv may point at another clone: re-point the editable install at this one.
