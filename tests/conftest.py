@@ -86,6 +86,25 @@ def _run_in_process(args: tuple[str, ...]) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["resnet-jax", *args], rc, out.getvalue(), err.getvalue())
 
 
+def render_results(*args: str) -> subprocess.CompletedProcess:
+    """``python scripts/render_results.py ARGS`` in this process, with its exit status and output: the check's
+    imports (JAX and matplotlib among them) are already paid here. ``tests/reporting/test_results.py`` runs the
+    script itself as a command (``test_the_readme_matches_the_committed_results``), and so does the check that
+    compares figures byte for byte (another test's matplotlib settings cannot reach a process of its own)."""
+    import contextlib
+    import io
+    import runpy
+
+    main = runpy.run_path(str(REPO / "scripts" / "render_results.py"))["main"]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(list(args))
+        except SystemExit as stop:  # argparse
+            rc = stop.code if isinstance(stop.code, int) else 2
+    return subprocess.CompletedProcess(["render_results.py", *args], rc, out.getvalue(), err.getvalue())
+
+
 SUITE_XLA_FLAGS = "--xla_backend_optimization_level=0"
 """XLA's CPU backend without LLVM's optimisation passes, for the suite and every process it starts: its programs are
 tiny and run a few times each, so compiling them is most of their cost (a tiny ResNet's training run: 13.6 s cold

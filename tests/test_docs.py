@@ -18,7 +18,7 @@ import pytest
 from resnet_jax import cli, configs
 from resnet_jax.reporting import readme_results
 from tests import browser
-from tests.conftest import REPO, in_ci
+from tests.conftest import REPO, in_ci, render_results
 
 DOCS = REPO / "docs"
 
@@ -139,12 +139,12 @@ def test_the_check_fails_when_a_block_of_a_docs_page_is_edited_by_hand(tmp_path)
     page = tmp_path / "results.md"
     text = (DOCS / "results.md").read_text()
     page.write_text(text)
-    check = [sys.executable, str(REPO / "scripts" / "render_results.py"), "--check", str(page)]
-    assert subprocess.run(check, capture_output=True, text=True, timeout=300).returncode == 0
+    check = ["--check", str(page)]
+    assert render_results(*check).returncode == 0
     edited = text.replace("| stage-except-decomposition | 1 | 0.51 | 0.662 |", "| stage-except-decomposition | 1 | 0.51 | 0.700 |")
     assert edited != text
     page.write_text(edited)
-    failed = subprocess.run(check, capture_output=True, text=True, timeout=300)
+    failed = render_results(*check)
     assert failed.returncode == 1
     assert f"{page}: block cifar10-paper-cpu/paper differs from" in failed.stderr
 

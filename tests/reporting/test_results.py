@@ -15,7 +15,7 @@ from resnet_jax import ledger
 from resnet_jax.ablation import tables as tables_io
 from resnet_jax.ablation.statistics import P_TEST
 from resnet_jax.reporting import readme_results, results
-from tests.conftest import run_cli
+from tests.conftest import render_results, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -461,12 +461,11 @@ def test_the_check_fails_when_a_committed_csv_says_other_than_its_json_twin(work
     results.export(workdir, root / "planted", command="c")
     readme = tmp_path / "README.md"
     readme.write_text(readme_results.render("<!-- results: planted/paper -->\n<!-- /results -->\n", root))
-    check = [sys.executable, str(ROOT / "scripts" / "render_results.py"), "--check", "--readme", str(readme),
-             "--results", str(root)]
-    assert subprocess.run(check, capture_output=True, text=True, timeout=300).returncode == 0
+    check = ["--check", "--readme", str(readme), "--results", str(root)]
+    assert render_results(*check).returncode == 0
     shortcut = root / "planted" / "cifar10-resnet34" / "ablation" / "shortcut.csv"
     shortcut.write_text(shortcut.read_text().replace("layer2.0.downsample,0.3,", "layer2.0.downsample,0.35,"))
-    failed = subprocess.run(check, capture_output=True, text=True, timeout=300)
+    failed = render_results(*check)
     assert failed.returncode == 1
     assert (f"{shortcut}: row 1 (layer2.0.downsample), column value: 0.35 in the CSV, 0.3 in shortcut.json"
             in failed.stderr)
