@@ -110,7 +110,10 @@ def stratified_holdout(labels: np.ndarray, n: int, *, seed: int) -> tuple[np.nda
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("RESNET_JAX_CACHE", Path.home() / ".cache" / "resnet_jax")) / "datasets"
+    """Where decoded datasets are kept: ``$RESNET_JAX_CACHE/datasets``, else ``~/.cache/resnet-jax/datasets`` (under
+    ``$XDG_CACHE_HOME`` when set), beside the compiled programs (:func:`resnet_jax.devices.compilation_cache_dir`)."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resnet-jax"
+    return Path(os.environ.get("RESNET_JAX_CACHE", default)) / "datasets"
 
 
 def load_split(
@@ -129,7 +132,7 @@ def load_split(
       split: ``train`` or ``test`` (any folder / zip name under ``data_dir``).
       data_dir: an ImageFolder tree, extracted (``<data_dir>/<split>/<class>/*``) or zipped
         (``<data_dir>/<split>.zip``).
-      cache_dir: where decoded arrays are kept (default ``~/.cache/resnet_jax/datasets``).
+      cache_dir: where decoded arrays are kept (default ``~/.cache/resnet-jax/datasets``, beside the compiled programs).
       max_examples: keep a fixed random subset of this size.
 
     Example:

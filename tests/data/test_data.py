@@ -164,3 +164,20 @@ def test_the_tfds_route_reads_a_mocked_download():
     assert splits.train.images.shape == (8, 32, 32, 3) and splits.train.images.dtype == np.uint8
     assert len(splits.val) == 32 and len(splits.test) == 40 and splits.train.num_classes == 10
     assert set(np.unique(splits.train.labels)) <= set(range(10))
+
+
+def test_decoded_datasets_are_kept_beside_the_compiled_programs(monkeypatch, tmp_path):
+    """One folder of caches per user: ``$RESNET_JAX_CACHE/datasets``, else ``resnet-jax/datasets`` under
+    ``$XDG_CACHE_HOME`` or ``~/.cache``, as the compiled programs' ``resnet-jax/compiled``."""
+    from resnet_jax import devices
+
+    monkeypatch.setenv("RESNET_JAX_CACHE", str(tmp_path / "mine"))
+    assert data.default_cache_dir() == tmp_path / "mine" / "datasets"
+    monkeypatch.delenv("RESNET_JAX_CACHE")
+    monkeypatch.delenv("RESNET_JAX_COMPILE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data.default_cache_dir() == tmp_path / "xdg" / "resnet-jax" / "datasets"
+    assert devices.compilation_cache_dir() == tmp_path / "xdg" / "resnet-jax" / "compiled"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data.default_cache_dir() == tmp_path / "home" / ".cache" / "resnet-jax" / "datasets"
