@@ -138,9 +138,14 @@ def _check_port_free(address: str, port: int) -> None:
         try:
             probe.bind((any_host, port))
         except OSError as err:
-            raise DistributedError(f"--coordinator {address}: process 0 cannot serve the job on port {port} "
-                                   f"({err.strerror or err}); another program holds it, or another process "
-                                   f"started as --process-id 0: choose a free port, and one process 0") from None
+            raise _port_refused(address, port, f" ({err.strerror or err}); another program holds it, or another "
+                                                f"process started as --process-id 0") from None
+
+
+def _port_refused(address: str, port: int, why: str) -> DistributedError:
+    """The one line for a port process 0 cannot serve, ``why`` said after the port, with what to do."""
+    return DistributedError(f"--coordinator {address}: process 0 cannot serve the job on port {port}{why}: choose a "
+                            f"free port, and one process 0")
 
 
 _PORT_CLAIMS: dict[int, int] = {}
@@ -165,9 +170,8 @@ def _claim_port(address: str, port: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        raise DistributedError(f"--coordinator {address}: process 0 cannot serve the job on port {port}: another "
-                               f"resnet-jax process on this machine serves it (started as --process-id 0 too): "
-                               f"choose a free port, and one process 0") from None
+        raise _port_refused(address, port, ": another resnet-jax process on this machine serves it (started as "
+                                           "--process-id 0 too)") from None
     _PORT_CLAIMS[port] = fd
 
 

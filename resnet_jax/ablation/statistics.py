@@ -163,8 +163,8 @@ def tango_interval(b: int, c: int, n: int, *, alpha: float = DEFAULT_ALPHA) -> t
 
 def mcnemar_exact_many(b, c) -> np.ndarray:
     """:func:`mcnemar_exact` over arrays (the symmetric binomial's two-sided p-value is twice the smaller tail)."""
-    b, c = np.asarray(b), np.asarray(c)
-    tails = np.minimum(_stats().binom.cdf(b, b + c, 0.5), _stats().binom.sf(b - 1, b + c, 0.5))
+    b, c, binom = np.asarray(b), np.asarray(c), _stats().binom
+    tails = np.minimum(binom.cdf(b, b + c, 0.5), binom.sf(b - 1, b + c, 0.5))
     return np.where(b + c == 0, 1.0, np.minimum(1.0, 2 * tails))
 
 
@@ -176,10 +176,11 @@ def accuracy_tests(b, c, n, *, rule: Decision = Decision(), family_size: int = 1
     low, high = tango_bounds(b, c, n, tail=rule.tail(family_size))
     low95, high95 = tango_bounds(b, c, n, tail=rule.alpha / 2)
     z_up, z_down = np.asarray(tango_z(b, c, n, rule.margin)), np.asarray(tango_z(b, c, n, -rule.margin))
+    norm = _stats().norm
     return {"drop": (b - c) / n, "drop_low": low, "drop_high": high, "drop_low_unadjusted": low95,
             "drop_high_unadjusted": high95, "p_value": mcnemar_exact_many(b, c),
-            "p_nontrivial": _stats().norm.sf(z_up), "p_trivial": _stats().norm.cdf(z_up),
-            "p_improves": _stats().norm.cdf(z_down), "discordant_lost": b, "discordant_gained": c}
+            "p_nontrivial": norm.sf(z_up), "p_trivial": norm.cdf(z_up),
+            "p_improves": norm.cdf(z_down), "discordant_lost": b, "discordant_gained": c}
 
 
 def _rows(columns: Mapping[str, np.ndarray]) -> list[dict]:
@@ -251,7 +252,8 @@ def small_sample_stretch(clusters: int | None, tail: float) -> float:
     variance, too narrow for 20 patients far in the tail (at ``alpha / 1260`` it would miss about 10x too often)."""
     if not clusters or clusters < 3:
         return 1.0
-    return math.sqrt(clusters / (clusters - 1)) * _stats().t.isf(tail, clusters - 1) / _stats().norm.isf(tail)
+    stats = _stats()
+    return math.sqrt(clusters / (clusters - 1)) * stats.t.isf(tail, clusters - 1) / stats.norm.isf(tail)
 
 
 def bootstrap_summary(observed: float, drops: np.ndarray, *, rule: Decision, family_size: int,
