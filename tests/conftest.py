@@ -88,9 +88,8 @@ def _run_in_process(args: tuple[str, ...]) -> subprocess.CompletedProcess:
 
 def render_results(*args: str) -> subprocess.CompletedProcess:
     """``python scripts/render_results.py ARGS`` in this process, with its exit status and output: the check's
-    imports (JAX and matplotlib among them) are already paid here. ``tests/reporting/test_results.py`` runs the
-    script itself as a command (``test_the_readme_matches_the_committed_results``), and so does the check that
-    compares figures byte for byte (another test's matplotlib settings cannot reach a process of its own)."""
+    imports (JAX and matplotlib among them) are already paid here. The script itself runs as a command in
+    ``test_the_readme_matches_the_committed_results`` and in ``test_the_check_fails_when_a_figure_is_edited_by_hand``."""
     import contextlib
     import io
     import runpy
