@@ -473,7 +473,7 @@ def compilation_cache_dir() -> Path | None:
     value = os.environ.get("RESNET_JAX_COMPILE_CACHE")
     if value is not None:
         return None if value.strip().lower() in ("", "off", "0", "false") else Path(value).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resnet-jax" / "compiled"
+    return files.user_cache_dir() / "compiled"
 
 
 def enable_compilation_cache(directory: str | os.PathLike | None) -> Path | None:

@@ -20,6 +20,12 @@ def set_writer(writer: bool) -> None:
     WRITER = bool(writer)
 
 
+def user_cache_dir() -> Path:
+    """The user's cache folder for resnet-jax (compiled programs, decoded datasets): ``resnet-jax`` under
+    ``$XDG_CACHE_HOME``, else under ``~/.cache``."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resnet-jax"
+
+
 def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 

@@ -1,5 +1,5 @@
 """Print pip's package sources as uv options: ``--index-url``, ``--extra-index-url``, ``--find-links`` and
-``--constraint`` from ``pip config list`` (its files, then its ``PIP_*`` environment, which wins as in pip).
+``--constraint`` from ``pip config list`` (its files, then its ``PIP_*`` environment, with pip's precedence).
 
 scripts/venv.sh installs with uv, which reads no pip configuration; without these options uv would ignore a
 machine's local wheel folders and mirrors and could resolve other builds than pip does there.
@@ -14,18 +14,18 @@ OPTIONS = {"index-url": "--index-url", "extra-index-url": "--extra-index-url", "
 
 
 def uv_options(config_list: str) -> list[str]:
-    """uv options from the output of ``pip config list`` (lines ``<source>.<name>='<value>'``; a value may hold
-    several whitespace-separated entries; an environment entry, ``:env:.<name>``, replaces the files')."""
-    chosen: dict[str, tuple[bool, str]] = {}
+    """uv options from the output of ``pip config list``: one line a key, ``<section>.<name>='<value>'``, sorted,
+    with pip's files already merged (a later file's value replaces an earlier one's); a value may hold several
+    whitespace-separated entries. As in pip's ``install``, its section's entry (``install.``, listed after
+    ``global.``) replaces the ``global`` one, and the environment's (``:env:.``) replaces both."""
+    from_files: dict[str, str] = {}
+    from_env: dict[str, str] = {}
     for line in config_list.splitlines():
         key, _, value = line.partition("=")
         source, _, name = key.rpartition(".")
-        if name not in OPTIONS:
-            continue
-        from_env = source == ":env:"
-        if from_env or not chosen.get(name, (False, ""))[0]:
-            chosen[name] = (from_env, value.strip().strip("'\""))
-    return [part for name, (_, value) in chosen.items() for entry in value.split()
+        if name in OPTIONS:
+            (from_env if source == ":env:" else from_files)[name] = value.strip().strip("'\"")
+    return [part for name, value in {**from_files, **from_env}.items() for entry in value.split()
             for part in (OPTIONS[name], entry)]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -92,16 +93,22 @@ def render_results(*args: str) -> subprocess.CompletedProcess:
     ``test_the_readme_matches_the_committed_results`` and in ``test_the_check_fails_when_a_figure_is_edited_by_hand``."""
     import contextlib
     import io
-    import runpy
 
-    main = runpy.run_path(str(REPO / "scripts" / "render_results.py"))["main"]
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            rc = main(list(args))
+            rc = _render_results_main()(list(args))
         except SystemExit as stop:  # argparse
             rc = stop.code if isinstance(stop.code, int) else 2
     return subprocess.CompletedProcess(["render_results.py", *args], rc, out.getvalue(), err.getvalue())
+
+
+@functools.cache
+def _render_results_main():
+    """The script's ``main``, its module run once per process (it puts the repository first on ``sys.path``)."""
+    import runpy
+
+    return runpy.run_path(str(REPO / "scripts" / "render_results.py"))["main"]
 
 
 SUITE_XLA_FLAGS = "--xla_backend_optimization_level=0"

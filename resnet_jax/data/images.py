@@ -112,8 +112,7 @@ def stratified_holdout(labels: np.ndarray, n: int, *, seed: int) -> tuple[np.nda
 def default_cache_dir() -> Path:
     """Where decoded datasets are kept: ``$RESNET_JAX_CACHE/datasets``, else ``~/.cache/resnet-jax/datasets`` (under
     ``$XDG_CACHE_HOME`` when set), beside the compiled programs (:func:`resnet_jax.devices.compilation_cache_dir`)."""
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resnet-jax"
-    return Path(os.environ.get("RESNET_JAX_CACHE", default)) / "datasets"
+    return Path(os.environ.get("RESNET_JAX_CACHE", files.user_cache_dir())) / "datasets"
 
 
 def load_split(
