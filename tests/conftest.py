@@ -13,6 +13,9 @@ import jax
 import numpy as np
 import pytest
 
+from tests.cpu_report import (pytest_addoption, pytest_runtest_logreport,  # noqa: F401 (pytest --cpu-report)
+                               pytest_runtest_makereport, pytest_runtest_setup, pytest_terminal_summary)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RESNET_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
 
