@@ -17,8 +17,8 @@ if [ ! -f "$venv/.complete" ]; then
   echo "setting up $venv: resnet-jax with its dependencies (jax, flax, optax, orbax-checkpoint, tensorflow-datasets," \
        "numpy, chex, matplotlib) and the extras [$extras]; this happens once per dependency spec" >&2
   started=$SECONDS
-  rm -rf "$venv"
-  "$python" -m venv "$venv"
+  new_venv() { rm -rf "$venv" && "$python" -m venv "$venv"; }
+  new_venv
   # uv installs the same resolution as pip in a fraction of its time (CUDA-built torch alone unpacks to gigabytes);
   # it does not read pip's configuration, so pip's indexes, find-links and constraints are passed to it. It compiles
   # the bytecode as pip does: where PYTHONDONTWRITEBYTECODE is set, every process would otherwise compile jax and
@@ -30,8 +30,7 @@ if [ ! -f "$venv/.complete" ]; then
     installer=uv
   else
     echo "uv could not install the environment; pip installs it" >&2
-    rm -rf "$venv"
-    "$python" -m venv "$venv"
+    new_venv  # without uv's partial install
     "$venv/bin/python" -m pip install -q --upgrade pip >&2
     "$venv/bin/python" -m pip install -q -e "$repo[$extras]" >&2
     installer=pip
