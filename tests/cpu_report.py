@@ -2,11 +2,11 @@
 processes its tests start (the smoke ``reproduce``, multi-process jobs, tutorial kernels, CLI subprocesses).
 
 On 2 cores the suite is CPU-bound, so its wall time is about its CPU time over 2; pytest's ``--durations`` shows
-wall time, which a test shares with whatever ran beside it, and misses nothing of a subprocess's work only by
-luck. Each test's CPU is read from ``getrusage`` before its setup and after its teardown: the test's process's
-own (every thread), and that of its finished subprocesses (``RUSAGE_CHILDREN``: those waited for, with whatever
-they waited for). A module's shared fixture counts where it is set up (in its first test). POSIX only; elsewhere
-the option prints that it cannot measure.
+wall time, which a test shares with whatever ran beside it. Each test's CPU is read from ``getrusage`` before its
+setup and after its teardown: its process's own (every thread), and that of its finished subprocesses
+(``RUSAGE_CHILDREN``: those waited for, with whatever they waited for). A module's shared fixture counts in the test
+that sets it up and the one that tears it down; the workers' start and collection count in no file. POSIX only;
+elsewhere the option says it cannot measure.
 
 Usage: ``scripts/venv.sh python -m pytest -q --cpu-report`` (``tests/conftest.py`` registers these hooks).
 """
