@@ -5,8 +5,8 @@ On 2 cores the suite is CPU-bound, so its wall time is about its CPU time over 2
 wall time, which a test shares with whatever ran beside it. Each test's CPU is read from ``getrusage`` before its
 setup and after its teardown: its process's own (every thread), and that of its finished subprocesses
 (``RUSAGE_CHILDREN``: those waited for, with whatever they waited for). A module's shared fixture counts in the test
-that sets it up and the one that tears it down; the workers' start and collection count in no file. POSIX only;
-elsewhere the option says it cannot measure.
+that sets it up and the one that tears it down; the workers' start and collection count in no file. Without the
+option nothing is read. POSIX only; elsewhere the option says it cannot measure.
 
 Usage: ``scripts/venv.sh python -m pytest -q --cpu-report`` (``tests/conftest.py`` registers these hooks).
 """
@@ -43,7 +43,7 @@ def cpu_seconds() -> tuple[float, float]:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
-    if resource is not None:
+    if resource is not None and item.config.getoption("--cpu-report"):  # otherwise no test's report changes
         item.stash[_AT_SETUP] = cpu_seconds()
 
 
